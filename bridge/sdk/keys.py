@@ -1,0 +1,82 @@
+"""Keys and certificates from PEM or PKCS#12 files.
+
+SITHS function certificates usually arrive as .p12; private keys may be encrypted with a
+passphrase. A `KeyPair` pickles to DER, so it can be handed to a process pool.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+
+class KeyError_(ValueError):
+    """A key or certificate file that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    key: rsa.RSAPrivateKey
+    cert: x509.Certificate
+
+    def __post_init__(self) -> None:
+        if self.key.public_key().public_numbers() != self.cert.public_key().public_numbers():
+            raise KeyError_("the private key does not belong to the certificate")
+
+    def __reduce__(self) -> tuple[object, tuple[bytes, bytes]]:
+        der_key = self.key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return _keypair_from_der, (der_key, self.cert.public_bytes(serialization.Encoding.DER))
+
+
+def _keypair_from_der(der_key: bytes, der_cert: bytes) -> KeyPair:
+    key = serialization.load_der_private_key(der_key, None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return KeyPair(key, x509.load_der_x509_certificate(der_cert))
+
+
+def load_certificates(path: Path) -> list[x509.Certificate]:
+    """All certificates in a PEM file (one or several) or a single DER file."""
+    data = path.read_bytes()
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            return x509.load_pem_x509_certificates(data)
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError as e:
+        raise KeyError_(f"{path}: not a PEM or DER certificate ({e})") from None
+
+
+def load_keypair(
+    key_path: Path, cert_path: Path | None = None, passphrase: bytes | None = None
+) -> KeyPair:
+    """A private key and its certificate: a PKCS#12 file, or a PEM key plus a certificate."""
+    data = key_path.read_bytes()
+    if key_path.suffix.lower() in (".p12", ".pfx"):
+        try:
+            key, cert, _ = pkcs12.load_key_and_certificates(data, passphrase)
+        except ValueError as e:
+            raise KeyError_(f"{key_path}: cannot open PKCS#12 ({e})") from None
+        if cert_path is not None:
+            cert = load_certificates(cert_path)[0]
+    else:
+        try:
+            key = serialization.load_pem_private_key(data, passphrase)
+        except (ValueError, TypeError) as e:
+            raise KeyError_(f"{key_path}: cannot read the private key ({e})") from None
+        if cert_path is None:
+            raise KeyError_(f"{key_path}: a PEM key needs its certificate file too")
+        cert = load_certificates(cert_path)[0]
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise KeyError_(f"{key_path}: SDK needs an RSA key")
+    if cert is None:
+        raise KeyError_(f"{key_path}: no certificate found")
+    try:
+        return KeyPair(key, cert)
+    except KeyError_ as e:
+        raise KeyError_(f"{key_path}: {e}") from None

@@ -1,0 +1,57 @@
+"""Namespaces and fixed identifiers from Digg's SDK specifications."""
+
+from typing import Final
+
+# SDK business message v3 (B1.3.3).
+MSG_NS: Final = "urn:riv:infrastructure:messaging:MessageWithAttachments:3"
+FUNCTIONAL_ADDRESS_ROOT: Final = "urn:riv:infrastructure:messaging:functionalAddress"
+PARTY_SCHEME: Final = "iso6523-actorid-upis"
+
+# XHE 1.0 envelope (C3.2.2).
+XHE_NS: Final = "http://docs.oasis-open.org/bdxr/ns/XHE/1/ExchangeHeaderEnvelope"
+XHA_NS: Final = "http://docs.oasis-open.org/bdxr/ns/XHE/1/AggregateComponents"
+XHB_NS: Final = "http://docs.oasis-open.org/bdxr/ns/XHE/1/BasicComponents"
+XHE_CUSTOMIZATION: Final = "urn:fdc:digg.se:edelivery:xhe:1"
+
+# Kvittens: UBL 2.1 ApplicationResponse (C3.2.4).
+APP_NS: Final = "urn:oasis:names:specification:ubl:schema:xsd:ApplicationResponse-2"
+CAC_NS: Final = "urn:oasis:names:specification:ubl:schema:xsd:CommonAggregateComponents-2"
+CBC_NS: Final = "urn:oasis:names:specification:ubl:schema:xsd:CommonBasicComponents-2"
+KVITTENS_CUSTOMIZATION: Final = "urn:fdc:digg.se:edelivery:messagetype:response:1"
+
+# SMP / XHE business scope.
+MESSAGE_DOCUMENT_ID: Final = (
+    "urn:riv:infrastructure:messaging:MessageWithAttachments:3::messagePayload##3.0"
+    "::tm-base-ext-sigenc"
+)
+KVITTENS_DOCUMENT_ID: Final = (
+    "urn:oasis:names:specification:ubl:schema:xsd:ApplicationResponse-2::ApplicationResponse"
+    "##fdc:digg.se:edelivery:messagetype:response:1::2.1::tm-base-ext-sigenc"
+)
+DOCUMENT_ID_SCHEME: Final = "busdox-docid-qns"
+PROCESS_ID: Final = "bdx:noprocess"
+PROCESS_ID_SCHEME: Final = "urn:fdc:digg.se:edelivery:process"
+SDK_FEDERATION: Final = "urn:fdc:digg.se:edelivery:federation:sdk"
+MESSAGE_TYPE_CODE: Final = f"Q{{{MSG_NS}}}messagePayload"
+KVITTENS_TYPE_CODE: Final = f"Q{{{APP_NS}}}ApplicationResponse"
+
+# XML-DSig and XML-Enc.
+DS_NS: Final = "http://www.w3.org/2000/09/xmldsig#"
+XENC_NS: Final = "http://www.w3.org/2001/04/xmlenc#"
+C14N: Final = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
+ENVELOPED: Final = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
+RSA_SHA256: Final = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
+SHA256: Final = "http://www.w3.org/2001/04/xmlenc#sha256"
+SHA1: Final = "http://www.w3.org/2000/09/xmldsig#sha1"
+AES256_CBC: Final = "http://www.w3.org/2001/04/xmlenc#aes256-cbc"
+RSA_OAEP_MGF1P: Final = "http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p"
+XENC_ELEMENT: Final = "http://www.w3.org/2001/04/xmlenc#Element"
+
+# Limits (B1.3.3): the whole business message, attachments included.
+MAX_MESSAGE_BYTES: Final = 30_000_000
+MAX_LABEL_CHARS: Final = 256
+
+
+def q(ns: str, local: str) -> str:
+    """Clark notation, as lxml wants it."""
+    return f"{{{ns}}}{local}"

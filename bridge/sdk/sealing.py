@@ -1,0 +1,275 @@
+"""Seal (encrypt, envelope, sign) and open (verify, decrypt, validate) SDK envelopes.
+
+Opening follows Digg's order: verify the signature before anything else is trusted and
+before decrypting, then decrypt, then validate, then the consistency checks. The result is
+a `Verdict` that says which kvittens to send — or, where Digg says none may be sent
+(C3.2.4 §2.1.2), that the message belongs in quarantine.
+
+These functions are synchronous and take only picklable arguments, so the daemon runs
+them in a worker pool, off the event loop.
+"""
+
+from collections.abc import Collection, Container
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from lxml import etree
+
+from . import kvittens as kv
+from . import message as msg
+from . import xhe, xmldsig, xmlenc
+from .certs import CertificateProblem, check_signing_certificate
+from .keys import KeyPair
+from .names import MAX_MESSAGE_BYTES, SDK_FEDERATION
+from .verdict import ACCEPTED, Detail, Outcome, Quarantined, Reason, Rejected, Verdict
+from .xmlsafe import UnsafeXML
+from .xmlsafe import parse as parse_xml
+
+# A 30 MB message grows by a third in base64, plus the envelope: anything far beyond
+# that is not parsed at all.
+MAX_ENVELOPE_BYTES = 64_000_000
+
+
+def seal_message(
+    message: bytes | msg.BusinessMessage,
+    *,
+    signer: KeyPair,
+    recipient_cert: x509.Certificate,
+    federation: str = SDK_FEDERATION,
+) -> bytes:
+    """The signed XHE carrying `message` encrypted to `recipient_cert`.
+
+    Parties, HandlingServiceID and the XHE ID (= messageId) come from the message header.
+    Raise msg.InvalidMessage if the message breaks SDK's rules.
+    """
+    if isinstance(message, bytes):
+        try:
+            parsed = msg.parse(message)
+        except Rejected as problem:
+            raise msg.InvalidMessage(problem) from None
+        plaintext = etree.tostring(parse_xml(message, max_bytes=MAX_MESSAGE_BYTES))
+    else:
+        parsed = message
+        plaintext = etree.tostring(msg.to_element(message))
+    if len(plaintext) > MAX_MESSAGE_BYTES:
+        raise msg.InvalidMessage(Rejected(Reason.BV, Detail.TOO_LONG, "Message size too large."))
+    header = xhe.Header(
+        id=parsed.message_id,
+        created=datetime.now(UTC),
+        kind=xhe.PayloadKind.MESSAGE,
+        from_party=parsed.sender.organisation_id,
+        to_party=parsed.recipient.organisation_id,
+        handling_service_id=parsed.functional_address,
+        encrypted=True,
+        federation=federation,
+    )
+    root = xhe.build(header, xmlenc.encrypt(plaintext, recipient_cert))
+    xmldsig.sign(root, signer.key, signer.cert)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def seal_kvittens(
+    kvittens: kv.Kvittens,
+    *,
+    signer: KeyPair,
+    handling_service_id: str | None,
+    federation: str = SDK_FEDERATION,
+) -> bytes:
+    """The signed, unencrypted XHE carrying a kvittens.
+
+    `handling_service_id` is the functional address that sent the original message.
+    """
+    header = xhe.Header(
+        id=kvittens.id,
+        created=kvittens.issued,
+        kind=xhe.PayloadKind.KVITTENS,
+        from_party=kvittens.sender,
+        to_party=kvittens.receiver,
+        handling_service_id=handling_service_id,
+        encrypted=False,
+        federation=federation,
+    )
+    root = xhe.build(header, kv.to_element(kvittens))
+    xmldsig.sign(root, signer.key, signer.cert)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """What the receiving side knows when it opens an envelope."""
+
+    decryption_keys: list[KeyPair] = field(default_factory=list)
+    # The sender's signing certificates published in CertPub; None: not checked here.
+    sender_signing_certs: list[x509.Certificate] | None = None
+    # CA certificates the signer must chain to; None: chain not checked here.
+    trust_anchors: list[x509.Certificate] | None = None
+    # Organisation ids we receive for; an envelope for anyone else gets no kvittens.
+    our_parties: Collection[str] | None = None
+    # Our functional addresses; a business message for another is REJECTED not-found.
+    our_functional_addresses: Collection[str] | None = None
+    # messageIds already received; a repeat is REJECTED duplicate.
+    seen_message_ids: Container[str] = frozenset()
+    at: datetime | None = None  # when to check certificate validity; None: now
+    max_envelope_bytes: int = MAX_ENVELOPE_BYTES
+
+
+@dataclass(frozen=True)
+class Opened:
+    verdict: Verdict
+    # What could be read of the envelope, to address a kvittens or describe a quarantine.
+    envelope_id: str | None = None
+    from_party: str | None = None
+    to_party: str | None = None
+    header: xhe.Header | None = None
+    signer: x509.Certificate | None = None
+    message: msg.BusinessMessage | None = None
+    plaintext: bytes | None = None  # the decrypted business message
+    kvittens: kv.Kvittens | None = None
+
+    @property
+    def is_kvittens(self) -> bool:
+        return self.header is not None and self.header.kind is xhe.PayloadKind.KVITTENS
+
+
+def open_envelope(data: bytes, receiver: Receiver) -> Opened:
+    """Verify, decrypt and validate one XHE; never raises for bad input."""
+    state: dict[str, object] = {}  # Opened's fields, filled in as they become known
+    try:
+        kind = _open(data, receiver, state)
+        verdict = ACCEPTED
+    except (Rejected, Quarantined) as error:
+        kind = state.pop("kind", None)
+        verdict = Verdict.of(error)
+    except Exception as error:  # a bug must not turn into a kvittens
+        kind = state.pop("kind", None)
+        verdict = Verdict.of(Quarantined(f"internal error while opening ({type(error).__name__})"))
+    if kind is xhe.PayloadKind.KVITTENS and verdict.outcome is Outcome.REJECTED:
+        # Never a kvittens for a kvittens: a bad one is kept for an administrator.
+        verdict = Verdict.of(Quarantined(f"invalid kvittens: {verdict.line()}"))
+    return Opened(verdict, **state)  # type: ignore[arg-type]
+
+
+def _open(data: bytes, receiver: Receiver, state: dict[str, object]) -> xhe.PayloadKind:
+    """Fill `state` and return the payload kind, or raise Rejected / Quarantined.
+
+    While it runs, state["kind"] says whether a failure may be answered with a kvittens.
+    """
+    try:
+        root = parse_xml(data, max_bytes=receiver.max_envelope_bytes)
+    except UnsafeXML as e:
+        raise Quarantined(f"envelope: {e}") from None
+    envelope_id, from_party, to_party = xhe.identity(root)
+    state.update(envelope_id=envelope_id, from_party=from_party, to_party=to_party)
+    if not (envelope_id and from_party and to_party):
+        raise Quarantined("not an XHE envelope with an ID and both parties")
+    if receiver.our_parties is not None and to_party not in receiver.our_parties:
+        raise Quarantined("the envelope is addressed to an organisation we do not serve")
+    state["kind"] = xhe.PayloadKind.KVITTENS if _looks_like_kvittens(root) else None
+
+    # 1. The signature, before anything in the envelope is believed.
+    try:
+        signer = xmldsig.verify(root)
+    except xmldsig.SignatureInvalid as e:
+        raise Rejected(Reason.SIG, Detail.SECURITY, f"signature: {e}") from None
+    state["signer"] = signer
+    try:
+        check_signing_certificate(signer, receiver.at or datetime.now(UTC), receiver.trust_anchors)
+    except CertificateProblem as e:
+        raise Rejected(Reason.SIG, Detail.SECURITY, str(e)) from None
+    if receiver.sender_signing_certs is not None and not _published(
+        signer, receiver.sender_signing_certs
+    ):
+        raise Rejected(
+            Reason.SIG,
+            Detail.SECURITY,
+            "the signing certificate is not one the sender publishes in CertPub",
+        )
+
+    # 2. The envelope's own rules.
+    header = xhe.read_header(root)
+    state.update(header=header, kind=header.kind)
+    content = xhe.payload_content(root)
+    if len(content) != 1:
+        raise Rejected(Reason.SV, Detail.STRUCTURE, "PayloadContent must hold exactly one element")
+    if header.kind is xhe.PayloadKind.KVITTENS:
+        _open_kvittens(header, content[0], state)
+        return state.pop("kind")  # type: ignore[return-value]
+
+    # 3. Decrypt: an unencrypted business message is refused (B1.3.3 §5.3 row 14).
+    if not header.encrypted:
+        raise Rejected(Reason.SIG, Detail.SECURITY, "the message payload is not encrypted")
+    try:
+        plaintext = xmlenc.decrypt(content[0], receiver.decryption_keys)
+    except xmlenc.DecryptionError as e:
+        raise Quarantined(f"payload cannot be decrypted: {e}") from None
+    state["plaintext"] = plaintext
+    if len(plaintext) > MAX_MESSAGE_BYTES:
+        raise Rejected(Reason.BV, Detail.TOO_LONG, "Message size too large.")
+
+    # 4. The business message and its consistency with the envelope.
+    try:
+        message = msg.from_element(parse_xml(plaintext, max_bytes=MAX_MESSAGE_BYTES))
+    except UnsafeXML as e:
+        raise Quarantined(f"decrypted payload: {e}") from None
+    state["message"] = message
+    _check_consistency(header, message, receiver)
+    return state.pop("kind")  # type: ignore[return-value]
+
+
+def _looks_like_kvittens(root: etree._Element) -> bool:
+    return any(
+        (v.text or "").strip() == xhe.KVITTENS_DOCUMENT_ID
+        for v in root.iter(etree.QName(xhe.XHB_NS, "BusinessScopeCriterionValue").text)
+    )
+
+
+def _published(signer: x509.Certificate, published: list[x509.Certificate]) -> bool:
+    der = signer.public_bytes(serialization.Encoding.DER)
+    return any(c.public_bytes(serialization.Encoding.DER) == der for c in published)
+
+
+def _invariant(text: str, path: str = "NA") -> Rejected:
+    return Rejected(Reason.BV, Detail.INVARIANT, text, path)
+
+
+_HEADER = "/messagePayload/message/messageHeader"
+
+
+def _check_consistency(header: xhe.Header, message: msg.BusinessMessage, rx: Receiver) -> None:
+    """B1.3.3: the envelope, the business header and what we serve must agree."""
+    if message.message_id != header.id:
+        raise _invariant("the XHE Header ID differs from messageId", f"{_HEADER}/messageId")
+    if message.recipient.organisation_id != header.to_party:
+        raise _invariant(
+            "recipientID differs from the XHE ToParty", f"{_HEADER}/recipient/recipientID"
+        )
+    if message.sender.organisation_id != header.from_party:
+        raise Rejected(
+            Reason.BV,
+            Detail.SECURITY,
+            "senderID differs from the XHE FromParty",
+            f"{_HEADER}/sender/senderID",
+        )
+    path = f"{_HEADER}/recipient/attention/subOrganization/organizationId/extension"
+    if message.functional_address != header.handling_service_id:
+        raise _invariant("the recipient's functional address differs from HandlingServiceID", path)
+    if (
+        rx.our_functional_addresses is not None
+        and message.functional_address not in rx.our_functional_addresses
+    ):
+        raise Rejected(Reason.BV, Detail.NOT_FOUND, "the functional address does not exist", path)
+    if message.message_id in rx.seen_message_ids:
+        raise Rejected(
+            Reason.BV, Detail.DUPLICATE, "messageId has been received before", f"{_HEADER}/messageId"
+        )
+
+
+def _open_kvittens(header: xhe.Header, payload: etree._Element, state: dict[str, object]) -> None:
+    if header.encrypted:
+        raise Quarantined("a kvittens must not be encrypted")
+    kvittens = kv.from_element(payload)
+    state["kvittens"] = kvittens
+    if kvittens.sender != header.from_party or kvittens.receiver != header.to_party:
+        raise Quarantined("the kvittens parties differ from the envelope's")

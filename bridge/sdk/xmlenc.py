@@ -1,0 +1,137 @@
+"""XML Encryption 1.0 as SDK uses it: one element, aes256-cbc, key transport rsa-oaep-mgf1p.
+
+Our own small code: no maintained Python library does XML-Enc, and the profile is narrow.
+The recipient's certificate goes into the EncryptedKey's KeyInfo, so a receiver holding
+several keys (certificate rollover) knows which one to use.
+"""
+
+import base64
+import binascii
+import os
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, padding, serialization
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from lxml import etree
+
+from .keys import KeyPair
+from .names import AES256_CBC, DS_NS, RSA_OAEP_MGF1P, SHA1, XENC_ELEMENT, XENC_NS, q
+
+_OAEP = asym_padding.OAEP(
+    mgf=asym_padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes.SHA1(), label=None
+)
+_NS = {"xenc": XENC_NS, "ds": DS_NS}
+
+
+class DecryptionError(ValueError):
+    """The payload cannot be decrypted as SDK expects (no kvittens: C3.2.4 §2.1.2)."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def encrypt(plaintext: bytes, recipient: x509.Certificate) -> etree._Element:
+    """An `xenc:EncryptedData` (Type Element) holding `plaintext`, a serialized element."""
+    session_key = os.urandom(32)
+    iv = os.urandom(16)
+    padder = padding.PKCS7(128).padder()  # PKCS#7 is a valid XML-Enc (ISO 10126) padding
+    encryptor = Cipher(algorithms.AES(session_key), modes.CBC(iv)).encryptor()
+    ciphertext = encryptor.update(padder.update(plaintext) + padder.finalize())
+    ciphertext += encryptor.finalize()
+    wrapped_key = recipient.public_key().encrypt(session_key, _OAEP)  # type: ignore[union-attr]
+
+    def sub(parent: etree._Element, ns: str, name: str, **attrs: str) -> etree._Element:
+        return etree.SubElement(parent, q(ns, name), attrs)
+
+    data = etree.Element(
+        q(XENC_NS, "EncryptedData"), {"Type": XENC_ELEMENT}, nsmap={"xenc": XENC_NS}
+    )
+    sub(data, XENC_NS, "EncryptionMethod", Algorithm=AES256_CBC)
+    key_info = etree.SubElement(data, q(DS_NS, "KeyInfo"), nsmap={"ds": DS_NS})
+    encrypted_key = sub(key_info, XENC_NS, "EncryptedKey")
+    method = sub(encrypted_key, XENC_NS, "EncryptionMethod", Algorithm=RSA_OAEP_MGF1P)
+    sub(method, DS_NS, "DigestMethod", Algorithm=SHA1)
+    x509_data = sub(sub(encrypted_key, DS_NS, "KeyInfo"), DS_NS, "X509Data")
+    sub(x509_data, DS_NS, "X509Certificate").text = _b64(
+        recipient.public_bytes(serialization.Encoding.DER)
+    )
+    key_cipher = sub(encrypted_key, XENC_NS, "CipherData")
+    sub(key_cipher, XENC_NS, "CipherValue").text = _b64(wrapped_key)
+    sub(sub(data, XENC_NS, "CipherData"), XENC_NS, "CipherValue").text = _b64(iv + ciphertext)
+    return data
+
+
+def _one(element: etree._Element, path: str, what: str) -> etree._Element:
+    found = element.findall(path, _NS)
+    if len(found) != 1:
+        raise DecryptionError(f"expected exactly one {what}")
+    return found[0]
+
+
+def _decode(element: etree._Element, what: str) -> bytes:
+    try:
+        return base64.b64decode("".join((element.text or "").split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise DecryptionError(f"{what} is not valid base64") from None
+
+
+def _algorithm(element: etree._Element, path: str, what: str) -> str:
+    return _one(element, path, what).get("Algorithm", "")
+
+
+def decrypt(encrypted_data: etree._Element, keys: list[KeyPair]) -> bytes:
+    """The plaintext element bytes, using whichever of `keys` the sender encrypted to."""
+    if encrypted_data.tag != q(XENC_NS, "EncryptedData"):
+        raise DecryptionError("the payload is not an xenc:EncryptedData")
+    if encrypted_data.get("Type") != XENC_ELEMENT:
+        raise DecryptionError("EncryptedData Type must be Element")
+    if _algorithm(encrypted_data, "xenc:EncryptionMethod", "EncryptionMethod") != AES256_CBC:
+        raise DecryptionError("the payload cipher must be aes256-cbc")
+    session_key = _unwrap_session_key(encrypted_data, keys)
+    blob = _decode(_one(encrypted_data, "xenc:CipherData/xenc:CipherValue", "CipherValue"),
+                   "CipherValue")
+    if len(blob) < 32 or len(blob) % 16:
+        raise DecryptionError("the ciphertext has an impossible length")
+    decryptor = Cipher(algorithms.AES(session_key), modes.CBC(blob[:16])).decryptor()
+    padded = decryptor.update(blob[16:]) + decryptor.finalize()
+    pad = padded[-1]
+    if not 1 <= pad <= 16:
+        raise DecryptionError("the payload does not decrypt with this key")
+    return padded[:-pad]
+
+
+def _unwrap_session_key(encrypted_data: etree._Element, keys: list[KeyPair]) -> bytes:
+    encrypted_keys = encrypted_data.findall("ds:KeyInfo/xenc:EncryptedKey", _NS)
+    if not encrypted_keys:
+        raise DecryptionError("no EncryptedKey in the payload's KeyInfo")
+    for encrypted_key in encrypted_keys:
+        method = _one(encrypted_key, "xenc:EncryptionMethod", "key EncryptionMethod")
+        if method.get("Algorithm") != RSA_OAEP_MGF1P:
+            raise DecryptionError("key transport must be rsa-oaep-mgf1p")
+        digest = method.find("ds:DigestMethod", _NS)
+        if digest is not None and digest.get("Algorithm") != SHA1:
+            raise DecryptionError("rsa-oaep-mgf1p must use the SHA-1 digest")
+        wrapped = _decode(
+            _one(encrypted_key, "xenc:CipherData/xenc:CipherValue", "key CipherValue"),
+            "key CipherValue",
+        )
+        for keypair in _candidates(encrypted_key, keys):
+            try:
+                session_key = keypair.key.decrypt(wrapped, _OAEP)
+            except ValueError:
+                continue
+            if len(session_key) != 32:
+                raise DecryptionError("the session key is not an AES-256 key")
+            return session_key
+    raise DecryptionError("the payload is not encrypted to any of our keys")
+
+
+def _candidates(encrypted_key: etree._Element, keys: list[KeyPair]) -> list[KeyPair]:
+    """The key the sender named by certificate, else all of them."""
+    named = encrypted_key.find("ds:KeyInfo/ds:X509Data/ds:X509Certificate", _NS)
+    if named is None:
+        return keys
+    der = _decode(named, "recipient X509Certificate")
+    return [k for k in keys if k.cert.public_bytes(serialization.Encoding.DER) == der]

@@ -133,11 +133,15 @@ class Opened:
         return self.header is not None and self.header.kind is xhe.PayloadKind.KVITTENS
 
 
-def open_envelope(data: bytes, receiver: Receiver) -> Opened:
-    """Verify, decrypt and validate one XHE; never raises for bad input."""
+def open_envelope(data: bytes, receiver: Receiver, *, decrypt: bool = True) -> Opened:
+    """Verify, decrypt and validate one XHE; never raises for bad input.
+
+    `decrypt=False` stops after the envelope checks (for inspecting a message without the
+    recipient's key): the verdict then speaks for the envelope only.
+    """
     state: dict[str, object] = {}  # Opened's fields, filled in as they become known
     try:
-        kind = _open(data, receiver, state)
+        kind = _open(data, receiver, state, decrypt)
         verdict = ACCEPTED
     except (Rejected, Quarantined) as error:
         kind = state.pop("kind", None)
@@ -151,7 +155,9 @@ def open_envelope(data: bytes, receiver: Receiver) -> Opened:
     return Opened(verdict, **state)  # type: ignore[arg-type]
 
 
-def _open(data: bytes, receiver: Receiver, state: dict[str, object]) -> xhe.PayloadKind:
+def _open(
+    data: bytes, receiver: Receiver, state: dict[str, object], decrypt: bool
+) -> xhe.PayloadKind:
     """Fill `state` and return the payload kind, or raise Rejected / Quarantined.
 
     While it runs, state["kind"] says whether a failure may be answered with a kvittens.
@@ -200,6 +206,8 @@ def _open(data: bytes, receiver: Receiver, state: dict[str, object]) -> xhe.Payl
     # 3. Decrypt: an unencrypted business message is refused (B1.3.3 §5.3 row 14).
     if not header.encrypted:
         raise Rejected(Reason.SIG, Detail.SECURITY, "the message payload is not encrypted")
+    if not decrypt:
+        return state.pop("kind")  # type: ignore[return-value]
     try:
         plaintext = xmlenc.decrypt(content[0], receiver.decryption_keys)
     except xmlenc.DecryptionError as e:

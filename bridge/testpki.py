@@ -1,8 +1,8 @@
-"""Throwaway test PKI (root -> issuing CA -> leaf certs) built with `cryptography`.
+"""A throwaway test PKI (root -> issuing CA -> leaf certificates) built with `cryptography`.
 
-Shaped like SITHS function certificates so that signing/encryption code and the
-independent `xmlsec1` tool see realistic chains. RSA key generation dominates the cost,
-so build one PKI per pytest session (e.g. a session fixture using tmp_path_factory).
+Shaped like SITHS function certificates, so the signing and encryption code and the
+independent `xmlsec1` tool see realistic chains. Used by the tests, the benchmarks and
+the local federation; never for real traffic. RSA key generation dominates the cost.
 """
 
 from __future__ import annotations

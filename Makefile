@@ -1,0 +1,24 @@
+# The two set-up commands of README.md: `make demo` runs the product, `make test` the tests.
+# Each creates .venv and installs what it needs on first use.
+
+PYTHON ?= python3
+VENV := .venv
+
+.PHONY: demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/sdk-bridge --help
+
+test: $(VENV)/.installed
+	scripts/install-system-packages
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

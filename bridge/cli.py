@@ -1,0 +1,279 @@
+"""The `sdk-bridge` command.
+
+Exit codes: 0 success (for `open`: the input is valid), 1 the input is not valid,
+2 usage errors (bad options, unreadable files or keys).
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import __version__
+from . import logging as bridge_logging
+from .sdk import kvittens as kv
+from .sdk import sealing
+from .sdk.keys import KeyError_, KeyPair, load_certificates, load_keypair
+from .sdk.message import InvalidMessage
+from .sdk.names import APP_NS, q
+from .sdk.verdict import Outcome, Rejected
+from .sdk.xmlsafe import UnsafeXML
+from .sdk.xmlsafe import parse as parse_xml
+
+PASSPHRASE_ENV = "SDK_BRIDGE_KEY_PASSPHRASE"
+
+
+class UsageError(Exception):
+    """Reported as `sdk-bridge: error: ...` with exit code 2."""
+
+
+def _passphrase(args: argparse.Namespace) -> bytes | None:
+    if args.passphrase_file:
+        return Path(args.passphrase_file).read_bytes().rstrip(b"\r\n")
+    value = os.environ.get(PASSPHRASE_ENV)
+    return value.encode() if value else None
+
+
+def _keypair(key: str, cert: str | None, args: argparse.Namespace) -> KeyPair:
+    try:
+        return load_keypair(Path(key), Path(cert) if cert else None, _passphrase(args))
+    except (KeyError_, OSError) as e:
+        raise UsageError(str(e)) from None
+
+
+def _certificates(paths: Sequence[str] | None) -> list | None:
+    if not paths:
+        return None
+    try:
+        return [c for p in paths for c in load_certificates(Path(p))]
+    except (KeyError_, OSError) as e:
+        raise UsageError(str(e)) from None
+
+
+def _read(path: str) -> bytes:
+    try:
+        return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"{path}: {e.strerror}") from None
+
+
+def _write(data: bytes, output: str | None) -> None:
+    if output:
+        Path(output).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+def _at(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--at: not an ISO 8601 time: {value}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def cmd_xhe_seal(args: argparse.Namespace) -> int:
+    signer = _keypair(args.sign_key, args.sign_cert, args)
+    recipient = (_certificates([args.encrypt_cert]) or [None])[0]
+    try:
+        sealed = sealing.seal_message(
+            _read(args.message), signer=signer, recipient_cert=recipient, federation=args.federation
+        )
+    except InvalidMessage as e:
+        print(f"INVALID {e.problem.reason} {e.problem.detail}: {e.problem.text}", file=sys.stderr)
+        return 1
+    except UnsafeXML as e:
+        print(f"INVALID: {e}", file=sys.stderr)
+        return 1
+    _write(sealed, args.output)
+    return 0
+
+
+def _receiver(args: argparse.Namespace, keys: list[KeyPair]) -> sealing.Receiver:
+    return sealing.Receiver(
+        decryption_keys=keys,
+        sender_signing_certs=_certificates(args.sender_cert),
+        trust_anchors=_certificates(args.trust),
+        at=_at(args.at),
+    )
+
+
+def cmd_xhe_open(args: argparse.Namespace) -> int:
+    certs = args.decrypt_cert or []
+    if len(certs) > len(args.decrypt_key):
+        raise UsageError("more --decrypt-cert than --decrypt-key")
+    certs = certs + [None] * (len(args.decrypt_key) - len(certs))
+    keys = [_keypair(k, c, args) for k, c in zip(args.decrypt_key, certs, strict=True)]
+    opened = sealing.open_envelope(_read(args.xhe), _receiver(args, keys), decrypt=bool(keys))
+    line = opened.verdict.line()
+    if opened.verdict.outcome is Outcome.ACCEPTED and opened.is_kvittens:
+        line = f"ACCEPTED kvittens: {opened.kvittens.summary()}"  # type: ignore[union-attr]
+    elif opened.verdict.outcome is Outcome.ACCEPTED and not keys:
+        line = "ACCEPTED envelope (payload not decrypted: no --decrypt-key)"
+    print(line, file=sys.stderr)
+    if opened.plaintext is not None and opened.verdict.outcome is Outcome.ACCEPTED:
+        _write(opened.plaintext, args.output)
+    return 0 if opened.verdict.outcome is Outcome.ACCEPTED else 1
+
+
+def cmd_kvittens_seal(args: argparse.Namespace) -> int:
+    signer = _keypair(args.sign_key, args.sign_cert, args)
+    try:
+        kvittens = kv.from_element(parse_xml(_read(args.kvittens), max_bytes=1_000_000))
+    except (UnsafeXML, Rejected) as e:
+        print(f"INVALID kvittens: {e}", file=sys.stderr)
+        return 1
+    sealed = sealing.seal_kvittens(
+        kvittens,
+        signer=signer,
+        handling_service_id=args.handling_service_id,
+        federation=args.federation,
+    )
+    _write(sealed, args.output)
+    return 0
+
+
+def cmd_kvittens_open(args: argparse.Namespace) -> int:
+    """A kvittens in its signed XHE, or a bare ApplicationResponse (profile checks only)."""
+    data = _read(args.kvittens)
+    try:
+        root = parse_xml(data, max_bytes=sealing.MAX_ENVELOPE_BYTES)
+    except UnsafeXML as e:
+        print(f"NO-KVITTENS quarantine: {e}", file=sys.stderr)
+        return 1
+    if root.tag == q(APP_NS, "ApplicationResponse"):
+        try:
+            kvittens = kv.from_element(root)
+        except Rejected as e:
+            print(f"INVALID kvittens {e.reason} {e.detail}: {e.text}", file=sys.stderr)
+            return 1
+        print(f"VALID kvittens (not signed: no envelope): {kvittens.summary()}", file=sys.stderr)
+        return 0
+    opened = sealing.open_envelope(data, _receiver(args, []))
+    if not opened.is_kvittens and opened.header is not None:
+        print("NOT A KVITTENS: the envelope carries a business message", file=sys.stderr)
+        return 1
+    if opened.verdict.outcome is Outcome.ACCEPTED:
+        print(f"ACCEPTED kvittens: {opened.kvittens.summary()}", file=sys.stderr)  # type: ignore[union-attr]
+        return 0
+    print(opened.verdict.line(), file=sys.stderr)
+    return 1
+
+
+def cmd_bench_core(args: argparse.Namespace) -> int:
+    from .benchmark import format_table, run_core_benchmark
+
+    result = run_core_benchmark(seconds=args.seconds, key_size=args.key_size)
+    if args.json:
+        import json
+
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def _add_trust_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust", action="append", metavar="CA.pem",
+        help="CA certificates the signer must chain to (repeatable)",
+    )
+    parser.add_argument(
+        "--sender-cert", action="append", metavar="CERT",
+        help="the sender's published signing certificates; the signer must be one (repeatable)",
+    )
+    parser.add_argument(
+        "--at", metavar="ISO-TIME", help="check certificate validity at this time (default: now)"
+    )
+
+
+def _add_signer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sign-key", required=True, metavar="KEY",
+                        help="signing key: PEM, or PKCS#12 (.p12/.pfx) with its certificate")
+    parser.add_argument("--sign-cert", metavar="CERT", help="certificate for a PEM signing key")
+    parser.add_argument("--federation", default=sealing.SDK_FEDERATION,
+                        help="FEDERATIONID of the envelope (default: %(default)s)")
+    parser.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sdk-bridge",
+        description="Connects an organisation's e-mail to SDK, Säker digital kommunikation.",
+    )
+    parser.add_argument("--version", action="version", version=f"sdk-bridge {__version__}")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines")
+    parser.add_argument(
+        "--passphrase-file", metavar="FILE",
+        help=f"passphrase for encrypted keys (default: ${PASSPHRASE_ENV})",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    xhe = commands.add_parser("xhe", help="seal and open SDK envelopes (XHE)")
+    xhe_commands = xhe.add_subparsers(dest="action", required=True, metavar="ACTION")
+    seal = xhe_commands.add_parser(
+        "seal", help="encrypt and sign a business message into an XHE",
+        description="Parties, HandlingServiceID and the XHE ID come from the message header.",
+    )
+    seal.add_argument("message", metavar="MESSAGE.xml")
+    seal.add_argument("--encrypt-cert", required=True, metavar="CERT",
+                      help="the recipient's encryption certificate")
+    _add_signer_options(seal)
+    seal.set_defaults(run=cmd_xhe_seal)
+
+    open_ = xhe_commands.add_parser(
+        "open", help="verify, decrypt and validate an XHE; print the business message",
+        description="Prints one line naming the outcome (ACCEPTED, REJECTED <reason> <detail>, "
+        "NO-KVITTENS quarantine) on stderr, the decrypted message on stdout.",
+    )
+    open_.add_argument("xhe", metavar="XHE.xml")
+    open_.add_argument("--decrypt-key", action="append", default=[], metavar="KEY",
+                       help="decryption key, PEM or PKCS#12 (repeatable, for rollover)")
+    open_.add_argument("--decrypt-cert", action="append", metavar="CERT",
+                       help="certificate of the matching PEM --decrypt-key")
+    open_.add_argument("-o", "--output", metavar="OUT", help="write the message here")
+    _add_trust_options(open_)
+    open_.set_defaults(run=cmd_xhe_open)
+
+    kvittens = commands.add_parser("kvittens", help="seal and open kvittens")
+    kvittens_commands = kvittens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kseal = kvittens_commands.add_parser("seal", help="sign an ApplicationResponse into an XHE")
+    kseal.add_argument("kvittens", metavar="KVITTENS.xml")
+    kseal.add_argument("--handling-service-id", metavar="ADDRESS",
+                       help="the functional address that sent the original message")
+    _add_signer_options(kseal)
+    kseal.set_defaults(run=cmd_kvittens_seal)
+    kopen = kvittens_commands.add_parser("open", help="verify and validate a kvittens")
+    kopen.add_argument("kvittens", metavar="FILE", help="an XHE, or a bare ApplicationResponse")
+    _add_trust_options(kopen)
+    kopen.set_defaults(run=cmd_kvittens_open)
+
+    bench = commands.add_parser(
+        "bench-core", help="micro-benchmark: seal/open throughput vs raw RSA signing"
+    )
+    bench.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    bench.add_argument("--key-size", type=int, default=3072)
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.set_defaults(run=cmd_bench_core)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    bridge_logging.configure(args.log_level, args.log_json)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except UsageError as e:
+        parser.exit(2, f"sdk-bridge: error: {e}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

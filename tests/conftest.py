@@ -1,0 +1,97 @@
+"""Shared fixtures: one test PKI per session, organisations A and B, a message factory."""
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from bridge.sdk import message as msg
+from bridge.sdk.keys import KeyPair
+from bridge.sdk.sealing import Receiver
+from bridge.testpki import Identity, TestPKI, make_pki
+
+ORG_A = "0203:a.example.se"
+ORG_B = "0203:b.example.se"
+ADDRESS_A = "registrator.a"
+ADDRESS_B = "registrator.b"
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    return make_pki(tmp_path_factory.mktemp("pki"), key_size=3072)
+
+
+@pytest.fixture(scope="session")
+def alice(pki: TestPKI) -> Identity:
+    """Organisation A's function certificate (signs what A sends)."""
+    return pki.issue("a.example.se")
+
+
+@pytest.fixture(scope="session")
+def bob(pki: TestPKI) -> Identity:
+    """Organisation B's function certificate (A encrypts to it)."""
+    return pki.issue("b.example.se")
+
+
+@pytest.fixture(scope="session")
+def bob_next(pki: TestPKI) -> Identity:
+    """B's next certificate, during a rollover."""
+    return pki.issue("b.example.se next")
+
+
+@pytest.fixture(scope="session")
+def mallory(pki: TestPKI) -> Identity:
+    """A valid certificate from the same CA that belongs to neither A nor B."""
+    return pki.issue("mallory.example.se")
+
+
+def keypair(identity: Identity) -> KeyPair:
+    return KeyPair(identity.key, identity.cert)
+
+
+def make_message(**changes: object) -> msg.BusinessMessage:
+    """A message from A to B with every header field set; `changes` override fields."""
+    message_id = str(uuid.uuid4())
+    fields: dict[str, object] = dict(
+        message_id=message_id,
+        conversation_id=message_id,
+        created=datetime.now(UTC),
+        confidential=True,
+        label="Ansökan om bygglov",
+        generating_system=msg.Identifier("urn:sdk-bridge", "sdk-bridge test"),
+        recipient=msg.Party(
+            ORG_B,
+            msg.Attention(
+                ADDRESS_B,
+                "Registrator",
+                persons=(msg.Person(msg.Identifier("1.2.752.129.2.1.3.1", "191212121212")),),
+                references=(msg.Reference(msg.Identifier("diarienummer", "KS 2026/123")),),
+            ),
+            label="B kommun",
+        ),
+        sender=msg.Party(ORG_A, msg.Attention(ADDRESS_A, "Registrator"), label="A kommun"),
+        documents=(
+            msg.Document(
+                "SDK-Meddelande",
+                texts=("Hej!\n\nHär kommer **underlaget**.",),
+                files=(msg.ContentFile("underlag.pdf", "application/pdf", b"%PDF-1.7\n..."),),
+                name="SDK-Meddelande",
+                index="1",
+            ),
+        ),
+    )
+    fields.update(changes)
+    return msg.BusinessMessage(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def receiver_b(pki: TestPKI, alice: Identity, bob: Identity) -> Receiver:
+    """B as it opens what A sends: A's published certificate, the test CA as trust anchor."""
+    return Receiver(
+        decryption_keys=[keypair(bob)],
+        sender_signing_certs=[alice.cert],
+        trust_anchors=[pki.issuing_ca.cert, pki.root.cert],
+        our_parties={ORG_B},
+        our_functional_addresses={ADDRESS_B},
+    )
+

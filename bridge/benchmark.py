@@ -77,10 +77,15 @@ def run_core_benchmark(seconds: float = 2.0, key_size: int = 3072) -> dict[str, 
             "message_bytes": len(xml),
             "envelope_bytes": len(sealed),
             "seal_msgs_per_s": round(
-                _rate(lambda x=xml: sealing.seal_message(x, signer=sender, recipient_cert=b.cert),
-                      seconds), 1),
+                _rate(
+                    lambda x=xml: sealing.seal_message(x, signer=sender, recipient_cert=b.cert),
+                    seconds,
+                ),
+                1,
+            ),
             "open_msgs_per_s": round(
-                _rate(lambda s=sealed: sealing.open_envelope(s, receiver), seconds), 1),
+                _rate(lambda s=sealed: sealing.open_envelope(s, receiver), seconds), 1
+            ),
         }
     return result
 

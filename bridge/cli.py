@@ -180,11 +180,15 @@ def cmd_bench_core(args: argparse.Namespace) -> int:
 
 def _add_trust_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--trust", action="append", metavar="CA.pem",
+        "--trust",
+        action="append",
+        metavar="CA.pem",
         help="CA certificates the signer must chain to (repeatable)",
     )
     parser.add_argument(
-        "--sender-cert", action="append", metavar="CERT",
+        "--sender-cert",
+        action="append",
+        metavar="CERT",
         help="the sender's published signing certificates; the signer must be one (repeatable)",
     )
     parser.add_argument(
@@ -193,11 +197,18 @@ def _add_trust_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_signer_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sign-key", required=True, metavar="KEY",
-                        help="signing key: PEM, or PKCS#12 (.p12/.pfx) with its certificate")
+    parser.add_argument(
+        "--sign-key",
+        required=True,
+        metavar="KEY",
+        help="signing key: PEM, or PKCS#12 (.p12/.pfx) with its certificate",
+    )
     parser.add_argument("--sign-cert", metavar="CERT", help="certificate for a PEM signing key")
-    parser.add_argument("--federation", default=sealing.SDK_FEDERATION,
-                        help="FEDERATIONID of the envelope (default: %(default)s)")
+    parser.add_argument(
+        "--federation",
+        default=sealing.SDK_FEDERATION,
+        help="FEDERATIONID of the envelope (default: %(default)s)",
+    )
     parser.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
 
 
@@ -210,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines")
     parser.add_argument(
-        "--passphrase-file", metavar="FILE",
+        "--passphrase-file",
+        metavar="FILE",
         help=f"passphrase for encrypted keys (default: ${PASSPHRASE_ENV})",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -218,25 +230,40 @@ def build_parser() -> argparse.ArgumentParser:
     xhe = commands.add_parser("xhe", help="seal and open SDK envelopes (XHE)")
     xhe_commands = xhe.add_subparsers(dest="action", required=True, metavar="ACTION")
     seal = xhe_commands.add_parser(
-        "seal", help="encrypt and sign a business message into an XHE",
+        "seal",
+        help="encrypt and sign a business message into an XHE",
         description="Parties, HandlingServiceID and the XHE ID come from the message header.",
     )
     seal.add_argument("message", metavar="MESSAGE.xml")
-    seal.add_argument("--encrypt-cert", required=True, metavar="CERT",
-                      help="the recipient's encryption certificate")
+    seal.add_argument(
+        "--encrypt-cert",
+        required=True,
+        metavar="CERT",
+        help="the recipient's encryption certificate",
+    )
     _add_signer_options(seal)
     seal.set_defaults(run=cmd_xhe_seal)
 
     open_ = xhe_commands.add_parser(
-        "open", help="verify, decrypt and validate an XHE; print the business message",
+        "open",
+        help="verify, decrypt and validate an XHE; print the business message",
         description="Prints one line naming the outcome (ACCEPTED, REJECTED <reason> <detail>, "
         "NO-KVITTENS quarantine) on stderr, the decrypted message on stdout.",
     )
     open_.add_argument("xhe", metavar="XHE.xml")
-    open_.add_argument("--decrypt-key", action="append", default=[], metavar="KEY",
-                       help="decryption key, PEM or PKCS#12 (repeatable, for rollover)")
-    open_.add_argument("--decrypt-cert", action="append", metavar="CERT",
-                       help="certificate of the matching PEM --decrypt-key")
+    open_.add_argument(
+        "--decrypt-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="decryption key, PEM or PKCS#12 (repeatable, for rollover)",
+    )
+    open_.add_argument(
+        "--decrypt-cert",
+        action="append",
+        metavar="CERT",
+        help="certificate of the matching PEM --decrypt-key",
+    )
     open_.add_argument("-o", "--output", metavar="OUT", help="write the message here")
     _add_trust_options(open_)
     open_.set_defaults(run=cmd_xhe_open)
@@ -245,8 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     kvittens_commands = kvittens.add_subparsers(dest="action", required=True, metavar="ACTION")
     kseal = kvittens_commands.add_parser("seal", help="sign an ApplicationResponse into an XHE")
     kseal.add_argument("kvittens", metavar="KVITTENS.xml")
-    kseal.add_argument("--handling-service-id", metavar="ADDRESS",
-                       help="the functional address that sent the original message")
+    kseal.add_argument(
+        "--handling-service-id",
+        metavar="ADDRESS",
+        help="the functional address that sent the original message",
+    )
     _add_signer_options(kseal)
     kseal.set_defaults(run=cmd_kvittens_seal)
     kopen = kvittens_commands.add_parser("open", help="verify and validate a kvittens")

@@ -1,4 +1,4 @@
-"""Logging, set up once per process: structlog to stderr, key=value for people, JSON for machines."""
+"""Logging, set up once per process: structlog to stderr, key=value for people or JSON."""
 
 import logging
 import sys

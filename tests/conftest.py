@@ -94,4 +94,3 @@ def receiver_b(pki: TestPKI, alice: Identity, bob: Identity) -> Receiver:
         our_parties={ORG_B},
         our_functional_addresses={ADDRESS_B},
     )
-

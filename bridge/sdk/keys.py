@@ -1,9 +1,11 @@
 """Keys and certificates from PEM or PKCS#12 files.
 
 SITHS function certificates usually arrive as .p12; private keys may be encrypted with a
-passphrase. A `KeyPair` pickles to DER, so it can be handed to a process pool.
+passphrase. Certificates and `KeyPair`s pickle (as DER), so the RSA work that uses them can
+be handed to a process pool.
 """
 
+import copyreg
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,19 +28,30 @@ class KeyPair:
         if self.key.public_key().public_numbers() != self.cert.public_key().public_numbers():
             raise KeyError_("the private key does not belong to the certificate")
 
-    def __reduce__(self) -> tuple[object, tuple[bytes, bytes]]:
+    def __reduce__(self) -> tuple[object, tuple[bytes, x509.Certificate]]:
         der_key = self.key.private_bytes(
             serialization.Encoding.DER,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        return _keypair_from_der, (der_key, self.cert.public_bytes(serialization.Encoding.DER))
+        return _keypair_from_der, (der_key, self.cert)
 
 
-def _keypair_from_der(der_key: bytes, der_cert: bytes) -> KeyPair:
+def _keypair_from_der(der_key: bytes, cert: x509.Certificate) -> KeyPair:
     key = serialization.load_der_private_key(der_key, None)
     assert isinstance(key, rsa.RSAPrivateKey)
-    return KeyPair(key, x509.load_der_x509_certificate(der_cert))
+    return KeyPair(key, cert)
+
+
+def _certificate_from_der(der: bytes) -> x509.Certificate:
+    return x509.load_der_x509_certificate(der)
+
+
+def _reduce_certificate(cert: x509.Certificate) -> tuple[object, tuple[bytes]]:
+    return _certificate_from_der, (cert.public_bytes(serialization.Encoding.DER),)
+
+
+copyreg.pickle(x509.Certificate, _reduce_certificate)
 
 
 def load_certificates(path: Path) -> list[x509.Certificate]:

@@ -46,7 +46,7 @@ class Kvittens:
             lines = (Line(verdict.reason, verdict.detail, verdict.text, verdict.path),)
         return cls(
             id=str(uuid.uuid4()),
-            issued=datetime.now(UTC),
+            issued=datetime.now(UTC).replace(microsecond=0),  # IssueTime has seconds
             sender=sender,
             receiver=receiver,
             refers_to=refers_to,
@@ -83,8 +83,11 @@ def to_element(kvittens: Kvittens) -> etree._Element:
     for name, party in (("SenderParty", kvittens.sender), ("ReceiverParty", kvittens.receiver)):
         cbc(cac(root, name), "EndpointID", party).set("schemeID", PARTY_SCHEME)
     document_response = cac(root, "DocumentResponse")
-    cbc(cac(document_response, "Response"), "ResponseCode",
-        "ACCEPTED" if kvittens.accepted else "REJECTED")
+    cbc(
+        cac(document_response, "Response"),
+        "ResponseCode",
+        "ACCEPTED" if kvittens.accepted else "REJECTED",
+    )
     cbc(cac(document_response, "DocumentReference"), "ID", kvittens.refers_to)
     for line in kvittens.lines:
         line_response = cac(document_response, "LineResponse")

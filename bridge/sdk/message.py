@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from lxml import etree
 
 from . import structure as s
-from .structure import path_of
 from .names import (
     FUNCTIONAL_ADDRESS_ROOT,
     MAX_LABEL_CHARS,
@@ -24,6 +23,7 @@ from .names import (
     PARTY_SCHEME,
     q,
 )
+from .structure import path_of
 from .verdict import Detail, Reason, Rejected
 from .xmlsafe import UnsafeXML
 from .xmlsafe import parse as parse_xml
@@ -192,7 +192,9 @@ PAYLOAD = _el(
                 s.Complex(
                     (
                         _el("messageHeader", _HEADER),
-                        _el("messageBody", s.Complex((_el("documents", _DOCUMENT, 1, None),), True)),
+                        _el(
+                            "messageBody", s.Complex((_el("documents", _DOCUMENT, 1, None),), True)
+                        ),
                     ),
                     any_other=True,
                 ),

@@ -270,7 +270,10 @@ def _check_consistency(header: xhe.Header, message: msg.BusinessMessage, rx: Rec
         raise Rejected(Reason.BV, Detail.NOT_FOUND, "the functional address does not exist", path)
     if message.message_id in rx.seen_message_ids:
         raise Rejected(
-            Reason.BV, Detail.DUPLICATE, "messageId has been received before", f"{_HEADER}/messageId"
+            Reason.BV,
+            Detail.DUPLICATE,
+            "messageId has been received before",
+            f"{_HEADER}/messageId",
         )
 
 

@@ -13,7 +13,6 @@ from enum import StrEnum
 from lxml import etree
 
 from . import structure as s
-from .structure import path_of
 from .message import format_timestamp
 from .names import (
     DOCUMENT_ID_SCHEME,
@@ -33,6 +32,7 @@ from .names import (
     XHE_NS,
     q,
 )
+from .structure import path_of
 from .verdict import Detail, Reason, Rejected
 
 
@@ -41,7 +41,10 @@ class PayloadKind(StrEnum):
     KVITTENS = "kvittens"
 
 
-_DOCUMENT_IDS = {PayloadKind.MESSAGE: MESSAGE_DOCUMENT_ID, PayloadKind.KVITTENS: KVITTENS_DOCUMENT_ID}
+_DOCUMENT_IDS = {
+    PayloadKind.MESSAGE: MESSAGE_DOCUMENT_ID,
+    PayloadKind.KVITTENS: KVITTENS_DOCUMENT_ID,
+}
 _TYPE_CODES = {PayloadKind.MESSAGE: MESSAGE_TYPE_CODE, PayloadKind.KVITTENS: KVITTENS_TYPE_CODE}
 
 
@@ -59,9 +62,7 @@ class Header:
 
 def build(header: Header, payload: etree._Element) -> etree._Element:
     """An unsigned XHE holding `payload` (an EncryptedData or a plain kvittens)."""
-    root = etree.Element(
-        q(XHE_NS, "XHE"), nsmap={None: XHB_NS, "xhe": XHE_NS, "xha": XHA_NS}
-    )
+    root = etree.Element(q(XHE_NS, "XHE"), nsmap={None: XHB_NS, "xhe": XHE_NS, "xha": XHA_NS})
 
     def sub(parent: etree._Element, ns: str, name: str, text: str | None = None) -> etree._Element:
         element = etree.SubElement(parent, q(ns, name))
@@ -266,4 +267,3 @@ def payload_content(root: etree._Element) -> list[etree._Element]:
     """The element children of PayloadContent."""
     content = root.find("xha:Payloads/xha:Payload/xha:PayloadContent", _NS)
     return [] if content is None else [c for c in content if isinstance(c.tag, str)]
-

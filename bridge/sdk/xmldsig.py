@@ -119,7 +119,9 @@ def verify(root: etree._Element) -> x509.Certificate:
     if _only(reference, "ds:DigestMethod", "DigestMethod").get("Algorithm") != SHA256:
         raise SignatureInvalid("the digest must be SHA-256")
     expected_digest = _b64(_only(reference, "ds:DigestValue", "DigestValue"), "DigestValue")
-    signature_value = _b64(_only(signature, "ds:SignatureValue", "SignatureValue"), "SignatureValue")
+    signature_value = _b64(
+        _only(signature, "ds:SignatureValue", "SignatureValue"), "SignatureValue"
+    )
     cert_element = _only(signature, "ds:KeyInfo/ds:X509Data/ds:X509Certificate", "certificate")
     try:
         cert = x509.load_der_x509_certificate(_b64(cert_element, "X509Certificate"))

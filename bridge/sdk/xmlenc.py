@@ -90,8 +90,9 @@ def decrypt(encrypted_data: etree._Element, keys: list[KeyPair]) -> bytes:
     if _algorithm(encrypted_data, "xenc:EncryptionMethod", "EncryptionMethod") != AES256_CBC:
         raise DecryptionError("the payload cipher must be aes256-cbc")
     session_key = _unwrap_session_key(encrypted_data, keys)
-    blob = _decode(_one(encrypted_data, "xenc:CipherData/xenc:CipherValue", "CipherValue"),
-                   "CipherValue")
+    blob = _decode(
+        _one(encrypted_data, "xenc:CipherData/xenc:CipherValue", "CipherValue"), "CipherValue"
+    )
     if len(blob) < 32 or len(blob) % 16:
         raise DecryptionError("the ciphertext has an impossible length")
     decryptor = Cipher(algorithms.AES(session_key), modes.CBC(blob[:16])).decryptor()

@@ -61,9 +61,7 @@ def parse(data: bytes, *, max_bytes: int) -> etree._Element:
 
 
 def _check_shape(root: etree._Element) -> None:
-    count = 0
-    for element in root.iter():
-        count += 1
+    for count, element in enumerate(root.iter(), 1):
         if count > MAX_ELEMENTS:
             raise UnsafeXML(f"more than {MAX_ELEMENTS} XML nodes")
         if isinstance(element, etree._Entity):

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import __version__
+from . import __version__, config
 from . import logging as bridge_logging
 from .sdk import kvittens as kv
 from .sdk import sealing
@@ -165,6 +165,18 @@ def cmd_kvittens_open(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        loaded = config.load(Path(args.config))
+    except config.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for line in config.describe(loaded):
+        print(line)
+    print(f"{args.config}: OK")
+    return 0
+
+
 def cmd_bench_core(args: argparse.Namespace) -> int:
     from .benchmark import format_table, run_core_benchmark
 
@@ -283,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     kopen.add_argument("kvittens", metavar="FILE", help="an XHE, or a bare ApplicationResponse")
     _add_trust_options(kopen)
     kopen.set_defaults(run=cmd_kvittens_open)
+
+    check = commands.add_parser(
+        "check-config", help="check a configuration file, its keys and certificates"
+    )
+    check.add_argument("-c", "--config", required=True, metavar="FILE")
+    check.set_defaults(run=cmd_check_config)
 
     bench = commands.add_parser(
         "bench-core", help="micro-benchmark: seal/open throughput vs raw RSA signing"

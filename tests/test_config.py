@@ -1,0 +1,132 @@
+"""The configuration file: a good one loads; every mistake names the key and its line."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bridge import cli, config
+from bridge.testpki import PASSPHRASE, Identity, TestPKI
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"
+
+
+def write_config(tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity) -> Path:
+    (tmp_path / "pass").write_bytes(PASSPHRASE + b"\n")
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"""\
+organisation:
+  id: "0203:a.example.se"
+keys:
+  signing:
+    key: {alice.p12}
+    passphrase_file: pass
+  decryption:
+    - key: {alice.key_pem}
+      cert: {alice.cert_pem}
+    - key: {bob.key_pem_encrypted}
+      cert: {bob.cert_pem}
+      passphrase_file: pass
+  trust_anchors:
+    - {pki.chain_pem}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_good_config_loads(tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity) -> None:
+    loaded = config.load(write_config(tmp_path, pki, alice, bob))
+    assert loaded.organisation_id == "0203:a.example.se"
+    assert loaded.federation == "urn:fdc:digg.se:edelivery:federation:sdk"
+    assert loaded.signing.cert == alice.cert
+    assert [k.cert for k in loaded.decryption] == [alice.cert, bob.cert]
+    assert loaded.trust_anchors == [pki.issuing_ca.cert, pki.root.cert]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "key", "problem"),
+    [
+        ('id: "0203:a.example.se"', "id: a.example.se", 2, "organisation.id", "organisation id"),
+        ('  id: "0203:a.example.se"', "  name: x", 2, "organisation.name", "unknown key"),
+        ("    passphrase_file: pass\n  decryption", "  decryption", 5, "keys.signing.key", "p12"),
+        ("  trust_anchors:\n", "  trust_anchor:\n", 13, "keys.trust_anchor", "unknown key"),
+        ("    key: ", "    kye: ", 5, "keys.signing.kye", "unknown key"),
+        ("- key: ", "- cert: ", 9, "keys.decryption[0].cert", "duplicate key"),
+        (r"- key: \S+\n      cert", "- cert", 8, "keys.decryption[0].key", "required key"),
+    ],
+)
+def test_errors_name_the_key_and_line(
+    tmp_path: Path,
+    pki: TestPKI,
+    alice: Identity,
+    bob: Identity,
+    old: str,
+    new: str,
+    line: int,
+    key: str,
+    problem: str,
+) -> None:
+    path = write_config(tmp_path, pki, alice, bob)
+    text = path.read_text()
+    changed = re.sub(old, new, text, count=1)
+    assert changed != text
+    path.write_text(changed)
+    with pytest.raises(config.ConfigError) as error:
+        config.load(path)
+    assert (error.value.line, error.value.key) == (line, key)
+    assert problem in error.value.problem
+    assert str(error.value).startswith(f"{path}:{line}: {key}: ")
+
+
+def test_missing_files_and_sections(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="cannot read"):
+        config.load(tmp_path / "nope.yaml")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(config.ConfigError, match="empty"):
+        config.load(empty)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("organisation: [\n")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load(broken)
+    partial = tmp_path / "partial.yaml"
+    partial.write_text('organisation:\n  id: "0203:a.se"\n')
+    with pytest.raises(config.ConfigError, match="keys: required key is missing"):
+        config.load(partial)
+
+
+def test_example_config_documents_every_key_the_loader_knows() -> None:
+    text = EXAMPLE.read_text()
+    for key in (
+        "organisation:",
+        "id:",
+        "federation:",
+        "keys:",
+        "signing:",
+        "key:",
+        "cert:",
+        "passphrase_file:",
+        "decryption:",
+        "trust_anchors:",
+    ):
+        assert key in text
+    # Its key files do not exist here: the error must point at the first of them.
+    with pytest.raises(config.ConfigError) as error:
+        config.load(EXAMPLE)
+    assert error.value.key == "keys.signing.passphrase_file"
+    line = EXAMPLE.read_text().splitlines()[error.value.line - 1]
+    assert line.strip().startswith("passphrase_file:")
+
+
+def test_check_config_command(
+    tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity, capsys: pytest.CaptureFixture
+) -> None:
+    path = write_config(tmp_path, pki, alice, bob)
+    assert cli.main(["check-config", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "organisation 0203:a.example.se" in out and out.rstrip().endswith(": OK")
+    path.write_text(path.read_text().replace("0203:a.example.se", "a.example.se"))
+    assert cli.main(["check-config", "-c", str(path)]) == 1
+    assert f"{path}:2: organisation.id:" in capsys.readouterr().err

@@ -61,7 +61,10 @@ def _read(path: str) -> bytes:
 
 def _write(data: bytes, output: str | None) -> None:
     if output:
-        Path(output).write_bytes(data)
+        try:
+            Path(output).write_bytes(data)
+        except OSError as e:
+            raise UsageError(f"{output}: {e.strerror}") from None
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
@@ -104,21 +107,32 @@ def _receiver(args: argparse.Namespace, keys: list[KeyPair]) -> sealing.Receiver
 
 
 def cmd_xhe_open(args: argparse.Namespace) -> int:
-    certs = args.decrypt_cert or []
-    if len(certs) > len(args.decrypt_key):
-        raise UsageError("more --decrypt-cert than --decrypt-key")
-    certs = certs + [None] * (len(args.decrypt_key) - len(certs))
-    keys = [_keypair(k, c, args) for k, c in zip(args.decrypt_key, certs, strict=True)]
+    keys = [_keypair(*_key_and_cert(value), args) for value in args.decrypt_key]
     opened = sealing.open_envelope(_read(args.xhe), _receiver(args, keys), decrypt=bool(keys))
-    line = opened.verdict.line()
-    if opened.verdict.outcome is Outcome.ACCEPTED and opened.is_kvittens:
-        line = f"ACCEPTED kvittens: {opened.kvittens.summary()}"  # type: ignore[union-attr]
-    elif opened.verdict.outcome is Outcome.ACCEPTED and not keys:
-        line = "ACCEPTED envelope (payload not decrypted: no --decrypt-key)"
-    print(line, file=sys.stderr)
-    if opened.plaintext is not None and opened.verdict.outcome is Outcome.ACCEPTED:
+    accepted = opened.verdict.outcome is Outcome.ACCEPTED
+    if accepted and opened.plaintext is not None:
         _write(opened.plaintext, args.output)
-    return 0 if opened.verdict.outcome is Outcome.ACCEPTED else 1
+    line = opened.verdict.line()
+    if accepted and opened.is_kvittens:
+        line = f"ACCEPTED kvittens: {opened.kvittens.summary()}"  # type: ignore[union-attr]
+    elif accepted and not keys:
+        line = "ACCEPTED envelope (payload not decrypted: no --decrypt-key)"
+    print(line + _unchecked_signer_note(args, opened), file=sys.stderr)
+    return 0 if accepted else 1
+
+
+def _key_and_cert(value: str) -> tuple[str, str | None]:
+    """`KEY` or `KEY,CERT`, as xmlsec1 takes them."""
+    key, _, cert = value.partition(",")
+    return key, cert or None
+
+
+def _unchecked_signer_note(args: argparse.Namespace, opened: sealing.Opened) -> str:
+    if opened.signer is None or args.trust or args.sender_cert:
+        return ""
+    return (
+        " (signer not checked against a CA or published certificate: give --trust or --sender-cert)"
+    )
 
 
 def cmd_kvittens_seal(args: argparse.Namespace) -> int:
@@ -128,12 +142,16 @@ def cmd_kvittens_seal(args: argparse.Namespace) -> int:
     except (UnsafeXML, Rejected) as e:
         print(f"INVALID kvittens: {e}", file=sys.stderr)
         return 1
-    sealed = sealing.seal_kvittens(
-        kvittens,
-        signer=signer,
-        handling_service_id=args.handling_service_id,
-        federation=args.federation,
-    )
+    try:
+        sealed = sealing.seal_kvittens(
+            kvittens,
+            signer=signer,
+            handling_service_id=args.handling_service_id,
+            federation=args.federation,
+        )
+    except ValueError as e:
+        print(f"INVALID kvittens: {e}", file=sys.stderr)
+        return 1
     _write(sealed, args.output)
     return 0
 
@@ -159,7 +177,10 @@ def cmd_kvittens_open(args: argparse.Namespace) -> int:
         print("NOT A KVITTENS: the envelope carries a business message", file=sys.stderr)
         return 1
     if opened.verdict.outcome is Outcome.ACCEPTED:
-        print(f"ACCEPTED kvittens: {opened.kvittens.summary()}", file=sys.stderr)  # type: ignore[union-attr]
+        summary = opened.kvittens.summary()  # type: ignore[union-attr]
+        print(
+            f"ACCEPTED kvittens: {summary}{_unchecked_signer_note(args, opened)}", file=sys.stderr
+        )
         return 0
     print(opened.verdict.line(), file=sys.stderr)
     return 1
@@ -267,14 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--decrypt-key",
         action="append",
         default=[],
-        metavar="KEY",
-        help="decryption key, PEM or PKCS#12 (repeatable, for rollover)",
-    )
-    open_.add_argument(
-        "--decrypt-cert",
-        action="append",
-        metavar="CERT",
-        help="certificate of the matching PEM --decrypt-key",
+        metavar="KEY[,CERT]",
+        help="decryption key: PKCS#12, or a PEM key and its certificate "
+        "(repeatable, for a certificate rollover)",
     )
     open_.add_argument("-o", "--output", metavar="OUT", help="write the message here")
     _add_trust_options(open_)

@@ -143,6 +143,7 @@ def load(file: Path) -> Config:
         trust_anchors=anchors,
     )
 
+
 def describe(config: Config) -> list[str]:
     """What an administrator wants to see after a successful check."""
 

@@ -597,3 +597,35 @@ def test_bad_kvittens_is_never_answered(
     root = xhe.build(plain, kv.to_element(_kvittens()))
     xmldsig.sign(root, bob.key, bob.cert)
     expect(open_envelope(etree.tostring(root), receiver_a), "NO-KVITTENS quarantine:")
+
+
+def test_trust_anchors_issuing_ca_and_root(
+    pki: TestPKI, alice: Identity, bob: Identity, receiver_b: Receiver
+) -> None:
+    """The signer's issuer must be trusted; a root alone cannot vouch for an unseen CA."""
+    sealed = seal(alice, bob)
+    for anchors, line in [
+        ([pki.issuing_ca.cert, pki.root.cert], "ACCEPTED"),
+        ([pki.issuing_ca.cert], "ACCEPTED"),
+        ([pki.root.cert], "REJECTED SIG security: the signing certificate does not chain"),
+        ([alice.cert], "REJECTED SIG security: the signing certificate does not chain"),
+    ]:
+        expect(open_envelope(sealed, dataclasses.replace(receiver_b, trust_anchors=anchors)), line)
+
+
+def test_signer_issued_by_a_non_ca_is_refused(
+    pki: TestPKI, alice: Identity, bob: Identity, receiver_b: Receiver
+) -> None:
+    """A leaf certificate listed as a trust anchor cannot issue signing certificates."""
+    from bridge.testpki import Identity as Leaf
+    from bridge.testpki import TestPKI as PKI
+
+    rogue_pki = PKI(pki.root, alice, pki.root_pem, pki.chain_pem, pki.directory, 2048)
+    rogue: Leaf = rogue_pki.issue("rogue.a.example.se")
+    receiver = dataclasses.replace(
+        receiver_b, sender_signing_certs=None, trust_anchors=[alice.cert, pki.root.cert]
+    )
+    expect(
+        open_envelope(seal(rogue, bob), receiver),
+        "REJECTED SIG security: the signing certificate's issuer is not a CA",
+    )

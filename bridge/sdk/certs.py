@@ -27,8 +27,9 @@ def check_signing_certificate(
 ) -> None:
     """Raise CertificateProblem unless `cert` may sign at `at`.
 
-    `trust_anchors` holds the CA certificates we trust (intermediates and roots alike): the
-    chain is followed by issuer name and signature until it reaches one of them. None skips
+    `trust_anchors` holds the CA certificates we trust (issuing CAs and roots alike): the
+    signer's issuer must be one of them. From there the path is followed upwards as far as
+    the anchors reach, each CA checked for its signature, CA flag and validity. None skips
     the chain (the caller then relies on matching the sender's published certificates).
     """
     _valid_at(cert, at, "signing")
@@ -40,17 +41,34 @@ def check_signing_certificate(
         pass
     if trust_anchors is None:
         return
-    current = cert
-    for _ in range(MAX_CHAIN):
-        for anchor in trust_anchors:
-            if current.issuer != anchor.subject:
-                continue
-            try:
-                current.verify_directly_issued_by(anchor)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            _valid_at(anchor, at, "issuing CA")
-            if anchor.subject == anchor.issuer or anchor in trust_anchors:
-                return
+    issuer = _issuer_among(cert, trust_anchors)
+    if issuer is None:
         raise CertificateProblem("the signing certificate does not chain to a trusted CA")
+    for _ in range(MAX_CHAIN):
+        _valid_at(issuer, at, "issuing CA")
+        try:
+            if not issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                raise CertificateProblem("the signing certificate's issuer is not a CA")
+        except x509.ExtensionNotFound:
+            raise CertificateProblem("the signing certificate's issuer is not a CA") from None
+        if issuer.subject == issuer.issuer:
+            return
+        parent = _issuer_among(issuer, trust_anchors)
+        if parent is None:
+            return  # an issuing CA trusted without its root
+        issuer = parent
     raise CertificateProblem("the certificate chain is too long")
+
+
+def _issuer_among(
+    cert: x509.Certificate, candidates: list[x509.Certificate]
+) -> x509.Certificate | None:
+    for candidate in candidates:
+        if candidate.subject != cert.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(candidate)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return candidate
+    return None

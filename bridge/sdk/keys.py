@@ -78,6 +78,8 @@ def load_keypair(
         if cert_path is not None:
             cert = load_certificates(cert_path)[0]
     else:
+        if b"ENCRYPTED" not in data:  # one passphrase may be configured for several keys
+            passphrase = None
         try:
             key = serialization.load_pem_private_key(data, passphrase)
         except (ValueError, TypeError) as e:

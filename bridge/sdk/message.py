@@ -21,6 +21,7 @@ from .names import (
     MAX_MESSAGE_BYTES,
     MSG_NS,
     PARTY_SCHEME,
+    UUID,
     q,
 )
 from .structure import path_of
@@ -208,7 +209,6 @@ PAYLOAD = _el(
 # Rules: MessageConstraints.xml and B1.3.3
 
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{1,3}Z")
 _ORGANISATION_ID = re.compile(r"0203:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 _BASE64 = re.compile(rb"[A-Za-z0-9+/\s]*={0,2}\s*")
@@ -232,7 +232,7 @@ def _check_rules(root: etree._Element) -> None:
             raise _invariant(path_of(element), "timestamp must match YYYY-MM-DD'T'hh:mm:ss.s'Z'")
     for name in ("messageId", "conversationId", "refToMessageId"):
         for element in each(f"//m:{name}"):
-            if not _UUID.fullmatch(element.text or ""):
+            if not UUID.fullmatch(element.text or ""):
                 raise _invariant(path_of(element), "value is not a valid UUID")
     for element in each("//m:messageHeader/m:label"):
         if len(element.text or "") > MAX_LABEL_CHARS:

@@ -1,5 +1,6 @@
 """Namespaces and fixed identifiers from Digg's SDK specifications."""
 
+import re
 from typing import Final
 
 # SDK business message v3 (B1.3.3).
@@ -46,6 +47,10 @@ SHA1: Final = "http://www.w3.org/2000/09/xmldsig#sha1"
 AES256_CBC: Final = "http://www.w3.org/2001/04/xmlenc#aes256-cbc"
 RSA_OAEP_MGF1P: Final = "http://www.w3.org/2001/04/xmlenc#rsa-oaep-mgf1p"
 XENC_ELEMENT: Final = "http://www.w3.org/2001/04/xmlenc#Element"
+
+UUID: Final = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 
 # Limits (B1.3.3): the whole business message, attachments included.
 MAX_MESSAGE_BYTES: Final = 30_000_000

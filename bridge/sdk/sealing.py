@@ -22,7 +22,7 @@ from . import message as msg
 from . import xhe, xmldsig, xmlenc
 from .certs import CertificateProblem, check_signing_certificate
 from .keys import KeyPair
-from .names import MAX_MESSAGE_BYTES, SDK_FEDERATION
+from .names import MAX_MESSAGE_BYTES, SDK_FEDERATION, UUID
 from .verdict import ACCEPTED, Detail, Outcome, Quarantined, Reason, Rejected, Verdict
 from .xmlsafe import UnsafeXML
 from .xmlsafe import parse as parse_xml
@@ -79,8 +79,11 @@ def seal_kvittens(
 ) -> bytes:
     """The signed, unencrypted XHE carrying a kvittens.
 
-    `handling_service_id` is the functional address that sent the original message.
+    `handling_service_id` is the functional address that sent the original message. The
+    kvittens ID becomes the envelope's Header ID, which Digg requires to be a UUID.
     """
+    if not UUID.fullmatch(kvittens.id):
+        raise ValueError("the kvittens ID must be a UUID: it becomes the envelope's Header ID")
     header = xhe.Header(
         id=kvittens.id,
         created=kvittens.issued,

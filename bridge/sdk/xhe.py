@@ -5,7 +5,6 @@ the XSD's structure narrowed to the elements Digg allows (R1, R14) and the busin
 R2–R13 of DIGG-XHE-Business-Rules.
 """
 
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -25,6 +24,7 @@ from .names import (
     PROCESS_ID,
     PROCESS_ID_SCHEME,
     SDK_FEDERATION,
+    UUID,
     XENC_NS,
     XHA_NS,
     XHB_NS,
@@ -170,7 +170,6 @@ ENVELOPE = s.El(
 )
 
 _NS = {"x": XHE_NS, "xha": XHA_NS, "xhb": XHB_NS}
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def _text(root: etree._Element, path: str) -> str | None:
@@ -249,7 +248,7 @@ def read_header(root: etree._Element) -> Header:
     if _text(root, "xha:Payloads/xha:Payload/xhb:DocumentTypeCode") != _TYPE_CODES[kind]:
         raise _rule("DocumentTypeCode does not match the document id", "/XHE/Payloads/Payload")
     message_id, from_party, to_party = identity(root)
-    if not _UUID.fullmatch(message_id or ""):
+    if not UUID.fullmatch(message_id or ""):
         raise _rule("Header ID must be a UUID", "/XHE/Header/ID")
     return Header(
         id=message_id or "",

@@ -28,7 +28,7 @@ def _check_prolog(data: bytes) -> None:
     elif data[:2] in (b"\xff\xfe", b"\xfe\xff") or data[:1] == b"\x00":
         raise UnsafeXML("only UTF-8 is accepted")
     match = _ENCODING.match(data)
-    if match and match.group(1).lower() not in (b"utf-8", b"utf8", b"us-ascii"):
+    if match and match.group(1).lower() not in (b"utf-8", b"utf8", b"us-ascii", b"ascii"):
         raise UnsafeXML("only UTF-8 is accepted")
     pos = 0
     while item := _PROLOG_ITEM.match(data, pos):

@@ -1,11 +1,13 @@
 """Shared fixtures: one test PKI per session, organisations A and B, a message factory."""
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 
 from bridge.sdk import message as msg
+from bridge.sdk import xhe
 from bridge.sdk.keys import KeyPair
 from bridge.sdk.sealing import Receiver
 from bridge.testpki import Identity, TestPKI, make_pki
@@ -82,6 +84,20 @@ def make_message(**changes: object) -> msg.BusinessMessage:
     )
     fields.update(changes)
     return msg.BusinessMessage(**fields)  # type: ignore[arg-type]
+
+
+def message_header(message: msg.BusinessMessage, **changes: object) -> xhe.Header:
+    """The envelope header our sealing would write for `message`, with `changes`."""
+    header = xhe.Header(
+        id=message.message_id,
+        created=datetime.now(UTC),
+        kind=xhe.PayloadKind.MESSAGE,
+        from_party=message.sender.organisation_id,
+        to_party=message.recipient.organisation_id,
+        handling_service_id=message.functional_address,
+        encrypted=True,
+    )
+    return dataclasses.replace(header, **changes)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import xmlsec1
-from conftest import ADDRESS_A, ADDRESS_B, ORG_A, ORG_B, keypair, make_message
+from conftest import ADDRESS_A, ORG_A, ORG_B, keypair, make_message, message_header
 from lxml import etree
 
 from bridge.sdk import kvittens as kv
@@ -89,17 +89,10 @@ def theirs(alice: Identity, bob: Identity) -> Sealed:
     """The same kind of envelope, but encrypted and signed by xmlsec1 alone."""
     xmlsec1.require_xmlsec1()
     message = make_message(created=CREATED)
-    header = xhe.Header(
-        id=message.message_id,
-        created=datetime.now(UTC),
-        kind=xhe.PayloadKind.MESSAGE,
-        from_party=ORG_A,
-        to_party=ORG_B,
-        handling_service_id=ADDRESS_B,
-        encrypted=True,
-    )
     unsigned = etree.tostring(
-        xhe.build(header, msg.to_element(message)), xml_declaration=True, encoding="UTF-8"
+        xhe.build(message_header(message), msg.to_element(message)),
+        xml_declaration=True,
+        encoding="UTF-8",
     )
     encrypted = xmlsec1.encrypt_element(unsigned, PAYLOAD, bob.cert_pem)
     return Sealed(message, xmlsec1.sign_enveloped(encrypted, alice.key_pem, alice.cert_pem))

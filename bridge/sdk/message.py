@@ -6,7 +6,6 @@ checks: the XSD's structure (a violation is kvittens SV/structure) and Digg's sc
 """
 
 import base64
-import binascii
 import re
 import uuid
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from .names import (
 )
 from .structure import path_of
 from .verdict import Detail, Reason, Rejected
-from .xmlsafe import UnsafeXML
+from .xmlsafe import UnsafeXML, base64_text
 from .xmlsafe import parse as parse_xml
 
 
@@ -444,8 +443,8 @@ def from_element(root: etree._Element) -> BusinessMessage:
 
 def _decode_base64(element: etree._Element) -> bytes:
     try:
-        return base64.b64decode("".join((element.text or "").split()), validate=True)
-    except (binascii.Error, ValueError):
+        return base64_text(element)
+    except ValueError:
         raise _invariant(path_of(element), "must be a valid base64 encoded string") from None
 
 

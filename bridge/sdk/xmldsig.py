@@ -8,7 +8,6 @@ the caller goes on to read.
 """
 
 import base64
-import binascii
 import hashlib
 import hmac
 
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from lxml import etree
 
 from .names import C14N, DS_NS, ENVELOPED, RSA_SHA256, SHA256, q
+from .xmlsafe import base64_text
 
 _NS = {"ds": DS_NS}
 
@@ -83,8 +83,8 @@ def _only(parent: etree._Element, path: str, what: str) -> etree._Element:
 
 def _b64(element: etree._Element, what: str) -> bytes:
     try:
-        return base64.b64decode("".join((element.text or "").split()), validate=True)
-    except (binascii.Error, ValueError):
+        return base64_text(element)
+    except ValueError:
         raise SignatureInvalid(f"{what} is not valid base64") from None
 
 

@@ -6,7 +6,6 @@ several keys (certificate rollover) knows which one to use.
 """
 
 import base64
-import binascii
 import os
 
 from cryptography import x509
@@ -17,6 +16,7 @@ from lxml import etree
 
 from .keys import KeyPair
 from .names import AES256_CBC, DS_NS, RSA_OAEP_MGF1P, SHA1, XENC_ELEMENT, XENC_NS, q
+from .xmlsafe import base64_text
 
 _OAEP = asym_padding.OAEP(
     mgf=asym_padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes.SHA1(), label=None
@@ -72,8 +72,8 @@ def _one(element: etree._Element, path: str, what: str) -> etree._Element:
 
 def _decode(element: etree._Element, what: str) -> bytes:
     try:
-        return base64.b64decode("".join((element.text or "").split()), validate=True)
-    except (binascii.Error, ValueError):
+        return base64_text(element)
+    except ValueError:
         raise DecryptionError(f"{what} is not valid base64") from None
 
 

@@ -5,6 +5,7 @@ so the parser runs with `huge_tree`; that also lifts libxml2's entity-amplificat
 which is why any document type declaration is refused before libxml2 sees the bytes.
 """
 
+import base64
 import re
 
 from lxml import etree
@@ -73,3 +74,8 @@ def _check_shape(root: etree._Element) -> None:
             raise UnsafeXML(f"elements nested deeper than {MAX_DEPTH}")
         for child in element:
             depth_of[child] = depth + 1
+
+
+def base64_text(element: etree._Element) -> bytes:
+    """An element's base64 content, line breaks allowed; raise ValueError if it is not base64."""
+    return base64.b64decode("".join((element.text or "").split()), validate=True)

@@ -22,6 +22,3 @@ def configure(level: str = "info", json: bool = False) -> None:
         cache_logger_on_first_use=True,
     )
 
-
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)

@@ -11,11 +11,14 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography import x509
+
 from . import __version__, config
 from . import logging as bridge_logging
 from .sdk import kvittens as kv
 from .sdk import sealing
-from .sdk.keys import KeyError_, KeyPair, load_certificates, load_keypair
+from .sdk.certs import CertificateProblem
+from .sdk.keys import KeyError_, KeyPair, load_certificates, load_keypair, read_passphrase
 from .sdk.message import InvalidMessage
 from .sdk.names import APP_NS, q
 from .sdk.verdict import Outcome, Rejected
@@ -29,21 +32,18 @@ class UsageError(Exception):
     """Reported as `sdk-bridge: error: ...` with exit code 2."""
 
 
-def _passphrase(args: argparse.Namespace) -> bytes | None:
-    if args.passphrase_file:
-        return Path(args.passphrase_file).read_bytes().rstrip(b"\r\n")
-    value = os.environ.get(PASSPHRASE_ENV)
-    return value.encode() if value else None
-
-
 def _keypair(key: str, cert: str | None, args: argparse.Namespace) -> KeyPair:
     try:
-        return load_keypair(Path(key), Path(cert) if cert else None, _passphrase(args))
+        if args.passphrase_file:
+            passphrase: bytes | None = read_passphrase(Path(args.passphrase_file))
+        else:
+            passphrase = os.environ.get(PASSPHRASE_ENV, "").encode() or None
+        return load_keypair(Path(key), Path(cert) if cert else None, passphrase)
     except (KeyError_, OSError) as e:
         raise UsageError(str(e)) from None
 
 
-def _certificates(paths: Sequence[str] | None) -> list | None:
+def _certificates(paths: Sequence[str] | None) -> list[x509.Certificate] | None:
     if not paths:
         return None
     try:
@@ -82,11 +82,13 @@ def _at(value: str | None) -> datetime | None:
 
 def cmd_xhe_seal(args: argparse.Namespace) -> int:
     signer = _keypair(args.sign_key, args.sign_cert, args)
-    recipient = (_certificates([args.encrypt_cert]) or [None])[0]
+    recipient = _certificates([args.encrypt_cert])[0]  # type: ignore[index]
     try:
         sealed = sealing.seal_message(
             _read(args.message), signer=signer, recipient_cert=recipient, federation=args.federation
         )
+    except CertificateProblem as e:
+        raise UsageError(f"{args.encrypt_cert}: {e}") from None
     except InvalidMessage as e:
         print(f"INVALID {e.problem.reason} {e.problem.detail}: {e.problem.text}", file=sys.stderr)
         return 1
@@ -251,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connects an organisation's e-mail to SDK, Säker digital kommunikation.",
     )
     parser.add_argument("--version", action="version", version=f"sdk-bridge {__version__}")
-    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    parser.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error")
+    )
     parser.add_argument("--log-json", action="store_true", help="log JSON lines")
     parser.add_argument(
         "--passphrase-file",
@@ -303,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     kseal.add_argument(
         "--handling-service-id",
         metavar="ADDRESS",
-        help="the functional address that sent the original message",
+        help="the functional address the original message was sent to (its HandlingServiceID)",
     )
     _add_signer_options(kseal)
     kseal.set_defaults(run=cmd_kvittens_seal)

@@ -4,17 +4,14 @@ Only the sections the code uses exist; each later stage adds its own.
 """
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from cryptography import x509
 
-from .sdk.keys import KeyError_, KeyPair, load_certificates, load_keypair
-from .sdk.names import SDK_FEDERATION
-
-_ORGANISATION_ID = re.compile(r"0203:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+from .sdk.keys import KeyError_, KeyPair, load_certificates, load_keypair, read_passphrase
+from .sdk.names import ORGANISATION_ID, SDK_FEDERATION
 
 
 class ConfigError(ValueError):
@@ -93,9 +90,9 @@ def _keypair(node: _Node) -> KeyPair:
     passphrase = None
     if "passphrase_file" in fields:
         try:
-            passphrase = fields["passphrase_file"].path().read_bytes().rstrip(b"\r\n")
-        except OSError as e:
-            raise fields["passphrase_file"].error(f"cannot read ({e.strerror})") from None
+            passphrase = read_passphrase(fields["passphrase_file"].path())
+        except KeyError_ as e:
+            raise fields["passphrase_file"].error(str(e)) from None
     try:
         return load_keypair(
             key.path(), fields["cert"].path() if "cert" in fields else None, passphrase
@@ -121,7 +118,7 @@ def load(file: Path) -> Config:
     organisation = _required(sections, root, "organisation")
     org = organisation.mapping("id", "federation")
     org_id = _required(org, organisation, "id")
-    if not _ORGANISATION_ID.fullmatch(org_id.string()):
+    if not ORGANISATION_ID.fullmatch(org_id.string()):
         raise org_id.error("expected an organisation id such as 0203:kommun.se")
     keys = _required(sections, root, "keys")
     key_fields = keys.mapping("signing", "decryption", "trust_anchors")

@@ -559,3 +559,34 @@ def test_kvittens_seal_refuses_an_id_that_is_not_a_uuid(
         "INVALID kvittens: the kvittens ID must be a UUID: it becomes the envelope's Header ID"
     )
     assert not (tmp_path / "k.xml").exists()
+
+
+def test_unusable_encryption_certificate_and_log_level_are_usage_errors(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    message: msg.BusinessMessage,
+    pki: TestPKI,
+    alice: Identity,
+) -> None:
+    message_file = tmp_path / "message.xml"
+    message_file.write_bytes(msg.to_xml(message))
+    sign_only = pki.issue("sign-only.example.se", key_size=2048, key_usage="sign")
+    code, err = run(capsys, "xhe", "seal", message_file, *signer(alice), *encrypt_to(sign_only))
+    assert code == 2
+    assert "not for key encipherment" in err
+    code, err = run(capsys, "--log-level", "loud", "xhe", "open", message_file)
+    assert code == 2
+    assert "invalid choice: 'loud'" in err
+    code, err = run(
+        capsys,
+        "--passphrase-file",
+        tmp_path / "none",
+        "xhe",
+        "seal",
+        message_file,
+        "--sign-key",
+        alice.p12,
+        *encrypt_to(alice),
+    )
+    assert code == 2
+    assert "cannot read the passphrase" in err

@@ -4,7 +4,7 @@ import base64
 import re
 
 import pytest
-from conftest import ADDRESS_A, ORG_A, ORG_B, keypair, make_message
+from conftest import ADDRESS_B, ORG_A, ORG_B, keypair, make_message
 from digg import schematron_failures, spec_file, xsd_errors
 from lxml import etree
 
@@ -58,7 +58,7 @@ def test_kvittens_and_its_envelope_pass_digg_artefacts(verdict: Verdict, bob: Id
     kvittens = kv.Kvittens.answering(
         verdict, refers_to="2f6f3f0e-3a35-4f0c-9a8e-8d1c1f3e2b7a", sender=ORG_B, receiver=ORG_A
     )
-    sealed = sealing.seal_kvittens(kvittens, signer=keypair(bob), handling_service_id=ADDRESS_A)
+    sealed = sealing.seal_kvittens(kvittens, signer=keypair(bob), handling_service_id=ADDRESS_B)
     assert xsd_errors("xhe", sealed) == []
     assert schematron_failures("xhe", sealed) == []
     application_response = _payload(sealed)
@@ -125,7 +125,7 @@ def test_kvittens_texts_do_not_echo_the_message(alice: Identity, bob: Identity) 
         msg.parse(xml)
     verdict = Verdict.of(error.value)
     kvittens = kv.Kvittens.answering(verdict, refers_to="x", sender=ORG_B, receiver=ORG_A)
-    sealed = sealing.seal_kvittens(kvittens, signer=keypair(bob), handling_service_id=ADDRESS_A)
+    sealed = sealing.seal_kvittens(kvittens, signer=keypair(bob), handling_service_id=ADDRESS_B)
     assert b"Svensson" not in sealed
     assert b"19121212" not in sealed
     assert re.search(rb"StatusReason>[^<]*refToMessageId", sealed)
@@ -141,3 +141,15 @@ def test_digg_vector_payload_types_are_what_we_build(alice: Identity, bob: Ident
     for code in (b"DocumentTypeCode", b"ContentTypeCode", b"CustomizationID", b"XHEVersionID"):
         pattern = rb"<(?:\w+:)?" + code + rb">([^<]+)<"
         assert re.search(pattern, vector)[1] == re.search(pattern, ours)[1]
+
+
+@pytest.mark.parametrize(
+    ("issue_time", "problem"),
+    [("12:00:00", "IssueTime must include a time zone"), ("24:00:00Z", "not a valid xs:time")],
+)
+def test_kvittens_issue_time_needs_a_zone_and_a_real_hour(issue_time: str, problem: str) -> None:
+    """C3.2.4 3.1 [c]: the time carries its zone (the XSD alone would accept it without)."""
+    data = spec_file(*KVITTENS_EXAMPLES, "Kvittens_AP-Accepterat.xml").read_bytes()
+    broken = data.replace(b"12:00:00Z", issue_time.encode(), 1)
+    with pytest.raises(sealing.Rejected, match=problem):
+        kv.from_element(parse_xml(broken, max_bytes=10**6))

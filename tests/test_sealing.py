@@ -11,7 +11,8 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ADDRESS_A, ADDRESS_B, ORG_A, ORG_B, keypair, make_message, message_header
+from conftest import ADDRESS_B, ORG_A, ORG_B, keypair, make_message, message_header
+from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from bridge.sdk import kvittens as kv
@@ -299,7 +300,7 @@ def test_inconsistent_parties_and_ids(alice: Identity, bob: Identity, receiver_b
         (
             {"handling_service_id": "registrator.c"},
             message,
-            "REJECTED BV invariant: the recipient's functional address differs",
+            "REJECTED BV security: subOrganization/organizationId must equal xha:HandlingServiceID",
         ),
         ({"from_party": "0203:c.example.se"}, message, "REJECTED BV security: senderID differs"),
         (
@@ -307,7 +308,7 @@ def test_inconsistent_parties_and_ids(alice: Identity, bob: Identity, receiver_b
             dataclasses.replace(
                 message, recipient=msg.Party("0203:c.example.se", msg.Attention(ADDRESS_B))
             ),
-            "REJECTED BV invariant: recipientID differs",
+            "REJECTED BV security: recipientId is not identical to value in XHE envelope",
         ),
     ]
     for header_changes, content, line in cases:
@@ -535,13 +536,13 @@ def test_kvittens_round_trip(alice: Identity, bob: Identity, pki: TestPKI) -> No
     ):
         kvittens = _kvittens(verdict)
         opened = open_envelope(
-            sealing.seal_kvittens(kvittens, signer=keypair(bob), handling_service_id=ADDRESS_A),
+            sealing.seal_kvittens(kvittens, signer=keypair(bob), handling_service_id=ADDRESS_B),
             receiver_a,
         )
         assert opened.verdict == ACCEPTED
         assert opened.is_kvittens
         assert opened.kvittens == kvittens
-        assert opened.header.handling_service_id == ADDRESS_A
+        assert opened.header.handling_service_id == ADDRESS_B
         assert not opened.header.encrypted
 
 
@@ -553,14 +554,14 @@ def test_bad_kvittens_is_never_answered(
         sender_signing_certs=[bob.cert], trust_anchors=[pki.issuing_ca.cert], our_parties={ORG_A}
     )
     forged = sealing.seal_kvittens(
-        _kvittens(), signer=keypair(mallory), handling_service_id=ADDRESS_A
+        _kvittens(), signer=keypair(mallory), handling_service_id=ADDRESS_B
     )
     expect(
         open_envelope(forged, receiver_a),
         "NO-KVITTENS quarantine: invalid kvittens: REJECTED SIG security",
     )
     tampered = sealing.seal_kvittens(
-        _kvittens(), signer=keypair(bob), handling_service_id=ADDRESS_A
+        _kvittens(), signer=keypair(bob), handling_service_id=ADDRESS_B
     ).replace(b"ACCEPTED", b"REJECTED")
     expect(
         open_envelope(tampered, receiver_a),
@@ -611,3 +612,114 @@ def test_signer_issued_by_a_non_ca_is_refused(
         open_envelope(seal(rogue, bob), receiver),
         "REJECTED SIG security: the signing certificate's issuer is not a CA",
     )
+
+
+def test_decrypted_payload_that_is_not_a_message_gets_no_kvittens(
+    alice: Identity, bob: Identity, receiver_b: Receiver
+) -> None:
+    """Answering well-formed-but-foreign plaintext would hand a sender a CBC oracle."""
+    payload = xmlenc.encrypt(b"<anything>else</anything>", bob.cert)
+    expect(
+        open_envelope(craft(alice, payload), receiver_b),
+        "NO-KVITTENS quarantine: decrypted payload: not an SDK business message",
+    )
+
+
+def test_envelope_from_another_federation_gets_no_kvittens(
+    alice: Identity, bob: Identity, receiver_b: Receiver
+) -> None:
+    ours = dataclasses.replace(receiver_b, federation="urn:fdc:digg.se:edelivery:federation:sdk")
+    assert open_envelope(seal(alice, bob), ours).verdict == ACCEPTED
+    other = dataclasses.replace(ours, federation="urn:fdc:digg.se:edelivery:federation:test")
+    expect(open_envelope(seal(alice, bob), other), "NO-KVITTENS quarantine: the envelope belongs")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "line"),
+    [
+        (
+            lambda r: r.find(".//{*}CreationDateTime").__setattr__("text", "2026-01-01T10:00:00"),
+            "REJECTED BV invariant: CreationDateTime must include a time zone",
+        ),
+        (
+            lambda r: r.find(".//{*}CreationDateTime").__setattr__("text", "2026-01-01T24:00:00Z"),
+            "REJECTED SV structure",
+        ),
+        (
+            lambda r: r.find(".//{*}BusinessScope").append(
+                etree.fromstring(etree.tostring(r.find(".//{*}BusinessScopeCriterion")))
+            ),
+            "REJECTED SV structure: BusinessScope must hold exactly one criterion of each",
+        ),
+        (
+            lambda r: r.find(".//{*}ContentTypeCode").__setattr__("text", "text/plain"),
+            "REJECTED BV invariant: ContentTypeCode must be application/xml",
+        ),
+    ],
+)
+def test_more_envelope_rules(
+    mutate: Callable[[etree._Element], None],
+    line: str,
+    alice: Identity,
+    bob: Identity,
+    receiver_b: Receiver,
+) -> None:
+    message = make_message()
+    root = xhe.build(message_header(message), encrypted(message, bob))
+    mutate(root)
+    xmldsig.sign(root, alice.key, alice.cert)
+    expect(open_envelope(etree.tostring(root), receiver_b), line)
+
+
+def test_comments_in_values_are_ignored(
+    alice: Identity, bob: Identity, receiver_b: Receiver
+) -> None:
+    """XML comments are not content: the XSD allows them anywhere."""
+    message = make_message()
+    element = msg.to_element(message)
+    element.find(".//{*}label").append(etree.Comment("a note"))
+    payload = xmlenc.encrypt(etree.tostring(element), bob.cert)
+    opened = open_envelope(craft(alice, payload, message=message), receiver_b)
+    assert opened.verdict == ACCEPTED
+    assert opened.message.label == message.label
+
+
+def test_malformed_signer_certificate_is_rejected_sig(
+    alice: Identity, bob: Identity, receiver_b: Receiver
+) -> None:
+    """A certificate whose extensions cannot be read is a SIG problem, not an internal error."""
+    from cryptography import x509
+
+    der = bytearray(alice.cert.public_bytes(serialization.Encoding.DER))
+    key_usage_oid = bytes.fromhex("0603551d0f")  # 2.5.29.15
+    at = der.index(key_usage_oid) + len(key_usage_oid)
+    # critical BOOLEAN, then OCTET STRING holding the BIT STRING: break the bit string's tag
+    inner = der.index(b"\x03", at)
+    der[inner] = 0x05
+    broken = x509.load_der_x509_certificate(bytes(der))
+    root = xhe.build(message_header(make_message()), encrypted(make_message(), bob))
+    xmldsig.sign(root, alice.key, broken)
+    receiver = dataclasses.replace(receiver_b, sender_signing_certs=[broken])
+    expect(
+        open_envelope(etree.tostring(root), receiver),
+        "REJECTED SIG security: the signing certificate cannot be read",
+    )
+
+
+def test_sealing_to_an_unusable_certificate_is_refused(
+    pki: TestPKI, alice: Identity, bob: Identity
+) -> None:
+    from bridge.sdk.certs import CertificateProblem
+
+    sign_only = pki.issue("sign-only.b.example.se", key_size=2048, key_usage="sign")
+    with pytest.raises(CertificateProblem, match="not for key encipherment"):
+        seal_message(make_message(), signer=keypair(alice), recipient_cert=sign_only.cert)
+    now = datetime.now(UTC)
+    expired = pki.issue(
+        "expired.b.example.se",
+        key_size=2048,
+        not_before=now - timedelta(days=1),
+        not_after=now - timedelta(hours=1),
+    )
+    with pytest.raises(CertificateProblem, match="not valid"):
+        seal_message(make_message(), signer=keypair(alice), recipient_cert=expired.cert)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import xmlsec1
-from conftest import ADDRESS_A, ORG_A, ORG_B, keypair, make_message, message_header
+from conftest import ADDRESS_B, ORG_A, ORG_B, keypair, make_message, message_header
 from lxml import etree
 
 from bridge.sdk import kvittens as kv
@@ -140,7 +140,7 @@ def test_xmlsec1_verifies_our_sealed_kvittens(pki: TestPKI, bob: Identity, accep
     kvittens = kv.Kvittens.answering(
         verdict, refers_to=str(uuid.uuid4()), sender=ORG_B, receiver=ORG_A
     )
-    sealed = sealing.seal_kvittens(kvittens, signer=keypair(bob), handling_service_id=ADDRESS_A)
+    sealed = sealing.seal_kvittens(kvittens, signer=keypair(bob), handling_service_id=ADDRESS_B)
     assert next(etree.fromstring(sealed).iter(q(APP_NS, "ApplicationResponse")), None) is not None
     ok, out = xmlsec1.verify(sealed, trusted_pems=trusted(pki))
     assert ok, out
@@ -182,7 +182,7 @@ def test_we_open_a_kvittens_signed_by_xmlsec1(pki: TestPKI, alice: Identity, bob
         kind=xhe.PayloadKind.KVITTENS,
         from_party=ORG_B,
         to_party=ORG_A,
-        handling_service_id=ADDRESS_A,
+        handling_service_id=ADDRESS_B,
         encrypted=False,
     )
     unsigned = etree.tostring(

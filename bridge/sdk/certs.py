@@ -1,4 +1,4 @@
-"""Certificate checks for signatures: validity at a moment, chain to a trust anchor, key usage.
+"""Certificate checks: validity at a moment, chain to a trust anchor, key usage, RSA keys.
 
 Revocation (CRL/OCSP) belongs to the registry client, which knows the network; here we
 check what the certificates themselves say.
@@ -8,7 +8,7 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import ExtensionOID
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 MAX_CHAIN = 8
 
@@ -22,6 +22,25 @@ def _valid_at(cert: x509.Certificate, at: datetime, role: str) -> None:
         raise CertificateProblem(f"the {role} certificate is not valid at {at:%Y-%m-%dT%H:%M:%SZ}")
 
 
+def _key_usage(cert: x509.Certificate, role: str) -> x509.KeyUsage | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError:  # a malformed extension
+        raise CertificateProblem(f"the {role} certificate cannot be read") from None
+
+
+def check_encryption_certificate(cert: x509.Certificate, at: datetime) -> None:
+    """Raise CertificateProblem unless we may encrypt to `cert` (an RSA key) at `at`."""
+    _valid_at(cert, at, "encryption")
+    if not isinstance(cert.public_key(), rsa.RSAPublicKey):
+        raise CertificateProblem("the encryption certificate does not hold an RSA key")
+    usage = _key_usage(cert, "encryption")
+    if usage and not usage.key_encipherment:
+        raise CertificateProblem("the encryption certificate is not for key encipherment")
+
+
 def check_signing_certificate(
     cert: x509.Certificate, at: datetime, trust_anchors: list[x509.Certificate] | None
 ) -> None:
@@ -33,12 +52,9 @@ def check_signing_certificate(
     the chain (the caller then relies on matching the sender's published certificates).
     """
     _valid_at(cert, at, "signing")
-    try:
-        usage = cert.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value
-        if not (usage.digital_signature or usage.content_commitment):
-            raise CertificateProblem("the signing certificate is not for digital signatures")
-    except x509.ExtensionNotFound:
-        pass
+    usage = _key_usage(cert, "signing")
+    if usage and not (usage.digital_signature or usage.content_commitment):
+        raise CertificateProblem("the signing certificate is not for digital signatures")
     if trust_anchors is None:
         return
     issuer = _issuer_among(cert, trust_anchors)
@@ -47,10 +63,11 @@ def check_signing_certificate(
     for _ in range(MAX_CHAIN):
         _valid_at(issuer, at, "issuing CA")
         try:
-            if not issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-                raise CertificateProblem("the signing certificate's issuer is not a CA")
-        except x509.ExtensionNotFound:
-            raise CertificateProblem("the signing certificate's issuer is not a CA") from None
+            is_ca = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except (x509.ExtensionNotFound, ValueError):
+            is_ca = False
+        if not is_ca:
+            raise CertificateProblem("the signing certificate's issuer is not a CA")
         if issuer.subject == issuer.issuer:
             return
         parent = _issuer_among(issuer, trust_anchors)

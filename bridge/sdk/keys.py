@@ -54,6 +54,14 @@ def _reduce_certificate(cert: x509.Certificate) -> tuple[object, tuple[bytes]]:
 copyreg.pickle(x509.Certificate, _reduce_certificate)
 
 
+def read_passphrase(path: Path) -> bytes:
+    """A passphrase file's content, without the line break editors add."""
+    try:
+        return path.read_bytes().rstrip(b"\r\n")
+    except OSError as e:
+        raise KeyError_(f"{path}: cannot read the passphrase ({e.strerror})") from None
+
+
 def load_certificates(path: Path) -> list[x509.Certificate]:
     """All certificates in a PEM file (one or several) or a single DER file."""
     data = path.read_bytes()

@@ -164,6 +164,7 @@ PROFILE = s.El(
 )
 
 _NS = {"cac": CAC_NS, "cbc": CBC_NS}
+_DETAILS = {detail.value: detail for detail in Detail}
 
 
 def _rule(rule: str, text: str, path: str = "/ApplicationResponse") -> Rejected:
@@ -200,7 +201,7 @@ def from_element(root: etree._Element) -> Kvittens:
         lines.append(
             Line(
                 reason=Reason(reason),
-                detail=Detail(detail) if detail in Detail._value2member_map_ else None,
+                detail=_DETAILS.get(detail),  # other parties may use codes of their own
                 text=text(line, "cac:Response/cac:Status/cbc:StatusReason"),
                 path=text(line, "cac:LineReference/cbc:LineID"),
             )
@@ -215,9 +216,13 @@ def from_element(root: etree._Element) -> Kvittens:
     issued = datetime.fromisoformat(
         f"{text(root, 'cbc:IssueDate')[:10]}T{text(root, 'cbc:IssueTime')}".replace("Z", "+00:00")
     )
+    if issued.tzinfo is None:
+        raise _rule(
+            "C3.2.4 3.1 [c]", "IssueTime must include a time zone", "/ApplicationResponse/IssueTime"
+        )
     return Kvittens(
         id=text(root, "cbc:ID"),
-        issued=issued if issued.tzinfo else issued.replace(tzinfo=UTC),
+        issued=issued,
         sender=text(root, "cac:SenderParty/cbc:EndpointID"),
         receiver=text(root, "cac:ReceiverParty/cbc:EndpointID"),
         refers_to=text(root, "cac:DocumentResponse/cac:DocumentReference/cbc:ID"),

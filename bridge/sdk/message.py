@@ -19,6 +19,7 @@ from .names import (
     MAX_LABEL_CHARS,
     MAX_MESSAGE_BYTES,
     MSG_NS,
+    ORGANISATION_ID,
     PARTY_SCHEME,
     UUID,
     q,
@@ -209,8 +210,6 @@ PAYLOAD = _el(
 
 
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{1,3}Z")
-_ORGANISATION_ID = re.compile(r"0203:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
-_BASE64 = re.compile(rb"[A-Za-z0-9+/\s]*={0,2}\s*")
 
 
 def _invariant(path: str, text: str) -> Rejected:
@@ -240,14 +239,11 @@ def _check_rules(root: etree._Element) -> None:
         if element.text != PARTY_SCHEME:
             raise _invariant(path_of(element), f"value must be '{PARTY_SCHEME}'")
     for element in each("//m:recipientID/m:extension | //m:senderID/m:extension"):
-        if not _ORGANISATION_ID.fullmatch(element.text or ""):
+        if not ORGANISATION_ID.fullmatch(element.text or ""):
             raise _invariant(path_of(element), "value must be an organisation id '0203:<domain>'")
     for element in each("//m:subOrganization/m:organizationId/m:root"):
         if element.text != FUNCTIONAL_ADDRESS_ROOT:
             raise _invariant(path_of(element), f"value must be '{FUNCTIONAL_ADDRESS_ROOT}'")
-    for element in each("//m:ContentFiles/m:content"):
-        if not _BASE64.fullmatch((element.text or "").encode("ascii", "replace")):
-            raise _invariant(path_of(element), "must be a valid base64 encoded string")
 
 
 def _check(root: etree._Element) -> None:
@@ -350,11 +346,12 @@ def to_xml(message: BusinessMessage) -> bytes:
     """Serialize the message as UTF-8 XML; raise InvalidMessage if it breaks SDK's rules."""
     data = etree.tostring(to_element(message), xml_declaration=True, encoding="UTF-8")
     if len(data) > MAX_MESSAGE_BYTES:
-        raise InvalidMessage(_too_long())
+        raise InvalidMessage(too_long())
     return data
 
 
-def _too_long() -> Rejected:
+def too_long() -> Rejected:
+    """B1.3.3: more than 30 MB, attachments included."""
     return Rejected(Reason.BV, Detail.TOO_LONG, "Message size too large.")
 
 
@@ -368,7 +365,7 @@ def parse(data: bytes) -> BusinessMessage:
     XML that is not well-formed raises UnsafeXML: Digg sends no kvittens for it.
     """
     if len(data) > MAX_MESSAGE_BYTES:
-        raise _too_long()
+        raise too_long()
     return from_element(parse_xml(data, max_bytes=MAX_MESSAGE_BYTES))
 
 

@@ -52,6 +52,8 @@ UUID: Final = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
 
+ORGANISATION_ID: Final = re.compile(r"0203:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+
 # Limits (B1.3.3): the whole business message, attachments included.
 MAX_MESSAGE_BYTES: Final = 30_000_000
 MAX_LABEL_CHARS: Final = 256

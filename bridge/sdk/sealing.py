@@ -10,7 +10,7 @@ them in a worker pool, off the event loop.
 """
 
 from collections.abc import Collection, Container
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -20,9 +20,9 @@ from lxml import etree
 from . import kvittens as kv
 from . import message as msg
 from . import xhe, xmldsig, xmlenc
-from .certs import CertificateProblem, check_signing_certificate
+from .certs import CertificateProblem, check_encryption_certificate, check_signing_certificate
 from .keys import KeyPair
-from .names import MAX_MESSAGE_BYTES, SDK_FEDERATION, UUID
+from .names import MAX_MESSAGE_BYTES, MSG_NS, SDK_FEDERATION, UUID, q
 from .verdict import ACCEPTED, Detail, Outcome, Quarantined, Reason, Rejected, Verdict
 from .xmlsafe import UnsafeXML
 from .xmlsafe import parse as parse_xml
@@ -42,19 +42,23 @@ def seal_message(
     """The signed XHE carrying `message` encrypted to `recipient_cert`.
 
     Parties, HandlingServiceID and the XHE ID (= messageId) come from the message header.
-    Raise msg.InvalidMessage if the message breaks SDK's rules.
+    Raise msg.InvalidMessage if the message breaks SDK's rules, CertificateProblem if the
+    recipient's certificate cannot be encrypted to now.
     """
+    check_encryption_certificate(recipient_cert, datetime.now(UTC))
     if isinstance(message, bytes):
+        if len(message) > MAX_MESSAGE_BYTES:
+            raise msg.InvalidMessage(msg.too_long())
+        element = parse_xml(message, max_bytes=MAX_MESSAGE_BYTES)
         try:
-            parsed = msg.parse(message)
+            parsed = msg.from_element(element)
         except Rejected as problem:
             raise msg.InvalidMessage(problem) from None
-        plaintext = etree.tostring(parse_xml(message, max_bytes=MAX_MESSAGE_BYTES))
     else:
-        parsed = message
-        plaintext = etree.tostring(msg.to_element(message))
+        parsed, element = message, msg.to_element(message)
+    plaintext = etree.tostring(element)
     if len(plaintext) > MAX_MESSAGE_BYTES:
-        raise msg.InvalidMessage(Rejected(Reason.BV, Detail.TOO_LONG, "Message size too large."))
+        raise msg.InvalidMessage(msg.too_long())
     header = xhe.Header(
         id=parsed.message_id,
         created=datetime.now(UTC),
@@ -79,8 +83,9 @@ def seal_kvittens(
 ) -> bytes:
     """The signed, unencrypted XHE carrying a kvittens.
 
-    `handling_service_id` is the functional address that sent the original message. The
-    kvittens ID becomes the envelope's Header ID, which Digg requires to be a UUID.
+    `handling_service_id` is the functional address the original message was sent to
+    (B1.3.3: the message's HandlingServiceID is set on its kvittens too). The kvittens ID
+    becomes the envelope's Header ID, which Digg requires to be a UUID.
     """
     if not UUID.fullmatch(kvittens.id):
         raise ValueError("the kvittens ID must be a UUID: it becomes the envelope's Header ID")
@@ -114,6 +119,8 @@ class Receiver:
     our_functional_addresses: Collection[str] | None = None
     # messageIds already received; a repeat is REJECTED duplicate.
     seen_message_ids: Container[str] = frozenset()
+    # Our FEDERATIONID; an envelope from another federation gets no kvittens. None: any.
+    federation: str | None = None
     at: datetime | None = None  # when to check certificate validity; None: now
     max_envelope_bytes: int = MAX_ENVELOPE_BYTES
 
@@ -136,57 +143,63 @@ class Opened:
         return self.header is not None and self.header.kind is xhe.PayloadKind.KVITTENS
 
 
+@dataclass
+class _Progress:
+    """What opening has learnt so far: the fields of Opened, and whether it is a kvittens."""
+
+    envelope_id: str | None = None
+    from_party: str | None = None
+    to_party: str | None = None
+    header: xhe.Header | None = None
+    signer: x509.Certificate | None = None
+    message: msg.BusinessMessage | None = None
+    plaintext: bytes | None = None
+    kvittens: kv.Kvittens | None = None
+    is_kvittens: bool = False  # then no failure may be answered with a kvittens
+
+    def result(self, verdict: Verdict) -> Opened:
+        if self.is_kvittens and verdict.outcome is Outcome.REJECTED:
+            # Never a kvittens for a kvittens: a bad one is kept for an administrator.
+            verdict = Verdict.of(Quarantined(f"invalid kvittens: {verdict.line()}"))
+        known = {f.name: getattr(self, f.name) for f in fields(Opened) if f.name != "verdict"}
+        return Opened(verdict, **known)
+
+
 def open_envelope(data: bytes, receiver: Receiver, *, decrypt: bool = True) -> Opened:
     """Verify, decrypt and validate one XHE; never raises for bad input.
 
     `decrypt=False` stops after the envelope checks (for inspecting a message without the
     recipient's key): the verdict then speaks for the envelope only.
     """
-    state: dict[str, object] = {}  # Opened's fields, filled in as they become known
+    progress = _Progress()
     try:
-        kind = _open(data, receiver, state, decrypt)
-        verdict = ACCEPTED
+        _open(data, receiver, progress, decrypt)
     except (Rejected, Quarantined) as error:
-        kind = state.pop("kind", None)
-        verdict = Verdict.of(error)
+        return progress.result(Verdict.of(error))
     except Exception as error:  # a bug must not turn into a kvittens
-        kind = state.pop("kind", None)
-        verdict = Verdict.of(Quarantined(f"internal error while opening ({type(error).__name__})"))
-    if kind is xhe.PayloadKind.KVITTENS and verdict.outcome is Outcome.REJECTED:
-        # Never a kvittens for a kvittens: a bad one is kept for an administrator.
-        verdict = Verdict.of(Quarantined(f"invalid kvittens: {verdict.line()}"))
-    return Opened(verdict, **state)  # type: ignore[arg-type]
+        text = f"internal error while opening ({type(error).__name__})"
+        return progress.result(Verdict.of(Quarantined(text)))
+    return progress.result(ACCEPTED)
 
 
-def _open(
-    data: bytes, receiver: Receiver, state: dict[str, object], decrypt: bool
-) -> xhe.PayloadKind:
-    """Fill `state` and return the payload kind, or raise Rejected / Quarantined.
-
-    While it runs, state["kind"] says whether a failure may be answered with a kvittens.
-    """
+def _open(data: bytes, receiver: Receiver, progress: _Progress, decrypt: bool) -> None:
+    """Fill `progress`, or raise Rejected / Quarantined."""
     try:
         root = parse_xml(data, max_bytes=receiver.max_envelope_bytes)
     except UnsafeXML as e:
         raise Quarantined(f"envelope: {e}") from None
-    envelope_id, from_party, to_party = xhe.identity(root)
-    state.update(envelope_id=envelope_id, from_party=from_party, to_party=to_party)
-    if not (envelope_id and from_party and to_party):
+    progress.envelope_id, progress.from_party, progress.to_party = xhe.identity(root)
+    if not (progress.envelope_id and progress.from_party and progress.to_party):
         raise Quarantined("not an XHE envelope with an ID and both parties")
-    if receiver.our_parties is not None and to_party not in receiver.our_parties:
+    if receiver.our_parties is not None and progress.to_party not in receiver.our_parties:
         raise Quarantined("the envelope is addressed to an organisation we do not serve")
-    state["kind"] = xhe.PayloadKind.KVITTENS if _looks_like_kvittens(root) else None
+    progress.is_kvittens = _looks_like_kvittens(root)
 
     # 1. The signature, before anything in the envelope is believed.
     try:
-        signer = xmldsig.verify(root)
+        progress.signer = signer = xmldsig.verify(root)
     except xmldsig.SignatureInvalid as e:
         raise Rejected(Reason.SIG, Detail.SECURITY, f"signature: {e}") from None
-    state["signer"] = signer
-    try:
-        check_signing_certificate(signer, receiver.at or datetime.now(UTC), receiver.trust_anchors)
-    except CertificateProblem as e:
-        raise Rejected(Reason.SIG, Detail.SECURITY, str(e)) from None
     if receiver.sender_signing_certs is not None and not _published(
         signer, receiver.sender_signing_certs
     ):
@@ -195,38 +208,45 @@ def _open(
             Detail.SECURITY,
             "the signing certificate is not one the sender publishes in CertPub",
         )
+    try:
+        check_signing_certificate(signer, receiver.at or datetime.now(UTC), receiver.trust_anchors)
+    except CertificateProblem as e:
+        raise Rejected(Reason.SIG, Detail.SECURITY, str(e)) from None
 
     # 2. The envelope's own rules.
-    header = xhe.read_header(root)
-    state.update(header=header, kind=header.kind)
+    progress.header = header = xhe.read_header(root)
+    progress.is_kvittens = header.kind is xhe.PayloadKind.KVITTENS
+    if receiver.federation is not None and header.federation != receiver.federation:
+        raise Quarantined("the envelope belongs to another federation")
     content = xhe.payload_content(root)
     if len(content) != 1:
         raise Rejected(Reason.SV, Detail.STRUCTURE, "PayloadContent must hold exactly one element")
-    if header.kind is xhe.PayloadKind.KVITTENS:
-        _open_kvittens(header, content[0], state)
-        return state.pop("kind")  # type: ignore[return-value]
+    if progress.is_kvittens:
+        _open_kvittens(header, content[0], progress)
+        return
 
     # 3. Decrypt: an unencrypted business message is refused (B1.3.3 §5.3 row 14).
     if not header.encrypted:
         raise Rejected(Reason.SIG, Detail.SECURITY, "the message payload is not encrypted")
     if not decrypt:
-        return state.pop("kind")  # type: ignore[return-value]
+        return
     try:
-        plaintext = xmlenc.decrypt(content[0], receiver.decryption_keys)
+        progress.plaintext = plaintext = xmlenc.decrypt(content[0], receiver.decryption_keys)
     except xmlenc.DecryptionError as e:
         raise Quarantined(f"payload cannot be decrypted: {e}") from None
-    state["plaintext"] = plaintext
     if len(plaintext) > MAX_MESSAGE_BYTES:
-        raise Rejected(Reason.BV, Detail.TOO_LONG, "Message size too large.")
+        raise msg.too_long()
 
     # 4. The business message and its consistency with the envelope.
     try:
-        message = msg.from_element(parse_xml(plaintext, max_bytes=MAX_MESSAGE_BYTES))
+        element = parse_xml(plaintext, max_bytes=MAX_MESSAGE_BYTES)
     except UnsafeXML as e:
         raise Quarantined(f"decrypted payload: {e}") from None
-    state["message"] = message
+    if element.tag != q(MSG_NS, "messagePayload"):
+        # Like an undecryptable payload: answering would make CBC a padding oracle.
+        raise Quarantined("decrypted payload: not an SDK business message")
+    progress.message = message = msg.from_element(element)
     _check_consistency(header, message, receiver)
-    return state.pop("kind")  # type: ignore[return-value]
 
 
 def _looks_like_kvittens(root: etree._Element) -> bool:
@@ -241,21 +261,28 @@ def _published(signer: x509.Certificate, published: list[x509.Certificate]) -> b
     return any(c.public_bytes(serialization.Encoding.DER) == der for c in published)
 
 
-def _invariant(text: str, path: str = "NA") -> Rejected:
-    return Rejected(Reason.BV, Detail.INVARIANT, text, path)
-
-
 _HEADER = "/messagePayload/message/messageHeader"
 
 
 def _check_consistency(header: xhe.Header, message: msg.BusinessMessage, rx: Receiver) -> None:
     """B1.3.3: the envelope, the business header and what we serve must agree."""
     if message.message_id != header.id:
-        raise _invariant("the XHE Header ID differs from messageId", f"{_HEADER}/messageId")
-    if message.recipient.organisation_id != header.to_party:
-        raise _invariant(
-            "recipientID differs from the XHE ToParty", f"{_HEADER}/recipient/recipientID"
+        raise Rejected(
+            Reason.BV,
+            Detail.INVARIANT,
+            "the XHE Header ID differs from messageId",
+            f"{_HEADER}/messageId",
         )
+    if message.recipient.organisation_id != header.to_party:
+        raise Rejected(
+            Reason.BV,
+            Detail.SECURITY,
+            "recipientId is not identical to value in XHE envelope",
+            f"{_HEADER}/recipient/recipientID",
+        )
+    # B1.3.3 gives BV/invariant for a wrong senderID in one place and BV/security in its
+    # table of events (§5.3 row 13); a sender that differs from the signed envelope is the
+    # security case.
     if message.sender.organisation_id != header.from_party:
         raise Rejected(
             Reason.BV,
@@ -265,12 +292,17 @@ def _check_consistency(header: xhe.Header, message: msg.BusinessMessage, rx: Rec
         )
     path = f"{_HEADER}/recipient/attention/subOrganization/organizationId/extension"
     if message.functional_address != header.handling_service_id:
-        raise _invariant("the recipient's functional address differs from HandlingServiceID", path)
+        raise Rejected(
+            Reason.BV,
+            Detail.SECURITY,
+            "subOrganization/organizationId must equal xha:HandlingServiceID",
+            path,
+        )
     if (
         rx.our_functional_addresses is not None
         and message.functional_address not in rx.our_functional_addresses
     ):
-        raise Rejected(Reason.BV, Detail.NOT_FOUND, "the functional address does not exist", path)
+        raise Rejected(Reason.BV, Detail.NOT_FOUND, "Wrong or unknown xha:HandlingServiceID", path)
     if message.message_id in rx.seen_message_ids:
         raise Rejected(
             Reason.BV,
@@ -280,10 +312,9 @@ def _check_consistency(header: xhe.Header, message: msg.BusinessMessage, rx: Rec
         )
 
 
-def _open_kvittens(header: xhe.Header, payload: etree._Element, state: dict[str, object]) -> None:
+def _open_kvittens(header: xhe.Header, payload: etree._Element, progress: _Progress) -> None:
     if header.encrypted:
         raise Quarantined("a kvittens must not be encrypted")
-    kvittens = kv.from_element(payload)
-    state["kvittens"] = kvittens
+    progress.kvittens = kvittens = kv.from_element(payload)
     if kvittens.sender != header.from_party or kvittens.receiver != header.to_party:
         raise Quarantined("the kvittens parties differ from the envelope's")

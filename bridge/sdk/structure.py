@@ -141,7 +141,8 @@ def _lexical(pattern: re.Pattern[str], name: str, parse: Callable[[str], object]
 
 
 def _iso(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00").replace("T24:", "T00:"))
+    # xs:dateTime's 24:00:00 is refused: no SDK party writes it, and Python cannot read it.
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 date_time = _lexical(_DATETIME, "xs:dateTime", _iso)

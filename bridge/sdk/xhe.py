@@ -170,6 +170,7 @@ ENVELOPE = s.El(
 )
 
 _NS = {"x": XHE_NS, "xha": XHA_NS, "xhb": XHB_NS}
+_SCOPE_CODES = ("DOCUMENTID", "DOCUMENTID_SCHEME", "PROCESSID", "PROCESSID_SCHEME", "FEDERATIONID")
 
 
 def _text(root: etree._Element, path: str) -> str | None:
@@ -220,11 +221,16 @@ def read_header(root: etree._Element) -> Header:
     for criterion in root.findall("xha:Header/xha:BusinessScope/xha:BusinessScopeCriterion", _NS):
         code = _text(criterion, "xhb:BusinessScopeCriterionTypeCode") or ""
         scope[code] = _text(criterion, "xhb:BusinessScopeCriterionValue") or ""
-    for number, code in enumerate(
-        ("DOCUMENTID", "DOCUMENTID_SCHEME", "PROCESSID", "PROCESSID_SCHEME", "FEDERATIONID"), 4
-    ):
+    for number, code in enumerate(_SCOPE_CODES, 4):
         if code not in scope:
             raise _rule(f"R{number}-XHE: a BusinessScopeCriterion {code} is required")
+    if len(root.findall("xha:Header/xha:BusinessScope/xha:BusinessScopeCriterion", _NS)) != 5:
+        raise Rejected(
+            Reason.SV,
+            Detail.STRUCTURE,
+            "BusinessScope must hold exactly one criterion of each of the five types",
+            "/XHE/Header/BusinessScope",
+        )
     for name in ("FromParty", "ToParty"):
         element = root.find(f"xha:Header/xha:{name}/xha:PartyIdentification/xhb:ID", _NS)
         if element.get("schemeID", "").strip() != PARTY_SCHEME:
@@ -247,12 +253,19 @@ def read_header(root: etree._Element) -> Header:
     kind = kinds[scope["DOCUMENTID"]]
     if _text(root, "xha:Payloads/xha:Payload/xhb:DocumentTypeCode") != _TYPE_CODES[kind]:
         raise _rule("DocumentTypeCode does not match the document id", "/XHE/Payloads/Payload")
+    if _text(root, "xha:Payloads/xha:Payload/xhb:ContentTypeCode") != "application/xml":
+        raise _rule("ContentTypeCode must be application/xml", "/XHE/Payloads/Payload")
     message_id, from_party, to_party = identity(root)
     if not UUID.fullmatch(message_id or ""):
         raise _rule("Header ID must be a UUID", "/XHE/Header/ID")
+    created = datetime.fromisoformat(
+        (_text(root, "xha:Header/xhb:CreationDateTime") or "").replace("Z", "+00:00")
+    )
+    if created.tzinfo is None:
+        raise _rule("CreationDateTime must include a time zone", "/XHE/Header/CreationDateTime")
     return Header(
         id=message_id or "",
-        created=datetime.fromisoformat(_text(root, "xha:Header/xhb:CreationDateTime") or ""),
+        created=created,
         kind=kind,
         from_party=from_party or "",
         to_party=to_party or "",

@@ -88,16 +88,7 @@ def make_message(**changes: object) -> msg.BusinessMessage:
 
 def message_header(message: msg.BusinessMessage, **changes: object) -> xhe.Header:
     """The envelope header our sealing would write for `message`, with `changes`."""
-    header = xhe.Header(
-        id=message.message_id,
-        created=datetime.now(UTC),
-        kind=xhe.PayloadKind.MESSAGE,
-        from_party=message.sender.organisation_id,
-        to_party=message.recipient.organisation_id,
-        handling_service_id=message.functional_address,
-        encrypted=True,
-    )
-    return dataclasses.replace(header, **changes)
+    return dataclasses.replace(xhe.message_header(message), **changes)
 
 
 @pytest.fixture

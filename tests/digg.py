@@ -8,6 +8,7 @@ compilation, the Saxon processor) happens once per process.
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import re
@@ -54,6 +55,26 @@ def require_spec() -> Path:
     if SPEC_DIR is None:
         pytest.skip(f"Digg's SDK spec pack not found at {_spec_dir_candidate()}; set SDK_SPEC_DIR")
     return SPEC_DIR
+
+
+KVITTENS_EXAMPLES = (
+    "Kvittens_AP-Accepterat.xml",
+    "Kvittens_RE-AnnatFel.xml",
+    "Kvittens_RE-SCHFel.xml",
+    "Kvittens_RE-SIG.xml",
+    "Kvittens_RE-XSDFel.xml",
+)
+
+
+def kvittens_example(name: str) -> bytes:
+    return spec_file(f"{_KVITTENS}_exempel_v1.0", name).read_bytes()
+
+
+def signed_vector() -> bytes:
+    """Digg's real signed, encrypted XHE: the base64 <value> of its Domibus submitRequest."""
+    example = spec_file(_MESSAGE, "example", "as4_xhe_encrypted.xml")
+    (value,) = etree.parse(str(example), _INPUT_PARSER).xpath("//value")
+    return base64.b64decode(value.text)
 
 
 def spec_file(*parts: str) -> Path:

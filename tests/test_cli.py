@@ -6,7 +6,6 @@ prove it is wired. Exit codes: 0 success / valid, 1 not valid, 2 usage error.
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 import sys
@@ -103,12 +102,8 @@ def sealed(tmp_path: Path, message: msg.BusinessMessage, alice: Identity, bob: I
 @pytest.fixture
 def digg_vector(tmp_path: Path) -> Path:
     """The signed, encrypted XHE inside Digg's Domibus submitRequest example."""
-    example = digg.spec_file(
-        "message-v3", "sdk-meddelande-v3.1", "example", "as4_xhe_encrypted.xml"
-    )
-    (value,) = etree.parse(str(example)).xpath("//value")
     path = tmp_path / "digg-xhe.xml"
-    path.write_bytes(base64.b64decode(value.text))
+    path.write_bytes(digg.signed_vector())
     return path
 
 
@@ -420,13 +415,7 @@ def test_kvittens_seal_then_open(
 
 @pytest.mark.parametrize(
     "name",
-    [
-        "Kvittens_AP-Accepterat.xml",
-        "Kvittens_RE-AnnatFel.xml",
-        "Kvittens_RE-SCHFel.xml",
-        "Kvittens_RE-SIG.xml",
-        "Kvittens_RE-XSDFel.xml",
-    ],
+    digg.KVITTENS_EXAMPLES,
 )
 def test_kvittens_open_on_a_bare_digg_example(
     capsys: pytest.CaptureFixture[str], name: str

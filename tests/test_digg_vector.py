@@ -4,13 +4,11 @@ It verifies with our code at a time inside its certificate's validity (the certi
 expired in 2023), and any change to a signed byte makes it fail with REJECTED SIG.
 """
 
-import base64
 import random
-import re
 from datetime import UTC, datetime
 
 import pytest
-from digg import spec_file
+from digg import signed_vector, spec_file
 
 from bridge.sdk import sealing
 from bridge.sdk.keys import load_certificates
@@ -22,8 +20,7 @@ O2O = ("certificate-chains", "Certifikatkedjor OpenTest", "CAs", "Certifikatsked
 
 @pytest.fixture(scope="module")
 def vector() -> bytes:
-    path = spec_file("message-v3", "sdk-meddelande-v3.1", "example", "as4_xhe_encrypted.xml")
-    return base64.b64decode(re.search(rb"<(?:\w+:)?value[^>]*>([^<]+)<", path.read_bytes())[1])
+    return signed_vector()
 
 
 @pytest.fixture(scope="module")

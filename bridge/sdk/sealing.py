@@ -59,17 +59,9 @@ def seal_message(
     plaintext = etree.tostring(element)
     if len(plaintext) > MAX_MESSAGE_BYTES:
         raise msg.InvalidMessage(msg.too_long())
-    header = xhe.Header(
-        id=parsed.message_id,
-        created=datetime.now(UTC),
-        kind=xhe.PayloadKind.MESSAGE,
-        from_party=parsed.sender.organisation_id,
-        to_party=parsed.recipient.organisation_id,
-        handling_service_id=parsed.functional_address,
-        encrypted=True,
-        federation=federation,
+    root = xhe.build(
+        xhe.message_header(parsed, federation), xmlenc.encrypt(plaintext, recipient_cert)
     )
-    root = xhe.build(header, xmlenc.encrypt(plaintext, recipient_cert))
     xmldsig.sign(root, signer.key, signer.cert)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 

@@ -6,13 +6,13 @@ R2–R13 of DIGG-XHE-Business-Rules.
 """
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from lxml import etree
 
 from . import structure as s
-from .message import format_timestamp
+from .message import BusinessMessage, format_timestamp
 from .names import (
     DOCUMENT_ID_SCHEME,
     DS_NS,
@@ -58,6 +58,20 @@ class Header:
     handling_service_id: str | None  # the functional address the payload is for
     encrypted: bool
     federation: str = SDK_FEDERATION
+
+
+def message_header(message: BusinessMessage, federation: str = SDK_FEDERATION) -> Header:
+    """A business message's envelope header: ID (= messageId), parties, HandlingServiceID."""
+    return Header(
+        id=message.message_id,
+        created=datetime.now(UTC),
+        kind=PayloadKind.MESSAGE,
+        from_party=message.sender.organisation_id,
+        to_party=message.recipient.organisation_id,
+        handling_service_id=message.functional_address,
+        encrypted=True,
+        federation=federation,
+    )
 
 
 def build(header: Header, payload: etree._Element) -> etree._Element:

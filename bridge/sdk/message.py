@@ -7,7 +7,6 @@ checks: the XSD's structure (a violation is kvittens SV/structure) and Digg's sc
 
 import base64
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -26,7 +25,7 @@ from .names import (
 )
 from .structure import path_of
 from .verdict import Detail, Reason, Rejected
-from .xmlsafe import UnsafeXML, base64_text
+from .xmlsafe import base64_text
 from .xmlsafe import parse as parse_xml
 
 
@@ -100,10 +99,6 @@ class BusinessMessage:
     def functional_address(self) -> str | None:
         """The recipient's functional address: the XHE HandlingServiceID."""
         return self.recipient.attention.functional_address if self.recipient.attention else None
-
-
-def new_message_id() -> str:
-    return str(uuid.uuid4())
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -362,7 +357,7 @@ def too_long() -> Rejected:
 def parse(data: bytes) -> BusinessMessage:
     """Read a business message; raise Rejected for anything SDK forbids.
 
-    XML that is not well-formed raises UnsafeXML: Digg sends no kvittens for it.
+    XML that is not well-formed raises xmlsafe.UnsafeXML: Digg sends no kvittens for it.
     """
     if len(data) > MAX_MESSAGE_BYTES:
         raise too_long()
@@ -443,22 +438,3 @@ def _decode_base64(element: etree._Element) -> bytes:
         return base64_text(element)
     except ValueError:
         raise _invariant(path_of(element), "must be a valid base64 encoded string") from None
-
-
-__all__ = [
-    "Attention",
-    "BusinessMessage",
-    "ContentFile",
-    "Document",
-    "Identifier",
-    "InvalidMessage",
-    "Party",
-    "Person",
-    "Reference",
-    "UnsafeXML",
-    "format_timestamp",
-    "from_element",
-    "new_message_id",
-    "parse",
-    "to_xml",
-]

@@ -8,7 +8,9 @@ the local federation; never for real traffic. RSA key generation dominates the c
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,10 +59,12 @@ class TestPKI:
         not_before: datetime | None = None,
         not_after: datetime | None = None,
         key_usage: str = "both",
+        hosts: Sequence[str] = (),
     ) -> Identity:
         """Issue a leaf cert (CN=O=name, serialNumber) signed by the issuing CA.
 
         key_usage is "sign" (digitalSignature), "encrypt" (keyEncipherment) or "both".
+        `hosts` (DNS names or IP addresses) go into subjectAltName, for TLS servers.
         key_size defaults to the PKI's key size. Files are named after `name`;
         issuing the same name again overwrites them.
         """
@@ -96,6 +100,10 @@ class TestPKI:
                 critical=False,
             )
         )
+        if hosts:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([_general_name(h) for h in hosts]), critical=False
+            )
         cert = builder.sign(self.issuing_ca.key, hashes.SHA256())
         return _write(self.directory, name, key, cert, [self.issuing_ca.cert, self.root.cert])
 
@@ -137,6 +145,13 @@ def make_pki(directory: Path, key_size: int = 3072) -> TestPKI:
     chain_pem = directory / "chain.pem"
     chain_pem.write_bytes(issuing_ca.cert_pem.read_bytes() + root.cert_pem.read_bytes())
     return TestPKI(root, issuing_ca, root.cert_pem, chain_pem, directory, key_size)
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
 def _new_key(key_size: int) -> rsa.RSAPrivateKey:

@@ -1,0 +1,102 @@
+"""Serving the sandbox's WSGI applications on loopback, over HTTPS, one thread each.
+
+The standard library's WSGI server is enough for a test federation: it keeps the
+applications plain WSGI callables that any test can also call directly.
+"""
+
+import ssl
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # the sandbox logs what matters itself
+
+    def get_environ(self) -> dict[str, Any]:
+        environ = super().get_environ()
+        if isinstance(self.connection, ssl.SSLSocket):
+            environ["HTTPS"] = "on"  # wsgiref derives wsgi.url_scheme from it
+        return environ
+
+
+class Server:
+    """One WSGI app on `host:port` (port 0: any free port), HTTPS when given a context."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self._server = make_server(host, port, app, _ThreadingServer, _QuietHandler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self.scheme = "https" if tls else "http"
+        self.host = host
+        self.port = self._server.server_port
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name=f"sandbox:{self.port}", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    def start(self) -> "Server":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def read_body(environ: dict[str, Any], limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    if length > limit:
+        raise ValueError(f"request body larger than {limit} bytes")
+    return environ["wsgi.input"].read(length) if length else b""
+
+
+def respond(
+    start_response: Callable[..., Any],
+    status: int,
+    body: bytes = b"",
+    content_type: str = "text/plain; charset=utf-8",
+    headers: Iterable[tuple[str, str]] = (),
+) -> list[bytes]:
+    """Finish a WSGI response in one call."""
+    reason = _REASONS.get(status, "Status")
+    start_response(
+        f"{status} {reason}",
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers],
+    )
+    return [body]
+
+
+_REASONS = {
+    200: "OK",
+    202: "Accepted",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}

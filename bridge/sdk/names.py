@@ -40,6 +40,7 @@ KVITTENS_TYPE_CODE: Final = f"Q{{{APP_NS}}}ApplicationResponse"
 DS_NS: Final = "http://www.w3.org/2000/09/xmldsig#"
 XENC_NS: Final = "http://www.w3.org/2001/04/xmlenc#"
 C14N: Final = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
+C14N11: Final = "http://www.w3.org/2006/12/xml-c14n11"  # what OASIS SMP 1.0 signs with
 ENVELOPED: Final = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
 RSA_SHA256: Final = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
 SHA256: Final = "http://www.w3.org/2001/04/xmlenc#sha256"

@@ -10,6 +10,7 @@ the caller goes on to read.
 import base64
 import hashlib
 import hmac
+from collections.abc import Collection
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from lxml import etree
 
-from .names import C14N, DS_NS, ENVELOPED, RSA_SHA256, SHA256, q
+from .names import C14N, C14N11, DS_NS, ENVELOPED, RSA_SHA256, SHA256, q
 from .xmlsafe import base64_text
 
 _NS = {"ds": DS_NS}
@@ -88,8 +89,11 @@ def _b64(element: etree._Element, what: str) -> bytes:
         raise SignatureInvalid(f"{what} is not valid base64") from None
 
 
-def verify(root: etree._Element) -> x509.Certificate:
+def verify(root: etree._Element, canonicalizations: Collection[str] = (C14N,)) -> x509.Certificate:
     """Check the document's enveloped signature; return the certificate that made it.
+
+    SDK envelopes use c14n 1.0; SMP documents may use c14n 1.1, which gives the same bytes
+    as 1.0 for documents without xml:id and xml:base (and those are refused with it).
 
     The Signature is taken out of the tree on the way (lxml cannot hide it from c14n), so on
     success the tree holds exactly the content that was signed. Only says the signature is
@@ -103,18 +107,22 @@ def verify(root: etree._Element) -> x509.Certificate:
         raise SignatureInvalid("exactly one signature, a direct child of the root, is allowed")
     signature = signatures[0]
     signed_info = _only(signature, "ds:SignedInfo", "SignedInfo")
-    algorithms = (
-        (_only(signed_info, "ds:CanonicalizationMethod", "CanonicalizationMethod"), C14N),
-        (_only(signed_info, "ds:SignatureMethod", "SignatureMethod"), RSA_SHA256),
-    )
-    for element, expected in algorithms:
-        if element.get("Algorithm") != expected or len(element):
-            raise SignatureInvalid(f"{etree.QName(element).localname} must be {expected}")
+    method = _only(signed_info, "ds:SignatureMethod", "SignatureMethod")
+    if method.get("Algorithm") != RSA_SHA256 or len(method):
+        raise SignatureInvalid(f"SignatureMethod must be {RSA_SHA256}")
+    c14n = _only(signed_info, "ds:CanonicalizationMethod", "CanonicalizationMethod")
+    canonicalization = c14n.get("Algorithm")
+    if canonicalization not in canonicalizations or len(c14n):
+        raise SignatureInvalid(
+            f"CanonicalizationMethod must be one of {', '.join(canonicalizations)}"
+        )
+    if canonicalization == C14N11 and root.xpath("//@xml:id | //@xml:base"):
+        raise SignatureInvalid("xml:id and xml:base are not supported with c14n 1.1")
     reference = _only(signed_info, "ds:Reference", "Reference")
     if reference.get("URI") != "":
         raise SignatureInvalid('the Reference must cover the whole document (URI="")')
     transforms = [t.get("Algorithm") for t in reference.findall("ds:Transforms/ds:Transform", _NS)]
-    if transforms not in ([ENVELOPED], [ENVELOPED, C14N]):
+    if transforms not in ([ENVELOPED], [ENVELOPED, canonicalization]):
         raise SignatureInvalid("only the enveloped-signature and c14n transforms are allowed")
     if _only(reference, "ds:DigestMethod", "DigestMethod").get("Algorithm") != SHA256:
         raise SignatureInvalid("the digest must be SHA-256")

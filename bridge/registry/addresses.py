@@ -1,0 +1,120 @@
+"""E-mail addresses for SDK recipients, and back (PRODUCT.md, "Addresses").
+
+The organisation `0203:habo.se` is the subdomain `habo.se.<sdk domain>`. The local part
+names one of its functional addresses in one of three forms:
+- an alias slugged from the address-book name (`registrator`), stable and unique within
+  the organisation: names that slug alike get a short suffix from their identifier;
+- the functional address identifier itself, where that is a valid local part;
+- an encoded form that always works: `fa-` and a hash of the identifier.
+"""
+
+import base64
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from .addressbook import AddressBook, FunctionalAddress, Organisation
+from .errors import AmbiguousAlias, UnknownFunctionalAddress, UnknownOrganisation
+
+ENCODED_PREFIX = "fa-"
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_SWEDISH = str.maketrans({"å": "a", "ä": "a", "ö": "o", "Å": "a", "Ä": "a", "Ö": "o"})
+MAX_LOCAL_PART = 64
+
+
+def slug(name: str) -> str:
+    """`Socialtjänsten – Ekonomiskt bistånd` -> `socialtjansten-ekonomiskt-bistand`."""
+    ascii_only = unicodedata.normalize("NFKD", name.translate(_SWEDISH))
+    ascii_only = ascii_only.encode("ascii", "ignore").decode().lower()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_only).strip("-")[:48].strip("-")
+
+
+def encoded(identifier: str) -> str:
+    digest = hashlib.sha256(identifier.encode()).digest()
+    return ENCODED_PREFIX + base64.b32encode(digest).decode().lower()[:26]
+
+
+def is_local_part(text: str) -> bool:
+    return len(text) <= MAX_LOCAL_PART and bool(_ATOM.fullmatch(text))
+
+
+def _by_slug(organisation: Organisation) -> dict[str, list[FunctionalAddress]]:
+    groups: dict[str, list[FunctionalAddress]] = {}
+    for address in organisation.addresses:
+        groups.setdefault(slug(address.name) or "adress", []).append(address)
+    return groups
+
+
+def aliases(organisation: Organisation) -> dict[str, FunctionalAddress]:
+    """alias -> address; names that slug alike are told apart by their identifier."""
+    result: dict[str, FunctionalAddress] = {}
+    for name, addresses in _by_slug(organisation).items():
+        if len(addresses) == 1:
+            result[name] = addresses[0]
+        else:
+            for address in addresses:
+                result[f"{name}-{encoded(address.identifier)[3:9]}"] = address
+    return result
+
+
+@dataclass(frozen=True)
+class Recipient:
+    organisation: Organisation
+    address: FunctionalAddress
+
+
+class AddressMap:
+    """Rewrites between e-mail addresses under `sdk_domain` and SDK functional addresses."""
+
+    def __init__(self, sdk_domain: str, book: AddressBook) -> None:
+        self.sdk_domain = sdk_domain.strip(".").lower()
+        self.book = book
+
+    def organisation_id(self, domain: str) -> str:
+        domain = domain.strip(".").lower()
+        suffix = "." + self.sdk_domain
+        if not domain.endswith(suffix) or domain == suffix[1:]:
+            raise UnknownOrganisation(f"{domain} is not under the SDK domain {self.sdk_domain}")
+        return "0203:" + domain[: -len(suffix)]
+
+    def resolve(self, email: str) -> Recipient:
+        """The functional address an e-mail address names, or a NotFound that says why."""
+        local, at, domain = email.strip().strip("<>").rpartition("@")
+        if not at or not local:
+            raise UnknownFunctionalAddress(f"{email!r} is not an e-mail address")
+        organisation = self.book.organisation(self.organisation_id(domain))
+        for address in organisation.addresses:
+            if local == address.identifier or local.lower() == encoded(address.identifier):
+                return Recipient(organisation, address)
+        known = aliases(organisation)
+        if local.lower() in known:
+            return Recipient(organisation, known[local.lower()])
+        same_name = _by_slug(organisation).get(local.lower(), [])
+        if len(same_name) > 1:
+            choices = ", ".join(sorted(self.email(a) for a in same_name))
+            raise AmbiguousAlias(
+                f"{email} matches several functional addresses of {organisation.name}: {choices}"
+            )
+        raise UnknownFunctionalAddress(
+            f"{organisation.name} ({organisation.id}) has no functional address {local!r} "
+            "in the SDK address book"
+        )
+
+    def email(self, address: FunctionalAddress) -> str:
+        """The preferred e-mail address: the alias."""
+        organisation = self.book.organisation(address.organisation_id)
+        alias = next(a for a, fa in aliases(organisation).items() if fa == address)
+        return f"{alias}@{self.domain(address.organisation_id)}"
+
+    def domain(self, organisation_id: str) -> str:
+        return f"{organisation_id.removeprefix('0203:').lower()}.{self.sdk_domain}"
+
+    def forms(self, address: FunctionalAddress) -> list[str]:
+        """Every e-mail address that reaches `address`: alias, identifier, encoded."""
+        domain = self.domain(address.organisation_id)
+        local_parts = [self.email(address).partition("@")[0]]
+        if is_local_part(address.identifier):
+            local_parts.append(address.identifier)
+        local_parts.append(encoded(address.identifier))
+        return [f"{local}@{domain}" for local in dict.fromkeys(local_parts)]

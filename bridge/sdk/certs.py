@@ -57,7 +57,7 @@ def check_signing_certificate(
         raise CertificateProblem("the signing certificate is not for digital signatures")
     if trust_anchors is None:
         return
-    issuer = _issuer_among(cert, trust_anchors)
+    issuer = issuer_among(cert, trust_anchors)
     if issuer is None:
         raise CertificateProblem("the signing certificate does not chain to a trusted CA")
     for _ in range(MAX_CHAIN):
@@ -70,14 +70,14 @@ def check_signing_certificate(
             raise CertificateProblem("the signing certificate's issuer is not a CA")
         if issuer.subject == issuer.issuer:
             return
-        parent = _issuer_among(issuer, trust_anchors)
+        parent = issuer_among(issuer, trust_anchors)
         if parent is None:
             return  # an issuing CA trusted without its root
         issuer = parent
     raise CertificateProblem("the certificate chain is too long")
 
 
-def _issuer_among(
+def issuer_among(
     cert: x509.Certificate, candidates: list[x509.Certificate]
 ) -> x509.Certificate | None:
     for candidate in candidates:

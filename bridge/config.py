@@ -22,12 +22,35 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    address_book_url: str
+    smp_url: str | None  # a fixed SMP, or
+    sml_zone: str | None  # the SML zone to find each organisation's SMP in (DNS)
+    sml_nameservers: tuple[str, ...]  # "host" or "host:port"; empty: the system's resolver
+    smp_trust_anchors: list[x509.Certificate]
+    tls_trust: Path | None  # CA bundle for HTTPS to the registry; None: the system's
+    cache_dir: Path
+    revocation_soft_fail: bool  # accept a certificate whose revocation status is unknown
+
+
+@dataclass(frozen=True)
+class AccessPointConfig:
+    url: str  # the Domibus WS plugin endpoint
+    username: str
+    password: str
+    tls_trust: Path | None
+
+
+@dataclass(frozen=True)
 class Config:
     organisation_id: str
     federation: str
+    sdk_domain: str | None  # the mail domain SDK recipients live under
     signing: KeyPair
     decryption: list[KeyPair]  # more than one during a certificate rollover
     trust_anchors: list[x509.Certificate]
+    registry: RegistryConfig | None
+    access_point: AccessPointConfig | None
 
 
 class _Node:
@@ -114,9 +137,9 @@ def load(file: Path) -> Config:
     if document is None:
         raise ConfigError(file, None, "-", "the file is empty")
     root = _Node(file, "", document)
-    sections = root.mapping("organisation", "keys")
+    sections = root.mapping("organisation", "keys", "registry", "access_point")
     organisation = _required(sections, root, "organisation")
-    org = organisation.mapping("id", "federation")
+    org = organisation.mapping("id", "federation", "sdk_domain")
     org_id = _required(org, organisation, "id")
     if not ORGANISATION_ID.fullmatch(org_id.string()):
         raise org_id.error("expected an organisation id such as 0203:kommun.se")
@@ -126,18 +149,87 @@ def load(file: Path) -> Config:
     decryption = [_keypair(n) for n in _required(key_fields, keys, "decryption").sequence()]
     if not decryption:
         raise key_fields["decryption"].error("at least one decryption key is required")
-    anchors = []
-    for anchor in _required(key_fields, keys, "trust_anchors").sequence():
-        try:
-            anchors.extend(load_certificates(anchor.path()))
-        except (KeyError_, OSError) as e:
-            raise anchor.error(str(e)) from None
     return Config(
         organisation_id=org_id.string(),
         federation=org["federation"].string() if "federation" in org else SDK_FEDERATION,
+        sdk_domain=org["sdk_domain"].string().strip(".").lower() if "sdk_domain" in org else None,
         signing=signing,
         decryption=decryption,
-        trust_anchors=anchors,
+        trust_anchors=_certificates(_required(key_fields, keys, "trust_anchors")),
+        registry=_registry(sections["registry"]) if "registry" in sections else None,
+        access_point=_access_point(sections["access_point"])
+        if "access_point" in sections
+        else None,
+    )
+
+
+def _certificates(node: _Node) -> list[x509.Certificate]:
+    certificates = []
+    for item in node.sequence():
+        try:
+            certificates.extend(load_certificates(item.path()))
+        except (KeyError_, OSError) as e:
+            raise item.error(str(e)) from None
+    return certificates
+
+
+def _url(node: _Node) -> str:
+    url = node.string()
+    if not url.startswith(("https://", "http://")):
+        raise node.error("expected an http:// or https:// URL")
+    return url
+
+
+def _existing_file(node: _Node) -> Path:
+    path = node.path()
+    if not path.is_file():
+        raise node.error(f"no such file: {path}")
+    return path
+
+
+def _registry(node: _Node) -> RegistryConfig:
+    fields = node.mapping(
+        "address_book",
+        "smp",
+        "sml_zone",
+        "sml_nameservers",
+        "smp_trust_anchors",
+        "tls_trust",
+        "cache_dir",
+        "revocation",
+    )
+    if ("smp" in fields) == ("sml_zone" in fields):
+        raise node.error("give exactly one of smp (a fixed SMP URL) and sml_zone")
+    revocation = fields["revocation"].string() if "revocation" in fields else "hard-fail"
+    if revocation not in ("hard-fail", "soft-fail"):
+        raise fields["revocation"].error("expected hard-fail or soft-fail")
+    return RegistryConfig(
+        address_book_url=_url(_required(fields, node, "address_book")),
+        smp_url=_url(fields["smp"]) if "smp" in fields else None,
+        sml_zone=fields["sml_zone"].string() if "sml_zone" in fields else None,
+        sml_nameservers=tuple(n.string() for n in fields["sml_nameservers"].sequence())
+        if "sml_nameservers" in fields
+        else (),
+        smp_trust_anchors=_certificates(_required(fields, node, "smp_trust_anchors")),
+        tls_trust=_existing_file(fields["tls_trust"]) if "tls_trust" in fields else None,
+        cache_dir=fields["cache_dir"].path()
+        if "cache_dir" in fields
+        else node.file.parent / "state",
+        revocation_soft_fail=revocation == "soft-fail",
+    )
+
+
+def _access_point(node: _Node) -> AccessPointConfig:
+    fields = node.mapping("url", "username", "password_file", "tls_trust")
+    try:
+        password = read_passphrase(_required(fields, node, "password_file").path()).decode()
+    except KeyError_ as e:
+        raise fields["password_file"].error(str(e)) from None
+    return AccessPointConfig(
+        url=_url(_required(fields, node, "url")),
+        username=_required(fields, node, "username").string(),
+        password=password,
+        tls_trust=_existing_file(fields["tls_trust"]) if "tls_trust" in fields else None,
     )
 
 

@@ -103,6 +103,7 @@ def test_example_config_documents_every_key_the_loader_knows() -> None:
         "organisation:",
         "id:",
         "federation:",
+        "sdk_domain:",
         "keys:",
         "signing:",
         "key:",
@@ -110,6 +111,19 @@ def test_example_config_documents_every_key_the_loader_knows() -> None:
         "passphrase_file:",
         "decryption:",
         "trust_anchors:",
+        "registry:",
+        "address_book:",
+        "smp:",
+        "sml_zone:",
+        "sml_nameservers:",
+        "smp_trust_anchors:",
+        "tls_trust:",
+        "cache_dir:",
+        "revocation:",
+        "access_point:",
+        "url:",
+        "username:",
+        "password_file:",
     ):
         assert key in text
     # Its key files do not exist here: the error must point at the first of them.
@@ -130,3 +144,54 @@ def test_check_config_command(
     path.write_text(path.read_text().replace("0203:a.example.se", "a.example.se"))
     assert cli.main(["check-config", "-c", str(path)]) == 1
     assert f"{path}:2: organisation.id:" in capsys.readouterr().err
+
+
+def test_registry_and_access_point_sections(
+    tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity
+) -> None:
+    path = write_config(tmp_path, pki, alice, bob)
+    (tmp_path / "ap.pass").write_text("s3cret\n")
+    base = path.read_text().replace(
+        '  id: "0203:a.example.se"', '  id: "0203:a.example.se"\n  sdk_domain: SDK.Kommun.se.'
+    )
+    path.write_text(
+        base
+        + f"""\
+registry:
+  address_book: https://127.0.0.1:8443/api/v1/addresses
+  smp: https://127.0.0.1:8443/smp
+  smp_trust_anchors: [{pki.root_pem}]
+  tls_trust: {pki.chain_pem}
+access_point:
+  url: https://127.0.0.1:8443/ap/a
+  username: a
+  password_file: ap.pass
+"""
+    )
+    loaded = config.load(path)
+    assert loaded.sdk_domain == "sdk.kommun.se"
+    assert loaded.registry.smp_url == "https://127.0.0.1:8443/smp"
+    assert loaded.registry.sml_zone is None
+    assert loaded.registry.smp_trust_anchors == [pki.root.cert]
+    assert loaded.registry.cache_dir == tmp_path / "state"
+    assert loaded.registry.revocation_soft_fail is False
+    assert (loaded.access_point.username, loaded.access_point.password) == ("a", "s3cret")
+    for old, new, key, problem in [
+        ("  smp: https://127.0.0.1:8443/smp", "  smp: ftp://x", "registry.smp", "URL"),
+        ("  smp: https://127.0.0.1:8443/smp", "  sml_zone: sml.example", None, None),
+        ("  smp: https", "  sml_zone: z\n  smp: https", "registry", "exactly one of"),
+        (
+            "  password_file: ap.pass",
+            "  password_file: nope",
+            "access_point.password_file",
+            "cannot read",
+        ),
+    ]:
+        path.write_text(path.read_text().replace(old, new))
+        try:
+            loaded = config.load(path)
+            assert key is None, key
+            assert loaded.registry.sml_zone == "sml.example"
+        except config.ConfigError as error:
+            assert error.key == key and problem in error.problem
+        path.write_text(path.read_text().replace(new, old))

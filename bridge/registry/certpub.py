@@ -11,7 +11,6 @@ signature does not match.
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 import structlog
 from cryptography import x509
@@ -24,14 +23,9 @@ from ..sdk.certs import (
 )
 from ..sdk.names import KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
 from .errors import NoValidCertificate, RegistryUnavailable
-from .smp import SMPClient
+from .smp import RevocationCheck, SMPClient
 
 log = structlog.get_logger(__name__)
-
-
-class RevocationCheck(Protocol):
-    def check(self, cert: x509.Certificate, issuer: x509.Certificate) -> None:
-        """Raise if revoked; raise a RegistryUnavailable-like error if it cannot be told."""
 
 
 @dataclass(frozen=True)

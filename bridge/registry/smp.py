@@ -11,6 +11,7 @@ import base64
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 from urllib.parse import quote
 
 import dns.exception
@@ -20,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..sdk import xmldsig
-from ..sdk.certs import CertificateProblem, check_signing_certificate
+from ..sdk.certs import CertificateProblem, check_signing_certificate, issuer_among
 from ..sdk.names import C14N, C14N11, DOCUMENT_ID_SCHEME, PARTY_SCHEME, PROCESS_ID, q
 from ..sdk.xmlsafe import UnsafeXML
 from ..sdk.xmlsafe import parse as parse_xml
@@ -213,15 +214,29 @@ def read_signed_metadata(
     )
 
 
+class RevocationCheck(Protocol):
+    def check(self, cert: x509.Certificate, issuer: x509.Certificate) -> None:
+        """Return if not revoked; raise a CertificateProblem if revoked, RegistryUnavailable
+        if it cannot be told."""
+
+
 class SMPClient:
-    """Fetches and verifies service metadata; the caller caches (see CertPub)."""
+    """Fetches and verifies service metadata; the caller caches (see CertPub).
+
+    Digg requires the SMP's signing certificate to be checked for revocation too.
+    """
 
     def __init__(
-        self, http: httpx.Client, locator: Locator, trust_anchors: list[x509.Certificate]
+        self,
+        http: httpx.Client,
+        locator: Locator,
+        trust_anchors: list[x509.Certificate],
+        revocation: RevocationCheck | None = None,
     ) -> None:
         self._http = http
         self._locator = locator
         self._trust_anchors = trust_anchors
+        self._revocation = revocation
 
     def service_metadata(self, participant: str, document_id: str) -> ServiceMetadata:
         url = self._locator.smp_url(participant) + service_path(participant, document_id)
@@ -240,6 +255,13 @@ class SMPClient:
             trust_anchors=self._trust_anchors,
             at=datetime.now(UTC),
         )
+        if self._revocation is not None:
+            issuer = issuer_among(metadata.smp_signer, self._trust_anchors)
+            assert issuer is not None  # read_signed_metadata checked the chain
+            try:
+                self._revocation.check(metadata.smp_signer, issuer)
+            except CertificateProblem as e:
+                raise RegistryUnavailable(f"the SMP's signing certificate: {e}") from None
         if not any(e.active_at(datetime.now(UTC)) for e in metadata.endpoints):
             raise NotRegistered(f"{participant} has no active endpoint in SMP for {document_id}")
         return metadata

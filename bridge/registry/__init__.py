@@ -1,0 +1,1 @@
+"""The registry client: address book, SML/SMP, CertPub."""

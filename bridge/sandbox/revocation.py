@@ -18,8 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
-from bridge.testpki import ISSUING_CA, ROOT, TestPKI
-
+from ..testpki import ISSUING_CA, ROOT, TestPKI
 from .web import read_body, respond
 
 SERVICES = ("crl", "ocsp")

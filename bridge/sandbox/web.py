@@ -64,6 +64,25 @@ class Server:
         self._thread.join(timeout=5)
 
 
+class Router:
+    """Sends `/name/rest` to routes["name"] with `/rest` as its path (SCRIPT_NAME grows)."""
+
+    def __init__(self, routes: dict[str, WSGIApp] | None = None) -> None:
+        self.routes = routes if routes is not None else {}
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        name, _, rest = environ.get("PATH_INFO", "").lstrip("/").partition("/")
+        app = self.routes.get(name)
+        if app is None:
+            return respond(start_response, 404, b"no such service")
+        inner = dict(environ)
+        inner["SCRIPT_NAME"] = f"{environ.get('SCRIPT_NAME', '')}/{name}"
+        inner["PATH_INFO"] = f"/{rest}"
+        return app(inner, start_response)
+
+
 def read_body(environ: dict[str, Any], limit: int) -> bytes:
     """The request body, refusing more than `limit` bytes."""
     length = int(environ.get("CONTENT_LENGTH") or 0)

@@ -4,14 +4,18 @@ Exit codes: 0 success (for `open`: the input is valid), 1 the input is not valid
 2 usage errors (bad options, unreadable files or keys).
 """
 
+from __future__ import annotations
+
 import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from . import __version__, config
 from . import logging as bridge_logging
@@ -24,6 +28,9 @@ from .sdk.names import APP_NS, q
 from .sdk.verdict import Outcome, Rejected
 from .sdk.xmlsafe import UnsafeXML
 from .sdk.xmlsafe import parse as parse_xml
+
+if TYPE_CHECKING:  # imported when used: most commands need no registry
+    from .registry.client import Found
 
 PASSPHRASE_ENV = "SDK_BRIDGE_KEY_PASSPHRASE"
 
@@ -200,6 +207,77 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .sandbox.federation import Sandbox
+
+    sandbox = Sandbox(Path(args.dir), organisations=args.orgs, key_size=args.key_size)
+    sandbox.start()
+    configs = ", ".join(str(sandbox.config_path(label)) for label in sandbox.organisations)
+    print(f"sandbox ready at {sandbox.https.url}; configurations: {configs}", flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    sandbox.stop()
+    print("sandbox stopped", flush=True)
+    return 0
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    from .registry.client import Registry
+    from .registry.errors import NotFound, RegistryUnavailable
+
+    try:
+        loaded = config.load(Path(args.config))
+    except config.ConfigError as e:
+        raise UsageError(str(e)) from None
+    if loaded.registry is None:
+        raise UsageError(f"{args.config}: no registry section")
+    with Registry(loaded) as registry:
+        try:
+            found = registry.lookup(args.address)
+        except NotFound as e:
+            print(f"not found: {e}", file=sys.stderr)
+            return 1
+        except RegistryUnavailable as e:
+            print(f"temporary failure: {e}", file=sys.stderr)
+            return 75  # EX_TEMPFAIL, as sendmail-style tools answer
+    for result in found:
+        print("\n".join(_describe_found(result)))
+    return 0
+
+
+def _describe_found(found: Found) -> list[str]:
+    organisation = found.organisation
+    lines = [f"{organisation.name} ({organisation.id})", "  functional addresses:"]
+    for address in organisation.addresses:
+        lines.append(f"    {address.name} [{address.identifier}]")
+        lines += [f"      {email}" for email in found.emails.get(address.identifier, [])]
+    for endpoint in found.endpoints:
+        until = f", until {endpoint.expiration:%Y-%m-%d}" if endpoint.expiration else ""
+        lines.append(f"  access point: {endpoint.url} ({endpoint.transport_profile}{until})")
+    for title, certificates in (
+        ("encryption certificates", found.encryption_certificates),
+        ("signing certificates", found.signing_certificates),
+    ):
+        lines.append(f"  {title}:")
+        lines += [f"    {line}" for cert in certificates for line in _certificate_lines(cert)]
+    lines += [f"  problem: {problem}" for problem in found.problems]
+    return lines
+
+
+def _certificate_lines(cert: x509.Certificate) -> list[str]:
+    fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    return [
+        cert.subject.rfc4514_string(),
+        f"  SHA-256 {fingerprint}",
+        f"  valid {cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d}",
+    ]
+
+
 def cmd_bench_core(args: argparse.Namespace) -> int:
     from .benchmark import format_table, run_core_benchmark
 
@@ -315,6 +393,21 @@ def build_parser() -> argparse.ArgumentParser:
     kopen.add_argument("kvittens", metavar="FILE", help="an XHE, or a bare ApplicationResponse")
     _add_trust_options(kopen)
     kopen.set_defaults(run=cmd_kvittens_open)
+
+    sandbox = commands.add_parser(
+        "sandbox", help="run a complete local SDK federation for trying and testing"
+    )
+    sandbox.add_argument("--dir", required=True, help="where its state and configurations live")
+    sandbox.add_argument("--orgs", type=int, default=2, help="how many organisations (a, b, …)")
+    sandbox.add_argument("--key-size", type=int, default=3072, help="RSA key size of new keys")
+    sandbox.set_defaults(run=cmd_sandbox)
+
+    lookup = commands.add_parser(
+        "lookup", help="look up an e-mail address, 0203: organisation id or name in SDK"
+    )
+    lookup.add_argument("-c", "--config", required=True, metavar="FILE")
+    lookup.add_argument("address", metavar="ADDRESS")
+    lookup.set_defaults(run=cmd_lookup)
 
     check = commands.add_parser(
         "check-config", help="check a configuration file, its keys and certificates"

@@ -127,6 +127,12 @@ class TestPKI:
         _record_issued(self.directory, ISSUING_CA, cert, name)
         return _write(self.directory, name, key, cert, [self.issuing_ca.cert, self.root.cert])
 
+    def issued(self, name: str) -> Identity | None:
+        """The identity issue(name) wrote earlier (e.g. before a restart), if any."""
+        if not _paths(self.directory, name)[1].exists():
+            return None
+        return _load(self.directory, name)
+
     def revoke(
         self,
         cert: x509.Certificate,

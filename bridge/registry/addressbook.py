@@ -162,8 +162,10 @@ class AddressBook:
     def _require_book(self) -> dict[str, Organisation]:
         with self._lock:
             organisations = self._organisations
-        if self.refreshed_at is None:
+        if self.refreshed_at is None and not self.refresh():  # first use, no cache yet
             raise RegistryUnavailable("the address book has not been fetched yet")
+        with self._lock:
+            organisations = self._organisations
         if self.stale:
             log.warning(
                 "answering from a stale address book", cached_at=self.refreshed_at.isoformat()

@@ -82,7 +82,7 @@ class SMP:
         participant_scheme, _, participant = unquote(parts[0]).partition("::")
         document_scheme, _, document_id = unquote(parts[2]).partition("::")
         with self.lock:
-            registration = self._find(participant)
+            registration = self.find(participant)
             if (
                 participant_scheme != PARTY_SCHEME
                 or document_scheme != DOCUMENT_ID_SCHEME
@@ -93,7 +93,7 @@ class SMP:
             document = self.signed_metadata(participant, document_id, registration)
         return respond(start_response, 200, document, "application/xml")
 
-    def _find(self, participant: str) -> Registration | None:
+    def find(self, participant: str) -> Registration | None:
         for key, registration in self.registrations.items():
             if key.lower() == participant.lower():
                 return registration

@@ -1,0 +1,247 @@
+"""The whole local federation, composed: `sdk-bridge sandbox --dir DIR`.
+
+One HTTPS port serves the address book (`/addressbook`), the SMP with CertPub (`/smp`)
+and one access point per organisation (`/ap/<label>`); one plain HTTP port serves the
+CRLs and OCSP responders (`/o2o`, `/smp`), as real revocation services do. Three test
+PKIs are kept apart as in Digg's federation: O2O (organisations' signing and encryption
+certificates), SMP (the metadata signer) and TLS. Everything lives in DIR, so a restarted
+sandbox has the same ports, keys, messages and revocations.
+"""
+
+import json
+import secrets
+import ssl
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..registry.addressbook import FunctionalAddress
+from ..sdk.keys import KeyPair
+from ..testpki import Identity, TestPKI, load_pki, make_pki
+from .accesspoint import AccessPoint
+from .addressbook import AddressBookAPI
+from .revocation import RevocationApp, revocation_urls
+from .smp import SMP, Registration
+from .web import Router, Server
+
+STATE_FILE = "sandbox.json"
+READY_FILE = "ready"
+DOMAIN = "sandbox.test"
+HOST = "127.0.0.1"
+FUNCTIONS = ("Registrator", "Socialtjänsten")
+
+
+@dataclass
+class Organisation:
+    label: str  # "a"
+    id: str  # "0203:a.sandbox.test"
+    name: str
+    signing: list[Identity]  # published; more than one during a rollover
+    encryption: list[Identity]
+    ap_password: str
+
+    @property
+    def addresses(self) -> list[FunctionalAddress]:
+        return [
+            FunctionalAddress(f"{self.label}.{function.lower()}", function, self.id, self.name)
+            for function in FUNCTIONS
+        ]
+
+
+def _labels(count: int) -> list[str]:
+    return [string.ascii_lowercase[i] for i in range(count)]
+
+
+class Sandbox:
+    def __init__(self, directory: Path, organisations: int = 2, key_size: int = 3072) -> None:
+        if not 1 <= organisations <= 26:
+            raise ValueError("between 1 and 26 organisations")
+        self.directory = directory.resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        state_file = self.directory / STATE_FILE
+        self.state = (
+            json.loads(state_file.read_text())
+            if state_file.exists()
+            else {
+                "organisations": organisations,
+                "key_size": key_size,
+                "https_port": 0,
+                "http_port": 0,
+            }
+        )
+        self.key_size = self.state["key_size"]
+        self.tls_pki = self._pki("tls")
+        self.tls = self._identity(self.tls_pki, "tls-server", "sign", hosts=[HOST, "localhost"])
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls.cert_pem, self.tls.key_pem)
+        # Bound first: the PKIs' revocation URLs and the SMP's endpoints need the ports.
+        self._https_routes, self._http_routes = Router(), Router()
+        self.https = Server(self._https_routes, HOST, self.state["https_port"], tls=context)
+        self.http = Server(self._http_routes, HOST, self.state["http_port"])
+        self.state.update(https_port=self.https.port, http_port=self.http.port)
+
+        self.revocation = {name: RevocationApp() for name in ("o2o", "smp")}
+        self.o2o_pki = self._pki("o2o", revocation_urls(f"{self.http.url}/o2o"))
+        self.smp_pki = self._pki("smp", revocation_urls(f"{self.http.url}/smp"))
+        self.revocation["o2o"].pki, self.revocation["smp"].pki = self.o2o_pki, self.smp_pki
+        self.organisations = {
+            label: self._organisation(label) for label in _labels(self.state["organisations"])
+        }
+        signer = self._identity(self.smp_pki, "smp-signer", "sign")
+        self.smp = SMP(KeyPair(signer.key, signer.cert), self._registrations())
+        self.address_book = AddressBookAPI(
+            [a for o in self.organisations.values() for a in o.addresses]
+        )
+        self.access_points = {
+            label: AccessPoint(
+                self.directory / "ap" / label,
+                party_id=f"ap-{label}",
+                organisations={organisation.id},
+                username=label,
+                password=organisation.ap_password,
+                route=self._route,
+            )
+            for label, organisation in self.organisations.items()
+        }
+        self._https_routes.routes.update(
+            addressbook=self.address_book, smp=self.smp, ap=Router(dict(self.access_points))
+        )
+        self._http_routes.routes.update(self.revocation)
+        self.save()
+
+    # --- running --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.https.start()
+        self.http.start()
+        self.write_configs()
+        (self.directory / READY_FILE).write_text(self.https.url + "\n")
+
+    def stop(self) -> None:
+        (self.directory / READY_FILE).unlink(missing_ok=True)
+        self.https.stop()
+        self.http.stop()
+
+    def save(self) -> None:
+        (self.directory / STATE_FILE).write_text(json.dumps(self.state, indent=2))
+
+    # --- switches for tests -----------------------------------------------------------------
+
+    def rollover(self, label: str, kind: str, stage: str) -> Identity:
+        """Publish a new `kind` ("signing"/"encryption") certificate beside the old one
+        (stage "both"), then alone (stage "new"). Returns the new identity."""
+        organisation = self.organisations[label]
+        names = self.state["published"][label][kind]
+        generation = len(names) if stage == "both" else len(names) - 1
+        new_name = f"org-{label}-{kind}-{generation + 1}"
+        usage = "sign" if kind == "signing" else "encrypt"
+        new = self._identity(self.o2o_pki, new_name, usage)
+        names[:] = [names[-1], new_name] if stage == "both" else [new_name]
+        setattr(organisation, kind, [self._identity(self.o2o_pki, n, usage) for n in names])
+        self.save()
+        self.smp.registrations.update(self._registrations())
+        self.write_configs()
+        return new
+
+    def revoke(self, label: str, kind: str) -> None:
+        """Revoke the organisation's current `kind` certificate(s)."""
+        for identity in getattr(self.organisations[label], kind):
+            self.o2o_pki.revoke(identity.cert)
+
+    # --- configurations ---------------------------------------------------------------------
+
+    def config_path(self, label: str) -> Path:
+        return self.directory / f"org-{label}.yaml"
+
+    def write_configs(self) -> None:
+        for organisation in self.organisations.values():
+            self.config_path(organisation.label).write_text(
+                "# Written by `sdk-bridge sandbox`; rewritten when the sandbox starts.\n"
+                + yaml.safe_dump(self._config(organisation), sort_keys=False, allow_unicode=True)
+            )
+
+    def _config(self, organisation: Organisation) -> dict[str, object]:
+        def relative(path: Path) -> str:
+            return str(path.relative_to(self.directory))
+
+        def keypair(identity: Identity) -> dict[str, str]:
+            return {"key": relative(identity.key_pem), "cert": relative(identity.cert_pem)}
+
+        tls_trust = relative(self.tls_pki.chain_pem)
+        return {
+            "organisation": {
+                "id": organisation.id,
+                "sdk_domain": f"sdk.{organisation.label}.{DOMAIN}",
+            },
+            "keys": {
+                "signing": keypair(organisation.signing[-1]),
+                "decryption": [keypair(i) for i in reversed(organisation.encryption)],
+                "trust_anchors": [relative(self.o2o_pki.chain_pem)],
+            },
+            "registry": {
+                "address_book": f"{self.https.url}/addressbook{AddressBookAPI.PATH}",
+                "smp": f"{self.https.url}/smp",
+                "smp_trust_anchors": [relative(self.smp_pki.chain_pem)],
+                "tls_trust": tls_trust,
+                "cache_dir": f"state/{organisation.label}",
+            },
+            "access_point": {
+                "url": f"{self.https.url}/ap/{organisation.label}",
+                "username": organisation.label,
+                "password_file": f"orgs/{organisation.label}/ap.pass",
+                "tls_trust": tls_trust,
+            },
+        }
+
+    # --- state ----------------------------------------------------------------------------
+
+    def _pki(self, name: str, urls: dict[str, str] | None = None) -> TestPKI:
+        directory = self.directory / "pki" / name
+        if (directory / "pki.json").exists():
+            return load_pki(directory)
+        return make_pki(directory, self.key_size, **(urls or {}))
+
+    def _identity(
+        self, pki: TestPKI, name: str, usage: str, hosts: list[str] | None = None
+    ) -> Identity:
+        return pki.issued(name) or pki.issue(name, key_usage=usage, hosts=hosts or ())
+
+    def _organisation(self, label: str) -> Organisation:
+        secrets_file = self.directory / "orgs" / label / "ap.pass"
+        if not secrets_file.exists():
+            secrets_file.parent.mkdir(parents=True, exist_ok=True)
+            secrets_file.write_text(secrets.token_urlsafe(18) + "\n")
+        published = self.state.setdefault("published", {}).setdefault(
+            label, {"signing": [f"org-{label}-signing"], "encryption": [f"org-{label}-encryption"]}
+        )
+        return Organisation(
+            label=label,
+            id=f"0203:{label}.{DOMAIN}",
+            name=f"Sandbox kommun {label.upper()}",
+            signing=[self._identity(self.o2o_pki, n, "sign") for n in published["signing"]],
+            encryption=[
+                self._identity(self.o2o_pki, n, "encrypt") for n in published["encryption"]
+            ],
+            ap_password=secrets_file.read_text().strip(),
+        )
+
+    def _registrations(self) -> dict[str, Registration]:
+        return {
+            o.id: Registration(
+                endpoint_url=f"{self.https.url}/ap/{o.label}",
+                access_point_cert=self.tls.cert,
+                signing_certs=[i.cert for i in o.signing],
+                encryption_certs=[i.cert for i in o.encryption],
+            )
+            for o in self.organisations.values()
+        }
+
+    def _route(self, participant: str) -> AccessPoint | None:
+        """The access point the SMP publishes for `participant`, as dynamic discovery finds it."""
+        registration = self.smp.find(participant)
+        if registration is None:
+            return None
+        label = registration.endpoint_url.rstrip("/").rsplit("/", 1)[-1]
+        return self.access_points.get(label)

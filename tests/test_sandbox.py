@@ -1,0 +1,256 @@
+"""The whole sandbox, as a bridge meets it: the registry client over HTTPS against the
+address book, SMP and CertPub, revocation by OCSP and by CRL, a certificate rollover, and a
+message from A's access point to B's.
+"""
+
+import dataclasses
+import os
+import signal
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import make_message
+from wsplugin import Client
+
+from bridge import config
+from bridge.registry.client import Registry
+from bridge.registry.errors import (
+    NotRegistered,
+    NoValidCertificate,
+    RegistryUnavailable,
+    UnknownFunctionalAddress,
+)
+from bridge.sandbox.federation import Sandbox
+from bridge.sdk import message as msg
+from bridge.sdk.sealing import Receiver, open_envelope, seal_message
+from bridge.sdk.verdict import ACCEPTED
+
+ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
+B_REGISTRATOR = "registrator@b.sandbox.test.sdk.a.sandbox.test"
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    federation = Sandbox(tmp_path_factory.mktemp("sandbox"), organisations=2, key_size=2048)
+    federation.start()
+    yield federation
+    federation.stop()
+
+
+@pytest.fixture(autouse=True)
+def _switches_off(sandbox: Sandbox) -> None:
+    sandbox.smp.fail_with, sandbox.smp.tamper = None, False
+    sandbox.address_book.fail_with = None
+    for app in sandbox.revocation.values():
+        app.fail("crl", None)
+        app.fail("ocsp", None)
+
+
+def registry_for(sandbox: Sandbox, label: str, cache: Path) -> Registry:
+    """An organisation's registry client, from the configuration the sandbox wrote."""
+    loaded = config.load(sandbox.config_path(label))
+    registry = dataclasses.replace(loaded.registry, cache_dir=cache)
+    return Registry(dataclasses.replace(loaded, registry=registry))
+
+
+@pytest.fixture
+def registry_a(sandbox: Sandbox, tmp_path: Path) -> Iterator[Registry]:
+    with registry_for(sandbox, "a", tmp_path) as registry:
+        yield registry
+
+
+def test_configurations_load(sandbox: Sandbox) -> None:
+    for label in ("a", "b"):
+        loaded = config.load(sandbox.config_path(label))
+        assert loaded.organisation_id == f"0203:{label}.sandbox.test"
+        assert loaded.access_point.url.endswith(f"/ap/{label}")
+        assert loaded.decryption[0].cert == sandbox.organisations[label].encryption[-1].cert
+    assert (sandbox.directory / "ready").read_text().strip() == sandbox.https.url
+
+
+def test_lookup_by_email_id_and_name(registry_a: Registry, sandbox: Sandbox) -> None:
+    (by_email,) = registry_a.lookup(B_REGISTRATOR)
+    assert by_email.organisation.id == ORG_B
+    assert not by_email.problems
+    b = sandbox.organisations["b"]
+    assert by_email.encryption_certificates == tuple(i.cert for i in b.encryption)
+    assert by_email.signing_certificates == tuple(i.cert for i in b.signing)
+    assert by_email.endpoints[0].url == f"{sandbox.https.url}/ap/b"
+    assert registry_a.lookup(ORG_B)[0].organisation.name == "Sandbox kommun B"
+    assert {f.organisation.id for f in registry_a.lookup("Sandbox kommun")} == {ORG_A, ORG_B}
+    with pytest.raises(UnknownFunctionalAddress):
+        registry_a.lookup("ekonomi@b.sandbox.test.sdk.a.sandbox.test")
+
+
+def test_tampered_smp_metadata_is_refused(registry_a: Registry, sandbox: Sandbox) -> None:
+    sandbox.smp.tamper = True
+    with pytest.raises(RegistryUnavailable, match="not trustworthy"):
+        registry_a.certpub.encryption_certificates(ORG_B)
+
+
+def test_registry_outages(registry_a: Registry, sandbox: Sandbox) -> None:
+    """The address book serves from its cache; CertPub answers from its cache until a
+    forced refresh, which then fails temporarily, never as "unknown"."""
+    certificates = registry_a.certpub.encryption_certificates(ORG_B)
+    assert registry_a.book.refresh()
+    sandbox.address_book.fail_with = 503
+    sandbox.smp.fail_with = 503
+    assert registry_a.book.refresh() is False
+    assert registry_a.book.organisation(ORG_B).name == "Sandbox kommun B"
+    assert registry_a.certpub.encryption_certificates(ORG_B) == certificates
+    with pytest.raises(RegistryUnavailable, match="HTTP 503"):
+        registry_a.certpub.encryption_certificates(ORG_B, refresh=True)
+
+
+def test_unregistered_organisation(registry_a: Registry) -> None:
+    with pytest.raises(NotRegistered):
+        registry_a.certpub.encryption_certificates("0203:nowhere.sandbox.test")
+
+
+def test_rollover_is_followed_without_a_restart(registry_a: Registry, sandbox: Sandbox) -> None:
+    old = sandbox.organisations["b"].encryption[-1]
+    assert registry_a.certpub.encryption_certificates(ORG_B) == (old.cert,)
+    new = sandbox.rollover("b", "encryption", "both")
+    assert registry_a.certpub.encryption_certificates(ORG_B, refresh=True) == (old.cert, new.cert)
+    sandbox.rollover("b", "encryption", "new")
+    assert registry_a.certpub.encryption_certificates(ORG_B, refresh=True) == (new.cert,)
+    b_config = config.load(sandbox.config_path("b"))
+    assert b_config.decryption[0].cert == new.cert  # B's bridge gets the new key
+
+
+def test_revoked_certificate_is_refused_via_ocsp_and_via_crl(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    o2o = sandbox.revocation["o2o"]
+    with registry_for(sandbox, "a", tmp_path / "before") as registry:
+        assert registry.certpub.signing_certificates(ORG_B)
+    sandbox.revoke("b", "signing")
+    try:
+        for source, failing in (("ocsp", None), ("crl", "ocsp")):
+            if failing:
+                o2o.fail(failing, "error")
+            asked = o2o.requests[source]
+            with (
+                registry_for(sandbox, "a", tmp_path / source) as registry,  # nothing cached
+                pytest.raises(NoValidCertificate, match="no valid, trusted and unrevoked"),
+            ):
+                registry.certpub.signing_certificates(ORG_B)
+            assert o2o.requests[source] > asked
+        o2o.fail("crl", "error")  # nothing answers: a temporary failure, never "valid"
+        with (
+            registry_for(sandbox, "a", tmp_path / "none") as registry,
+            pytest.raises(RegistryUnavailable, match="revocation status"),
+        ):
+            registry.certpub.signing_certificates(ORG_B)
+    finally:
+        o2o.fail("ocsp", None)
+        o2o.fail("crl", None)
+        new = sandbox.rollover("b", "signing", "new")  # leave B with a good certificate
+    with registry_for(sandbox, "a", tmp_path / "after") as registry:
+        assert registry.certpub.signing_certificates(ORG_B) == (new.cert,)
+
+
+def test_message_from_a_to_b_through_the_access_points(
+    registry_a: Registry, sandbox: Sandbox
+) -> None:
+    """Sealed for B with the certificate from CertPub, submitted to A's access point,
+    pending at B, retrieved byte-identical, opened by B with its own key."""
+    a, b = config.load(sandbox.config_path("a")), config.load(sandbox.config_path("b"))
+    recipient = registry_a.addresses.resolve(B_REGISTRATOR)
+    message = make_message(
+        sender=msg.Party(ORG_A, msg.Attention("a.registrator")),
+        recipient=msg.Party(ORG_B, msg.Attention(recipient.address.identifier)),
+    )
+    (encryption_cert,) = registry_a.certpub.encryption_certificates(ORG_B)
+    sealed = seal_message(message, signer=a.signing, recipient_cert=encryption_cert)
+
+    def client(loaded: config.Config) -> Client:
+        ap = loaded.access_point
+        verify = ssl.create_default_context(cafile=str(ap.tls_trust))
+        return Client(ap.url, verify, ap.username, ap.password)
+
+    message_id = client(a).submit(
+        sealed,
+        from_party="ap-a",
+        original_sender=ORG_A,
+        final_recipient=ORG_B,
+        conversation_id=message.conversation_id,
+    )
+    assert message_id in client(b).pending()
+    _, payload = client(b).retrieve(message_id)
+    assert payload == sealed
+    with registry_for(sandbox, "b", Path(b.registry.cache_dir)) as registry_b:
+        receiver = Receiver(
+            decryption_keys=b.decryption,
+            sender_signing_certs=list(registry_b.certpub.signing_certificates(ORG_A)),
+            trust_anchors=b.trust_anchors,
+            our_parties={ORG_B},
+        )
+    opened = open_envelope(payload, receiver)
+    assert opened.verdict == ACCEPTED
+    assert opened.message.message_id == message.message_id
+
+
+def test_sandbox_command_and_lookup_command(tmp_path: Path) -> None:
+    """`sdk-bridge sandbox` says when it is ready, `lookup` answers, SIGTERM stops it;
+    a restart keeps the ports."""
+    command = [
+        sys.executable,
+        "-m",
+        "bridge.cli",
+        "sandbox",
+        "--dir",
+        str(tmp_path),
+        "--key-size",
+        "2048",
+    ]
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ports = []
+    for _ in range(2):
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environment)
+        try:
+            line = process.stdout.readline()
+            assert line.startswith("sandbox ready at https://127.0.0.1:"), line
+            ports.append(line.split()[3])
+            lookup = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bridge.cli",
+                    "lookup",
+                    "-c",
+                    str(tmp_path / "org-a.yaml"),
+                    B_REGISTRATOR,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert lookup.returncode == 0, lookup.stderr
+            assert "Sandbox kommun B (0203:b.sandbox.test)" in lookup.stdout
+            assert "SHA-256" in lookup.stdout
+            missing = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bridge.cli",
+                    "lookup",
+                    "-c",
+                    str(tmp_path / "org-a.yaml"),
+                    "ekonomi@b.sandbox.test.sdk.a.sandbox.test",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert missing.returncode == 1
+            assert "has no functional address 'ekonomi'" in missing.stderr
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        assert not (tmp_path / "ready").exists()
+    assert ports[0] == ports[1]

@@ -1,0 +1,169 @@
+"""A small client of the Domibus WS plugin interface, as a message service would write one.
+
+It sends what Digg's example `as4_xhe_encrypted.xml` sends (plus a ConversationId); the
+tests of the sandbox access point and of the whole sandbox use it.
+"""
+
+import base64
+import ssl
+import uuid
+from typing import Any
+
+import httpx
+from conftest import ORG_A, ORG_B
+from lxml import etree
+
+from bridge.sandbox.accesspoint import AP_PARTY_TYPE, BACKEND_NS, EBMS_NS, SOAP12_NS
+from bridge.sdk.names import (
+    DOCUMENT_ID_SCHEME,
+    KVITTENS_DOCUMENT_ID,
+    MESSAGE_DOCUMENT_ID,
+    PARTY_SCHEME,
+    PROCESS_ID,
+    PROCESS_ID_SCHEME,
+    q,
+)
+
+MESSAGE_ACTION = f"{DOCUMENT_ID_SCHEME}::{MESSAGE_DOCUMENT_ID}"
+KVITTENS_ACTION = f"{DOCUMENT_ID_SCHEME}::{KVITTENS_DOCUMENT_ID}"
+XMLMIME_NS = "http://www.w3.org/2005/05/xmlmime"
+SOAP_CONTENT_TYPE = "application/soap+xml; charset=UTF-8"
+PARTY_A, PARTY_B = "AP-A-SANDBOX", "AP-B-SANDBOX"
+STALE_ORG = "0203:stale.example.se"  # the SMP points at B, which does not serve it
+
+
+class SoapFault(Exception):
+    def __init__(
+        self, http_status: int, value: str, reason: str, code: str | None, text: str | None
+    ):
+        super().__init__(f"{http_status} {value} {reason}: {code} {text}")
+        self.http_status = http_status
+        self.value = value  # soap:Receiver / soap:Sender
+        self.reason = reason
+        self.code = code  # FaultDetail/code
+        self.text = text  # FaultDetail/message
+
+
+def submit_envelope(
+    payload: bytes,
+    *,
+    message_id: str | None = None,
+    from_party: str | None = PARTY_A,
+    service: str = PROCESS_ID,
+    service_type: str = PROCESS_ID_SCHEME,
+    action: str = MESSAGE_ACTION,
+    conversation_id: str | None = None,
+    original_sender: str | None = ORG_A,
+    final_recipient: str | None = ORG_B,
+    property_type: str = PARTY_SCHEME,
+    extra_properties: tuple[tuple[str, str], ...] = (),
+    href: str = "cid:message",
+    payload_id: str = "cid:message",
+    mime_type: str = "text/xml",
+    value: str | None = None,
+) -> bytes:
+    """A submitRequest shaped like Digg's as4_xhe_encrypted.xml, plus a ConversationId."""
+    envelope = etree.Element(
+        q(SOAP12_NS, "Envelope"),
+        nsmap={"soap": SOAP12_NS, "ns": EBMS_NS, "_1": BACKEND_NS, "xm": XMLMIME_NS},
+    )
+
+    def sub(parent: etree._Element, tag: str, text: str | None = None, /, **attrs: str) -> Any:
+        element = etree.SubElement(parent, q(EBMS_NS, tag), attrs)
+        element.text = text
+        return element
+
+    user = sub(sub(etree.SubElement(envelope, q(SOAP12_NS, "Header")), "Messaging"), "UserMessage")
+    if message_id is not None:
+        sub(sub(user, "MessageInfo"), "MessageId", message_id)
+    if from_party is not None:
+        sender = sub(sub(user, "PartyInfo"), "From")
+        sub(sender, "PartyId", from_party, type=AP_PARTY_TYPE)
+        sub(sender, "Role", EBMS_NS + "initiator")
+    collaboration = sub(user, "CollaborationInfo")
+    sub(collaboration, "Service", service, type=service_type)
+    sub(collaboration, "Action", action)
+    if conversation_id is not None:
+        sub(collaboration, "ConversationId", conversation_id)
+    properties = sub(user, "MessageProperties")
+    for name, party in (("originalSender", original_sender), ("finalRecipient", final_recipient)):
+        if party is not None:
+            sub(properties, "Property", party, name=name, type=property_type)
+    for name, text in extra_properties:
+        sub(properties, "Property", text, name=name, type=property_type)
+    part = sub(sub(user, "PayloadInfo"), "PartInfo", href=href)
+    sub(sub(part, "PartProperties"), "Property", mime_type, name="MimeType")
+    request = etree.SubElement(
+        etree.SubElement(envelope, q(SOAP12_NS, "Body")), q(BACKEND_NS, "submitRequest")
+    )
+    element = etree.SubElement(request, "payload", payloadId=payload_id, contentType="text/xml")
+    etree.SubElement(element, "value").text = value or base64.b64encode(payload).decode()
+    return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+
+
+def request_envelope(operation: str, message_id: str | None = None) -> bytes:
+    envelope = etree.Element(q(SOAP12_NS, "Envelope"), nsmap={"soap": SOAP12_NS})
+    body = etree.SubElement(envelope, q(SOAP12_NS, "Body"))
+    request = etree.SubElement(body, q(BACKEND_NS, operation), nsmap={"_1": BACKEND_NS})
+    if message_id is not None:
+        etree.SubElement(request, "messageID").text = message_id
+    return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+
+
+class Client:
+    def __init__(self, url: str, verify: ssl.SSLContext, user: str, password: str) -> None:
+        self.http = httpx.Client(base_url=url, verify=verify, auth=(user, password), timeout=30)
+
+    def post(self, body: bytes, content_type: str = SOAP_CONTENT_TYPE) -> httpx.Response:
+        return self.http.post("/", content=body, headers={"Content-Type": content_type})
+
+    def call(self, body: bytes) -> etree._Element:
+        """The response envelope; a SOAP fault raises SoapFault."""
+        response = self.post(body)
+        assert response.headers["content-type"].startswith("application/soap+xml")
+        envelope = etree.fromstring(response.content)
+        fault = envelope.find(f"{q(SOAP12_NS, 'Body')}/{q(SOAP12_NS, 'Fault')}")
+        if fault is None:
+            assert response.status_code == 200
+            return envelope
+        detail = fault.find(f"{q(SOAP12_NS, 'Detail')}/{q(BACKEND_NS, 'FaultDetail')}")
+        raise SoapFault(
+            response.status_code,
+            fault.findtext(f"{q(SOAP12_NS, 'Code')}/{q(SOAP12_NS, 'Value')}") or "",
+            fault.findtext(f"{q(SOAP12_NS, 'Reason')}/{q(SOAP12_NS, 'Text')}") or "",
+            None if detail is None else detail.findtext("code"),
+            None if detail is None else detail.findtext("message"),
+        )
+
+    def submit(self, payload: bytes, **fields: Any) -> str:
+        fields.setdefault("message_id", str(uuid.uuid4()))
+        fields.setdefault("conversation_id", str(uuid.uuid4()))
+        response = self.call(submit_envelope(payload, **fields))
+        ids = response.findall(f".//{q(BACKEND_NS, 'submitResponse')}/messageID")
+        assert len(ids) == 1
+        return ids[0].text or ""
+
+    def pending(self) -> list[str]:
+        response = self.call(request_envelope("listPendingMessagesRequest"))
+        path = f".//{q(BACKEND_NS, 'listPendingMessagesResponse')}/messageID"
+        return [e.text or "" for e in response.findall(path)]
+
+    def retrieve(self, message_id: str) -> tuple[etree._Element, bytes]:
+        """(the ebMS UserMessage header, the payload bytes)."""
+        response = self.call(request_envelope("retrieveMessageRequest", message_id))
+        user = response.find(
+            f"{q(SOAP12_NS, 'Header')}/{q(EBMS_NS, 'Messaging')}/{q(EBMS_NS, 'UserMessage')}"
+        )
+        payloads = response.findall(f".//{q(BACKEND_NS, 'retrieveMessageResponse')}/payload")
+        assert user is not None and len(payloads) == 1
+        assert payloads[0].get("payloadId") == "cid:message"
+        return user, base64.b64decode(payloads[0].findtext("value") or "")
+
+    def status(self, message_id: str) -> str:
+        response = self.call(request_envelope("statusRequest", message_id))
+        return response.findtext(f".//{q(BACKEND_NS, 'getStatusResponse')}") or ""
+
+    def errors(self, message_id: str) -> list[dict[str, str]]:
+        response = self.call(request_envelope("getErrorsRequest", message_id))
+        items = response.findall(f".//{q(BACKEND_NS, 'getMessageErrorsResponse')}/item")
+        return [{child.tag: child.text or "" for child in item} for item in items]

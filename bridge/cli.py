@@ -213,7 +213,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     from .sandbox.federation import Sandbox
 
-    sandbox = Sandbox(Path(args.dir), organisations=args.orgs, key_size=args.key_size)
+    sandbox = Sandbox(Path(args.dir), args.orgs, args.key_size, sml=args.sml)
     sandbox.start()
     configs = ", ".join(str(sandbox.config_path(label)) for label in sandbox.organisations)
     print(f"sandbox ready at {sandbox.https.url}; configurations: {configs}", flush=True)
@@ -400,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--dir", required=True, help="where its state and configurations live")
     sandbox.add_argument("--orgs", type=int, default=2, help="how many organisations (a, b, …)")
     sandbox.add_argument("--key-size", type=int, default=3072, help="RSA key size of new keys")
+    sandbox.add_argument(
+        "--sml", action="store_true", help="also run an SML zone in DNS (needs dnsmasq)"
+    )
     sandbox.set_defaults(run=cmd_sandbox)
 
     lookup = commands.add_parser(

@@ -26,6 +26,7 @@ class RegistryConfig:
     address_book_url: str
     smp_url: str | None  # a fixed SMP, or
     sml_zone: str | None  # the SML zone to find each organisation's SMP in (DNS)
+    sml_name_form: str  # how the SML hashes participant ids (see registry.smp.sml_name)
     sml_nameservers: tuple[str, ...]  # "host" or "host:port"; empty: the system's resolver
     smp_trust_anchors: list[x509.Certificate]
     tls_trust: Path | None  # CA bundle for HTTPS to the registry; None: the system's
@@ -192,6 +193,7 @@ def _registry(node: _Node) -> RegistryConfig:
         "address_book",
         "smp",
         "sml_zone",
+        "sml_name_form",
         "sml_nameservers",
         "smp_trust_anchors",
         "tls_trust",
@@ -203,10 +205,14 @@ def _registry(node: _Node) -> RegistryConfig:
     revocation = fields["revocation"].string() if "revocation" in fields else "hard-fail"
     if revocation not in ("hard-fail", "soft-fail"):
         raise fields["revocation"].error("expected hard-fail or soft-fail")
+    name_form = fields["sml_name_form"].string() if "sml_name_form" in fields else "bdxl"
+    if name_form not in ("bdxl", "md5"):
+        raise fields["sml_name_form"].error("expected bdxl or md5")
     return RegistryConfig(
         address_book_url=_url(_required(fields, node, "address_book")),
         smp_url=_url(fields["smp"]) if "smp" in fields else None,
         sml_zone=fields["sml_zone"].string() if "sml_zone" in fields else None,
+        sml_name_form=name_form,
         sml_nameservers=tuple(n.string() for n in fields["sml_nameservers"].sequence())
         if "sml_nameservers" in fields
         else (),

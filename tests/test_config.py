@@ -115,6 +115,7 @@ def test_example_config_documents_every_key_the_loader_knows() -> None:
         "address_book:",
         "smp:",
         "sml_zone:",
+        "sml_name_form:",
         "sml_nameservers:",
         "smp_trust_anchors:",
         "tls_trust:",

@@ -9,7 +9,7 @@ import pytest
 from conftest import ORG_B, keypair
 
 from bridge.registry.errors import NotRegistered, RegistryUnavailable
-from bridge.registry.smp import Locator, SMPClient, bdxl_name, service_path
+from bridge.registry.smp import Locator, SMPClient, service_path, sml_name
 from bridge.sandbox.smp import SMP, Registration
 from bridge.sandbox.web import Server
 from bridge.sdk.names import KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
@@ -120,11 +120,16 @@ def test_rest_path_and_bdxl_name() -> None:
         "urn%3Ariv%3Ainfrastructure%3Amessaging%3AMessageWithAttachments%3A3%3A%3A"
         "messagePayload%23%233.0%3A%3Atm-base-ext-sigenc"
     )
-    name = bdxl_name("0203:Habo.se", "sml.example.se")
-    assert name == bdxl_name("0203:habo.se", "sml.example.se.")
+    name = sml_name("0203:Habo.se", "sml.example.se")
+    assert name == sml_name("0203:habo.se", "sml.example.se.")
     label, scheme, zone = name.split(".", 2)
     assert len(label) == 52 and label.isupper() and scheme == "iso6523-actorid-upis"
     assert zone == "sml.example.se"
+    assert sml_name("0203:habo.se", "z", "md5") == (
+        "B-66637da07812e25b32e5aad2c2829f63.iso6523-actorid-upis.z"
+    )
+    with pytest.raises(ValueError, match="unknown SML name form"):
+        sml_name("0203:habo.se", "z", "sha1")
 
 
 def test_no_locator_configured() -> None:

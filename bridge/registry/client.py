@@ -54,7 +54,11 @@ class Registry:
         self.addresses = AddressMap(config.sdk_domain, self.book) if config.sdk_domain else None
         hosts, ports = _nameservers(settings.sml_nameservers)
         locator = Locator(
-            base_url=settings.smp_url, sml_zone=settings.sml_zone, nameservers=hosts, port=ports
+            base_url=settings.smp_url,
+            sml_zone=settings.sml_zone,
+            name_form=settings.sml_name_form,
+            nameservers=hosts,
+            port=ports,
         )
         self.revocation = RevocationChecker(
             settings.cache_dir / "revocation",

@@ -74,14 +74,23 @@ def service_path(participant: str, document_id: str) -> str:
 # --- locating the SMP ------------------------------------------------------------------
 
 
-def bdxl_name(participant: str, zone: str, scheme: str = PARTY_SCHEME) -> str:
-    """The eDelivery BDXL name: base32(SHA-256(lower-cased id)), then the scheme, then the zone.
+SML_NAME_FORMS = ("bdxl", "md5")
 
-    Digg's texts only say "hash of the participant id + scheme + SML zone"; this is the
-    eDelivery convention, and the one the SML client uses unless configured otherwise.
+
+def sml_name(participant: str, zone: str, form: str = "bdxl", scheme: str = PARTY_SCHEME) -> str:
+    """The DNS name under which the SML publishes a participant's SMP.
+
+    Digg's texts only say "hash of the participant id + scheme + SML zone", so the form is
+    configurable: "bdxl" (the eDelivery BDXL convention, the default) is base32 of SHA-256
+    of the lower-cased id; "md5" is the older Peppol form, "B-" and the MD5 in hex.
     """
-    digest = hashlib.sha256(participant.lower().encode()).digest()
-    label = base64.b32encode(digest).decode().rstrip("=")
+    identifier = participant.lower().encode()
+    if form == "bdxl":
+        label = base64.b32encode(hashlib.sha256(identifier).digest()).decode().rstrip("=")
+    elif form == "md5":
+        label = "B-" + hashlib.md5(identifier, usedforsecurity=False).hexdigest()
+    else:
+        raise ValueError(f"unknown SML name form {form!r} (expected one of {SML_NAME_FORMS})")
     return f"{label}.{scheme}.{zone.strip('.')}"
 
 
@@ -91,6 +100,7 @@ class Locator:
 
     base_url: str | None = None
     sml_zone: str | None = None
+    name_form: str = "bdxl"  # see sml_name()
     nameservers: tuple[str, ...] = ()  # empty: the system's resolver
     port: int = 53
     timeout: float = 5.0
@@ -100,7 +110,7 @@ class Locator:
             return self.base_url.rstrip("/")
         if not self.sml_zone:
             raise RegistryUnavailable("neither an SMP URL nor an SML zone is configured")
-        name = bdxl_name(participant, self.sml_zone)
+        name = sml_name(participant, self.sml_zone, self.name_form)
         resolver = dns.resolver.Resolver(configure=not self.nameservers)
         if self.nameservers:
             resolver.nameservers = list(self.nameservers)

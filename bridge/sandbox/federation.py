@@ -23,6 +23,7 @@ from ..testpki import Identity, TestPKI, load_pki, make_pki
 from .accesspoint import AccessPoint
 from .addressbook import AddressBookAPI
 from .revocation import RevocationApp, revocation_urls
+from .sml import SMLZone, free_udp_port
 from .smp import SMP, Registration
 from .web import Router, Server
 
@@ -55,7 +56,9 @@ def _labels(count: int) -> list[str]:
 
 
 class Sandbox:
-    def __init__(self, directory: Path, organisations: int = 2, key_size: int = 3072) -> None:
+    def __init__(
+        self, directory: Path, organisations: int = 2, key_size: int = 3072, sml: bool = False
+    ) -> None:
         if not 1 <= organisations <= 26:
             raise ValueError("between 1 and 26 organisations")
         self.directory = directory.resolve()
@@ -69,6 +72,7 @@ class Sandbox:
                 "key_size": key_size,
                 "https_port": 0,
                 "http_port": 0,
+                "sml_port": free_udp_port() if sml else None,
             }
         )
         self.key_size = self.state["key_size"]
@@ -109,6 +113,8 @@ class Sandbox:
             addressbook=self.address_book, smp=self.smp, ap=Router(dict(self.access_points))
         )
         self._http_routes.routes.update(self.revocation)
+        smp_urls = {o.id: f"{self.https.url}/smp" for o in self.organisations.values()}
+        self.sml = SMLZone(self.state["sml_port"], smp_urls) if self.state.get("sml_port") else None
         self.save()
 
     # --- running --------------------------------------------------------------------------
@@ -116,11 +122,15 @@ class Sandbox:
     def start(self) -> None:
         self.https.start()
         self.http.start()
+        if self.sml:
+            self.sml.start()
         self.write_configs()
         (self.directory / READY_FILE).write_text(self.https.url + "\n")
 
     def stop(self) -> None:
         (self.directory / READY_FILE).unlink(missing_ok=True)
+        if self.sml:
+            self.sml.stop()
         self.https.stop()
         self.http.stop()
 
@@ -182,7 +192,11 @@ class Sandbox:
             },
             "registry": {
                 "address_book": f"{self.https.url}/addressbook{AddressBookAPI.PATH}",
-                "smp": f"{self.https.url}/smp",
+                **(
+                    {"sml_zone": self.sml.zone, "sml_nameservers": [f"{HOST}:{self.sml.port}"]}
+                    if self.sml
+                    else {"smp": f"{self.https.url}/smp"}
+                ),
                 "smp_trust_anchors": [relative(self.smp_pki.chain_pem)],
                 "tls_trust": tls_trust,
                 "cache_dir": f"state/{organisation.label}",

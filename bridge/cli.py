@@ -213,15 +213,28 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     from .sandbox.federation import Sandbox
 
-    sandbox = Sandbox(Path(args.dir), args.orgs, args.key_size, sml=args.sml)
-    sandbox.start()
-    configs = ", ".join(str(sandbox.config_path(label)) for label in sandbox.organisations)
-    print(f"sandbox ready at {sandbox.https.url}; configurations: {configs}", flush=True)
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT):  # before anything starts: always clean up
         signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
-    sandbox.stop()
+    try:
+        sandbox = Sandbox(
+            Path(args.dir),
+            args.orgs,
+            args.key_size,
+            sml=args.sml,
+            conversation_id_rule=args.conversation_id_rule,
+            retention_minutes=args.retention_minutes,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
+        sandbox.start()
+        if not stop.is_set():
+            configs = ", ".join(str(sandbox.config_path(label)) for label in sandbox.organisations)
+            print(f"sandbox ready at {sandbox.https.url}; configurations: {configs}", flush=True)
+            stop.wait()
+    finally:
+        sandbox.stop()
     print("sandbox stopped", flush=True)
     return 0
 
@@ -238,6 +251,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.config}: no registry section")
     with Registry(loaded) as registry:
         try:
+            registry.book.refresh_if_due()
             found = registry.lookup(args.address)
         except NotFound as e:
             print(f"not found: {e}", file=sys.stderr)
@@ -247,7 +261,10 @@ def cmd_lookup(args: argparse.Namespace) -> int:
             return 75  # EX_TEMPFAIL, as sendmail-style tools answer
     for result in found:
         print("\n".join(_describe_found(result)))
-    return 0
+    problems = [p for result in found for p in result.problems]
+    if any(isinstance(p, RegistryUnavailable) for p in problems):
+        return 75
+    return 1 if problems else 0
 
 
 def _describe_found(found: Found) -> list[str]:
@@ -398,10 +415,21 @@ def build_parser() -> argparse.ArgumentParser:
         "sandbox", help="run a complete local SDK federation for trying and testing"
     )
     sandbox.add_argument("--dir", required=True, help="where its state and configurations live")
-    sandbox.add_argument("--orgs", type=int, default=2, help="how many organisations (a, b, …)")
-    sandbox.add_argument("--key-size", type=int, default=3072, help="RSA key size of new keys")
+    sandbox.add_argument("--orgs", type=int, help="how many organisations, a, b, … (default 2)")
+    sandbox.add_argument("--key-size", type=int, help="RSA key size of new keys (default 3072)")
     sandbox.add_argument(
-        "--sml", action="store_true", help="also run an SML zone in DNS (needs dnsmasq)"
+        "--sml", action="store_true", default=None, help="also run an SML zone in DNS (dnsmasq)"
+    )
+    sandbox.add_argument(
+        "--conversation-id-rule",
+        choices=("business", "envelope", "optional"),
+        help="what the access points require of the ebMS ConversationId (default business: "
+        "present; envelope: the XHE ID; optional: made up when missing, as Domibus does)",
+    )
+    sandbox.add_argument(
+        "--retention-minutes",
+        type=int,
+        help="keep downloaded messages this long (default 0, Digg's retention_downloaded)",
     )
     sandbox.set_defaults(run=cmd_sandbox)
 

@@ -3,6 +3,7 @@
 Only the sections the code uses exist; each later stage adds its own.
 """
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,8 @@ class RegistryConfig:
     smp_url: str | None  # a fixed SMP, or
     sml_zone: str | None  # the SML zone to find each organisation's SMP in (DNS)
     sml_name_form: str  # how the SML hashes participant ids (see registry.smp.sml_name)
-    sml_nameservers: tuple[str, ...]  # "host" or "host:port"; empty: the system's resolver
+    sml_nameservers: tuple[str, ...]  # IP addresses; empty: the system's resolver
+    sml_port: int
     smp_trust_anchors: list[x509.Certificate]
     tls_trust: Path | None  # CA bundle for HTTPS to the registry; None: the system's
     cache_dir: Path
@@ -174,11 +176,30 @@ def _certificates(node: _Node) -> list[x509.Certificate]:
     return certificates
 
 
-def _url(node: _Node) -> str:
+def _url(node: _Node, schemes: tuple[str, ...] = ("https://",)) -> str:
     url = node.string()
-    if not url.startswith(("https://", "http://")):
-        raise node.error("expected an http:// or https:// URL")
+    if not url.startswith(schemes):
+        raise node.error(f"expected a URL starting with {' or '.join(schemes)}")
     return url
+
+
+def _nameserver(node: _Node) -> tuple[str, int]:
+    """ "127.0.0.1", "127.0.0.1:5353", "::1" or "[::1]:5353" -> (address, port)."""
+    text = node.string().strip()
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") or "53"
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise node.error("expected an IP address, optionally with :port") from None
+    if not 0 < number < 65536:
+        raise node.error("the port must be between 1 and 65535")
+    return host, number
 
 
 def _existing_file(node: _Node) -> Path:
@@ -208,14 +229,20 @@ def _registry(node: _Node) -> RegistryConfig:
     name_form = fields["sml_name_form"].string() if "sml_name_form" in fields else "bdxl"
     if name_form not in ("bdxl", "md5"):
         raise fields["sml_name_form"].error("expected bdxl or md5")
+    servers = (
+        [_nameserver(n) for n in fields["sml_nameservers"].sequence()]
+        if ("sml_nameservers" in fields)
+        else []
+    )
+    if len({port for _, port in servers}) > 1:
+        raise fields["sml_nameservers"].error("all name servers must use the same port")
     return RegistryConfig(
         address_book_url=_url(_required(fields, node, "address_book")),
-        smp_url=_url(fields["smp"]) if "smp" in fields else None,
+        smp_url=_url(fields["smp"], ("https://", "http://")) if "smp" in fields else None,
         sml_zone=fields["sml_zone"].string() if "sml_zone" in fields else None,
         sml_name_form=name_form,
-        sml_nameservers=tuple(n.string() for n in fields["sml_nameservers"].sequence())
-        if "sml_nameservers" in fields
-        else (),
+        sml_nameservers=tuple(host for host, _ in servers),
+        sml_port=servers[0][1] if servers else 53,
         smp_trust_anchors=_certificates(_required(fields, node, "smp_trust_anchors")),
         tls_trust=_existing_file(fields["tls_trust"]) if "tls_trust" in fields else None,
         cache_dir=fields["cache_dir"].path()

@@ -8,7 +8,6 @@ lookup fail, and then as a temporary failure, never as "unknown".
 """
 
 import json
-import os
 import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import structlog
 
+from ..files import write_atomic
 from .errors import RegistryUnavailable, UnknownOrganisation
 
 log = structlog.get_logger(__name__)
@@ -85,6 +85,7 @@ class AddressBook:
         self._cache_file = cache_file
         self.max_age = max_age
         self._lock = threading.Lock()
+        self._refreshing = threading.Lock()
         self._organisations: dict[str, Organisation] = {}
         self.refreshed_at: datetime | None = None  # when the book last came from the service
         self.refresh_errors = 0  # a counter for metrics
@@ -122,33 +123,31 @@ class AddressBook:
 
     def refresh(self) -> bool:
         """Fetch the whole book; on failure keep serving the old one. True when refreshed."""
-        try:
-            entries = self._source.fetch_all()
-        except RegistryUnavailable as e:
-            self.refresh_errors += 1
-            log.warning(
-                "address book refresh failed; serving the cached book",
-                error=str(e),
-                cached_at=self.refreshed_at.isoformat() if self.refreshed_at else None,
-            )
-            return False
-        now = datetime.now(UTC)
-        self._write_cache(entries, now)
-        self._install(entries, now)
-        log.info(
-            "address book refreshed", addresses=len(entries), organisations=len(self._organisations)
-        )
-        return True
+        with self._refreshing:  # one refresh at a time
+            try:
+                entries = self._source.fetch_all()
+                if not entries:  # the SDK book is never empty: a broken answer, not news
+                    raise RegistryUnavailable("the address book answered with no entries")
+            except RegistryUnavailable as e:
+                self.refresh_errors += 1
+                log.warning(
+                    "address book refresh failed; serving the cached book",
+                    error=str(e),
+                    cached_at=self.refreshed_at.isoformat() if self.refreshed_at else None,
+                )
+                return False
+            now = datetime.now(UTC)
+            self._install(entries, now)
+            self._write_cache(entries, now)
+            log.info("address book refreshed", addresses=len(entries))
+            return True
 
     def _write_cache(self, entries: list[FunctionalAddress], refreshed_at: datetime) -> None:
-        self._cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self._cache_file.with_suffix(".tmp")
         data = {"refreshed_at": refreshed_at.isoformat(), "entries": [asdict(e) for e in entries]}
-        with temporary.open("w", encoding="utf-8") as file:
-            json.dump(data, file, ensure_ascii=False)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self._cache_file)
+        try:
+            write_atomic(self._cache_file, json.dumps(data, ensure_ascii=False).encode())
+        except OSError as e:  # the book in memory still serves; a restart refetches it
+            log.warning("address book cache not written", file=str(self._cache_file), error=str(e))
 
     def refresh_if_due(self) -> None:
         if self.stale:
@@ -160,8 +159,6 @@ class AddressBook:
             self.refresh()
 
     def _require_book(self) -> dict[str, Organisation]:
-        with self._lock:
-            organisations = self._organisations
         if self.refreshed_at is None and not self.refresh():  # first use, no cache yet
             raise RegistryUnavailable("the address book has not been fetched yet")
         with self._lock:

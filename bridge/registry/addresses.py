@@ -19,13 +19,27 @@ from .errors import AmbiguousAlias, UnknownFunctionalAddress, UnknownOrganisatio
 
 ENCODED_PREFIX = "fa-"
 _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-_SWEDISH = str.maketrans({"å": "a", "ä": "a", "ö": "o", "Å": "a", "Ä": "a", "Ö": "o"})
+_NORDIC = str.maketrans(
+    {
+        "å": "a",
+        "ä": "a",
+        "ö": "o",
+        "ø": "o",
+        "æ": "ae",
+        "ß": "ss",
+        "Å": "a",
+        "Ä": "a",
+        "Ö": "o",
+        "Ø": "o",
+        "Æ": "ae",
+    }
+)
 MAX_LOCAL_PART = 64
 
 
 def slug(name: str) -> str:
     """`Socialtjänsten – Ekonomiskt bistånd` -> `socialtjansten-ekonomiskt-bistand`."""
-    ascii_only = unicodedata.normalize("NFKD", name.translate(_SWEDISH))
+    ascii_only = unicodedata.normalize("NFKD", name.translate(_NORDIC))
     ascii_only = ascii_only.encode("ascii", "ignore").decode().lower()
     return re.sub(r"[^a-z0-9]+", "-", ascii_only).strip("-")[:48].strip("-")
 
@@ -47,10 +61,13 @@ def _by_slug(organisation: Organisation) -> dict[str, list[FunctionalAddress]]:
 
 
 def aliases(organisation: Organisation) -> dict[str, FunctionalAddress]:
-    """alias -> address; names that slug alike are told apart by their identifier."""
+    """alias -> address; names that slug alike, or that equal another address's identifier,
+    are told apart by a suffix from their identifier, so no alias can mean two addresses."""
+    taken = {a.identifier.lower() for a in organisation.addresses}
     result: dict[str, FunctionalAddress] = {}
     for name, addresses in _by_slug(organisation).items():
-        if len(addresses) == 1:
+        clashes = name in taken and addresses[0].identifier.lower() != name
+        if len(addresses) == 1 and not clashes:
             result[name] = addresses[0]
         else:
             for address in addresses:

@@ -105,14 +105,8 @@ class CertPub:
         return certificates
 
     def _check(self, cert: x509.Certificate, signing: bool, now: datetime) -> None:
-        if signing:
-            check_signing_certificate(cert, now, self._trust_anchors)
-        else:
-            check_encryption_certificate(cert, now)
-            if issuer_among(cert, self._trust_anchors) is None:
-                raise CertificateProblem(
-                    "the encryption certificate does not chain to a trusted CA"
-                )
+        check = check_signing_certificate if signing else check_encryption_certificate
+        check(cert, now, self._trust_anchors)
         if self._revocation is not None:
             issuer = issuer_among(cert, self._trust_anchors)
             assert issuer is not None

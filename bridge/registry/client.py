@@ -6,6 +6,7 @@ certificate to encrypt to (outbound), and which certificates a sender may sign w
 """
 
 import ssl
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -17,12 +18,13 @@ from ..sdk.names import MESSAGE_DOCUMENT_ID, ORGANISATION_ID
 from .addressbook import AddressBook, JsonApiSource, Organisation
 from .addresses import AddressMap
 from .certpub import CertPub
-from .errors import NotFound, RegistryError, RegistryUnavailable, UnknownOrganisation
+from .errors import RegistryError, RegistryUnavailable, UnknownOrganisation
 from .revocation import RevocationChecker, RevocationPolicy
 from .smp import Endpoint, Locator, SMPClient
 
 HTTP_TIMEOUT = 10.0
 ADDRESS_BOOK_MAX_AGE = timedelta(hours=1)
+REFRESH_INTERVAL = 15 * 60.0  # seconds between address book refreshes
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Found:
     endpoints: tuple[Endpoint, ...]
     encryption_certificates: tuple[x509.Certificate, ...]
     signing_certificates: tuple[x509.Certificate, ...]
-    problems: tuple[str, ...]
+    problems: tuple[RegistryError, ...]  # why it cannot receive, or could not be checked
 
 
 class Registry:
@@ -52,24 +54,42 @@ class Registry:
             ADDRESS_BOOK_MAX_AGE,
         )
         self.addresses = AddressMap(config.sdk_domain, self.book) if config.sdk_domain else None
-        hosts, ports = _nameservers(settings.sml_nameservers)
         locator = Locator(
             base_url=settings.smp_url,
             sml_zone=settings.sml_zone,
             name_form=settings.sml_name_form,
-            nameservers=hosts,
-            port=ports,
+            nameservers=settings.sml_nameservers,
+            port=settings.sml_port,
+        )
+        self._revocation_http = httpx.Client(
+            verify=verify, timeout=HTTP_TIMEOUT, follow_redirects=True
         )
         self.revocation = RevocationChecker(
             settings.cache_dir / "revocation",
             RevocationPolicy(soft_fail=settings.revocation_soft_fail),
-            client=httpx.Client(verify=verify, timeout=HTTP_TIMEOUT, follow_redirects=True),
+            client=self._revocation_http,
         )
         self.smp = SMPClient(self._http, locator, settings.smp_trust_anchors, self.revocation)
         self.certpub = CertPub(self.smp, config.trust_anchors, self.revocation)
 
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    def start_background_refresh(self, interval: float = REFRESH_INTERVAL) -> None:
+        """Keep the address book fresh from a thread, so lookups only read the cache."""
+        self._refresher = threading.Thread(
+            target=self.book.run_refresher,
+            args=(self._stop, interval),
+            name="address-book-refresh",
+            daemon=True,
+        )
+        self._refresher.start()
+
     def close(self) -> None:
-        self.revocation.close()
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join(timeout=HTTP_TIMEOUT * 2)
+        self._revocation_http.close()
         self._http.close()
 
     def __enter__(self) -> "Registry":
@@ -80,7 +100,6 @@ class Registry:
 
     def lookup(self, query: str) -> list[Found]:
         """An e-mail address, an organisation id or a search word -> what is known."""
-        self.book.refresh_if_due()
         if "@" in query:
             if self.addresses is None:
                 raise RegistryUnavailable("organisation.sdk_domain is not configured")
@@ -94,7 +113,7 @@ class Registry:
         return [self._describe(organisation) for organisation in organisations]
 
     def _describe(self, organisation: Organisation) -> Found:
-        problems: list[str] = []
+        problems: list[RegistryError] = []
         endpoints: tuple[Endpoint, ...] = ()
         encryption: tuple[x509.Certificate, ...] = ()
         signing: tuple[x509.Certificate, ...] = ()
@@ -102,22 +121,10 @@ class Registry:
             endpoints = self.smp.service_metadata(organisation.id, MESSAGE_DOCUMENT_ID).endpoints
             encryption = self.certpub.encryption_certificates(organisation.id)
             signing = self.certpub.signing_certificates(organisation.id)
-        except (NotFound, RegistryError) as e:
-            problems.append(str(e))
+        except RegistryError as e:
+            problems.append(e)
         emails = {
             a.identifier: self.addresses.forms(a) if self.addresses else []
             for a in organisation.addresses
         }
         return Found(organisation, emails, endpoints, encryption, signing, tuple(problems))
-
-
-def _nameservers(entries: tuple[str, ...]) -> tuple[tuple[str, ...], int]:
-    """("127.0.0.1:5353", …) -> hosts and their one port (DNS servers share a port here)."""
-    hosts, ports = [], set()
-    for entry in entries:
-        host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "53")
-        hosts.append(host)
-        ports.add(int(port))
-    if len(ports) > 1:
-        raise ValueError("all sml_nameservers must use the same port")
-    return tuple(hosts), ports.pop() if ports else 53

@@ -17,7 +17,6 @@ so a restart does not refetch, and a tampered cache file is simply ignored.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
+from ..files import write_atomic
 from ..sdk.certs import CertificateProblem
 from .errors import RegistryUnavailable
 
@@ -441,7 +441,8 @@ def _read(path: Path) -> tuple[datetime, bytes] | None:
 
 
 def _write(path: Path, data: bytes, fetched: datetime) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.utime(tmp, (fetched.timestamp(), fetched.timestamp()))
-    tmp.replace(path)
+    """Keep a fetched answer on disk; losing it only costs a refetch, so errors are logged."""
+    try:
+        write_atomic(path, data, mtime=fetched.timestamp())
+    except OSError as e:
+        log.warning("revocation cache not written", file=str(path), error=str(e))

@@ -113,7 +113,10 @@ class Locator:
         name = sml_name(participant, self.sml_zone, self.name_form)
         resolver = dns.resolver.Resolver(configure=not self.nameservers)
         if self.nameservers:
-            resolver.nameservers = list(self.nameservers)
+            try:
+                resolver.nameservers = list(self.nameservers)
+            except ValueError as e:
+                raise RegistryUnavailable(f"SML name servers: {e}") from None
             resolver.port = self.port
         resolver.lifetime = self.timeout
         try:
@@ -210,8 +213,10 @@ def read_signed_metadata(
             for cert in extension.findall("smc:Certificate", _NS):
                 kind = (cert.findtext("smb:TypeCode", "", _NS) or "").strip()
                 if kind in certificates:
-                    value = cert.find("smb:ContentBinaryObject", _NS)
-                    certificates[kind].append(_certificate(value.text or ""))
+                    value = cert.findtext("smb:ContentBinaryObject", None, _NS)
+                    if value is None:
+                        raise ValueError("a CertPub Certificate without ContentBinaryObject")
+                    certificates[kind].append(_certificate(value))
     except ValueError as e:
         raise RegistryUnavailable(f"SMP metadata for {participant} cannot be read: {e}") from None
     return ServiceMetadata(
@@ -251,15 +256,20 @@ class SMPClient:
     def service_metadata(self, participant: str, document_id: str) -> ServiceMetadata:
         url = self._locator.smp_url(participant) + service_path(participant, document_id)
         try:
-            response = self._http.get(url)
+            with self._http.stream("GET", url) as response:
+                if response.status_code == 404:
+                    raise NotRegistered(f"{participant} is not registered in SMP for {document_id}")
+                if response.status_code != 200:
+                    raise RegistryUnavailable(f"SMP at {url} answered HTTP {response.status_code}")
+                body = b""
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_METADATA_BYTES:
+                        raise RegistryUnavailable(f"SMP at {url} answered more than we read")
         except httpx.HTTPError as e:
             raise RegistryUnavailable(f"SMP at {url} did not answer: {e}") from None
-        if response.status_code == 404:
-            raise NotRegistered(f"{participant} is not registered in SMP for {document_id}")
-        if response.status_code != 200:
-            raise RegistryUnavailable(f"SMP at {url} answered HTTP {response.status_code}")
         metadata = read_signed_metadata(
-            response.content,
+            body,
             participant=participant,
             document_id=document_id,
             trust_anchors=self._trust_anchors,

@@ -16,7 +16,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
 import threading
 import time
 import uuid
@@ -29,6 +28,7 @@ from typing import Any, Literal
 import structlog
 from lxml import etree
 
+from ..files import write_atomic
 from ..sdk import xhe
 from ..sdk.names import (
     DOCUMENT_ID_SCHEME,
@@ -176,21 +176,6 @@ def _stamp(moment: datetime) -> str:
 
 def _parse_stamp(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync, rename, fsync the directory: the file is either old or new after a crash."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with temporary.open("wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 class AccessPoint:
@@ -621,7 +606,7 @@ class AccessPoint:
 
     def _store_payload(self, role: str, message_id: str, payload: bytes) -> str:
         name = f"{role}-{hashlib.sha256(message_id.encode()).hexdigest()}.xhe"
-        _write_atomic(self._payloads / name, payload)
+        write_atomic(self._payloads / name, payload)
         return name
 
     def _purge(self) -> None:
@@ -652,7 +637,7 @@ class AccessPoint:
             "received": [asdict(r) for r in self._received.values()],
             "errors": self._errors,
         }
-        _write_atomic(self._state_file, json.dumps(state, ensure_ascii=False, indent=1).encode())
+        write_atomic(self._state_file, json.dumps(state, ensure_ascii=False, indent=1).encode())
 
     def _load(self) -> None:
         if not self._state_file.exists():

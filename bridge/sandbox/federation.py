@@ -57,24 +57,49 @@ def _labels(count: int) -> list[str]:
 
 class Sandbox:
     def __init__(
-        self, directory: Path, organisations: int = 2, key_size: int = 3072, sml: bool = False
+        self,
+        directory: Path,
+        organisations: int | None = None,
+        key_size: int | None = None,
+        *,
+        sml: bool | None = None,
+        conversation_id_rule: str | None = None,
+        retention_minutes: int | None = None,
     ) -> None:
-        if not 1 <= organisations <= 26:
-            raise ValueError("between 1 and 26 organisations")
+        """A new sandbox in `directory`, or the one already there. For an existing one the
+        settings given must match how it was created (None: as it was)."""
         self.directory = directory.resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
+        wanted = {
+            "organisations": organisations,
+            "key_size": key_size,
+            "sml": sml,
+            "conversation_id_rule": conversation_id_rule,
+            "retention_minutes": retention_minutes,
+        }
         state_file = self.directory / STATE_FILE
-        self.state = (
-            json.loads(state_file.read_text())
-            if state_file.exists()
-            else {
-                "organisations": organisations,
-                "key_size": key_size,
-                "https_port": 0,
-                "http_port": 0,
-                "sml_port": free_udp_port() if sml else None,
+        if state_file.exists():
+            self.state = json.loads(state_file.read_text())
+            for name, value in wanted.items():
+                if value is not None and value != self.state[name]:
+                    raise ValueError(
+                        f"{self.directory} holds a sandbox made with {name}={self.state[name]}; "
+                        "start it without that option, or use another directory"
+                    )
+        else:
+            defaults = {
+                "organisations": 2,
+                "key_size": 3072,
+                "sml": False,
+                "conversation_id_rule": "business",
+                "retention_minutes": 0,
             }
-        )
+            self.state = {k: defaults[k] if v is None else v for k, v in wanted.items()}
+            self.state.update(https_port=0, http_port=0, sml_port=None)
+            if self.state["sml"]:
+                self.state["sml_port"] = free_udp_port()
+        if not 1 <= self.state["organisations"] <= 26:
+            raise ValueError("a sandbox has between 1 and 26 organisations")
         self.key_size = self.state["key_size"]
         self.tls_pki = self._pki("tls")
         self.tls = self._identity(self.tls_pki, "tls-server", "sign", hosts=[HOST, "localhost"])
@@ -106,6 +131,8 @@ class Sandbox:
                 username=label,
                 password=organisation.ap_password,
                 route=self._route,
+                conversation_id_rule=self.state["conversation_id_rule"],
+                retention_downloaded_minutes=self.state["retention_minutes"],
             )
             for label, organisation in self.organisations.items()
         }
@@ -120,10 +147,15 @@ class Sandbox:
     # --- running --------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.https.start()
-        self.http.start()
-        if self.sml:
-            self.sml.start()
+        """Serve; on failure, whatever did start is stopped again."""
+        try:
+            self.https.start()
+            self.http.start()
+            if self.sml:
+                self.sml.start()
+        except BaseException:
+            self.stop()
+            raise
         self.write_configs()
         (self.directory / READY_FILE).write_text(self.https.url + "\n")
 

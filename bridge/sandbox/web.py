@@ -14,12 +14,26 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
+CONNECTION_TIMEOUT = 30.0  # seconds a client may stay silent, handshake included
+
+
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that hangs up or fails its TLS handshake is its own problem
+
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = CONNECTION_TIMEOUT
+
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            # In this request's own thread, so a silent client cannot stall accept().
+            self.connection.do_handshake()
+
     def log_message(self, format: str, *args: object) -> None:
         pass  # the sandbox logs what matters itself
 
@@ -42,7 +56,9 @@ class Server:
     ) -> None:
         self._server = make_server(host, port, app, _ThreadingServer, _QuietHandler)
         if tls is not None:
-            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self._server.socket = tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self.scheme = "https" if tls else "http"
         self.host = host
         self.port = self._server.server_port
@@ -59,9 +75,10 @@ class Server:
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() would wait forever for a loop never started
+            self._server.shutdown()
+            self._thread.join(timeout=5)
         self._server.server_close()
-        self._thread.join(timeout=5)
 
 
 class Router:

@@ -31,14 +31,19 @@ def _key_usage(cert: x509.Certificate, role: str) -> x509.KeyUsage | None:
         raise CertificateProblem(f"the {role} certificate cannot be read") from None
 
 
-def check_encryption_certificate(cert: x509.Certificate, at: datetime) -> None:
-    """Raise CertificateProblem unless we may encrypt to `cert` (an RSA key) at `at`."""
+def check_encryption_certificate(
+    cert: x509.Certificate, at: datetime, trust_anchors: list[x509.Certificate] | None = None
+) -> None:
+    """Raise CertificateProblem unless we may encrypt to `cert` (an RSA key) at `at`;
+    with `trust_anchors`, it must also chain to them (see check_signing_certificate)."""
     _valid_at(cert, at, "encryption")
     if not isinstance(cert.public_key(), rsa.RSAPublicKey):
         raise CertificateProblem("the encryption certificate does not hold an RSA key")
     usage = _key_usage(cert, "encryption")
     if usage and not usage.key_encipherment:
         raise CertificateProblem("the encryption certificate is not for key encipherment")
+    if trust_anchors is not None:
+        _check_chain(cert, at, trust_anchors, "encryption")
 
 
 def check_signing_certificate(
@@ -47,19 +52,25 @@ def check_signing_certificate(
     """Raise CertificateProblem unless `cert` may sign at `at`.
 
     `trust_anchors` holds the CA certificates we trust (issuing CAs and roots alike): the
-    signer's issuer must be one of them. From there the path is followed upwards as far as
-    the anchors reach, each CA checked for its signature, CA flag and validity. None skips
-    the chain (the caller then relies on matching the sender's published certificates).
+    signer's issuer must be one of them. None skips the chain (the caller then relies on
+    matching the sender's published certificates).
     """
     _valid_at(cert, at, "signing")
     usage = _key_usage(cert, "signing")
     if usage and not (usage.digital_signature or usage.content_commitment):
         raise CertificateProblem("the signing certificate is not for digital signatures")
-    if trust_anchors is None:
-        return
+    if trust_anchors is not None:
+        _check_chain(cert, at, trust_anchors, "signing")
+
+
+def _check_chain(
+    cert: x509.Certificate, at: datetime, trust_anchors: list[x509.Certificate], role: str
+) -> None:
+    """The issuer must be a trust anchor; from there the path is followed upwards as far as
+    the anchors reach, each CA checked for its signature, CA flag and validity."""
     issuer = issuer_among(cert, trust_anchors)
     if issuer is None:
-        raise CertificateProblem("the signing certificate does not chain to a trusted CA")
+        raise CertificateProblem(f"the {role} certificate does not chain to a trusted CA")
     for _ in range(MAX_CHAIN):
         _valid_at(issuer, at, "issuing CA")
         try:
@@ -67,7 +78,7 @@ def check_signing_certificate(
         except (x509.ExtensionNotFound, ValueError):
             is_ca = False
         if not is_ca:
-            raise CertificateProblem("the signing certificate's issuer is not a CA")
+            raise CertificateProblem(f"the {role} certificate's issuer is not a CA")
         if issuer.subject == issuer.issuer:
             return
         parent = issuer_among(issuer, trust_anchors)

@@ -196,3 +196,63 @@ access_point:
         except config.ConfigError as error:
             assert error.key == key and problem in error.problem
         path.write_text(path.read_text().replace(new, old))
+
+
+@pytest.mark.parametrize(
+    ("servers", "hosts", "port", "problem"),
+    [
+        ('["127.0.0.1:5353", "127.0.0.2:5353"]', ("127.0.0.1", "127.0.0.2"), 5353, None),
+        ('["[::1]:5353"]', ("::1",), 5353, None),
+        ('["::1"]', ("::1",), 53, None),
+        ('["dns.example.se"]', None, None, "expected an IP address"),
+        ('["127.0.0.1:dns"]', None, None, "expected an IP address"),
+        ('["127.0.0.1:70000"]', None, None, "between 1 and 65535"),
+        ('["127.0.0.1:53", "127.0.0.2:5353"]', None, None, "same port"),
+    ],
+)
+def test_sml_name_servers(
+    tmp_path: Path,
+    pki: TestPKI,
+    alice: Identity,
+    bob: Identity,
+    servers: str,
+    hosts: tuple[str, ...] | None,
+    port: int | None,
+    problem: str | None,
+) -> None:
+    path = write_config(tmp_path, pki, alice, bob)
+    path.write_text(
+        path.read_text()
+        + f"""\
+registry:
+  address_book: https://127.0.0.1:8443/api/v1/addresses
+  sml_zone: sml.example.se
+  sml_nameservers: {servers}
+  smp_trust_anchors: [{pki.root_pem}]
+"""
+    )
+    if problem:
+        with pytest.raises(config.ConfigError, match=problem):
+            config.load(path)
+        return
+    loaded = config.load(path)
+    assert (loaded.registry.sml_nameservers, loaded.registry.sml_port) == (hosts, port)
+
+
+def test_address_book_and_access_point_need_https(
+    tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity
+) -> None:
+    path = write_config(tmp_path, pki, alice, bob)
+    path.write_text(
+        path.read_text()
+        + f"""\
+registry:
+  address_book: http://127.0.0.1:8080/api/v1/addresses
+  smp: http://smp.example.se
+  smp_trust_anchors: [{pki.root_pem}]
+"""
+    )
+    with pytest.raises(
+        config.ConfigError, match=r"registry\.address_book: expected a URL starting"
+    ):
+        config.load(path)

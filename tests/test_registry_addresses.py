@@ -2,6 +2,7 @@
 
 import re
 import ssl
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -9,7 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bridge.registry.addressbook import AddressBook, FunctionalAddress, JsonApiSource
+from bridge.registry.addressbook import (
+    AddressBook,
+    FunctionalAddress,
+    JsonApiSource,
+    Organisation,
+)
 from bridge.registry.addresses import AddressMap, aliases, encoded, slug
 from bridge.registry.errors import (
     AmbiguousAlias,
@@ -196,3 +202,59 @@ def test_lookup_errors_say_what_was_not_found(
 ) -> None:
     with pytest.raises(error, match=re.escape(text)):
         addresses.resolve(email)
+
+
+def test_an_empty_answer_does_not_wipe_the_book(http: httpx.Client, api, tmp_path: Path) -> None:
+    """A broken service answering "nobody" must not turn everyone into unknown."""
+    address_book = book(http, api, tmp_path / "book.json")
+    assert address_book.refresh()
+    saved = api[0].entries
+    api[0].entries = []
+    try:
+        assert address_book.refresh() is False
+        assert address_book.organisation(HABO).name == "Habo kommun"
+        restarted = book(http, api, tmp_path / "book.json")
+        assert restarted.organisation(HABO).name == "Habo kommun"
+    finally:
+        api[0].entries = saved
+
+
+def test_concurrent_refreshes_do_not_collide(http: httpx.Client, api, tmp_path: Path) -> None:
+    address_book = book(http, api, tmp_path / "book.json")
+    errors: list[BaseException] = []
+
+    def refresh() -> None:
+        try:
+            address_book.refresh()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=refresh) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert book(http, api, tmp_path / "book.json").organisation(HABO)
+
+
+def test_an_alias_never_names_another_address() -> None:
+    """ "Registrator" must not slug to the identifier of another functional address."""
+    organisation = Organisation(
+        "0203:x.se",
+        "X",
+        (
+            FunctionalAddress("x-1", "Registrator", "0203:x.se", "X"),
+            FunctionalAddress("registrator", "Diariet", "0203:x.se", "X"),
+        ),
+    )
+    known = aliases(organisation)
+    assert known["diariet"].identifier == "registrator"
+    assert "registrator" not in known
+    (alias,) = [a for a, fa in known.items() if fa.identifier == "x-1"]
+    assert alias.startswith("registrator-")
+
+
+def test_nordic_letters_slug_predictably() -> None:
+    assert slug("Kø og Ærø") == "ko-og-aero"
+    assert slug("Straße") == "strasse"

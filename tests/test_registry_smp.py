@@ -7,11 +7,20 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from conftest import ORG_B, keypair
+from lxml import etree
 
 from bridge.registry.errors import NotRegistered, RegistryUnavailable
-from bridge.registry.smp import Locator, SMPClient, service_path, sml_name
+from bridge.registry.smp import (
+    SMB_NS,
+    Locator,
+    SMPClient,
+    read_signed_metadata,
+    service_path,
+    sml_name,
+)
 from bridge.sandbox.smp import SMP, Registration
 from bridge.sandbox.web import Server
+from bridge.sdk import xmldsig
 from bridge.sdk.names import KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
 from bridge.testpki import Identity, TestPKI, make_pki
 
@@ -135,3 +144,25 @@ def test_rest_path_and_bdxl_name() -> None:
 def test_no_locator_configured() -> None:
     with pytest.raises(RegistryUnavailable, match="neither an SMP URL nor an SML zone"):
         Locator().smp_url(ORG_B)
+
+
+def test_signed_metadata_missing_a_certificate_value_is_unavailable(
+    smp: tuple[SMP, Server], smp_pki: TestPKI
+) -> None:
+    """Well signed but broken (a CertPub Certificate without its value): a temporary
+    failure with a reason, not a crash."""
+    app = smp[0]
+    document = app.signed_metadata(ORG_B, MESSAGE_DOCUMENT_ID, app.registrations[ORG_B])
+    root = etree.fromstring(document)
+    root.remove(root[-1])  # the signature
+    value = root.find(f".//{{{SMB_NS}}}ContentBinaryObject")
+    value.getparent().remove(value)
+    xmldsig.sign(root, app.signer.key, app.signer.cert)
+    with pytest.raises(RegistryUnavailable, match="without ContentBinaryObject"):
+        read_signed_metadata(
+            etree.tostring(root),
+            participant=ORG_B,
+            document_id=MESSAGE_DOCUMENT_ID,
+            trust_anchors=[smp_pki.issuing_ca.cert],
+            at=datetime.now(UTC),
+        )

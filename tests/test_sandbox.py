@@ -6,17 +6,20 @@ message from A's access point to B's.
 import dataclasses
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import make_message
 from wsplugin import Client
 
-from bridge import config
+from bridge import cli, config
 from bridge.registry.client import Registry
 from bridge.registry.errors import (
     NotRegistered,
@@ -254,3 +257,98 @@ def test_sandbox_command_and_lookup_command(tmp_path: Path) -> None:
             assert process.wait(timeout=30) == 0
         assert not (tmp_path / "ready").exists()
     assert ports[0] == ports[1]
+
+
+def test_a_silent_client_does_not_stall_the_sandbox(registry_a: Registry, sandbox: Sandbox) -> None:
+    """TLS handshakes happen per connection, not in the accepting thread."""
+    with socket.create_connection(("127.0.0.1", sandbox.https.port)):
+        started = time.monotonic()
+        assert registry_a.certpub.encryption_certificates(ORG_B, refresh=True)
+        assert time.monotonic() - started < 5
+
+
+def test_certpub_cache_and_forced_refresh(registry_a: Registry, sandbox: Sandbox) -> None:
+    registry_a.certpub.signing_certificates(ORG_B)
+    before = sandbox.smp.requests
+    registry_a.certpub.signing_certificates(ORG_B)
+    assert sandbox.smp.requests == before  # from the cache (TTL)
+    registry_a.certpub.signing_certificates(ORG_B, refresh=True)
+    assert sandbox.smp.requests == before + 1
+
+
+def test_unusable_published_encryption_certificates_are_not_handed_out(
+    registry_a: Registry, sandbox: Sandbox
+) -> None:
+    registration = sandbox.smp.registrations[ORG_B]
+    saved = registration.encryption_certs
+    now = datetime.now(UTC)
+    o2o = sandbox.o2o_pki
+    sign_only = o2o.issued("b-sign-only") or o2o.issue("b-sign-only", key_usage="sign")
+    expired = o2o.issued("b-expired") or o2o.issue(
+        "b-expired",
+        key_usage="encrypt",
+        not_before=now - timedelta(days=1),
+        not_after=now - timedelta(hours=1),
+    )
+    untrusted = sandbox.smp_pki.issued("b-untrusted") or sandbox.smp_pki.issue(
+        "b-untrusted", key_usage="encrypt"
+    )
+    try:
+        for bad in (sign_only, expired, untrusted):
+            registration.encryption_certs = [bad.cert]
+            with pytest.raises(NoValidCertificate):
+                registry_a.certpub.encryption_certificates(ORG_B, refresh=True)
+        registration.encryption_certs = [sign_only.cert, *saved]
+        assert registry_a.certpub.encryption_certificates(ORG_B, refresh=True) == tuple(saved)
+    finally:
+        registration.encryption_certs = saved
+
+
+def test_revoked_encryption_certificate_is_not_handed_out(sandbox: Sandbox, tmp_path: Path) -> None:
+    sandbox.revoke("b", "encryption")
+    try:
+        with (
+            registry_for(sandbox, "a", tmp_path / "revoked") as registry,
+            pytest.raises(NoValidCertificate, match="encryption certificate"),
+        ):
+            registry.certpub.encryption_certificates(ORG_B)
+    finally:
+        new = sandbox.rollover("b", "encryption", "new")
+    with registry_for(sandbox, "a", tmp_path / "after") as registry:
+        assert registry.certpub.encryption_certificates(ORG_B) == (new.cert,)
+
+
+def test_lookup_exit_status(sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    config_file = str(sandbox.config_path("a"))
+    assert cli.main(["lookup", "-c", config_file, ORG_B]) == 0
+    sandbox.smp.fail_with = 503
+    assert cli.main(["lookup", "-c", config_file, ORG_B]) == 75  # temporary failure
+    assert "problem: SMP at" in capsys.readouterr().out
+    sandbox.smp.fail_with = None
+    registration = sandbox.smp.registrations.pop(ORG_B)
+    try:
+        assert cli.main(["lookup", "-c", config_file, ORG_B]) == 1  # cannot receive
+        assert "not registered in SMP" in capsys.readouterr().out
+    finally:
+        sandbox.smp.registrations[ORG_B] = registration
+
+
+def test_revoked_smp_signer_makes_metadata_untrustworthy(tmp_path: Path) -> None:
+    federation = Sandbox(tmp_path / "sandbox", 1, key_size=2048)
+    federation.start()
+    try:
+        with registry_for(federation, "a", tmp_path / "cache") as registry:
+            assert registry.certpub.signing_certificates(ORG_A)
+        federation.revoke_smp_signer()
+        with (
+            registry_for(federation, "a", tmp_path / "fresh") as registry,
+            pytest.raises(RegistryUnavailable, match="the SMP's signing certificate"),
+        ):
+            registry.certpub.signing_certificates(ORG_A)
+    finally:
+        federation.stop()
+
+
+def test_restart_refuses_other_settings(sandbox: Sandbox) -> None:
+    with pytest.raises(ValueError, match="made with organisations=2"):
+        Sandbox(sandbox.directory, organisations=3)

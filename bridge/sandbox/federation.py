@@ -187,6 +187,10 @@ class Sandbox:
         self.write_configs()
         return new
 
+    def revoke_smp_signer(self) -> None:
+        """Revoke the certificate the SMP signs its metadata with."""
+        self.smp_pki.revoke(self.smp.signer.cert)
+
     def revoke(self, label: str, kind: str) -> None:
         """Revoke the organisation's current `kind` certificate(s)."""
         for identity in getattr(self.organisations[label], kind):

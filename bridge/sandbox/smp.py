@@ -68,8 +68,10 @@ class SMP:
         self.fail_with: int | None = None  # answer every request with this HTTP status
         self.silent_seconds = 0.0  # sleep this long before answering (bounded)
         self.tamper = False  # change the document after signing it
+        self.requests = 0
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        self.requests += 1
         if self.silent_seconds:
             time.sleep(min(self.silent_seconds, MAX_SILENCE_SECONDS))
         if self.fail_with:

@@ -352,3 +352,19 @@ def test_revoked_smp_signer_makes_metadata_untrustworthy(tmp_path: Path) -> None
 def test_restart_refuses_other_settings(sandbox: Sandbox) -> None:
     with pytest.raises(ValueError, match="made with organisations=2"):
         Sandbox(sandbox.directory, organisations=3)
+
+
+def test_background_refresh_keeps_the_address_book_fresh(sandbox: Sandbox, tmp_path: Path) -> None:
+    with registry_for(sandbox, "a", tmp_path) as registry:
+        registry.start_background_refresh(interval=0.1)
+        for _ in range(100):
+            if registry.book.refreshed_at is not None:
+                break
+            time.sleep(0.05)
+        assert registry.book.refreshed_at is not None
+        first = registry.book.refreshed_at
+        for _ in range(100):
+            if registry.book.refreshed_at != first:
+                break
+            time.sleep(0.05)
+        assert registry.book.refreshed_at > first

@@ -24,7 +24,7 @@ from bridge.registry.errors import (
     UnknownOrganisation,
 )
 from bridge.sandbox.addressbook import AddressBookAPI
-from bridge.sandbox.web import Server
+from bridge.sandbox.web import Faults, Server
 from bridge.testpki import TestPKI, make_pki
 
 HABO = "0203:habo.se"
@@ -59,7 +59,7 @@ def api(web_pki: TestPKI) -> Iterator[tuple[AddressBookAPI, Server]]:
 
 @pytest.fixture
 def http(web_pki: TestPKI, api: tuple[AddressBookAPI, Server]) -> Iterator[httpx.Client]:
-    api[0].fail_with, api[0].silent_seconds = None, 0
+    api[0].faults = Faults()
     verify = ssl.create_default_context(cafile=str(web_pki.chain_pem))
     with httpx.Client(verify=verify, timeout=2) as client:
         yield client
@@ -93,7 +93,7 @@ def test_whole_book_is_paged_in(http: httpx.Client, api, tmp_path: Path) -> None
 def test_cache_survives_restart_and_outage(http: httpx.Client, api, tmp_path: Path) -> None:
     cache = tmp_path / "book.json"
     assert book(http, api, cache).refresh()
-    api[0].fail_with = 503
+    api[0].faults.fail_with = 503
     restarted = book(http, api, cache)  # a new process: reads the cache file
     assert restarted.refresh() is False
     assert restarted.refresh_errors == 1
@@ -104,7 +104,7 @@ def test_cache_survives_restart_and_outage(http: httpx.Client, api, tmp_path: Pa
 
 
 def test_never_fetched_book_is_a_temporary_failure(http: httpx.Client, api, tmp_path: Path) -> None:
-    api[0].silent_seconds = 3
+    api[0].faults.silent_seconds = 3
     address_book = book(http, api, tmp_path / "book.json")
     assert address_book.refresh() is False
     with pytest.raises(RegistryUnavailable, match="not been fetched"):

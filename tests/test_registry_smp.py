@@ -19,7 +19,7 @@ from bridge.registry.smp import (
     sml_name,
 )
 from bridge.sandbox.smp import SMP, Registration
-from bridge.sandbox.web import Server
+from bridge.sandbox.web import Faults, Server
 from bridge.sdk import xmldsig
 from bridge.sdk.names import KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
 from bridge.testpki import Identity, TestPKI, make_pki
@@ -55,7 +55,7 @@ def smp(
 
 @pytest.fixture(autouse=True)
 def _switches_off(smp: tuple[SMP, Server]) -> None:
-    smp[0].fail_with, smp[0].tamper, smp[0].silent_seconds = None, False, 0
+    smp[0].faults, smp[0].tamper = Faults(), False
 
 
 @pytest.fixture
@@ -103,11 +103,11 @@ def test_unknown_participant_and_document_are_not_registered(client: SMPClient) 
 
 
 def test_smp_down_is_a_temporary_failure(client: SMPClient, smp: tuple[SMP, Server]) -> None:
-    smp[0].fail_with = 503
+    smp[0].faults.fail_with = 503
     with pytest.raises(RegistryUnavailable, match="HTTP 503"):
         client.service_metadata(ORG_B, MESSAGE_DOCUMENT_ID)
-    smp[0].fail_with = None
-    smp[0].silent_seconds = 3
+    smp[0].faults.fail_with = None
+    smp[0].faults.silent_seconds = 3
     with pytest.raises(RegistryUnavailable, match="did not answer"):
         client.service_metadata(ORG_B, MESSAGE_DOCUMENT_ID)
 

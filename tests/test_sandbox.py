@@ -28,6 +28,7 @@ from bridge.registry.errors import (
     UnknownFunctionalAddress,
 )
 from bridge.sandbox.federation import Sandbox
+from bridge.sandbox.web import Faults
 from bridge.sdk import message as msg
 from bridge.sdk.sealing import Receiver, open_envelope, seal_message
 from bridge.sdk.verdict import ACCEPTED
@@ -46,8 +47,8 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 @pytest.fixture(autouse=True)
 def _switches_off(sandbox: Sandbox) -> None:
-    sandbox.smp.fail_with, sandbox.smp.tamper = None, False
-    sandbox.address_book.fail_with = None
+    sandbox.smp.faults, sandbox.smp.tamper = Faults(), False
+    sandbox.address_book.faults = Faults()
     for app in sandbox.revocation.values():
         app.fail("crl", None)
         app.fail("ocsp", None)
@@ -100,8 +101,8 @@ def test_registry_outages(registry_a: Registry, sandbox: Sandbox) -> None:
     forced refresh, which then fails temporarily, never as "unknown"."""
     certificates = registry_a.certpub.encryption_certificates(ORG_B)
     assert registry_a.book.refresh()
-    sandbox.address_book.fail_with = 503
-    sandbox.smp.fail_with = 503
+    sandbox.address_book.faults.fail_with = 503
+    sandbox.smp.faults.fail_with = 503
     assert registry_a.book.refresh() is False
     assert registry_a.book.organisation(ORG_B).name == "Sandbox kommun B"
     assert registry_a.certpub.encryption_certificates(ORG_B) == certificates
@@ -321,10 +322,10 @@ def test_revoked_encryption_certificate_is_not_handed_out(sandbox: Sandbox, tmp_
 def test_lookup_exit_status(sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
     config_file = str(sandbox.config_path("a"))
     assert cli.main(["lookup", "-c", config_file, ORG_B]) == 0
-    sandbox.smp.fail_with = 503
+    sandbox.smp.faults.fail_with = 503
     assert cli.main(["lookup", "-c", config_file, ORG_B]) == 75  # temporary failure
     assert "problem: SMP at" in capsys.readouterr().out
-    sandbox.smp.fail_with = None
+    sandbox.smp.faults.fail_with = None
     registration = sandbox.smp.registrations.pop(ORG_B)
     try:
         assert cli.main(["lookup", "-c", config_file, ORG_B]) == 1  # cannot receive

@@ -5,16 +5,14 @@ It is the shape `registry.addressbook.JsonApiSource` reads; Digg's real JSON is 
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from ..registry.addressbook import FunctionalAddress
-from .web import respond
+from .web import Faults, respond
 
 MAX_PAGE_SIZE = 500
-MAX_SILENCE_SECONDS = 30
 
 
 class AddressBookAPI:
@@ -25,17 +23,13 @@ class AddressBookAPI:
     def __init__(self, entries: list[FunctionalAddress]) -> None:
         self.entries = entries
         self.lock = threading.Lock()
-        # Fault switches.
-        self.fail_with: int | None = None
-        self.silent_seconds = 0.0
+        self.faults = Faults()
         self.requests = 0
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         self.requests += 1
-        if self.silent_seconds:
-            time.sleep(min(self.silent_seconds, MAX_SILENCE_SECONDS))
-        if self.fail_with:
-            return respond(start_response, self.fail_with, b"sandbox: address book fault switch on")
+        if fault := self.faults.answer(start_response, "address book"):
+            return fault
         if environ["REQUEST_METHOD"] != "GET" or environ.get("PATH_INFO") != self.PATH:
             return respond(start_response, 404)
         query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}

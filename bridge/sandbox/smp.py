@@ -7,7 +7,6 @@ hand out a tampered document.
 """
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,9 +38,7 @@ from ..sdk.names import (
     PROCESS_ID_SCHEME,
     q,
 )
-from .web import respond
-
-MAX_SILENCE_SECONDS = 30
+from .web import Faults, respond
 
 
 @dataclass
@@ -64,18 +61,14 @@ class SMP:
         self.signer = signer
         self.registrations = registrations
         self.lock = threading.Lock()
-        # Fault switches.
-        self.fail_with: int | None = None  # answer every request with this HTTP status
-        self.silent_seconds = 0.0  # sleep this long before answering (bounded)
-        self.tamper = False  # change the document after signing it
+        self.faults = Faults()
+        self.tamper = False  # a fault switch too: change the document after signing it
         self.requests = 0
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         self.requests += 1
-        if self.silent_seconds:
-            time.sleep(min(self.silent_seconds, MAX_SILENCE_SECONDS))
-        if self.fail_with:
-            return respond(start_response, self.fail_with, b"sandbox: SMP fault switch on")
+        if fault := self.faults.answer(start_response, "SMP"):
+            return fault
         if environ["REQUEST_METHOD"] != "GET":
             return respond(start_response, 405)
         parts = environ.get("PATH_INFO", "").strip("/").split("/")

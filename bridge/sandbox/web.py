@@ -6,7 +6,9 @@ applications plain WSGI callables that any test can also call directly.
 
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -15,6 +17,7 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 CONNECTION_TIMEOUT = 30.0  # seconds a client may stay silent, handshake included
+MAX_SILENCE_SECONDS = 30.0
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -98,6 +101,22 @@ class Router:
         inner["SCRIPT_NAME"] = f"{environ.get('SCRIPT_NAME', '')}/{name}"
         inner["PATH_INFO"] = f"/{rest}"
         return app(inner, start_response)
+
+
+@dataclass
+class Faults:
+    """Switches that make a sandbox service fail, so tests can watch clients cope."""
+
+    fail_with: int | None = None  # answer every request with this HTTP status
+    silent_seconds: float = 0.0  # wait this long before answering (bounded)
+
+    def answer(self, start_response: Callable[..., Any], service: str) -> list[bytes] | None:
+        """The faulty answer, if a switch is on; None lets the service answer."""
+        if self.silent_seconds:
+            time.sleep(min(self.silent_seconds, MAX_SILENCE_SECONDS))
+        if self.fail_with:
+            return respond(start_response, self.fail_with, f"sandbox: {service} fault".encode())
+        return None
 
 
 def read_body(environ: dict[str, Any], limit: int) -> bytes:

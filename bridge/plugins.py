@@ -1,0 +1,112 @@
+"""The plugin interface: small protocols, found through entry points.
+
+A plugin is a factory registered under one of the entry point groups below, called with
+the settings mapping from its section of the configuration file; first-party plugins in
+`plugins/` are registered exactly as a third party's would be (see pyproject.toml).
+
+    [project.entry-points."sdk_bridge.scanners"]
+    clamav = "plugins.clamav:ClamAV"
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+SCANNERS = "sdk_bridge.scanners"
+ACCESS_POINTS = "sdk_bridge.access_points"
+
+
+class PluginError(Exception):
+    """A plugin that cannot be found or set up; the text names it."""
+
+
+class TemporaryFailure(Exception):
+    """The service behind a plugin could not answer now; try again later (SMTP 4xx)."""
+
+
+# --- content scanners -------------------------------------------------------------------
+
+
+class Scanner(Protocol):
+    async def scan(self, data: bytes) -> str | None:
+        """The name of what was found (e.g. a virus signature), or None when clean.
+
+        Raise TemporaryFailure when the scanner cannot answer: mail is then deferred, never
+        let through unscanned.
+        """
+        ...
+
+
+# --- access point connectors -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One SDK envelope for the access point, with the ebMS header fields it needs."""
+
+    message_id: str  # the ebMS MessageId: fixed per SDK message, kept across retries
+    payload: bytes  # the signed XHE
+    action: str  # "busdox-docid-qns::<document id>"
+    original_sender: str  # "0203:<domain>"
+    final_recipient: str
+    conversation_id: str
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    message_id: str
+    payload: bytes
+    action: str
+    original_sender: str
+    final_recipient: str
+    conversation_id: str | None
+
+
+class DuplicateSubmission(Exception):
+    """The access point already has this MessageId: for the sender, it was submitted."""
+
+
+class PermanentFailure(Exception):
+    """The access point refuses the submission for good (e.g. no such recipient)."""
+
+
+class AccessPoint(Protocol):
+    async def submit(self, submission: Submission) -> str:
+        """Hand over one envelope; return the ebMS MessageId the access point keeps.
+
+        Raise DuplicateSubmission, PermanentFailure, or TemporaryFailure.
+        """
+        ...
+
+    async def pending(self) -> list[str]:
+        """MessageIds received and not yet retrieved."""
+        ...
+
+    async def retrieve(self, message_id: str) -> Retrieved:
+        ...
+
+    async def status(self, message_id: str) -> str:
+        """The access point's status word (Domibus: SEND_FAILURE, ACKNOWLEDGED, …)."""
+        ...
+
+    async def errors(self, message_id: str) -> list[dict[str, str]]:
+        ...
+
+    async def close(self) -> None:
+        ...
+
+
+def load(group: str, name: str, settings: Mapping[str, Any]) -> Any:
+    """Build the plugin `name` of `group` with its settings."""
+    found = [ep for ep in entry_points(group=group) if ep.name == name]
+    if not found:
+        available = ", ".join(sorted(ep.name for ep in entry_points(group=group))) or "none"
+        raise PluginError(f"no {group} plugin named {name!r} (installed: {available})")
+    try:
+        factory = found[0].load()
+        return factory(settings)
+    except PluginError:
+        raise
+    except Exception as e:
+        raise PluginError(f"{group} plugin {name!r} could not be set up: {e}") from e

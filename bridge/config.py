@@ -5,8 +5,11 @@ Only the sections the code uses exist; each later stage adds its own.
 
 import ipaddress
 import os
+import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import yaml
 from cryptography import x509
@@ -42,6 +45,44 @@ class AccessPointConfig:
     username: str
     password: str
     tls_trust: Path | None
+    party_id: str  # the access point's own PartyId (the ebMS From party)
+    plugin: str = "domibus-ws"  # the connector plugin (entry point sdk_bridge.access_points)
+    client_cert: Path | None = None  # for mutual TLS
+    client_key: Path | None = None
+
+    def plugin_settings(self) -> dict[str, Any]:
+        """The connector plugin's settings."""
+        settings: dict[str, Any] = {
+            "url": self.url,
+            "username": self.username,
+            "password": self.password,
+            "party_id": self.party_id,
+        }
+        for name in ("tls_trust", "client_cert", "client_key"):
+            if getattr(self, name) is not None:
+                settings[name] = str(getattr(self, name))
+        return settings
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    hostname: str
+    listen: tuple[tuple[str, int], ...]  # plain SMTP, with STARTTLS when a certificate is set
+    listen_tls: tuple[tuple[str, int], ...]  # implicit TLS
+    tls_cert: Path | None
+    tls_key: Path | None
+    allowed_networks: tuple[str, ...]  # CIDR; others must authenticate
+    users: dict[str, str]  # SMTP AUTH user -> password
+    forbidden_types: frozenset[str]  # attachment MIME types refused (PDF always allowed)
+    secrecy_tags: tuple[str, ...]
+    scanner: tuple[str, dict[str, Any]] | None  # plugin name and its settings
+
+
+@dataclass(frozen=True)
+class FunctionalAddressConfig:
+    id: str  # the address-book identifier of one of our functional addresses
+    senders: tuple[str, ...]  # envelope senders that may send as it ("*@kommun.se")
+    auth_users: tuple[str, ...]  # SMTP AUTH users that may send as it
 
 
 @dataclass(frozen=True)
@@ -54,6 +95,10 @@ class Config:
     trust_anchors: list[x509.Certificate]
     registry: RegistryConfig | None
     access_point: AccessPointConfig | None
+    smtp: SMTPConfig | None = None
+    functional_addresses: tuple[FunctionalAddressConfig, ...] = ()
+    spool: Path | None = None  # the spool directory
+    lifetime: timedelta = timedelta(days=5)  # how long outbound mail is retried
 
 
 class _Node:
@@ -140,7 +185,16 @@ def load(file: Path) -> Config:
     if document is None:
         raise ConfigError(file, None, "-", "the file is empty")
     root = _Node(file, "", document)
-    sections = root.mapping("organisation", "keys", "registry", "access_point")
+    sections = root.mapping(
+        "organisation",
+        "keys",
+        "registry",
+        "access_point",
+        "smtp",
+        "functional_addresses",
+        "spool",
+        "outbound",
+    )
     organisation = _required(sections, root, "organisation")
     org = organisation.mapping("id", "federation", "sdk_domain")
     org_id = _required(org, organisation, "id")
@@ -163,7 +217,108 @@ def load(file: Path) -> Config:
         access_point=_access_point(sections["access_point"])
         if "access_point" in sections
         else None,
+        smtp=_smtp(sections["smtp"]) if "smtp" in sections else None,
+        functional_addresses=tuple(
+            _functional_address(n) for n in sections["functional_addresses"].sequence()
+        )
+        if "functional_addresses" in sections
+        else (),
+        spool=sections["spool"].path() if "spool" in sections else None,
+        lifetime=_outbound(sections["outbound"]) if "outbound" in sections else timedelta(days=5),
     )
+
+
+def _strings(node: _Node) -> tuple[str, ...]:
+    return tuple(item.string() for item in node.sequence())
+
+
+def _listen(node: _Node) -> tuple[tuple[str, int], ...]:
+    addresses = []
+    for item in node.sequence():
+        host, _, port = item.string().rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            addresses.append((host.strip("[]"), int(port)))
+        except ValueError:
+            raise item.error("expected address:port, e.g. 127.0.0.1:2525") from None
+    return tuple(addresses)
+
+
+def _smtp(node: _Node) -> SMTPConfig:
+    fields = node.mapping(
+        "hostname",
+        "listen",
+        "listen_tls",
+        "tls_cert",
+        "tls_key",
+        "allowed_networks",
+        "users",
+        "forbidden_attachment_types",
+        "secrecy_tags",
+        "scanner",
+    )
+    networks = []
+    for item in fields["allowed_networks"].sequence() if "allowed_networks" in fields else ():
+        try:
+            ipaddress.ip_network(item.string(), strict=False)
+        except ValueError:
+            raise item.error("expected a network such as 10.0.0.0/8") from None
+        networks.append(item.string())
+    users = {}
+    for item in fields["users"].sequence() if "users" in fields else ():
+        user = item.mapping("name", "password_file")
+        try:
+            password = read_passphrase(_required(user, item, "password_file").path()).decode()
+        except KeyError_ as e:
+            raise user["password_file"].error(str(e)) from None
+        users[_required(user, item, "name").string()] = password
+    tls_cert = _existing_file(fields["tls_cert"]) if "tls_cert" in fields else None
+    tls_key = _existing_file(fields["tls_key"]) if "tls_key" in fields else None
+    if (tls_cert is None) != (tls_key is None):
+        raise node.error("give both tls_cert and tls_key, or neither")
+    listen_tls = _listen(fields["listen_tls"]) if "listen_tls" in fields else ()
+    if listen_tls and tls_cert is None:
+        raise fields["listen_tls"].error("implicit TLS needs tls_cert and tls_key")
+    scanner = None
+    if "scanner" in fields:
+        settings = yaml.safe_load(yaml.serialize(fields["scanner"].node)) or {}
+        if not isinstance(settings, dict) or "plugin" not in settings:
+            raise fields["scanner"].error("expected a mapping with plugin: <name>")
+        scanner = (str(settings.pop("plugin")), settings)
+    return SMTPConfig(
+        hostname=fields["hostname"].string() if "hostname" in fields else socket.getfqdn(),
+        listen=_listen(fields["listen"]) if "listen" in fields else (("127.0.0.1", 2525),),
+        listen_tls=listen_tls,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        allowed_networks=tuple(networks),
+        users=users,
+        forbidden_types=frozenset(t.lower() for t in _strings(fields["forbidden_attachment_types"]))
+        if "forbidden_attachment_types" in fields
+        else frozenset(),
+        secrecy_tags=_strings(fields["secrecy_tags"])
+        if "secrecy_tags" in fields
+        else ("[sekretess]",),
+        scanner=scanner,
+    )
+
+
+def _functional_address(node: _Node) -> FunctionalAddressConfig:
+    fields = node.mapping("id", "senders", "auth_users", "deliver_to")
+    return FunctionalAddressConfig(
+        id=_required(fields, node, "id").string(),
+        senders=_strings(fields["senders"]) if "senders" in fields else (),
+        auth_users=_strings(fields["auth_users"]) if "auth_users" in fields else (),
+    )
+
+
+def _outbound(node: _Node) -> timedelta:
+    fields = node.mapping("lifetime_hours")
+    try:
+        hours = float(_required(fields, node, "lifetime_hours").string())
+    except ValueError:
+        raise fields["lifetime_hours"].error("expected a number of hours") from None
+    return timedelta(hours=hours)
 
 
 def _certificates(node: _Node) -> list[x509.Certificate]:
@@ -253,7 +408,16 @@ def _registry(node: _Node) -> RegistryConfig:
 
 
 def _access_point(node: _Node) -> AccessPointConfig:
-    fields = node.mapping("url", "username", "password_file", "tls_trust")
+    fields = node.mapping(
+        "url",
+        "username",
+        "password_file",
+        "tls_trust",
+        "party_id",
+        "plugin",
+        "client_cert",
+        "client_key",
+    )
     try:
         password = read_passphrase(_required(fields, node, "password_file").path()).decode()
     except KeyError_ as e:
@@ -263,6 +427,10 @@ def _access_point(node: _Node) -> AccessPointConfig:
         username=_required(fields, node, "username").string(),
         password=password,
         tls_trust=_existing_file(fields["tls_trust"]) if "tls_trust" in fields else None,
+        party_id=_required(fields, node, "party_id").string(),
+        plugin=fields["plugin"].string() if "plugin" in fields else "domibus-ws",
+        client_cert=_existing_file(fields["client_cert"]) if "client_cert" in fields else None,
+        client_key=_existing_file(fields["client_key"]) if "client_key" in fields else None,
     )
 
 

@@ -167,6 +167,7 @@ access_point:
   url: https://127.0.0.1:8443/ap/a
   username: a
   password_file: ap.pass
+  party_id: ap-a
 """
     )
     loaded = config.load(path)

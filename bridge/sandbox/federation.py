@@ -241,6 +241,7 @@ class Sandbox:
                 "url": f"{self.https.url}/ap/{organisation.label}",
                 "username": organisation.label,
                 "password_file": f"orgs/{organisation.label}/ap.pass",
+                "party_id": f"ap-{organisation.label}",
                 "tls_trust": tls_trust,
             },
         }

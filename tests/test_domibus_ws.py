@@ -1,0 +1,519 @@
+"""The Domibus WS plugin connector against the sandbox's access points, over verified HTTPS.
+
+The connector is loaded as the bridge loads it, through the `sdk_bridge.access_points`
+entry point, and driven with `asyncio.run` (no pytest-asyncio). One sandbox federation
+with two organisations serves the whole module; a few answers no access point gives on
+request (a proxy's 502, a corrupt payload) come from an httpx mock transport.
+
+Fault mapping under test (plugins/domibus_ws.py explains why):
+duplicate MessageId → DuplicateSubmission; no SMP metadata or a header the P-Mode refuses →
+PermanentFailure; 503, an unrecognised EBMS:0004 fault ("the access point is refusing
+submissions"), a wrong password, a stopped server, a timeout → TemporaryFailure.
+"""
+
+import asyncio
+import base64
+import ssl
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import yaml
+from conftest import make_message
+from lxml import etree
+
+from bridge.plugins import (
+    ACCESS_POINTS,
+    AccessPoint,
+    DuplicateSubmission,
+    PermanentFailure,
+    PluginError,
+    Submission,
+    TemporaryFailure,
+    load,
+)
+from bridge.sandbox.federation import Sandbox
+from bridge.sandbox.smp import Registration
+from bridge.sandbox.web import Server
+from bridge.sdk import message as msg
+from bridge.sdk import xhe
+from bridge.sdk.keys import KeyPair
+from bridge.sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_DOCUMENT_ID
+from bridge.sdk.sealing import Receiver, open_envelope, seal_message
+from bridge.sdk.verdict import ACCEPTED
+from bridge.sdk.xmlsafe import parse
+from plugins import domibus_ws
+from plugins.domibus_ws import MessageNotFound, UnreadableMessage
+
+ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
+STALE_ORG = "0203:stale.sandbox.test"  # the SMP names B's access point, which does not serve it
+MESSAGE_ACTION = f"{DOCUMENT_ID_SCHEME}::{MESSAGE_DOCUMENT_ID}"
+DIGG_EXAMPLE = Path(
+    "/work/shared/sdk-spec/message-v3/sdk-meddelande-v3.1/example/as4_xhe_encrypted.xml"
+)
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    federation = Sandbox(tmp_path_factory.mktemp("sandbox"), 2, key_size=2048)
+    federation.start()
+    yield federation
+    federation.stop()
+
+
+@pytest.fixture(autouse=True)
+def _switches_off(sandbox: Sandbox) -> Iterator[None]:
+    yield
+    for ap in sandbox.access_points.values():
+        ap.clear_fault_switches()
+    sandbox.smp.registrations.pop(STALE_ORG, None)
+
+
+def settings(sandbox: Sandbox, label: str, **changes: Any) -> dict[str, Any]:
+    """The connector's settings from the configuration the sandbox wrote, paths made absolute,
+    plus this access point's PartyId."""
+    config = yaml.safe_load(sandbox.config_path(label).read_text())["access_point"]
+    config["password_file"] = str(sandbox.directory / config["password_file"])
+    config["tls_trust"] = str(sandbox.directory / config["tls_trust"])
+    config["party_id"] = f"ap-{label}"
+    config.update(changes)
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def run(config: dict[str, Any], use: Callable[[AccessPoint], Awaitable[T]]) -> T:
+    """Load the connector as the bridge does, use it in a fresh event loop, close it."""
+
+    async def main() -> T:
+        ap = load(ACCESS_POINTS, "domibus-ws", config)
+        try:
+            return await use(ap)
+        finally:
+            await ap.close()
+
+    return asyncio.run(main())
+
+
+def sealed_submission(sandbox: Sandbox, recipient: str = ORG_B) -> Submission:
+    """A real SDK envelope from A, encrypted to B's key, its XHE ID as the ebMS MessageId."""
+    a, b = sandbox.organisations["a"], sandbox.organisations["b"]
+    message = make_message(
+        sender=msg.Party(ORG_A, msg.Attention("a.registrator")),
+        recipient=msg.Party(recipient, msg.Attention("b.registrator")),
+    )
+    signer = KeyPair(a.signing[-1].key, a.signing[-1].cert)
+    payload = seal_message(message, signer=signer, recipient_cert=b.encryption[-1].cert)
+    header = xhe.read_header(parse(payload, max_bytes=64_000_000))
+    return Submission(
+        message_id=header.id,
+        payload=payload,
+        action=MESSAGE_ACTION,
+        original_sender=ORG_A,
+        final_recipient=recipient,
+        conversation_id=message.conversation_id,
+    )
+
+
+def submit(config: dict[str, Any], submission: Submission) -> str:
+    return run(config, lambda ap: ap.submit(submission))
+
+
+# --- the round trip ---------------------------------------------------------------------
+
+
+def test_submit_pending_retrieve_status(sandbox: Sandbox) -> None:
+    submission = sealed_submission(sandbox)
+    a, b = settings(sandbox, "a"), settings(sandbox, "b")
+    assert submit(a, submission) == submission.message_id
+    assert run(a, lambda ap: ap.status(submission.message_id)) == "ACKNOWLEDGED"
+    assert run(a, lambda ap: ap.errors(submission.message_id)) == []
+    assert submission.message_id in run(b, lambda ap: ap.pending())
+
+    retrieved = run(b, lambda ap: ap.retrieve(submission.message_id))
+    assert retrieved.payload == submission.payload  # byte-identical
+    assert retrieved.message_id == submission.message_id
+    assert retrieved.action == MESSAGE_ACTION
+    assert retrieved.original_sender == ORG_A
+    assert retrieved.final_recipient == ORG_B
+    assert retrieved.conversation_id == submission.conversation_id
+    organisation_a, organisation_b = sandbox.organisations["a"], sandbox.organisations["b"]
+    receiver = Receiver(
+        decryption_keys=[KeyPair(i.key, i.cert) for i in organisation_b.encryption],
+        sender_signing_certs=[i.cert for i in organisation_a.signing],
+        trust_anchors=[sandbox.o2o_pki.issuing_ca.cert, sandbox.o2o_pki.root.cert],
+        our_parties={ORG_B},
+    )
+    assert open_envelope(retrieved.payload, receiver).verdict == ACCEPTED
+
+    # Digg's P-Mode keeps nothing after download: gone from the list, and not retrievable.
+    assert submission.message_id not in run(b, lambda ap: ap.pending())
+    assert run(b, lambda ap: ap.status(submission.message_id)) == "DELETED"
+    with pytest.raises(MessageNotFound) as missing:
+        run(b, lambda ap: ap.retrieve(submission.message_id))
+    assert isinstance(missing.value, PermanentFailure)
+    assert submission.message_id in str(missing.value)
+
+
+def test_submission_is_shaped_like_diggs_example(sandbox: Sandbox) -> None:
+    """The same elements and attributes as as4_xhe_encrypted.xml, plus a ConversationId."""
+    captured: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        captured.append(request.content)
+        assert request.headers["content-type"] == "application/soap+xml; charset=UTF-8"
+        return soap_response(
+            f"<ns2:submitResponse xmlns:ns2='http://org.ecodex.backend/1_1/'>"
+            f"<messageID>{submission.message_id}</messageID></ns2:submitResponse>"
+        )
+
+    submission = sealed_submission(sandbox)
+    assert mocked(sandbox, handler, lambda ap: ap.submit(submission)) == submission.message_id
+    ours = parse(captured[0], max_bytes=64_000_000)
+    digg = parse(DIGG_EXAMPLE.read_bytes(), max_bytes=1_000_000)
+
+    def shape(root: etree._Element) -> list[tuple[str, tuple[str, ...]]]:
+        tree = root.getroottree()
+        return [
+            (tree.getpath(e).replace("[1]", ""), tuple(sorted(e.attrib)))
+            for e in root.iter()
+            if etree.QName(e).localname != "ConversationId"
+        ]
+
+    assert shape(ours) == shape(digg)
+    ns = {"eb": domibus_ws.EBMS_NS}
+    for path in (
+        "//eb:From/eb:PartyId/@type",
+        "//eb:From/eb:Role/text()",
+        "//eb:Service/text()",
+        "//eb:Service/@type",
+        "//eb:Action/text()",
+        "//eb:MessageProperties/eb:Property/@name",
+        "//eb:MessageProperties/eb:Property/@type",
+        "//eb:PartInfo/@href",
+        "//eb:PartProperties/eb:Property/text()",
+        "//payload/@payloadId",
+        "//payload/@contentType",
+    ):
+        assert ours.xpath(path, namespaces=ns) == digg.xpath(path, namespaces=ns), path
+    assert ours.xpath("//eb:From/eb:PartyId/text()", namespaces=ns) == ["ap-a"]
+    assert ours.xpath("//eb:ConversationId/text()", namespaces=ns) == [submission.conversation_id]
+    (value,) = ours.xpath("//payload/value/text()")
+    assert value.encode() == base64.b64encode(submission.payload)
+
+
+# --- submission outcomes ------------------------------------------------------------------
+
+
+def test_resubmission_is_a_duplicate_and_delivered_once(sandbox: Sandbox) -> None:
+    submission = sealed_submission(sandbox)
+    a = settings(sandbox, "a")
+    submit(a, submission)
+    with pytest.raises(DuplicateSubmission) as duplicate:
+        submit(a, submission)
+    assert "already exists" in str(duplicate.value)
+    pending = run(settings(sandbox, "b"), lambda ap: ap.pending())
+    assert pending.count(submission.message_id) == 1
+
+
+def test_unknown_recipient_is_permanent(sandbox: Sandbox) -> None:
+    submission = sealed_submission(sandbox, recipient="0203:unknown.sandbox.test")
+    with pytest.raises(PermanentFailure) as refused:
+        submit(settings(sandbox, "a"), submission)
+    assert not isinstance(refused.value, DuplicateSubmission)
+    assert "Could not fetch metadata from SMP" in str(refused.value)
+    assert "EBMS:0004" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"party_id": "ap-b"}, "EBMS:0010"),  # From must be this access point (P-Mode)
+        ({"party_type": "urn:example:other"}, "EBMS:0010"),
+    ],
+)
+def test_header_the_pmode_refuses_is_permanent(
+    sandbox: Sandbox, changes: dict[str, str], code: str
+) -> None:
+    submission = sealed_submission(sandbox)
+    with pytest.raises(PermanentFailure) as refused:
+        submit(settings(sandbox, "a", **changes), submission)
+    assert code in str(refused.value)
+
+
+def test_action_the_pmode_refuses_is_permanent(sandbox: Sandbox) -> None:
+    submission = sealed_submission(sandbox)
+    wrong = Submission(**{**submission.__dict__, "action": f"{DOCUMENT_ID_SCHEME}::urn:x"})
+    with pytest.raises(PermanentFailure, match="EBMS:0010"):
+        submit(settings(sandbox, "a"), wrong)
+
+
+def test_unavailable_access_point_is_temporary_and_the_retry_goes_through(
+    sandbox: Sandbox,
+) -> None:
+    """503 from a proxy in front of a stopped Domibus: try again; nothing was kept."""
+    submission = sealed_submission(sandbox)
+    a = settings(sandbox, "a")
+    sandbox.access_points["a"].refuse_submissions(how="unavailable", count=1)
+    with pytest.raises(TemporaryFailure, match="HTTP 503"):
+        submit(a, submission)
+    assert submit(a, submission) == submission.message_id
+
+
+def test_unrecognised_ebms_0004_fault_is_temporary(sandbox: Sandbox) -> None:
+    """EBMS:0004 ("Other") is Domibus's catch-all, its internal errors included: without a
+    text that refuses this message for good, the message is retried, not bounced."""
+    submission = sealed_submission(sandbox)
+    a = settings(sandbox, "a")
+    sandbox.access_points["a"].refuse_submissions(how="fault", count=1)
+    with pytest.raises(TemporaryFailure) as refused:
+        submit(a, submission)
+    assert "EBMS:0004" in str(refused.value)
+    assert "refusing submissions" in str(refused.value)
+    assert submit(a, submission) == submission.message_id
+
+
+def test_wrong_password_is_temporary_with_a_clear_text(sandbox: Sandbox) -> None:
+    a = settings(sandbox, "a", password_file=None, username="a", password="wrong")
+    with pytest.raises(TemporaryFailure) as refused:
+        submit(a, sealed_submission(sandbox))
+    assert "HTTP 401" in str(refused.value)
+    assert "credentials" in str(refused.value)
+    with pytest.raises(TemporaryFailure, match="credentials"):
+        run(a, lambda ap: ap.pending())
+
+
+def test_stopped_server_is_temporary(sandbox: Sandbox) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sandbox.tls.cert_pem, sandbox.tls.key_pem)
+    server = Server(sandbox.access_points["a"], tls=context).start()
+    a = settings(sandbox, "a", url=server.url)
+    assert isinstance(run(a, lambda ap: ap.pending()), list)
+    server.stop()
+    with pytest.raises(TemporaryFailure, match="cannot reach the access point"):
+        submit(a, sealed_submission(sandbox))
+
+
+def test_timeout_is_temporary_and_the_retry_counts_as_submitted(sandbox: Sandbox) -> None:
+    """The answer is lost, the message is not: the retry is refused as a duplicate."""
+    submission = sealed_submission(sandbox)
+    ap_a = sandbox.access_points["a"]
+    ap_a.delay_submissions(1.0, count=1)
+    with pytest.raises(TemporaryFailure, match="did not answer within"):
+        submit(settings(sandbox, "a", timeout=0.3), submission)
+    deadline = time.monotonic() + 5
+    while ap_a.status(submission.message_id) != "ACKNOWLEDGED":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(DuplicateSubmission):
+        submit(settings(sandbox, "a"), submission)
+
+
+# --- following the transport ------------------------------------------------------------
+
+
+def test_recipient_not_serviced_ends_in_send_failure(sandbox: Sandbox) -> None:
+    """The SMP names B's access point for a participant B does not serve (C3.2.1 §2.5)."""
+    b = sandbox.organisations["b"]
+    sandbox.smp.registrations[STALE_ORG] = Registration(
+        endpoint_url=f"{sandbox.https.url}/ap/b",
+        access_point_cert=sandbox.tls.cert,
+        signing_certs=[i.cert for i in b.signing],
+        encryption_certs=[i.cert for i in b.encryption],
+    )
+    submission = sealed_submission(sandbox, recipient=STALE_ORG)
+    a = settings(sandbox, "a")
+    assert submit(a, submission) == submission.message_id  # accepted, then fails in transit
+    assert run(a, lambda ap: ap.status(submission.message_id)) == "SEND_FAILURE"
+    (error,) = run(a, lambda ap: ap.errors(submission.message_id))
+    assert error["errorCode"] == "EBMS_0004"
+    assert error["errorDetail"] == "NOT_SERVICED"
+    assert error["messageInErrorId"] == submission.message_id
+    assert error["mshRole"] == "SENDING"
+    assert submission.message_id not in run(settings(sandbox, "b"), lambda ap: ap.pending())
+
+
+def test_status_and_retrieve_of_unknown_ids(sandbox: Sandbox) -> None:
+    b = settings(sandbox, "b")
+    assert run(b, lambda ap: ap.status("no-such-id")) == "NOT_FOUND"
+    assert run(b, lambda ap: ap.errors("no-such-id")) == []
+    with pytest.raises(MessageNotFound, match="no-such-id"):
+        run(b, lambda ap: ap.retrieve("no-such-id"))
+    with pytest.raises(ValueError, match="MessageId"):
+        run(b, lambda ap: ap.retrieve(""))
+
+
+# --- transport security and settings -------------------------------------------------------
+
+
+def test_client_certificate(sandbox: Sandbox) -> None:
+    """Mutual TLS: an access point that asks for a client certificate gets ours."""
+    client = sandbox.tls_pki.issue("bridge-client", key_usage="sign")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=sandbox.tls_pki.chain_pem)
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(sandbox.tls.cert_pem, sandbox.tls.key_pem)
+    server = Server(sandbox.access_points["b"], tls=context).start()
+    try:
+        with_cert = settings(
+            sandbox,
+            "b",
+            url=server.url,
+            client_cert=str(client.cert_pem),
+            client_key=str(client.key_pem),
+        )
+        assert isinstance(run(with_cert, lambda ap: ap.pending()), list)
+        with pytest.raises(TemporaryFailure, match="cannot reach"):
+            run(settings(sandbox, "b", url=server.url), lambda ap: ap.pending())
+    finally:
+        server.stop()
+
+
+def test_untrusted_server_certificate_is_temporary(sandbox: Sandbox) -> None:
+    """Default trust is the system's, which does not know the sandbox's TLS CA."""
+    b = settings(sandbox, "b", tls_trust=None)
+    with pytest.raises(TemporaryFailure, match="cannot reach"):
+        run(b, lambda ap: ap.pending())
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"party_id": None}, "party_id"),
+        ({"password": "x"}, "not both"),
+        ({"url": "http://127.0.0.1:1/ap/a"}, "https"),
+        ({"timeout": 0}, "timeout"),
+        ({"passwort": "x"}, "unknown settings"),
+        ({"password_file": "/nonexistent/ap.pass"}, "passphrase"),
+    ],
+)
+def test_bad_settings_are_refused_when_loading(
+    sandbox: Sandbox, changes: dict[str, Any], problem: str
+) -> None:
+    config = {**settings(sandbox, "a"), **changes}
+    config = {k: v for k, v in config.items() if v is not None}
+    with pytest.raises(PluginError, match=problem):
+        load(ACCESS_POINTS, "domibus-ws", config)
+
+
+# --- answers the sandbox does not give: through a mock transport ------------------------------
+
+
+def soap_response(body: str, status: int = 200) -> httpx.Response:
+    envelope = (
+        "<?xml version='1.0' encoding='UTF-8'?>"
+        f"<soap:Envelope xmlns:soap='{domibus_ws.SOAP12_NS}'>{body}</soap:Envelope>"
+    )
+    return httpx.Response(
+        status,
+        content=envelope.encode(),
+        headers={"Content-Type": "application/soap+xml; charset=UTF-8"},
+    )
+
+
+def mocked(
+    sandbox: Sandbox,
+    handler: Callable[[httpx.Request], httpx.Response],
+    use: Callable[[Any], Awaitable[T]],
+) -> T:
+    async def main() -> T:
+        ap = load(ACCESS_POINTS, "domibus-ws", settings(sandbox, "a"))
+        await ap._http.aclose()
+        ap._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        try:
+            return await use(ap)
+        finally:
+            await ap.close()
+
+    return asyncio.run(main())
+
+
+def fault(code: str | None, message: str, value: str = "Receiver", status: int = 500) -> Any:
+    detail = (
+        f"<soap:Detail><ns2:FaultDetail xmlns:ns2='{domibus_ws.BACKEND_NS}'><code>{code}</code>"
+        f"<message>{message}</message></ns2:FaultDetail></soap:Detail>"
+        if code
+        else ""
+    )
+    body = (
+        f"<soap:Body><soap:Fault><soap:Code><soap:Value>soap:{value}</soap:Value></soap:Code>"
+        "<soap:Reason><soap:Text xml:lang='en'>Message submission failed</soap:Text>"
+        f"</soap:Reason>{detail}</soap:Fault></soap:Body>"
+    )
+    return lambda request: soap_response(body, status)
+
+
+@pytest.mark.parametrize(
+    ("answer", "outcome"),
+    [
+        (lambda r: httpx.Response(502, text="Bad Gateway"), TemporaryFailure),
+        (lambda r: httpx.Response(413, text="Too Large"), PermanentFailure),
+        (lambda r: httpx.Response(200, text="<html>login</html>"), TemporaryFailure),
+        (lambda r: soap_response("<soap:Body><x/></soap:Body>"), TemporaryFailure),
+        (lambda r: soap_response("<!DOCTYPE x []><x/>"), TemporaryFailure),
+        (fault(None, "", "Receiver"), TemporaryFailure),
+        (fault("EBMS:0009", "InvalidHeader detail: bad"), PermanentFailure),
+        (fault("EBMS_0004", "Payload missing", "Sender", 400), PermanentFailure),
+        (fault("EBMS:0004", "Error submitting the message: database down"), TemporaryFailure),
+        (
+            fault(
+                "EBMS:0004",
+                "Could not fetch metadata from SMP for documentId [x] and processId [y]",
+            ),
+            PermanentFailure,
+        ),
+        (
+            fault("EBMS:0004", "Message with id [x] already exists. Message identifiers must"),
+            DuplicateSubmission,
+        ),
+    ],
+)
+def test_submit_answer_mapping(sandbox: Sandbox, answer: Any, outcome: type) -> None:
+    submission = sealed_submission(sandbox)
+    with pytest.raises(Exception) as raised:
+        mocked(sandbox, answer, lambda ap: ap.submit(submission))
+    assert type(raised.value) is outcome, raised.value
+
+
+def test_unreadable_retrieved_message_keeps_the_raw_answer(sandbox: Sandbox) -> None:
+    """The access point has deleted it by now; the caller gets the answer to keep."""
+    header = (
+        f"<soap:Header><eb:Messaging xmlns:eb='{domibus_ws.EBMS_NS}'><eb:UserMessage>"
+        "<eb:MessageInfo><eb:MessageId>m1</eb:MessageId></eb:MessageInfo>"
+        "<eb:CollaborationInfo><eb:Action>a</eb:Action></eb:CollaborationInfo>"
+        "<eb:MessageProperties><eb:Property name='originalSender'>s</eb:Property>"
+        "<eb:Property name='finalRecipient'>r</eb:Property></eb:MessageProperties>"
+        "<eb:PayloadInfo><eb:PartInfo href='cid:message'/></eb:PayloadInfo>"
+        "</eb:UserMessage></eb:Messaging></soap:Header>"
+    )
+    body = (
+        f"<soap:Body><ns2:retrieveMessageResponse xmlns:ns2='{domibus_ws.BACKEND_NS}'>"
+        "<payload payloadId='cid:message'><value>not base64!</value></payload>"
+        "</ns2:retrieveMessageResponse></soap:Body>"
+    )
+    with pytest.raises(UnreadableMessage, match="not base64") as raised:
+        mocked(sandbox, lambda r: soap_response(header + body), lambda ap: ap.retrieve("m1"))
+    assert b"not base64!" in raised.value.raw
+    good = body.replace("not base64!", "PGEvPg==")
+    retrieved = mocked(
+        sandbox, lambda r: soap_response(header + good), lambda ap: ap.retrieve("m1")
+    )
+    assert (retrieved.payload, retrieved.conversation_id) == (b"<a/>", None)
+    with pytest.raises(UnreadableMessage, match="MessageId"):
+        mocked(sandbox, lambda r: soap_response(header + good), lambda ap: ap.retrieve("m2"))
+
+
+def test_oversized_answer_is_refused(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(domibus_ws, "MAX_RESPONSE_BYTES", 100)
+    big = soap_response("<soap:Body>" + "<x/>" * 50 + "</soap:Body>")
+    with pytest.raises(TemporaryFailure, match="larger than"):
+        mocked(sandbox, lambda r: big, lambda ap: ap.pending())
+
+
+def test_uuid_message_ids_pass_the_local_check() -> None:
+    domibus_ws._check_message_id(str(uuid.uuid4()))
+    with pytest.raises(ValueError):
+        domibus_ws._check_message_id("å")

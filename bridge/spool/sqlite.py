@@ -1,0 +1,240 @@
+"""The embedded spool: message bodies as files, the queue in SQLite (WAL, synchronous=FULL).
+
+A body is written and fsynced (file and directory) before its rows are committed, and the
+commit is durable before `accept` returns: a power cut after SMTP's 250 loses nothing. A
+crash between the two leaves an orphan file that no row names; it is never delivered.
+"""
+
+import json
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from ..files import write_atomic
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    received_at TEXT NOT NULL,
+    mail_from TEXT NOT NULL,
+    envelope TEXT NOT NULL,          -- JSON: client, helo, auth user, ENVID, RET, Message-ID
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL REFERENCES messages(id),
+    recipient TEXT NOT NULL,         -- the RCPT TO address
+    details TEXT NOT NULL,           -- JSON: ORCPT, NOTIFY, SDK parties
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL,
+    last_error TEXT,
+    sdk_message_id TEXT UNIQUE,      -- fixed at creation: also the XHE ID and ebMS MessageId
+    conversation_id TEXT,
+    mail_message_id TEXT,            -- the mail's Message-ID, to thread replies
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    notes TEXT NOT NULL DEFAULT '{}' -- JSON: DSNs sent, kvittens outcome, …
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_mail_id ON deliveries(mail_message_id);
+"""
+
+
+class State(StrEnum):
+    QUEUED = "queued"  # waiting for (another) submission attempt
+    SUBMITTED = "submitted"  # the access point has it; waiting for the kvittens
+    DELIVERED = "delivered"  # kvittens ACCEPTED
+    FAILED = "failed"  # given up or REJECTED; the sender has a DSN
+    HELD = "held"  # an administrator stopped it
+
+
+@dataclass(frozen=True)
+class Envelope:
+    mail_from: str
+    client: str = ""  # "ip:port"
+    helo: str = ""
+    auth_user: str | None = None
+    envid: str | None = None  # RFC 3461 ENVID
+    ret: str | None = None  # RFC 3461 RET: FULL or HDRS
+    mail_message_id: str | None = None  # the Message-ID header
+    sender_address: str | None = None  # our functional address that sends it
+
+
+@dataclass(frozen=True)
+class RecipientRecord:
+    address: str  # the RCPT TO address
+    organisation_id: str
+    functional_address: str
+    orcpt: str | None = None
+    notify: tuple[str, ...] = ()  # NEVER, SUCCESS, FAILURE, DELAY
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    message_id: str
+    recipient: RecipientRecord
+    state: State
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    sdk_message_id: str
+    conversation_id: str | None
+    mail_message_id: str | None
+    created_at: datetime
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SQLiteSpool:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._bodies = directory / "messages"
+        self._bodies.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(directory / "spool.sqlite3", check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- ingress ---------------------------------------------------------------------------
+
+    def accept(self, envelope: Envelope, recipients: list[RecipientRecord], body: bytes) -> str:
+        """Store one message for its recipients, durably; return its spool id."""
+        message_id = uuid.uuid4().hex
+        write_atomic(self._bodies / f"{message_id}.eml", body)
+        now = _now().isoformat()
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO messages VALUES (?, ?, ?, ?, ?)",
+                (message_id, now, envelope.mail_from, json.dumps(vars(envelope)), len(body)),
+            )
+            for recipient in recipients:
+                details = {**vars(recipient), "notify": list(recipient.notify)}
+                self._db.execute(
+                    "INSERT INTO deliveries (message_id, recipient, details, state,"
+                    " next_attempt_at, sdk_message_id, mail_message_id, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        message_id,
+                        recipient.address,
+                        json.dumps(details),
+                        State.QUEUED,
+                        now,
+                        str(uuid.uuid4()),
+                        envelope.mail_message_id,
+                        now,
+                        now,
+                    ),
+                )
+        return message_id
+
+    # --- the worker ------------------------------------------------------------------------
+
+    def claim_due(self, limit: int, lease: timedelta) -> list[Delivery]:
+        """Queued deliveries whose time has come, leased so no other worker takes them."""
+        now = _now()
+        with self._lock, self._db:
+            rows = self._db.execute(
+                "SELECT * FROM deliveries WHERE state = ? AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                (State.QUEUED, now.isoformat(), limit),
+            ).fetchall()
+            until = (now + lease).isoformat()
+            for row in rows:
+                self._db.execute(
+                    "UPDATE deliveries SET next_attempt_at = ? WHERE id = ?", (until, row["id"])
+                )
+        return [self._delivery(row) for row in rows]
+
+    def update(self, delivery_id: int, **changes: Any) -> None:
+        """Write back what happened to a delivery (state, attempts, last_error, …)."""
+        allowed = {"state", "attempts", "next_attempt_at", "last_error", "conversation_id", "notes"}
+        if not changes.keys() <= allowed:
+            raise ValueError(f"cannot update {sorted(changes.keys() - allowed)}")
+        values = {
+            k: v.isoformat() if isinstance(v, datetime) else json.dumps(v) if k == "notes" else v
+            for k, v in changes.items()
+        }
+        values["updated_at"] = _now().isoformat()
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        with self._lock, self._db:
+            self._db.execute(
+                f"UPDATE deliveries SET {assignments} WHERE id = ?", (*values.values(), delivery_id)
+            )
+
+    def body(self, message_id: str) -> bytes:
+        return (self._bodies / f"{message_id}.eml").read_bytes()
+
+    def envelope(self, message_id: str) -> Envelope:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT envelope FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
+        return Envelope(**json.loads(row["envelope"]))
+
+    def delivery(self, delivery_id: int) -> Delivery:
+        return self._one("SELECT * FROM deliveries WHERE id = ?", delivery_id)
+
+    def by_sdk_message_id(self, sdk_message_id: str) -> Delivery | None:
+        return self._maybe("SELECT * FROM deliveries WHERE sdk_message_id = ?", sdk_message_id)
+
+    def by_mail_message_id(self, mail_message_id: str) -> Delivery | None:
+        """The delivery a reply refers to (the newest, for a mail with several recipients)."""
+        return self._maybe(
+            "SELECT * FROM deliveries WHERE mail_message_id = ? ORDER BY id DESC LIMIT 1",
+            mail_message_id,
+        )
+
+    def deliveries(self, state: State | None = None) -> list[Delivery]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM deliveries" + (" WHERE state = ?" if state else "") + " ORDER BY id",
+                (state,) if state else (),
+            ).fetchall()
+        return [self._delivery(row) for row in rows]
+
+    def _maybe(self, query: str, *args: Any) -> Delivery | None:
+        with self._lock:
+            row = self._db.execute(query, args).fetchone()
+        return self._delivery(row) if row else None
+
+    def _one(self, query: str, *args: Any) -> Delivery:
+        delivery = self._maybe(query, *args)
+        if delivery is None:
+            raise KeyError(args)
+        return delivery
+
+    @staticmethod
+    def _delivery(row: sqlite3.Row) -> Delivery:
+        details = json.loads(row["details"])
+        details["notify"] = tuple(details.get("notify", ()))
+        return Delivery(
+            id=row["id"],
+            message_id=row["message_id"],
+            recipient=RecipientRecord(**details),
+            state=State(row["state"]),
+            attempts=row["attempts"],
+            next_attempt_at=datetime.fromisoformat(row["next_attempt_at"]),
+            last_error=row["last_error"],
+            sdk_message_id=row["sdk_message_id"],
+            conversation_id=row["conversation_id"],
+            mail_message_id=row["mail_message_id"],
+            created_at=datetime.fromisoformat(row["created_at"]),
+            notes=json.loads(row["notes"]),
+        )

@@ -1,0 +1,1 @@
+"""Ingress: mail for SDK recipients arrives over SMTP and is stored in the spool."""

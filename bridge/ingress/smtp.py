@@ -1,0 +1,361 @@
+"""SMTP ingress: Exchange or Postfix relays mail for SDK recipients here.
+
+What can be known during the SMTP dialogue is refused during it, so the sending server
+writes the non-delivery report itself: relaying for strangers (554 5.7.1), a sender that
+may not speak for any of our functional addresses (550 5.7.1), a recipient SDK does not
+know or cannot encrypt to (550 5.1.1), a registry that cannot answer now (451 4.4.3),
+content SDK cannot carry (552 5.3.4, 554 5.6.0) and malware (554 5.7.1). 250 comes only
+after the message is durably in the spool.
+"""
+
+import asyncio
+import email.policy
+import fnmatch
+import hmac
+import ipaddress
+import re
+import ssl
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.parser import BytesParser
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from ..outbound.mapping import to_business_message
+from ..plugins import Scanner, TemporaryFailure
+from ..registry.client import Registry
+from ..registry.errors import NotFound, RegistryUnavailable
+from ..sdk import message as msg
+from ..spool import Envelope as SpoolEnvelope
+from ..spool import RecipientRecord, SQLiteSpool
+from . import dsnparams
+
+log = structlog.get_logger(__name__)
+
+# The largest mail that can still become a 30 MB SDK message: MIME's base64 and the SDK
+# message's base64 cost the same, so the mail's own size is a fair bound; the exact check
+# is made on the mapped message at DATA.
+MAX_MESSAGE_BYTES = 30_000_000
+MAX_HEADER_LINES = 500
+MAX_HEADER_BYTES = 256 * 1024
+ALWAYS_ALLOWED_TYPES = frozenset({"application/pdf"})
+_BARE_CR_OR_LF = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+@dataclass(frozen=True)
+class SenderRule:
+    """Who may send as one of our functional addresses."""
+
+    functional_address: str  # the address-book identifier
+    senders: tuple[str, ...] = ()  # envelope senders, shell patterns: "*@kommun.se"
+    auth_users: tuple[str, ...] = ()  # SMTP AUTH users
+
+
+@dataclass(frozen=True)
+class IngressSettings:
+    organisation_id: str
+    hostname: str
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    senders: tuple[SenderRule, ...]
+    users: dict[str, str] = field(default_factory=dict)  # SMTP AUTH user -> password
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    forbidden_types: frozenset[str] = frozenset()
+    secrecy_tags: tuple[str, ...] = ("[sekretess]",)
+
+
+class _Refused(Exception):
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+class BridgeSMTP(SMTP):
+    """aiosmtpd's SMTP, taking RFC 3461 parameters off MAIL and RCPT before it parses them."""
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        arg = await self._take(arg, dsnparams.MAIL_PARAMS, "dsn_mail")
+        if arg is not None:
+            await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        arg = await self._take(arg, dsnparams.RCPT_PARAMS, "dsn_rcpt")
+        if arg is not None:
+            await super().smtp_RCPT(arg)
+
+    async def _take(self, arg: str | None, names: tuple[str, ...], key: str) -> str | None:
+        if not arg:
+            return arg
+        try:
+            arg, params = dsnparams.take(arg, names)
+        except dsnparams.ParameterError as e:
+            await self.push(f"501 5.5.4 {e}")
+            return None
+        setattr(self.session, key, params)
+        return arg
+
+
+class IngressHandler:
+    """The aiosmtpd handler: decides at each command, stores at the end of DATA."""
+
+    def __init__(
+        self,
+        settings: IngressSettings,
+        registry: Registry,
+        spool: SQLiteSpool,
+        scanner: Scanner | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.spool = spool
+        self.scanner = scanner
+
+    # --- authentication --------------------------------------------------------------------
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            user = auth_data.login.decode("utf-8", "replace")
+            expected = self.settings.users.get(user)
+            given = auth_data.password.decode("utf-8", "replace")
+            if expected is not None and _same(expected, given):
+                return AuthResult(success=True, auth_data=user)
+        return AuthResult(success=False, handled=False)
+
+    # --- the dialogue ----------------------------------------------------------------------
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        extensions = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250-DSN"]
+        return [*responses[:-1], *extensions, "250 HELP"]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.dsn_mail = getattr(session, "dsn_mail", {})
+        envelope.recipients = []
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        try:
+            self._check_relay(session)
+            self._sender(envelope, session)
+            record = await self._recipient(address, getattr(session, "dsn_rcpt", {}))
+        except _Refused as refused:
+            log.info("recipient refused", recipient=address, reply=refused.reply)
+            return refused.reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        envelope.recipients.append(record)
+        return "250 2.1.5 OK"
+
+    def _check_relay(self, session: Session) -> None:
+        if session.authenticated:
+            return
+        host = session.peer[0] if isinstance(session.peer, tuple) else ""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            address = None
+        if address is None or not any(address in n for n in self.settings.allowed_networks):
+            raise _Refused(
+                "554 5.7.1 Relaying denied: authenticate, or send from an allowed network"
+            )
+
+    def _sender(self, envelope: Envelope, session: Session) -> SenderRule:
+        mail_from = (envelope.mail_from or "").lower()
+        user = session.auth_data if session.authenticated else None
+        for rule in self.settings.senders:
+            if user is not None and user in rule.auth_users:
+                return rule
+            if mail_from and any(fnmatch.fnmatchcase(mail_from, p.lower()) for p in rule.senders):
+                return rule
+        raise _Refused(
+            f"550 5.7.1 {envelope.mail_from or '<>'} may not send as any of our SDK functional "
+            "addresses"
+        )
+
+    async def _recipient(self, address: str, dsn: dict[str, str]) -> RecipientRecord:
+        try:
+            recipient = await asyncio.to_thread(self.registry.addresses.resolve, address)
+            organisation_id = recipient.organisation.id
+            await asyncio.to_thread(self.registry.certpub.encryption_certificates, organisation_id)
+        except NotFound as e:
+            raise _Refused(f"550 5.1.1 {_one_line(e)}") from None
+        except RegistryUnavailable as e:
+            raise _Refused(
+                f"451 4.4.3 SDK registry unavailable, try again later: {_one_line(e)}"
+            ) from None
+        notify = tuple(dsn["NOTIFY"].split(",")) if "NOTIFY" in dsn else ()
+        return RecipientRecord(
+            address=address,
+            organisation_id=organisation_id,
+            functional_address=recipient.address.identifier,
+            orcpt=dsn.get("ORCPT"),
+            notify=notify,
+        )
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content: bytes = envelope.original_content or b""
+        try:
+            _check_framing(content)
+            mail = await asyncio.to_thread(self._check_content, content)
+            await self._scan(content)
+            rule = self._sender(envelope, session)
+            spool_envelope = SpoolEnvelope(
+                mail_from=envelope.mail_from or "",
+                client=f"{session.peer[0]}:{session.peer[1]}" if session.peer else "",
+                helo=session.host_name or "",
+                auth_user=session.auth_data if session.authenticated else None,
+                envid=envelope.dsn_mail.get("ENVID"),
+                ret=envelope.dsn_mail.get("RET"),
+                mail_message_id=(mail["Message-ID"] or "").strip().strip("<>") or None,
+                sender_address=rule.functional_address,
+            )
+        except _Refused as refused:
+            log.info("message refused", reply=refused.reply)
+            return refused.reply
+        try:
+            spool_id = await asyncio.to_thread(
+                self.spool.accept, spool_envelope, envelope.recipients, content
+            )
+        except Exception:
+            log.exception("message could not be stored")
+            return "451 4.3.0 The message could not be stored; try again later"
+        log.info("message accepted", spool_id=spool_id, recipients=len(envelope.recipients))
+        return f"250 2.0.0 OK queued as {spool_id}"
+
+    def _check_content(self, content: bytes) -> Any:
+        """Parse and map the mail as the worker will: what cannot become an SDK message is
+        refused now. Returns the parsed mail."""
+        header_block = content.split(b"\r\n\r\n", 1)[0]
+        if len(header_block) > MAX_HEADER_BYTES or header_block.count(b"\r\n") > MAX_HEADER_LINES:
+            raise _Refused("552 5.3.4 Too many or too large header lines")
+        mail = BytesParser(policy=email.policy.default).parsebytes(content)
+        placeholder = msg.Party(self.settings.organisation_id, msg.Attention("placeholder"))
+        message_id = str(uuid.uuid4())
+        try:
+            business = to_business_message(
+                mail,
+                message_id=message_id,
+                conversation_id=message_id,
+                ref_to_message_id=None,
+                sender=placeholder,
+                recipient=placeholder,
+                secrecy_tags=self.settings.secrecy_tags,
+                now=datetime.now(UTC),
+            )
+        except ValueError as e:
+            raise _Refused(
+                f"554 5.6.0 The message cannot be carried by SDK: {_one_line(e)}"
+            ) from None
+        for document in business.documents:
+            for file in document.files:
+                kind = file.content_type.lower()
+                if kind in self.settings.forbidden_types and kind not in ALWAYS_ALLOWED_TYPES:
+                    raise _Refused(f"554 5.6.0 Attachments of type {kind} are not accepted")
+        try:
+            msg.to_xml(business)
+        except msg.InvalidMessage as e:
+            if e.problem.detail == "too-long":
+                raise _Refused(
+                    "552 5.3.4 Too large for SDK: at most 30 MB as an SDK message"
+                ) from None
+            raise _Refused(
+                f"554 5.6.0 The message cannot be carried by SDK: {e.problem.text}"
+            ) from None
+        return mail
+
+    async def _scan(self, content: bytes) -> None:
+        if self.scanner is None:
+            return
+        try:
+            found = await self.scanner.scan(content)
+        except TemporaryFailure as e:
+            raise _Refused(
+                f"451 4.7.0 Content scanner unavailable, try again later: {_one_line(e)}"
+            ) from None
+        if found:
+            log.warning("malware refused", signature=found)
+            raise _Refused(f"554 5.7.1 Message refused: malware found ({found})")
+
+
+def _check_framing(content: bytes) -> None:
+    """SMTP smuggling: a bare CR or LF could hide a second message or end-of-data."""
+    if _BARE_CR_OR_LF.search(content):
+        raise _Refused("554 5.6.0 Bare CR or LF in message data (RFC 5322 2.3) refused")
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:400]
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+async def serve(
+    handler: IngressHandler,
+    listen: Sequence[tuple[str, int]],
+    listen_tls: Sequence[tuple[str, int]] = (),
+    tls: ssl.SSLContext | None = None,
+) -> list[asyncio.Server]:
+    """Start the listeners: plain (STARTTLS when `tls` is given) and implicit TLS."""
+    loop = asyncio.get_running_loop()
+    servers = []
+    for addresses, implicit in ((listen, False), (listen_tls, True)):
+        for host, port in addresses:
+            factory = _factory(handler, tls=tls, implicit_tls=implicit)
+            server = await loop.create_server(
+                factory, host, port, ssl=tls if implicit else None, reuse_address=True
+            )
+            servers.append(server)
+    return servers
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """Modern TLS only: 1.2 and 1.3."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _factory(handler: IngressHandler, *, tls: ssl.SSLContext | None, implicit_tls: bool) -> Any:
+    """The protocol factory for asyncio's create_server: one BridgeSMTP per connection."""
+    max_message_bytes = handler.settings.max_message_bytes
+
+    def factory() -> BridgeSMTP:
+        return BridgeSMTP(
+            handler,
+            data_size_limit=max_message_bytes,
+            enable_SMTPUTF8=True,
+            hostname=handler.settings.hostname,
+            ident="sdk-bridge ESMTP",
+            tls_context=None if implicit_tls else tls,
+            auth_require_tls=not implicit_tls,
+            authenticator=handler.authenticate,
+            auth_exclude_mechanism=("CRAM-MD5",),
+            timeout=300,
+        )
+
+    return factory
+
+
+def networks(values: Sequence[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(v, strict=False) for v in values)

@@ -1,0 +1,1 @@
+"""outbound: from the spool to the access point."""

@@ -1,0 +1,599 @@
+"""Mail to SDK business message v3: the outbound half of PRODUCT.md's mapping table.
+
+Pure functions without I/O. The worker resolves the parties (who may send as which
+functional address, who receives) and the threading ids from its store; everything that
+can be read from the mail itself is decided here, so the same mail always gives the same
+message (apart from the ids and the clock the caller hands in).
+
+Decisions, in the order of the table:
+
+- **Subject → label.** Configured secrecy tags ("[sekretess]", matched case-insensitively
+  anywhere in the subject) are removed and whitespace collapsed. A subject over 256
+  characters is cut at the last word boundary and ends in "…", at most 256 characters
+  including the "…" (`cut_label`). The full subject then opens the text as
+  ``Ämne: <full subject>`` followed by a blank line (`SUBJECT_PREFIX`), so nothing is lost
+  and the inbound side can recognise it. An empty subject gives no label at all: the
+  element is optional and SDK forbids empty elements.
+- **Confidentiality** is true for ``Sensitivity: Private`` or ``Company-Confidential``
+  (case-insensitive) or a secrecy tag in the subject; ``Personal`` is not secrecy.
+- **Body.** The text/plain part wins (the text/plain alternative of a
+  multipart/alternative; format=flowed is unwrapped). HTML-only mail is converted to the
+  Markdown subset of B1.3.3 with markdownify: ATX headings, "*" bullets, "**bold**",
+  links kept only for http, https and mailto, images replaced by their alt text, scripts,
+  styles and the document head dropped; HTML nested deeper than `MAX_HTML_DEPTH` is
+  flattened to its text. Text is decoded by its declared charset (iso-8859-1 read as its
+  superset windows-1252), falling back to UTF-8, windows-1252 and latin-1; line endings
+  become "\\n"; characters XML cannot carry are removed; several body parts (mixed) are
+  joined by a blank line. Plain text is passed as it is: Markdown reads well raw.
+- **No text.** With attachments the ContentText is left out (B1.3.3 wants text and/or
+  files). With neither, the text is `EMPTY_BODY` ("(inget meddelande)"): whitespace alone
+  is an empty element to SDK.
+- **Attachments.** Every non-text leaf part, and text parts that are attachments or have
+  a file name, become ContentFiles: file name decoded (RFC 2231 and RFC 2047, NFC,
+  directory parts removed; a missing name becomes ``bilaga-<n><ext>``; clashing names
+  get " (2)"), content type lower-case without parameters (application/octet-stream
+  refined by a known file extension), content byte for byte. Parts of an alternative we
+  did not choose give their files (inline cid images), text alternatives such as
+  text/calendar become files too. message/rfc822 parts become ``.eml`` files (CRLF).
+  Zero-byte files cannot be carried (an empty element); they are left out and named in
+  a note at the end of the text.
+- **One document**: documentID and documentName ``SDK-Meddelande``, index ``1``.
+- **References.** Each ``X-SDK-Reference`` header (repeatable, one reference each) is a
+  reference in the recipient's attention: ``root=extension`` (split at the first "="),
+  or a bare value whose root is `reference_root` (default ``dnr``, B1.3.3's code for a
+  diarienummer). An extension longer than 256 characters is refused (`MappingError`).
+"""
+
+import dataclasses
+import email
+import email.policy
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage, Message
+from email.policy import EmailPolicy
+from typing import Any, cast
+
+from bs4 import BeautifulSoup, Tag
+from markdownify import ATX, MarkdownConverter
+
+from bridge.sdk.message import (
+    Attention,
+    BusinessMessage,
+    ContentFile,
+    Document,
+    Identifier,
+    Party,
+    Reference,
+)
+from bridge.sdk.names import MAX_LABEL_CHARS
+
+DOCUMENT_ID = "SDK-Meddelande"
+SUBJECT_PREFIX = "Ämne: "
+EMPTY_BODY = "(inget meddelande)"
+EMPTY_FILE_NOTE = "(Tom bilaga utelämnad: {name})"
+ELLIPSIS = "…"
+REFERENCE_HEADER = "X-SDK-Reference"
+DEFAULT_REFERENCE_ROOT = "dnr"
+MAX_REFERENCE_CHARS = 256  # B1.3.3, reference/referenceId
+CONFIDENTIAL_SENSITIVITY = frozenset({"private", "company-confidential"})
+MAX_HTML_DEPTH = 100  # deeper HTML is flattened: markdownify recurses per level
+
+# Characters XML 1.0 cannot carry (lxml refuses them), and other C0 controls in names.
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
+_WHITESPACE = re.compile(r"\s+")
+_MESSAGE_ID = re.compile(r"<\s*([^<>\s]+?)\s*>")
+_SAFE_LINK = re.compile(r"(?i)(https?:|mailto:)")
+_BAD_FILE_CHARS = re.compile(r'[\\/:*?"<>|]')
+
+# Well-known types: refine application/octet-stream by extension, name unnamed parts.
+_TYPES_BY_EXTENSION = {
+    ".pdf": "application/pdf",
+    ".txt": "text/plain",
+    ".csv": "text/csv",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".xml": "application/xml",
+    ".json": "application/json",
+    ".rtf": "application/rtf",
+    ".doc": "application/msword",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    ".xls": "application/vnd.ms-excel",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ".ppt": "application/vnd.ms-powerpoint",
+    ".pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    ".odt": "application/vnd.oasis.opendocument.text",
+    ".ods": "application/vnd.oasis.opendocument.spreadsheet",
+    ".odp": "application/vnd.oasis.opendocument.presentation",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".svg": "image/svg+xml",
+    ".zip": "application/zip",
+    ".eml": "message/rfc822",
+    ".ics": "text/calendar",
+    ".vcf": "text/vcard",
+}
+_EXTENSION_BY_TYPE: dict[str, str] = {}
+for _extension, _type in _TYPES_BY_EXTENSION.items():
+    _EXTENSION_BY_TYPE.setdefault(_type, _extension)
+
+_LATIN1 = frozenset({"iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1"})
+
+
+class MappingError(ValueError):
+    """The mail cannot become an SDK message; the sender should hear why (a 5xx or DSN)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Public API
+
+
+def to_business_message(
+    mail: Message,
+    *,
+    message_id: str,
+    conversation_id: str,
+    ref_to_message_id: str | None,
+    sender: Party,
+    recipient: Party,
+    secrecy_tags: Sequence[str] = ("[sekretess]",),
+    generating_system: Identifier | None = None,
+    now: datetime | None = None,
+    reference_root: str = DEFAULT_REFERENCE_ROOT,
+) -> BusinessMessage:
+    """Map one mail to the SDK message for one recipient (see the module docstring).
+
+    `mail` is best parsed with email.policy.default; any other Message (compat32, MIME*
+    classes) is re-read with it so that headers and names are decoded the same way.
+    The result has not been validated: `bridge.sdk.message.to_xml` does that.
+    """
+    mail = _as_email_message(mail)
+    subject = _one_line(str(mail.get("Subject", "")))
+    subject, tagged = strip_secrecy_tags(subject, secrecy_tags)
+    label = cut_label(subject) if subject else None
+
+    parts = _Parts()
+    _collect(mail, parts, body=True)
+    files = parts.all_files()
+
+    sections = []
+    if label is not None and label != subject:
+        sections.append(SUBJECT_PREFIX + subject)
+    body = "\n\n".join(text for text in parts.texts if text)
+    if body:
+        sections.append(body)
+    if parts.empty_files:
+        sections.append("\n".join(EMPTY_FILE_NOTE.format(name=n) for n in parts.empty_files))
+    text = "\n\n".join(sections)
+    if not text and not files:
+        text = EMPTY_BODY
+
+    document = Document(
+        document_id=DOCUMENT_ID,
+        name=DOCUMENT_ID,
+        index="1",
+        texts=(text,) if text else (),
+        files=files,
+    )
+    return BusinessMessage(
+        message_id=message_id,
+        conversation_id=conversation_id,
+        ref_to_message_id=ref_to_message_id,
+        created=_creation_time(now),
+        label=label,
+        confidential=tagged or is_sensitive(mail),
+        generating_system=generating_system,
+        recipient=_with_references(recipient, references(mail, reference_root)),
+        sender=sender,
+        documents=(document,),
+    )
+
+
+def thread_ids(mail: Message) -> list[str]:
+    """Message-IDs this mail answers, newest first and without angle brackets.
+
+    In-Reply-To (the parent) comes first, then References from its last (newest) entry
+    back; duplicates are dropped. The worker looks them up in its store to find
+    refToMessageId and conversationId.
+    """
+    ids: list[str] = []
+    for name in ("In-Reply-To", "References"):
+        found = [i for value in mail.get_all(name) or () for i in _message_ids(str(value))]
+        if name == "References":
+            found.reverse()
+        ids.extend(i for i in found if i not in ids)
+    return ids
+
+
+def cut_label(subject: str, limit: int = MAX_LABEL_CHARS) -> str:
+    """`subject` if it fits in `limit` characters, else cut at a word boundary + "…".
+
+    The result, ellipsis included, is at most `limit` characters. A cut that would keep
+    less than half (one enormous word, such as a URL) cuts inside the word instead.
+    """
+    if limit < 2:
+        raise ValueError("a label limit must leave room for a character and the ellipsis")
+    if len(subject) <= limit:
+        return subject
+    room = limit - len(ELLIPSIS)
+    head = subject[:room]
+    if not subject[room].isspace():
+        boundary = max(head.rfind(" "), head.rfind("\t"))
+        if boundary >= room // 2:
+            head = head[:boundary]
+    head = head.rstrip(" \t,;:-–—") or subject[:room]
+    return head + ELLIPSIS
+
+
+def strip_secrecy_tags(subject: str, tags: Iterable[str]) -> tuple[str, bool]:
+    """The subject without any of `tags` (case-insensitive), and whether one was there."""
+    patterns = [re.escape(tag.strip()) for tag in tags if tag.strip()]
+    if not patterns:
+        return subject, False
+    cleaned, count = re.subn("|".join(patterns), " ", subject, flags=re.IGNORECASE)
+    return _one_line(cleaned), count > 0
+
+
+def is_sensitive(mail: Message) -> bool:
+    """`Sensitivity: Private` or `Company-Confidential` (RFC 2156), any case."""
+    for value in mail.get_all("Sensitivity") or ():
+        words = str(value).split()
+        if words and words[0].lower() in CONFIDENTIAL_SENSITIVITY:
+            return True
+    return False
+
+
+def references(mail: Message, root: str = DEFAULT_REFERENCE_ROOT) -> tuple[Reference, ...]:
+    """The `X-SDK-Reference` headers: ``root=extension`` or a bare value under `root`."""
+    found: list[Reference] = []
+    for value in mail.get_all(REFERENCE_HEADER) or ():
+        text = _one_line(str(value))
+        if not text:
+            continue
+        if "=" in text:
+            given_root, _, extension = (s.strip() for s in text.partition("="))
+        else:
+            given_root, extension = "", text
+        if not extension:
+            raise MappingError(f"{REFERENCE_HEADER} {text!r} has no value")
+        if len(extension) > MAX_REFERENCE_CHARS:
+            raise MappingError(
+                f"{REFERENCE_HEADER} is longer than {MAX_REFERENCE_CHARS} characters"
+            )
+        reference = Reference(Identifier(given_root or root, extension))
+        if reference not in found:
+            found.append(reference)
+    return tuple(found)
+
+
+# ---------------------------------------------------------------------------------------
+# Header helpers
+
+
+def _as_email_message(mail: Message) -> EmailMessage:
+    """The mail as an EmailMessage under policy.default: decoded headers and names."""
+    if isinstance(mail, EmailMessage) and isinstance(mail.policy, EmailPolicy):
+        return mail
+    return cast(
+        EmailMessage, email.message_from_bytes(mail.as_bytes(), policy=email.policy.default)
+    )
+
+
+def _one_line(value: str) -> str:
+    """A header value as one clean line: whitespace collapsed, XML-illegal chars gone."""
+    return _WHITESPACE.sub(" ", _XML_ILLEGAL.sub("", value)).strip()
+
+
+def _message_ids(value: str) -> list[str]:
+    bracketed = _MESSAGE_ID.findall(value)
+    if bracketed:
+        return bracketed
+    # Some clients leave out the brackets: take what looks like an address.
+    return [token for token in value.split() if "@" in token]
+
+
+def _creation_time(now: datetime | None) -> datetime:
+    """UTC with millisecond precision: what the message carries, so a parse gives it back."""
+    moment = datetime.now(UTC) if now is None else now
+    if moment.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    moment = moment.astimezone(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _with_references(recipient: Party, found: tuple[Reference, ...]) -> Party:
+    """The recipient with the mail's references added to its attention."""
+    if not found:
+        return recipient
+    if recipient.attention is None:
+        raise MappingError("references need the recipient's attention (functional address)")
+    attention: Attention = recipient.attention
+    added = tuple(r for r in found if r not in attention.references)
+    return dataclasses.replace(
+        recipient, attention=dataclasses.replace(attention, references=attention.references + added)
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# MIME structure
+
+
+@dataclass
+class _Parts:
+    """What the walk found: body texts, files, and files from unchosen alternatives."""
+
+    texts: list[str] = field(default_factory=list)
+    files: list[ContentFile] = field(default_factory=list)
+    alternative_files: list[ContentFile] = field(default_factory=list)
+    empty_files: list[str] = field(default_factory=list)
+
+    def add_file(self, part: EmailMessage, *, alternative: bool) -> None:
+        file = _file_of(part)
+        if not file.content:
+            self.empty_files.append(file.file_name or "namnlös bilaga")
+        elif alternative:
+            self.alternative_files.append(file)
+        else:
+            self.files.append(file)
+
+    def all_files(self) -> tuple[ContentFile, ...]:
+        """Files in mail order; an alternative's copy of a file we already have is dropped,
+        and clashing names are made unique so a receiver saving by name loses nothing."""
+        have = {f.content for f in self.files}
+        files = self.files + [f for f in self.alternative_files if f.content not in have]
+        used: set[str] = set()
+        unique = []
+        for number, file in enumerate(files, start=1):
+            name = (
+                file.file_name
+                or f"bilaga-{number}{_EXTENSION_BY_TYPE.get(file.content_type, '.bin')}"
+            )
+            name = _unique_name(name, used)
+            used.add(name.casefold())
+            unique.append(dataclasses.replace(file, file_name=name))
+        return tuple(unique)
+
+
+def _collect(part: EmailMessage, parts: _Parts, *, body: bool) -> None:
+    """Walk the MIME tree; `body` is false inside an alternative we did not choose."""
+    content_type = part.get_content_type()
+    if content_type == "message/rfc822":
+        parts.add_file(part, alternative=not body)
+    elif part.is_multipart():
+        subparts = cast(list[EmailMessage], list(part.iter_parts()))
+        chosen = _choose_alternative(subparts) if content_type == "multipart/alternative" else None
+        for subpart in subparts:
+            _collect(subpart, parts, body=body and (chosen is None or subpart is chosen))
+    elif _is_body_text(part):
+        if body:
+            parts.texts.append(_body_text(part))
+    else:
+        parts.add_file(part, alternative=not body)
+
+
+def _is_body_text(part: EmailMessage) -> bool:
+    """text/plain or text/html meant to be read, not a file that happens to be text."""
+    return (
+        part.get_content_type() in ("text/plain", "text/html")
+        and part.get_content_disposition() != "attachment"
+        and part.get_filename() is None
+    )
+
+
+def _choose_alternative(subparts: list[EmailMessage]) -> EmailMessage | None:
+    """text/plain over text/html over anything else; among equals the last (RFC 2046)."""
+
+    def rank(part: EmailMessage) -> int:
+        kinds = _body_kinds(part)
+        return 0 if "text/plain" in kinds else 1 if "text/html" in kinds else 2
+
+    best: EmailMessage | None = None
+    for subpart in subparts:
+        if best is None or rank(subpart) <= rank(best):
+            best = subpart
+    return best
+
+
+def _body_kinds(part: EmailMessage) -> set[str]:
+    if part.get_content_type() == "message/rfc822":
+        return set()
+    if part.is_multipart():
+        return set().union(*(_body_kinds(p) for p in part.iter_parts()))  # type: ignore[arg-type]
+    return {part.get_content_type()} if _is_body_text(part) else set()
+
+
+# ---------------------------------------------------------------------------------------
+# Text
+
+
+def _body_text(part: EmailMessage) -> str:
+    data = part.get_payload(decode=True)
+    text = _decode(data if isinstance(data, bytes) else b"", part.get_content_charset())
+    text = text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
+    if part.get_content_type() == "text/html":
+        text = html_to_markdown(text)
+    elif _content_type_param(part, "format") == "flowed":
+        text = _unflow(text, delsp=_content_type_param(part, "delsp") == "yes")
+    return _tidy(text)
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    """The declared charset first, then the likely ones; latin-1 last, as it cannot fail.
+
+    Latin-1 is read as its superset windows-1252, as browsers do (Outlook's “quotes”);
+    undeclared or "ASCII" 8-bit text is tried as UTF-8 first, what most clients send.
+    """
+    declared = (charset or "").lower()
+    if declared in ("", "us-ascii", "ascii"):
+        candidates = ["utf-8", "cp1252"]
+    elif declared in _LATIN1:
+        candidates = ["cp1252"]
+    else:
+        candidates = [declared, "utf-8", "cp1252"]
+    for candidate in candidates:
+        try:
+            return data.decode(candidate)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("latin-1")
+
+
+def _content_type_param(part: EmailMessage, name: str) -> str:
+    header: Any = part.get("Content-Type")
+    params = getattr(header, "params", None) or {}
+    return str(params.get(name, "")).strip().lower()
+
+
+def _unflow(text: str, *, delsp: bool) -> str:
+    """Join the soft line breaks of format=flowed (RFC 3676), quote depth kept."""
+    lines: list[str] = []
+    pending: str | None = None
+    pending_depth = 0
+    for line in text.split("\n"):
+        depth = len(line) - len(line.lstrip(">"))
+        content = line[depth:]
+        if content.startswith(" "):
+            content = content[1:]  # space-stuffing
+        flowed = content.endswith(" ") and content != "-- "
+        if flowed and delsp:
+            content = content[:-1]
+        if pending is not None and depth == pending_depth:
+            pending += content
+        else:
+            if pending is not None:
+                lines.append(_quoted(pending, pending_depth))
+            pending, pending_depth = content, depth
+        if not flowed:
+            lines.append(_quoted(pending, pending_depth))
+            pending = None
+    if pending is not None:
+        lines.append(_quoted(pending, pending_depth))
+    return "\n".join(lines)
+
+
+def _quoted(content: str, depth: int) -> str:
+    return ">" * depth + (" " if depth and content else "") + content
+
+
+def _tidy(text: str) -> str:
+    """XML-safe, whitespace-only lines emptied, at most one blank line, no edge blanks."""
+    text = _XML_ILLEGAL.sub("", text)
+    text = "\n".join("" if not line.strip() else line for line in text.split("\n"))
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip("\n").rstrip()
+
+
+class _MailMarkdown(MarkdownConverter):
+    """markdownify for mail: nothing invisible, no images, only links safe to follow."""
+
+    def convert_img(self, el: Any, text: str, parent_tags: set[str]) -> str:
+        return self.escape((el.get("alt") or "").strip(), parent_tags)
+
+    def convert_a(self, el: Any, text: str, parent_tags: set[str]) -> str:
+        href = (el.get("href") or "").strip()
+        if not _SAFE_LINK.match(href):
+            return text
+        el["href"] = href.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
+        return str(super().convert_a(el, text, parent_tags))
+
+    def _drop(self, el: Any, text: str, parent_tags: set[str]) -> str:
+        return ""
+
+    convert_head = convert_title = convert_script = convert_style = _drop
+    convert_noscript = convert_template = convert_iframe = convert_object = _drop
+    convert_svg = convert_canvas = _drop
+
+
+def html_to_markdown(html: str) -> str:
+    """HTML mail as B1.3.3's Markdown subset: # headings, * bullets, **bold**, *italic*."""
+    soup = BeautifulSoup(html, "html.parser")
+    _flatten_below(soup, MAX_HTML_DEPTH)
+    converter = _MailMarkdown(heading_style=ATX, bullets="*", strong_em_symbol="*")
+    return _tidy(str(converter.convert_soup(soup)))
+
+
+def _flatten_below(soup: BeautifulSoup, depth: int) -> None:
+    """Replace elements nested deeper than `depth` by their text, one line per string.
+
+    markdownify recurses once per level, and a long reply chain of quoted Outlook mail
+    (or a hostile one) nests deeper than Python's stack; the words matter more than the
+    formatting of the 100th quote. Replacing whole subtrees keeps this linear in size.
+    """
+    too_deep: list[Tag] = []
+    stack: list[tuple[Tag, int]] = [(soup, 0)]
+    while stack:
+        node, level = stack.pop()
+        for child in node.children:
+            if not isinstance(child, Tag):
+                continue
+            if level + 1 > depth:
+                too_deep.append(child)
+            else:
+                stack.append((child, level + 1))
+    for tag in too_deep:
+        tag.replace_with(tag.get_text("\n"))
+
+
+# ---------------------------------------------------------------------------------------
+# Files
+
+
+def _file_of(part: EmailMessage) -> ContentFile:
+    """A part as a ContentFile; an empty name is filled in by `_Parts.all_files`."""
+    content_type = part.get_content_type()
+    name = _clean_file_name(part.get_filename() or "")
+    if content_type == "message/rfc822":
+        content = _message_bytes(part)
+        if not name:
+            name = _name_from_subject(part)
+        if name and not name.lower().endswith(".eml"):
+            name += ".eml"
+        return ContentFile(name, content_type, content)
+    data = part.get_payload(decode=True)
+    content = data if isinstance(data, bytes) else b""
+    if content_type == "application/octet-stream" and "." in name:
+        content_type = _TYPES_BY_EXTENSION.get(name[name.rfind(".") :].lower(), content_type)
+    return ContentFile(name, content_type, content)
+
+
+def _message_bytes(part: EmailMessage) -> bytes:
+    """An attached message as an .eml file: the message itself, CRLF line ends."""
+    payload = part.get_payload()
+    if isinstance(payload, list) and payload:
+        inner = cast(Message, payload[0])
+        return inner.as_bytes(policy=email.policy.default.clone(linesep="\r\n"))
+    data = part.get_payload(decode=True)  # a message/rfc822 the parser did not open
+    return data if isinstance(data, bytes) else b""
+
+
+def _name_from_subject(part: EmailMessage) -> str:
+    payload = part.get_payload()
+    inner = payload[0] if isinstance(payload, list) and payload else None
+    subject = _one_line(str(inner.get("Subject", ""))) if inner is not None else ""
+    return _BAD_FILE_CHARS.sub("_", subject)[:100].strip() or "meddelande"
+
+
+def _clean_file_name(name: str) -> str:
+    """The last path component, NFC, without control characters or edge whitespace."""
+    name = unicodedata.normalize("NFC", _CONTROL.sub("", name))
+    name = name.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return "" if name in (".", "..") else name
+
+
+def _unique_name(name: str, used: set[str]) -> str:
+    """`name`, or `name (2)`, `name (3)`… before the extension if the name is taken."""
+    if name.casefold() not in used:
+        return name
+    dot = name.rfind(".")
+    stem, extension = (name[:dot], name[dot:]) if dot > 0 else (name, "")
+    number = 2
+    while f"{stem} ({number}){extension}".casefold() in used:
+        number += 1
+    return f"{stem} ({number}){extension}"

@@ -1,0 +1,191 @@
+"""The outbound worker: spool -> SDK message -> encrypted, signed envelope -> access point.
+
+Each delivery's SDK messageId is fixed when the mail is accepted and doubles as the XHE ID
+and the ebMS MessageId, so a resubmission after a crash is refused by the access point as
+a duplicate instead of sent twice, and counts as submitted. RSA work runs in an executor,
+off the event loop.
+"""
+
+import asyncio
+import contextlib
+import email.policy
+import random
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+import structlog
+
+from ..plugins import (
+    AccessPoint,
+    DuplicateSubmission,
+    PermanentFailure,
+    Submission,
+    TemporaryFailure,
+)
+from ..registry.client import Registry
+from ..registry.errors import NotFound, RegistryUnavailable
+from ..sdk import message as msg
+from ..sdk.keys import KeyPair
+from ..sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_DOCUMENT_ID
+from ..sdk.sealing import seal_message
+from ..spool import Delivery, SQLiteSpool, State
+from .mapping import thread_ids, to_business_message
+
+log = structlog.get_logger(__name__)
+
+MESSAGE_ACTION = f"{DOCUMENT_ID_SCHEME}::{MESSAGE_DOCUMENT_ID}"
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    organisation_id: str
+    lifetime: timedelta = timedelta(days=5)
+    first_retry: timedelta = timedelta(seconds=30)
+    max_retry: timedelta = timedelta(hours=1)
+    batch: int = 16  # deliveries taken from the spool at a time
+    lease: timedelta = timedelta(minutes=10)  # a claimed delivery is retried after this
+    poll: float = 1.0  # seconds between looks at the spool when idle
+    secrecy_tags: tuple[str, ...] = ("[sekretess]",)
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: OutboundSettings,
+        spool: SQLiteSpool,
+        registry: Registry,
+        access_point: AccessPoint,
+        signer: KeyPair,
+        crypto: Executor | None = None,
+        on_failure: Callable[[Delivery, str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.registry = registry
+        self.access_point = access_point
+        self.signer = signer
+        self.crypto = crypto
+        self.on_failure = on_failure  # tells the sender (a DSN)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set; in-flight deliveries finish, the rest stay queued."""
+        while not stop.is_set():
+            due = await asyncio.to_thread(
+                self.spool.claim_due, self.settings.batch, self.settings.lease
+            )
+            if due:
+                await asyncio.gather(*(self.deliver(d) for d in due))
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.poll)
+
+    async def deliver(self, delivery: Delivery) -> None:
+        """One attempt; every outcome is written back to the spool."""
+        try:
+            submitted_id = await self._attempt(delivery)
+        except DuplicateSubmission:
+            log.info(
+                "access point already had it: counted as submitted", id=delivery.sdk_message_id
+            )
+            await self._update(delivery, state=State.SUBMITTED, attempts=delivery.attempts + 1)
+        except (PermanentFailure, NotFound, msg.InvalidMessage) as e:
+            await self._fail(delivery, _text(e))
+        except (TemporaryFailure, RegistryUnavailable, OSError) as e:
+            await self._retry(delivery, _text(e))
+        except Exception as e:  # a bug: keep the mail, say so loudly, try again later
+            log.exception("delivery attempt failed unexpectedly", id=delivery.sdk_message_id)
+            await self._retry(delivery, f"internal error: {type(e).__name__}")
+        else:
+            log.info("submitted", id=delivery.sdk_message_id, ebms_id=submitted_id)
+            await self._update(delivery, state=State.SUBMITTED, attempts=delivery.attempts + 1)
+
+    async def _attempt(self, delivery: Delivery) -> str:
+        body = await asyncio.to_thread(self.spool.body, delivery.message_id)
+        envelope = await asyncio.to_thread(self.spool.envelope, delivery.message_id)
+        mail = BytesParser(policy=email.policy.default).parsebytes(body)
+        assert isinstance(mail, EmailMessage)
+        ref_to, conversation = await asyncio.to_thread(self._thread, mail, delivery)
+        recipient = delivery.recipient
+        business = to_business_message(
+            mail,
+            message_id=delivery.sdk_message_id,
+            conversation_id=conversation,
+            ref_to_message_id=ref_to,
+            sender=msg.Party(
+                self.settings.organisation_id, msg.Attention(envelope.sender_address or "")
+            ),
+            recipient=msg.Party(
+                recipient.organisation_id, msg.Attention(recipient.functional_address)
+            ),
+            secrecy_tags=self.settings.secrecy_tags,
+        )
+        certificates = await asyncio.to_thread(
+            self.registry.certpub.encryption_certificates,
+            recipient.organisation_id,
+            refresh=delivery.attempts > 0,  # a retry looks again: the certificate may have rolled
+        )
+        loop = asyncio.get_running_loop()
+        sealed = await loop.run_in_executor(
+            self.crypto, _seal, business, self.signer, certificates[-1]
+        )
+        if conversation != delivery.conversation_id:
+            await self._update(delivery, conversation_id=conversation)
+        return await self.access_point.submit(
+            Submission(
+                message_id=delivery.sdk_message_id,
+                payload=sealed,
+                action=MESSAGE_ACTION,
+                original_sender=self.settings.organisation_id,
+                final_recipient=recipient.organisation_id,
+                conversation_id=conversation,
+            )
+        )
+
+    def _thread(self, mail: EmailMessage, delivery: Delivery) -> tuple[str | None, str]:
+        """refToMessageId and conversationId: a reply continues the SDK conversation."""
+        for mail_id in thread_ids(mail):
+            earlier = self.spool.by_mail_message_id(mail_id)
+            if earlier is not None and earlier.id != delivery.id:
+                return earlier.sdk_message_id, earlier.conversation_id or earlier.sdk_message_id
+        return None, delivery.conversation_id or delivery.sdk_message_id
+
+    async def _retry(self, delivery: Delivery, reason: str) -> None:
+        attempts = delivery.attempts + 1
+        if datetime.now(UTC) - delivery.created_at > self.settings.lifetime:
+            await self._fail(delivery, f"gave up after {attempts} attempts: {reason}")
+            return
+        delay = min(self.settings.first_retry * 2 ** (attempts - 1), self.settings.max_retry)
+        delay *= random.uniform(0.8, 1.2)  # jitter: retries from many messages spread out
+        log.warning("will retry", id=delivery.sdk_message_id, attempts=attempts, reason=reason)
+        await self._update(
+            delivery,
+            state=State.QUEUED,
+            attempts=attempts,
+            last_error=reason,
+            next_attempt_at=datetime.now(UTC) + delay,
+        )
+
+    async def _fail(self, delivery: Delivery, reason: str) -> None:
+        log.warning("delivery failed", id=delivery.sdk_message_id, reason=reason)
+        await self._update(
+            delivery, state=State.FAILED, attempts=delivery.attempts + 1, last_error=reason
+        )
+        if self.on_failure is not None:
+            self.on_failure(delivery, reason)
+
+    async def _update(self, delivery: Delivery, **changes: object) -> None:
+        await asyncio.to_thread(self.spool.update, delivery.id, **changes)
+
+
+def _seal(business: msg.BusinessMessage, signer: KeyPair, certificate: object) -> bytes:
+    return seal_message(business, signer=signer, recipient_cert=certificate)  # type: ignore[arg-type]
+
+
+def _text(error: Exception) -> str:
+    if isinstance(error, msg.InvalidMessage):
+        return f"not a valid SDK message: {error.problem.text}"
+    return " ".join(str(error).split())[:500]

@@ -1,0 +1,305 @@
+"""SMTP ingress against the sandbox's registry: what is refused during the dialogue, with
+which reply, and what is stored before 250. Real SMTP clients (smtplib) over loopback."""
+
+import asyncio
+import smtplib
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from clamd import EICAR, clamd_server  # noqa: F401 - the fixture
+from test_sandbox import registry_for
+
+from bridge.ingress.smtp import (
+    IngressHandler,
+    IngressSettings,
+    SenderRule,
+    networks,
+    serve,
+    tls_context,
+)
+from bridge.plugins import Scanner, load
+from bridge.registry.client import Registry
+from bridge.sandbox.federation import Sandbox
+from bridge.sandbox.web import Faults
+from bridge.spool import SQLiteSpool, State
+
+ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
+TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
+FROM = "anna@kommun-a.se"
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    federation = Sandbox(tmp_path_factory.mktemp("sandbox"), 2, key_size=2048)
+    federation.start()
+    yield federation
+    federation.stop()
+
+
+class Running:
+    """An ingress server on its own event loop in a thread, as the daemon runs it."""
+
+    def __init__(self, handler: IngressHandler, tls: ssl.SSLContext) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            serve(handler, [("127.0.0.1", 0)], [("127.0.0.1", 0)], tls), self.loop
+        )
+        self.servers = future.result(10)
+        self.port = self.servers[0].sockets[0].getsockname()[1]
+        self.tls_port = self.servers[1].sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        async def close() -> None:
+            for server in self.servers:
+                server.close()
+                await server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def tls(sandbox: Sandbox) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    pki = sandbox.tls_pki
+    identity = pki.issued("smtp") or pki.issue("smtp", key_usage="sign", hosts=["127.0.0.1"])
+    client = ssl.create_default_context(cafile=str(pki.chain_pem))
+    return tls_context(str(identity.cert_pem), str(identity.key_pem)), client
+
+
+SETTINGS = IngressSettings(
+    organisation_id=ORG_A,
+    hostname="bridge.kommun-a.se",
+    allowed_networks=networks(["127.0.0.1/32"]),
+    senders=(SenderRule("a.registrator", ("*@kommun-a.se",), ("exchange",)),),
+    users={"exchange": "s3cret"},
+    forbidden_types=frozenset({"application/x-msdownload", "application/pdf"}),
+)
+
+
+@pytest.fixture
+def make_ingress(
+    sandbox: Sandbox, tls: tuple[ssl.SSLContext, ssl.SSLContext], tmp_path: Path
+) -> Iterator[Callable[..., tuple[Running, SQLiteSpool]]]:
+    """Start an ingress (optionally with a scanner); everything stops after the test."""
+    sandbox.smp.faults = Faults()
+    started: list[tuple[Running, Registry]] = []
+
+    def start(scanner: Scanner | None = None) -> tuple[Running, SQLiteSpool]:
+        spool = SQLiteSpool(tmp_path / "spool")
+        registry = registry_for(sandbox, "a", tmp_path / "registry")
+        running = Running(IngressHandler(SETTINGS, registry, spool, scanner), tls[0])
+        started.append((running, registry))
+        return running, spool
+
+    yield start
+    for running, registry in started:
+        running.stop()
+        registry.close()
+
+
+@pytest.fixture
+def ingress(
+    make_ingress: Callable[..., tuple[Running, SQLiteSpool]],
+) -> tuple[Running, SQLiteSpool]:
+    return make_ingress()
+
+
+def mail(subject: str = "Hej B", body: str = "Hälsningar från A", **headers: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = FROM
+    message["To"] = TO_B
+    message["Subject"] = subject
+    message["Message-ID"] = "<m1@kommun-a.se>"
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    message.set_content(body)
+    return message
+
+
+def client(port: int, source: str = "127.0.0.1") -> smtplib.SMTP:
+    return smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=30)
+
+
+def test_ehlo_advertises_what_exchange_looks_for(ingress) -> None:
+    running, _ = ingress
+    with client(running.port) as smtp:
+        code, text = smtp.ehlo("exchange.kommun-a.se")
+        assert code == 250
+        for extension in (
+            b"SIZE 30000000",
+            b"8BITMIME",
+            b"SMTPUTF8",
+            b"STARTTLS",
+            b"PIPELINING",
+            b"ENHANCEDSTATUSCODES",
+            b"DSN",
+        ):
+            assert extension in text, extension
+        assert b"AUTH" not in text  # never before TLS
+
+
+def test_accepted_mail_is_spooled_with_its_recipient(ingress) -> None:
+    running, spool = ingress
+    with client(running.port) as smtp:
+        refused = smtp.send_message(
+            mail(),
+            FROM,
+            [TO_B],
+            mail_options=["RET=HDRS", "ENVID=QQ314159"],
+            rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;anna+b@kommun-a.se"],
+        )
+    assert refused == {}
+    (delivery,) = spool.deliveries()
+    assert delivery.state is State.QUEUED
+    assert delivery.recipient.organisation_id == ORG_B
+    assert delivery.recipient.functional_address == "b.registrator"
+    assert delivery.recipient.notify == ("SUCCESS", "FAILURE")
+    assert delivery.recipient.orcpt == "rfc822;anna+b@kommun-a.se"
+    envelope = spool.envelope(delivery.message_id)
+    assert (envelope.ret, envelope.envid, envelope.sender_address) == (
+        "HDRS",
+        "QQ314159",
+        "a.registrator",
+    )
+    assert envelope.mail_message_id == "m1@kommun-a.se"
+    assert "Hälsningar".encode() in spool.body(
+        delivery.message_id
+    ) or b"H=C3=A4lsningar" in spool.body(delivery.message_id)
+
+
+@pytest.mark.parametrize(
+    ("recipient", "reply"),
+    [
+        (
+            "ekonomi@b.sandbox.test.sdk.a.sandbox.test",
+            (
+                550,
+                b"5.1.1 Sandbox kommun B (0203:b.sandbox.test) has no functional address 'ekonomi'",
+            ),
+        ),
+        (
+            "registrator@c.sandbox.test.sdk.a.sandbox.test",
+            (550, b"5.1.1 0203:c.sandbox.test is not in the SDK address book"),
+        ),
+        ("someone@example.org", (550, b"5.1.1 example.org is not under the SDK domain")),
+    ],
+)
+def test_unknown_recipients_are_refused_at_rcpt(
+    ingress, recipient: str, reply: tuple[int, bytes]
+) -> None:
+    running, spool = ingress
+    with client(running.port) as smtp:
+        smtp.ehlo()
+        smtp.mail(FROM)
+        code, text = smtp.rcpt(recipient)
+    assert code == reply[0] and text.startswith(reply[1]), text
+    assert spool.deliveries() == []
+
+
+def test_sender_who_may_not_speak_for_us(ingress) -> None:
+    running, _ = ingress
+    with client(running.port) as smtp:
+        smtp.ehlo()
+        smtp.mail("mallory@example.org")
+        code, text = smtp.rcpt(TO_B)
+    assert (code, text[:5]) == (550, b"5.7.1")
+
+
+def test_relay_control_from_another_address(ingress, tls) -> None:
+    """127.0.0.2 is outside the allowed networks: it must authenticate, over TLS only."""
+    running, spool = ingress
+    with client(running.port, source="127.0.0.2") as smtp:
+        smtp.ehlo()
+        smtp.mail(FROM)
+        code, text = smtp.rcpt(TO_B)
+        assert (code, text[:5]) == (554, b"5.7.1")
+        code, _ = smtp.docmd("AUTH", "PLAIN AGV4Y2hhbmdlAHMzY3JldA==")
+        assert code == 538  # encryption required
+    with client(running.port, source="127.0.0.2") as smtp:
+        smtp.starttls(context=tls[1])
+        smtp.login("exchange", "s3cret")
+        assert smtp.send_message(mail(), "bounce@other.example", [TO_B]) == {}
+    with smtplib.SMTP_SSL(
+        "127.0.0.1", running.tls_port, context=tls[1], timeout=30, source_address=("127.0.0.2", 0)
+    ) as smtp, pytest.raises(smtplib.SMTPAuthenticationError):
+        smtp.login("exchange", "wrong")
+    assert len(spool.deliveries()) == 1
+
+
+def test_registry_unreachable_is_temporary(ingress, sandbox: Sandbox) -> None:
+    running, _ = ingress
+    sandbox.smp.faults.fail_with = 503
+    with client(running.port) as smtp:
+        smtp.ehlo()
+        smtp.mail(FROM)
+        code, text = smtp.rcpt(TO_B)
+    assert (code, text[:5]) == (451, b"4.4.3")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"Subject: a\r\n\r\nline\nsmuggled\r\n",  # bare LF
+        b"Subject: a\r\n\r\nline\rsmuggled\r\n",  # bare CR
+        b"Subject: a\r\n\r\nfirst\r\n\n.\r\nMAIL FROM:<x@y>\r\n",  # LF.CRLF end-of-data
+        b"Subject: a\r\n\r\nfirst\r\n.\nRCPT TO:<x@y>\r\n",  # CRLF.LF
+    ],
+)
+def test_smtp_smuggling_is_refused(ingress, data: bytes) -> None:
+    running, spool = ingress
+    with client(running.port) as smtp:
+        smtp.ehlo()
+        smtp.mail(FROM)
+        smtp.rcpt(TO_B)
+        smtp.putcmd("DATA")
+        assert smtp.getreply()[0] == 354
+        smtp.send(data + b".\r\n")
+        code, text = smtp.getreply()
+    assert (code, text[:5]) == (554, b"5.6.0"), text
+    assert spool.deliveries() == []
+
+
+def test_forbidden_attachment_types_and_pdf(ingress) -> None:
+    running, spool = ingress
+    exe = mail()
+    exe.add_attachment(
+        b"MZ\x90\x00", maintype="application", subtype="x-msdownload", filename="a.exe"
+    )
+    pdf = mail()
+    pdf.add_attachment(b"%PDF-1.7\n", maintype="application", subtype="pdf", filename="a.pdf")
+    with client(running.port) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as error:
+            smtp.send_message(exe, FROM, [TO_B])
+        assert error.value.smtp_code == 554 and error.value.smtp_error.startswith(b"5.6.0")
+        assert smtp.send_message(pdf, FROM, [TO_B]) == {}  # PDF is always allowed
+    assert len(spool.deliveries()) == 1
+
+
+def test_too_large_for_sdk(ingress) -> None:
+    running, _ = ingress
+    with client(running.port) as smtp:
+        smtp.ehlo()
+        code, _ = smtp.mail(FROM, ["SIZE=40000000"])
+    assert code == 552
+
+
+def test_malware_is_refused_at_data(make_ingress, clamd_server) -> None:  # noqa: F811
+    scanner = load("sdk_bridge.scanners", "clamav", {"socket": str(clamd_server.socket)})
+    running, spool = make_ingress(scanner)
+    infected = mail()
+    infected.add_attachment(
+        EICAR, maintype="application", subtype="octet-stream", filename="eicar.com"
+    )
+    with client(running.port) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as error:
+            smtp.send_message(infected, FROM, [TO_B])
+        assert error.value.smtp_code == 554 and error.value.smtp_error.startswith(b"5.7.1")
+        assert smtp.send_message(mail(), FROM, [TO_B]) == {}
+    assert len(spool.deliveries()) == 1

@@ -226,9 +226,16 @@ def test_relay_control_from_another_address(ingress, tls) -> None:
         smtp.starttls(context=tls[1])
         smtp.login("exchange", "s3cret")
         assert smtp.send_message(mail(), "bounce@other.example", [TO_B]) == {}
-    with smtplib.SMTP_SSL(
-        "127.0.0.1", running.tls_port, context=tls[1], timeout=30, source_address=("127.0.0.2", 0)
-    ) as smtp, pytest.raises(smtplib.SMTPAuthenticationError):
+    with (
+        smtplib.SMTP_SSL(
+            "127.0.0.1",
+            running.tls_port,
+            context=tls[1],
+            timeout=30,
+            source_address=("127.0.0.2", 0),
+        ) as smtp,
+        pytest.raises(smtplib.SMTPAuthenticationError),
+    ):
         smtp.login("exchange", "wrong")
     assert len(spool.deliveries()) == 1
 

@@ -1,0 +1,221 @@
+"""The outbound path end to end against the sandbox: mail in A's spool leaves through A's
+access point as an SDK message that B's key opens, with every mapped field equal."""
+
+import asyncio
+import dataclasses
+import email.policy
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from test_sandbox import registry_for
+
+from bridge import config
+from bridge.outbound.mapping import SUBJECT_PREFIX
+from bridge.outbound.worker import OutboundSettings, Worker
+from bridge.plugins import ACCESS_POINTS, load
+from bridge.sandbox.federation import Sandbox
+from bridge.sdk.sealing import Receiver, open_envelope
+from bridge.sdk.verdict import ACCEPTED
+from bridge.spool import Envelope, RecipientRecord, SQLiteSpool, State
+
+ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
+TO_B = RecipientRecord("registrator@b.sandbox.test.sdk.a.sandbox.test", ORG_B, "b.registrator")
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    federation = Sandbox(tmp_path_factory.mktemp("sandbox"), 2, key_size=2048)
+    federation.start()
+    yield federation
+    federation.stop()
+
+
+def access_point(sandbox: Sandbox, label: str):
+    loaded = config.load(sandbox.config_path(label))
+    return load(ACCESS_POINTS, "domibus-ws", loaded.access_point.plugin_settings())
+
+
+def run_worker(sandbox: Sandbox, spool: SQLiteSpool, cache: Path) -> None:
+    """One pass of A's worker over everything due."""
+    a = config.load(sandbox.config_path("a"))
+
+    async def once() -> None:
+        ap = access_point(sandbox, "a")
+        with registry_for(sandbox, "a", cache) as registry:
+            worker = Worker(OutboundSettings(ORG_A), spool, registry, ap, a.signing)
+            for delivery in spool.claim_due(100, lease=OutboundSettings(ORG_A).lease):
+                await worker.deliver(delivery)
+        await ap.close()
+
+    asyncio.run(once())
+
+
+def received_by_b(sandbox: Sandbox, cache: Path) -> list:
+    """B retrieves everything pending and opens it with its own key."""
+    b = config.load(sandbox.config_path("b"))
+
+    async def fetch() -> list[bytes]:
+        ap = access_point(sandbox, "b")
+        payloads = [(await ap.retrieve(i)).payload for i in await ap.pending()]
+        await ap.close()
+        return payloads
+
+    with registry_for(sandbox, "b", cache) as registry:
+        receiver = Receiver(
+            decryption_keys=b.decryption,
+            sender_signing_certs=list(registry.certpub.signing_certificates(ORG_A)),
+            trust_anchors=b.trust_anchors,
+            our_parties={ORG_B},
+        )
+    opened = [open_envelope(p, receiver) for p in asyncio.run(fetch())]
+    assert all(o.verdict == ACCEPTED for o in opened), [o.verdict.line() for o in opened]
+    return [o.message for o in opened]
+
+
+def queue(spool: SQLiteSpool, mail: EmailMessage) -> None:
+    envelope = Envelope(
+        mail_from="anna@kommun-a.se",
+        sender_address="a.registrator",
+        mail_message_id=(mail["Message-ID"] or "").strip("<>") or None,
+    )
+    spool.accept(envelope, [TO_B], mail.as_bytes(policy=email.policy.SMTP))
+
+
+def new_mail(subject: str, text: str | None = "Hej!", **headers: str) -> EmailMessage:
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = "anna@kommun-a.se", TO_B.address, subject
+    for name, value in headers.items():
+        mail[name.replace("_", "-")] = value
+    if text is not None:
+        mail.set_content(text)
+    return mail
+
+
+def test_mails_arrive_at_b_with_every_field(sandbox: Sandbox, tmp_path: Path) -> None:
+    spool = SQLiteSpool(tmp_path / "spool")
+    swedish = new_mail("Ärende: åäö ÅÄÖ", "Hej Örjan,\nvälkommen till Malmö!\n", Message_ID="<s@a>")
+    html = new_mail("HTML", None, Message_ID="<h@a>")
+    html.set_content("<h1>Rubrik</h1><p>Text med <b>fet</b> stil.</p>", subtype="html")
+    pdf_bytes = b"%PDF-1.7\n" + bytes(range(256)) * 20_000  # about 5 MB
+    with_pdf = new_mail("Beslut", "Se bilaga.", Message_ID="<p@a>")
+    with_pdf.add_attachment(pdf_bytes, maintype="application", subtype="pdf", filename="beslut.pdf")
+    with_pdf.add_attachment(
+        b"tabell;1\n", maintype="text", subtype="csv", filename="tabell åäö.csv"
+    )
+    secret = new_mail("[sekretess] Utredning", "Känsligt.", Message_ID="<x@a>")
+    marked = new_mail("Utredning 2", "Känsligt.", Sensitivity="Private", Message_ID="<y@a>")
+    long_subject = ("Mycket lång rubrik om ärendet " * 12).strip()
+    long = new_mail(long_subject, "Text.", Message_ID="<l@a>")
+    for mail in (swedish, html, with_pdf, secret, marked, long):
+        queue(spool, mail)
+    run_worker(sandbox, spool, tmp_path / "cache-a")
+    assert [d.state for d in spool.deliveries()] == [State.SUBMITTED] * 6
+    by_label = {m.label: m for m in received_by_b(sandbox, tmp_path / "cache-b")}
+
+    message = by_label["Ärende: åäö ÅÄÖ"]
+    assert message.documents[0].texts == ("Hej Örjan,\nvälkommen till Malmö!",)
+    assert message.sender.organisation_id == ORG_A
+    assert message.sender.attention.functional_address == "a.registrator"
+    assert message.recipient.attention.functional_address == "b.registrator"
+    assert "# Rubrik" in by_label["HTML"].documents[0].texts[0]
+    assert "**fet**" in by_label["HTML"].documents[0].texts[0]
+    files = {f.file_name: f for f in by_label["Beslut"].documents[0].files}
+    assert (
+        files["beslut.pdf"].content == pdf_bytes
+        and files["beslut.pdf"].content_type == "application/pdf"
+    )
+    assert files["tabell åäö.csv"].content == b"tabell;1\n"
+    assert by_label["Utredning"].confidential and by_label["Utredning 2"].confidential
+    assert not message.confidential
+    (cut,) = [m for label, m in by_label.items() if label and label.endswith("…")]
+    assert len(cut.label) <= 256
+    assert cut.documents[0].texts[0].startswith(f"{SUBJECT_PREFIX}{long_subject}")
+
+
+def test_a_reply_keeps_the_conversation(sandbox: Sandbox, tmp_path: Path) -> None:
+    spool = SQLiteSpool(tmp_path / "spool")
+    queue(spool, new_mail("Fråga", "Första.", Message_ID="<first@kommun-a.se>"))
+    run_worker(sandbox, spool, tmp_path / "cache-a")
+    reply = new_mail(
+        "Sv: Fråga",
+        "Följdfråga.",
+        Message_ID="<second@kommun-a.se>",
+        In_Reply_To="<first@kommun-a.se>",
+        References="<first@kommun-a.se>",
+    )
+    queue(spool, reply)
+    run_worker(sandbox, spool, tmp_path / "cache-a")
+    first, second = sorted(
+        received_by_b(sandbox, tmp_path / "cache-b"), key=lambda m: m.label != "Fråga"
+    )
+    assert second.ref_to_message_id == first.message_id
+    assert second.conversation_id == first.conversation_id == first.message_id
+
+
+def test_access_point_down_then_back(sandbox: Sandbox, tmp_path: Path) -> None:
+    spool = SQLiteSpool(tmp_path / "spool")
+    queue(spool, new_mail("Väntar", "Snart."))
+    sandbox.access_points["a"].refuse_submissions(how="unavailable")
+    try:
+        run_worker(sandbox, spool, tmp_path / "cache-a")
+        (waiting,) = spool.deliveries()
+        assert waiting.state is State.QUEUED and waiting.attempts == 1
+        assert "503" in waiting.last_error or "unavailable" in waiting.last_error.lower()
+    finally:
+        sandbox.access_points["a"].clear_fault_switches()
+    spool.update(waiting.id, next_attempt_at=waiting.created_at)  # due now
+    run_worker(sandbox, spool, tmp_path / "cache-a")
+    assert spool.delivery(waiting.id).state is State.SUBMITTED
+    assert [m.label for m in received_by_b(sandbox, tmp_path / "cache-b")] == ["Väntar"]
+
+
+def test_resubmission_after_a_crash_is_not_sent_twice(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The ebMS MessageId is the SDK messageId: the access point refuses the second copy."""
+    spool = SQLiteSpool(tmp_path / "spool")
+    queue(spool, new_mail("En gång", "Bara en."))
+    run_worker(sandbox, spool, tmp_path / "cache-a")
+    (delivery,) = spool.deliveries()
+    spool.update(
+        delivery.id, state=State.QUEUED, next_attempt_at=delivery.created_at
+    )  # as if killed before the update
+    run_worker(sandbox, spool, tmp_path / "cache-a")
+    assert spool.delivery(delivery.id).state is State.SUBMITTED
+    assert [m.message_id for m in received_by_b(sandbox, tmp_path / "cache-b")] == [
+        delivery.sdk_message_id
+    ]
+
+
+def test_unknown_recipient_at_the_access_point_fails_for_good(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    spool = SQLiteSpool(tmp_path / "spool")
+    failures = []
+    record = dataclasses.replace(TO_B, organisation_id="0203:gone.sandbox.test")
+    spool.accept(
+        Envelope("anna@kommun-a.se", sender_address="a.registrator"),
+        [record],
+        new_mail("Till ingen").as_bytes(policy=email.policy.SMTP),
+    )
+    a = config.load(sandbox.config_path("a"))
+
+    async def once() -> None:
+        ap = access_point(sandbox, "a")
+        with registry_for(sandbox, "a", tmp_path / "cache") as registry:
+            worker = Worker(
+                OutboundSettings(ORG_A),
+                spool,
+                registry,
+                ap,
+                a.signing,
+                on_failure=lambda d, reason: failures.append(reason),
+            )
+            for delivery in spool.claim_due(10, lease=OutboundSettings(ORG_A).lease):
+                await worker.deliver(delivery)
+        await ap.close()
+
+    asyncio.run(once())
+    (delivery,) = spool.deliveries()
+    assert delivery.state is State.FAILED
+    assert failures and "not registered" in failures[0]

@@ -207,6 +207,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .daemon import ConfigurationMissing, run
+
+    try:
+        loaded = config.load(Path(args.config))
+    except config.ConfigError as e:
+        raise UsageError(str(e)) from None
+    try:
+        asyncio.run(run(loaded))
+    except ConfigurationMissing as e:
+        raise UsageError(f"{args.config}: {e}") from None
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -410,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     kopen.add_argument("kvittens", metavar="FILE", help="an XHE, or a bare ApplicationResponse")
     _add_trust_options(kopen)
     kopen.set_defaults(run=cmd_kvittens_open)
+
+    run = commands.add_parser("run", help="run the bridge (the daemon)")
+    run.add_argument("-c", "--config", required=True, metavar="FILE")
+    run.set_defaults(run=cmd_run)
 
     sandbox = commands.add_parser(
         "sandbox", help="run a complete local SDK federation for trying and testing"

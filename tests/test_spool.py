@@ -68,6 +68,16 @@ def test_expired_lease_makes_it_due_again(tmp_path: Path) -> None:
     assert again.id == claimed.id
 
 
+def test_leases_of_a_killed_worker_are_released_at_start(tmp_path: Path) -> None:
+    spool = SQLiteSpool(tmp_path)
+    spool.accept(ENVELOPE, RECIPIENTS, b"x")
+    assert len(spool.claim_due(10, lease=timedelta(hours=1))) == 2
+    restarted = SQLiteSpool(tmp_path)
+    assert restarted.claim_due(10, lease=timedelta(hours=1)) == []
+    assert restarted.release_leases() == 2
+    assert len(restarted.claim_due(10, lease=timedelta(hours=1))) == 2
+
+
 def test_reopen_keeps_everything(tmp_path: Path) -> None:
     spool = SQLiteSpool(tmp_path)
     message_id = spool.accept(ENVELOPE, RECIPIENTS, b"body")

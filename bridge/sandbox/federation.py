@@ -18,12 +18,13 @@ from pathlib import Path
 import yaml
 
 from ..registry.addressbook import FunctionalAddress
+from ..registry.addresses import slug
 from ..sdk.keys import KeyPair
 from ..testpki import Identity, TestPKI, load_pki, make_pki
 from .accesspoint import AccessPoint
 from .addressbook import AddressBookAPI
 from .revocation import RevocationApp, revocation_urls
-from .sml import SMLZone, free_udp_port
+from .sml import SMLZone, free_tcp_port, free_udp_port
 from .smp import SMP, Registration
 from .web import Router, Server
 
@@ -96,6 +97,10 @@ class Sandbox:
             }
             self.state = {k: defaults[k] if v is None else v for k, v in wanted.items()}
             self.state.update(https_port=0, http_port=0, sml_port=None)
+            # Each organisation's bridge gets an SMTP port, kept across restarts.
+            self.state["smtp_ports"] = {
+                label: free_tcp_port() for label in _labels(self.state["organisations"])
+            }
             if self.state["sml"]:
                 self.state["sml_port"] = free_udp_port()
         if not 1 <= self.state["organisations"] <= 26:
@@ -244,7 +249,24 @@ class Sandbox:
                 "party_id": f"ap-{organisation.label}",
                 "tls_trust": tls_trust,
             },
+            "smtp": {
+                "hostname": f"bridge.{organisation.label}.{DOMAIN}",
+                "listen": [f"{HOST}:{self.state['smtp_ports'][organisation.label]}"],
+                "allowed_networks": [f"{HOST}/32"],
+            },
+            "functional_addresses": [
+                {
+                    "id": address.identifier,
+                    "senders": [f"{slug(address.name)}@{organisation.label}.{DOMAIN}"],
+                }
+                for address in organisation.addresses
+            ],
+            "spool": f"state/{organisation.label}/spool",
         }
+
+    def smtp_port(self, label: str) -> int:
+        """Where organisation `label`'s bridge listens, as its configuration says."""
+        return int(self.state["smtp_ports"][label])
 
     # --- state ----------------------------------------------------------------------------
 

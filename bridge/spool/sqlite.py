@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     mail_message_id TEXT,            -- the mail's Message-ID, to thread replies
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    notes TEXT NOT NULL DEFAULT '{}' -- JSON: DSNs sent, kvittens outcome, …
+    notes TEXT NOT NULL DEFAULT '{}', -- JSON: DSNs sent, kvittens outcome, …
+    lease_until TEXT                 -- a worker holds it until then (NULL: nobody)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_mail_id ON deliveries(mail_message_id);
@@ -147,20 +148,28 @@ class SQLiteSpool:
     # --- the worker ------------------------------------------------------------------------
 
     def claim_due(self, limit: int, lease: timedelta) -> list[Delivery]:
-        """Queued deliveries whose time has come, leased so no other worker takes them."""
-        now = _now()
+        """Queued deliveries whose time has come, leased so no other worker takes them;
+        a lease that runs out (its worker died) makes the delivery due again."""
+        now = _now().isoformat()
         with self._lock, self._db:
             rows = self._db.execute(
                 "SELECT * FROM deliveries WHERE state = ? AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at LIMIT ?",
-                (State.QUEUED, now.isoformat(), limit),
+                " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_attempt_at LIMIT ?",
+                (State.QUEUED, now, now, limit),
             ).fetchall()
-            until = (now + lease).isoformat()
-            for row in rows:
-                self._db.execute(
-                    "UPDATE deliveries SET next_attempt_at = ? WHERE id = ?", (until, row["id"])
-                )
+            until = (_now() + lease).isoformat()
+            self._db.executemany(
+                "UPDATE deliveries SET lease_until = ? WHERE id = ?",
+                [(until, row["id"]) for row in rows],
+            )
         return [self._delivery(row) for row in rows]
+
+    def release_leases(self) -> int:
+        """At start-up of the only worker: leases held by a killed predecessor end now."""
+        with self._lock, self._db:
+            return self._db.execute(
+                "UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL"
+            ).rowcount
 
     def update(self, delivery_id: int, **changes: Any) -> None:
         """Write back what happened to a delivery (state, attempts, last_error, …)."""
@@ -172,6 +181,7 @@ class SQLiteSpool:
             for k, v in changes.items()
         }
         values["updated_at"] = _now().isoformat()
+        values["lease_until"] = None  # whatever happened, the worker is done with it
         assignments = ", ".join(f"{k} = ?" for k in values)
         with self._lock, self._db:
             self._db.execute(

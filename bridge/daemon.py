@@ -1,0 +1,117 @@
+"""`sdk-bridge run`: the daemon, with its stages joined by the spool.
+
+SMTP ingress stores mail in the spool; the outbound worker takes it from there to the
+access point. Each stage can be killed and restarted on its own terms: what got 250 is in
+the spool, and what the worker did is written back to it.
+"""
+
+import asyncio
+import multiprocessing
+import os
+import signal
+from concurrent.futures import ProcessPoolExecutor
+
+import structlog
+
+from . import plugins
+from .config import Config
+from .ingress.smtp import IngressHandler, IngressSettings, SenderRule, networks, serve, tls_context
+from .outbound.worker import OutboundSettings, Worker
+from .registry.client import Registry
+from .spool import SQLiteSpool
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_SECONDS = 30.0  # in-flight submissions may finish within this; the rest are retried
+
+
+class ConfigurationMissing(ValueError):
+    pass
+
+
+def _require(config: Config) -> None:
+    missing = [
+        name
+        for name, value in (
+            ("registry", config.registry),
+            ("access_point", config.access_point),
+            ("smtp", config.smtp),
+            ("spool", config.spool),
+            ("organisation.sdk_domain", config.sdk_domain),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ConfigurationMissing(f"the daemon needs these sections: {', '.join(missing)}")
+    if not config.functional_addresses:
+        raise ConfigurationMissing("functional_addresses: at least one is needed to send")
+
+
+async def run(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting and finish in-flight work."""
+    _require(config)
+    assert config.smtp and config.access_point and config.spool  # for the type checker
+    smtp = config.smtp
+    spool = SQLiteSpool(config.spool)
+    released = spool.release_leases()
+    registry = Registry(config)
+    registry.start_background_refresh()
+    access_point = plugins.load(
+        plugins.ACCESS_POINTS, config.access_point.plugin, config.access_point.plugin_settings()
+    )
+    scanner = plugins.load(plugins.SCANNERS, *smtp.scanner) if smtp.scanner else None
+    settings = IngressSettings(
+        organisation_id=config.organisation_id,
+        hostname=smtp.hostname,
+        allowed_networks=networks(smtp.allowed_networks),
+        senders=tuple(
+            SenderRule(fa.id, fa.senders, fa.auth_users) for fa in config.functional_addresses
+        ),
+        users=smtp.users,
+        forbidden_types=smtp.forbidden_types,
+        secrecy_tags=smtp.secrecy_tags,
+    )
+    tls = tls_context(str(smtp.tls_cert), str(smtp.tls_key)) if smtp.tls_cert else None
+    servers = await serve(
+        IngressHandler(settings, registry, spool, scanner), smtp.listen, smtp.listen_tls, tls
+    )
+    # RSA private-key work in other processes: the event loop never waits for it.
+    crypto = ProcessPoolExecutor(
+        max_workers=os.cpu_count() or 2, mp_context=multiprocessing.get_context("spawn")
+    )
+    worker = Worker(
+        OutboundSettings(
+            config.organisation_id, lifetime=config.lifetime, secrecy_tags=smtp.secrecy_tags
+        ),
+        spool,
+        registry,
+        access_point,
+        config.signing,
+        crypto,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    working = asyncio.create_task(worker.run(stop))
+    listening = [
+        f"{s.sockets[0].getsockname()[0]}:{s.sockets[0].getsockname()[1]}" for s in servers
+    ]
+    log.info("sdk-bridge ready", smtp=listening, released_leases=released)
+    print(f"sdk-bridge ready: SMTP on {', '.join(listening)}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: no new mail, finishing in-flight work")
+        for server in servers:
+            server.close()
+        stop.set()
+        try:
+            await asyncio.wait_for(working, SHUTDOWN_SECONDS)
+        except TimeoutError:
+            log.warning("in-flight work did not finish in time; it will be retried")
+        crypto.shutdown(cancel_futures=True)
+        await access_point.close()
+        registry.close()
+        spool.close()
+        log.info("stopped")

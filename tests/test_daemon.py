@@ -1,0 +1,173 @@
+"""`sdk-bridge run` as an administrator runs it, against the sandbox: mail sent with
+smtplib and swaks arrives at B's access point, SIGTERM stops it cleanly, and SIGKILL at
+random moments loses nothing and sends nothing twice."""
+
+import asyncio
+import os
+import random
+import shutil
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from test_outbound import access_point, received_by_b
+
+from bridge.sandbox.federation import Sandbox
+from bridge.spool import SQLiteSpool, State
+
+TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
+FROM = "registrator@a.sandbox.test"
+START_TIMEOUT = 60.0
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    federation = Sandbox(tmp_path_factory.mktemp("sandbox"), 2, key_size=2048)
+    federation.start()
+    yield federation
+    federation.stop()
+
+
+class Bridge:
+    """One `sdk-bridge run -c org-a.yaml` process."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "bridge.cli",
+            "--log-level",
+            "warning",
+            "run",
+            "-c",
+            str(self.sandbox.config_path("a")),
+        ]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        line = self.process.stdout.readline()
+        assert line.startswith("sdk-bridge ready"), line
+        assert time.monotonic() < deadline
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=60)
+        self.process = None
+        return code
+
+
+@pytest.fixture
+def bridge(sandbox: Sandbox) -> Iterator[Bridge]:
+    running = Bridge(sandbox)
+    running.start()
+    yield running
+    if running.process is not None:
+        assert running.stop() == 0
+
+
+def mail(subject: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = FROM, TO_B, subject
+    message.set_content(f"Innehåll för {subject}.")
+    return message
+
+
+def wait_until(predicate, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def pending_at_b(sandbox: Sandbox) -> int:
+    async def count() -> int:
+        ap = access_point(sandbox, "b")
+        try:
+            return len(await ap.pending())
+        finally:
+            await ap.close()
+
+    return asyncio.run(count())
+
+
+def test_mail_through_the_daemon(bridge: Bridge, sandbox: Sandbox, tmp_path: Path) -> None:
+    port = sandbox.smtp_port("a")
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        assert smtp.send_message(mail("Via smtplib"), FROM, [TO_B]) == {}
+    if shutil.which("swaks"):
+        result = subprocess.run(
+            [
+                "swaks",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--from",
+                FROM,
+                "--to",
+                TO_B,
+                "--header",
+                "Subject: Via swaks",
+                "--body",
+                "Hej från swaks",
+                "--silent",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    expected = 2 if shutil.which("swaks") else 1
+    wait_until(lambda: pending_at_b(sandbox) >= expected)
+    labels = sorted(m.label for m in received_by_b(sandbox, tmp_path / "cache-b"))
+    assert labels == sorted(["Via smtplib", "Via swaks"][:expected])
+
+
+def test_sigkill_at_random_moments_loses_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    """200 messages; the bridge is killed 5 times while they flow. Every message that got
+    250 reaches B's access point exactly once."""
+    running = Bridge(sandbox)
+    running.start()
+    port = sandbox.smtp_port("a")
+    acknowledged: list[str] = []
+    chance = random.Random(20261128)
+    kills_left, total = 5, 200
+    for number in range(total):
+        subject = f"Nummer {number:03d}"
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+                if smtp.send_message(mail(subject), FROM, [TO_B]) == {}:
+                    acknowledged.append(subject)
+        except (smtplib.SMTPException, OSError):
+            pass  # the bridge was down or died mid-dialogue: no 250, no promise
+        if kills_left and chance.random() < kills_left / (total - number):
+            running.stop(signal.SIGKILL)
+            kills_left -= 1
+            running.start()
+    assert len(acknowledged) >= total - 10
+    state = sandbox.directory / "state" / "a" / "spool"
+
+    def all_submitted() -> bool:
+        spool = SQLiteSpool(state)
+        try:
+            return all(d.state is State.SUBMITTED for d in spool.deliveries())
+        finally:
+            spool.close()
+
+    wait_until(all_submitted, 120)
+    assert running.stop() == 0
+    labels = [m.label for m in received_by_b(sandbox, tmp_path / "cache-b")]
+    for subject in acknowledged:
+        assert labels.count(subject) == 1, subject
+    assert len(labels) == len(set(labels))

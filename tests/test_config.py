@@ -125,6 +125,28 @@ def test_example_config_documents_every_key_the_loader_knows() -> None:
         "url:",
         "username:",
         "password_file:",
+        "party_id:",
+        "plugin:",
+        "client_cert:",
+        "client_key:",
+        "smtp:",
+        "hostname:",
+        "listen:",
+        "listen_tls:",
+        "tls_cert:",
+        "tls_key:",
+        "allowed_networks:",
+        "users:",
+        "name:",
+        "forbidden_attachment_types:",
+        "secrecy_tags:",
+        "scanner:",
+        "functional_addresses:",
+        "senders:",
+        "auth_users:",
+        "spool:",
+        "outbound:",
+        "lifetime_hours:",
     ):
         assert key in text
     # Its key files do not exist here: the error must point at the first of them.
@@ -257,3 +279,53 @@ registry:
         config.ConfigError, match=r"registry\.address_book: expected a URL starting"
     ):
         config.load(path)
+
+
+def test_smtp_functional_addresses_spool_and_outbound(
+    tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity
+) -> None:
+    path = write_config(tmp_path, pki, alice, bob)
+    (tmp_path / "exchange.pass").write_text("pw\n")
+    text = (
+        path.read_text()
+        + f"""\
+smtp:
+  hostname: bridge.a.se
+  listen: ["127.0.0.1:2525"]
+  listen_tls: ["127.0.0.1:4650"]
+  tls_cert: {alice.cert_pem}
+  tls_key: {alice.key_pem}
+  allowed_networks: ["10.0.0.0/8", "127.0.0.1/32"]
+  users: [{{name: exchange, password_file: exchange.pass}}]
+  forbidden_attachment_types: [Application/X-Msdownload]
+  scanner: {{plugin: clamav, socket: /run/clamav/clamd.ctl}}
+functional_addresses:
+  - id: a.registrator
+    senders: ["*@a.se"]
+    auth_users: [exchange]
+spool: spool
+outbound:
+  lifetime_hours: 48
+"""
+    )
+    path.write_text(text)
+    loaded = config.load(path)
+    assert loaded.smtp.listen == (("127.0.0.1", 2525),)
+    assert loaded.smtp.listen_tls == (("127.0.0.1", 4650),)
+    assert loaded.smtp.users == {"exchange": "pw"}
+    assert loaded.smtp.forbidden_types == frozenset({"application/x-msdownload"})
+    assert loaded.smtp.scanner == ("clamav", {"socket": "/run/clamav/clamd.ctl"})
+    assert loaded.smtp.secrecy_tags == ("[sekretess]",)
+    assert loaded.functional_addresses[0].senders == ("*@a.se",)
+    assert loaded.spool == tmp_path / "spool"
+    assert loaded.lifetime.total_seconds() == 48 * 3600
+    for old, new, key in [
+        ('"127.0.0.1:2525"', '"localhost"', "smtp.listen[0]"),
+        ('"10.0.0.0/8"', '"ten"', "smtp.allowed_networks[0]"),
+        ("  lifetime_hours: 48", "  lifetime_hours: soon", "outbound.lifetime_hours"),
+        ("  scanner: {plugin: clamav,", "  scanner: {", "smtp.scanner"),
+    ]:
+        path.write_text(text.replace(old, new))
+        with pytest.raises(config.ConfigError) as error:
+            config.load(path)
+        assert error.value.key == key

@@ -2,10 +2,12 @@
 
 import dataclasses
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 
+from bridge.sandbox.federation import Sandbox
 from bridge.sdk import message as msg
 from bridge.sdk import xhe
 from bridge.sdk.keys import KeyPair
@@ -89,6 +91,15 @@ def make_message(**changes: object) -> msg.BusinessMessage:
 def message_header(message: msg.BusinessMessage, **changes: object) -> xhe.Header:
     """The envelope header our sealing would write for `message`, with `changes`."""
     return dataclasses.replace(xhe.message_header(message), **changes)
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """A running local federation (two organisations, 2048-bit keys for speed), per module."""
+    federation = Sandbox(tmp_path_factory.mktemp("sandbox"), 2, key_size=2048)
+    federation.start()
+    yield federation
+    federation.stop()
 
 
 @pytest.fixture

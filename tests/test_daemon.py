@@ -26,14 +26,6 @@ FROM = "registrator@a.sandbox.test"
 START_TIMEOUT = 60.0
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    federation = Sandbox(tmp_path_factory.mktemp("sandbox"), 2, key_size=2048)
-    federation.start()
-    yield federation
-    federation.stop()
-
-
 class Bridge:
     """One `sdk-bridge run -c org-a.yaml` process."""
 

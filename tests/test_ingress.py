@@ -32,14 +32,6 @@ TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
 FROM = "anna@kommun-a.se"
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    federation = Sandbox(tmp_path_factory.mktemp("sandbox"), 2, key_size=2048)
-    federation.start()
-    yield federation
-    federation.stop()
-
-
 class Running:
     """An ingress server on its own event loop in a thread, as the daemon runs it."""
 

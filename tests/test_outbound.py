@@ -4,11 +4,9 @@ access point as an SDK message that B's key opens, with every mapped field equal
 import asyncio
 import dataclasses
 import email.policy
-from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
-import pytest
 from test_sandbox import registry_for
 
 from bridge import config
@@ -22,14 +20,6 @@ from bridge.spool import Envelope, RecipientRecord, SQLiteSpool, State
 
 ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
 TO_B = RecipientRecord("registrator@b.sandbox.test.sdk.a.sandbox.test", ORG_B, "b.registrator")
-
-
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    federation = Sandbox(tmp_path_factory.mktemp("sandbox"), 2, key_size=2048)
-    federation.start()
-    yield federation
-    federation.stop()
 
 
 def access_point(sandbox: Sandbox, label: str):
@@ -203,14 +193,11 @@ def test_unknown_recipient_at_the_access_point_fails_for_good(
     async def once() -> None:
         ap = access_point(sandbox, "a")
         with registry_for(sandbox, "a", tmp_path / "cache") as registry:
-            worker = Worker(
-                OutboundSettings(ORG_A),
-                spool,
-                registry,
-                ap,
-                a.signing,
-                on_failure=lambda d, reason: failures.append(reason),
-            )
+
+            async def notify(delivery, event, status, reason) -> None:
+                failures.append((event, status, reason))
+
+            worker = Worker(OutboundSettings(ORG_A), spool, registry, ap, a.signing, notify=notify)
             for delivery in spool.claim_due(10, lease=OutboundSettings(ORG_A).lease):
                 await worker.deliver(delivery)
         await ap.close()
@@ -218,4 +205,5 @@ def test_unknown_recipient_at_the_access_point_fails_for_good(
     asyncio.run(once())
     (delivery,) = spool.deliveries()
     assert delivery.state is State.FAILED
-    assert failures and "not registered" in failures[0]
+    ((event, status, reason),) = failures
+    assert (event, status) == ("failed", "5.1.1") and "not registered" in reason

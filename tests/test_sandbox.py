@@ -37,14 +37,6 @@ ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
 B_REGISTRATOR = "registrator@b.sandbox.test.sdk.a.sandbox.test"
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    federation = Sandbox(tmp_path_factory.mktemp("sandbox"), organisations=2, key_size=2048)
-    federation.start()
-    yield federation
-    federation.stop()
-
-
 @pytest.fixture(autouse=True)
 def _switches_off(sandbox: Sandbox) -> None:
     sandbox.smp.faults, sandbox.smp.tamper = Faults(), False

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import email.policy
 import random
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from ..sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_DOCUMENT_ID
 from ..sdk.sealing import seal_message
 from ..spool import Delivery, SQLiteSpool, State
 from .mapping import thread_ids, to_business_message
+from .receipts import Event, Notify
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +61,7 @@ class Worker:
         access_point: AccessPoint,
         signer: KeyPair,
         crypto: Executor | None = None,
-        on_failure: Callable[[Delivery, str], None] | None = None,
+        notify: Notify | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -69,7 +69,7 @@ class Worker:
         self.access_point = access_point
         self.signer = signer
         self.crypto = crypto
-        self.on_failure = on_failure  # tells the sender (a DSN)
+        self.notify = notify  # tells the sender (a DSN)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set; in-flight deliveries finish, the rest stay queued."""
@@ -92,8 +92,12 @@ class Worker:
                 "access point already had it: counted as submitted", id=delivery.sdk_message_id
             )
             await self._update(delivery, state=State.SUBMITTED, attempts=delivery.attempts + 1)
-        except (PermanentFailure, NotFound, msg.InvalidMessage) as e:
-            await self._fail(delivery, _text(e))
+        except NotFound as e:
+            await self._fail(delivery, _text(e), "5.1.1")
+        except PermanentFailure as e:
+            await self._fail(delivery, _text(e), "5.4.4")
+        except msg.InvalidMessage as e:
+            await self._fail(delivery, _text(e), "5.6.0")
         except (TemporaryFailure, RegistryUnavailable, OSError) as e:
             await self._retry(delivery, _text(e))
         except Exception as e:  # a bug: keep the mail, say so loudly, try again later
@@ -156,7 +160,7 @@ class Worker:
     async def _retry(self, delivery: Delivery, reason: str) -> None:
         attempts = delivery.attempts + 1
         if datetime.now(UTC) - delivery.created_at > self.settings.lifetime:
-            await self._fail(delivery, f"gave up after {attempts} attempts: {reason}")
+            await self._fail(delivery, f"gave up after {attempts} attempts: {reason}", "5.4.7")
             return
         delay = min(self.settings.first_retry * 2 ** (attempts - 1), self.settings.max_retry)
         delay *= random.uniform(0.8, 1.2)  # jitter: retries from many messages spread out
@@ -169,13 +173,18 @@ class Worker:
             next_attempt_at=datetime.now(UTC) + delay,
         )
 
-    async def _fail(self, delivery: Delivery, reason: str) -> None:
+    async def _fail(self, delivery: Delivery, reason: str, status: str) -> None:
         log.warning("delivery failed", id=delivery.sdk_message_id, reason=reason)
+        notes = {**delivery.notes, "failure_reported": True}
         await self._update(
-            delivery, state=State.FAILED, attempts=delivery.attempts + 1, last_error=reason
+            delivery,
+            state=State.FAILED,
+            attempts=delivery.attempts + 1,
+            last_error=reason,
+            notes=notes,
         )
-        if self.on_failure is not None:
-            self.on_failure(delivery, reason)
+        if self.notify is not None:
+            await self.notify(delivery, Event.FAILED, status, reason)
 
     async def _update(self, delivery: Delivery, **changes: object) -> None:
         await asyncio.to_thread(self.spool.update, delivery.id, **changes)

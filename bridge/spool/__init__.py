@@ -6,6 +6,6 @@ the killed one stopped. `SQLiteSpool` is the embedded default; a server-backed s
 follow by offering the same methods.
 """
 
-from .sqlite import Delivery, Envelope, RecipientRecord, SQLiteSpool, State
+from .sqlite import Delivery, Envelope, Received, RecipientRecord, SQLiteSpool, State
 
-__all__ = ["Delivery", "Envelope", "RecipientRecord", "SQLiteSpool", "State"]
+__all__ = ["Delivery", "Envelope", "Received", "RecipientRecord", "SQLiteSpool", "State"]

@@ -5,6 +5,7 @@ commit is durable before `accept` returns: a power cut after SMTP's 250 loses no
 crash between the two leaves an orphan file that no row names; it is never delivered.
 """
 
+import hashlib
 import json
 import sqlite3
 import threading
@@ -43,6 +44,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
     lease_until TEXT                 -- a worker holds it until then (NULL: nobody)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS received (
+    id TEXT PRIMARY KEY,             -- the ebMS MessageId the access point gave it
+    action TEXT NOT NULL,
+    original_sender TEXT NOT NULL,
+    final_recipient TEXT NOT NULL,
+    conversation_id TEXT,
+    received_at TEXT NOT NULL,
+    state TEXT NOT NULL,             -- new, done, ignored (kept for an administrator)
+    note TEXT
+);
 CREATE INDEX IF NOT EXISTS deliveries_mail_id ON deliveries(mail_message_id);
 """
 
@@ -92,8 +103,25 @@ class Delivery:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Received:
+    """An envelope the access point handed over (a kvittens, or a message for us)."""
+
+    id: str
+    action: str
+    original_sender: str
+    final_recipient: str
+    conversation_id: str | None
+    payload: bytes
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _safe_name(message_id: str) -> str:
+    """A file name for an ebMS MessageId, which may hold any printable character."""
+    return hashlib.sha256(message_id.encode()).hexdigest()
 
 
 class SQLiteSpool:
@@ -101,6 +129,8 @@ class SQLiteSpool:
         self.directory = directory
         self._bodies = directory / "messages"
         self._bodies.mkdir(parents=True, exist_ok=True)
+        self._received = directory / "received"
+        self._received.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(directory / "spool.sqlite3", check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
@@ -144,6 +174,49 @@ class SQLiteSpool:
                     ),
                 )
         return message_id
+
+    # --- from the access point ----------------------------------------------------------
+
+    def store_received(self, item: Received) -> bool:
+        """Keep what the access point handed over, durably, before anything else is done
+        with it (Digg's P-Mode deletes it there once retrieved). False: already kept."""
+        write_atomic(self._received / f"{_safe_name(item.id)}.xhe", item.payload)
+        with self._lock, self._db:
+            inserted = self._db.execute(
+                "INSERT OR IGNORE INTO received VALUES (?, ?, ?, ?, ?, ?, 'new', NULL)",
+                (
+                    item.id,
+                    item.action,
+                    item.original_sender,
+                    item.final_recipient,
+                    item.conversation_id,
+                    _now().isoformat(),
+                ),
+            ).rowcount
+        return inserted == 1
+
+    def received(self, state: str = "new") -> list[Received]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM received WHERE state = ? ORDER BY received_at", (state,)
+            ).fetchall()
+        return [
+            Received(
+                id=row["id"],
+                action=row["action"],
+                original_sender=row["original_sender"],
+                final_recipient=row["final_recipient"],
+                conversation_id=row["conversation_id"],
+                payload=(self._received / f"{_safe_name(row['id'])}.xhe").read_bytes(),
+            )
+            for row in rows
+        ]
+
+    def mark_received(self, received_id: str, state: str, note: str | None = None) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "UPDATE received SET state = ?, note = ? WHERE id = ?", (state, note, received_id)
+            )
 
     # --- the worker ------------------------------------------------------------------------
 

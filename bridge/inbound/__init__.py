@@ -1,0 +1,1 @@
+"""Inbound: what the access point hands over, kept durably first, then dealt with."""

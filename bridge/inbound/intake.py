@@ -1,0 +1,51 @@
+"""Taking envelopes from the access point: each one is stored before anything else.
+
+Domibus marks a retrieved message downloaded and, under Digg's P-Mode
+(`retention_downloaded=0`), deletes it at once, so the window between retrieve and fsync
+is kept as small as the code allows: nothing but the write happens in between. Operators
+should configure a retention above zero; then a message retrieved just before a crash is
+still pending afterwards, retrieved again, and recognised as already stored.
+"""
+
+import asyncio
+
+import structlog
+
+from ..plugins import AccessPoint, PermanentFailure, TemporaryFailure
+from ..spool import Received, SQLiteSpool
+
+log = structlog.get_logger(__name__)
+
+
+async def fetch_once(access_point: AccessPoint, spool: SQLiteSpool, limit: int = 100) -> int:
+    """Retrieve up to `limit` pending envelopes into the spool; how many were new."""
+    try:
+        pending = await access_point.pending()
+    except TemporaryFailure as e:
+        log.warning("access point: cannot list pending messages", error=str(e))
+        return 0
+    new = 0
+    for message_id in pending[:limit]:
+        try:
+            item = await access_point.retrieve(message_id)
+        except TemporaryFailure as e:
+            log.warning(
+                "access point: retrieve failed, will try again", id=message_id, error=str(e)
+            )
+            continue
+        except PermanentFailure as e:  # gone, or unreadable: nothing of it can be kept
+            log.error("access point: message could not be retrieved", id=message_id, error=str(e))
+            continue
+        stored = await asyncio.to_thread(
+            spool.store_received,
+            Received(
+                id=item.message_id,
+                action=item.action,
+                original_sender=item.original_sender,
+                final_recipient=item.final_recipient,
+                conversation_id=item.conversation_id,
+                payload=item.payload,
+            ),
+        )
+        new += stored
+    return new

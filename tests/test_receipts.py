@@ -1,0 +1,183 @@
+"""Kvittens intake against the sandbox: B answers with kvittens made with its own sandbox
+keys; A retrieves them from its access point, verifies them and settles the deliveries."""
+
+import asyncio
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from test_outbound import access_point, new_mail, queue, run_worker
+from test_sandbox import registry_for
+
+from bridge import config
+from bridge.inbound.intake import fetch_once
+from bridge.outbound.receipts import KVITTENS_ACTION, Event, Receipts
+from bridge.plugins import Submission
+from bridge.sandbox.federation import Sandbox
+from bridge.sdk import kvittens as kv
+from bridge.sdk.keys import KeyPair
+from bridge.sdk.sealing import seal_kvittens
+from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
+from bridge.spool import Received, SQLiteSpool, State
+
+ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
+
+
+def send_kvittens(
+    sandbox: Sandbox,
+    verdict: Verdict,
+    refers_to: str,
+    signer: KeyPair | None = None,
+    handling_service_id: str = "b.registrator",
+) -> None:
+    """What B's bridge would send back: a signed kvittens through B's access point."""
+    b = config.load(sandbox.config_path("b"))
+    kvittens = kv.Kvittens.answering(verdict, refers_to=refers_to, sender=ORG_B, receiver=ORG_A)
+    sealed = seal_kvittens(
+        kvittens, signer=signer or b.signing, handling_service_id=handling_service_id
+    )
+
+    async def submit() -> None:
+        ap = access_point(sandbox, "b")
+        await ap.submit(Submission(kvittens.id, sealed, KVITTENS_ACTION, ORG_B, ORG_A, refers_to))
+        await ap.close()
+
+    asyncio.run(submit())
+
+
+class Harness:
+    def __init__(self, sandbox: Sandbox, tmp_path: Path) -> None:
+        self.sandbox = sandbox
+        self.tmp_path = tmp_path
+        self.spool = SQLiteSpool(tmp_path / "spool")
+        self.events: list[tuple[str, Event, str, str]] = []
+
+    def sent(self, subject: str = "Ärende") -> str:
+        """One message from A to B, submitted; its SDK messageId."""
+        queue(self.spool, new_mail(subject, "Text."))
+        run_worker(self.sandbox, self.spool, self.tmp_path / "cache-a")
+        delivery = self.spool.deliveries()[-1]
+        assert delivery.state is State.SUBMITTED
+        asyncio.run(self._drain_b())
+        return delivery.sdk_message_id
+
+    async def _drain_b(self) -> None:  # B's bridge would retrieve its messages
+        ap = access_point(self.sandbox, "b")
+        for message_id in await ap.pending():
+            await ap.retrieve(message_id)
+        await ap.close()
+
+    def settle(self) -> None:
+        """A's intake: retrieve from the access point, then process the kvittens."""
+        a = config.load(self.sandbox.config_path("a"))
+
+        async def notify(delivery, event, status, text) -> None:
+            self.events.append((delivery.sdk_message_id, event, status, text))
+
+        async def run() -> None:
+            ap = access_point(self.sandbox, "a")
+            await fetch_once(ap, self.spool)
+            await ap.close()
+            with registry_for(self.sandbox, "a", self.tmp_path / "cache-a") as registry:
+                receipts = Receipts(ORG_A, self.spool, registry, a.trust_anchors, notify)
+                await receipts.process_pending()
+
+        asyncio.run(run())
+
+    def state(self, sdk_message_id: str) -> State:
+        return self.spool.by_sdk_message_id(sdk_message_id).state
+
+
+@pytest.fixture
+def harness(sandbox: Sandbox, tmp_path: Path) -> Harness:
+    return Harness(sandbox, tmp_path)
+
+
+REJECTED = Verdict(Outcome.REJECTED, Reason.BV, Detail.NOT_SUPPORTED, "file type not accepted")
+
+
+def test_accepted_delivers(harness: Harness) -> None:
+    sent = harness.sent()
+    send_kvittens(harness.sandbox, ACCEPTED, sent)
+    harness.settle()
+    assert harness.state(sent) is State.DELIVERED
+    assert harness.events == [
+        (sent, Event.DELIVERED, "2.0.0", "ACCEPTED by the receiving organisation")
+    ]
+    assert harness.spool.received("new") == [] and len(harness.spool.received("done")) == 1
+
+
+def test_rejected_fails_with_the_reason(harness: Harness) -> None:
+    sent = harness.sent()
+    send_kvittens(harness.sandbox, REJECTED, sent)
+    harness.settle()
+    assert harness.state(sent) is State.FAILED
+    ((_, event, status, text),) = harness.events
+    assert (event, status) == (Event.FAILED, "5.6.0")
+    assert "BV not-supported: file type not accepted" in text
+
+
+def test_rejected_never_overrides_accepted(harness: Harness) -> None:
+    sent = harness.sent()
+    send_kvittens(harness.sandbox, ACCEPTED, sent)
+    duplicate = Verdict(
+        Outcome.REJECTED, Reason.BV, Detail.DUPLICATE, "messageId has been received before"
+    )
+    send_kvittens(harness.sandbox, duplicate, sent)
+    harness.settle()
+    assert harness.state(sent) is State.DELIVERED
+    assert [e[1] for e in harness.events] == [Event.DELIVERED]
+
+
+def test_accepted_after_a_failure_report(harness: Harness) -> None:
+    sent = harness.sent()
+    delivery = harness.spool.by_sdk_message_id(sent)
+    harness.spool.update(delivery.id, state=State.FAILED, notes={"failure_reported": True})
+    send_kvittens(harness.sandbox, ACCEPTED, sent)
+    harness.settle()
+    assert harness.state(sent) is State.DELIVERED
+    assert [e[1] for e in harness.events] == [Event.DELIVERED_AFTER_ALL]
+
+
+def test_forged_and_stray_kvittens_are_ignored(harness: Harness) -> None:
+    sent = harness.sent()
+    o2o = harness.sandbox.o2o_pki
+    mallory = o2o.issued("mallory") or o2o.issue("mallory", key_usage="sign")
+    send_kvittens(harness.sandbox, ACCEPTED, sent, signer=KeyPair(mallory.key, mallory.cert))
+    send_kvittens(harness.sandbox, ACCEPTED, str(uuid.uuid4()))  # names nothing we sent
+    send_kvittens(harness.sandbox, ACCEPTED, sent, handling_service_id="a.registrator")  # ours
+    harness.settle()
+    assert harness.state(sent) is State.SUBMITTED
+    assert harness.events == []
+    ignored = harness.spool.received("ignored")
+    assert len(ignored) == 3
+
+
+def test_no_kvittens_in_time(harness: Harness) -> None:
+    sent = harness.sent()
+    a = config.load(harness.sandbox.config_path("a"))
+
+    async def sweep(delay: timedelta, lifetime: timedelta) -> None:
+        async def notify(delivery, event, status, text) -> None:
+            harness.events.append((delivery.sdk_message_id, event, status, text))
+
+        with registry_for(harness.sandbox, "a", harness.tmp_path / "cache") as registry:
+            await Receipts(ORG_A, harness.spool, registry, a.trust_anchors, notify).sweep(
+                delay, lifetime
+            )
+
+    asyncio.run(sweep(timedelta(0), timedelta(days=5)))
+    asyncio.run(sweep(timedelta(0), timedelta(days=5)))  # one delay report, not two
+    assert [(e[1], e[2]) for e in harness.events] == [(Event.DELAYED, "4.4.1")]
+    asyncio.run(sweep(timedelta(0), timedelta(0)))
+    assert harness.state(sent) is State.FAILED
+    assert harness.events[-1][1:3] == (Event.FAILED, "5.4.7")
+
+
+def test_a_retrieved_envelope_is_kept_once(tmp_path: Path) -> None:
+    spool = SQLiteSpool(tmp_path)
+    item = Received("id-1@ap", KVITTENS_ACTION, ORG_B, ORG_A, None, b"<XHE/>")
+    assert spool.store_received(item) is True
+    assert spool.store_received(item) is False
+    assert spool.received() == [item]

@@ -79,6 +79,15 @@ class SMTPConfig:
 
 
 @dataclass(frozen=True)
+class OutboundConfig:
+    lifetime: timedelta = timedelta(days=5)  # retried this long, then the sender is told
+    delay_warning: timedelta = timedelta(hours=4)  # no kvittens by then: a delay report
+    smart_host: tuple[str, int] | None = None  # where DSNs go (the organisation's Exchange)
+    postmaster: str | None = None  # the From of DSNs
+    poll_seconds: float = 10.0  # how often the access point is asked for kvittens
+
+
+@dataclass(frozen=True)
 class FunctionalAddressConfig:
     id: str  # the address-book identifier of one of our functional addresses
     senders: tuple[str, ...]  # envelope senders that may send as it ("*@kommun.se")
@@ -98,7 +107,7 @@ class Config:
     smtp: SMTPConfig | None = None
     functional_addresses: tuple[FunctionalAddressConfig, ...] = ()
     spool: Path | None = None  # the spool directory
-    lifetime: timedelta = timedelta(days=5)  # how long outbound mail is retried
+    outbound: OutboundConfig = OutboundConfig()
 
 
 class _Node:
@@ -224,7 +233,7 @@ def load(file: Path) -> Config:
         if "functional_addresses" in sections
         else (),
         spool=sections["spool"].path() if "spool" in sections else None,
-        lifetime=_outbound(sections["outbound"]) if "outbound" in sections else timedelta(days=5),
+        outbound=_outbound(sections["outbound"]) if "outbound" in sections else OutboundConfig(),
     )
 
 
@@ -233,15 +242,16 @@ def _strings(node: _Node) -> tuple[str, ...]:
 
 
 def _listen(node: _Node) -> tuple[tuple[str, int], ...]:
-    addresses = []
-    for item in node.sequence():
-        host, _, port = item.string().rpartition(":")
-        try:
-            ipaddress.ip_address(host.strip("[]"))
-            addresses.append((host.strip("[]"), int(port)))
-        except ValueError:
-            raise item.error("expected address:port, e.g. 127.0.0.1:2525") from None
-    return tuple(addresses)
+    return tuple(_listen_one(item) for item in node.sequence())
+
+
+def _listen_one(node: _Node) -> tuple[str, int]:
+    host, _, port = node.string().rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise node.error("expected address:port, e.g. 127.0.0.1:2525") from None
 
 
 def _smtp(node: _Node) -> SMTPConfig:
@@ -312,13 +322,29 @@ def _functional_address(node: _Node) -> FunctionalAddressConfig:
     )
 
 
-def _outbound(node: _Node) -> timedelta:
-    fields = node.mapping("lifetime_hours")
-    try:
-        hours = float(_required(fields, node, "lifetime_hours").string())
-    except ValueError:
-        raise fields["lifetime_hours"].error("expected a number of hours") from None
-    return timedelta(hours=hours)
+def _outbound(node: _Node) -> OutboundConfig:
+    fields = node.mapping(
+        "lifetime_hours", "delay_warning_hours", "smart_host", "postmaster", "poll_seconds"
+    )
+
+    def number(name: str, default: float) -> float:
+        if name not in fields:
+            return default
+        try:
+            value = float(fields[name].string())
+        except ValueError:
+            raise fields[name].error("expected a number") from None
+        if value <= 0:
+            raise fields[name].error("expected a positive number")
+        return value
+
+    return OutboundConfig(
+        lifetime=timedelta(hours=number("lifetime_hours", 120)),
+        delay_warning=timedelta(hours=number("delay_warning_hours", 4)),
+        smart_host=_listen_one(fields["smart_host"]) if "smart_host" in fields else None,
+        postmaster=fields["postmaster"].string() if "postmaster" in fields else None,
+        poll_seconds=number("poll_seconds", 10),
+    )
 
 
 def _certificates(node: _Node) -> list[x509.Certificate]:

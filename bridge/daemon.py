@@ -81,7 +81,9 @@ async def run(config: Config) -> None:
     )
     worker = Worker(
         OutboundSettings(
-            config.organisation_id, lifetime=config.lifetime, secrecy_tags=smtp.secrecy_tags
+            config.organisation_id,
+            lifetime=config.outbound.lifetime,
+            secrecy_tags=smtp.secrecy_tags,
         ),
         spool,
         registry,

@@ -147,6 +147,10 @@ def test_example_config_documents_every_key_the_loader_knows() -> None:
         "spool:",
         "outbound:",
         "lifetime_hours:",
+        "delay_warning_hours:",
+        "smart_host:",
+        "postmaster:",
+        "poll_seconds:",
     ):
         assert key in text
     # Its key files do not exist here: the error must point at the first of them.
@@ -306,6 +310,8 @@ functional_addresses:
 spool: spool
 outbound:
   lifetime_hours: 48
+  smart_host: 127.0.0.1:25
+  postmaster: postmaster@a.se
 """
     )
     path.write_text(text)
@@ -318,7 +324,9 @@ outbound:
     assert loaded.smtp.secrecy_tags == ("[sekretess]",)
     assert loaded.functional_addresses[0].senders == ("*@a.se",)
     assert loaded.spool == tmp_path / "spool"
-    assert loaded.lifetime.total_seconds() == 48 * 3600
+    assert loaded.outbound.lifetime.total_seconds() == 48 * 3600
+    assert loaded.outbound.smart_host == ("127.0.0.1", 25)
+    assert loaded.outbound.delay_warning.total_seconds() == 4 * 3600
     for old, new, key in [
         ('"127.0.0.1:2525"', '"localhost"', "smtp.listen[0]"),
         ('"10.0.0.0/8"', '"ten"', "smtp.allowed_networks[0]"),

@@ -6,6 +6,7 @@ the spool, and what the worker did is written back to it.
 """
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -15,7 +16,10 @@ import structlog
 
 from . import plugins
 from .config import Config
+from .inbound.intake import fetch_once
 from .ingress.smtp import IngressHandler, IngressSettings, SenderRule, networks, serve, tls_context
+from .outbound.receipts import Receipts
+from .outbound.reports import DsnReporter
 from .outbound.worker import OutboundSettings, Worker
 from .registry.client import Registry
 from .spool import SQLiteSpool
@@ -23,6 +27,25 @@ from .spool import SQLiteSpool
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_SECONDS = 30.0  # in-flight submissions may finish within this; the rest are retried
+
+
+async def _take_in(
+    access_point: plugins.AccessPoint,
+    spool: SQLiteSpool,
+    receipts: Receipts,
+    config: Config,
+    stop: asyncio.Event,
+) -> None:
+    """Kvittens from the access point, and the deliveries still waiting for one."""
+    while not stop.is_set():
+        try:
+            await fetch_once(access_point, spool)
+            await receipts.process_pending()
+            await receipts.sweep(config.outbound.delay_warning, config.outbound.lifetime)
+        except Exception:  # keep taking in: a bug here must not stop the bridge
+            log.exception("kvittens intake failed; trying again")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), config.outbound.poll_seconds)
 
 
 class ConfigurationMissing(ValueError):
@@ -79,6 +102,14 @@ async def run(config: Config) -> None:
     crypto = ProcessPoolExecutor(
         max_workers=os.cpu_count() or 2, mp_context=multiprocessing.get_context("spawn")
     )
+    reporter = DsnReporter(
+        spool,
+        config.outbound.smart_host,
+        config.outbound.postmaster or f"postmaster@{smtp.hostname}",
+        smtp.hostname,
+        config.outbound.lifetime,
+    )
+    receipts = Receipts(config.organisation_id, spool, registry, config.trust_anchors, reporter)
     worker = Worker(
         OutboundSettings(
             config.organisation_id,
@@ -90,12 +121,14 @@ async def run(config: Config) -> None:
         access_point,
         config.signing,
         crypto,
+        notify=reporter,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     working = asyncio.create_task(worker.run(stop))
+    taking = asyncio.create_task(_take_in(access_point, spool, receipts, config, stop))
     listening = [
         f"{s.sockets[0].getsockname()[0]}:{s.sockets[0].getsockname()[1]}" for s in servers
     ]
@@ -109,7 +142,7 @@ async def run(config: Config) -> None:
             server.close()
         stop.set()
         try:
-            await asyncio.wait_for(working, SHUTDOWN_SECONDS)
+            await asyncio.wait_for(asyncio.gather(working, taking), SHUTDOWN_SECONDS)
         except TimeoutError:
             log.warning("in-flight work did not finish in time; it will be retried")
         crypto.shutdown(cancel_futures=True)

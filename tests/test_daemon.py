@@ -31,6 +31,7 @@ class Bridge:
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
+        self.config = sandbox.config_path("a")
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
@@ -42,7 +43,7 @@ class Bridge:
             "warning",
             "run",
             "-c",
-            str(self.sandbox.config_path("a")),
+            str(self.config),
         ]
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -163,3 +164,73 @@ def test_sigkill_at_random_moments_loses_nothing(sandbox: Sandbox, tmp_path: Pat
     for subject in acknowledged:
         assert labels.count(subject) == 1, subject
     assert len(labels) == len(set(labels))
+
+
+class Sink:
+    """The organisation's smart host, as far as DSNs go: collects what it is given."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        from bridge.sandbox.sml import free_tcp_port
+
+        self.messages: list[tuple[str, list[str], bytes]] = []
+        self.port = free_tcp_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.messages.append((envelope.mail_from, envelope.rcpt_tos, envelope.original_content))
+        return "250 OK"
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+def test_kvittens_outcomes_reach_the_sender_as_dsns(sandbox: Sandbox, tmp_path: Path) -> None:
+    from email import message_from_bytes, policy
+
+    from test_receipts import REJECTED, send_kvittens
+
+    from bridge.sdk.verdict import ACCEPTED
+
+    sink = Sink()
+    config_file = sandbox.directory / "org-a-dsn.yaml"
+    config_file.write_text(
+        sandbox.config_path("a").read_text()
+        + f"outbound:\n  smart_host: 127.0.0.1:{sink.port}\n"
+        + "  postmaster: postmaster@a.sandbox.test\n  poll_seconds: 0.3\n"
+    )
+    running = Bridge(sandbox)
+    running.config = config_file
+    running.start()
+    try:
+        port = sandbox.smtp_port("a")
+        sent = {}
+        for subject in ("Avvisas", "Tas emot"):
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+                smtp.send_message(
+                    mail(subject), FROM, [TO_B], rcpt_options=["NOTIFY=SUCCESS,FAILURE"]
+                )
+        wait_until(lambda: pending_at_b(sandbox) >= 2)
+        for message in received_by_b(sandbox, tmp_path / "cache-b"):
+            sent[message.label] = message.message_id
+        send_kvittens(sandbox, REJECTED, sent["Avvisas"])
+        send_kvittens(sandbox, ACCEPTED, sent["Tas emot"])
+        wait_until(lambda: len(sink.messages) >= 2, 60)
+    finally:
+        assert running.stop() == 0
+        sink.stop()
+    reports = {}
+    for mail_from, recipients, content in sink.messages:
+        assert mail_from in ("", "<>") and recipients == [FROM]
+        report = message_from_bytes(content, policy=policy.default)
+        assert report.get_content_type() == "multipart/report"
+        status = report.get_payload()[1]
+        assert status.get_content_type() == "message/delivery-status"
+        text = status.as_string()
+        reports[
+            "5.6.0" if "Status: 5.6.0" in text else "2.0.0" if "Status: 2.0.0" in text else "?"
+        ] = text
+    assert "X-SDK; REJECTED BV not-supported: file type not accepted" in reports["5.6.0"]
+    assert "Action: delivered" in reports["2.0.0"]

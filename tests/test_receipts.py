@@ -114,8 +114,8 @@ def test_rejected_fails_with_the_reason(harness: Harness) -> None:
     harness.settle()
     assert harness.state(sent) is State.FAILED
     ((_, event, status, text),) = harness.events
-    assert (event, status) == (Event.FAILED, "5.6.0")
-    assert "BV not-supported: file type not accepted" in text
+    assert (event, status) == (Event.REJECTED, "5.6.0")
+    assert text == "REJECTED BV not-supported: file type not accepted"
 
 
 def test_rejected_never_overrides_accepted(harness: Harness) -> None:

@@ -34,6 +34,7 @@ class Event(StrEnum):
     DELIVERED = "delivered"
     DELIVERED_AFTER_ALL = "delivered-after-all"  # after an earlier failure report
     FAILED = "failed"
+    REJECTED = "rejected"  # failed, by the receiving organisation's kvittens
     DELAYED = "delayed"
 
 
@@ -144,9 +145,7 @@ class Receipts:
             self.spool.update, delivery.id, state=State.FAILED, last_error=reason, notes=notes
         )
         log.warning("rejected by the receiver", id=delivery.sdk_message_id, reason=reason)
-        await self.notify(
-            delivery, Event.FAILED, "5.6.0", f"REJECTED by the receiving organisation: {reason}"
-        )
+        await self.notify(delivery, Event.REJECTED, "5.6.0", f"REJECTED {reason}")
 
     async def sweep(self, delay_warning: timedelta, lifetime: timedelta) -> None:
         """Submitted messages without a kvittens: a delay report, then failure."""

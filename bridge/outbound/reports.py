@@ -1,0 +1,91 @@
+"""Telling senders: outcomes of deliveries become RFC 3464 DSNs through the smart host."""
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from ..spool import Delivery, SQLiteSpool
+from . import dsn
+from .receipts import Event
+
+log = structlog.get_logger(__name__)
+
+_ACTIONS = {
+    Event.DELIVERED: dsn.Action.DELIVERED,
+    Event.DELIVERED_AFTER_ALL: dsn.Action.DELIVERED,
+    Event.FAILED: dsn.Action.FAILED,
+    Event.REJECTED: dsn.Action.FAILED,
+    Event.DELAYED: dsn.Action.DELAYED,
+}
+
+
+class DsnReporter:
+    """A `Notify` for the worker and the kvittens intake."""
+
+    def __init__(
+        self,
+        spool: SQLiteSpool,
+        smart_host: tuple[str, int] | None,
+        postmaster: str,
+        reporting_mta: str,
+        lifetime: timedelta,
+    ) -> None:
+        self.spool = spool
+        self.smart_host = smart_host
+        self.postmaster = postmaster
+        self.reporting_mta = reporting_mta
+        self.lifetime = lifetime
+
+    async def __call__(self, delivery: Delivery, event: Event, status: str, text: str) -> None:
+        envelope = await asyncio.to_thread(self.spool.envelope, delivery.message_id)
+        original = await asyncio.to_thread(self.spool.body, delivery.message_id)
+        action = _ACTIONS[event]
+        extra: dict[str, object] = {}
+        if action is dsn.Action.DELAYED:
+            extra["will_retry_until"] = delivery.created_at + self.lifetime
+        report = dsn.Report.for_recipient(
+            delivery.recipient,
+            action,
+            status,
+            diagnostic=text,
+            diagnostic_type=dsn.DIAGNOSTIC_SDK if event is Event.REJECTED else dsn.DIAGNOSTIC_SMTP,
+            last_attempt=datetime.now(UTC),
+            after_failure=event is Event.DELIVERED_AFTER_ALL,
+            **extra,
+        )
+        message = dsn.build(
+            envelope=envelope,
+            reports=[report],
+            original=original,
+            reporting_mta=self.reporting_mta,
+            arrival=delivery.created_at,
+            from_address=self.postmaster,
+        )
+        if message is None:
+            return  # NOTIFY, a null sender, or a DSN about a DSN: nothing to send
+        if self.smart_host is None:
+            log.warning(
+                "no smart host configured: delivery report not sent",
+                outcome=str(event),
+                to=envelope.mail_from,
+                id=delivery.sdk_message_id,
+            )
+            return
+        try:
+            await dsn.send(message, smart_host=self.smart_host[0], port=self.smart_host[1])
+        except dsn.SendError as e:
+            log.error(
+                "delivery report could not be sent",
+                to=envelope.mail_from,
+                id=delivery.sdk_message_id,
+                error=str(e),
+                permanent=e.permanent,
+            )
+            return
+        log.info(
+            "delivery report sent",
+            outcome=str(event),
+            to=envelope.mail_from,
+            id=delivery.sdk_message_id,
+        )

@@ -20,6 +20,7 @@ from .inbound.intake import fetch_once
 from .ingress.smtp import IngressHandler, IngressSettings, SenderRule, networks, serve, tls_context
 from .outbound.receipts import Receipts
 from .outbound.reports import DsnReporter
+from .outbound.transport import follow
 from .outbound.worker import OutboundSettings, Worker
 from .registry.client import Registry
 from .spool import SQLiteSpool
@@ -41,6 +42,7 @@ async def _take_in(
         try:
             await fetch_once(access_point, spool)
             await receipts.process_pending()
+            await follow(access_point, spool, receipts.notify)
             await receipts.sweep(config.outbound.delay_warning, config.outbound.lifetime)
         except Exception:  # keep taking in: a bug here must not stop the bridge
             log.exception("kvittens intake failed; trying again")

@@ -207,3 +207,61 @@ def test_unknown_recipient_at_the_access_point_fails_for_good(
     assert delivery.state is State.FAILED
     ((event, status, reason),) = failures
     assert (event, status) == ("failed", "5.1.1") and "not registered" in reason
+
+
+def test_not_serviced_at_the_receiving_access_point(sandbox: Sandbox, tmp_path: Path) -> None:
+    """SMP points at B's access point, which does not serve the organisation: the access
+    point ends SEND_FAILURE with NOT_SERVICED, and the sender is told (5.1.1)."""
+    from bridge.outbound.transport import follow
+    from bridge.sandbox.smp import Registration
+
+    stale = "0203:stale.sandbox.test"
+    b = sandbox.smp.registrations[ORG_B]
+    sandbox.smp.registrations[stale] = Registration(
+        b.endpoint_url, b.access_point_cert, b.signing_certs, b.encryption_certs
+    )
+    spool = SQLiteSpool(tmp_path / "spool")
+    record = dataclasses.replace(TO_B, organisation_id=stale)
+    spool.accept(
+        Envelope("anna@kommun-a.se", sender_address="a.registrator"),
+        [record],
+        new_mail("Fel mottagare").as_bytes(policy=email.policy.SMTP),
+    )
+    events = []
+
+    async def notify(delivery, event, status, reason) -> None:
+        events.append((event, status, reason))
+
+    try:
+        run_worker(sandbox, spool, tmp_path / "cache")
+        assert spool.deliveries()[0].state is State.SUBMITTED
+
+        async def check() -> None:
+            ap = access_point(sandbox, "a")
+            await follow(ap, spool, notify)
+            await ap.close()
+
+        asyncio.run(check())
+    finally:
+        del sandbox.smp.registrations[stale]
+    assert spool.deliveries()[0].state is State.FAILED
+    ((event, status, reason),) = events
+    assert (event, status) == ("failed", "5.1.1") and "NOT_SERVICED" in reason
+
+
+def test_acknowledged_submissions_are_noted(sandbox: Sandbox, tmp_path: Path) -> None:
+    from bridge.outbound.transport import follow
+
+    spool = SQLiteSpool(tmp_path / "spool")
+    queue(spool, new_mail("Kvitto", "Text."))
+    run_worker(sandbox, spool, tmp_path / "cache")
+
+    async def check() -> None:
+        ap = access_point(sandbox, "a")
+        await follow(ap, spool, lambda *a: None)
+        await ap.close()
+
+    asyncio.run(check())
+    (delivery,) = spool.deliveries()
+    assert delivery.state is State.SUBMITTED and delivery.notes["transport"] == "ACKNOWLEDGED"
+    received_by_b(sandbox, tmp_path / "cache-b")  # leave B's access point empty

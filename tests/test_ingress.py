@@ -2,9 +2,12 @@
 which reply, and what is stored before 250. Real SMTP clients (smtplib) over loopback."""
 
 import asyncio
+import email.policy
+import os
 import smtplib
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -302,3 +305,41 @@ def test_malware_is_refused_at_data(make_ingress, clamd_server) -> None:  # noqa
         assert error.value.smtp_code == 554 and error.value.smtp_error.startswith(b"5.7.1")
         assert smtp.send_message(mail(), FROM, [TO_B]) == {}
     assert len(spool.deliveries()) == 1
+
+
+def test_big_messages_do_not_stall_other_sessions(ingress) -> None:
+    """Three 25 MB mails at once; meanwhile a short dialogue still answers promptly."""
+    running, spool = ingress
+    big = mail("Stor")
+    big.add_attachment(
+        os.urandom(18_000_000), maintype="application", subtype="pdf", filename="stor.pdf"
+    )  # about 25 MB once base64-encoded
+    data = big.as_bytes(policy=email.policy.SMTP)
+    assert 24_000_000 < len(data) < 26_000_000
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            with client(running.port) as smtp:
+                smtp.sendmail(FROM, [TO_B], data)
+        except BaseException as e:
+            errors.append(e)
+
+    senders = [threading.Thread(target=send) for _ in range(3)]
+    for sender in senders:
+        sender.start()
+    slowest = 0.0
+    while any(s.is_alive() for s in senders):
+        started = time.monotonic()
+        with client(running.port) as smtp:
+            smtp.ehlo()
+            smtp.mail(FROM)
+            code, _ = smtp.rcpt(TO_B)
+            assert code == 250
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.2)
+    for sender in senders:
+        sender.join(120)
+    assert errors == []
+    assert len(spool.deliveries()) == 3
+    assert slowest < 5.0, slowest

@@ -343,3 +343,39 @@ def test_big_messages_do_not_stall_other_sessions(ingress) -> None:
     assert errors == []
     assert len(spool.deliveries()) == 3
     assert slowest < 5.0, slowest
+
+
+def test_limits_on_lines_and_headers(ingress) -> None:
+    running, spool = ingress
+    with client(running.port) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as error:
+            smtp.sendmail(FROM, [TO_B], b"Subject: x\r\n\r\n" + b"a" * 2000 + b"\r\n")
+        assert error.value.smtp_code == 500  # RFC 5321 4.5.3.1.6: 1000 octets a line
+    many = b"".join(b"X-Filler-%d: x\r\n" % n for n in range(600)) + b"Subject: x\r\n\r\nhej\r\n"
+    with client(running.port) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as error:
+            smtp.sendmail(FROM, [TO_B], many)
+        assert error.value.smtp_code == 552 and error.value.smtp_error.startswith(b"5.3.4")
+    assert spool.deliveries() == []
+
+
+def test_too_large_once_mapped_is_refused_at_data(ingress) -> None:
+    """Under the SIZE limit as mail, over 30 MB as an SDK message: "&" becomes "&amp;"."""
+    running, spool = ingress
+    big = mail("För stor", ("&" * 500 + "\n") * 14_000)  # 7 MB of mail, 35 MB of XML
+    with client(running.port) as smtp, pytest.raises(smtplib.SMTPDataError) as error:
+        smtp.send_message(big, FROM, [TO_B])
+    assert error.value.smtp_code == 552 and error.value.smtp_error.startswith(b"5.3.4")
+    assert spool.deliveries() == []
+
+
+def test_a_spool_that_cannot_store_answers_4xx(ingress, monkeypatch: pytest.MonkeyPatch) -> None:
+    running, spool = ingress
+
+    def broken(*_: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool, "accept", broken)
+    with client(running.port) as smtp, pytest.raises(smtplib.SMTPDataError) as error:
+        smtp.send_message(mail(), FROM, [TO_B])
+    assert error.value.smtp_code == 451 and error.value.smtp_error.startswith(b"4.3.0")

@@ -181,3 +181,24 @@ def test_a_retrieved_envelope_is_kept_once(tmp_path: Path) -> None:
     assert spool.store_received(item) is True
     assert spool.store_received(item) is False
     assert spool.received() == [item]
+
+
+def test_a_queued_delivery_gets_one_delay_report(harness: Harness) -> None:
+    queue(harness.spool, new_mail("Köad", "Text."))
+    (delivery,) = harness.spool.deliveries()
+    harness.spool.update(delivery.id, last_error="access point unavailable")
+    a = config.load(harness.sandbox.config_path("a"))
+
+    async def sweep() -> None:
+        async def notify(delivery, event, status, text) -> None:
+            harness.events.append((delivery.sdk_message_id, event, status, text))
+
+        with registry_for(harness.sandbox, "a", harness.tmp_path / "cache") as registry:
+            receipts = Receipts(ORG_A, harness.spool, registry, a.trust_anchors, notify)
+            await receipts.sweep(timedelta(0), timedelta(days=5))
+
+    asyncio.run(sweep())
+    asyncio.run(sweep())
+    ((_, event, status, text),) = harness.events
+    assert (event, status) == (Event.DELAYED, "4.4.1") and "access point unavailable" in text
+    assert harness.spool.deliveries()[0].state is State.QUEUED

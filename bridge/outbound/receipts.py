@@ -148,8 +148,17 @@ class Receipts:
         await self.notify(delivery, Event.REJECTED, "5.6.0", f"REJECTED {reason}")
 
     async def sweep(self, delay_warning: timedelta, lifetime: timedelta) -> None:
-        """Submitted messages without a kvittens: a delay report, then failure."""
+        """Deliveries that take long: one delay report each; submitted ones without a
+        kvittens fail at the end of their lifetime (queued ones are failed by the worker)."""
         now = datetime.now(UTC)
+        for delivery in await asyncio.to_thread(self.spool.deliveries, State.QUEUED):
+            if now - delivery.created_at > delay_warning and not delivery.notes.get(
+                "delay_reported"
+            ):
+                notes = {**delivery.notes, "delay_reported": True}
+                await asyncio.to_thread(self.spool.update, delivery.id, notes=notes)
+                reason = f"not yet handed to the access point: {delivery.last_error or 'waiting'}"
+                await self.notify(delivery, Event.DELAYED, "4.4.1", reason)
         for delivery in await asyncio.to_thread(self.spool.deliveries, State.SUBMITTED):
             age = now - delivery.created_at
             if age > lifetime:

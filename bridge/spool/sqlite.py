@@ -254,7 +254,8 @@ class SQLiteSpool:
             for k, v in changes.items()
         }
         values["updated_at"] = _now().isoformat()
-        values["lease_until"] = None  # whatever happened, the worker is done with it
+        if "state" in changes:
+            values["lease_until"] = None  # a new state: whoever held it is done with it
         assignments = ", ".join(f"{k} = ?" for k in values)
         with self._lock, self._db:
             self._db.execute(

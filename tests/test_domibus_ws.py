@@ -59,14 +59,6 @@ DIGG_EXAMPLE = Path(
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    federation = Sandbox(tmp_path_factory.mktemp("sandbox"), 2, key_size=2048)
-    federation.start()
-    yield federation
-    federation.stop()
-
-
 @pytest.fixture(autouse=True)
 def _switches_off(sandbox: Sandbox) -> Iterator[None]:
     yield

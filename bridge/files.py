@@ -21,7 +21,19 @@ def write_atomic(path: Path, data: bytes, *, mtime: float | None = None) -> None
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
+    _sync_directory(path.parent)
+
+
+def move_durably(source: Path, target: Path) -> None:
+    """Move a fully written file into place: fsync it, rename, fsync the directory."""
+    with source.open("rb") as file:
+        os.fsync(file.fileno())
+    os.replace(source, target)
+    _sync_directory(target.parent)
+
+
+def _sync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:

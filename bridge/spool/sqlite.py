@@ -16,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ..files import write_atomic
+from ..files import move_durably, write_atomic
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -131,6 +131,10 @@ class SQLiteSpool:
         self._bodies.mkdir(parents=True, exist_ok=True)
         self._received = directory / "received"
         self._received.mkdir(parents=True, exist_ok=True)
+        self._incoming = directory / "incoming"
+        self._incoming.mkdir(parents=True, exist_ok=True)
+        for leftover in self._incoming.glob("*.part"):  # never answered 250: not ours
+            leftover.unlink()
         self._db = sqlite3.connect(directory / "spool.sqlite3", check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
@@ -145,15 +149,30 @@ class SQLiteSpool:
 
     # --- ingress ---------------------------------------------------------------------------
 
-    def accept(self, envelope: Envelope, recipients: list[RecipientRecord], body: bytes) -> str:
-        """Store one message for its recipients, durably; return its spool id."""
+    def incoming(self) -> Path:
+        """A new file for a message still arriving; `accept` moves it into the spool."""
+        return self._incoming / f"{uuid.uuid4().hex}.part"
+
+    def accept(
+        self, envelope: Envelope, recipients: list[RecipientRecord], body: bytes | Path
+    ) -> str:
+        """Store one message for its recipients, durably; return its spool id.
+
+        `body` is the message, or a file from `incoming()` holding it (moved, not copied).
+        """
         message_id = uuid.uuid4().hex
-        write_atomic(self._bodies / f"{message_id}.eml", body)
+        target = self._bodies / f"{message_id}.eml"
+        if isinstance(body, Path):
+            size = body.stat().st_size
+            move_durably(body, target)
+        else:
+            size = len(body)
+            write_atomic(target, body)
         now = _now().isoformat()
         with self._lock, self._db:
             self._db.execute(
                 "INSERT INTO messages VALUES (?, ?, ?, ?, ?)",
-                (message_id, now, envelope.mail_from, json.dumps(vars(envelope)), len(body)),
+                (message_id, now, envelope.mail_from, json.dumps(vars(envelope)), size),
             )
             for recipient in recipients:
                 details = {**vars(recipient), "notify": list(recipient.notify)}

@@ -34,6 +34,7 @@ async def _take_in(
     access_point: plugins.AccessPoint,
     spool: SQLiteSpool,
     receipts: Receipts,
+    reporter: DsnReporter,
     config: Config,
     stop: asyncio.Event,
 ) -> None:
@@ -44,6 +45,7 @@ async def _take_in(
             await receipts.process_pending()
             await follow(access_point, spool, receipts.notify)
             await receipts.sweep(config.outbound.delay_warning, config.outbound.lifetime)
+            await reporter.resend_held()
         except Exception:  # keep taking in: a bug here must not stop the bridge
             log.exception("kvittens intake failed; trying again")
         with contextlib.suppress(TimeoutError):
@@ -130,7 +132,7 @@ async def run(config: Config) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     working = asyncio.create_task(worker.run(stop))
-    taking = asyncio.create_task(_take_in(access_point, spool, receipts, config, stop))
+    taking = asyncio.create_task(_take_in(access_point, spool, receipts, reporter, config, stop))
     listening = [
         f"{s.sockets[0].getsockname()[0]}:{s.sockets[0].getsockname()[1]}" for s in servers
     ]

@@ -12,12 +12,12 @@ import asyncio
 import structlog
 
 from ..plugins import AccessPoint, PermanentFailure, TemporaryFailure
-from ..spool import Received, SQLiteSpool
+from ..spool import Received, Spool
 
 log = structlog.get_logger(__name__)
 
 
-async def fetch_once(access_point: AccessPoint, spool: SQLiteSpool, limit: int = 100) -> int:
+async def fetch_once(access_point: AccessPoint, spool: Spool, limit: int = 100) -> int:
     """Retrieve up to `limit` pending envelopes into the spool; how many were new."""
     try:
         pending = await access_point.pending()

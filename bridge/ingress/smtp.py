@@ -31,7 +31,7 @@ from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
 from ..sdk import message as msg
 from ..spool import Envelope as SpoolEnvelope
-from ..spool import RecipientRecord, SQLiteSpool
+from ..spool import RecipientRecord, Spool
 from . import dsnparams
 
 log = structlog.get_logger(__name__)
@@ -157,7 +157,7 @@ class IngressHandler:
         self,
         settings: IngressSettings,
         registry: Registry,
-        spool: SQLiteSpool,
+        spool: Spool,
         scanner: Scanner | None = None,
     ) -> None:
         self.settings = settings

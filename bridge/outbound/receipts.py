@@ -21,7 +21,7 @@ from ..registry.errors import RegistryError, RegistryUnavailable
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID
 from ..sdk.sealing import Opened, Receiver, open_envelope
 from ..sdk.verdict import Outcome
-from ..spool import Delivery, Received, SQLiteSpool, State
+from ..spool import Delivery, Received, Spool, State
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +46,7 @@ class Receipts:
     def __init__(
         self,
         organisation_id: str,
-        spool: SQLiteSpool,
+        spool: Spool,
         registry: Registry,
         trust_anchors: list,
         notify: Notify,

@@ -2,10 +2,12 @@
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.parser import BytesParser
 
 import structlog
 
-from ..spool import Delivery, SQLiteSpool
+from ..spool import Delivery, Spool
 from . import dsn
 from .receipts import Event
 
@@ -21,11 +23,12 @@ _ACTIONS = {
 
 
 class DsnReporter:
-    """A `Notify` for the worker and the kvittens intake."""
+    """A `Notify` for the worker and the kvittens intake. A report the smart host does
+    not take now is kept in the spool and sent again later."""
 
     def __init__(
         self,
-        spool: SQLiteSpool,
+        spool: Spool,
         smart_host: tuple[str, int] | None,
         postmaster: str,
         reporting_mta: str,
@@ -82,6 +85,9 @@ class DsnReporter:
                 error=str(e),
                 permanent=e.permanent,
             )
+            if not e.permanent:  # kept, and sent again by resend_held()
+                data = message.as_bytes(policy=dsn.POLICY)
+                await asyncio.to_thread(self.spool.hold_report, envelope.mail_from, data)
             return
         log.info(
             "delivery report sent",
@@ -89,3 +95,18 @@ class DsnReporter:
             to=envelope.mail_from,
             id=delivery.sdk_message_id,
         )
+
+    async def resend_held(self) -> None:
+        """Reports kept because the smart host did not take them: try each once more."""
+        if self.smart_host is None:
+            return
+        for report_id, recipient, data in await asyncio.to_thread(self.spool.held_reports):
+            message = BytesParser(policy=dsn.POLICY).parsebytes(data)
+            assert isinstance(message, EmailMessage)
+            try:
+                await dsn.send(message, smart_host=self.smart_host[0], port=self.smart_host[1])
+            except dsn.SendError as e:
+                if not e.permanent:
+                    continue
+                log.error("held delivery report refused for good", to=recipient, error=str(e))
+            await asyncio.to_thread(self.spool.drop_report, report_id)

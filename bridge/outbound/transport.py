@@ -12,7 +12,7 @@ import asyncio
 import structlog
 
 from ..plugins import AccessPoint, TemporaryFailure
-from ..spool import SQLiteSpool, State
+from ..spool import Spool, State
 from .receipts import Event, Notify
 
 log = structlog.get_logger(__name__)
@@ -21,7 +21,7 @@ SENT = "ACKNOWLEDGED"
 FAILED = "SEND_FAILURE"
 
 
-async def follow(access_point: AccessPoint, spool: SQLiteSpool, notify: Notify) -> None:
+async def follow(access_point: AccessPoint, spool: Spool, notify: Notify) -> None:
     """Ask the access point about every submitted delivery it has not confirmed yet."""
     for delivery in await asyncio.to_thread(spool.deliveries, State.SUBMITTED):
         if delivery.notes.get("transport") == SENT:

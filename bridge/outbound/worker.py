@@ -31,7 +31,7 @@ from ..sdk import message as msg
 from ..sdk.keys import KeyPair
 from ..sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_DOCUMENT_ID
 from ..sdk.sealing import seal_message
-from ..spool import Delivery, SQLiteSpool, State
+from ..spool import Delivery, Spool, State
 from .mapping import thread_ids, to_business_message
 from .receipts import Event, Notify
 
@@ -56,7 +56,7 @@ class Worker:
     def __init__(
         self,
         settings: OutboundSettings,
-        spool: SQLiteSpool,
+        spool: Spool,
         registry: Registry,
         access_point: AccessPoint,
         signer: KeyPair,

@@ -44,6 +44,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
     lease_until TEXT                 -- a worker holds it until then (NULL: nobody)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS reports (   -- delivery reports (DSNs) the smart host did not take yet
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient TEXT NOT NULL,
+    data BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS received (
     id TEXT PRIMARY KEY,             -- the ebMS MessageId the access point gave it
     action TEXT NOT NULL,
@@ -236,6 +242,26 @@ class SQLiteSpool:
             self._db.execute(
                 "UPDATE received SET state = ?, note = ? WHERE id = ?", (state, note, received_id)
             )
+
+    # --- delivery reports waiting for the smart host -------------------------------------
+
+    def hold_report(self, recipient: str, data: bytes) -> None:
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT INTO reports (recipient, data, created_at) VALUES (?, ?, ?)",
+                (recipient, data, _now().isoformat()),
+            )
+
+    def held_reports(self) -> list[tuple[int, str, bytes]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, recipient, data FROM reports ORDER BY id"
+            ).fetchall()
+        return [(row["id"], row["recipient"], row["data"]) for row in rows]
+
+    def drop_report(self, report_id: int) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM reports WHERE id = ?", (report_id,))
 
     # --- the worker ------------------------------------------------------------------------
 

@@ -210,7 +210,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .daemon import ConfigurationMissing, run
+    from .daemon import ConfigurationMissing, StageFailed, run
 
     try:
         loaded = config.load(Path(args.config))
@@ -220,6 +220,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         asyncio.run(run(loaded))
     except ConfigurationMissing as e:
         raise UsageError(f"{args.config}: {e}") from None
+    except StageFailed as e:
+        print(f"sdk-bridge: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

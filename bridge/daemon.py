@@ -45,11 +45,16 @@ async def _take_in(
             await receipts.process_pending()
             await follow(access_point, spool, receipts.notify)
             await receipts.sweep(config.outbound.delay_warning, config.outbound.lifetime)
+            await reporter.send_owed()
             await reporter.resend_held()
         except Exception:  # keep taking in: a bug here must not stop the bridge
             log.exception("kvittens intake failed; trying again")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), config.outbound.poll_seconds)
+
+
+class StageFailed(RuntimeError):
+    """A stage died; the daemon exits non-zero so systemd restarts it."""
 
 
 class ConfigurationMissing(ValueError):
@@ -131,6 +136,7 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    failed: list[asyncio.Task[None]] = []
     working = asyncio.create_task(worker.run(stop))
     taking = asyncio.create_task(_take_in(access_point, spool, receipts, reporter, config, stop))
     listening = [
@@ -138,6 +144,8 @@ async def run(config: Config) -> None:
     ]
     log.info("sdk-bridge ready", smtp=listening, released_leases=released)
     print(f"sdk-bridge ready: SMTP on {', '.join(listening)}", flush=True)
+    for task in (working, taking):  # if a stage dies, the whole bridge stops (and restarts)
+        task.add_done_callback(lambda _: stop.set())
     try:
         await stop.wait()
     finally:
@@ -145,12 +153,15 @@ async def run(config: Config) -> None:
         for server in servers:
             server.close()
         stop.set()
-        try:
-            await asyncio.wait_for(asyncio.gather(working, taking), SHUTDOWN_SECONDS)
-        except TimeoutError:
+        done, pending = await asyncio.wait((working, taking), timeout=SHUTDOWN_SECONDS)
+        for task in pending:
             log.warning("in-flight work did not finish in time; it will be retried")
+            task.cancel()
+        failed = [t for t in done if not t.cancelled() and t.exception() is not None]
         crypto.shutdown(cancel_futures=True)
         await access_point.close()
         registry.close()
         spool.close()
         log.info("stopped")
+    if failed:
+        raise StageFailed(f"a stage of the bridge failed: {failed[0].exception()!r}")

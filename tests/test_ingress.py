@@ -379,3 +379,26 @@ def test_a_spool_that_cannot_store_answers_4xx(ingress, monkeypatch: pytest.Monk
     with client(running.port) as smtp, pytest.raises(smtplib.SMTPDataError) as error:
         smtp.send_message(mail(), FROM, [TO_B])
     assert error.value.smtp_code == 451 and error.value.smtp_error.startswith(b"4.3.0")
+
+
+def test_the_tail_of_an_over_long_line_does_not_end_data(ingress) -> None:
+    """After 1100 characters, ".\\r\\n" is the end of that line, not of the message: what
+    follows must not run as commands."""
+    running, spool = ingress
+    with client(running.port) as smtp:
+        smtp.ehlo()
+        smtp.mail(FROM)
+        smtp.rcpt(TO_B)
+        smtp.putcmd("DATA")
+        assert smtp.getreply()[0] == 354
+        # The server drains all but the last byte read of an over-long line; sent in two
+        # pieces, what it reads next is exactly ".\r\n" followed by a command.
+        smtp.send(b"Subject: x\r\n\r\n" + b"A" * 1100 + b".")
+        time.sleep(0.3)
+        smtp.send(b"\r\nNOOP\r\n.\r\n")
+        code, text = smtp.getreply()
+        assert code == 500 and text.startswith(b"5.5.6")
+        smtp.putcmd("HELP")  # the next reply must answer it, not a smuggled NOOP
+        code, text = smtp.getreply()
+        assert code == 250 and b"Supported" in text, text
+    assert spool.deliveries() == []

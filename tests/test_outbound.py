@@ -194,8 +194,8 @@ def test_unknown_recipient_at_the_access_point_fails_for_good(
         ap = access_point(sandbox, "a")
         with registry_for(sandbox, "a", tmp_path / "cache") as registry:
 
-            async def notify(delivery, event, status, reason) -> None:
-                failures.append((event, status, reason))
+            async def notify(delivery) -> None:
+                failures.append(tuple(delivery.notes["report"].values()))
 
             worker = Worker(OutboundSettings(ORG_A), spool, registry, ap, a.signing, notify=notify)
             for delivery in spool.claim_due(10, lease=OutboundSettings(ORG_A).lease):
@@ -229,8 +229,8 @@ def test_not_serviced_at_the_receiving_access_point(sandbox: Sandbox, tmp_path: 
     )
     events = []
 
-    async def notify(delivery, event, status, reason) -> None:
-        events.append((event, status, reason))
+    async def notify(delivery) -> None:
+        events.append(tuple(delivery.notes["report"].values()))
 
     try:
         run_worker(sandbox, spool, tmp_path / "cache")
@@ -258,7 +258,7 @@ def test_acknowledged_submissions_are_noted(sandbox: Sandbox, tmp_path: Path) ->
 
     async def check() -> None:
         ap = access_point(sandbox, "a")
-        await follow(ap, spool, lambda *a: None)
+        await follow(ap, spool, None)
         await ap.close()
 
     asyncio.run(check())

@@ -106,6 +106,7 @@ class BridgeSMTP(SMTP):
     async def _receive(self, path: Path) -> str | None:
         """Read DATA into `path` (dot-unstuffed); the refusal, or None when it is whole."""
         size, limit, problem = 0, self.data_size_limit, None
+        inside_long_line = False  # what follows an over-long line's start is still that line
         with path.open("wb") as file:
             while self.transport is not None:
                 try:
@@ -113,6 +114,10 @@ class BridgeSMTP(SMTP):
                 except asyncio.LimitOverrunError as e:
                     await self._reader.read(e.consumed)  # drain; answer at the end
                     problem = problem or "500 5.5.6 Line too long (RFC 5321 4.5.3.1.6)"
+                    inside_long_line = True
+                    continue
+                if inside_long_line:  # its end: never an end of data, whatever it looks like
+                    inside_long_line = False
                     continue
                 if line == b".\r\n":
                     return problem

@@ -10,11 +10,10 @@ sender it was delivered after all.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 
 import structlog
+from cryptography import x509
 
 from ..registry.client import Registry
 from ..registry.errors import RegistryError, RegistryUnavailable
@@ -22,24 +21,12 @@ from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID
 from ..sdk.sealing import Opened, Receiver, open_envelope
 from ..sdk.verdict import Outcome
 from ..spool import Delivery, Received, Spool, State
+from .outcomes import Event, Notify, settle
 
 log = structlog.get_logger(__name__)
 
 KVITTENS_ACTION = f"{DOCUMENT_ID_SCHEME}::{KVITTENS_DOCUMENT_ID}"
-
-
-class Event(StrEnum):
-    """What the sender is told about (a DSN, where NOTIFY asks for it)."""
-
-    DELIVERED = "delivered"
-    DELIVERED_AFTER_ALL = "delivered-after-all"  # after an earlier failure report
-    FAILED = "failed"
-    REJECTED = "rejected"  # failed, by the receiving organisation's kvittens
-    DELAYED = "delayed"
-
-
-# (delivery, event, RFC 3463 status, diagnostic text) -> sent
-Notify = Callable[[Delivery, Event, str, str], Awaitable[None]]
+NOT_PUBLISHED = "not one the sender publishes in CertPub"  # the verdict text to retry on
 
 
 class Receipts:
@@ -48,8 +35,8 @@ class Receipts:
         organisation_id: str,
         spool: Spool,
         registry: Registry,
-        trust_anchors: list,
-        notify: Notify,
+        trust_anchors: list[x509.Certificate],
+        notify: Notify | None,
     ) -> None:
         self.organisation_id = organisation_id
         self.spool = spool
@@ -60,8 +47,7 @@ class Receipts:
     async def process_pending(self) -> None:
         """Every stored kvittens not yet dealt with; business messages are left for the
         inbound path."""
-        items = await asyncio.to_thread(self.spool.received, "new")
-        for item in items:
+        for item in await asyncio.to_thread(self.spool.received, "new"):
             if item.action == KVITTENS_ACTION:
                 await self.process(item)
 
@@ -71,14 +57,12 @@ class Receipts:
         except RegistryUnavailable as e:
             log.warning("kvittens waits: the registry cannot answer", id=item.id, error=str(e))
             return
-        problem = self._problem(item, opened)
-        if problem:
+        delivery, problem = await asyncio.to_thread(self._match, item, opened)
+        if delivery is None:
             log.warning("kvittens ignored", id=item.id, sender=item.original_sender, why=problem)
             await asyncio.to_thread(self.spool.mark_received, item.id, "ignored", problem)
             return
         assert opened.kvittens is not None
-        delivery = await asyncio.to_thread(self.spool.by_sdk_message_id, opened.kvittens.refers_to)
-        assert delivery is not None
         if opened.kvittens.accepted:
             await self._accepted(delivery)
         else:
@@ -87,7 +71,6 @@ class Receipts:
         await asyncio.to_thread(self.spool.mark_received, item.id, "done", None)
 
     async def _open(self, item: Received) -> Opened:
-        opened = None
         for refresh in (False, True):  # once more with fresh certificates before concluding
             try:
                 published = await asyncio.to_thread(
@@ -106,80 +89,87 @@ class Receipts:
                 our_parties={self.organisation_id},
             )
             opened = await asyncio.to_thread(open_envelope, item.payload, receiver)
-            if opened.verdict.outcome is Outcome.ACCEPTED or "CertPub" not in opened.verdict.text:
-                return opened
-        assert opened is not None
+            if NOT_PUBLISHED not in opened.verdict.text:
+                break
         return opened
 
-    def _problem(self, item: Received, opened: Opened) -> str | None:
+    def _match(self, item: Received, opened: Opened) -> tuple[Delivery | None, str]:
+        """The delivery a verified kvittens settles, or None and why it settles nothing."""
         if opened.verdict.outcome is not Outcome.ACCEPTED:
-            return opened.verdict.line()
+            return None, opened.verdict.line()
         if not opened.is_kvittens or opened.kvittens is None or opened.header is None:
-            return "not a kvittens"
+            return None, "not a kvittens"
         kvittens = opened.kvittens
         delivery = self.spool.by_sdk_message_id(kvittens.refers_to)
         if delivery is None:
-            return "it names no message we sent"
+            return None, "it names no message we sent"
         recipient = delivery.recipient
         if kvittens.sender != recipient.organisation_id or item.original_sender != kvittens.sender:
-            return "it comes from another organisation than the message went to"
+            return None, "it comes from another organisation than the message went to"
         if opened.header.handling_service_id not in (None, recipient.functional_address):
-            return "its HandlingServiceID is not the functional address the message went to"
-        return None
+            return None, "its HandlingServiceID is not the functional address the message went to"
+        return delivery, ""
 
     async def _accepted(self, delivery: Delivery) -> None:
-        notes = {**delivery.notes, "kvittens": "ACCEPTED"}
-        await asyncio.to_thread(self.spool.update, delivery.id, state=State.DELIVERED, notes=notes)
-        event = (
-            Event.DELIVERED_AFTER_ALL if delivery.notes.get("failure_reported") else Event.DELIVERED
+        after_failure = delivery.notes.get("failure_reported")
+        event = Event.DELIVERED_AFTER_ALL if after_failure else Event.DELIVERED
+        settled = await settle(
+            self.spool,
+            self.notify,
+            delivery,
+            {State.QUEUED, State.SUBMITTED, State.FAILED},  # not twice: DELIVERED is final
+            event,
+            "2.0.0",
+            "ACCEPTED by the receiving organisation",
+            state=State.DELIVERED,
+            notes={"kvittens": "ACCEPTED"},
         )
-        log.info("delivered", id=delivery.sdk_message_id, outcome=str(event))
-        await self.notify(delivery, event, "2.0.0", "ACCEPTED by the receiving organisation")
+        if settled:
+            log.info("delivered", id=delivery.sdk_message_id, outcome=str(event))
 
     async def _rejected(self, delivery: Delivery, reason: str) -> None:
-        if delivery.state is State.DELIVERED:  # REJECTED never overrides an ACCEPTED
-            log.info("late REJECTED ignored after ACCEPTED", id=delivery.sdk_message_id)
-            return
-        notes = {**delivery.notes, "kvittens": "REJECTED", "failure_reported": True}
-        await asyncio.to_thread(
-            self.spool.update, delivery.id, state=State.FAILED, last_error=reason, notes=notes
+        settled = await settle(
+            self.spool,
+            self.notify,
+            delivery,
+            {State.QUEUED, State.SUBMITTED},  # never over an ACCEPTED, nor a second failure
+            Event.REJECTED,
+            "5.6.0",
+            f"REJECTED {reason}",
+            state=State.FAILED,
+            last_error=reason,
+            notes={"kvittens": "REJECTED"},
         )
-        log.warning("rejected by the receiver", id=delivery.sdk_message_id, reason=reason)
-        await self.notify(delivery, Event.REJECTED, "5.6.0", f"REJECTED {reason}")
+        if settled:
+            log.warning("rejected by the receiver", id=delivery.sdk_message_id, reason=reason)
 
     async def sweep(self, delay_warning: timedelta, lifetime: timedelta) -> None:
         """Deliveries that take long: one delay report each; submitted ones without a
         kvittens fail at the end of their lifetime (queued ones are failed by the worker)."""
         now = datetime.now(UTC)
-        for delivery in await asyncio.to_thread(self.spool.deliveries, State.QUEUED):
-            if now - delivery.created_at > delay_warning and not delivery.notes.get(
-                "delay_reported"
-            ):
-                notes = {**delivery.notes, "delay_reported": True}
-                await asyncio.to_thread(self.spool.update, delivery.id, notes=notes)
-                reason = f"not yet handed to the access point: {delivery.last_error or 'waiting'}"
-                await self.notify(delivery, Event.DELAYED, "4.4.1", reason)
-        for delivery in await asyncio.to_thread(self.spool.deliveries, State.SUBMITTED):
-            age = now - delivery.created_at
-            if age > lifetime:
-                notes = {**delivery.notes, "failure_reported": True}
-                reason = "no kvittens from the receiving organisation in time"
-                await asyncio.to_thread(
-                    self.spool.update,
-                    delivery.id,
-                    state=State.FAILED,
-                    last_error=reason,
-                    notes=notes,
-                )
-                await self.notify(delivery, Event.FAILED, "5.4.7", reason)
-            elif age > delay_warning and not delivery.notes.get("delay_reported"):
-                notes = {**delivery.notes, "delay_reported": True}
-                await asyncio.to_thread(
-                    self.spool.update, delivery.id, state=State.SUBMITTED, notes=notes
-                )
-                await self.notify(
-                    delivery,
-                    Event.DELAYED,
-                    "4.4.1",
-                    "no kvittens from the receiving organisation yet",
-                )
+        for state in (State.QUEUED, State.SUBMITTED):
+            for delivery in await asyncio.to_thread(self.spool.deliveries, state):
+                age = now - delivery.created_at
+                if state is State.SUBMITTED and age > lifetime:
+                    reason = "no kvittens from the receiving organisation in time"
+                    await settle(
+                        self.spool,
+                        self.notify,
+                        delivery,
+                        {state},
+                        Event.FAILED,
+                        "5.4.7",
+                        reason,
+                        state=State.FAILED,
+                        last_error=reason,
+                    )
+                elif age > delay_warning and not delivery.notes.get("delay_reported"):
+                    waiting = delivery.last_error or "waiting"
+                    reason = (
+                        "no kvittens from the receiving organisation yet"
+                        if state is State.SUBMITTED
+                        else f"not yet handed to the access point: {waiting}"
+                    )
+                    await settle(
+                        self.spool, self.notify, delivery, {state}, Event.DELAYED, "4.4.1", reason
+                    )

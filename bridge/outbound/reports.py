@@ -7,9 +7,9 @@ from email.parser import BytesParser
 
 import structlog
 
-from ..spool import Delivery, Spool
+from ..spool import Delivery, Spool, State
 from . import dsn
-from .receipts import Event
+from .outcomes import Event
 
 log = structlog.get_logger(__name__)
 
@@ -23,8 +23,10 @@ _ACTIONS = {
 
 
 class DsnReporter:
-    """A `Notify` for the worker and the kvittens intake. A report the smart host does
-    not take now is kept in the spool and sent again later."""
+    """The `Notify` of the worker and the kvittens intake: sends the report a delivery is
+    owed, then clears the note. A report the smart host does not take now is kept in the
+    spool and sent again (`resend_held`); one owed when the bridge died is sent after the
+    restart (`send_owed`)."""
 
     def __init__(
         self,
@@ -40,9 +42,20 @@ class DsnReporter:
         self.reporting_mta = reporting_mta
         self.lifetime = lifetime
 
-    async def __call__(self, delivery: Delivery, event: Event, status: str, text: str) -> None:
-        envelope = await asyncio.to_thread(self.spool.envelope, delivery.message_id)
-        original = await asyncio.to_thread(self.spool.body, delivery.message_id)
+    async def __call__(self, delivery: Delivery) -> None:
+        owed = delivery.notes.get("report")
+        if not owed:
+            return
+        message = await asyncio.to_thread(self._build, delivery, owed)  # may be 30 MB of work
+        if message is not None:
+            await self._send(message, delivery)
+        await asyncio.to_thread(
+            self.spool.transition, delivery.id, set(State), notes={"report": None}
+        )
+
+    def _build(self, delivery: Delivery, owed: dict[str, str]) -> EmailMessage | None:
+        event = Event(owed["event"])
+        envelope = self.spool.envelope(delivery.message_id)
         action = _ACTIONS[event]
         extra: dict[str, object] = {}
         if action is dsn.Action.DELAYED:
@@ -50,28 +63,28 @@ class DsnReporter:
         report = dsn.Report.for_recipient(
             delivery.recipient,
             action,
-            status,
-            diagnostic=text,
+            owed["status"],
+            diagnostic=owed["text"],
             diagnostic_type=dsn.DIAGNOSTIC_SDK if event is Event.REJECTED else dsn.DIAGNOSTIC_SMTP,
             last_attempt=datetime.now(UTC),
             after_failure=event is Event.DELIVERED_AFTER_ALL,
             **extra,
         )
-        message = dsn.build(
+        return dsn.build(
             envelope=envelope,
             reports=[report],
-            original=original,
+            original=self.spool.body(delivery.message_id),
             reporting_mta=self.reporting_mta,
             arrival=delivery.created_at,
             from_address=self.postmaster,
-        )
-        if message is None:
-            return  # NOTIFY, a null sender, or a DSN about a DSN: nothing to send
+        )  # None: NOTIFY, a null sender, or a DSN about a DSN
+
+    async def _send(self, message: EmailMessage, delivery: Delivery) -> None:
+        to = str(message["To"])
         if self.smart_host is None:
             log.warning(
                 "no smart host configured: delivery report not sent",
-                outcome=str(event),
-                to=envelope.mail_from,
+                to=to,
                 id=delivery.sdk_message_id,
             )
             return
@@ -80,21 +93,22 @@ class DsnReporter:
         except dsn.SendError as e:
             log.error(
                 "delivery report could not be sent",
-                to=envelope.mail_from,
+                to=to,
                 id=delivery.sdk_message_id,
                 error=str(e),
                 permanent=e.permanent,
             )
             if not e.permanent:  # kept, and sent again by resend_held()
                 data = message.as_bytes(policy=dsn.POLICY)
-                await asyncio.to_thread(self.spool.hold_report, envelope.mail_from, data)
+                await asyncio.to_thread(self.spool.hold_report, to, data)
             return
-        log.info(
-            "delivery report sent",
-            outcome=str(event),
-            to=envelope.mail_from,
-            id=delivery.sdk_message_id,
-        )
+        log.info("delivery report sent", to=to, id=delivery.sdk_message_id)
+
+    async def send_owed(self) -> None:
+        """Reports owed by a bridge that stopped before sending them."""
+        for delivery in await asyncio.to_thread(self.spool.deliveries, None):
+            if delivery.notes.get("report"):
+                await self(delivery)
 
     async def resend_held(self) -> None:
         """Reports kept because the smart host did not take them: try each once more."""

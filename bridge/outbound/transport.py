@@ -13,7 +13,7 @@ import structlog
 
 from ..plugins import AccessPoint, TemporaryFailure
 from ..spool import Spool, State
-from .receipts import Event, Notify
+from .outcomes import Event, Notify, settle
 
 log = structlog.get_logger(__name__)
 
@@ -29,9 +29,8 @@ async def follow(access_point: AccessPoint, spool: Spool, notify: Notify) -> Non
         try:
             status = await access_point.status(delivery.sdk_message_id)
             if status == SENT:
-                notes = {**delivery.notes, "transport": SENT}
                 await asyncio.to_thread(
-                    spool.update, delivery.id, state=State.SUBMITTED, notes=notes
+                    spool.transition, delivery.id, {State.SUBMITTED}, notes={"transport": SENT}
                 )
                 continue
             if status != FAILED:
@@ -54,9 +53,16 @@ async def follow(access_point: AccessPoint, spool: Spool, notify: Notify) -> Non
             if not_serviced
             else "the access point could not send it"
         ) + f" ({details})"
-        notes = {**delivery.notes, "transport": FAILED, "failure_reported": True}
-        await asyncio.to_thread(
-            spool.update, delivery.id, state=State.FAILED, last_error=reason, notes=notes
-        )
         log.warning("send failure at the access point", id=delivery.sdk_message_id, reason=reason)
-        await notify(delivery, Event.FAILED, "5.1.1" if not_serviced else "5.4.0", reason)
+        await settle(
+            spool,
+            notify,
+            delivery,
+            {State.SUBMITTED},
+            Event.FAILED,
+            "5.1.1" if not_serviced else "5.4.0",
+            reason,
+            state=State.FAILED,
+            last_error=reason,
+            notes={"transport": FAILED},
+        )

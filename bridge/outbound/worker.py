@@ -33,7 +33,7 @@ from ..sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_DOCUMENT_ID
 from ..sdk.sealing import seal_message
 from ..spool import Delivery, Spool, State
 from .mapping import thread_ids, to_business_message
-from .receipts import Event, Notify
+from .outcomes import Event, Notify, settle
 
 log = structlog.get_logger(__name__)
 
@@ -78,7 +78,16 @@ class Worker:
                 self.spool.claim_due, self.settings.batch, self.settings.lease
             )
             if due:
-                await asyncio.gather(*(self.deliver(d) for d in due))
+                results = await asyncio.gather(
+                    *(self.deliver(d) for d in due), return_exceptions=True
+                )
+                for delivery, result in zip(due, results, strict=True):
+                    if isinstance(result, Exception):  # a bug; its lease makes it due again
+                        log.error(
+                            "delivery attempt crashed",
+                            id=delivery.sdk_message_id,
+                            error=repr(result),
+                        )
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.poll)
@@ -91,7 +100,7 @@ class Worker:
             log.info(
                 "access point already had it: counted as submitted", id=delivery.sdk_message_id
             )
-            await self._update(delivery, state=State.SUBMITTED, attempts=delivery.attempts + 1)
+            await self._submitted(delivery)
         except NotFound as e:
             await self._fail(delivery, _text(e), "5.1.1")
         except PermanentFailure as e:
@@ -105,28 +114,12 @@ class Worker:
             await self._retry(delivery, f"internal error: {type(e).__name__}")
         else:
             log.info("submitted", id=delivery.sdk_message_id, ebms_id=submitted_id)
-            await self._update(delivery, state=State.SUBMITTED, attempts=delivery.attempts + 1)
+            await self._submitted(delivery)
 
     async def _attempt(self, delivery: Delivery) -> str:
-        body = await asyncio.to_thread(self.spool.body, delivery.message_id)
-        envelope = await asyncio.to_thread(self.spool.envelope, delivery.message_id)
-        mail = BytesParser(policy=email.policy.default).parsebytes(body)
-        assert isinstance(mail, EmailMessage)
-        ref_to, conversation = await asyncio.to_thread(self._thread, mail, delivery)
+        business = await asyncio.to_thread(self._map, delivery)  # parsing is CPU work
+        conversation = business.conversation_id
         recipient = delivery.recipient
-        business = to_business_message(
-            mail,
-            message_id=delivery.sdk_message_id,
-            conversation_id=conversation,
-            ref_to_message_id=ref_to,
-            sender=msg.Party(
-                self.settings.organisation_id, msg.Attention(envelope.sender_address or "")
-            ),
-            recipient=msg.Party(
-                recipient.organisation_id, msg.Attention(recipient.functional_address)
-            ),
-            secrecy_tags=self.settings.secrecy_tags,
-        )
         certificates = await asyncio.to_thread(
             self.registry.certpub.encryption_certificates,
             recipient.organisation_id,
@@ -149,6 +142,29 @@ class Worker:
             )
         )
 
+    def _map(self, delivery: Delivery) -> msg.BusinessMessage:
+        """The SDK message for one delivery (run in a thread)."""
+        envelope = self.spool.envelope(delivery.message_id)
+        mail = BytesParser(policy=email.policy.default).parsebytes(
+            self.spool.body(delivery.message_id)
+        )
+        assert isinstance(mail, EmailMessage)
+        ref_to, conversation = self._thread(mail, delivery)
+        recipient = delivery.recipient
+        return to_business_message(
+            mail,
+            message_id=delivery.sdk_message_id,
+            conversation_id=conversation,
+            ref_to_message_id=ref_to,
+            sender=msg.Party(
+                self.settings.organisation_id, msg.Attention(envelope.sender_address or "")
+            ),
+            recipient=msg.Party(
+                recipient.organisation_id, msg.Attention(recipient.functional_address)
+            ),
+            secrecy_tags=self.settings.secrecy_tags,
+        )
+
     def _thread(self, mail: EmailMessage, delivery: Delivery) -> tuple[str | None, str]:
         """refToMessageId and conversationId: a reply continues the SDK conversation."""
         for mail_id in thread_ids(mail):
@@ -162,29 +178,44 @@ class Worker:
         if datetime.now(UTC) - delivery.created_at > self.settings.lifetime:
             await self._fail(delivery, f"gave up after {attempts} attempts: {reason}", "5.4.7")
             return
-        delay = min(self.settings.first_retry * 2 ** (attempts - 1), self.settings.max_retry)
+        doublings = min(attempts - 1, 20)  # the cap is reached long before: no overflow
+        delay = min(self.settings.first_retry * 2**doublings, self.settings.max_retry)
         delay *= random.uniform(0.8, 1.2)  # jitter: retries from many messages spread out
         log.warning("will retry", id=delivery.sdk_message_id, attempts=attempts, reason=reason)
-        await self._update(
-            delivery,
+        await asyncio.to_thread(
+            self.spool.transition,
+            delivery.id,
+            {State.QUEUED},
             state=State.QUEUED,
             attempts=attempts,
             last_error=reason,
             next_attempt_at=datetime.now(UTC) + delay,
         )
 
+    async def _submitted(self, delivery: Delivery) -> None:
+        # Only from QUEUED: a kvittens may already have settled it (after a restart).
+        await asyncio.to_thread(
+            self.spool.transition,
+            delivery.id,
+            {State.QUEUED},
+            state=State.SUBMITTED,
+            attempts=delivery.attempts + 1,
+        )
+
     async def _fail(self, delivery: Delivery, reason: str, status: str) -> None:
         log.warning("delivery failed", id=delivery.sdk_message_id, reason=reason)
-        notes = {**delivery.notes, "failure_reported": True}
-        await self._update(
+        await settle(
+            self.spool,
+            self.notify,
             delivery,
+            {State.QUEUED},
+            Event.FAILED,
+            status,
+            reason,
             state=State.FAILED,
             attempts=delivery.attempts + 1,
             last_error=reason,
-            notes=notes,
         )
-        if self.notify is not None:
-            await self.notify(delivery, Event.FAILED, status, reason)
 
     async def _update(self, delivery: Delivery, **changes: object) -> None:
         await asyncio.to_thread(self.spool.update, delivery.id, **changes)

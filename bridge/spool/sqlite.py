@@ -10,6 +10,7 @@ import json
 import sqlite3
 import threading
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -289,8 +290,33 @@ class SQLiteSpool:
                 "UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL"
             ).rowcount
 
+    def transition(
+        self, delivery_id: int, from_states: Collection[State], **changes: Any
+    ) -> Delivery | None:
+        """Apply `changes` only if the delivery is still in one of `from_states`, in one
+        transaction; None when it was not (someone else moved it first). `notes` are merged
+        into the stored ones (a None value removes a note)."""
+        with self._lock, self._db:
+            row = self._db.execute(
+                "SELECT * FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+            if row is None or State(row["state"]) not in from_states:
+                return None
+            if "notes" in changes:
+                notes = {**json.loads(row["notes"]), **changes["notes"]}
+                changes["notes"] = {k: v for k, v in notes.items() if v is not None}
+            self._write(delivery_id, changes)
+            row = self._db.execute(
+                "SELECT * FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+        return self._delivery(row)
+
     def update(self, delivery_id: int, **changes: Any) -> None:
         """Write back what happened to a delivery (state, attempts, last_error, …)."""
+        with self._lock, self._db:
+            self._write(delivery_id, changes)
+
+    def _write(self, delivery_id: int, changes: dict[str, Any]) -> None:
         allowed = {"state", "attempts", "next_attempt_at", "last_error", "conversation_id", "notes"}
         if not changes.keys() <= allowed:
             raise ValueError(f"cannot update {sorted(changes.keys() - allowed)}")
@@ -302,10 +328,9 @@ class SQLiteSpool:
         if "state" in changes:
             values["lease_until"] = None  # a new state: whoever held it is done with it
         assignments = ", ".join(f"{k} = ?" for k in values)
-        with self._lock, self._db:
-            self._db.execute(
-                f"UPDATE deliveries SET {assignments} WHERE id = ?", (*values.values(), delivery_id)
-            )
+        self._db.execute(
+            f"UPDATE deliveries SET {assignments} WHERE id = ?", (*values.values(), delivery_id)
+        )
 
     def body(self, message_id: str) -> bytes:
         return (self._bodies / f"{message_id}.eml").read_bytes()

@@ -1,0 +1,54 @@
+"""How a delivery ends up, told to its sender: one step for the state and the report owed.
+
+Every outcome (delivered, failed, rejected, delayed) moves the delivery and records the
+report the sender is owed in the same spool transaction, and only from the states it may
+come from, so two outcomes racing (a duplicate ACCEPTED, a REJECTED after expiry) never
+report twice. The report is sent afterwards and its note cleared; a bridge killed in
+between sends it after the restart (`Notify` is asked again for every owed report).
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Collection
+from enum import StrEnum
+from typing import Any
+
+from ..spool import Delivery, Spool, State
+
+
+class Event(StrEnum):
+    """What the sender is told about (a DSN, where NOTIFY asks for it)."""
+
+    DELIVERED = "delivered"
+    DELIVERED_AFTER_ALL = "delivered-after-all"  # after an earlier failure report
+    FAILED = "failed"
+    REJECTED = "rejected"  # failed, by the receiving organisation's kvittens
+    DELAYED = "delayed"
+
+
+# Sends the report a delivery's notes say is owed, then clears that note.
+Notify = Callable[[Delivery], Awaitable[None]]
+
+
+async def settle(
+    spool: Spool,
+    notify: Notify | None,
+    delivery: Delivery,
+    from_states: Collection[State],
+    event: Event,
+    status: str,
+    text: str,
+    **changes: Any,
+) -> Delivery | None:
+    """Move `delivery` and owe its sender a report; None if it had already moved on."""
+    notes = dict(changes.pop("notes", {}))
+    notes["report"] = {"event": str(event), "status": status, "text": text}
+    if event in (Event.FAILED, Event.REJECTED):
+        notes["failure_reported"] = True
+    if event is Event.DELAYED:
+        notes["delay_reported"] = True
+    updated = await asyncio.to_thread(
+        spool.transition, delivery.id, from_states, notes=notes, **changes
+    )
+    if updated is not None and notify is not None:
+        await notify(updated)
+    return updated

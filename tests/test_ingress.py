@@ -72,7 +72,10 @@ SETTINGS = IngressSettings(
     organisation_id=ORG_A,
     hostname="bridge.kommun-a.se",
     allowed_networks=networks(["127.0.0.1/32"]),
-    senders=(SenderRule("a.registrator", ("*@kommun-a.se",), ("exchange",)),),
+    senders=(
+        SenderRule("a.registrator", ("*@kommun-a.se",), ("exchange",)),
+        SenderRule("a.socialtjänsten", ("*@soc.kommun-a.se",), ()),
+    ),
     users={"exchange": "s3cret"},
     forbidden_types=frozenset({"application/x-msdownload", "application/pdf"}),
 )
@@ -402,3 +405,30 @@ def test_the_tail_of_an_over_long_line_does_not_end_data(ingress) -> None:
         code, text = smtp.getreply()
         assert code == 250 and b"Supported" in text, text
     assert spool.deliveries() == []
+
+
+def test_the_same_recipient_twice_is_one_delivery(ingress) -> None:
+    running, spool = ingress
+    with client(running.port) as smtp:
+        assert (
+            smtp.send_message(
+                mail(),
+                FROM,
+                [TO_B, TO_B.upper(), "b.registrator@b.sandbox.test.sdk.a.sandbox.test"],
+            )
+            == {}
+        )
+    assert len(spool.deliveries()) == 1
+
+
+def test_an_authenticated_user_speaks_only_for_its_addresses(ingress, tls) -> None:
+    """exchange may send as a.registrator; a MAIL FROM of another address changes nothing."""
+    running, spool = ingress
+    with client(running.port, source="127.0.0.2") as smtp:
+        smtp.starttls(context=tls[1])
+        smtp.login("exchange", "s3cret")
+        assert smtp.send_message(mail(), "someone@soc.kommun-a.se", [TO_B]) == {}
+    with client(running.port) as smtp:  # unauthenticated: known by MAIL FROM
+        assert smtp.send_message(mail(), "someone@soc.kommun-a.se", [TO_B]) == {}
+    senders = [spool.envelope(d.message_id).sender_address for d in spool.deliveries()]
+    assert senders == ["a.registrator", "a.socialtjänsten"]

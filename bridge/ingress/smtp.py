@@ -216,6 +216,9 @@ class IngressHandler:
         except _Refused as refused:
             log.info("recipient refused", recipient=address, reply=refused.reply)
             return refused.reply
+        same = (record.organisation_id, record.functional_address)
+        if any((r.organisation_id, r.functional_address) == same for r in envelope.recipients):
+            return "250 2.1.5 OK (already a recipient)"  # one SDK message per address
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         envelope.recipients.append(record)
@@ -229,18 +232,31 @@ class IngressHandler:
             address = ipaddress.ip_address(host)
         except ValueError:
             address = None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped  # a dual-stack listener sees ::ffff:10.1.2.3
         if address is None or not any(address in n for n in self.settings.allowed_networks):
             raise _Refused(
                 "554 5.7.1 Relaying denied: authenticate, or send from an allowed network"
             )
 
     def _sender(self, envelope: Envelope, session: Session) -> SenderRule:
+        """The functional address this mail is sent as. An authenticated user may speak only
+        for the addresses that list it (by MAIL FROM among them, else the first); anyone
+        else is known by MAIL FROM alone."""
         mail_from = (envelope.mail_from or "").lower()
-        user = session.auth_data if session.authenticated else None
-        for rule in self.settings.senders:
-            if user is not None and user in rule.auth_users:
-                return rule
-            if mail_from and any(fnmatch.fnmatchcase(mail_from, p.lower()) for p in rule.senders):
+
+        def matches(rule: SenderRule) -> bool:
+            return bool(mail_from) and any(
+                fnmatch.fnmatchcase(mail_from, p.lower()) for p in rule.senders
+            )
+
+        rules = self.settings.senders
+        if session.authenticated:
+            rules = tuple(r for r in rules if session.auth_data in r.auth_users)
+            if rules:
+                return next((r for r in rules if matches(r)), rules[0])
+        for rule in rules:
+            if matches(rule):
                 return rule
         raise _Refused(
             f"550 5.7.1 {envelope.mail_from or '<>'} may not send as any of our SDK functional "

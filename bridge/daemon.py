@@ -104,9 +104,8 @@ async def run(config: Config) -> None:
         secrecy_tags=smtp.secrecy_tags,
     )
     tls = tls_context(str(smtp.tls_cert), str(smtp.tls_key)) if smtp.tls_cert else None
-    servers = await serve(
-        IngressHandler(settings, registry, spool, scanner), smtp.listen, smtp.listen_tls, tls
-    )
+    ingress = IngressHandler(settings, registry, spool, scanner)
+    servers = await serve(ingress, smtp.listen, smtp.listen_tls, tls)
     # RSA private-key work in other processes: the event loop never waits for it.
     crypto = ProcessPoolExecutor(
         max_workers=os.cpu_count() or 2, mp_context=multiprocessing.get_context("spawn")
@@ -153,6 +152,8 @@ async def run(config: Config) -> None:
         for server in servers:
             server.close()
         stop.set()
+        if not await ingress.drained(SHUTDOWN_SECONDS):
+            log.warning("messages still arriving at shutdown; their senders will retry")
         done, pending = await asyncio.wait((working, taking), timeout=SHUTDOWN_SECONDS)
         for task in pending:
             log.warning("in-flight work did not finish in time; it will be retried")

@@ -71,6 +71,15 @@ class PermanentFailure(Exception):
     """The access point refuses the submission for good (e.g. no such recipient)."""
 
 
+class UnreadableRetrieval(PermanentFailure):
+    """The access point answered a retrieve with something unusable. It has probably
+    deleted the message already, so `raw` (the whole answer) must be kept."""
+
+    def __init__(self, text: str, raw: bytes) -> None:
+        super().__init__(text)
+        self.raw = raw
+
+
 class AccessPoint(Protocol):
     async def submit(self, submission: Submission) -> str:
         """Hand over one envelope; return the ebMS MessageId the access point keeps.

@@ -44,6 +44,7 @@ from bridge.plugins import (
     Retrieved,
     Submission,
     TemporaryFailure,
+    UnreadableRetrieval,
 )
 from bridge.sdk.keys import read_passphrase
 from bridge.sdk.names import PARTY_SCHEME, PROCESS_ID, PROCESS_ID_SCHEME
@@ -108,7 +109,7 @@ class MessageNotFound(PermanentFailure):
         self.message_id = message_id
 
 
-class UnreadableMessage(PermanentFailure):
+class UnreadableMessage(UnreadableRetrieval):
     """retrieveMessage answered, but not with a message we can use.
 
     The access point has probably deleted it already (Digg's P-Mode keeps nothing after
@@ -116,9 +117,8 @@ class UnreadableMessage(PermanentFailure):
     """
 
     def __init__(self, message_id: str, problem: str, raw: bytes) -> None:
-        super().__init__(f"retrieved message {message_id!r} is unusable: {problem}")
+        super().__init__(f"retrieved message {message_id!r} is unusable: {problem}", raw)
         self.message_id = message_id
-        self.raw = raw
 
 
 class _Fault(Exception):

@@ -432,3 +432,33 @@ def test_an_authenticated_user_speaks_only_for_its_addresses(ingress, tls) -> No
         assert smtp.send_message(mail(), "someone@soc.kommun-a.se", [TO_B]) == {}
     senders = [spool.envelope(d.message_id).sender_address for d in spool.deliveries()]
     assert senders == ["a.registrator", "a.socialtjänsten"]
+
+
+def test_every_reply_has_an_enhanced_status_code(ingress) -> None:
+    running, _ = ingress
+    with client(running.port) as smtp:
+        smtp.ehlo()
+        for command, expected in (
+            ("NOOP", (250, b"2.0.0")),
+            ("RSET", (250, b"2.0.0")),
+            ("DATA", (503, b"5.5.1")),
+            ("FROBNICATE", (500, b"5.5.2")),
+            ("MAIL FROM:<a@kommun-a.se> SIZE=99999999999", (552, b"5.3.4")),
+            ("MAIL FROM:<a@kommun-a.se> BOGUS=1", (555, b"5.5.4")),
+        ):
+            smtp.putcmd(command)
+            code, text = smtp.getreply()
+            assert (code, text[:5]) == expected, (command, code, text)
+
+
+def test_a_message_nested_too_deeply_is_refused_not_crashed(ingress) -> None:
+    running, spool = ingress
+    parts = "".join(
+        f'Content-Type: multipart/mixed; boundary="b{n}"\r\n\r\n--b{n}\r\n' for n in range(1200)
+    )
+    data = f"From: {FROM}\r\nSubject: djup\r\n{parts}\r\nhej\r\n".encode()
+    with client(running.port) as smtp, pytest.raises(smtplib.SMTPDataError) as error:
+        smtp.sendmail(FROM, [TO_B], data)
+    assert error.value.smtp_code in (451, 554), error.value
+    assert error.value.smtp_code != 500
+    assert spool.deliveries() == []

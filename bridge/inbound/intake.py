@@ -11,7 +11,7 @@ import asyncio
 
 import structlog
 
-from ..plugins import AccessPoint, PermanentFailure, TemporaryFailure
+from ..plugins import AccessPoint, PermanentFailure, TemporaryFailure, UnreadableRetrieval
 from ..spool import Received, Spool
 
 log = structlog.get_logger(__name__)
@@ -33,7 +33,14 @@ async def fetch_once(access_point: AccessPoint, spool: Spool, limit: int = 100) 
                 "access point: retrieve failed, will try again", id=message_id, error=str(e)
             )
             continue
-        except PermanentFailure as e:  # gone, or unreadable: nothing of it can be kept
+        except UnreadableRetrieval as e:  # kept as it came, for an administrator
+            log.error(
+                "access point: retrieved message unreadable; kept", id=message_id, error=str(e)
+            )
+            unreadable = Received(message_id, "", "", "", None, e.raw)
+            await asyncio.to_thread(spool.store_received, unreadable, "unreadable")
+            continue
+        except PermanentFailure as e:  # gone: nothing of it can be kept
             log.error("access point: message could not be retrieved", id=message_id, error=str(e))
             continue
         stored = await asyncio.to_thread(

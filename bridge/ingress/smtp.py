@@ -13,6 +13,7 @@ import email.policy
 import fnmatch
 import hmac
 import ipaddress
+import re
 import ssl
 import uuid
 from collections.abc import Sequence
@@ -66,6 +67,29 @@ class IngressSettings:
     secrecy_tags: tuple[str, ...] = ("[sekretess]",)
 
 
+_REPLY = re.compile(r"(\d{3})([ -])(.*)", re.DOTALL)
+_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(\s|$)")
+_DEFAULT_CODES = {  # RFC 3463 codes for aiosmtpd's replies that carry none
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "555": "5.5.4",
+}
+
+
+def with_enhanced_code(reply: str) -> str:
+    """`250 OK` -> `250 2.0.0 OK`; replies that have one, 220, 334 and 354 stay as they are."""
+    match = _REPLY.fullmatch(reply)
+    if match is None or match[1] in ("220", "334", "354") or _ENHANCED.match(match[3]):
+        return reply
+    code = _DEFAULT_CODES.get(match[1], f"{match[1][0]}.0.0")
+    return f"{match[1]}{match[2]}{code} {match[3]}"
+
+
 class _Refused(Exception):
     def __init__(self, reply: str) -> None:
         super().__init__(reply)
@@ -78,6 +102,27 @@ class BridgeSMTP(SMTP):
     collecting the message in memory, refusing SMTP smuggling as it reads."""
 
     event_handler: "IngressHandler"
+    _plain_replies = False  # greeting and HELO/EHLO: no enhanced status codes (RFC 2034)
+
+    async def push(self, status: str | bytes) -> None:
+        """Every reply carries an enhanced status code, aiosmtpd's own ones too."""
+        if isinstance(status, str) and not self._plain_replies:
+            status = with_enhanced_code(status)
+        await super().push(status)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self._plain_replies = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._plain_replies = False
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._plain_replies = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._plain_replies = False
 
     async def smtp_DATA(self, arg: str) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -169,6 +214,14 @@ class IngressHandler:
         self.registry = registry
         self.spool = spool
         self.scanner = scanner
+        self.in_flight = 0
+
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected failure is never a 5xx: the client tries again later."""
+        if isinstance(error, RecursionError):
+            return "554 5.6.0 The message is nested too deeply to be read"
+        log.error("SMTP session failed", error=repr(error))
+        return "451 4.3.0 Internal error; try again later"
 
     # --- authentication --------------------------------------------------------------------
 
@@ -284,6 +337,20 @@ class IngressHandler:
         )
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.in_flight += 1  # a shutdown waits for these before closing the spool
+        try:
+            return await self._data(session, envelope)
+        finally:
+            self.in_flight -= 1
+
+    async def drained(self, timeout: float) -> bool:
+        """Wait (bounded) until no message is being checked or stored."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.in_flight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        return not self.in_flight
+
+    async def _data(self, session: Session, envelope: Envelope) -> str:
         path: Path = envelope.data_file
         content = await asyncio.to_thread(path.read_bytes)
         try:

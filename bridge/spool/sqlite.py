@@ -203,13 +203,13 @@ class SQLiteSpool:
 
     # --- from the access point ----------------------------------------------------------
 
-    def store_received(self, item: Received) -> bool:
+    def store_received(self, item: Received, state: str = "new") -> bool:
         """Keep what the access point handed over, durably, before anything else is done
         with it (Digg's P-Mode deletes it there once retrieved). False: already kept."""
         write_atomic(self._received / f"{_safe_name(item.id)}.xhe", item.payload)
         with self._lock, self._db:
             inserted = self._db.execute(
-                "INSERT OR IGNORE INTO received VALUES (?, ?, ?, ?, ?, ?, 'new', NULL)",
+                "INSERT OR IGNORE INTO received VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                 (
                     item.id,
                     item.action,
@@ -217,6 +217,7 @@ class SQLiteSpool:
                     item.final_recipient,
                     item.conversation_id,
                     _now().isoformat(),
+                    state,
                 ),
             ).rowcount
         return inserted == 1

@@ -47,9 +47,8 @@ class Receipts:
     async def process_pending(self) -> None:
         """Every stored kvittens not yet dealt with; business messages are left for the
         inbound path."""
-        for item in await asyncio.to_thread(self.spool.received, "new"):
-            if item.action == KVITTENS_ACTION:
-                await self.process(item)
+        for item in await asyncio.to_thread(self.spool.received, "new", KVITTENS_ACTION):
+            await self.process(item)
 
     async def process(self, item: Received) -> None:
         try:

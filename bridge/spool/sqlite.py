@@ -222,10 +222,12 @@ class SQLiteSpool:
             ).rowcount
         return inserted == 1
 
-    def received(self, state: str = "new") -> list[Received]:
+    def received(self, state: str = "new", action: str | None = None) -> list[Received]:
+        """What the access point handed over, in `state` (and of one `action`)."""
+        query = "SELECT * FROM received WHERE state = ?" + (" AND action = ?" if action else "")
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM received WHERE state = ? ORDER BY received_at", (state,)
+                query + " ORDER BY received_at", (state, action) if action else (state,)
             ).fetchall()
         return [
             Received(

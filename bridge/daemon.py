@@ -43,7 +43,7 @@ async def _take_in(
         try:
             await fetch_once(access_point, spool)
             await receipts.process_pending()
-            await follow(access_point, spool, receipts.notify)
+            await follow(access_point, spool, receipts.notify, config.outbound.lifetime)
             await receipts.sweep(config.outbound.delay_warning, config.outbound.lifetime)
             await reporter.send_owed()
             await reporter.resend_held()

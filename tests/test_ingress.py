@@ -462,3 +462,22 @@ def test_a_message_nested_too_deeply_is_refused_not_crashed(ingress) -> None:
     assert error.value.smtp_code in (451, 554), error.value
     assert error.value.smtp_code != 500
     assert spool.deliveries() == []
+
+
+def test_a_client_that_hangs_up_mid_data_leaves_nothing(ingress) -> None:
+    running, spool = ingress
+    smtp = client(running.port)
+    smtp.ehlo()
+    smtp.mail(FROM)
+    smtp.rcpt(TO_B)
+    smtp.putcmd("DATA")
+    assert smtp.getreply()[0] == 354
+    smtp.send(b"Subject: halv\r\n\r\n" + b"x" * 100_000 + b"\r\n")
+    smtp.close()  # gone before the end of data
+    deadline = time.monotonic() + 10
+    while list((spool.directory / "incoming").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list((spool.directory / "incoming").iterdir()) == []
+    assert spool.deliveries() == []
+    with client(running.port) as fresh:  # and the server carries on
+        assert fresh.send_message(mail(), FROM, [TO_B]) == {}

@@ -265,3 +265,38 @@ def test_acknowledged_submissions_are_noted(sandbox: Sandbox, tmp_path: Path) ->
     (delivery,) = spool.deliveries()
     assert delivery.state is State.SUBMITTED and delivery.notes["transport"] == "ACKNOWLEDGED"
     received_by_b(sandbox, tmp_path / "cache-b")  # leave B's access point empty
+
+
+def test_send_failure_is_sent_again_as_a_new_sdk_message(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The receiving access point did not answer: the access point keeps the MessageId as
+    failed, so the bridge sends the message again under a new SDK messageId (after a fresh
+    CertPub lookup); the old id still finds the delivery, for a late kvittens."""
+    from datetime import timedelta
+
+    from bridge.outbound.transport import follow
+
+    spool = SQLiteSpool(tmp_path / "spool")
+    queue(spool, new_mail("Igen", "Andra försöket."))
+    sandbox.access_points["a"].fail_sends(1)
+    try:
+        run_worker(sandbox, spool, tmp_path / "cache")
+        (first,) = spool.deliveries()
+
+        async def check() -> None:
+            ap = access_point(sandbox, "a")
+            await follow(ap, spool, None, resend_after=timedelta(0))
+            await ap.close()
+
+        asyncio.run(check())
+        (resent,) = spool.deliveries()
+        assert resent.state is State.QUEUED and resent.sdk_message_id != first.sdk_message_id
+        assert spool.by_sdk_message_id(first.sdk_message_id).id == first.id
+        run_worker(sandbox, spool, tmp_path / "cache")
+        asyncio.run(check())
+    finally:
+        sandbox.access_points["a"].clear_fault_switches()
+    (done,) = spool.deliveries()
+    assert done.state is State.SUBMITTED and done.notes["transport"] == "ACKNOWLEDGED"
+    assert done.notes["resends"] == 1
+    (arrived,) = received_by_b(sandbox, tmp_path / "cache-b")
+    assert arrived.message_id == done.sdk_message_id

@@ -3,11 +3,14 @@
 A submission only says the access point has the message. Its status says whether it
 reached the receiving access point: ACKNOWLEDGED is the AS4 receipt. SEND_FAILURE with
 EBMS:0004 / NOT_SERVICED means the receiving access point does not serve that
-organisation: a permanent failure. Any other SEND_FAILURE is also final for this
-MessageId (the access point refuses it again as a duplicate), so the sender is told.
+organisation: a permanent failure. Any other SEND_FAILURE (the receiving access point did
+not answer) is sent again, after a fresh SMP/CertPub lookup, as a new SDK message: the
+access point refuses its MessageId for good, and the ebMS MessageId is the XHE ID is the
+SDK messageId. The old id stays findable, so a kvittens for it still counts.
 """
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -21,7 +24,16 @@ SENT = "ACKNOWLEDGED"
 FAILED = "SEND_FAILURE"
 
 
-async def follow(access_point: AccessPoint, spool: Spool, notify: Notify) -> None:
+MAX_RESENDS = 3
+
+
+async def follow(
+    access_point: AccessPoint,
+    spool: Spool,
+    notify: Notify | None,
+    lifetime: timedelta = timedelta(days=5),
+    resend_after: timedelta = timedelta(seconds=30),
+) -> None:
     """Ask the access point about every submitted delivery it has not confirmed yet."""
     for delivery in await asyncio.to_thread(spool.deliveries, State.SUBMITTED):
         if delivery.notes.get("transport") == SENT:
@@ -48,6 +60,26 @@ async def follow(access_point: AccessPoint, spool: Spool, notify: Notify) -> Non
             or "no details"
         )
         not_serviced = "NOT_SERVICED" in details
+        resends = int(delivery.notes.get("resends", 0))
+        young = datetime.now(UTC) - delivery.created_at < lifetime
+        if not not_serviced and resends < MAX_RESENDS and young:
+            notes = {k: v for k, v in delivery.notes.items() if k != "transport"}
+            resent = await asyncio.to_thread(
+                spool.supersede,
+                delivery.id,
+                {State.SUBMITTED},
+                state=State.QUEUED,
+                next_attempt_at=datetime.now(UTC) + resend_after,
+                last_error=f"the access point could not send it ({details})",
+                notes={**notes, "resends": resends + 1},
+            )
+            if resent is not None:
+                log.warning(
+                    "send failure: sending again as a new SDK message",
+                    old=delivery.sdk_message_id,
+                    new=resent.sdk_message_id,
+                )
+            continue
         reason = (
             "the receiving access point does not serve this organisation"
             if not_serviced

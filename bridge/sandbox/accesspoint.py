@@ -224,6 +224,7 @@ class AccessPoint:
         self._switch_lock = threading.Lock()
         self._refusal: tuple[Refusal, int | None] | None = None
         self._delay: tuple[float, int | None] | None = None
+        self._send_failures = 0
 
     # Fault switches for tests.
 
@@ -249,10 +250,26 @@ class AccessPoint:
         with self._switch_lock:
             self._delay = (seconds, count)
 
+    def fail_sends(self, count: int) -> None:
+        """Accept the next `count` submissions, then fail to send them (EBMS:0005), as when
+        the receiving access point cannot be reached: they end SEND_FAILURE."""
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        with self._switch_lock:
+            self._send_failures = count
+
+    def _take_send_failure(self) -> bool:
+        with self._switch_lock:
+            if self._send_failures:
+                self._send_failures -= 1
+                return True
+            return False
+
     def clear_fault_switches(self) -> None:
         with self._switch_lock:
             self._refusal = None
             self._delay = None
+            self._send_failures = 0
 
     def _take_switches(self) -> tuple[float, Refusal | None]:
         """Use up one submission's worth of the switches: (delay, refusal)."""
@@ -402,8 +419,12 @@ class AccessPoint:
             )
             self._persist()
         log.info("submitted", party=self.party_id, message_id=message_id, to=target.party_id)
+        code = "EBMS:0004"
         try:
-            problem = target._accept(envelope, payload)
+            if self._take_send_failure():
+                code, problem = "EBMS:0005", "ConnectionFailure: the receiving AP did not answer"
+            else:
+                problem = target._accept(envelope, payload)
         except OSError as e:  # the receiving side could not store it
             problem = f"delivery failed: {e}"
         with self._lock:
@@ -411,7 +432,7 @@ class AccessPoint:
             status = Status.ACKNOWLEDGED if problem is None else Status.SEND_FAILURE
             self._sent[message_id] = replace(record, status=status, changed=_stamp(self.clock()))
             if problem is not None:
-                self._log_error(message_id, "EBMS:0004", problem)
+                self._log_error(message_id, code, problem)
             self._persist()
         return _answer(_element("submitResponse", ids=[message_id]))
 

@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     lease_until TEXT                 -- a worker holds it until then (NULL: nobody)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS superseded (  -- SDK messageIds a delivery had before a resend
+    sdk_message_id TEXT PRIMARY KEY,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id)
+);
 CREATE TABLE IF NOT EXISTS reports (   -- delivery reports (DSNs) the smart host did not take yet
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     recipient TEXT NOT NULL,
@@ -349,7 +353,37 @@ class SQLiteSpool:
         return self._one("SELECT * FROM deliveries WHERE id = ?", delivery_id)
 
     def by_sdk_message_id(self, sdk_message_id: str) -> Delivery | None:
-        return self._maybe("SELECT * FROM deliveries WHERE sdk_message_id = ?", sdk_message_id)
+        """The delivery with this SDK messageId, now or before a resend."""
+        return self._maybe(
+            "SELECT * FROM deliveries WHERE sdk_message_id = ? OR id ="
+            " (SELECT delivery_id FROM superseded WHERE sdk_message_id = ?)",
+            sdk_message_id,
+            sdk_message_id,
+        )
+
+    def supersede(
+        self, delivery_id: int, from_states: Collection[State], **changes: Any
+    ) -> Delivery | None:
+        """Give the delivery a new SDK messageId (and so a new XHE ID and ebMS MessageId)
+        for sending it again, keeping the old one findable; only from `from_states`."""
+        with self._lock, self._db:
+            row = self._db.execute(
+                "SELECT * FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+            if row is None or State(row["state"]) not in from_states:
+                return None
+            self._db.execute(
+                "INSERT INTO superseded VALUES (?, ?)", (row["sdk_message_id"], delivery_id)
+            )
+            self._db.execute(
+                "UPDATE deliveries SET sdk_message_id = ? WHERE id = ?",
+                (str(uuid.uuid4()), delivery_id),
+            )
+            self._write(delivery_id, changes)
+            row = self._db.execute(
+                "SELECT * FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+        return self._delivery(row)
 
     def by_mail_message_id(self, mail_message_id: str) -> Delivery | None:
         """The delivery a reply refers to (the newest, for a mail with several recipients)."""

@@ -63,15 +63,15 @@ async def follow(
         resends = int(delivery.notes.get("resends", 0))
         young = datetime.now(UTC) - delivery.created_at < lifetime
         if not not_serviced and resends < MAX_RESENDS and young:
-            notes = {k: v for k, v in delivery.notes.items() if k != "transport"}
             resent = await asyncio.to_thread(
-                spool.supersede,
+                spool.transition,
                 delivery.id,
                 {State.SUBMITTED},
+                new_sdk_message_id=True,
                 state=State.QUEUED,
                 next_attempt_at=datetime.now(UTC) + resend_after,
                 last_error=f"the access point could not send it ({details})",
-                notes={**notes, "resends": resends + 1},
+                notes={"transport": None, "resends": resends + 1},
             )
             if resent is not None:
                 log.warning(

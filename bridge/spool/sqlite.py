@@ -298,17 +298,32 @@ class SQLiteSpool:
             ).rowcount
 
     def transition(
-        self, delivery_id: int, from_states: Collection[State], **changes: Any
+        self,
+        delivery_id: int,
+        from_states: Collection[State],
+        *,
+        new_sdk_message_id: bool = False,
+        **changes: Any,
     ) -> Delivery | None:
         """Apply `changes` only if the delivery is still in one of `from_states`, in one
         transaction; None when it was not (someone else moved it first). `notes` are merged
-        into the stored ones (a None value removes a note)."""
+        into the stored ones (a None value removes a note). `new_sdk_message_id` gives it a
+        new SDK messageId (so a new XHE ID and ebMS MessageId) for sending it again; the old
+        one still finds it."""
         with self._lock, self._db:
             row = self._db.execute(
                 "SELECT * FROM deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
             if row is None or State(row["state"]) not in from_states:
                 return None
+            if new_sdk_message_id:
+                self._db.execute(
+                    "INSERT INTO superseded VALUES (?, ?)", (row["sdk_message_id"], delivery_id)
+                )
+                self._db.execute(
+                    "UPDATE deliveries SET sdk_message_id = ? WHERE id = ?",
+                    (str(uuid.uuid4()), delivery_id),
+                )
             if "notes" in changes:
                 notes = {**json.loads(row["notes"]), **changes["notes"]}
                 changes["notes"] = {k: v for k, v in notes.items() if v is not None}
@@ -360,30 +375,6 @@ class SQLiteSpool:
             sdk_message_id,
             sdk_message_id,
         )
-
-    def supersede(
-        self, delivery_id: int, from_states: Collection[State], **changes: Any
-    ) -> Delivery | None:
-        """Give the delivery a new SDK messageId (and so a new XHE ID and ebMS MessageId)
-        for sending it again, keeping the old one findable; only from `from_states`."""
-        with self._lock, self._db:
-            row = self._db.execute(
-                "SELECT * FROM deliveries WHERE id = ?", (delivery_id,)
-            ).fetchone()
-            if row is None or State(row["state"]) not in from_states:
-                return None
-            self._db.execute(
-                "INSERT INTO superseded VALUES (?, ?)", (row["sdk_message_id"], delivery_id)
-            )
-            self._db.execute(
-                "UPDATE deliveries SET sdk_message_id = ? WHERE id = ?",
-                (str(uuid.uuid4()), delivery_id),
-            )
-            self._write(delivery_id, changes)
-            row = self._db.execute(
-                "SELECT * FROM deliveries WHERE id = ?", (delivery_id,)
-            ).fetchone()
-        return self._delivery(row)
 
     def by_mail_message_id(self, mail_message_id: str) -> Delivery | None:
         """The delivery a reply refers to (the newest, for a mail with several recipients)."""

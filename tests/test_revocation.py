@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -348,13 +349,27 @@ def test_ocsp_by_get_and_unknown_serials(sandbox: Sandbox) -> None:
     path = base64.b64encode(request).decode().replace("/", "%2F").replace("+", "%2B")
     answer = ocsp.load_der_ocsp_response(httpx.get(f"{sandbox.pki.ocsp_url}/{path}").content)
     assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
-    builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
-        answer.issuer_name_hash, answer.issuer_key_hash, 12345, hashes.SHA1()
-    )
     unknown = ocsp.load_der_ocsp_response(
-        sandbox.pki.ocsp_response(builder.build().public_bytes(serialization.Encoding.DER))
+        sandbox.pki.ocsp_response(_request_by_hash(answer, 12345))
     )
     assert unknown.certificate_status == ocsp.OCSPCertStatus.UNKNOWN
+    # Base64 may end in "/": the responder must not take it for a path separator.
+    slashed = next(
+        der
+        for serial in range(1, 5000)
+        if (der := _request_by_hash(answer, serial)) and base64.b64encode(der).endswith(b"/")
+    )
+    url = f"{sandbox.pki.ocsp_url}/{quote(base64.b64encode(slashed).decode(), safe='')}"
+    by_get = ocsp.load_der_ocsp_response(httpx.get(url).content)
+    assert by_get.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+    assert by_get.certificate_status == ocsp.OCSPCertStatus.UNKNOWN
+
+
+def _request_by_hash(answer: ocsp.OCSPResponse, serial: int) -> bytes:
+    builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        answer.issuer_name_hash, answer.issuer_key_hash, serial, hashes.SHA1()
+    )
+    return builder.build().public_bytes(serialization.Encoding.DER)
 
 
 def test_revocations_survive_reopening_the_pki(sandbox: Sandbox) -> None:

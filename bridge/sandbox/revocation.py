@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import unquote
 
 from ..testpki import ISSUING_CA, ROOT, TestPKI
 from .web import read_body, respond
@@ -117,7 +116,8 @@ class RevocationApp:
                 return respond(start_response, 413, f"{e}\n".encode())
         elif method == "GET":
             # RFC 6960 A.1: url-encoding of base64 of the DER request, after the base URL.
-            encoded = unquote(path.strip("/").partition("/")[2])
+            # PATH_INFO arrives percent-decoded; base64 may itself begin or end with "/".
+            encoded = path.removeprefix("/").partition("/")[2]
             try:
                 request = base64.b64decode(encoded, validate=True)
             except ValueError:

@@ -74,7 +74,6 @@ class State(StrEnum):
     SUBMITTED = "submitted"  # the access point has it; waiting for the kvittens
     DELIVERED = "delivered"  # kvittens ACCEPTED
     FAILED = "failed"  # given up or REJECTED; the sender has a DSN
-    HELD = "held"  # an administrator stopped it
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 SCANNERS = "sdk_bridge.scanners"
 ACCESS_POINTS = "sdk_bridge.access_points"
+MAILBOXES = "sdk_bridge.mailboxes"
 
 
 class PluginError(Exception):
@@ -68,7 +69,7 @@ class DuplicateSubmission(Exception):
 
 
 class PermanentFailure(Exception):
-    """The access point refuses the submission for good (e.g. no such recipient)."""
+    """The service behind a plugin refuses for good (e.g. no such recipient or mailbox)."""
 
 
 class UnreadableRetrieval(PermanentFailure):
@@ -99,6 +100,23 @@ class AccessPoint(Protocol):
         ...
 
     async def errors(self, message_id: str) -> list[dict[str, str]]: ...
+
+    async def close(self) -> None: ...
+
+
+# --- mailbox delivery ---------------------------------------------------------------------
+
+
+class Mailbox(Protocol):
+    async def deliver(self, message_id: str, message: bytes) -> None:
+        """Put one e-mail (RFC 5322, CRLF line ends) into the mailbox.
+
+        `message_id` is its Message-ID without the angle brackets. A call may be repeated
+        after a crash or a lost answer: a mailbox that can look the Message-ID up must
+        then not deliver it twice. Raise TemporaryFailure to be retried later,
+        PermanentFailure when retrying cannot help.
+        """
+        ...
 
     async def close(self) -> None: ...
 

@@ -1,0 +1,131 @@
+"""Maildir mailbox delivery: the embedded default for trying sdk-bridge out.
+
+Written the Maildir way (tmp/, fsync, rename into new/, fsync of new/), so a message is
+either wholly in the mailbox or not at all, and a power cut after deliver() returns
+loses nothing. Dovecot and most MUAs read such a directory directly.
+
+No duplicates: every file name carries a key made from the Message-ID
+(`<seconds>.<key>.<host>`, with ":2,<flags>" appended once a reader has seen it), and
+deliver() first looks for that key in new/ and cur/. A crash after the rename and before
+the bridge recorded the delivery therefore ends in "already there", not in a second copy.
+Readers keep the base name when they move a file to cur/ or change its flags. (A message
+the user deletes in the milliseconds between the rename and the bridge's record would be
+delivered again by a repeat; nothing else can make a second copy.)
+
+Settings: `path`, the Maildir (created with mode 0700 when missing); `folder`, optional,
+a Maildir++ subfolder such as "Ärenden/Inkommande" ("/" separates levels, stored as
+".&AMQ-renden.Inkommande" the way Dovecot names it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bridge import mutf7
+from bridge.plugins import TemporaryFailure
+
+SETTINGS = {"path", "folder"}
+
+
+class Maildir:
+    """A `bridge.plugins.Mailbox` writing into a Maildir (or one of its ++ subfolders)."""
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        unknown = set(settings) - SETTINGS
+        if unknown:
+            raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(SETTINGS)}")
+        path = settings.get("path")
+        if not (isinstance(path, str) and path):
+            raise ValueError("`path` must name the Maildir directory")
+        self.root = Path(path)
+        self.directory = self.root / _subfolder(settings.get("folder"))
+        # Maildir's own escaping of the host part, so it never holds "/" or ":".
+        self._host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+
+    def __repr__(self) -> str:
+        return f"Maildir({str(self.directory)!r})"
+
+    async def deliver(self, message_id: str, message: bytes) -> None:
+        await asyncio.to_thread(self._deliver, message_id, message)
+
+    async def close(self) -> None:
+        return None
+
+    def _deliver(self, message_id: str, message: bytes) -> None:
+        key = hashlib.sha256(message_id.encode()).hexdigest()[:40]
+        try:
+            self._create()
+            if self._holds(key):
+                return
+            name = f"{int(time.time())}.{key}.{self._host}"
+            tmp = self.directory / "tmp" / name
+            with open(tmp, "xb") as f:
+                f.write(message)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, self.directory / "new" / name)
+            _fsync_directory(self.directory / "new")
+        except OSError as e:
+            # A full disk or a lost mount may heal; the message stays queued meanwhile.
+            raise TemporaryFailure(f"cannot write into {self.directory}: {e}") from e
+
+    def _create(self) -> None:
+        # cur/ is made last, so where it exists the Maildir is whole.
+        if not (self.root / "cur").is_dir():
+            _make_maildir(self.root)
+        if self.directory != self.root and not (self.directory / "cur").is_dir():
+            _make_maildir(self.directory)
+            # Maildir++ marks a subfolder so that readers do not take it for a mailbox root.
+            (self.directory / "maildirfolder").touch(mode=0o600)
+            _fsync_directory(self.root)
+
+    def _holds(self, key: str) -> bool:
+        """Whether a message with this key is in new/ or cur/; removes a half-written copy
+        that a crash left in tmp/."""
+        marker = f".{key}."
+        for entry in os.scandir(self.directory / "tmp"):
+            if marker in entry.name:
+                os.unlink(entry.path)
+        return any(
+            marker in entry.name
+            for sub in ("new", "cur")
+            for entry in os.scandir(self.directory / sub)
+        )
+
+
+def _subfolder(folder: Any) -> str:
+    """The Maildir++ directory name of `folder` ("" for the inbox itself)."""
+    if folder is None or folder == "" or (isinstance(folder, str) and folder.upper() == "INBOX"):
+        return ""
+    if not isinstance(folder, str):
+        raise ValueError(f"`folder` must be text, not {folder!r}")
+    levels = folder.split("/")
+    for level in levels:
+        if not level or "." in level or "\0" in level:
+            raise ValueError(
+                f"`folder` {folder!r}: each level between '/' must be a non-empty name "
+                "without '.' (Maildir++ uses '.' to separate levels)"
+            )
+    return "." + ".".join(mutf7.encode(level) for level in levels)
+
+
+def _make_maildir(directory: Path) -> None:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # mail is private
+    for sub in ("tmp", "new", "cur"):
+        (directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

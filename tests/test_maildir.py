@@ -1,0 +1,115 @@
+"""The Maildir mailbox plugin, loaded the way the bridge loads any mailbox plugin."""
+
+import asyncio
+import stat
+from pathlib import Path
+
+import pytest
+
+from bridge import mutf7, plugins
+from plugins.maildir import Maildir
+
+MAIL = "From: a@example.se\r\nSubject: Hej\r\n\r\nÅ ä ö\r\n".encode()
+
+
+def files(directory: Path, sub: str) -> list[Path]:
+    return sorted((directory / sub).iterdir())
+
+
+@pytest.mark.parametrize(
+    ("name", "encoded"),
+    [
+        ("INBOX", "INBOX"),
+        ("~peter/mail/台北/日本語", "~peter/mail/&U,BTFw-/&ZeVnLIqe-"),  # RFC 3501 §5.1.3
+        ("Ärenden", "&AMQ-renden"),
+        ("Bygg & miljö", "Bygg &- milj&APY-"),
+        ("åäö", "&AOUA5AD2-"),
+    ],
+)
+def test_modified_utf7(name: str, encoded: str) -> None:
+    assert mutf7.encode(name) == encoded
+
+
+def test_delivers_whole_message_into_new(tmp_path: Path) -> None:
+    root = tmp_path / "Maildir"
+    box = plugins.load(plugins.MAILBOXES, "maildir", {"path": str(root)})
+    asyncio.run(box.deliver("1b2c@sdk.example.se", MAIL))
+    [delivered] = files(root, "new")
+    assert delivered.read_bytes() == MAIL
+    assert files(root, "tmp") == [] and files(root, "cur") == []
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    assert ":" not in delivered.name and "/" not in delivered.name
+
+
+def test_repeated_delivery_is_a_no_op_even_after_the_reader_moved_it(tmp_path: Path) -> None:
+    box = Maildir({"path": str(tmp_path)})
+    asyncio.run(box.deliver("same@sdk.example.se", MAIL))
+    [first] = files(tmp_path, "new")
+    asyncio.run(box.deliver("same@sdk.example.se", MAIL))
+    assert files(tmp_path, "new") == [first]
+    first.rename(tmp_path / "cur" / f"{first.name}:2,S")  # what an IMAP server does once read
+    asyncio.run(box.deliver("same@sdk.example.se", MAIL))
+    assert files(tmp_path, "new") == [] and len(files(tmp_path, "cur")) == 1
+    asyncio.run(box.deliver("other@sdk.example.se", MAIL))
+    assert len(files(tmp_path, "new")) == 1
+
+
+def test_half_written_copy_from_a_crash_is_replaced(tmp_path: Path) -> None:
+    box = Maildir({"path": str(tmp_path)})
+    asyncio.run(box.deliver("crash@sdk.example.se", MAIL))
+    [done] = files(tmp_path, "new")
+    # Simulate a crash before the rename: only a truncated file in tmp/.
+    crashed = tmp_path / "tmp" / done.name
+    done.rename(crashed)
+    crashed.write_bytes(MAIL[:7])
+    asyncio.run(box.deliver("crash@sdk.example.se", MAIL))
+    assert files(tmp_path, "tmp") == []
+    assert [p.read_bytes() for p in files(tmp_path, "new")] == [MAIL]
+
+
+def test_folder_is_a_maildirplusplus_subfolder(tmp_path: Path) -> None:
+    box = Maildir({"path": str(tmp_path), "folder": "Ärenden/Inkommande"})
+    asyncio.run(box.deliver("x@sdk.example.se", MAIL))
+    folder = tmp_path / ".&AMQ-renden.Inkommande"
+    assert (folder / "maildirfolder").is_file()
+    assert [p.read_bytes() for p in files(folder, "new")] == [MAIL]
+    assert files(tmp_path, "new") == []  # the inbox itself exists and stays empty
+
+
+def test_many_messages_at_once(tmp_path: Path) -> None:
+    box = Maildir({"path": str(tmp_path)})
+
+    async def all_of_them() -> None:
+        await asyncio.gather(*(box.deliver(f"{i}@sdk.example.se", MAIL) for i in range(40)))
+
+    asyncio.run(all_of_them())
+    assert len(files(tmp_path, "new")) == 40
+
+
+def test_unwritable_maildir_is_a_temporary_failure(tmp_path: Path) -> None:
+    box = Maildir({"path": str(tmp_path / "box")})
+    asyncio.run(box.deliver("first@sdk.example.se", MAIL))
+    broken = tmp_path / "box" / "tmp"
+    broken.rmdir()
+    broken.write_bytes(b"")  # a file where tmp/ should be: fails even for root
+    with pytest.raises(plugins.TemporaryFailure, match="cannot write into"):
+        asyncio.run(box.deliver("second@sdk.example.se", MAIL))
+    broken.unlink()
+    broken.mkdir()
+    asyncio.run(box.deliver("second@sdk.example.se", MAIL))  # the retry succeeds
+    assert len(files(tmp_path / "box", "new")) == 2
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        ({}, "`path` must name"),
+        ({"path": "/x", "colour": "blue"}, "unknown setting"),
+        ({"path": "/x", "folder": "a.b"}, "without '.'"),
+        ({"path": "/x", "folder": "a//b"}, "non-empty"),
+        ({"path": "/x", "folder": 7}, "must be text"),
+    ],
+)
+def test_bad_settings_are_named(settings: dict[str, object], error: str) -> None:
+    with pytest.raises(plugins.PluginError, match=error):
+        plugins.load(plugins.MAILBOXES, "maildir", settings)

@@ -1,0 +1,115 @@
+"""The IMAP mailbox plugin against a real Dovecot on loopback."""
+
+import asyncio
+import imaplib
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+import dovecot
+import pytest
+from dovecot import Dovecot
+
+from bridge import plugins
+from plugins.imap import IMAP
+
+dovecot_server = dovecot.dovecot_server
+
+
+def mail(message_id: str, size: int = 0) -> bytes:
+    head = f"Message-ID: <{message_id}>\r\nFrom: a@example.se\r\nSubject: Hej\r\n\r\n"
+    return (head + "Å ä ö\r\n").encode() + (b"x" * 76 + b"\r\n") * (size // 78)
+
+
+def settings(server: Dovecot, **more: Any) -> dict[str, Any]:
+    base = {
+        "port": server.imaps_port,
+        "cafile": str(server.cafile),
+        "user": "bob",
+        "password": "bobpw",
+    }
+    return base | more
+
+
+def messages(server: Dovecot, folder: str, message_id: str) -> list[bytes]:
+    """The whole messages with this Message-ID in bob's `folder` (modified UTF-7 name)."""
+    context = ssl.create_default_context(cafile=str(server.cafile))
+    with imaplib.IMAP4_SSL("127.0.0.1", server.imaps_port, ssl_context=context) as imap:
+        imap.login("bob", "bobpw")
+        status, _ = imap.select(f'"{folder}"', readonly=True)
+        assert status == "OK", folder
+        _, found = imap.search(None, "HEADER", "Message-ID", f"<{message_id}>")
+        numbers = found[0].split()
+        return [imap.fetch(n, "(BODY.PEEK[])")[1][0][1] for n in numbers]  # type: ignore[index]
+
+
+def test_appends_once_over_imaps_into_inbox(dovecot_server: Dovecot) -> None:
+    box = plugins.load(plugins.MAILBOXES, "imap", settings(dovecot_server))
+    message = mail("inbox-1@sdk.example.se")
+    for _ in range(3):  # the later calls stand for retries after a lost answer
+        asyncio.run(box.deliver("inbox-1@sdk.example.se", message))
+    assert messages(dovecot_server, "INBOX", "inbox-1@sdk.example.se") == [message]
+
+
+def test_creates_a_swedish_folder_and_sends_large_mail(dovecot_server: Dovecot) -> None:
+    box = IMAP(settings(dovecot_server, folder='Ärenden/Socialtjänst "Nord"'))
+    message = mail("large@sdk.example.se", size=3_000_000)
+    asyncio.run(box.deliver("large@sdk.example.se", message))
+    asyncio.run(box.deliver("large@sdk.example.se", message))
+    folder = '&AMQ-renden/Socialtj&AOQ-nst \\"Nord\\"'
+    assert messages(dovecot_server, folder, "large@sdk.example.se") == [message]
+
+
+def test_plain_imap_on_loopback(dovecot_server: Dovecot) -> None:
+    box = IMAP(settings(dovecot_server, tls=False, port=dovecot_server.imap_port))
+    asyncio.run(box.deliver("plain@sdk.example.se", mail("plain@sdk.example.se")))
+    assert len(messages(dovecot_server, "INBOX", "plain@sdk.example.se")) == 1
+
+
+def test_wrong_password_and_no_server_are_temporary(
+    dovecot_server: Dovecot, tmp_path: Path
+) -> None:
+    box = IMAP(settings(dovecot_server, password="wrong"))
+    with pytest.raises(plugins.TemporaryFailure, match="LOGIN answered NO"):
+        asyncio.run(box.deliver("x@sdk.example.se", mail("x@sdk.example.se")))
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        box = IMAP(settings(dovecot_server, port=port, timeout=2))
+        with pytest.raises(plugins.TemporaryFailure, match="cannot connect"):
+            asyncio.run(box.deliver("x@sdk.example.se", mail("x@sdk.example.se")))
+
+
+def test_untrusted_certificate_is_refused(dovecot_server: Dovecot) -> None:
+    box = IMAP(settings(dovecot_server, cafile=None))
+    with pytest.raises(plugins.TemporaryFailure, match="CERTIFICATE_VERIFY_FAILED"):
+        asyncio.run(box.deliver("x@sdk.example.se", mail("x@sdk.example.se")))
+
+
+@pytest.mark.parametrize(
+    ("more", "error"),
+    [
+        ({"tls": False, "host": "imap.example.se"}, "only allowed for a loopback"),
+        ({"password_file": "/x"}, "either `password` or `password_file`"),
+        ({"port": 0}, "`port` must be"),
+        ({"folder": "a//b"}, "empty level"),
+        ({"colour": "blue"}, "unknown setting"),
+        ({"timeout": -1}, "`timeout` must be a positive"),
+    ],
+)
+def test_bad_settings_are_named(more: dict[str, Any], error: str) -> None:
+    base = {"user": "bob", "password": "bobpw"}
+    with pytest.raises(plugins.PluginError, match=error):
+        plugins.load(plugins.MAILBOXES, "imap", base | more)
+
+
+def test_folder_that_exists_but_cannot_be_selected_is_not_appended_to(
+    dovecot_server: Dovecot,
+) -> None:
+    asyncio.run(
+        IMAP(settings(dovecot_server, folder="Arkiv/Inkommande")).deliver("a@b", mail("a@b"))
+    )
+    parent = IMAP(settings(dovecot_server, folder="Arkiv"))  # \Noselect: holds only folders
+    with pytest.raises(plugins.TemporaryFailure, match="SELECT answered NO"):
+        asyncio.run(parent.deliver("a@b", mail("a@b")))

@@ -1,0 +1,160 @@
+"""SDK business message v3 to mail: the inbound half of PRODUCT.md's mapping table.
+
+Pure functions without I/O. The caller resolves the addresses (the sender's reply-able
+alias and display name, the mailbox of our functional address) and the Message-ID that
+refToMessageId names, since only its store knows them.
+
+Decisions:
+
+- **From** is the sender's functional address as its alias under our SDK domain with the
+  display name "<organisation> – <functional address> (SDK)", so Reply goes back through
+  the bridge. **To** is the mailbox of our functional address.
+- **Subject** is the label; a label that outbound cut ("…") and whose full form opens
+  the text as "Ämne: …" gets its full subject back, and that line leaves the text.
+  With confidentiality=true the subject starts with the secrecy prefix ("[sekretess] ")
+  and the mail has `Sensitivity: Company-Confidential`; `X-SDK-Confidentiality` is
+  always there (true or false), so rules in Outlook or Exchange can sort on it.
+- **Ids**: `Message-ID: <messageId@sdk-domain>`; `In-Reply-To` and `References` name the
+  mail that refToMessageId points at. `X-SDK-Message-ID` and `X-SDK-Conversation-ID` carry
+  the SDK ids for administrators and for tracing a reply.
+- **References and persons** from the recipient's attention are kept as `X-SDK-Reference`
+  headers in the very form the outbound side reads ("root=extension"), as `X-SDK-Person`
+  headers, and as lines at the top of the text, so a reader sees them without looking at
+  headers.
+- **Body**: the ContentText (several joined by a blank line) as text/plain, and as HTML
+  rendered from its Markdown with raw HTML shown as text, no images (their alt text
+  becomes a link), and links only to http, https and mailto: nothing in the mail can run
+  or load remote content.
+- **Attachments**: every ContentFile, byte for byte, with its file name and type (a
+  type that is not of the form type/subtype becomes application/octet-stream).
+"""
+
+import email.policy
+import html
+from collections.abc import Sequence
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+from markdown_it import MarkdownIt
+
+from bridge.outbound.mapping import ELLIPSIS, REFERENCE_HEADER, SUBJECT_PREFIX
+from bridge.sdk.message import Attention, BusinessMessage, Identifier
+
+SECRECY_PREFIX = "[sekretess] "
+CONFIDENTIALITY_HEADER = "X-SDK-Confidentiality"
+PERSON_HEADER = "X-SDK-Person"
+SDK_MESSAGE_ID_HEADER = "X-SDK-Message-ID"
+SDK_CONVERSATION_HEADER = "X-SDK-Conversation-ID"
+SAFE_SCHEMES = ("http://", "https://", "mailto:")
+
+
+def to_email(
+    message: BusinessMessage,
+    *,
+    sender: str,
+    sender_name: str,
+    recipient: str,
+    sdk_domain: str,
+    replying_to: str | None = None,
+    secrecy_prefix: str = SECRECY_PREFIX,
+) -> bytes:
+    """The mail for `message`, CRLF line ends, ready for any mailbox plugin.
+
+    `sender` is the reply-able alias of the sender's functional address and
+    `sender_name` its address-book name; `replying_to` the Message-ID (without angle
+    brackets) of the mail that refToMessageId names, by default `<ref@sdk_domain>`.
+    """
+    text = "\n\n".join(t for d in message.documents for t in d.texts)
+    subject, text = _subject(message.label or "", text)
+    mail = EmailMessage(policy=email.policy.SMTP)
+    mail["From"] = Address(_one_line(f"{sender_name} (SDK)"), addr_spec=sender)
+    mail["To"] = Address(addr_spec=recipient)
+    mail["Subject"] = _one_line((secrecy_prefix if message.confidential else "") + subject)
+    mail["Date"] = format_datetime(message.created)
+    mail["Message-ID"] = f"<{message.message_id}@{sdk_domain}>"
+    if message.ref_to_message_id is not None:
+        parent = replying_to or f"{message.ref_to_message_id}@{sdk_domain}"
+        mail["In-Reply-To"] = f"<{parent}>"
+        mail["References"] = f"<{parent}>"
+    if message.confidential:
+        mail["Sensitivity"] = "Company-Confidential"
+    mail[CONFIDENTIALITY_HEADER] = "true" if message.confidential else "false"
+    mail[SDK_MESSAGE_ID_HEADER] = message.message_id
+    mail[SDK_CONVERSATION_HEADER] = message.conversation_id
+    attention = message.recipient.attention
+    lines = _attention_lines(attention)
+    if attention is not None:
+        for reference in attention.references:
+            mail[REFERENCE_HEADER] = _one_line(_identifier(reference.id))
+        for person in attention.persons:
+            if person.id is not None:
+                mail[PERSON_HEADER] = _one_line(_identifier(person.id))
+    body = "\n".join(lines) + ("\n\n" if lines and text else "") + text
+    mail.set_content(body or " ")
+    mail.add_alternative(_html(lines, text), subtype="html")
+    for document in message.documents:
+        for file in document.files:
+            maintype, slash, subtype = file.content_type.partition("/")
+            if not (slash and maintype and subtype):
+                maintype, subtype = "application", "octet-stream"
+            mail.add_attachment(
+                file.content, maintype=maintype, subtype=subtype, filename=file.file_name
+            )
+    return mail.as_bytes()
+
+
+def render_markdown(text: str) -> str:
+    """HTML for B1.3.3's Markdown subset, safe to show: see the module docstring."""
+    return _MARKDOWN.render(text)
+
+
+def _safe_link(url: str) -> bool:
+    return url.strip().lower().startswith(SAFE_SCHEMES)
+
+
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).disable("image")
+_MARKDOWN.validateLink = _safe_link  # type: ignore[method-assign]
+
+
+def _subject(label: str, text: str) -> tuple[str, str]:
+    """The label, or the full subject when outbound cut it and put it atop the text."""
+    first, _, rest = text.partition("\n\n")
+    if label.endswith(ELLIPSIS) and first.startswith(SUBJECT_PREFIX):
+        full = first.removeprefix(SUBJECT_PREFIX)
+        if full.startswith(label.removesuffix(ELLIPSIS).rstrip()):
+            return full, rest
+    return label, text
+
+
+def _attention_lines(attention: Attention | None) -> list[str]:
+    if attention is None:
+        return []
+    lines = [
+        f"Referens: {reference.label + ' ' if reference.label else ''}"
+        f"{reference.id.extension} ({reference.id.root})"
+        for reference in attention.references
+    ]
+    for person in attention.persons:
+        named = person.label or ""
+        identified = f"{person.id.extension} ({person.id.root})" if person.id else ""
+        lines.append(f"Person: {' '.join(part for part in (named, identified) if part)}")
+    return lines
+
+
+def _one_line(value: str) -> str:
+    """Header text on one line: XML text may hold line breaks, a header must not."""
+    return " ".join(value.split())
+
+
+def _identifier(identifier: Identifier) -> str:
+    return f"{identifier.root}={identifier.extension}"
+
+
+def _html(lines: Sequence[str], text: str) -> str:
+    header = "".join(f"<p>{html.escape(line)}</p>\n" for line in lines)
+    separator = "<hr>\n" if lines and text else ""
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body>\n'
+        f"{header}{separator}{render_markdown(text)}</body></html>\n"
+    )

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from cryptography import x509
 
+from . import plugins
 from .sdk.keys import KeyError_, KeyPair, load_certificates, load_keypair, read_passphrase
 from .sdk.names import ORGANISATION_ID, SDK_FEDERATION
 
@@ -92,6 +93,9 @@ class FunctionalAddressConfig:
     id: str  # the address-book identifier of one of our functional addresses
     senders: tuple[str, ...]  # envelope senders that may send as it ("*@kommun.se")
     auth_users: tuple[str, ...]  # SMTP AUTH users that may send as it
+    # The mailbox plugin (entry point sdk_bridge.mailboxes) for its incoming mail, and
+    # the plugin's settings.
+    deliver_to: tuple[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -289,12 +293,7 @@ def _smtp(node: _Node) -> SMTPConfig:
     listen_tls = _listen(fields["listen_tls"]) if "listen_tls" in fields else ()
     if listen_tls and tls_cert is None:
         raise fields["listen_tls"].error("implicit TLS needs tls_cert and tls_key")
-    scanner = None
-    if "scanner" in fields:
-        settings = yaml.safe_load(yaml.serialize(fields["scanner"].node)) or {}
-        if not isinstance(settings, dict) or "plugin" not in settings:
-            raise fields["scanner"].error("expected a mapping with plugin: <name>")
-        scanner = (str(settings.pop("plugin")), settings)
+    scanner = _plugin_choice(fields["scanner"]) if "scanner" in fields else None
     return SMTPConfig(
         hostname=fields["hostname"].string() if "hostname" in fields else socket.getfqdn(),
         listen=_listen(fields["listen"]) if "listen" in fields else (("127.0.0.1", 2525),),
@@ -315,11 +314,27 @@ def _smtp(node: _Node) -> SMTPConfig:
 
 def _functional_address(node: _Node) -> FunctionalAddressConfig:
     fields = node.mapping("id", "senders", "auth_users", "deliver_to")
+    deliver_to = None
+    if "deliver_to" in fields:
+        deliver_to = _plugin_choice(fields["deliver_to"])
+        try:  # builds the plugin once, so a bad setting is reported here with its line
+            plugins.load(plugins.MAILBOXES, *deliver_to)
+        except plugins.PluginError as e:
+            raise fields["deliver_to"].error(str(e)) from None
     return FunctionalAddressConfig(
         id=_required(fields, node, "id").string(),
         senders=_strings(fields["senders"]) if "senders" in fields else (),
         auth_users=_strings(fields["auth_users"]) if "auth_users" in fields else (),
+        deliver_to=deliver_to,
     )
+
+
+def _plugin_choice(node: _Node) -> tuple[str, dict[str, Any]]:
+    """`{plugin: <name>, <its settings>...}` as the plugin's name and settings."""
+    settings = yaml.safe_load(yaml.serialize(node.node)) or {}
+    if not isinstance(settings, dict) or "plugin" not in settings:
+        raise node.error("expected a mapping with plugin: <name>")
+    return str(settings.pop("plugin")), settings
 
 
 def _outbound(node: _Node) -> OutboundConfig:

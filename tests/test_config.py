@@ -144,6 +144,7 @@ def test_example_config_documents_every_key_the_loader_knows() -> None:
         "functional_addresses:",
         "senders:",
         "auth_users:",
+        "deliver_to:",
         "spool:",
         "outbound:",
         "lifetime_hours:",
@@ -307,6 +308,7 @@ functional_addresses:
   - id: a.registrator
     senders: ["*@a.se"]
     auth_users: [exchange]
+    deliver_to: {{plugin: maildir, path: /var/mail/sdk/registrator, folder: Inkommande}}
 spool: spool
 outbound:
   lifetime_hours: 48
@@ -323,6 +325,10 @@ outbound:
     assert loaded.smtp.scanner == ("clamav", {"socket": "/run/clamav/clamd.ctl"})
     assert loaded.smtp.secrecy_tags == ("[sekretess]",)
     assert loaded.functional_addresses[0].senders == ("*@a.se",)
+    assert loaded.functional_addresses[0].deliver_to == (
+        "maildir",
+        {"path": "/var/mail/sdk/registrator", "folder": "Inkommande"},
+    )
     assert loaded.spool == tmp_path / "spool"
     assert loaded.outbound.lifetime.total_seconds() == 48 * 3600
     assert loaded.outbound.smart_host == ("127.0.0.1", 25)
@@ -332,8 +338,17 @@ outbound:
         ('"10.0.0.0/8"', '"ten"', "smtp.allowed_networks[0]"),
         ("  lifetime_hours: 48", "  lifetime_hours: soon", "outbound.lifetime_hours"),
         ("  scanner: {plugin: clamav,", "  scanner: {", "smtp.scanner"),
+        ("folder: Inkommande}", "folder: In.kommande}", "functional_addresses[0].deliver_to"),
+        ("{plugin: maildir,", "{plugin: mbox,", "functional_addresses[0].deliver_to"),
     ]:
         path.write_text(text.replace(old, new))
         with pytest.raises(config.ConfigError) as error:
             config.load(path)
         assert error.value.key == key
+    path.write_text(text.replace("{plugin: maildir,", "{plugin: mbox,"))
+    with pytest.raises(config.ConfigError, match=r"no sdk_bridge\.mailboxes plugin named 'mbox'"):
+        config.load(path)
+    path.write_text(text.replace("folder: Inkommande}", "folder: In.kommande}"))
+    with pytest.raises(config.ConfigError, match=r"without '\.'") as error:
+        config.load(path)
+    assert path.read_text().splitlines()[error.value.line - 1].strip().startswith("deliver_to:")

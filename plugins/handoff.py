@@ -66,12 +66,13 @@ class _Handoff:
 
     def _deliver(self, message: bytes) -> None:
         timeout = self.timeout + len(message) / self.rate
+        client: smtplib.SMTP | None = None
         try:
-            with self._connect(timeout) as client:
-                client.ehlo_or_helo_if_needed()
-                eight_bit = not message.isascii() and client.has_extn("8bitmime")
-                options = ["BODY=8BITMIME"] if eight_bit else []
-                client.sendmail(self.sender, [self.recipient], message, options)
+            client = self._connect(timeout)
+            client.ehlo_or_helo_if_needed()
+            eight_bit = not message.isascii() and client.has_extn("8bitmime")
+            options = ["BODY=8BITMIME"] if eight_bit else []
+            client.sendmail(self.sender, [self.recipient], message, options)
         except smtplib.SMTPConnectError as e:  # refused at the greeting: not this message
             raise TemporaryFailure(f"{self!r}: {e.smtp_code} {e.smtp_error!r}") from e
         except smtplib.SMTPRecipientsRefused as e:
@@ -81,6 +82,9 @@ class _Handoff:
             raise _failure(self, e.smtp_code, e.smtp_error) from e
         except (OSError, smtplib.SMTPException) as e:
             raise TemporaryFailure(f"{self!r}: {e or type(e).__name__}") from e
+        finally:
+            if client is not None:
+                _quit(client)
 
 
 class LMTP(_Handoff):
@@ -138,8 +142,21 @@ class SMTP(_Handoff):
             return smtplib.SMTP_SSL(self.host, self.port, timeout=timeout, context=self._context)
         client = smtplib.SMTP(self.host, self.port, timeout=timeout)
         if self.tls == "starttls":
-            client.starttls(context=self._context)  # raises unless the server offers it
+            try:
+                client.starttls(context=self._context)  # raises unless the server offers it
+            except BaseException:
+                client.close()
+                raise
         return client
+
+
+def _quit(client: smtplib.SMTP) -> None:
+    """Once sendmail() returned, the mail is handed over: QUIT's answer changes nothing
+    (smtplib would raise on anything but 221, turning a delivery into a "failure")."""
+    try:
+        client.quit()
+    except (OSError, smtplib.SMTPException):
+        client.close()
 
 
 def _failure(handoff: _Handoff, code: int, text: bytes | str) -> Exception:

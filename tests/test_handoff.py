@@ -55,6 +55,7 @@ class Recorder:
     def __init__(self) -> None:
         self.received: list[tuple[str, list[str], bytes, list[str]]] = []
         self.answer = "250 OK"
+        self.quit_answer = "221 Bye"
 
     async def handle_DATA(self, server: Server, session: Session, envelope: Envelope) -> str:
         if self.answer.startswith("250"):
@@ -63,6 +64,9 @@ class Recorder:
                 (envelope.mail_from or "", envelope.rcpt_tos, content, envelope.mail_options)
             )
         return self.answer
+
+    async def handle_QUIT(self, server: Server, session: Session, envelope: Envelope) -> str:
+        return self.quit_answer
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +122,15 @@ def test_smtp_replies_map_to_failures(
     recorder.answer = answer
     with pytest.raises(failure, match=answer.split()[0]):
         asyncio.run(smtp(port, tls_files[1]).deliver("h1@sdk.example.se", MAIL))
+
+
+def test_an_odd_answer_to_quit_does_not_undo_a_delivery(
+    smtp_server: tuple[Recorder, int], tls_files: tuple[ssl.SSLContext, Path]
+) -> None:
+    recorder, port = smtp_server
+    recorder.quit_answer = "554 5.0.0 bye"
+    asyncio.run(smtp(port, tls_files[1]).deliver("h1@sdk.example.se", MAIL))
+    assert len(recorder.received) == 1
 
 
 def test_smtp_never_falls_back_to_plain_text(tls_files: tuple[ssl.SSLContext, Path]) -> None:

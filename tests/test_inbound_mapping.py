@@ -116,3 +116,48 @@ def test_odd_content_type_and_only_files() -> None:
     types = [(a.get_filename(), a.get_content_type()) for a in mail.iter_attachments()]
     assert types == [("data.bin", "application/octet-stream"), ("bild.png", "image/png")]
     assert [a.get_content() for a in mail.iter_attachments()] == [b"\x00\x01", b"\x89PNG"]
+
+
+def test_seven_bit_and_long_thread_ids_stay_whole() -> None:
+    parent = "AM0PR07MB1234567890ABCDEF1234567890ABCDEF1234@AM0PR07MB1234.eurprd07.prod.outlook.com"
+    message = make_message(ref_to_message_id="0b0c")
+    data = to_email(
+        message,
+        sender=SENDER,
+        sender_name="Å kommun",
+        recipient="registrator@kommun.se",
+        sdk_domain="sdk.kommun.se",
+        replying_to=parent,
+    )
+    assert data.isascii()  # no 8BITMIME needed anywhere on the way
+    assert f"In-Reply-To: <{parent}>\r\n".encode() in data
+    mail = email.message_from_bytes(data, policy=email.policy.default)
+    body = mail.get_body(("plain",))  # type: ignore[attr-defined]
+    assert body is not None and "Här kommer" in body.get_content()
+
+
+def test_attachment_types_and_names_are_made_safe() -> None:
+    files = (
+        msg.ContentFile("a\r\nBcc: x@evil.example.pdf", "application/pdf", b"%PDF"),
+        msg.ContentFile("b", "multipart/mixed", b"not multipart"),
+        msg.ContentFile("c", "message/rfc822", b"Subject: x\r\n\r\nx"),
+        msg.ContentFile("d", "text/plain; charset=utf-16", b"x"),
+        msg.ContentFile("e", "text/html", b"<script>x</script>"),
+        msg.ContentFile("\x00\x07", "text/plain", "Å".encode()),
+    )
+    document = msg.Document("SDK-Meddelande", files=files)
+    mail = mail_of(make_message(documents=(document,)))
+    assert mail["Bcc"] is None
+    found = [(a.get_filename(), a.get_content_type()) for a in mail.iter_attachments()]
+    octet = "application/octet-stream"
+    assert found == [
+        ("a Bcc: x@evil.example.pdf", "application/pdf"),
+        ("b", octet),
+        ("c", octet),
+        ("d", octet),
+        ("e", octet),
+        ("bilaga-6", "text/plain"),
+    ]
+    assert [a.get_payload(decode=True) for a in mail.iter_attachments()] == [
+        f.content for f in files
+    ]

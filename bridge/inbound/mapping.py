@@ -25,12 +25,15 @@ Decisions:
   rendered from its Markdown with raw HTML shown as text, no images (their alt text
   becomes a link), and links only to http, https and mailto: nothing in the mail can run
   or load remote content.
-- **Attachments**: every ContentFile, byte for byte, with its file name and type (a
-  type that is not of the form type/subtype becomes application/octet-stream).
+- **Attachments**: every ContentFile, byte for byte, with its file name (control
+  characters become spaces; "bilaga-<n>" when empty) and type (application/octet-stream for a
+  type with parameters or not of the form type/subtype, and for multipart/*, message/*
+  and text/html). The mail is 7-bit (quoted-printable or base64 parts).
 """
 
 import email.policy
 import html
+import re
 from collections.abc import Sequence
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -47,6 +50,10 @@ PERSON_HEADER = "X-SDK-Person"
 SDK_MESSAGE_ID_HEADER = "X-SDK-Message-ID"
 SDK_CONVERSATION_HEADER = "X-SDK-Conversation-ID"
 SAFE_SCHEMES = ("http://", "https://", "mailto:")
+_TYPE = re.compile(r"([a-z0-9][a-z0-9!#$&^_.+-]*)/([a-z0-9][a-z0-9!#$&^_.+-]*)")
+# 7bit: Swedish text goes out quoted-printable, so a server without 8BITMIME takes it
+# too; 998: headers such as a long In-Reply-To stay unencoded (only RFC 2047 text folds).
+_POLICY = email.policy.SMTP.clone(cte_type="7bit", max_line_length=998)
 
 
 def to_email(
@@ -67,7 +74,7 @@ def to_email(
     """
     text = "\n\n".join(t for d in message.documents for t in d.texts)
     subject, text = _subject(message.label or "", text)
-    mail = EmailMessage(policy=email.policy.SMTP)
+    mail = EmailMessage(policy=_POLICY)
     mail["From"] = Address(_one_line(f"{sender_name} (SDK)"), addr_spec=sender)
     mail["To"] = Address(addr_spec=recipient)
     mail["Subject"] = _one_line((secrecy_prefix if message.confidential else "") + subject)
@@ -93,20 +100,29 @@ def to_email(
     body = "\n".join(lines) + ("\n\n" if lines and text else "") + text
     mail.set_content(body or " ")
     mail.add_alternative(_html(lines, text), subtype="html")
-    for document in message.documents:
-        for file in document.files:
-            maintype, slash, subtype = file.content_type.partition("/")
-            if not (slash and maintype and subtype):
-                maintype, subtype = "application", "octet-stream"
-            mail.add_attachment(
-                file.content, maintype=maintype, subtype=subtype, filename=file.file_name
-            )
+    files = [file for document in message.documents for file in document.files]
+    for number, file in enumerate(files, start=1):
+        maintype, subtype = _attachment_type(file.content_type)
+        name = _one_line("".join(c if c.isprintable() else " " for c in file.file_name))
+        mail.add_attachment(
+            file.content, maintype=maintype, subtype=subtype, filename=name or f"bilaga-{number}"
+        )
     return mail.as_bytes()
 
 
 def render_markdown(text: str) -> str:
     """HTML for B1.3.3's Markdown subset, safe to show: see the module docstring."""
     return _MARKDOWN.render(text)
+
+
+def _attachment_type(content_type: str) -> tuple[str, str]:
+    """The sender's type when it is a plain type/subtype that a mail client will only
+    offer as a file; anything else (parameters, multipart/* or message/* that would need
+    a structure the bytes may not have, HTML a client might render) as a neutral type."""
+    match = _TYPE.fullmatch(content_type.strip().lower())
+    if match is None or match[1] in ("multipart", "message") or match[0] == "text/html":
+        return "application", "octet-stream"
+    return match[1], match[2]
 
 
 def _safe_link(url: str) -> bool:

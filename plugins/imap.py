@@ -10,7 +10,8 @@ is simply the next delivery.
 Settings: `host` (default 127.0.0.1), `port` (default 993 with TLS, 143 without),
 `tls` (true by default; false only for a server on a loopback address), `cafile` (CA
 certificates to verify the server with; default: the system's), `user`, `password` or
-`password_file`, `folder` (default INBOX; "/"-separated levels, sent in modified UTF-7),
+`password_file`, `folder` (default INBOX; "/"-separated levels, sent in modified UTF-7
+and joined with the server's own hierarchy separator, "." in Dovecot's Maildir layout),
 `timeout` (seconds for each step, default 30; an APPEND gets one more second per
 `rate` bytes, default 1 MB/s, so a 25 MB message is not cut off on a slow link).
 
@@ -81,36 +82,35 @@ class IMAP:
 
     async def deliver(self, message_id: str, message: bytes) -> None:
         timeout = self.timeout + len(message) / self.rate
-        mailbox = _quoted(mutf7.encode(self.folder))
+        client = (
+            aioimaplib.IMAP4_SSL(self.host, self.port, timeout=timeout, ssl_context=self._context)
+            if self.tls
+            else aioimaplib.IMAP4(self.host, self.port, timeout=timeout)
+        )
         try:
-            client = (
-                aioimaplib.IMAP4_SSL(
-                    self.host, self.port, timeout=timeout, ssl_context=self._context
-                )
-                if self.tls
-                else aioimaplib.IMAP4(self.host, self.port, timeout=timeout)
-            )
-            await client.wait_hello_from_server()
-        except (OSError, TimeoutError, aioimaplib.Abort) as e:
-            raise TemporaryFailure(f"{self!r}: cannot connect: {e or type(e).__name__}") from e
-        try:
-            await self._deliver(client, mailbox, message_id, message)
-        except (OSError, TimeoutError, aioimaplib.Abort, aioimaplib.CommandTimeout) as e:
-            # Whether an APPEND in flight arrived is unknown: the next call looks first.
-            raise TemporaryFailure(f"{self!r}: connection lost: {e or type(e).__name__}") from e
-        finally:
-            # The connection may already be gone; there is nothing left to keep.
-            with contextlib.suppress(Exception):
+            try:
+                await client.wait_hello_from_server()
+            except (OSError, TimeoutError, aioimaplib.Abort) as e:
+                raise TemporaryFailure(f"{self!r}: cannot connect: {_why(e)}") from e
+            try:
+                await self._deliver(client, message_id, message)
+            except (OSError, TimeoutError, aioimaplib.Abort, aioimaplib.CommandTimeout) as e:
+                # Whether an APPEND in flight arrived is unknown: the next call looks first.
+                raise TemporaryFailure(f"{self!r}: connection lost: {_why(e)}") from e
+            with contextlib.suppress(Exception):  # delivered; LOGOUT's answer changes nothing
                 await client.logout()
+        finally:
+            transport = client.protocol.transport if client.protocol else None
+            if transport is not None:
+                transport.close()
 
     async def close(self) -> None:
         return None
 
-    async def _deliver(
-        self, client: aioimaplib.IMAP4, mailbox: str, message_id: str, message: bytes
-    ) -> None:
+    async def _deliver(self, client: aioimaplib.IMAP4, message_id: str, message: bytes) -> None:
         login = await client.login(_quoted(self.user), self.password)
         _expect(login, "LOGIN", self)
+        mailbox = _quoted(await self._mailbox_name(client))
         if await self._holds(client, mailbox, message_id):
             return
         answer = await client.append(message, mailbox=mailbox)
@@ -121,11 +121,33 @@ class IMAP:
             raise PermanentFailure(f"{self!r}: APPEND refused: {_text_of(answer)}")
         _expect(answer, "APPEND", self)
 
+    async def _mailbox_name(self, client: aioimaplib.IMAP4) -> str:
+        """The folder's name on this server: each level in modified UTF-7, joined by the
+        server's hierarchy separator (Dovecot's Maildir default is ".", others use "/")."""
+        levels = self.folder.split("/")
+        if len(levels) == 1:
+            return mutf7.encode(self.folder)
+        listed = await client.list('""', '""')
+        _expect(listed, "LIST", self)
+        separator = next(
+            (m[1].decode() for line in listed.lines if (m := _SEPARATOR.match(line))), None
+        )
+        if separator is None:
+            raise TemporaryFailure(f"{self!r}: the server has no folder hierarchy")
+        separator = separator[-1]  # "\\" is a quoted backslash
+        if any(separator in level for level in levels):
+            raise TemporaryFailure(
+                f"{self!r}: a folder level holds the server's separator {separator!r}; "
+                "rename it in the configuration"
+            )
+        return separator.join(mutf7.encode(level) for level in levels)
+
     async def _holds(self, client: aioimaplib.IMAP4, mailbox: str, message_id: str) -> bool:
         """Whether the folder has a message with this Message-ID (False: no such folder)."""
         # SELECT, not EXAMINE: aioimaplib allows SEARCH only after SELECT. Searching
         # changes nothing, and the session ends with LOGOUT, never with CLOSE (which would
-        # expunge what the user marked deleted).
+        # expunge what the user marked deleted). SELECT does take \Recent off the folder's
+        # messages; clients show unread mail by \Seen, which stays as it was.
         selected = await client.select(mailbox)
         if selected.result == "NO" and not await self._exists(client, mailbox):
             return False  # not created yet: APPEND's [TRYCREATE] will make it
@@ -144,6 +166,14 @@ class IMAP:
         listed = await client.list('""', mailbox)
         _expect(listed, "LIST", self)
         return len(listed.lines) > 1
+
+
+# One LIST reply: (flags) "separator" name; NIL for a flat server.
+_SEPARATOR = re.compile(rb'\([^)]*\) "(\\?.)" ')
+
+
+def _why(error: BaseException) -> str:
+    return str(error) or type(error).__name__
 
 
 def _expect(answer: aioimaplib.Response, command: str, mailbox: IMAP) -> None:

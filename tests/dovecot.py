@@ -4,7 +4,8 @@
 directories, users, a self-signed certificate, mail homes, all inside it), listening on
 127.0.0.1 at free ports for IMAP, IMAPS and LMTP, and starts Dovecot in the foreground as a
 child. Users alice and bob (passwords alicepw and bobpw) keep their mail in
-`home/<user>/Maildir`, owned by the system user `vmail`; a test that writes a Maildir
+`home/<user>/Maildir` (Maildir++ layout, Dovecot's default hierarchy separator "."),
+owned by the system user `vmail`; a test that writes a Maildir
 itself hands the files over with `give()`, as a bridge running as the mail user would own
 them. Dovecot's master starts as root (it refuses mail access as uid 0 and switches to
 vmail), so the tests that use it skip, saying why, when not run as root or when Dovecot is
@@ -162,7 +163,6 @@ userdb {{
 }}
 namespace inbox {{
   inbox = yes
-  separator = /
 }}
 service imap-login {{
   inet_listener imap {{

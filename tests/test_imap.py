@@ -57,7 +57,7 @@ def test_creates_a_swedish_folder_and_sends_large_mail(dovecot_server: Dovecot) 
     message = mail("large@sdk.example.se", size=3_000_000)
     asyncio.run(box.deliver("large@sdk.example.se", message))
     asyncio.run(box.deliver("large@sdk.example.se", message))
-    folder = '&AMQ-renden/Socialtj&AOQ-nst \\"Nord\\"'
+    folder = '&AMQ-renden.Socialtj&AOQ-nst \\"Nord\\"'  # Dovecot's Maildir separator
     assert messages(dovecot_server, folder, "large@sdk.example.se") == [message]
 
 
@@ -113,3 +113,9 @@ def test_folder_that_exists_but_cannot_be_selected_is_not_appended_to(
     parent = IMAP(settings(dovecot_server, folder="Arkiv"))  # \Noselect: holds only folders
     with pytest.raises(plugins.TemporaryFailure, match="SELECT answered NO"):
         asyncio.run(parent.deliver("a@b", mail("a@b")))
+
+
+def test_a_folder_level_with_the_servers_separator_is_refused(dovecot_server: Dovecot) -> None:
+    box = IMAP(settings(dovecot_server, folder="Arkiv/v.2"))
+    with pytest.raises(plugins.TemporaryFailure, match=r"holds the server's separator '\.'"):
+        asyncio.run(box.deliver("a@b", mail("a@b")))

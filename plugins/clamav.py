@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from bridge.plugins import TemporaryFailure
+from bridge.pluginsettings import port as check_port
+from bridge.pluginsettings import positive
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -47,13 +49,12 @@ class ClamAV:
         if path is None:
             if not (isinstance(host, str) and host):
                 raise ValueError("`host` and `port` go together (clamd's TCPAddr and TCPSocket)")
-            if not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
-                raise ValueError(f"`port` must be a TCP port number, not {port!r}")
+            port = check_port(port)
         self.socket: str | None = path
         self.host: str | None = host
         self.port: int | None = port
-        self.timeout = _positive(settings, "timeout", DEFAULT_TIMEOUT, (int, float))
-        self.max_bytes = int(_positive(settings, "max_bytes", DEFAULT_MAX_BYTES, (int,)))
+        self.timeout = positive(settings, "timeout", DEFAULT_TIMEOUT)
+        self.max_bytes = int(positive(settings, "max_bytes", DEFAULT_MAX_BYTES, whole=True))
 
     def __repr__(self) -> str:
         return f"ClamAV({self._where})"
@@ -157,12 +158,3 @@ class ClamAV:
             if body.endswith(" FOUND") and name:
                 return name
         raise TemporaryFailure(f"unexpected answer from {where}: {reply[:200]!r}")
-
-
-def _positive(
-    settings: Mapping[str, Any], key: str, default: float, types: tuple[type, ...]
-) -> float:
-    value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, types) or value <= 0:
-        raise ValueError(f"`{key}` must be a positive number, not {value!r}")
-    return value

@@ -24,13 +24,14 @@ mailbox, too large), 4xx and lost connections TemporaryFailure.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import smtplib
 import ssl
 from collections.abc import Mapping
 from typing import Any
 
 from bridge.plugins import PermanentFailure, TemporaryFailure
+from bridge.pluginsettings import is_loopback, positive
+from bridge.pluginsettings import port as check_port
 
 COMMON = {"recipient", "sender", "timeout", "rate"}
 DEFAULT_TIMEOUT = 30.0
@@ -52,8 +53,8 @@ class _Handoff:
         if not isinstance(sender, str):
             raise ValueError(f"`sender` must be an e-mail address or empty, not {sender!r}")
         self.recipient, self.sender = recipient, sender
-        self.timeout = _positive(settings, "timeout", DEFAULT_TIMEOUT)
-        self.rate = _positive(settings, "rate", DEFAULT_RATE)
+        self.timeout = positive(settings, "timeout", DEFAULT_TIMEOUT)
+        self.rate = positive(settings, "rate", DEFAULT_RATE)
 
     async def deliver(self, message_id: str, message: bytes) -> None:
         await asyncio.to_thread(self._deliver, message)
@@ -100,7 +101,7 @@ class LMTP(_Handoff):
                 raise ValueError(f"`socket` must be an absolute path, not {path!r}")
             self.where: tuple[str, int] = (path, 0)
         else:
-            self.where = (_loopback(host, "LMTP has no TLS"), _port(port))
+            self.where = (_loopback(host, "LMTP has no TLS"), check_port(port))
 
     def __repr__(self) -> str:
         return f"LMTP({self.where[0]}:{self.where[1]} to {self.recipient})"
@@ -127,7 +128,7 @@ class SMTP(_Handoff):
         if not (isinstance(host, str) and host):
             raise ValueError("`host` must name the mail server")
         self.host = _loopback(host, "mail would travel unencrypted") if self.tls == "none" else host
-        self.port = _port(settings.get("port", 465 if self.tls == "implicit" else 25))
+        self.port = check_port(settings.get("port", 465 if self.tls == "implicit" else 25))
         cafile = settings.get("cafile")
         if cafile is not None and not isinstance(cafile, str):
             raise ValueError(f"`cafile` must be a path, not {cafile!r}")
@@ -167,23 +168,6 @@ def _failure(handoff: _Handoff, code: int, text: bytes | str) -> Exception:
 
 
 def _loopback(host: Any, why: str) -> str:
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(host):
         raise ValueError(f"`host` must be a loopback address ({why}), not {host!r}")
     return str(host)
-
-
-def _port(port: Any) -> int:
-    if not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
-        raise ValueError(f"`port` must be a TCP port number, not {port!r}")
-    return port
-
-
-def _positive(settings: Mapping[str, Any], key: str, default: float) -> float:
-    value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"`{key}` must be a positive number, not {value!r}")
-    return float(value)

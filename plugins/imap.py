@@ -23,7 +23,6 @@ cannot take this message as it is, PermanentFailure.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import re
 import ssl
 from collections.abc import Mapping
@@ -34,6 +33,8 @@ from aioimaplib import aioimaplib
 
 from bridge import mutf7
 from bridge.plugins import PermanentFailure, TemporaryFailure
+from bridge.pluginsettings import is_loopback, positive
+from bridge.pluginsettings import port as check_port
 
 SETTINGS = {
     "host", "port", "tls", "cafile", "user", "password", "password_file", "folder",
@@ -54,20 +55,17 @@ class IMAP:
         self.tls = settings.get("tls", True)
         if not isinstance(self.tls, bool):
             raise ValueError(f"`tls` must be true or false, not {self.tls!r}")
-        if not self.tls and not _is_loopback(self.host):
+        if not self.tls and not is_loopback(self.host):
             raise ValueError(f"`tls: false` is only allowed for a loopback host, not {self.host}")
-        port = settings.get("port", 993 if self.tls else 143)
-        if not (isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536):
-            raise ValueError(f"`port` must be a TCP port number, not {port!r}")
-        self.port = port
+        self.port = check_port(settings.get("port", 993 if self.tls else 143))
         self.user = _text(settings, "user", None)
         self.password = _password(settings)
         folder = _text(settings, "folder", "INBOX")
         if any(not level for level in folder.split("/")):
             raise ValueError(f"`folder` {folder!r}: empty level between '/'")
         self.folder = folder
-        self.timeout = _positive(settings, "timeout", DEFAULT_TIMEOUT)
-        self.rate = _positive(settings, "rate", DEFAULT_RATE)
+        self.timeout = positive(settings, "timeout", DEFAULT_TIMEOUT)
+        self.rate = positive(settings, "rate", DEFAULT_RATE)
         self._context: ssl.SSLContext | None = None
         if self.tls:
             cafile = settings.get("cafile")
@@ -194,15 +192,6 @@ def _quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _text(settings: Mapping[str, Any], key: str, default: str | None) -> str:
     value = settings.get(key, default)
     if not (isinstance(value, str) and value):
@@ -224,10 +213,3 @@ def _password(settings: Mapping[str, Any]) -> str:
     if not (isinstance(password, str) and password):
         raise ValueError("the password must be a non-empty text")
     return password
-
-
-def _positive(settings: Mapping[str, Any], key: str, default: float) -> float:
-    value = settings.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"`{key}` must be a positive number, not {value!r}")
-    return float(value)

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import free_port, stop_process
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 SIGNATURE = "SDK-Bridge-Test.EICAR"
@@ -47,12 +48,6 @@ def require_clamd() -> str:
     if path is None:
         pytest.skip("clamd not installed (scripts/install-system-packages: clamav-daemon)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Clamd:
@@ -118,14 +113,7 @@ class Clamd:
             return False
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(STOP_TIMEOUT)
+        stop_process(self.process, STOP_TIMEOUT)
 
     def __enter__(self) -> Clamd:
         return self.start()

@@ -1,6 +1,8 @@
 """Shared fixtures: one test PKI per session, organisations A and B, a message factory."""
 
 import dataclasses
+import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -47,6 +49,25 @@ def bob_next(pki: TestPKI) -> Identity:
 def mallory(pki: TestPKI) -> Identity:
     """A valid certificate from the same CA that belongs to neither A nor B."""
     return pki.issue("mallory.example.se")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on just now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout` seconds; nothing if it is not running."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
 
 
 def keypair(identity: Identity) -> KeyPair:

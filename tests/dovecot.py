@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import free_port, stop_process
 
 from bridge import testpki
 
@@ -45,12 +46,6 @@ def require_dovecot() -> str:
     if os.geteuid() != 0:
         pytest.skip("Dovecot's master process must start as root (CI runs the tests as root)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Dovecot:
@@ -113,14 +108,7 @@ class Dovecot:
             return False
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(STOP_TIMEOUT)
+        stop_process(self.process, STOP_TIMEOUT)
 
     def __enter__(self) -> Dovecot:
         return self.start()

@@ -3,13 +3,13 @@
 import asyncio
 import email.policy
 import email.utils
-import socket
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
 import pytest
 from aiosmtpd.controller import Controller
+from conftest import free_port
 
 from bridge.outbound import dsn
 from bridge.outbound.dsn import Action, Report, should_notify
@@ -450,12 +450,6 @@ class Sink:
             )
         )
         return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 import asyncio
 import imaplib
-import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as Server
 from aiosmtpd.smtp import Envelope, Session
+from conftest import free_port
 from dovecot import Dovecot
 
 from bridge import plugins, testpki
@@ -20,12 +20,6 @@ from plugins.handoff import LMTP, SMTP
 
 dovecot_server = dovecot.dovecot_server
 MAIL = "Message-ID: <h1@sdk.example.se>\r\nSubject: Hej\r\n\r\nÅ ä ö\r\n".encode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_lmtp_into_dovecot(dovecot_server: Dovecot) -> None:

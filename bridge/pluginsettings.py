@@ -5,8 +5,16 @@ into a PluginError, which the configuration loader reports with the file line.
 """
 
 import ipaddress
-from collections.abc import Mapping
+import ssl
+from collections.abc import Mapping, Set
 from typing import Any
+
+
+def only(settings: Mapping[str, Any], known: Set[str]) -> None:
+    """Refuse settings the plugin does not know: a misspelt key must not pass unnoticed."""
+    unknown = set(settings) - known
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
 
 
 def positive(
@@ -37,3 +45,13 @@ def is_loopback(host: Any) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def tls_client_context(settings: Mapping[str, Any]) -> ssl.SSLContext:
+    """A verifying TLS 1.2+ client context; `cafile` (optional) replaces the system's CAs."""
+    cafile = settings.get("cafile")
+    if cafile is not None and not isinstance(cafile, str):
+        raise ValueError(f"`cafile` must be a path, not {cafile!r}")
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context

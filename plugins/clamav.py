@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from bridge.plugins import TemporaryFailure
+from bridge.pluginsettings import only, positive
 from bridge.pluginsettings import port as check_port
-from bridge.pluginsettings import positive
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -38,9 +38,7 @@ class ClamAV:
     """A `bridge.plugins.Scanner` backed by clamd."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
-        unknown = set(settings) - SETTINGS
-        if unknown:
-            raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(SETTINGS)}")
+        only(settings, SETTINGS)
         path, host, port = settings.get("socket"), settings.get("host"), settings.get("port")
         if (path is None) == (host is None and port is None):
             raise ValueError("set either `socket` (clamd's LocalSocket) or `host` and `port`")

@@ -46,6 +46,7 @@ from bridge.plugins import (
     TemporaryFailure,
     UnreadableRetrieval,
 )
+from bridge.pluginsettings import only
 from bridge.sdk.keys import read_passphrase
 from bridge.sdk.names import PARTY_SCHEME, PROCESS_ID, PROCESS_ID_SCHEME
 from bridge.sdk.sealing import MAX_ENVELOPE_BYTES
@@ -160,9 +161,7 @@ class _Settings:
 
     @classmethod
     def read(cls, settings: Mapping[str, Any]) -> "_Settings":
-        unknown = set(settings) - _SETTINGS
-        if unknown:
-            raise ValueError(f"unknown settings {sorted(unknown)} (known: {sorted(_SETTINGS)})")
+        only(settings, _SETTINGS)
 
         def text(name: str, default: str | None = None) -> str | None:
             value = settings.get(name, default)

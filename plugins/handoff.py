@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import ssl
 from collections.abc import Mapping
 from typing import Any
 
 from bridge.plugins import PermanentFailure, TemporaryFailure
-from bridge.pluginsettings import is_loopback, positive
+from bridge.pluginsettings import is_loopback, only, positive, tls_client_context
 from bridge.pluginsettings import port as check_port
 
 COMMON = {"recipient", "sender", "timeout", "rate"}
@@ -42,10 +41,7 @@ class _Handoff:
     """What LMTP and SMTP share: the envelope, the timeouts and the reply mapping."""
 
     def __init__(self, settings: Mapping[str, Any], known: set[str]) -> None:
-        unknown = set(settings) - known - COMMON
-        if unknown:
-            known_all = sorted(known | COMMON)
-            raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {known_all}")
+        only(settings, known | COMMON)
         recipient = settings.get("recipient")
         if not (isinstance(recipient, str) and "@" in recipient):
             raise ValueError(f"`recipient` must be an e-mail address, not {recipient!r}")
@@ -129,11 +125,7 @@ class SMTP(_Handoff):
             raise ValueError("`host` must name the mail server")
         self.host = _loopback(host, "mail would travel unencrypted") if self.tls == "none" else host
         self.port = check_port(settings.get("port", 465 if self.tls == "implicit" else 25))
-        cafile = settings.get("cafile")
-        if cafile is not None and not isinstance(cafile, str):
-            raise ValueError(f"`cafile` must be a path, not {cafile!r}")
-        self._context = ssl.create_default_context(cafile=cafile)
-        self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._context = tls_client_context(settings)
 
     def __repr__(self) -> str:
         return f"SMTP({self.host}:{self.port} {self.tls} to {self.recipient})"

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,9 @@ from aioimaplib import aioimaplib
 
 from bridge import mutf7
 from bridge.plugins import PermanentFailure, TemporaryFailure
-from bridge.pluginsettings import is_loopback, positive
+from bridge.pluginsettings import is_loopback, only, positive, tls_client_context
 from bridge.pluginsettings import port as check_port
+from bridge.sdk.keys import KeyError_, read_passphrase
 
 SETTINGS = {
     "host", "port", "tls", "cafile", "user", "password", "password_file", "folder",
@@ -48,9 +48,7 @@ class IMAP:
     """A `bridge.plugins.Mailbox` appending to one IMAP account's folder."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
-        unknown = set(settings) - SETTINGS
-        if unknown:
-            raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(SETTINGS)}")
+        only(settings, SETTINGS)
         self.host = _text(settings, "host", "127.0.0.1")
         self.tls = settings.get("tls", True)
         if not isinstance(self.tls, bool):
@@ -66,13 +64,7 @@ class IMAP:
         self.folder = folder
         self.timeout = positive(settings, "timeout", DEFAULT_TIMEOUT)
         self.rate = positive(settings, "rate", DEFAULT_RATE)
-        self._context: ssl.SSLContext | None = None
-        if self.tls:
-            cafile = settings.get("cafile")
-            if cafile is not None and not isinstance(cafile, str):
-                raise ValueError(f"`cafile` must be a path, not {cafile!r}")
-            self._context = ssl.create_default_context(cafile=cafile)
-            self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._context = tls_client_context(settings) if self.tls else None
 
     def __repr__(self) -> str:
         scheme = "imaps" if self.tls else "imap"
@@ -207,8 +199,8 @@ def _password(settings: Mapping[str, Any]) -> str:
         if not isinstance(path, str):
             raise ValueError(f"`password_file` must be a path, not {path!r}")
         try:
-            password = Path(path).read_text().strip()
-        except OSError as e:
+            password = read_passphrase(Path(path)).decode()
+        except (KeyError_, UnicodeDecodeError) as e:
             raise ValueError(f"`password_file`: {e}") from e
     if not (isinstance(password, str) and password):
         raise ValueError("the password must be a non-empty text")

@@ -30,6 +30,7 @@ from typing import Any
 
 from bridge import mutf7
 from bridge.plugins import TemporaryFailure
+from bridge.pluginsettings import only
 
 SETTINGS = {"path", "folder"}
 
@@ -38,9 +39,7 @@ class Maildir:
     """A `bridge.plugins.Mailbox` writing into a Maildir (or one of its ++ subfolders)."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
-        unknown = set(settings) - SETTINGS
-        if unknown:
-            raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(SETTINGS)}")
+        only(settings, SETTINGS)
         path = settings.get("path")
         if not (isinstance(path, str) and path):
             raise ValueError("`path` must name the Maildir directory")

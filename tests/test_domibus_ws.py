@@ -378,7 +378,7 @@ def test_untrusted_server_certificate_is_temporary(sandbox: Sandbox) -> None:
         ({"password": "x"}, "not both"),
         ({"url": "http://127.0.0.1:1/ap/a"}, "https"),
         ({"timeout": 0}, "timeout"),
-        ({"passwort": "x"}, "unknown settings"),
+        ({"passwort": "x"}, r"unknown setting\(s\) \['passwort'\]"),
         ({"password_file": "/nonexistent/ap.pass"}, "passphrase"),
     ],
 )

@@ -119,3 +119,13 @@ def test_a_folder_level_with_the_servers_separator_is_refused(dovecot_server: Do
     box = IMAP(settings(dovecot_server, folder="Arkiv/v.2"))
     with pytest.raises(plugins.TemporaryFailure, match=r"holds the server's separator '\.'"):
         asyncio.run(box.deliver("a@b", mail("a@b")))
+
+
+def test_password_from_a_file(dovecot_server: Dovecot, tmp_path: Path) -> None:
+    secret = tmp_path / "imap.pass"
+    secret.write_text("bobpw\n")
+    box = IMAP(settings(dovecot_server, password=None) | {"password_file": str(secret)})
+    asyncio.run(box.deliver("file@sdk.example.se", mail("file@sdk.example.se")))
+    assert len(messages(dovecot_server, "INBOX", "file@sdk.example.se")) == 1
+    with pytest.raises(ValueError, match="password_file"):
+        IMAP(settings(dovecot_server, password=None) | {"password_file": str(tmp_path / "no")})

@@ -21,7 +21,7 @@ def write_atomic(path: Path, data: bytes, *, mtime: float | None = None) -> None
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
 
 
 def move_durably(source: Path, target: Path) -> None:
@@ -29,10 +29,11 @@ def move_durably(source: Path, target: Path) -> None:
     with source.open("rb") as file:
         os.fsync(file.fileno())
     os.replace(source, target)
-    _sync_directory(target.parent)
+    sync_directory(target.parent)
 
 
-def _sync_directory(path: Path) -> None:
+def sync_directory(path: Path) -> None:
+    """fsync a directory, so that names created, renamed or removed in it are durable."""
     directory = os.open(path, os.O_RDONLY)
     try:
         os.fsync(directory)

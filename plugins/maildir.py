@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import mutf7
+from bridge.files import move_durably, sync_directory
 from bridge.plugins import TemporaryFailure
 from bridge.pluginsettings import only
 
@@ -67,10 +68,7 @@ class Maildir:
             tmp = self.directory / "tmp" / name
             with open(tmp, "xb") as f:
                 f.write(message)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, self.directory / "new" / name)
-            _fsync_directory(self.directory / "new")
+            move_durably(tmp, self.directory / "new" / name)
         except OSError as e:
             # A full disk or a lost mount may heal; the message stays queued meanwhile.
             raise TemporaryFailure(f"cannot write into {self.directory}: {e}") from e
@@ -83,7 +81,7 @@ class Maildir:
             _make_maildir(self.directory)
             # Maildir++ marks a subfolder so that readers do not take it for a mailbox root.
             (self.directory / "maildirfolder").touch(mode=0o600)
-            _fsync_directory(self.root)
+            sync_directory(self.root)
 
     def _holds(self, key: str) -> bool:
         """Whether a message with this key is in new/ or cur/; removes a half-written copy
@@ -119,12 +117,4 @@ def _make_maildir(directory: Path) -> None:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # mail is private
     for sub in ("tmp", "new", "cur"):
         (directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    sync_directory(directory)

@@ -41,7 +41,7 @@ from email.utils import format_datetime
 
 from markdown_it import MarkdownIt
 
-from bridge.outbound.mapping import ELLIPSIS, REFERENCE_HEADER, SUBJECT_PREFIX
+from bridge.outbound.mapping import ELLIPSIS, REFERENCE_HEADER, SUBJECT_PREFIX, one_line
 from bridge.sdk.message import Attention, BusinessMessage, Identifier
 
 SECRECY_PREFIX = "[sekretess] "
@@ -75,9 +75,9 @@ def to_email(
     text = "\n\n".join(t for d in message.documents for t in d.texts)
     subject, text = _subject(message.label or "", text)
     mail = EmailMessage(policy=_POLICY)
-    mail["From"] = Address(_one_line(f"{sender_name} (SDK)"), addr_spec=sender)
+    mail["From"] = Address(one_line(f"{sender_name} (SDK)"), addr_spec=sender)
     mail["To"] = Address(addr_spec=recipient)
-    mail["Subject"] = _one_line((secrecy_prefix if message.confidential else "") + subject)
+    mail["Subject"] = one_line((secrecy_prefix if message.confidential else "") + subject)
     mail["Date"] = format_datetime(message.created)
     mail["Message-ID"] = f"<{message.message_id}@{sdk_domain}>"
     if message.ref_to_message_id is not None:
@@ -93,17 +93,17 @@ def to_email(
     lines = _attention_lines(attention)
     if attention is not None:
         for reference in attention.references:
-            mail[REFERENCE_HEADER] = _one_line(_identifier(reference.id))
+            mail[REFERENCE_HEADER] = one_line(_identifier(reference.id))
         for person in attention.persons:
             if person.id is not None:
-                mail[PERSON_HEADER] = _one_line(_identifier(person.id))
+                mail[PERSON_HEADER] = one_line(_identifier(person.id))
     body = "\n".join(lines) + ("\n\n" if lines and text else "") + text
     mail.set_content(body or " ")
     mail.add_alternative(_html(lines, text), subtype="html")
     files = [file for document in message.documents for file in document.files]
     for number, file in enumerate(files, start=1):
         maintype, subtype = _attachment_type(file.content_type)
-        name = _one_line("".join(c if c.isprintable() else " " for c in file.file_name))
+        name = one_line("".join(c if c.isprintable() else " " for c in file.file_name))
         mail.add_attachment(
             file.content, maintype=maintype, subtype=subtype, filename=name or f"bilaga-{number}"
         )
@@ -156,11 +156,6 @@ def _attention_lines(attention: Attention | None) -> list[str]:
         identified = f"{person.id.extension} ({person.id.root})" if person.id else ""
         lines.append(f"Person: {' '.join(part for part in (named, identified) if part)}")
     return lines
-
-
-def _one_line(value: str) -> str:
-    """Header text on one line: XML text may hold line breaks, a header must not."""
-    return " ".join(value.split())
 
 
 def _identifier(identifier: Identifier) -> str:

@@ -155,7 +155,7 @@ def to_business_message(
     The result has not been validated: `bridge.sdk.message.to_xml` does that.
     """
     mail = _as_email_message(mail)
-    subject = _one_line(str(mail.get("Subject", "")))
+    subject = one_line(str(mail.get("Subject", "")))
     subject, tagged = strip_secrecy_tags(subject, secrecy_tags)
     label = cut_label(subject) if subject else None
 
@@ -238,7 +238,7 @@ def strip_secrecy_tags(subject: str, tags: Iterable[str]) -> tuple[str, bool]:
     if not patterns:
         return subject, False
     cleaned, count = re.subn("|".join(patterns), " ", subject, flags=re.IGNORECASE)
-    return _one_line(cleaned), count > 0
+    return one_line(cleaned), count > 0
 
 
 def is_sensitive(mail: Message) -> bool:
@@ -254,7 +254,7 @@ def references(mail: Message, root: str = DEFAULT_REFERENCE_ROOT) -> tuple[Refer
     """The `X-SDK-Reference` headers: ``root=extension`` or a bare value under `root`."""
     found: list[Reference] = []
     for value in mail.get_all(REFERENCE_HEADER) or ():
-        text = _one_line(str(value))
+        text = one_line(str(value))
         if not text:
             continue
         if "=" in text:
@@ -286,7 +286,7 @@ def _as_email_message(mail: Message) -> EmailMessage:
     )
 
 
-def _one_line(value: str) -> str:
+def one_line(value: str) -> str:
     """A header value as one clean line: whitespace collapsed, XML-illegal chars gone."""
     return _WHITESPACE.sub(" ", _XML_ILLEGAL.sub("", value)).strip()
 
@@ -576,7 +576,7 @@ def _message_bytes(part: EmailMessage) -> bytes:
 def _name_from_subject(part: EmailMessage) -> str:
     payload = part.get_payload()
     inner = payload[0] if isinstance(payload, list) and payload else None
-    subject = _one_line(str(inner.get("Subject", ""))) if inner is not None else ""
+    subject = one_line(str(inner.get("Subject", ""))) if inner is not None else ""
     return _BAD_FILE_CHARS.sub("_", subject)[:100].strip() or "meddelande"
 
 

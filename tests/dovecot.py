@@ -17,10 +17,12 @@ The module fixture `dovecot_server` is one Dovecot per test module; take it with
 
 from __future__ import annotations
 
+import imaplib
 import os
 import pwd
 import shutil
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -59,6 +61,13 @@ class Dovecot:
         self.homes = directory / "home"
         self.cafile = directory / "cert.pem"
         self.config = directory / "dovecot.conf"
+
+    def imap(self, user: str) -> imaplib.IMAP4_SSL:
+        """An IMAPS session logged in as `user`, the server's certificate verified."""
+        context = ssl.create_default_context(cafile=str(self.cafile))
+        session = imaplib.IMAP4_SSL("127.0.0.1", self.imaps_port, ssl_context=context)
+        session.login(user, USERS[user])
+        return session
 
     def maildir(self, user: str) -> Path:
         return self.homes / user / "Maildir"

@@ -1,8 +1,6 @@
 """Dovecot reads what the Maildir plugin writes: the inbox and a Swedish-named folder."""
 
 import asyncio
-import imaplib
-import ssl
 
 import dovecot
 from dovecot import Dovecot
@@ -24,9 +22,7 @@ def test_dovecot_serves_the_maildir_over_imaps(dovecot_server: Dovecot) -> None:
         for _ in range(2):  # a repeat must not make a second copy
             asyncio.run(box.deliver("4f1c@sdk.example.se", MAIL))
     dovecot_server.give(root)
-    context = ssl.create_default_context(cafile=str(dovecot_server.cafile))
-    with imaplib.IMAP4_SSL("127.0.0.1", dovecot_server.imaps_port, ssl_context=context) as imap:
-        imap.login("alice", "alicepw")
+    with dovecot_server.imap("alice") as imap:
         status, folders = imap.list()
         assert status == "OK"
         assert b'(\\HasNoChildren) "." &AMQ-renden.Inkommande' in folders

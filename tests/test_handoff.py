@@ -1,7 +1,6 @@
 """LMTP (to a real Dovecot) and SMTP (to an aiosmtpd server with STARTTLS) hand-off."""
 
 import asyncio
-import imaplib
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +28,7 @@ def test_lmtp_into_dovecot(dovecot_server: Dovecot) -> None:
         {"host": "127.0.0.1", "port": dovecot_server.lmtp_port, "recipient": "alice@localhost"},
     )
     asyncio.run(box.deliver("h1@sdk.example.se", MAIL))
-    context = ssl.create_default_context(cafile=str(dovecot_server.cafile))
-    with imaplib.IMAP4_SSL("127.0.0.1", dovecot_server.imaps_port, ssl_context=context) as imap:
-        imap.login("alice", "alicepw")
+    with dovecot_server.imap("alice") as imap:
         imap.select("INBOX", readonly=True)
         _, found = imap.search(None, "HEADER", "Message-ID", "<h1@sdk.example.se>")
         [number] = found[0].split()

@@ -1,9 +1,7 @@
 """The IMAP mailbox plugin against a real Dovecot on loopback."""
 
 import asyncio
-import imaplib
 import socket
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +32,7 @@ def settings(server: Dovecot, **more: Any) -> dict[str, Any]:
 
 def messages(server: Dovecot, folder: str, message_id: str) -> list[bytes]:
     """The whole messages with this Message-ID in bob's `folder` (modified UTF-7 name)."""
-    context = ssl.create_default_context(cafile=str(server.cafile))
-    with imaplib.IMAP4_SSL("127.0.0.1", server.imaps_port, ssl_context=context) as imap:
-        imap.login("bob", "bobpw")
+    with server.imap("bob") as imap:
         status, _ = imap.select(f'"{folder}"', readonly=True)
         assert status == "OK", folder
         _, found = imap.search(None, "HEADER", "Message-ID", f"<{message_id}>")

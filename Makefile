@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/sdk-bridge --help
+	$(VENV)/bin/sdk-bridge demo
 
 test: $(VENV)/.installed
 	scripts/install-system-packages

@@ -226,6 +226,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    bridge_logging.configure("warning")  # the sandbox in this process: only its troubles
+    directory = Path(args.dir) if args.dir else None
+    if directory is not None and directory.exists() and any(directory.iterdir()):
+        raise UsageError(f"{directory} is not empty: the demo starts from nothing")
+    return demo.run(directory)
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -377,6 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"passphrase for encrypted keys (default: ${PASSPHRASE_ENV})",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="show the whole loop on this machine: SMTP -> SDK -> Maildir, kvittens, reply",
+    )
+    demo.add_argument("--dir", help="where to put its files (default: a new temporary directory)")
+    demo.set_defaults(run=cmd_demo)
 
     xhe = commands.add_parser("xhe", help="seal and open SDK envelopes (XHE)")
     xhe_commands = xhe.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -15,6 +15,7 @@ import yaml
 from cryptography import x509
 
 from . import plugins
+from .registry.addresses import encoded, is_local_part
 from .sdk.keys import KeyError_, KeyPair, load_certificates, load_keypair, read_passphrase
 from .sdk.names import ORGANISATION_ID, SDK_FEDERATION
 
@@ -96,6 +97,14 @@ class FunctionalAddressConfig:
     # The mailbox plugin (entry point sdk_bridge.mailboxes) for its incoming mail, and
     # the plugin's settings.
     deliver_to: tuple[str, dict[str, Any]] | None = None
+    address: str | None = None  # the To of its incoming mail
+
+    def mailbox_address(self, sdk_domain: str) -> str:
+        """`address`, else the first sender without a wildcard, else one under our SDK
+        domain: the To its incoming mail shows."""
+        plain = [s for s in self.senders if "*" not in s]
+        local = self.id if is_local_part(self.id) else encoded(self.id)
+        return self.address or (plain[0] if plain else f"{local}@{sdk_domain}")
 
 
 @dataclass(frozen=True)
@@ -313,7 +322,7 @@ def _smtp(node: _Node) -> SMTPConfig:
 
 
 def _functional_address(node: _Node) -> FunctionalAddressConfig:
-    fields = node.mapping("id", "senders", "auth_users", "deliver_to")
+    fields = node.mapping("id", "senders", "auth_users", "deliver_to", "address")
     deliver_to = None
     if "deliver_to" in fields:
         deliver_to = _plugin_choice(fields["deliver_to"])
@@ -326,6 +335,7 @@ def _functional_address(node: _Node) -> FunctionalAddressConfig:
         senders=_strings(fields["senders"]) if "senders" in fields else (),
         auth_users=_strings(fields["auth_users"]) if "auth_users" in fields else (),
         deliver_to=deliver_to,
+        address=fields["address"].string() if "address" in fields else None,
     )
 
 

@@ -1,8 +1,10 @@
 """`sdk-bridge run`: the daemon, with its stages joined by the spool.
 
-SMTP ingress stores mail in the spool; the outbound worker takes it from there to the
-access point. Each stage can be killed and restarted on its own terms: what got 250 is in
-the spool, and what the worker did is written back to it.
+Outbound, SMTP ingress stores mail in the spool and the outbound worker takes it from
+there to the access point. Inbound, what the access point hands over is stored first,
+then judged and answered with a kvittens (`inbound.processing`), and accepted mail goes
+on to the mailboxes (`inbound.delivery`). Each stage can be killed and restarted on its
+own terms: everything a stage has done is written to the spool before the next one sees it.
 """
 
 import asyncio
@@ -16,7 +18,9 @@ import structlog
 
 from . import plugins
 from .config import Config
+from .inbound.delivery import MailboxDelivery
 from .inbound.intake import fetch_once
+from .inbound.processing import Inbound, InboundSettings
 from .ingress.smtp import IngressHandler, IngressSettings, SenderRule, networks, serve, tls_context
 from .outbound.receipts import Receipts
 from .outbound.reports import DsnReporter
@@ -33,15 +37,17 @@ SHUTDOWN_SECONDS = 30.0  # in-flight submissions may finish within this; the res
 async def _take_in(
     access_point: plugins.AccessPoint,
     spool: SQLiteSpool,
+    inbound: Inbound,
     receipts: Receipts,
     reporter: DsnReporter,
     config: Config,
     stop: asyncio.Event,
 ) -> None:
-    """Kvittens from the access point, and the deliveries still waiting for one."""
+    """Messages and kvittens from the access point, and the deliveries waiting for one."""
     while not stop.is_set():
         try:
             await fetch_once(access_point, spool)
+            await inbound.process_pending()
             await receipts.process_pending()
             await follow(access_point, spool, receipts.notify, config.outbound.lifetime)
             await receipts.sweep(config.outbound.delay_warning, config.outbound.lifetime)
@@ -51,6 +57,20 @@ async def _take_in(
             log.exception("kvittens intake failed; trying again")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), config.outbound.poll_seconds)
+
+
+def _mailboxes(config: Config) -> dict[str, plugins.Mailbox]:
+    """Each functional address's mailbox; without `deliver_to`, a Maildir in the spool."""
+    assert config.spool is not None
+    mailboxes = {}
+    for address in config.functional_addresses:
+        choice = address.deliver_to
+        if choice is None:
+            path = config.spool / "mailboxes" / address.id
+            log.warning("no deliver_to: incoming mail goes to a Maildir", id=address.id, path=path)
+            choice = ("maildir", {"path": str(path)})
+        mailboxes[address.id] = plugins.load(plugins.MAILBOXES, *choice)
+    return mailboxes
 
 
 class StageFailed(RuntimeError):
@@ -118,6 +138,29 @@ async def run(config: Config) -> None:
         config.outbound.lifetime,
     )
     receipts = Receipts(config.organisation_id, spool, registry, config.trust_anchors, reporter)
+    assert config.sdk_domain is not None
+    inbound = Inbound(
+        InboundSettings(
+            organisation_id=config.organisation_id,
+            sdk_domain=config.sdk_domain,
+            mailbox_addresses={
+                fa.id: fa.mailbox_address(config.sdk_domain) for fa in config.functional_addresses
+            },
+            decryption_keys=config.decryption,
+            signer=config.signing,
+            trust_anchors=config.trust_anchors,
+            federation=config.federation,
+            forbidden_types=smtp.forbidden_types,
+            secrecy_prefix=smtp.secrecy_tags[0] + " " if smtp.secrecy_tags else "",
+        ),
+        spool,
+        registry,
+        access_point,
+        scanner,
+        crypto,
+    )
+    mailboxes = _mailboxes(config)
+    delivery = MailboxDelivery(spool, mailboxes)
     worker = Worker(
         OutboundSettings(
             config.organisation_id,
@@ -137,13 +180,17 @@ async def run(config: Config) -> None:
         loop.add_signal_handler(signum, stop.set)
     failed: list[asyncio.Task[None]] = []
     working = asyncio.create_task(worker.run(stop))
-    taking = asyncio.create_task(_take_in(access_point, spool, receipts, reporter, config, stop))
+    taking = asyncio.create_task(
+        _take_in(access_point, spool, inbound, receipts, reporter, config, stop)
+    )
+    delivering = asyncio.create_task(delivery.run(stop))
+    stages = (working, taking, delivering)
     listening = [
         f"{s.sockets[0].getsockname()[0]}:{s.sockets[0].getsockname()[1]}" for s in servers
     ]
     log.info("sdk-bridge ready", smtp=listening, released_leases=released)
     print(f"sdk-bridge ready: SMTP on {', '.join(listening)}", flush=True)
-    for task in (working, taking):  # if a stage dies, the whole bridge stops (and restarts)
+    for task in stages:  # if a stage dies, the whole bridge stops (and restarts)
         task.add_done_callback(lambda _: stop.set())
     try:
         await stop.wait()
@@ -154,13 +201,15 @@ async def run(config: Config) -> None:
         stop.set()
         if not await ingress.drained(SHUTDOWN_SECONDS):
             log.warning("messages still arriving at shutdown; their senders will retry")
-        done, pending = await asyncio.wait((working, taking), timeout=SHUTDOWN_SECONDS)
+        done, pending = await asyncio.wait(stages, timeout=SHUTDOWN_SECONDS)
         for task in pending:
             log.warning("in-flight work did not finish in time; it will be retried")
             task.cancel()
         failed = [t for t in done if not t.cancelled() and t.exception() is not None]
         crypto.shutdown(cancel_futures=True)
         await access_point.close()
+        for mailbox in mailboxes.values():
+            await mailbox.close()
         registry.close()
         spool.close()
         log.info("stopped")

@@ -20,7 +20,8 @@ Decisions:
 - **References and persons** from the recipient's attention are kept as `X-SDK-Reference`
   headers in the very form the outbound side reads ("root=extension"), as `X-SDK-Person`
   headers, and as lines at the top of the text, so a reader sees them without looking at
-  headers.
+  headers. The sender's own reference ids become `X-SDK-Sender-Reference` headers and
+  "Avsändarens referens" lines (a reply returns them; the inbox stores them for that).
 - **Body**: the ContentText (several joined by a blank line) as text/plain, and as HTML
   rendered from its Markdown with raw HTML shown as text, no images (their alt text
   becomes a link), and links only to http, https and mailto: nothing in the mail can run
@@ -42,11 +43,12 @@ from email.utils import format_datetime
 from markdown_it import MarkdownIt
 
 from bridge.outbound.mapping import ELLIPSIS, REFERENCE_HEADER, SUBJECT_PREFIX, one_line
-from bridge.sdk.message import Attention, BusinessMessage, Identifier
+from bridge.sdk.message import Attention, BusinessMessage, Identifier, Reference
 
 SECRECY_PREFIX = "[sekretess] "
 CONFIDENTIALITY_HEADER = "X-SDK-Confidentiality"
 PERSON_HEADER = "X-SDK-Person"
+SENDER_REFERENCE_HEADER = "X-SDK-Sender-Reference"
 SDK_MESSAGE_ID_HEADER = "X-SDK-Message-ID"
 SDK_CONVERSATION_HEADER = "X-SDK-Conversation-ID"
 SAFE_SCHEMES = ("http://", "https://", "mailto:")
@@ -90,7 +92,13 @@ def to_email(
     mail[SDK_MESSAGE_ID_HEADER] = message.message_id
     mail[SDK_CONVERSATION_HEADER] = message.conversation_id
     attention = message.recipient.attention
-    lines = _attention_lines(attention)
+    sender_attention = message.sender.attention
+    sender_references = sender_attention.references if sender_attention else ()
+    lines = _attention_lines(attention) + [
+        f"Avsändarens referens: {_reference(reference)}" for reference in sender_references
+    ]
+    for reference in sender_references:
+        mail[SENDER_REFERENCE_HEADER] = one_line(_identifier(reference.id))
     if attention is not None:
         for reference in attention.references:
             mail[REFERENCE_HEADER] = one_line(_identifier(reference.id))
@@ -146,16 +154,17 @@ def _subject(label: str, text: str) -> tuple[str, str]:
 def _attention_lines(attention: Attention | None) -> list[str]:
     if attention is None:
         return []
-    lines = [
-        f"Referens: {reference.label + ' ' if reference.label else ''}"
-        f"{reference.id.extension} ({reference.id.root})"
-        for reference in attention.references
-    ]
+    lines = [f"Referens: {_reference(reference)}" for reference in attention.references]
     for person in attention.persons:
         named = person.label or ""
         identified = f"{person.id.extension} ({person.id.root})" if person.id else ""
         lines.append(f"Person: {' '.join(part for part in (named, identified) if part)}")
     return lines
+
+
+def _reference(reference: Reference) -> str:
+    label = f"{reference.label} " if reference.label else ""
+    return f"{label}{reference.id.extension} ({reference.id.root})"
 
 
 def _identifier(identifier: Identifier) -> str:

@@ -15,10 +15,11 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from cryptography import x509
 
+from ..inbound.opening import open_received
 from ..registry.client import Registry
-from ..registry.errors import RegistryError, RegistryUnavailable
+from ..registry.errors import RegistryUnavailable
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID
-from ..sdk.sealing import Opened, Receiver, open_envelope
+from ..sdk.sealing import Opened, Receiver
 from ..sdk.verdict import Outcome
 from ..spool import Delivery, Received, Spool, State
 from .outcomes import Event, Notify, settle
@@ -26,7 +27,6 @@ from .outcomes import Event, Notify, settle
 log = structlog.get_logger(__name__)
 
 KVITTENS_ACTION = f"{DOCUMENT_ID_SCHEME}::{KVITTENS_DOCUMENT_ID}"
-NOT_PUBLISHED = "not one the sender publishes in CertPub"  # the verdict text to retry on
 
 
 class Receipts:
@@ -70,27 +70,8 @@ class Receipts:
         await asyncio.to_thread(self.spool.mark_received, item.id, "done", None)
 
     async def _open(self, item: Received) -> Opened:
-        for refresh in (False, True):  # once more with fresh certificates before concluding
-            try:
-                published = await asyncio.to_thread(
-                    self.registry.certpub.signing_certificates,
-                    item.original_sender,
-                    refresh=refresh,
-                )
-            except RegistryUnavailable:
-                raise
-            except RegistryError as e:  # not registered, no valid certificate
-                published = ()
-                log.warning("no signing certificate for the kvittens sender", error=str(e))
-            receiver = Receiver(
-                sender_signing_certs=list(published),
-                trust_anchors=self.trust_anchors,
-                our_parties={self.organisation_id},
-            )
-            opened = await asyncio.to_thread(open_envelope, item.payload, receiver)
-            if NOT_PUBLISHED not in opened.verdict.text:
-                break
-        return opened
+        receiver = Receiver(trust_anchors=self.trust_anchors, our_parties={self.organisation_id})
+        return await open_received(item, self.registry, receiver)
 
     def _match(self, item: Received, opened: Opened) -> tuple[Delivery | None, str]:
         """The delivery a verified kvittens settles, or None and why it settles nothing."""

@@ -149,7 +149,7 @@ class Worker:
             self.spool.body(delivery.message_id)
         )
         assert isinstance(mail, EmailMessage)
-        ref_to, conversation = self._thread(mail, delivery)
+        ref_to, conversation, returned, ours = self._thread(mail, delivery)
         recipient = delivery.recipient
         return to_business_message(
             mail,
@@ -157,21 +157,41 @@ class Worker:
             conversation_id=conversation,
             ref_to_message_id=ref_to,
             sender=msg.Party(
-                self.settings.organisation_id, msg.Attention(envelope.sender_address or "")
+                self.settings.organisation_id,
+                msg.Attention(envelope.sender_address or "", references=ours),
             ),
             recipient=msg.Party(
-                recipient.organisation_id, msg.Attention(recipient.functional_address)
+                recipient.organisation_id,
+                msg.Attention(recipient.functional_address, references=returned),
             ),
             secrecy_tags=self.settings.secrecy_tags,
         )
 
-    def _thread(self, mail: EmailMessage, delivery: Delivery) -> tuple[str | None, str]:
-        """refToMessageId and conversationId: a reply continues the SDK conversation."""
+    def _thread(
+        self, mail: EmailMessage, delivery: Delivery
+    ) -> tuple[str | None, str, tuple[msg.Reference, ...], tuple[msg.Reference, ...]]:
+        """refToMessageId, conversationId, and the references a reply carries: the
+        recipient's and ours.
+
+        A reply continues the SDK conversation of the mail it answers: one we received, or
+        one we sent. Answering one we received, it returns the sender's reference ids and
+        gives ours as they were given to us (B1.3.3). Mail clients drop our X-SDK headers,
+        so the answered Message-ID is looked up instead.
+        """
         for mail_id in thread_ids(mail):
+            received = self.spool.inbound_by_mail_message_id(mail_id)
+            if received is not None and received.sender == delivery.recipient.organisation_id:
+                return (
+                    received.sdk_message_id,
+                    received.conversation_id,
+                    _references(received.reply_references),
+                    _references(received.our_references),
+                )
             earlier = self.spool.by_mail_message_id(mail_id)
             if earlier is not None and earlier.id != delivery.id:
-                return earlier.sdk_message_id, earlier.conversation_id or earlier.sdk_message_id
-        return None, delivery.conversation_id or delivery.sdk_message_id
+                conversation = earlier.conversation_id or earlier.sdk_message_id
+                return earlier.sdk_message_id, conversation, (), ()
+        return None, delivery.conversation_id or delivery.sdk_message_id, (), ()
 
     async def _retry(self, delivery: Delivery, reason: str) -> None:
         attempts = delivery.attempts + 1
@@ -219,6 +239,10 @@ class Worker:
 
     async def _update(self, delivery: Delivery, **changes: object) -> None:
         await asyncio.to_thread(self.spool.update, delivery.id, **changes)
+
+
+def _references(stored: tuple[tuple[str, str, str | None], ...]) -> tuple[msg.Reference, ...]:
+    return tuple(msg.Reference(msg.Identifier(root, ext), label) for root, ext, label in stored)
 
 
 def _seal(business: msg.BusinessMessage, signer: KeyPair, certificate: object) -> bytes:

@@ -258,11 +258,17 @@ class Sandbox:
                 {
                     "id": address.identifier,
                     "senders": [f"{slug(address.name)}@{organisation.label}.{DOMAIN}"],
+                    "deliver_to": {"plugin": "maildir", "path": str(self.maildir(address))},
                 }
                 for address in organisation.addresses
             ],
             "spool": f"state/{organisation.label}/spool",
         }
+
+    def maildir(self, address: FunctionalAddress) -> Path:
+        """Where the bridge of `address`'s organisation delivers its incoming mail."""
+        label = address.identifier.split(".", 1)[0]
+        return self.directory / "mail" / label / address.identifier
 
     def smtp_port(self, label: str) -> int:
         """Where organisation `label`'s bridge listens, as its configuration says."""

@@ -11,7 +11,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from .sqlite import Delivery, Envelope, Received, RecipientRecord, SQLiteSpool, State
+from .sqlite import (
+    Delivery,
+    Envelope,
+    InboundMail,
+    InboxState,
+    OwedKvittens,
+    Received,
+    RecipientRecord,
+    SQLiteSpool,
+    State,
+)
 
 
 class Spool(Protocol):
@@ -51,6 +61,38 @@ class Spool(Protocol):
     def store_received(self, item: Received, state: str = "new") -> bool: ...
     def received(self, state: str = "new", action: str | None = None) -> list[Received]: ...
     def mark_received(self, received_id: str, state: str, note: str | None = None) -> None: ...
+    def conclude_received(
+        self,
+        received_id: str,
+        state: str,
+        note: str | None = None,
+        *,
+        kvittens: tuple[OwedKvittens, bytes] | None = None,
+        mail: tuple[InboundMail, bytes] | None = None,
+    ) -> None: ...
+
+    # kvittens we send
+    def owed_kvittens(self, limit: int = 100) -> list[tuple[OwedKvittens, bytes]]: ...
+    def update_kvittens(self, kvittens_id: str, **changes: Any) -> None: ...
+
+    # the inbox: accepted messages on their way to a mailbox
+    def known_inbound(self, sdk_message_id: str) -> bool: ...
+    def inbox_due(self, limit: int = 16) -> list[InboundMail]: ...
+    def inbox(self, state: InboxState | None = None) -> list[InboundMail]: ...
+    def inbound_by_mail_message_id(self, mail_message_id: str) -> InboundMail | None: ...
+    def inbound_mail(self, sdk_message_id: str) -> bytes: ...
+    def update_inbound(self, sdk_message_id: str, **changes: Any) -> None: ...
 
 
-__all__ = ["Delivery", "Envelope", "Received", "RecipientRecord", "SQLiteSpool", "Spool", "State"]
+__all__ = [
+    "Delivery",
+    "Envelope",
+    "InboundMail",
+    "InboxState",
+    "OwedKvittens",
+    "Received",
+    "RecipientRecord",
+    "SQLiteSpool",
+    "Spool",
+    "State",
+]

@@ -62,10 +62,42 @@ CREATE TABLE IF NOT EXISTS received (
     final_recipient TEXT NOT NULL,
     conversation_id TEXT,
     received_at TEXT NOT NULL,
-    state TEXT NOT NULL,             -- new, done, ignored (kept for an administrator)
-    note TEXT
+    state TEXT NOT NULL,             -- new; done, ignored (kvittens); accepted, rejected,
+    note TEXT                        -- quarantined (messages); unreadable
 );
 CREATE INDEX IF NOT EXISTS deliveries_mail_id ON deliveries(mail_message_id);
+CREATE TABLE IF NOT EXISTS inbox (     -- SDK messages accepted for us, on their way to a mailbox
+    sdk_message_id TEXT PRIMARY KEY, -- a second message with this id is a duplicate
+    received_id TEXT NOT NULL,       -- its ebMS MessageId
+    functional_address TEXT NOT NULL,
+    sender TEXT NOT NULL,            -- the sending organisation
+    conversation_id TEXT NOT NULL,
+    mail_message_id TEXT NOT NULL,   -- the Message-ID of its mail, for threading replies
+    reply_references TEXT NOT NULL,  -- JSON: the sender's reference ids, returned in a reply
+    our_references TEXT NOT NULL,    -- JSON: the reference ids it gave for us (our case)
+    state TEXT NOT NULL,             -- delivering, delivered, failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL,
+    last_error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbox_due ON inbox(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS inbox_mail_id ON inbox(mail_message_id);
+CREATE TABLE IF NOT EXISTS kvittens_out (  -- kvittens we owe senders, until the AP has them
+    id TEXT PRIMARY KEY,             -- the kvittens ID, also its ebMS MessageId
+    answers TEXT NOT NULL,           -- the ebMS MessageId of the message it answers
+    receiver TEXT NOT NULL,          -- the organisation that sent that message
+    conversation_id TEXT,
+    accepted INTEGER NOT NULL,
+    state TEXT NOT NULL,             -- pending, sent, failed
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT NOT NULL,
+    last_error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kvittens_due ON kvittens_out(state, next_attempt_at);
 """
 
 
@@ -125,6 +157,43 @@ class Received:
     payload: bytes
 
 
+class InboxState(StrEnum):
+    DELIVERING = "delivering"  # waiting for (another) attempt at the mailbox
+    DELIVERED = "delivered"
+    FAILED = "failed"  # the mailbox refused for good; kept for an administrator
+
+
+@dataclass(frozen=True)
+class InboundMail:
+    """An SDK message accepted for one of our functional addresses, mapped to mail."""
+
+    sdk_message_id: str
+    received_id: str  # the ebMS MessageId
+    functional_address: str
+    sender: str  # the sending organisation
+    conversation_id: str
+    mail_message_id: str  # without angle brackets
+    # Reference ids (root, extension, label), both carried by a reply (B1.3.3): the
+    # sender's own, returned to it; and those it gave for us, our case in the reply.
+    reply_references: tuple[tuple[str, str, str | None], ...] = ()
+    our_references: tuple[tuple[str, str, str | None], ...] = ()
+    state: InboxState = InboxState.DELIVERING
+    attempts: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class OwedKvittens:
+    """A sealed kvittens for the access point; kept until it has taken it."""
+
+    id: str  # the kvittens ID, also its ebMS MessageId
+    answers: str  # the ebMS MessageId of the message it answers
+    receiver: str
+    conversation_id: str | None
+    accepted: bool
+    attempts: int = 0
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -141,6 +210,10 @@ class SQLiteSpool:
         self._bodies.mkdir(parents=True, exist_ok=True)
         self._received = directory / "received"
         self._received.mkdir(parents=True, exist_ok=True)
+        self._inbox = directory / "inbox"
+        self._inbox.mkdir(parents=True, exist_ok=True)
+        self._kvittens = directory / "kvittens"
+        self._kvittens.mkdir(parents=True, exist_ok=True)
         self._incoming = directory / "incoming"
         self._incoming.mkdir(parents=True, exist_ok=True)
         for leftover in self._incoming.glob("*.part"):  # never answered 250: not ours
@@ -249,6 +322,155 @@ class SQLiteSpool:
             self._db.execute(
                 "UPDATE received SET state = ?, note = ? WHERE id = ?", (state, note, received_id)
             )
+
+    def conclude_received(
+        self,
+        received_id: str,
+        state: str,
+        note: str | None = None,
+        *,
+        kvittens: tuple[OwedKvittens, bytes] | None = None,
+        mail: tuple[InboundMail, bytes] | None = None,
+    ) -> None:
+        """Record what became of a received message in one transaction: its state, the
+        kvittens it is owed and the mail for its mailbox (files written durably first)."""
+        if kvittens is not None:
+            write_atomic(self._kvittens / f"{_safe_name(kvittens[0].id)}.xhe", kvittens[1])
+        if mail is not None:
+            write_atomic(self._inbox / f"{_safe_name(mail[0].sdk_message_id)}.eml", mail[1])
+        now = _now().isoformat()
+        with self._lock, self._db:
+            if kvittens is not None:
+                k = kvittens[0]
+                self._db.execute(
+                    "INSERT OR IGNORE INTO kvittens_out (id, answers, receiver, conversation_id,"
+                    " accepted, state, next_attempt_at, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    (k.id, k.answers, k.receiver, k.conversation_id, k.accepted, now, now, now),
+                )
+            if mail is not None:
+                m = mail[0]
+                self._db.execute(
+                    "INSERT INTO inbox (sdk_message_id, received_id, functional_address, sender,"
+                    " conversation_id, mail_message_id, reply_references, our_references, state,"
+                    " next_attempt_at, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        m.sdk_message_id,
+                        m.received_id,
+                        m.functional_address,
+                        m.sender,
+                        m.conversation_id,
+                        m.mail_message_id,
+                        json.dumps(m.reply_references),
+                        json.dumps(m.our_references),
+                        InboxState.DELIVERING,
+                        now,
+                        now,
+                        now,
+                    ),
+                )
+            self._db.execute(
+                "UPDATE received SET state = ?, note = ? WHERE id = ?", (state, note, received_id)
+            )
+
+    # --- kvittens we send ----------------------------------------------------------------
+
+    def owed_kvittens(self, limit: int = 100) -> list[tuple[OwedKvittens, bytes]]:
+        """Kvittens not yet taken by the access point whose time has come."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM kvittens_out WHERE state = 'pending' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                (_now().isoformat(), limit),
+            ).fetchall()
+        return [
+            (
+                OwedKvittens(
+                    id=row["id"],
+                    answers=row["answers"],
+                    receiver=row["receiver"],
+                    conversation_id=row["conversation_id"],
+                    accepted=bool(row["accepted"]),
+                    attempts=row["attempts"],
+                ),
+                (self._kvittens / f"{_safe_name(row['id'])}.xhe").read_bytes(),
+            )
+            for row in rows
+        ]
+
+    def update_kvittens(self, kvittens_id: str, **changes: Any) -> None:
+        """state, attempts, next_attempt_at, last_error of a kvittens we owe."""
+        self._update_row("kvittens_out", "id", kvittens_id, changes)
+
+    # --- the inbox: mail on its way to a mailbox -------------------------------------------
+
+    def known_inbound(self, sdk_message_id: str) -> bool:
+        """Whether a message with this SDK messageId was accepted before."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM inbox WHERE sdk_message_id = ?", (sdk_message_id,)
+            ).fetchone()
+        return row is not None
+
+    def inbox_due(self, limit: int = 16) -> list[InboundMail]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM inbox WHERE state = ? AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                (InboxState.DELIVERING, _now().isoformat(), limit),
+            ).fetchall()
+        return [self._inbound(row) for row in rows]
+
+    def inbox(self, state: InboxState | None = None) -> list[InboundMail]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM inbox" + (" WHERE state = ?" if state else "") + " ORDER BY rowid",
+                (state,) if state else (),
+            ).fetchall()
+        return [self._inbound(row) for row in rows]
+
+    def inbound_by_mail_message_id(self, mail_message_id: str) -> InboundMail | None:
+        """The received message a reply answers, found by the Message-ID its mail had."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM inbox WHERE mail_message_id = ?", (mail_message_id,)
+            ).fetchone()
+        return self._inbound(row) if row else None
+
+    def inbound_mail(self, sdk_message_id: str) -> bytes:
+        return (self._inbox / f"{_safe_name(sdk_message_id)}.eml").read_bytes()
+
+    def update_inbound(self, sdk_message_id: str, **changes: Any) -> None:
+        """state, attempts, next_attempt_at, last_error of a mail on its way."""
+        self._update_row("inbox", "sdk_message_id", sdk_message_id, changes)
+
+    def _update_row(self, table: str, key: str, value: str, changes: dict[str, Any]) -> None:
+        if not changes.keys() <= {"state", "attempts", "next_attempt_at", "last_error"}:
+            raise ValueError(f"cannot update {sorted(changes)}")
+        values = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in changes.items()}
+        values["updated_at"] = _now().isoformat()
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        with self._lock, self._db:
+            self._db.execute(
+                f"UPDATE {table} SET {assignments} WHERE {key} = ?", (*values.values(), value)
+            )
+
+    @staticmethod
+    def _inbound(row: sqlite3.Row) -> InboundMail:
+        return InboundMail(
+            sdk_message_id=row["sdk_message_id"],
+            received_id=row["received_id"],
+            functional_address=row["functional_address"],
+            sender=row["sender"],
+            conversation_id=row["conversation_id"],
+            mail_message_id=row["mail_message_id"],
+            reply_references=tuple(tuple(r) for r in json.loads(row["reply_references"])),
+            our_references=tuple(tuple(r) for r in json.loads(row["our_references"])),
+            state=InboxState(row["state"]),
+            attempts=row["attempts"],
+            last_error=row["last_error"],
+        )
 
     # --- delivery reports waiting for the smart host -------------------------------------
 

@@ -1,0 +1,91 @@
+"""The last stage: accepted mail from the spool into each functional address's mailbox.
+
+Each of our functional addresses has its mailbox plugin (IMAP, LMTP/SMTP, Maildir). A
+delivery the mailbox cannot take now is retried with growing pauses, without end: the
+sender already holds our ACCEPTED kvittens, so the mail must never be dropped. A mailbox
+that refuses for good (no such folder or user) marks it failed, kept in the spool and
+logged as an error for an administrator, who can send it again once the mailbox is fixed.
+"""
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from ..plugins import Mailbox, PermanentFailure, TemporaryFailure
+from ..spool import InboundMail, InboxState, Spool
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    first_retry: timedelta = timedelta(seconds=10)
+    max_retry: timedelta = timedelta(minutes=15)
+    batch: int = 16  # mails taken from the spool at a time
+    poll: float = 1.0  # seconds between looks at the spool when idle
+
+
+class MailboxDelivery:
+    def __init__(
+        self,
+        spool: Spool,
+        mailboxes: Mapping[str, Mailbox],
+        settings: DeliverySettings = DeliverySettings(),
+    ) -> None:
+        self.spool = spool
+        self.mailboxes = mailboxes  # functional address -> its mailbox
+        self.settings = settings
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop` is set; what is in flight finishes, the rest waits."""
+        while not stop.is_set():
+            due = await asyncio.to_thread(self.spool.inbox_due, self.settings.batch)
+            if due:
+                await asyncio.gather(*(self.deliver(mail) for mail in due))
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.poll)
+
+    async def deliver(self, mail: InboundMail) -> None:
+        """One attempt; its outcome is written back to the spool."""
+        ids = {"sdk_id": mail.sdk_message_id, "ebms_id": mail.received_id}
+        mailbox = self.mailboxes.get(mail.functional_address)
+        try:
+            if mailbox is None:
+                raise TemporaryFailure(
+                    f"no mailbox is configured for functional address {mail.functional_address}"
+                )
+            data = await asyncio.to_thread(self.spool.inbound_mail, mail.sdk_message_id)
+            await mailbox.deliver(mail.mail_message_id, data)
+        except PermanentFailure as e:
+            log.error("mailbox refused the mail; kept in the spool", **ids, error=str(e))
+            await self._update(mail, state=InboxState.FAILED, last_error=str(e))
+        except (TemporaryFailure, OSError) as e:
+            await self._retry(mail, str(e), ids)
+        except Exception as e:  # a bug in a plugin: keep the mail, try again later
+            log.exception("mailbox delivery failed unexpectedly", **ids)
+            await self._retry(mail, f"internal error: {type(e).__name__}", ids)
+        else:
+            log.info("delivered to the mailbox", **ids, to=mail.functional_address)
+            await self._update(mail, state=InboxState.DELIVERED, attempts=mail.attempts + 1)
+
+    async def _retry(self, mail: InboundMail, reason: str, ids: dict[str, str]) -> None:
+        attempts = mail.attempts + 1
+        doublings = min(attempts - 1, 20)
+        delay = min(self.settings.first_retry * 2**doublings, self.settings.max_retry)
+        delay *= random.uniform(0.8, 1.2)
+        log.warning("mailbox delivery will be retried", **ids, attempts=attempts, reason=reason)
+        await self._update(
+            mail,
+            attempts=attempts,
+            last_error=reason,
+            next_attempt_at=datetime.now(UTC) + delay,
+        )
+
+    async def _update(self, mail: InboundMail, **changes: object) -> None:
+        await asyncio.to_thread(self.spool.update_inbound, mail.sdk_message_id, **changes)

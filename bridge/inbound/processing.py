@@ -1,0 +1,354 @@
+"""The inbound stage: a stored SDK message is opened, judged, answered and turned into mail.
+
+Order, as Digg asks (B1.3.3 §5.3, C3.2.4): the signature against the sender's CertPub
+certificate before decrypting; then decryption with our keys, structure, Digg's rules and
+the consistency of the AS4 parties, the XHE envelope and the business header; then our own
+checks: the sender's functional address is in the address book, the messageId is new, no
+attachment is of a refused type or carries malware. The verdict decides:
+
+- ACCEPTED: the mail for the mailbox and the ACCEPTED kvittens are stored in one spool
+  transaction, and only then is the kvittens handed to the access point (B1.3.3: ACCEPTED
+  means stored and valid).
+- REJECTED: a kvittens with Digg's reason and detail code, whose text names a rule and
+  never anything from the message (kvittens travel unencrypted). Nothing is delivered.
+- No kvittens (not well-formed, not decryptable, not for us, sender not in SMP): the
+  envelope stays in the spool as `quarantined`, with an alert in the log.
+
+Every transition is logged with the SDK messageId and the ebMS MessageId. A message whose
+check cannot be done now (registry or scanner unavailable) stays `new` and is taken again
+in the next round; nothing is answered before it is decided.
+"""
+
+import asyncio
+import random
+from collections.abc import Collection
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from ..plugins import (
+    AccessPoint,
+    DuplicateSubmission,
+    PermanentFailure,
+    Scanner,
+    Submission,
+    TemporaryFailure,
+)
+from ..registry.client import Registry
+from ..registry.errors import NotFound, RegistryUnavailable
+from ..sdk import kvittens as kv
+from ..sdk import message as msg
+from ..sdk.keys import KeyPair
+from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
+from ..sdk.sealing import Opened, Receiver, seal_kvittens
+from ..sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Rejected, Verdict
+from ..spool import InboundMail, OwedKvittens, Received, Spool
+from .mapping import to_email
+from .opening import open_received
+
+log = structlog.get_logger(__name__)
+
+MESSAGE_ACTION = f"{DOCUMENT_ID_SCHEME}::{MESSAGE_DOCUMENT_ID}"
+KVITTENS_ACTION = f"{DOCUMENT_ID_SCHEME}::{KVITTENS_DOCUMENT_ID}"
+ALWAYS_ACCEPTED_TYPES = frozenset({"application/pdf"})  # B1.3.3: PDF must be supported
+NO_REPLY_LOCAL_PART = "no-reply"  # From of a message whose sender names no functional address
+
+_HEADER = "/messagePayload/message/messageHeader"
+_SENDER_ADDRESS = f"{_HEADER}/sender/attention/subOrganization/organizationId/extension"
+_FILES = "/messagePayload/message/messageBody/document/contentFile"
+
+
+@dataclass(frozen=True)
+class InboundSettings:
+    organisation_id: str
+    sdk_domain: str
+    # Our functional addresses and the e-mail address each one's mail is addressed to.
+    mailbox_addresses: dict[str, str]
+    decryption_keys: list[KeyPair]
+    signer: KeyPair
+    trust_anchors: list
+    federation: str
+    forbidden_types: Collection[str] = frozenset()
+    secrecy_prefix: str = "[sekretess] "
+    first_retry: timedelta = timedelta(seconds=30)  # for kvittens the access point refused
+    max_retry: timedelta = timedelta(hours=1)
+
+
+class Inbound:
+    def __init__(
+        self,
+        settings: InboundSettings,
+        spool: Spool,
+        registry: Registry,
+        access_point: AccessPoint,
+        scanner: Scanner | None = None,
+        crypto: Executor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.registry = registry
+        self.access_point = access_point
+        self.scanner = scanner
+        self.crypto = crypto
+        self.receiver = Receiver(
+            decryption_keys=settings.decryption_keys,
+            trust_anchors=settings.trust_anchors,
+            our_parties={settings.organisation_id},
+            our_functional_addresses=set(settings.mailbox_addresses),
+            federation=settings.federation,
+        )
+
+    async def process_pending(self) -> None:
+        """Every stored message not yet decided, oldest first; then the kvittens owed."""
+        for item in await asyncio.to_thread(self.spool.received, "new", MESSAGE_ACTION):
+            await self.process(item)
+        await self.send_owed()
+
+    async def process(self, item: Received) -> None:
+        try:
+            opened = await open_received(item, self.registry, self.receiver, self.crypto)
+            verdict = opened.verdict
+            if verdict.outcome is Outcome.ACCEPTED:
+                verdict = await self._judge(item, opened)
+        except (RegistryUnavailable, TemporaryFailure) as e:
+            log.warning("inbound message waits", ebms_id=item.id, error=str(e))
+            return
+        if verdict.outcome is Outcome.NO_KVITTENS:
+            await self._quarantine(item, opened, verdict)
+        elif verdict.outcome is Outcome.REJECTED:
+            await self._reject(item, opened, verdict)
+        else:
+            await self._accept(item, opened)
+
+    # --- judging -----------------------------------------------------------------------
+
+    async def _judge(self, item: Received, opened: Opened) -> Verdict:
+        """Our checks beyond the core's, for a message the core found valid."""
+        assert opened.message is not None
+        message = opened.message
+        try:
+            if (item.original_sender, item.final_recipient) != (opened.from_party, opened.to_party):
+                raise Rejected(
+                    Reason.BV,
+                    Detail.SECURITY,
+                    "the AS4 originalSender and finalRecipient differ from the XHE parties",
+                )
+            await asyncio.to_thread(self._sender_address, message)
+            if await asyncio.to_thread(self.spool.known_inbound, message.message_id):
+                raise Rejected(
+                    Reason.BV,
+                    Detail.DUPLICATE,
+                    "messageId has been received before",
+                    f"{_HEADER}/messageId",
+                )
+            await self._check_files(item, message)
+        except Rejected as e:
+            return Verdict.of(e)
+        return ACCEPTED
+
+    def _sender_address(self, message: msg.BusinessMessage) -> tuple[str, str]:
+        """The sender's reply-able alias and display name; Rejected when the address book
+        does not have the functional address it names."""
+        addresses = self.registry.addresses
+        assert addresses is not None
+        try:
+            organisation = self.registry.book.organisation(message.sender.organisation_id)
+        except NotFound:
+            raise Rejected(
+                Reason.BV,
+                Detail.NOT_FOUND,
+                "the sending organisation is not in the SDK address book",
+                f"{_HEADER}/sender/senderID",
+            ) from None
+        attention = message.sender.attention
+        if attention is None:
+            domain = addresses.domain(organisation.id)
+            return f"{NO_REPLY_LOCAL_PART}@{domain}", organisation.name
+        for address in organisation.addresses:
+            if address.identifier == attention.functional_address:
+                return addresses.email(address), f"{organisation.name} – {address.name}"
+        raise Rejected(
+            Reason.BV,
+            Detail.NOT_FOUND,
+            "the sender's functional address is not in the SDK address book",
+            _SENDER_ADDRESS,
+        )
+
+    async def _check_files(self, item: Received, message: msg.BusinessMessage) -> None:
+        refused = self.settings.forbidden_types
+        files = [file for document in message.documents for file in document.files]
+        for file in files:
+            kind = file.content_type.split(";")[0].strip().lower()
+            if kind in refused and kind not in ALWAYS_ACCEPTED_TYPES:
+                raise Rejected(
+                    Reason.BV,
+                    Detail.NOT_SUPPORTED,
+                    f"the receiving organisation does not accept attachments of type {kind}",
+                    f"{_FILES}/contentType",
+                )
+        if self.scanner is None:
+            return
+        for file in files:
+            found = await self.scanner.scan(file.content)
+            if found is not None:
+                log.error(
+                    "incident: malware in an inbound message",
+                    sdk_id=message.message_id,
+                    ebms_id=item.id,
+                    sender=message.sender.organisation_id,
+                    signature=found,
+                )
+                raise Rejected(
+                    Reason.BV,
+                    Detail.FORBIDDEN,
+                    "an attachment was found to contain malware",
+                    f"{_FILES}/content",
+                )
+
+    # --- the three outcomes ---------------------------------------------------------------
+
+    async def _quarantine(self, item: Received, opened: Opened, verdict: Verdict) -> None:
+        log.error(
+            "alert: inbound message quarantined, no kvittens sent",
+            ebms_id=item.id,
+            sdk_id=opened.envelope_id,
+            sender=item.original_sender,
+            reason=verdict.text,
+        )
+        await asyncio.to_thread(self.spool.conclude_received, item.id, "quarantined", verdict.text)
+
+    async def _reject(self, item: Received, opened: Opened, verdict: Verdict) -> None:
+        owed = await self._kvittens(item, opened, verdict)
+        log.warning(
+            "inbound message rejected",
+            ebms_id=item.id,
+            sdk_id=opened.envelope_id,
+            sender=item.original_sender,
+            reason=verdict.line(),
+        )
+        await asyncio.to_thread(
+            self.spool.conclude_received, item.id, "rejected", verdict.line(), kvittens=owed
+        )
+
+    async def _accept(self, item: Received, opened: Opened) -> None:
+        assert opened.message is not None
+        message = opened.message
+        mail = await asyncio.to_thread(self._mail, message)
+        owed = await self._kvittens(item, opened, ACCEPTED)
+        inbound = InboundMail(
+            sdk_message_id=message.message_id,
+            received_id=item.id,
+            functional_address=message.functional_address or "",
+            sender=message.sender.organisation_id,
+            conversation_id=message.conversation_id,
+            mail_message_id=f"{message.message_id}@{self.settings.sdk_domain}",
+            reply_references=_references(message.sender.attention),
+            our_references=_references(message.recipient.attention),
+        )
+        await asyncio.to_thread(
+            self.spool.conclude_received, item.id, "accepted", kvittens=owed, mail=(inbound, mail)
+        )
+        log.info(
+            "inbound message accepted",
+            ebms_id=item.id,
+            sdk_id=message.message_id,
+            to=inbound.functional_address,
+            sender=inbound.sender,
+        )
+
+    def _mail(self, message: msg.BusinessMessage) -> bytes:
+        sender, sender_name = self._sender_address(message)
+        replying_to = None
+        if message.ref_to_message_id is not None:
+            ours = self.spool.by_sdk_message_id(message.ref_to_message_id)
+            if ours is not None and ours.mail_message_id:
+                replying_to = ours.mail_message_id  # the mail our user sent
+        return to_email(
+            message,
+            sender=sender,
+            sender_name=sender_name,
+            recipient=self.settings.mailbox_addresses[message.functional_address or ""],
+            sdk_domain=self.settings.sdk_domain,
+            replying_to=replying_to,
+            secrecy_prefix=self.settings.secrecy_prefix,
+        )
+
+    async def _kvittens(
+        self, item: Received, opened: Opened, verdict: Verdict
+    ) -> tuple[OwedKvittens, bytes]:
+        assert opened.envelope_id is not None
+        answer = kv.Kvittens.answering(
+            verdict,
+            refers_to=opened.envelope_id,
+            sender=self.settings.organisation_id,
+            receiver=item.original_sender,
+        )
+        handling = opened.header.handling_service_id if opened.header else None
+        loop = asyncio.get_running_loop()
+        sealed = await loop.run_in_executor(
+            self.crypto, _seal_kvittens, answer, self.settings.signer, handling
+        )
+        conversation = item.conversation_id or (
+            opened.message.conversation_id if opened.message else answer.id
+        )
+        owed = OwedKvittens(
+            id=answer.id,
+            answers=item.id,
+            receiver=item.original_sender,
+            conversation_id=conversation,
+            accepted=answer.accepted,
+        )
+        return owed, sealed
+
+    # --- kvittens to the access point ---------------------------------------------------
+
+    async def send_owed(self) -> None:
+        """Hand every owed kvittens to the access point. Its ebMS MessageId is its own ID,
+        so one handed over before a crash is refused as a duplicate, not sent twice."""
+        for owed, payload in await asyncio.to_thread(self.spool.owed_kvittens):
+            try:
+                await self.access_point.submit(
+                    Submission(
+                        message_id=owed.id,
+                        payload=payload,
+                        action=KVITTENS_ACTION,
+                        original_sender=self.settings.organisation_id,
+                        final_recipient=owed.receiver,
+                        conversation_id=owed.conversation_id or owed.id,
+                    )
+                )
+            except DuplicateSubmission:
+                pass
+            except TemporaryFailure as e:
+                doublings = min(owed.attempts, 20)
+                delay = min(self.settings.first_retry * 2**doublings, self.settings.max_retry)
+                log.warning("kvittens not handed over; will retry", id=owed.id, error=str(e))
+                await asyncio.to_thread(
+                    self.spool.update_kvittens,
+                    owed.id,
+                    attempts=owed.attempts + 1,
+                    last_error=str(e),
+                    next_attempt_at=datetime.now(UTC) + delay * random.uniform(0.8, 1.2),
+                )
+                continue
+            except PermanentFailure as e:
+                log.error("kvittens refused by the access point", id=owed.id, error=str(e))
+                await asyncio.to_thread(
+                    self.spool.update_kvittens, owed.id, state="failed", last_error=str(e)
+                )
+                continue
+            await asyncio.to_thread(self.spool.update_kvittens, owed.id, state="sent")
+            outcome = "ACCEPTED" if owed.accepted else "REJECTED"
+            log.info("kvittens sent", id=owed.id, ebms_id=owed.answers, outcome=outcome)
+
+
+def _references(attention: msg.Attention | None) -> tuple[tuple[str, str, str | None], ...]:
+    return tuple(
+        (r.id.root, r.id.extension, r.label) for r in (attention.references if attention else ())
+    )
+
+
+def _seal_kvittens(answer: kv.Kvittens, signer: KeyPair, handling: str | None) -> bytes:
+    return seal_kvittens(answer, signer=signer, handling_service_id=handling)

@@ -1,0 +1,331 @@
+"""B's inbound stage against the sandbox: envelopes sent as A (well made, tampered, forged,
+misaddressed, repeated, unencrypted, infected, undecryptable, broken) arrive at B's access
+point; B's stage judges them, and A's access point receives the kvittens B sends, or none."""
+
+import asyncio
+import dataclasses
+import email.policy
+import uuid
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+
+import clamd
+import pytest
+from clamd import EICAR, Clamd
+from conftest import make_message
+from lxml import etree
+from test_outbound import access_point
+from test_sandbox import registry_for
+
+from bridge import config
+from bridge.inbound.intake import fetch_once
+from bridge.inbound.processing import KVITTENS_ACTION, MESSAGE_ACTION, Inbound, InboundSettings
+from bridge.plugins import SCANNERS, Scanner, Submission, load
+from bridge.sandbox.federation import Sandbox
+from bridge.sdk import kvittens as kv
+from bridge.sdk import message as msg
+from bridge.sdk import xhe, xmldsig, xmlenc
+from bridge.sdk.keys import KeyPair
+from bridge.sdk.sealing import Receiver, open_envelope, seal_message
+from bridge.spool import InboxState, Received, SQLiteSpool
+
+clamd_server = clamd.clamd_server
+
+ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
+MAILBOX_B = "registrator@b.sandbox.test"
+
+
+def message(**changes: object) -> msg.BusinessMessage:
+    """A message from A's registrator to B's, with a case reference each way."""
+    fields: dict[str, object] = dict(
+        recipient=msg.Party(
+            ORG_B,
+            msg.Attention(
+                "b.registrator",
+                references=(msg.Reference(msg.Identifier("dnr", "B 2026/7")),),
+            ),
+        ),
+        sender=msg.Party(
+            ORG_A,
+            msg.Attention(
+                "a.registrator", references=(msg.Reference(msg.Identifier("dnr", "A 2026/3")),)
+            ),
+        ),
+    )
+    fields.update(changes)
+    return make_message(**fields)
+
+
+class Harness:
+    """B's inbound stage in this process; A's side is played by hand."""
+
+    def __init__(self, sandbox: Sandbox, tmp_path: Path, scanner: Scanner | None = None) -> None:
+        self.sandbox = sandbox
+        self.tmp_path = tmp_path
+        self.spool = SQLiteSpool(tmp_path / "spool-b")
+        self.a = config.load(sandbox.config_path("a"))
+        self.b = config.load(sandbox.config_path("b"))
+        self.scanner = scanner
+        self.handling_service_ids: list[str | None] = []  # of the kvittens A received
+        self._drain("a")  # kvittens left by earlier tests are not ours
+        self._drain("b")
+
+    def seal(self, business: msg.BusinessMessage, signer: KeyPair | None = None) -> bytes:
+        recipient = self.sandbox.organisations["b"].encryption[-1].cert
+        return seal_message(business, signer=signer or self.a.signing, recipient_cert=recipient)
+
+    def send(self, payload: bytes, ebms_id: str | None = None) -> str:
+        """Submit `payload` as A to B; its ebMS MessageId."""
+        ebms_id = ebms_id or str(uuid.uuid4())
+
+        async def submit() -> None:
+            ap = access_point(self.sandbox, "a")
+            try:
+                await ap.submit(Submission(ebms_id, payload, MESSAGE_ACTION, ORG_A, ORG_B, ebms_id))
+            finally:
+                await ap.close()
+
+        asyncio.run(submit())
+        return ebms_id
+
+    def process(self, forbidden_types: frozenset[str] = frozenset()) -> None:
+        """B's bridge: retrieve, judge, answer."""
+
+        async def run() -> None:
+            ap = access_point(self.sandbox, "b")
+            try:
+                await fetch_once(ap, self.spool)
+                with registry_for(self.sandbox, "b", self.tmp_path / "cache-b") as registry:
+                    settings = InboundSettings(
+                        organisation_id=ORG_B,
+                        sdk_domain="sdk.b.sandbox.test",
+                        mailbox_addresses={"b.registrator": MAILBOX_B},
+                        decryption_keys=self.b.decryption,
+                        signer=self.b.signing,
+                        trust_anchors=self.b.trust_anchors,
+                        federation=self.b.federation,
+                        forbidden_types=forbidden_types,
+                    )
+                    inbound = Inbound(settings, self.spool, registry, ap, self.scanner)
+                    await inbound.process_pending()
+            finally:
+                await ap.close()
+
+        asyncio.run(run())
+
+    def kvittens_at_a(self) -> list[kv.Kvittens]:
+        """What arrived at A's access point, verified as A's bridge would."""
+        with registry_for(self.sandbox, "a", self.tmp_path / "cache-a") as registry:
+            signing = list(registry.certpub.signing_certificates(ORG_B))
+        receiver = Receiver(
+            sender_signing_certs=signing,
+            trust_anchors=self.a.trust_anchors,
+            our_parties={ORG_A},
+        )
+        found = []
+        for action, payload in self._drain("a"):
+            assert action == KVITTENS_ACTION
+            opened = open_envelope(payload, receiver)
+            assert opened.verdict.line() == "ACCEPTED", opened.verdict.line()
+            assert opened.header is not None
+            self.handling_service_ids.append(opened.header.handling_service_id)
+            found.append(opened.kvittens)
+        return found
+
+    def _drain(self, label: str) -> list[tuple[str, bytes]]:
+        async def fetch() -> list[tuple[str, bytes]]:
+            ap = access_point(self.sandbox, label)
+            try:
+                items = [await ap.retrieve(i) for i in await ap.pending()]
+                return [(item.action, item.payload) for item in items]
+            finally:
+                await ap.close()
+
+        return asyncio.run(fetch())
+
+    def states(self) -> dict[str, str]:
+        with self.spool._lock:  # read-only look for the test
+            rows = self.spool._db.execute("SELECT id, state FROM received").fetchall()
+        return {row["id"]: row["state"] for row in rows}
+
+
+@pytest.fixture
+def harness(sandbox: Sandbox, tmp_path: Path) -> Iterator[Harness]:
+    running = Harness(sandbox, tmp_path)
+    yield running
+    running.spool.close()
+
+
+def rejected(found: list[kv.Kvittens], refers_to: str) -> str:
+    (only,) = found
+    assert only.refers_to == refers_to and not only.accepted
+    line = only.lines[0]
+    return f"{line.reason} {line.detail}: {line.text}"
+
+
+def test_a_valid_message_is_accepted_stored_and_answered(harness: Harness) -> None:
+    business = message()
+    ebms_id = harness.send(harness.seal(business))
+    harness.process()
+    assert harness.states() == {ebms_id: "accepted"}
+    (kvittens,) = harness.kvittens_at_a()
+    assert kvittens.accepted and kvittens.refers_to == business.message_id
+    assert (kvittens.sender, kvittens.receiver) == (ORG_B, ORG_A)
+    assert harness.handling_service_ids == ["b.registrator"]
+    (stored,) = harness.spool.inbox()
+    assert stored.state is InboxState.DELIVERING
+    assert stored.mail_message_id == f"{business.message_id}@sdk.b.sandbox.test"
+    assert stored.reply_references == (("dnr", "A 2026/3", None),)
+    assert stored.our_references == (("dnr", "B 2026/7", None),)
+    mail = BytesParser(policy=email.policy.default).parsebytes(
+        harness.spool.inbound_mail(business.message_id)
+    )
+    assert isinstance(mail, EmailMessage)
+    assert mail["To"] == MAILBOX_B
+    assert mail["From"].addresses[0].addr_spec == "registrator@a.sandbox.test.sdk.b.sandbox.test"
+    assert mail["From"].addresses[0].display_name == "Sandbox kommun A – Registrator (SDK)"
+    assert mail["X-SDK-Sender-Reference"] == "dnr=A 2026/3"
+    assert mail["X-SDK-Reference"] == "dnr=B 2026/7"
+
+
+def test_the_same_envelope_retrieved_again_is_one_message(harness: Harness) -> None:
+    """After a crash with retention at the access point, the same ebMS message comes again:
+    it is recognised as already stored, and answered once."""
+    sealed = harness.seal(message())
+    ebms_id = harness.send(sealed)
+    harness.process()
+    assert not harness.spool.store_received(
+        Received(ebms_id, MESSAGE_ACTION, ORG_A, ORG_B, ebms_id, sealed)
+    )
+    harness.process()
+    assert len(harness.kvittens_at_a()) == 1
+    assert len(harness.spool.inbox()) == 1
+
+
+def test_a_duplicate_messageid_is_rejected_and_not_delivered_again(harness: Harness) -> None:
+    business = message()
+    sealed = harness.seal(business)
+    harness.send(sealed)
+    harness.process()
+    again = harness.send(sealed)  # the same SDK message under a new ebMS MessageId
+    harness.process()
+    found = harness.kvittens_at_a()
+    assert [k.accepted for k in found] == [True, False]
+    assert rejected(found[1:], business.message_id) == (
+        "BV duplicate: messageId has been received before"
+    )
+    assert harness.states()[again] == "rejected"
+    assert len(harness.spool.inbox()) == 1
+
+
+def test_a_tampered_signature_is_rejected(harness: Harness) -> None:
+    business = message()
+    sealed = harness.seal(business)
+    tampered = sealed.replace(b">b.registrator<", b">b.socialtj\xc3\xa4nsten<", 1)
+    assert tampered != sealed
+    harness.send(tampered)
+    harness.process()
+    assert rejected(harness.kvittens_at_a(), business.message_id).startswith("SIG security:")
+    assert harness.spool.inbox() == []
+
+
+def test_a_signer_that_is_not_the_senders_certpub_certificate(
+    harness: Harness, sandbox: Sandbox
+) -> None:
+    """Signed by a certificate from the right CA, but not one A publishes."""
+    other = sandbox.o2o_pki.issued("not-a") or sandbox.o2o_pki.issue("not-a", key_usage="sign")
+    business = message()
+    harness.send(harness.seal(business, KeyPair(other.key, other.cert)))
+    harness.process()
+    assert rejected(harness.kvittens_at_a(), business.message_id) == (
+        "SIG security: the signing certificate is not one the sender publishes in CertPub"
+    )
+    assert harness.spool.inbox() == []
+
+
+def test_a_functional_address_we_do_not_have(harness: Harness) -> None:
+    business = message(recipient=msg.Party(ORG_B, msg.Attention("b.finns-inte")))
+    harness.send(harness.seal(business))
+    harness.process()
+    assert rejected(harness.kvittens_at_a(), business.message_id) == (
+        "BV not-found: Wrong or unknown xha:HandlingServiceID"
+    )
+
+
+def test_a_sender_address_missing_from_the_address_book(harness: Harness) -> None:
+    business = message(sender=msg.Party(ORG_A, msg.Attention("a.finns-inte")))
+    harness.send(harness.seal(business))
+    harness.process()
+    assert rejected(harness.kvittens_at_a(), business.message_id) == (
+        "BV not-found: the sender's functional address is not in the SDK address book"
+    )
+
+
+def test_an_unencrypted_payload_is_rejected(harness: Harness) -> None:
+    business = message()
+    header = dataclasses.replace(xhe.message_header(business), encrypted=False)
+    root = xhe.build(header, msg.to_element(business))
+    xmldsig.sign(root, harness.a.signing.key, harness.a.signing.cert)
+    harness.send(etree.tostring(root))
+    harness.process()
+    assert rejected(harness.kvittens_at_a(), business.message_id) == (
+        "SIG security: the message payload is not encrypted"
+    )
+
+
+def test_a_refused_attachment_type(harness: Harness) -> None:
+    files = (msg.ContentFile("run.exe", "application/x-msdownload", b"MZ..."),)
+    business = message(documents=(msg.Document("SDK-Meddelande", ("Hej",), files),))
+    harness.send(harness.seal(business))
+    harness.process(forbidden_types=frozenset({"application/x-msdownload", "application/pdf"}))
+    assert rejected(harness.kvittens_at_a(), business.message_id) == (
+        "BV not-supported: the receiving organisation does not accept attachments of type "
+        "application/x-msdownload"
+    )
+
+
+def test_pdf_is_always_accepted(harness: Harness) -> None:
+    harness.send(harness.seal(message()))  # carries a PDF
+    harness.process(forbidden_types=frozenset({"application/pdf"}))
+    (kvittens,) = harness.kvittens_at_a()
+    assert kvittens.accepted
+
+
+def test_malware_is_rejected_as_forbidden(
+    sandbox: Sandbox, tmp_path: Path, clamd_server: Clamd
+) -> None:
+    scanner = load(SCANNERS, "clamav", {"host": "127.0.0.1", "port": clamd_server.port})
+    harness = Harness(sandbox, tmp_path, scanner)
+    files = (msg.ContentFile("eicar.com", "application/octet-stream", EICAR),)
+    business = message(documents=(msg.Document("SDK-Meddelande", ("Se bilaga",), files),))
+    harness.send(harness.seal(business))
+    harness.process()
+    assert rejected(harness.kvittens_at_a(), business.message_id) == (
+        "BV forbidden: an attachment was found to contain malware"
+    )
+    assert harness.spool.inbox() == []
+
+
+@pytest.mark.parametrize("case", ["wrong key", "not well-formed"])
+def test_no_kvittens_quarantined(harness: Harness, sandbox: Sandbox, case: str) -> None:
+    business = message()
+    if case == "wrong key":  # encrypted to A's own certificate: B cannot decrypt it
+        payload = xmlenc.encrypt(
+            etree.tostring(msg.to_element(business)),
+            sandbox.organisations["a"].encryption[-1].cert,
+        )
+        root = xhe.build(xhe.message_header(business), payload)
+        xmldsig.sign(root, harness.a.signing.key, harness.a.signing.cert)
+        ebms_id = harness.send(etree.tostring(root))
+    else:  # no access point forwards this, so it is put where one would have
+        ebms_id = str(uuid.uuid4())
+        broken = harness.seal(business)[:-40]
+        harness.spool.store_received(
+            Received(ebms_id, MESSAGE_ACTION, ORG_A, ORG_B, ebms_id, broken)
+        )
+    harness.process()
+    assert harness.states() == {ebms_id: "quarantined"}
+    assert harness.kvittens_at_a() == []
+    assert harness.spool.inbox() == []

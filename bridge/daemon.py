@@ -8,10 +8,10 @@ own terms: everything a stage has done is written to the spool before the next o
 """
 
 import asyncio
-import contextlib
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 import structlog
@@ -42,21 +42,32 @@ async def _take_in(
     reporter: DsnReporter,
     config: Config,
     stop: asyncio.Event,
+    fetch_now: asyncio.Event,
+    delivered: Callable[[], None],
 ) -> None:
-    """Messages and kvittens from the access point, and the deliveries waiting for one."""
+    """Messages and kvittens from the access point, and the deliveries waiting for one:
+    every `poll_seconds`, and at once when `fetch_now` is set (SIGUSR1)."""
     while not stop.is_set():
+        fetch_now.clear()
         try:
             await fetch_once(access_point, spool)
             await inbound.process_pending()
+            delivered()  # the mailbox stage takes what was accepted without waiting
             await receipts.process_pending()
             await follow(access_point, spool, receipts.notify, config.outbound.lifetime)
             await receipts.sweep(config.outbound.delay_warning, config.outbound.lifetime)
             await reporter.send_owed()
             await reporter.resend_held()
         except Exception:  # keep taking in: a bug here must not stop the bridge
-            log.exception("kvittens intake failed; trying again")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), config.outbound.poll_seconds)
+            log.exception("intake from the access point failed; trying again")
+        await _first_of(stop, fetch_now, config.outbound.poll_seconds)
+
+
+async def _first_of(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
+    waiting = [asyncio.create_task(a.wait()), asyncio.create_task(b.wait())]
+    await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for task in waiting:
+        task.cancel()
 
 
 def _mailboxes(config: Config) -> dict[str, plugins.Mailbox]:
@@ -178,10 +189,14 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    fetch_now = asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR1, fetch_now.set)
     failed: list[asyncio.Task[None]] = []
     working = asyncio.create_task(worker.run(stop))
     taking = asyncio.create_task(
-        _take_in(access_point, spool, inbound, receipts, reporter, config, stop)
+        _take_in(
+            access_point, spool, inbound, receipts, reporter, config, stop, fetch_now, delivery.wake
+        )
     )
     delivering = asyncio.create_task(delivery.run(stop))
     stages = (working, taking, delivering)

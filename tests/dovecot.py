@@ -126,6 +126,8 @@ class Dovecot:
         self.stop()
 
     def _write_certificate(self) -> None:
+        if self.cafile.exists():  # a restart keeps the certificate clients already trust
+            return
         pki = testpki.make_pki(self.directory / "pki", 2048)
         server = pki.issue("localhost", key_usage="both", hosts=["localhost", "127.0.0.1"])
         shutil.copyfile(server.key_pem, self.directory / "key.pem")

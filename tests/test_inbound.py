@@ -329,3 +329,33 @@ def test_no_kvittens_quarantined(harness: Harness, sandbox: Sandbox, case: str) 
     assert harness.states() == {ebms_id: "quarantined"}
     assert harness.kvittens_at_a() == []
     assert harness.spool.inbox() == []
+
+
+def test_another_document_type_is_quarantined(harness: Harness) -> None:
+    other = Received("other-1", "busdox-docid-qns::urn:other", ORG_A, ORG_B, None, b"<x/>")
+    harness.spool.store_received(other)
+    harness.process()
+    assert harness.states() == {"other-1": "quarantined"}
+    assert harness.kvittens_at_a() == []
+
+
+def test_a_sender_not_in_smp_gets_no_kvittens(harness: Harness, sandbox: Sandbox) -> None:
+    ebms_id = harness.send(harness.seal(message()))
+    registration = sandbox.smp.registrations.pop(ORG_A)
+    try:
+        harness.process()
+    finally:
+        sandbox.smp.registrations[ORG_A] = registration
+    assert harness.states() == {ebms_id: "quarantined"}
+    assert harness.kvittens_at_a() == []
+
+
+def test_a_revoked_signing_certificate_is_rejected(harness: Harness, sandbox: Sandbox) -> None:
+    """Last in this module: the revocation stays."""
+    business = message()
+    harness.send(harness.seal(business))
+    sandbox.revoke("a", "signing")
+    harness.process()
+    assert rejected(harness.kvittens_at_a(), business.message_id) == (
+        "SIG security: the signing certificate is not one the sender publishes in CertPub"
+    )

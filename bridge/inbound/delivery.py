@@ -40,16 +40,22 @@ class MailboxDelivery:
         self.spool = spool
         self.mailboxes = mailboxes  # functional address -> its mailbox
         self.settings = settings
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """New mail is in the spool: look now rather than at the next poll."""
+        self._woken.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set; what is in flight finishes, the rest waits."""
         while not stop.is_set():
+            self._woken.clear()
             due = await asyncio.to_thread(self.spool.inbox_due, self.settings.batch)
             if due:
                 await asyncio.gather(*(self.deliver(mail) for mail in due))
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.poll)
+            with contextlib.suppress(TimeoutError):  # `stop` ends this wait via its poll
+                await asyncio.wait_for(self._woken.wait(), self.settings.poll)
 
     async def deliver(self, mail: InboundMail) -> None:
         """One attempt; its outcome is written back to the spool."""
@@ -64,7 +70,9 @@ class MailboxDelivery:
             await mailbox.deliver(mail.mail_message_id, data)
         except PermanentFailure as e:
             log.error("mailbox refused the mail; kept in the spool", **ids, error=str(e))
-            await self._update(mail, state=InboxState.FAILED, last_error=str(e))
+            await self._update(
+                mail, state=InboxState.FAILED, attempts=mail.attempts + 1, last_error=str(e)
+            )
         except (TemporaryFailure, OSError) as e:
             await self._retry(mail, str(e), ids)
         except Exception as e:  # a bug in a plugin: keep the mail, try again later

@@ -2,9 +2,13 @@
 
 Domibus marks a retrieved message downloaded and, under Digg's P-Mode
 (`retention_downloaded=0`), deletes it at once, so the window between retrieve and fsync
-is kept as small as the code allows: nothing but the write happens in between. Operators
-should configure a retention above zero; then a message retrieved just before a crash is
-still pending afterwards, retrieved again, and recognised as already stored.
+is kept as small as the code allows: nothing but the write happens in between.
+
+Operators should configure a retention above zero. Every MessageId is noted durably
+before it is retrieved, so after a crash between retrieve and store the bridge knows what
+it was fetching and retrieves it again, which a retention allows (the access point no
+longer lists a downloaded message as pending). With retention 0 such a message is gone at
+the access point; that is logged as an error naming its MessageId.
 """
 
 import asyncio
@@ -25,7 +29,8 @@ async def fetch_once(access_point: AccessPoint, spool: Spool, limit: int = 100) 
         log.warning("access point: cannot list pending messages", error=str(e))
         return 0
     new = 0
-    for message_id in pending[:limit]:
+    noted = await asyncio.to_thread(spool.note_retrieving, pending[:limit])
+    for message_id in noted:
         try:
             item = await access_point.retrieve(message_id)
         except TemporaryFailure as e:
@@ -42,6 +47,7 @@ async def fetch_once(access_point: AccessPoint, spool: Spool, limit: int = 100) 
             continue
         except PermanentFailure as e:  # gone: nothing of it can be kept
             log.error("access point: message could not be retrieved", id=message_id, error=str(e))
+            await asyncio.to_thread(spool.forget_retrieving, message_id)
             continue
         stored = await asyncio.to_thread(
             spool.store_received,

@@ -60,6 +60,10 @@ _SENDER_ADDRESS = f"{_HEADER}/sender/attention/subOrganization/organizationId/ex
 _FILES = "/messagePayload/message/messageBody/document/contentFile"
 
 
+class _Unexpected(Exception):
+    """An envelope this stage cannot judge; it goes to quarantine with this text."""
+
+
 @dataclass(frozen=True)
 class InboundSettings:
     organisation_id: str
@@ -101,9 +105,24 @@ class Inbound:
         )
 
     async def process_pending(self) -> None:
-        """Every stored message not yet decided, oldest first; then the kvittens owed."""
-        for item in await asyncio.to_thread(self.spool.received, "new", MESSAGE_ACTION):
-            await self.process(item)
+        """Every stored message not yet decided, oldest first; then the kvittens owed.
+
+        Kvittens are left for `outbound.receipts`. Anything else the access point handed
+        over (another document type), and a message that trips a bug, is quarantined, so
+        that one bad envelope never holds up the others."""
+        for item in await asyncio.to_thread(self.spool.received, "new"):
+            if item.action == KVITTENS_ACTION:
+                continue
+            try:
+                if item.action != MESSAGE_ACTION:
+                    raise _Unexpected("not an SDK message or kvittens document type")
+                await self.process(item)
+            except Exception as e:
+                if not isinstance(e, _Unexpected):
+                    log.exception("inbound processing failed", ebms_id=item.id)
+                    e = _Unexpected(f"internal error while processing ({type(e).__name__})")
+                verdict = Verdict(Outcome.NO_KVITTENS, text=str(e))
+                await self._quarantine(item, Opened(verdict), verdict)
         await self.send_owed()
 
     async def process(self, item: Received) -> None:

@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS received (
     note TEXT                        -- quarantined (messages); unreadable
 );
 CREATE INDEX IF NOT EXISTS deliveries_mail_id ON deliveries(mail_message_id);
+CREATE TABLE IF NOT EXISTS retrieving (  -- ebMS MessageIds about to be retrieved
+    id TEXT PRIMARY KEY,
+    noted_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS inbox (     -- SDK messages accepted for us, on their way to a mailbox
     sdk_message_id TEXT PRIMARY KEY, -- a second message with this id is a duplicate
     received_id TEXT NOT NULL,       -- its ebMS MessageId
@@ -284,6 +288,7 @@ class SQLiteSpool:
         with it (Digg's P-Mode deletes it there once retrieved). False: already kept."""
         write_atomic(self._received / f"{_safe_name(item.id)}.xhe", item.payload)
         with self._lock, self._db:
+            self._db.execute("DELETE FROM retrieving WHERE id = ?", (item.id,))
             inserted = self._db.execute(
                 "INSERT OR IGNORE INTO received VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                 (
@@ -297,6 +302,31 @@ class SQLiteSpool:
                 ),
             ).rowcount
         return inserted == 1
+
+    def note_retrieving(self, message_ids: list[str]) -> list[str]:
+        """Note, durably, the MessageIds about to be retrieved; return every one noted and
+        not yet stored, those of a killed predecessor first. With a retention at the
+        access point, such a message can still be retrieved after a crash."""
+        now = _now().isoformat()
+        with self._lock, self._db:
+            known = {
+                row[0]
+                for row in self._db.execute(
+                    f"SELECT id FROM received WHERE id IN ({','.join('?' * len(message_ids))})",
+                    message_ids,
+                )
+            }
+            self._db.executemany(
+                "INSERT OR IGNORE INTO retrieving VALUES (?, ?)",
+                [(i, now) for i in message_ids if i not in known],
+            )
+            rows = self._db.execute("SELECT id FROM retrieving ORDER BY rowid").fetchall()
+        return [row[0] for row in rows]
+
+    def forget_retrieving(self, message_id: str) -> None:
+        """The access point no longer has it: nothing more can be done."""
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM retrieving WHERE id = ?", (message_id,))
 
     def received(self, state: str = "new", action: str | None = None) -> list[Received]:
         """What the access point handed over, in `state` (and of one `action`)."""

@@ -1,0 +1,271 @@
+"""The whole loop with real parts: two `sdk-bridge run` processes, the sandbox federation
+(with a retention at its access points) and a real Dovecot. Mail sent over SMTP at A
+appears in B's IMAP folder, fully mapped; B's reply lands in A's INBOX in the same thread;
+Dovecot down and a SIGKILLed bridge lose nothing and double nothing."""
+
+import email.policy
+import imaplib
+import os
+import random
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+import dovecot
+import pytest
+import yaml
+from dovecot import Dovecot
+
+from bridge.sandbox.federation import Sandbox
+
+dovecot_server = dovecot.dovecot_server
+
+FROM_A = "registrator@a.sandbox.test"
+TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
+FROM_B = "registrator@b.sandbox.test"
+B_FOLDER = "SDK/Registrator"
+IMAP_B_FOLDER = "SDK.Registrator"  # as Dovecot's Maildir layout names it
+START_TIMEOUT = 60.0
+PDF = b"%PDF-1.7\n" + bytes(range(256)) * 300
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """A sandbox whose access points keep downloaded messages for an hour."""
+    sandbox = Sandbox(tmp_path_factory.mktemp("federation"), 2, key_size=2048, retention_minutes=60)
+    sandbox.start()
+    yield sandbox
+    sandbox.stop()
+
+
+class Bridge:
+    """One organisation's `sdk-bridge run`, delivering its registrator's mail over IMAPS."""
+
+    def __init__(self, sandbox: Sandbox, label: str, server: Dovecot, user: str, folder: str):
+        self.label = label
+        self.port = sandbox.smtp_port(label)
+        settings = yaml.safe_load(sandbox.config_path(label).read_text())
+        settings["functional_addresses"][0]["deliver_to"] = {
+            "plugin": "imap",
+            "port": server.imaps_port,
+            "cafile": str(server.cafile),
+            "user": user,
+            "password": dovecot.USERS[user],
+            "folder": folder,
+        }
+        settings["outbound"] = {"poll_seconds": 0.3}
+        self.config = sandbox.directory / f"e2e-{label}.yaml"
+        self.config.write_text(yaml.safe_dump(settings, allow_unicode=True))
+        self.log = sandbox.directory / f"e2e-{label}.log"
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bridge.cli", "run", "-c", str(self.config)],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        assert line.startswith("sdk-bridge ready"), self.log.read_text()[-3000:]
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout=START_TIMEOUT)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        self.process = None
+        return code
+
+
+@pytest.fixture(scope="module")
+def bridges(federation: Sandbox, dovecot_server: Dovecot) -> Iterator[dict[str, Bridge]]:
+    running = {
+        "a": Bridge(federation, "a", dovecot_server, "alice", "INBOX"),
+        "b": Bridge(federation, "b", dovecot_server, "bob", B_FOLDER),
+    }
+    for bridge in running.values():
+        bridge.start()
+    yield running
+    for bridge in running.values():
+        if bridge.process is not None:
+            assert bridge.stop() == 0, bridge.log.read_text()[-3000:]
+
+
+def send(bridge: Bridge, mail: EmailMessage, sender: str, recipient: str) -> None:
+    """As an MTA sends: a 4xx (the address book still loading) is tried again."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with smtplib.SMTP("127.0.0.1", bridge.port, timeout=30) as smtp:
+                smtp.send_message(mail, sender, [recipient])
+            return
+        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPServerDisconnected, OSError) as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not accepted: {e}") from e
+            time.sleep(0.3)
+
+
+def mailbox(server: Dovecot, user: str, folder: str) -> list[EmailMessage]:
+    """Every message in the folder (none if the folder does not exist yet)."""
+    try:
+        with server.imap(user) as imap:
+            status, _ = imap.select(f'"{folder}"', readonly=True)
+            if status != "OK":
+                return []
+            _, found = imap.search(None, "ALL")
+            mails = []
+            for number in found[0].split():
+                _, data = imap.fetch(number, "(BODY.PEEK[])")
+                raw = data[0][1]  # type: ignore[index]
+                parsed = BytesParser(policy=email.policy.default).parsebytes(raw)
+                assert isinstance(parsed, EmailMessage)
+                mails.append(parsed)
+            return mails
+    except (imaplib.IMAP4.error, OSError):
+        return []
+
+
+def wait_for(probe: Callable[[], bool], seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not probe():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+
+
+def by_subject(mails: list[EmailMessage], subject: str) -> list[EmailMessage]:
+    return [m for m in mails if m["Subject"] == subject]
+
+
+def test_a_mail_arrives_in_imap_fully_mapped_and_the_reply_threads_back(
+    bridges: dict[str, Bridge], dovecot_server: Dovecot
+) -> None:
+    first = EmailMessage()
+    first["From"], first["To"] = f"Åsa Öberg <{FROM_A}>", TO_B
+    first["Subject"] = "[sekretess] Ärende om förhandsbesked – Älvdalen"
+    first["Message-ID"] = "<e2e-first@a.sandbox.test>"
+    first["X-SDK-Reference"] = "dnr=BN 2026/55"
+    first.set_content("Hej!\n\nSe **bifogad** ritning för ärendet på Ödegärdet.\n")
+    first.add_attachment(PDF, maintype="application", subtype="pdf", filename="ritning åäö.pdf")
+    first.add_attachment(
+        bytes(range(256)) * 50,
+        maintype="application",
+        subtype="vnd.openxmlformats-officedocument.wordprocessingml.document",
+        filename="beslut.docx",
+    )
+    html_only = EmailMessage()
+    html_only["From"], html_only["To"] = FROM_A, TO_B
+    html_only["Subject"] = "Bara HTML"
+    html_only.set_content(
+        "<html><body><p>Viktigt: <b>möte</b> på <i>tisdag</i></p>"
+        "<ul><li>ett</li><li>två</li></ul></body></html>",
+        subtype="html",
+    )
+    send(bridges["a"], first, FROM_A, TO_B)
+    send(bridges["a"], html_only, FROM_A, TO_B)
+
+    def arrived() -> bool:
+        found = mailbox(dovecot_server, "bob", IMAP_B_FOLDER)
+        return len(by_subject(found, first["Subject"]) + by_subject(found, "Bara HTML")) == 2
+
+    wait_for(arrived)
+    found = mailbox(dovecot_server, "bob", IMAP_B_FOLDER)
+    (mail,) = by_subject(found, first["Subject"])
+    assert mail["From"].addresses[0].addr_spec == "registrator@a.sandbox.test.sdk.b.sandbox.test"
+    assert mail["From"].addresses[0].display_name == "Sandbox kommun A – Registrator (SDK)"
+    assert mail["To"] == FROM_B
+    assert mail["Sensitivity"] == "Company-Confidential"
+    assert mail["X-SDK-Confidentiality"] == "true"
+    assert mail["X-SDK-Reference"] == "dnr=BN 2026/55"
+    assert mail["Message-ID"] == f"<{mail['X-SDK-Message-ID']}@sdk.b.sandbox.test>"
+    body = mail.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert text.startswith("Referens: BN 2026/55 (dnr)")
+    assert "Se **bifogad** ritning för ärendet på Ödegärdet." in text
+    html = mail.get_body(("html",))
+    assert html is not None and "<strong>bifogad</strong>" in html.get_content()
+    files = {part.get_filename(): part for part in mail.iter_attachments()}
+    assert files["ritning åäö.pdf"].get_content() == PDF
+    assert files["ritning åäö.pdf"].get_content_type() == "application/pdf"
+    assert files["beslut.docx"].get_content() == bytes(range(256)) * 50
+    (converted,) = by_subject(found, "Bara HTML")
+    plain = converted.get_body(("plain",))
+    assert plain is not None
+    assert "Viktigt: **möte** på *tisdag*" in plain.get_content()
+
+    reply = EmailMessage()  # as Outlook answers: no X-SDK headers, In-Reply-To kept
+    reply["From"], reply["To"] = FROM_B, str(mail["From"])
+    reply["Subject"] = "Sv: " + str(mail["Subject"])
+    reply["In-Reply-To"] = reply["References"] = str(mail["Message-ID"])
+    reply.set_content("Tack, vi återkommer.")
+    send(bridges["b"], reply, FROM_B, mail["From"].addresses[0].addr_spec)
+    # The secrecy tag in a subject marks the reply confidential; B shows it in front.
+    subject = "[sekretess] Sv: Ärende om förhandsbesked – Älvdalen"
+    wait_for(lambda: bool(by_subject(mailbox(dovecot_server, "alice", "INBOX"), subject)))
+    (answer,) = by_subject(mailbox(dovecot_server, "alice", "INBOX"), subject)
+    assert answer["X-SDK-Confidentiality"] == "true"
+    assert answer["In-Reply-To"] == first["Message-ID"]  # threads under A's own mail
+    assert answer["X-SDK-Conversation-ID"] == mail["X-SDK-Conversation-ID"]
+    assert answer["X-SDK-Sender-Reference"] == "dnr=BN 2026/55"  # B's case, returned
+    assert answer["From"].addresses[0].addr_spec == "registrator@b.sandbox.test.sdk.a.sandbox.test"
+
+
+def numbered(prefix: str, count: int) -> list[EmailMessage]:
+    mails = []
+    for number in range(count):
+        mail = EmailMessage()
+        mail["From"], mail["To"] = FROM_A, TO_B
+        mail["Subject"] = f"{prefix} {number:03d}"
+        mail.set_content(f"Nummer {number}.")
+        mails.append(mail)
+    return mails
+
+
+def subjects(server: Dovecot, prefix: str) -> list[str]:
+    found = mailbox(server, "bob", IMAP_B_FOLDER)
+    return sorted(str(m["Subject"]) for m in found if str(m["Subject"]).startswith(prefix))
+
+
+def test_mail_waits_while_dovecot_is_down_and_arrives_once(
+    bridges: dict[str, Bridge], dovecot_server: Dovecot
+) -> None:
+    mails = numbered("Under driftstopp", 3)
+    dovecot_server.stop()
+    try:
+        for mail in mails:
+            send(bridges["a"], mail, FROM_A, TO_B)
+        log = bridges["b"].log
+        wait_for(lambda: log.read_text().count("mailbox delivery will be retried") >= 3)
+    finally:
+        dovecot_server.start()
+    wanted = sorted(str(m["Subject"]) for m in mails)
+    wait_for(lambda: subjects(dovecot_server, "Under driftstopp") == wanted, 90)
+    time.sleep(2)  # a late duplicate would show up now
+    assert subjects(dovecot_server, "Under driftstopp") == wanted
+
+
+def test_sigkill_of_the_receiving_bridge_loses_and_doubles_nothing(
+    bridges: dict[str, Bridge], dovecot_server: Dovecot
+) -> None:
+    mails = numbered("Avbrott", 30)
+    for mail in mails:
+        send(bridges["a"], mail, FROM_A, TO_B)
+    chance = random.Random(20261129)
+    for _ in range(4):
+        time.sleep(chance.uniform(0.2, 1.5))
+        assert bridges["b"].stop(signal.SIGKILL) == -signal.SIGKILL
+        bridges["b"].start()
+    wanted = sorted(str(m["Subject"]) for m in mails)
+    wait_for(lambda: subjects(dovecot_server, "Avbrott") == wanted, 120)
+    time.sleep(2)
+    assert subjects(dovecot_server, "Avbrott") == wanted

@@ -281,8 +281,7 @@ def test_a_refused_attachment_type(harness: Harness) -> None:
     harness.send(harness.seal(business))
     harness.process(forbidden_types=frozenset({"application/x-msdownload", "application/pdf"}))
     assert rejected(harness.kvittens_at_a(), business.message_id) == (
-        "BV not-supported: the receiving organisation does not accept attachments of type "
-        "application/x-msdownload"
+        "BV not-supported: the receiving organisation does not accept this attachment's file type"
     )
 
 

@@ -201,10 +201,16 @@ class Inbound:
         for file in files:
             kind = file.content_type.split(";")[0].strip().lower()
             if kind in refused and kind not in ALWAYS_ACCEPTED_TYPES:
+                log.warning(
+                    "inbound attachment type refused",
+                    sdk_id=message.message_id,
+                    ebms_id=item.id,
+                    content_type=kind,
+                )
                 raise Rejected(
                     Reason.BV,
                     Detail.NOT_SUPPORTED,
-                    f"the receiving organisation does not accept attachments of type {kind}",
+                    "the receiving organisation does not accept this attachment's file type",
                     f"{_FILES}/contentType",
                 )
         if self.scanner is None:

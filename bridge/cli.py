@@ -226,6 +226,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inbound_import(args: argparse.Namespace) -> int:
+    from .inbound.intake import recovered
+    from .spool import SQLiteSpool
+
+    try:
+        loaded = config.load(Path(args.config))
+    except config.ConfigError as e:
+        raise UsageError(str(e)) from None
+    if loaded.spool is None:
+        raise UsageError(f"{args.config}: the configuration has no spool")
+    try:
+        item = recovered(args.ebms_id, Path(args.envelope).read_bytes())
+    except OSError as e:
+        raise UsageError(f"{args.envelope}: cannot read ({e.strerror})") from None
+    except ValueError as e:
+        raise UsageError(f"{args.envelope}: {e}") from None
+    spool = SQLiteSpool(loaded.spool)
+    try:
+        if not spool.import_received(item):
+            print(f"{args.ebms_id}: the spool already has it; nothing done")
+            return 1
+    finally:
+        spool.close()
+    print(f"{args.ebms_id}: stored; the bridge judges and answers it in its next round")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -445,6 +472,20 @@ def build_parser() -> argparse.ArgumentParser:
     kopen.add_argument("kvittens", metavar="FILE", help="an XHE, or a bare ApplicationResponse")
     _add_trust_options(kopen)
     kopen.set_defaults(run=cmd_kvittens_open)
+
+    inbound = commands.add_parser("inbound", help="messages received from the access point")
+    inbound_commands = inbound.add_subparsers(dest="action", required=True, metavar="ACTION")
+    recover = inbound_commands.add_parser(
+        "import",
+        help="hand over an envelope recovered from the access point (a message recorded lost)",
+        description="For a message the bridge recorded as lost (retrieved before a crash and "
+        "not stored): download its payload from the access point during its retention and "
+        "give it here with its ebMS MessageId. Works while the daemon runs.",
+    )
+    recover.add_argument("-c", "--config", required=True, metavar="FILE")
+    recover.add_argument("--ebms-id", required=True, help="the ebMS MessageId the alert named")
+    recover.add_argument("envelope", metavar="XHE.xml", help="the payload (the signed XHE)")
+    recover.set_defaults(run=cmd_inbound_import)
 
     run = commands.add_parser("run", help="run the bridge (the daemon)")
     run.add_argument("-c", "--config", required=True, metavar="FILE")

@@ -11,7 +11,7 @@ import asyncio
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 
 import structlog
@@ -20,6 +20,7 @@ from . import plugins
 from .config import Config
 from .inbound.delivery import MailboxDelivery
 from .inbound.intake import fetch_once
+from .inbound.mapping import SECRECY_PREFIX
 from .inbound.processing import Inbound, InboundSettings
 from .ingress.smtp import IngressHandler, IngressSettings, SenderRule, networks, serve, tls_context
 from .outbound.receipts import Receipts
@@ -49,17 +50,27 @@ async def _take_in(
     every `poll_seconds`, and at once when `fetch_now` is set (SIGUSR1)."""
     while not stop.is_set():
         fetch_now.clear()
-        try:
-            await fetch_once(access_point, spool)
-            await inbound.process_pending()
-            delivered()  # the mailbox stage takes what was accepted without waiting
-            await receipts.process_pending()
-            await follow(access_point, spool, receipts.notify, config.outbound.lifetime)
-            await receipts.sweep(config.outbound.delay_warning, config.outbound.lifetime)
-            await reporter.send_owed()
-            await reporter.resend_held()
-        except Exception:  # keep taking in: a bug here must not stop the bridge
-            log.exception("intake from the access point failed; trying again")
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("fetch from the access point", lambda: fetch_once(access_point, spool)),
+            ("inbound messages", inbound.process_pending),
+            ("kvittens", receipts.process_pending),
+            (
+                "submission status",
+                lambda: follow(access_point, spool, receipts.notify, config.outbound.lifetime),
+            ),
+            (
+                "delay and expiry",
+                lambda: receipts.sweep(config.outbound.delay_warning, config.outbound.lifetime),
+            ),
+            ("delivery reports", reporter.send_owed),
+            ("held delivery reports", reporter.resend_held),
+        ]
+        for name, step in steps:
+            try:  # one step failing (a bug) must not hold up the others, nor stop the bridge
+                await step()
+            except Exception:
+                log.exception("a step of the intake failed; trying again next round", step=name)
+        delivered()  # the mailbox stage takes what was accepted without waiting
         await _first_of(stop, fetch_now, config.outbound.poll_seconds)
 
 
@@ -116,6 +127,7 @@ async def run(config: Config) -> None:
     assert config.smtp and config.access_point and config.spool  # for the type checker
     smtp = config.smtp
     spool = SQLiteSpool(config.spool)
+    spool.discard_partial()
     released = spool.release_leases()
     registry = Registry(config)
     registry.start_background_refresh()
@@ -162,7 +174,8 @@ async def run(config: Config) -> None:
             trust_anchors=config.trust_anchors,
             federation=config.federation,
             forbidden_types=smtp.forbidden_types,
-            secrecy_prefix=smtp.secrecy_tags[0] + " " if smtp.secrecy_tags else "",
+            # With no tags configured, secrecy still shows: Digg requires clients to show it.
+            secrecy_prefix=f"{smtp.secrecy_tags[0]} " if smtp.secrecy_tags else SECRECY_PREFIX,
         ),
         spool,
         registry,

@@ -12,6 +12,7 @@ import contextlib
 import email.policy
 import json
 import os
+import select
 import signal
 import smtplib
 import sqlite3
@@ -160,9 +161,12 @@ def _start_bridge(sandbox: Sandbox, label: str, directory: Path) -> _Bridge:
         )
     bridge = _Bridge(label, process, sandbox.smtp_port(label), log)
     assert process.stdout is not None
-    line = process.stdout.readline()  # the daemon prints one line once it listens
+    # The daemon prints one line once it listens; a bridge that hangs must not hang us.
+    ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
+    line = process.stdout.readline() if ready else ""
     if not line.startswith("sdk-bridge ready"):
-        process.wait(START_TIMEOUT)
+        process.kill()
+        process.wait()
         raise DemoFailed(f"the bridge of {label.upper()} did not start (see {log})")
     return bridge
 
@@ -224,10 +228,13 @@ def _one_mail(maildir: Path) -> tuple[Path, EmailMessage] | None:
 def _kvittens_accepted(sandbox: Sandbox, label: str, sdk_message_id: str) -> bool | None:
     """Whether `label`'s spool has the delivery of `sdk_message_id` as ACCEPTED."""
     database = sandbox.directory / "state" / label / "spool" / "spool.sqlite3"
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        row = db.execute(
-            "SELECT notes FROM deliveries WHERE sdk_message_id = ?", (sdk_message_id,)
-        ).fetchone()
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            row = db.execute(
+                "SELECT notes FROM deliveries WHERE sdk_message_id = ?", (sdk_message_id,)
+            ).fetchone()
+    except sqlite3.Error:  # not created yet, or busy: look again
+        return None
     if row is None or json.loads(row[0]).get("kvittens") != "ACCEPTED":
         return None
     return True

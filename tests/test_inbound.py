@@ -5,14 +5,18 @@ point; B's stage judges them, and A's access point receives the kvittens B sends
 import asyncio
 import dataclasses
 import email.policy
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 
 import clamd
 import pytest
+import yaml
 from clamd import EICAR, Clamd
 from conftest import make_message
 from lxml import etree
@@ -22,13 +26,14 @@ from test_sandbox import registry_for
 from bridge import config
 from bridge.inbound.intake import fetch_once
 from bridge.inbound.processing import KVITTENS_ACTION, MESSAGE_ACTION, Inbound, InboundSettings
-from bridge.plugins import SCANNERS, Scanner, Submission, load
+from bridge.plugins import SCANNERS, Scanner, Submission, TemporaryFailure, load
 from bridge.sandbox.federation import Sandbox
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
 from bridge.sdk import xhe, xmldsig, xmlenc
 from bridge.sdk.keys import KeyPair
-from bridge.sdk.sealing import Receiver, open_envelope, seal_message
+from bridge.sdk.sealing import Receiver, open_envelope, seal_kvittens, seal_message
+from bridge.sdk.verdict import ACCEPTED
 from bridge.spool import InboxState, Received, SQLiteSpool
 
 clamd_server = clamd.clamd_server
@@ -336,6 +341,86 @@ def test_another_document_type_is_quarantined(harness: Harness) -> None:
     harness.process()
     assert harness.states() == {"other-1": "quarantined"}
     assert harness.kvittens_at_a() == []
+
+
+def test_a_lost_message_recovered_by_the_administrator(
+    harness: Harness, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """B died between retrieve and store: the access point will not give the message out
+    again, so B recorded it as lost. The administrator downloads it from the access point's
+    retention and imports it; B then judges and answers it as any other."""
+    business = message()
+    sealed = harness.seal(business)
+    ebms_id = harness.send(sealed)
+    assert [payload for _, payload in harness._drain("b")] == [sealed]  # taken, never stored
+    harness.spool.lost_retrieving(ebms_id, "the access point no longer gives it out")
+    settings = yaml.safe_load(sandbox.config_path("b").read_text())
+    settings["spool"] = str(harness.spool.directory)
+    config_file = sandbox.directory / "b-import.yaml"  # beside org-b.yaml: its relative paths
+    config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
+    (tmp_path / "recovered.xml").write_bytes(sealed)
+    command = [sys.executable, "-m", "bridge.cli", "inbound", "import"]
+    command += ["-c", str(config_file), "--ebms-id", ebms_id]
+    result = subprocess.run(
+        [*command, str(tmp_path / "recovered.xml")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "stored" in result.stdout
+    harness.process()
+    assert harness.states() == {ebms_id: "accepted"}
+    (kvittens,) = harness.kvittens_at_a()
+    assert kvittens.accepted and kvittens.refers_to == business.message_id
+    again = subprocess.run(
+        [*command, str(tmp_path / "recovered.xml")], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 1 and "already has it" in again.stdout
+
+
+def test_a_message_rejected_before_is_a_duplicate_when_sent_again(harness: Harness) -> None:
+    files = (msg.ContentFile("run.exe", "application/x-msdownload", b"MZ..."),)
+    business = message(documents=(msg.Document("SDK-Meddelande", ("Hej",), files),))
+    sealed = harness.seal(business)
+    harness.send(sealed)
+    harness.process(forbidden_types=frozenset({"application/x-msdownload"}))
+    harness.send(sealed)
+    harness.process()  # now the type would pass, but the messageId was judged already
+    first, second = harness.kvittens_at_a()
+    assert first.lines[0].detail == "not-supported"
+    assert rejected([second], business.message_id).startswith("BV duplicate")
+    assert harness.spool.inbox() == []
+
+
+def test_a_kvittens_sent_as_a_business_message_is_quarantined(harness: Harness) -> None:
+    """Our access point checks Action against the XHE (C3.4.6 §3.1.6), so this one is put
+    where an access point that does not would have."""
+    answer = kv.Kvittens.answering(
+        ACCEPTED, refers_to=str(uuid.uuid4()), sender=ORG_A, receiver=ORG_B
+    )
+    sealed = seal_kvittens(answer, signer=harness.a.signing, handling_service_id="b.registrator")
+    harness.spool.store_received(Received("k-1", MESSAGE_ACTION, ORG_A, ORG_B, None, sealed))
+    harness.process()
+    assert harness.states() == {"k-1": "quarantined"}
+    assert harness.kvittens_at_a() == []
+
+
+class Unavailable:
+    """A scanner that cannot answer now."""
+
+    async def scan(self, data: bytes) -> str | None:
+        raise TemporaryFailure("clamd: connection refused")
+
+
+def test_a_message_that_cannot_be_scanned_now_waits(sandbox: Sandbox, tmp_path: Path) -> None:
+    harness = Harness(sandbox, tmp_path, Unavailable())
+    ebms_id = harness.send(harness.seal(message()))
+    harness.process()
+    assert harness.states() == {ebms_id: "new"}
+    assert harness.kvittens_at_a() == []
+    assert harness.spool.received("new") == []  # not due again at once
+    harness.scanner = None
+    harness.spool.postpone_received(ebms_id, datetime.now(UTC))  # its pause is over
+    harness.process()
+    assert harness.states() == {ebms_id: "accepted"}
 
 
 def test_a_sender_not_in_smp_gets_no_kvittens(harness: Harness, sandbox: Sandbox) -> None:

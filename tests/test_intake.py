@@ -1,13 +1,14 @@
 """Taking envelopes from the access point: kept before anything else, unusable ones too."""
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from bridge.inbound.intake import fetch_once
+from bridge.inbound.intake import fetch_once, recovered
 from bridge.plugins import PermanentFailure, Retrieved, TemporaryFailure, UnreadableRetrieval
-from bridge.spool import SQLiteSpool
+from bridge.spool import Received, SQLiteSpool
 
 
 class FakeAccessPoint:
@@ -33,14 +34,13 @@ def test_everything_retrieved_is_kept(tmp_path: Path) -> None:
     assert asyncio.run(fetch_once(FakeAccessPoint(), spool)) == 0  # kept once
 
 
-class RetainingAccessPoint:
-    """Lists "m1" once; the first retrieve dies with the bridge. Downloaded, the message is
-    no longer pending, but a retention keeps it retrievable (unless `retained` is off)."""
+class OnceAccessPoint:
+    """Gives "m1" out once, as Domibus does: listed once, and the first retrieve dies with
+    the bridge; afterwards the message is downloaded and no longer retrievable."""
 
-    def __init__(self, retained: bool = True) -> None:
+    def __init__(self) -> None:
         self.listed = False
         self.retrievals = 0
-        self.retained = retained
 
     async def pending(self) -> list[str]:
         if self.listed:
@@ -52,26 +52,51 @@ class RetainingAccessPoint:
         self.retrievals += 1
         if self.retrievals == 1:
             raise KeyboardInterrupt("the bridge is killed between retrieve and store")
-        if not self.retained:
-            raise PermanentFailure("Message not found, id [m1]")
-        return Retrieved("m1", b"<XHE/>", "busdox-docid-qns::x", "0203:b.se", "0203:a.se", None)
+        raise PermanentFailure("Message with id [m1] was already downloaded")
 
 
-def test_a_message_retrieved_before_a_crash_is_retrieved_again(tmp_path: Path) -> None:
-    access_point = RetainingAccessPoint()
+def test_a_message_lost_in_a_crash_is_named_and_can_be_imported(
+    tmp_path: Path, sandbox_envelope: bytes
+) -> None:
+    access_point = OnceAccessPoint()
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(fetch_once(access_point, SQLiteSpool(tmp_path)))
     restarted = SQLiteSpool(tmp_path)
-    assert asyncio.run(fetch_once(access_point, restarted)) == 1
+    assert asyncio.run(fetch_once(access_point, restarted)) == 0
+    assert access_point.retrievals == 2  # the noted id was tried again
+    (lost,) = restarted.received("lost")
+    assert lost.id == "m1"
+    assert restarted.note_retrieving([]) == []  # not tried again and again
+    # The administrator downloads it from the access point during its retention:
+    item = recovered("m1", sandbox_envelope)
+    assert (item.original_sender, item.final_recipient) == (
+        "0203:a.example.se",
+        "0203:b.example.se",
+    )
+    assert item.action.endswith("tm-base-ext-sigenc") and "MessageWithAttachments" in item.action
+    assert restarted.import_received(item)
     assert [r.id for r in restarted.received("new")] == ["m1"]
-    assert restarted.note_retrieving([]) == []  # nothing left to fetch
-    assert asyncio.run(fetch_once(access_point, restarted)) == 0
+    assert not restarted.import_received(item)  # once only
+    assert restarted.received("lost") == []
 
 
-def test_without_retention_the_lost_message_is_named_and_forgotten(tmp_path: Path) -> None:
-    access_point = RetainingAccessPoint(retained=False)
-    with pytest.raises(KeyboardInterrupt):
-        asyncio.run(fetch_once(access_point, SQLiteSpool(tmp_path)))
-    restarted = SQLiteSpool(tmp_path)
-    assert asyncio.run(fetch_once(access_point, restarted)) == 0
-    assert restarted.note_retrieving([]) == []
+def test_import_refuses_what_is_not_an_envelope() -> None:
+    with pytest.raises(ValueError, match="not an XHE envelope"):
+        recovered("x", b"<html>")
+
+
+def test_a_second_copy_does_not_replace_the_first(tmp_path: Path) -> None:
+    spool = SQLiteSpool(tmp_path)
+    first = Received("m2", "a", "0203:a.se", "0203:b.se", None, b"<first/>")
+    assert spool.store_received(first)
+    assert not spool.store_received(dataclasses.replace(first, payload=b"<second/>"))
+    assert spool.received("new")[0].payload == b"<first/>"
+
+
+@pytest.fixture
+def sandbox_envelope(alice, bob) -> bytes:
+    from conftest import keypair, make_message
+
+    from bridge.sdk.sealing import seal_message
+
+    return seal_message(make_message(), signer=keypair(alice), recipient_cert=bob.cert)

@@ -3,8 +3,8 @@
 Each of our functional addresses has its mailbox plugin (IMAP, LMTP/SMTP, Maildir). A
 delivery the mailbox cannot take now is retried with growing pauses, without end: the
 sender already holds our ACCEPTED kvittens, so the mail must never be dropped. A mailbox
-that refuses for good (no such folder or user) marks it failed, kept in the spool and
-logged as an error for an administrator, who can send it again once the mailbox is fixed.
+that refuses for good (no such folder or user) marks it failed: the mail stays in the
+spool (`inbox/`), logged as an error for an administrator.
 """
 
 import asyncio

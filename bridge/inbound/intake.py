@@ -4,11 +4,13 @@ Domibus marks a retrieved message downloaded and, under Digg's P-Mode
 (`retention_downloaded=0`), deletes it at once, so the window between retrieve and fsync
 is kept as small as the code allows: nothing but the write happens in between.
 
-Operators should configure a retention above zero. Every MessageId is noted durably
-before it is retrieved, so after a crash between retrieve and store the bridge knows what
-it was fetching and retrieves it again, which a retention allows (the access point no
-longer lists a downloaded message as pending). With retention 0 such a message is gone at
-the access point; that is logged as an error naming its MessageId.
+Every MessageId is noted durably before it is retrieved. Domibus gives a message out once:
+retrieved, it is marked downloaded and no longer listed or retrievable. So a bridge killed
+between retrieve and store finds the noted MessageId unanswerable after its restart; it
+records the message as `lost` and raises an alert naming it. Operators should configure a
+retention above zero: the payload then stays at the access point for that long, and an
+administrator downloads it there and hands it over with `sdk-bridge inbound import`. With
+retention 0 (Digg's P-Mode) it is gone.
 """
 
 import asyncio
@@ -16,6 +18,10 @@ import asyncio
 import structlog
 
 from ..plugins import AccessPoint, PermanentFailure, TemporaryFailure, UnreadableRetrieval
+from ..sdk import xhe
+from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
+from ..sdk.sealing import MAX_ENVELOPE_BYTES
+from ..sdk.xmlsafe import UnsafeXML, parse
 from ..spool import Received, Spool
 
 log = structlog.get_logger(__name__)
@@ -45,9 +51,15 @@ async def fetch_once(access_point: AccessPoint, spool: Spool, limit: int = 100) 
             unreadable = Received(message_id, "", "", "", None, e.raw)
             await asyncio.to_thread(spool.store_received, unreadable, "unreadable")
             continue
-        except PermanentFailure as e:  # gone: nothing of it can be kept
-            log.error("access point: message could not be retrieved", id=message_id, error=str(e))
-            await asyncio.to_thread(spool.forget_retrieving, message_id)
+        except PermanentFailure as e:  # not given out (again): kept on record as lost
+            log.error(
+                "alert: message lost at the access point; recover it from there during its"
+                " retention and run `sdk-bridge inbound import`",
+                ebms_id=message_id,
+                error=str(e),
+            )
+            note = f"the access point no longer gives it out: {e}"
+            await asyncio.to_thread(spool.lost_retrieving, message_id, note)
             continue
         stored = await asyncio.to_thread(
             spool.store_received,
@@ -62,3 +74,19 @@ async def fetch_once(access_point: AccessPoint, spool: Spool, limit: int = 100) 
         )
         new += stored
     return new
+
+
+def recovered(ebms_id: str, payload: bytes) -> Received:
+    """An envelope an administrator downloaded from the access point, as if retrieved:
+    parties and document type read from the XHE (the inbound stage verifies them all).
+    Raise ValueError when it is not an XHE envelope."""
+    try:
+        root = parse(payload, max_bytes=MAX_ENVELOPE_BYTES)
+    except UnsafeXML as e:
+        raise ValueError(f"not an XHE envelope: {e}") from None
+    envelope_id, from_party, to_party = xhe.identity(root)
+    if not (envelope_id and from_party and to_party):
+        raise ValueError("not an XHE envelope with an ID and both parties")
+    document = KVITTENS_DOCUMENT_ID if xhe.carries_kvittens(root) else MESSAGE_DOCUMENT_ID
+    action = f"{DOCUMENT_ID_SCHEME}::{document}"
+    return Received(ebms_id, action, from_party, to_party, None, payload)

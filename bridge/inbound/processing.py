@@ -21,8 +21,9 @@ in the next round; nothing is answered before it is decided.
 
 import asyncio
 import random
+import sqlite3
 from collections.abc import Collection
-from concurrent.futures import Executor
+from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -60,8 +61,13 @@ _SENDER_ADDRESS = f"{_HEADER}/sender/attention/subOrganization/organizationId/ex
 _FILES = "/messagePayload/message/messageBody/document/contentFile"
 
 
-class _Unexpected(Exception):
+class _Unjudgeable(Exception):
     """An envelope this stage cannot judge; it goes to quarantine with this text."""
+
+
+# What makes a message wait for the next attempt instead of being judged now.
+WAIT_ON = (RegistryUnavailable, TemporaryFailure, OSError, sqlite3.Error, BrokenExecutor)
+BATCH = 50  # messages taken from the spool per round
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,7 @@ class InboundSettings:
     secrecy_prefix: str = "[sekretess] "
     first_retry: timedelta = timedelta(seconds=30)  # for kvittens the access point refused
     max_retry: timedelta = timedelta(hours=1)
+    max_wait: timedelta = timedelta(minutes=15)  # between attempts at judging a message
 
 
 class Inbound:
@@ -105,48 +112,64 @@ class Inbound:
         )
 
     async def process_pending(self) -> None:
-        """Every stored message not yet decided, oldest first; then the kvittens owed.
+        """The stored messages not yet decided, oldest first; then the kvittens owed.
 
-        Kvittens are left for `outbound.receipts`. Anything else the access point handed
-        over (another document type), and a message that trips a bug, is quarantined, so
-        that one bad envelope never holds up the others."""
-        for item in await asyncio.to_thread(self.spool.received, "new"):
+        Kvittens are left for `outbound.receipts`. A message that cannot be judged now
+        (registry, scanner, disk or crypto workers failing) waits with growing pauses;
+        another document type, or a message that trips a bug, is quarantined: one bad
+        envelope never holds up the others."""
+        for item in await asyncio.to_thread(self.spool.received, "new", limit=BATCH):
             if item.action == KVITTENS_ACTION:
                 continue
             try:
                 if item.action != MESSAGE_ACTION:
-                    raise _Unexpected("not an SDK message or kvittens document type")
+                    raise _Unjudgeable("not an SDK message or kvittens document type")
                 await self.process(item)
+            except WAIT_ON as e:
+                await self._postpone(item, e)
             except Exception as e:
-                if not isinstance(e, _Unexpected):
+                if not isinstance(e, _Unjudgeable):
                     log.exception("inbound processing failed", ebms_id=item.id)
-                    e = _Unexpected(f"internal error while processing ({type(e).__name__})")
+                    e = _Unjudgeable(f"internal error while processing ({type(e).__name__})")
                 verdict = Verdict(Outcome.NO_KVITTENS, text=str(e))
                 await self._quarantine(item, Opened(verdict), verdict)
         await self.send_owed()
 
     async def process(self, item: Received) -> None:
-        try:
-            opened = await open_received(item, self.registry, self.receiver, self.crypto)
-            verdict = opened.verdict
-            if verdict.outcome is Outcome.ACCEPTED:
-                verdict = await self._judge(item, opened)
-        except (RegistryUnavailable, TemporaryFailure) as e:
-            log.warning("inbound message waits", ebms_id=item.id, error=str(e))
-            return
+        """Judge one message and record the outcome; raise one of WAIT_ON when that cannot
+        be done now."""
+        opened = await open_received(item, self.registry, self.receiver, self.crypto)
+        verdict, sender = opened.verdict, None
+        if verdict.outcome is Outcome.ACCEPTED:
+            if opened.message is None:
+                raise _Unjudgeable("a kvittens sent as a business message")
+            verdict, sender = await self._judge(item, opened.message, opened)
         if verdict.outcome is Outcome.NO_KVITTENS:
             await self._quarantine(item, opened, verdict)
         elif verdict.outcome is Outcome.REJECTED:
             await self._reject(item, opened, verdict)
         else:
-            await self._accept(item, opened)
+            assert opened.message is not None and sender is not None
+            await self._accept(item, opened.message, sender, opened)
+
+    async def _postpone(self, item: Received, error: Exception) -> None:
+        doublings = min(item.attempts, 20)
+        delay = min(self.settings.first_retry * 2**doublings, self.settings.max_wait)
+        log.warning(
+            "inbound message waits",
+            ebms_id=item.id,
+            attempts=item.attempts + 1,
+            error=f"{type(error).__name__}: {error}",
+        )
+        await asyncio.to_thread(self.spool.postpone_received, item.id, datetime.now(UTC) + delay)
 
     # --- judging -----------------------------------------------------------------------
 
-    async def _judge(self, item: Received, opened: Opened) -> Verdict:
-        """Our checks beyond the core's, for a message the core found valid."""
-        assert opened.message is not None
-        message = opened.message
+    async def _judge(
+        self, item: Received, message: msg.BusinessMessage, opened: Opened
+    ) -> tuple[Verdict, tuple[str, str] | None]:
+        """Our checks beyond the core's, for a message the core found valid; with
+        ACCEPTED, the sender's reply-able alias and display name."""
         try:
             if (item.original_sender, item.final_recipient) != (opened.from_party, opened.to_party):
                 raise Rejected(
@@ -154,7 +177,7 @@ class Inbound:
                     Detail.SECURITY,
                     "the AS4 originalSender and finalRecipient differ from the XHE parties",
                 )
-            await asyncio.to_thread(self._sender_address, message)
+            sender = await asyncio.to_thread(self._sender_address, message)
             if await asyncio.to_thread(self.spool.known_inbound, message.message_id):
                 raise Rejected(
                     Reason.BV,
@@ -164,8 +187,8 @@ class Inbound:
                 )
             await self._check_files(item, message)
         except Rejected as e:
-            return Verdict.of(e)
-        return ACCEPTED
+            return Verdict.of(e), None
+        return ACCEPTED, sender
 
     def _sender_address(self, message: msg.BusinessMessage) -> tuple[str, str]:
         """The sender's reply-able alias and display name; Rejected when the address book
@@ -253,19 +276,31 @@ class Inbound:
             sender=item.original_sender,
             reason=verdict.line(),
         )
+        judged = opened.message.message_id if opened.message else None  # signature verified
         await asyncio.to_thread(
-            self.spool.conclude_received, item.id, "rejected", verdict.line(), kvittens=owed
+            self.spool.conclude_received,
+            item.id,
+            "rejected",
+            verdict.line(),
+            kvittens=owed,
+            sdk_message_id=judged,
         )
 
-    async def _accept(self, item: Received, opened: Opened) -> None:
-        assert opened.message is not None
-        message = opened.message
-        mail = await asyncio.to_thread(self._mail, message)
+    async def _accept(
+        self,
+        item: Received,
+        message: msg.BusinessMessage,
+        sender: tuple[str, str],
+        opened: Opened,
+    ) -> None:
+        address = message.functional_address
+        assert address is not None  # the core checked it is one of ours
+        mail = await asyncio.to_thread(self._mail, message, address, sender)
         owed = await self._kvittens(item, opened, ACCEPTED)
         inbound = InboundMail(
             sdk_message_id=message.message_id,
             received_id=item.id,
-            functional_address=message.functional_address or "",
+            functional_address=address,
             sender=message.sender.organisation_id,
             conversation_id=message.conversation_id,
             mail_message_id=f"{message.message_id}@{self.settings.sdk_domain}",
@@ -273,18 +308,22 @@ class Inbound:
             our_references=_references(message.recipient.attention),
         )
         await asyncio.to_thread(
-            self.spool.conclude_received, item.id, "accepted", kvittens=owed, mail=(inbound, mail)
+            self.spool.conclude_received,
+            item.id,
+            "accepted",
+            kvittens=owed,
+            mail=(inbound, mail),
+            sdk_message_id=message.message_id,
         )
         log.info(
             "inbound message accepted",
             ebms_id=item.id,
             sdk_id=message.message_id,
-            to=inbound.functional_address,
+            to=address,
             sender=inbound.sender,
         )
 
-    def _mail(self, message: msg.BusinessMessage) -> bytes:
-        sender, sender_name = self._sender_address(message)
+    def _mail(self, message: msg.BusinessMessage, address: str, sender: tuple[str, str]) -> bytes:
         replying_to = None
         if message.ref_to_message_id is not None:
             ours = self.spool.by_sdk_message_id(message.ref_to_message_id)
@@ -292,9 +331,9 @@ class Inbound:
                 replying_to = ours.mail_message_id  # the mail our user sent
         return to_email(
             message,
-            sender=sender,
-            sender_name=sender_name,
-            recipient=self.settings.mailbox_addresses[message.functional_address or ""],
+            sender=sender[0],
+            sender_name=sender[1],
+            recipient=self.settings.mailbox_addresses[address],
             sdk_domain=self.settings.sdk_domain,
             replying_to=replying_to,
             secrecy_prefix=self.settings.secrecy_prefix,
@@ -346,7 +385,15 @@ class Inbound:
                 )
             except DuplicateSubmission:
                 pass
-            except TemporaryFailure as e:
+            except PermanentFailure as e:
+                log.error("kvittens refused by the access point", id=owed.id, error=str(e))
+                await asyncio.to_thread(
+                    self.spool.update_kvittens, owed.id, state="failed", last_error=str(e)
+                )
+                continue
+            except Exception as e:  # TemporaryFailure, or a bug: tried again later
+                if not isinstance(e, TemporaryFailure):
+                    log.exception("handing over a kvittens failed unexpectedly", id=owed.id)
                 doublings = min(owed.attempts, 20)
                 delay = min(self.settings.first_retry * 2**doublings, self.settings.max_retry)
                 log.warning("kvittens not handed over; will retry", id=owed.id, error=str(e))
@@ -356,12 +403,6 @@ class Inbound:
                     attempts=owed.attempts + 1,
                     last_error=str(e),
                     next_attempt_at=datetime.now(UTC) + delay * random.uniform(0.8, 1.2),
-                )
-                continue
-            except PermanentFailure as e:
-                log.error("kvittens refused by the access point", id=owed.id, error=str(e))
-                await asyncio.to_thread(
-                    self.spool.update_kvittens, owed.id, state="failed", last_error=str(e)
                 )
                 continue
             await asyncio.to_thread(self.spool.update_kvittens, owed.id, state="sent")

@@ -4,7 +4,8 @@ It answers `BackendService_1_1` (`http://org.ecodex.backend/1_1/`: submitMessage
 listPendingMessages, retrieveMessage, getStatus, getMessageErrors) over SOAP 1.2 with HTTP
 Basic auth, the way Domibus 4.x does where a client can tell: the submitter's ebMS MessageId is
 kept, a repeated one is refused, faults carry the WSDL's FaultDetail with Domibus's codes and
-texts, and a retrieved message is deleted at once under Digg's P-Mode (retention_downloaded=0).
+texts, a message is given out once, and a retrieved message is deleted at once under Digg's
+P-Mode (retention_downloaded=0); with a retention, its payload stays for an administrator.
 
 Submissions are checked as Digg's P-Mode and AP specification (C3.2.1, C3.4.6 §3.1.6) ask, then
 routed in-process to the access point that serves the finalRecipient, as dynamic discovery
@@ -578,6 +579,12 @@ class AccessPoint:
                     "EBMS:0004",
                     f"No message with id [{message_id}] pending for download",
                 )
+            if record.status == Status.DOWNLOADED:  # Domibus gives a message out once
+                raise Fault(
+                    f"Message not found, id [{message_id}]",
+                    "EBMS:0004",
+                    f"Message with id [{message_id}] was already downloaded",
+                )
             payload = (self._payloads / record.payload_file).read_bytes()
             answer = _answer(
                 _element("retrieveMessageResponse"), _messaging(record.envelope), payload
@@ -592,6 +599,16 @@ class AccessPoint:
             self._persist()
         log.info("retrieved", party=self.party_id, message_id=message_id)
         return answer
+
+    def retained_payload(self, message_id: str) -> bytes | None:
+        """A downloaded message's payload during its retention, as an administrator gets it
+        from Domibus's console (Messages, download); None when there is none."""
+        with self._lock:
+            self._purge()
+            record = self._received.get(message_id)
+            if record is None or record.payload_file is None:
+                return None
+            return (self._payloads / record.payload_file).read_bytes()
 
     def _message_errors(self, request: etree._Element) -> bytes:
         found = request.find("messageID")

@@ -185,7 +185,7 @@ def _open(data: bytes, receiver: Receiver, progress: _Progress, decrypt: bool) -
         raise Quarantined("not an XHE envelope with an ID and both parties")
     if receiver.our_parties is not None and progress.to_party not in receiver.our_parties:
         raise Quarantined("the envelope is addressed to an organisation we do not serve")
-    progress.is_kvittens = _looks_like_kvittens(root)
+    progress.is_kvittens = xhe.carries_kvittens(root)
 
     # 1. The signature, before anything in the envelope is believed.
     try:
@@ -239,13 +239,6 @@ def _open(data: bytes, receiver: Receiver, progress: _Progress, decrypt: bool) -
         raise Quarantined("decrypted payload: not an SDK business message")
     progress.message = message = msg.from_element(element)
     _check_consistency(header, message, receiver)
-
-
-def _looks_like_kvittens(root: etree._Element) -> bool:
-    return any(
-        (v.text or "").strip() == xhe.KVITTENS_DOCUMENT_ID
-        for v in root.iter(etree.QName(xhe.XHB_NS, "BusinessScopeCriterionValue").text)
-    )
 
 
 def _published(signer: x509.Certificate, published: list[x509.Certificate]) -> bool:

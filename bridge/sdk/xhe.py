@@ -204,6 +204,15 @@ def identity(root: etree._Element) -> tuple[str | None, str | None, str | None]:
     )
 
 
+def carries_kvittens(root: etree._Element) -> bool:
+    """Whether the envelope names the kvittens document type (read before verifying it,
+    to know whether a failure may be answered: a kvittens never is)."""
+    return any(
+        (value.text or "").strip() == KVITTENS_DOCUMENT_ID
+        for value in root.iter(etree.QName(XHB_NS, "BusinessScopeCriterionValue").text)
+    )
+
+
 def _rule(text: str, path: str = "/XHE") -> Rejected:
     return Rejected(Reason.BV, Detail.INVARIANT, text, path)
 

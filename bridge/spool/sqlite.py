@@ -63,8 +63,13 @@ CREATE TABLE IF NOT EXISTS received (
     conversation_id TEXT,
     received_at TEXT NOT NULL,
     state TEXT NOT NULL,             -- new; done, ignored (kvittens); accepted, rejected,
-    note TEXT                        -- quarantined (messages); unreadable
+                                     -- quarantined (messages); unreadable, lost
+    note TEXT,
+    sdk_message_id TEXT,             -- of a message judged after its signature verified
+    attempts INTEGER NOT NULL DEFAULT 0,  -- rounds it waited (registry, scanner down)
+    next_attempt_at TEXT             -- NULL: now
 );
+CREATE INDEX IF NOT EXISTS received_sdk_id ON received(sdk_message_id);
 CREATE INDEX IF NOT EXISTS deliveries_mail_id ON deliveries(mail_message_id);
 CREATE TABLE IF NOT EXISTS retrieving (  -- ebMS MessageIds about to be retrieved
     id TEXT PRIMARY KEY,
@@ -159,6 +164,7 @@ class Received:
     final_recipient: str
     conversation_id: str | None
     payload: bytes
+    attempts: int = 0  # rounds it already waited
 
 
 class InboxState(StrEnum):
@@ -220,8 +226,6 @@ class SQLiteSpool:
         self._kvittens.mkdir(parents=True, exist_ok=True)
         self._incoming = directory / "incoming"
         self._incoming.mkdir(parents=True, exist_ok=True)
-        for leftover in self._incoming.glob("*.part"):  # never answered 250: not ours
-            leftover.unlink()
         self._db = sqlite3.connect(directory / "spool.sqlite3", check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
@@ -233,6 +237,12 @@ class SQLiteSpool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def discard_partial(self) -> None:
+        """At start-up of the daemon: mail that was still arriving was never answered 250,
+        so it is not ours to keep."""
+        for leftover in self._incoming.glob("*.part"):
+            leftover.unlink()
 
     # --- ingress ---------------------------------------------------------------------------
 
@@ -285,12 +295,33 @@ class SQLiteSpool:
 
     def store_received(self, item: Received, state: str = "new") -> bool:
         """Keep what the access point handed over, durably, before anything else is done
-        with it (Digg's P-Mode deletes it there once retrieved). False: already kept."""
+        with it (Digg's P-Mode deletes it there once retrieved). False: already kept (the
+        first copy stays as it was)."""
+        with self._lock:
+            known = self._db.execute("SELECT state FROM received WHERE id = ?", (item.id,))
+            if known.fetchone() is not None:
+                return False
+        self._keep_received(item, state)
+        return True
+
+    def import_received(self, item: Received) -> bool:
+        """An envelope an administrator recovered from the access point: kept as new, in
+        place of a `lost` record of it. False: the spool already has it."""
+        with self._lock:
+            row = self._db.execute("SELECT state FROM received WHERE id = ?", (item.id,))
+            found = row.fetchone()
+        if found is not None and found["state"] != "lost":
+            return False
+        self._keep_received(item, "new")
+        return True
+
+    def _keep_received(self, item: Received, state: str) -> None:
         write_atomic(self._received / f"{_safe_name(item.id)}.xhe", item.payload)
         with self._lock, self._db:
             self._db.execute("DELETE FROM retrieving WHERE id = ?", (item.id,))
-            inserted = self._db.execute(
-                "INSERT OR IGNORE INTO received VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+            self._db.execute(
+                "INSERT OR REPLACE INTO received (id, action, original_sender, final_recipient,"
+                " conversation_id, received_at, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     item.id,
                     item.action,
@@ -300,8 +331,7 @@ class SQLiteSpool:
                     _now().isoformat(),
                     state,
                 ),
-            ).rowcount
-        return inserted == 1
+            )
 
     def note_retrieving(self, message_ids: list[str]) -> list[str]:
         """Note, durably, the MessageIds about to be retrieved; return every one noted and
@@ -323,18 +353,28 @@ class SQLiteSpool:
             rows = self._db.execute("SELECT id FROM retrieving ORDER BY rowid").fetchall()
         return [row[0] for row in rows]
 
-    def forget_retrieving(self, message_id: str) -> None:
-        """The access point no longer has it: nothing more can be done."""
+    def lost_retrieving(self, message_id: str, note: str) -> None:
+        """The access point no longer gives out a message noted before a crash: it stays on
+        record as `lost`, for an administrator to recover (`import_received`)."""
         with self._lock, self._db:
             self._db.execute("DELETE FROM retrieving WHERE id = ?", (message_id,))
+            self._db.execute(
+                "INSERT OR IGNORE INTO received (id, action, original_sender, final_recipient,"
+                " received_at, state, note) VALUES (?, '', '', '', ?, 'lost', ?)",
+                (message_id, _now().isoformat(), note),
+            )
 
-    def received(self, state: str = "new", action: str | None = None) -> list[Received]:
-        """What the access point handed over, in `state` (and of one `action`)."""
-        query = "SELECT * FROM received WHERE state = ?" + (" AND action = ?" if action else "")
+    def received(
+        self, state: str = "new", action: str | None = None, *, limit: int | None = None
+    ) -> list[Received]:
+        """What the access point handed over, in `state` (and of one `action`), oldest
+        first; of those waiting for another attempt, only the ones due."""
+        query = "SELECT * FROM received WHERE state = ? AND (next_attempt_at IS NULL"
+        query += " OR next_attempt_at <= ?)" + (" AND action = ?" if action else "")
+        query += " ORDER BY received_at" + (f" LIMIT {int(limit)}" if limit else "")
+        arguments = (state, _now().isoformat()) + ((action,) if action else ())
         with self._lock:
-            rows = self._db.execute(
-                query + " ORDER BY received_at", (state, action) if action else (state,)
-            ).fetchall()
+            rows = self._db.execute(query, arguments).fetchall()
         return [
             Received(
                 id=row["id"],
@@ -342,10 +382,25 @@ class SQLiteSpool:
                 original_sender=row["original_sender"],
                 final_recipient=row["final_recipient"],
                 conversation_id=row["conversation_id"],
-                payload=(self._received / f"{_safe_name(row['id'])}.xhe").read_bytes(),
+                payload=self._payload(row["id"]),
+                attempts=row["attempts"],
             )
             for row in rows
         ]
+
+    def _payload(self, received_id: str) -> bytes:
+        try:
+            return (self._received / f"{_safe_name(received_id)}.xhe").read_bytes()
+        except FileNotFoundError:  # damaged spool: judged as the broken envelope it now is
+            return b""
+
+    def postpone_received(self, received_id: str, until: datetime) -> None:
+        """A message that cannot be judged now (registry or scanner unavailable)."""
+        with self._lock, self._db:
+            self._db.execute(
+                "UPDATE received SET attempts = attempts + 1, next_attempt_at = ? WHERE id = ?",
+                (until.isoformat(), received_id),
+            )
 
     def mark_received(self, received_id: str, state: str, note: str | None = None) -> None:
         with self._lock, self._db:
@@ -361,9 +416,11 @@ class SQLiteSpool:
         *,
         kvittens: tuple[OwedKvittens, bytes] | None = None,
         mail: tuple[InboundMail, bytes] | None = None,
+        sdk_message_id: str | None = None,
     ) -> None:
         """Record what became of a received message in one transaction: its state, the
-        kvittens it is owed and the mail for its mailbox (files written durably first)."""
+        kvittens it is owed, the mail for its mailbox (files written durably first) and
+        its SDK messageId, which makes a later message with that id a duplicate."""
         if kvittens is not None:
             write_atomic(self._kvittens / f"{_safe_name(kvittens[0].id)}.xhe", kvittens[1])
         if mail is not None:
@@ -401,7 +458,8 @@ class SQLiteSpool:
                     ),
                 )
             self._db.execute(
-                "UPDATE received SET state = ?, note = ? WHERE id = ?", (state, note, received_id)
+                "UPDATE received SET state = ?, note = ?, sdk_message_id = ? WHERE id = ?",
+                (state, note, sdk_message_id, received_id),
             )
 
     # --- kvittens we send ----------------------------------------------------------------
@@ -436,10 +494,13 @@ class SQLiteSpool:
     # --- the inbox: mail on its way to a mailbox -------------------------------------------
 
     def known_inbound(self, sdk_message_id: str) -> bool:
-        """Whether a message with this SDK messageId was accepted before."""
+        """Whether a message with this SDK messageId was judged before (accepted or
+        rejected)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT 1 FROM inbox WHERE sdk_message_id = ?", (sdk_message_id,)
+                "SELECT 1 FROM received WHERE sdk_message_id = ?"
+                " UNION SELECT 1 FROM inbox WHERE sdk_message_id = ?",
+                (sdk_message_id, sdk_message_id),
             ).fetchone()
         return row is not None
 

@@ -390,6 +390,21 @@ def test_a_message_rejected_before_is_a_duplicate_when_sent_again(harness: Harne
     assert harness.spool.inbox() == []
 
 
+def test_a_reply_to_a_rejected_message_is_rejected(harness: Harness) -> None:
+    """B1.3.3 §5.3 row 11."""
+    files = (msg.ContentFile("run.exe", "application/x-msdownload", b"MZ..."),)
+    refused = message(documents=(msg.Document("SDK-Meddelande", ("Hej",), files),))
+    harness.send(harness.seal(refused))
+    harness.process(forbidden_types=frozenset({"application/x-msdownload"}))
+    follow_up = message(ref_to_message_id=refused.message_id)
+    harness.send(harness.seal(follow_up))
+    harness.process()
+    _, second = harness.kvittens_at_a()
+    assert rejected([second], follow_up.message_id) == (
+        "BV not-supported: refToMessageId refers to a message marked as rejected"
+    )
+
+
 def test_a_kvittens_sent_as_a_business_message_is_quarantined(harness: Harness) -> None:
     """Our access point checks Action against the XHE (C3.4.6 §3.1.6), so this one is put
     where an access point that does not would have."""

@@ -45,7 +45,7 @@ from ..sdk.keys import KeyPair
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
 from ..sdk.sealing import Opened, Receiver, seal_kvittens
 from ..sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Rejected, Verdict
-from ..spool import InboundMail, OwedKvittens, Received, Spool
+from ..spool import InboundMail, OwedKvittens, Received, Spool, State
 from .mapping import to_email
 from .opening import open_received
 
@@ -185,10 +185,24 @@ class Inbound:
                     "messageId has been received before",
                     f"{_HEADER}/messageId",
                 )
+            if message.ref_to_message_id and await asyncio.to_thread(
+                self._refers_to_failed, message.ref_to_message_id
+            ):
+                raise Rejected(  # B1.3.3 §5.3 row 11
+                    Reason.BV,
+                    Detail.NOT_SUPPORTED,
+                    "refToMessageId refers to a message marked as rejected",
+                    f"{_HEADER}/refToMessageId",
+                )
             await self._check_files(item, message)
         except Rejected as e:
             return Verdict.of(e), None
         return ACCEPTED, sender
+
+    def _refers_to_failed(self, ref: str) -> bool:
+        """A message we rejected, or one of ours that failed (REJECTED, or given up)."""
+        ours = self.spool.by_sdk_message_id(ref)
+        return self.spool.rejected_inbound(ref) or (ours is not None and ours.state is State.FAILED)
 
     def _sender_address(self, message: msg.BusinessMessage) -> tuple[str, str]:
         """The sender's reply-able alias and display name; Rejected when the address book

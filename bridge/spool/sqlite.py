@@ -504,6 +504,15 @@ class SQLiteSpool:
             ).fetchone()
         return row is not None
 
+    def rejected_inbound(self, sdk_message_id: str) -> bool:
+        """Whether we answered the message with this SDK messageId with REJECTED."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM received WHERE sdk_message_id = ? AND state = 'rejected'",
+                (sdk_message_id,),
+            ).fetchone()
+        return row is not None
+
     def inbox_due(self, limit: int = 16) -> list[InboundMail]:
         with self._lock:
             rows = self._db.execute(

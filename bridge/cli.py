@@ -7,6 +7,7 @@ Exit codes: 0 success (for `open`: the input is valid), 1 the input is not valid
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from .sdk.xmlsafe import parse as parse_xml
 
 if TYPE_CHECKING:  # imported when used: most commands need no registry
     from .registry.client import Found
+    from .spool import SQLiteSpool
 
 PASSPHRASE_ENV = "SDK_BRIDGE_KEY_PASSPHRASE"
 
@@ -228,21 +230,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_inbound_import(args: argparse.Namespace) -> int:
     from .inbound.intake import recovered
-    from .spool import SQLiteSpool
 
-    try:
-        loaded = config.load(Path(args.config))
-    except config.ConfigError as e:
-        raise UsageError(str(e)) from None
-    if loaded.spool is None:
-        raise UsageError(f"{args.config}: the configuration has no spool")
     try:
         item = recovered(args.ebms_id, Path(args.envelope).read_bytes())
     except OSError as e:
         raise UsageError(f"{args.envelope}: cannot read ({e.strerror})") from None
     except ValueError as e:
         raise UsageError(f"{args.envelope}: {e}") from None
-    spool = SQLiteSpool(loaded.spool)
+    spool = _spool(args.config)
     try:
         if not spool.import_received(item):
             print(f"{args.ebms_id}: the spool already has it; nothing done")
@@ -251,6 +246,67 @@ def cmd_inbound_import(args: argparse.Namespace) -> int:
         spool.close()
     print(f"{args.ebms_id}: stored; the bridge judges and answers it in its next round")
     return 0
+
+
+def _spool(config_file: str) -> SQLiteSpool:
+    from .spool import SQLiteSpool
+
+    try:
+        loaded = config.load(Path(config_file))
+    except config.ConfigError as e:
+        raise UsageError(str(e)) from None
+    if loaded.spool is None:
+        raise UsageError(f"{config_file}: the configuration has no spool")
+    return SQLiteSpool(loaded.spool)
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    """Envelopes held for an administrator: no kvittens was sent for them."""
+    spool = _spool(args.config)
+    try:
+        held = {row["id"]: row for row in spool.held_received()}
+        if args.action == "list":
+            if args.json:
+                print(json.dumps(list(held.values()), indent=2, ensure_ascii=False))
+            for row in [] if args.json else held.values():
+                sender = row["original_sender"] or "-"
+                print(f"{row['received_at'][:19]}  {row['state']:<11}  {row['id']}  from {sender}")
+                print(f"    {row['note'] or ''}")
+            return 0
+        if args.id not in held:
+            print(f"{args.id}: no such envelope in quarantine", file=sys.stderr)
+            return 1
+        if args.action == "show":
+            for key, value in held[args.id].items():
+                print(f"{key}: {value if value is not None else '-'}")
+            print(f"envelope: {_describe_envelope(spool.received_payload(args.id))}")
+            return 0
+        done = (spool.release_received if args.action == "release" else spool.delete_received)(
+            args.id
+        )
+        if not done:
+            print(f"{args.id}: only a quarantined envelope can be released", file=sys.stderr)
+            return 1
+        what = "judged again in the bridge's next round" if args.action == "release" else "deleted"
+        print(f"{args.id}: {what}")
+        return 0
+    finally:
+        spool.close()
+
+
+def _describe_envelope(payload: bytes) -> str:
+    """What can be read of an envelope without trusting or decrypting it."""
+    from .sdk import xhe
+
+    if not payload:
+        return "(none kept)"
+    try:
+        root = parse_xml(payload, max_bytes=len(payload))
+    except UnsafeXML as e:
+        return f"{len(payload)} bytes, not readable XML ({e})"
+    envelope_id, sender, recipient = xhe.identity(root)
+    kind = "kvittens" if xhe.carries_kvittens(root) else "message"
+    return f"{len(payload)} bytes, XHE {kind} {envelope_id or '?'} from {sender} to {recipient}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -356,8 +412,6 @@ def cmd_bench_core(args: argparse.Namespace) -> int:
 
     result = run_core_benchmark(seconds=args.seconds, key_size=args.key_size)
     if args.json:
-        import json
-
         print(json.dumps(result, indent=2))
     else:
         print(format_table(result))
@@ -486,6 +540,28 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--ebms-id", required=True, help="the ebMS MessageId the alert named")
     recover.add_argument("envelope", metavar="XHE.xml", help="the payload (the signed XHE)")
     recover.set_defaults(run=cmd_inbound_import)
+
+    quarantine = commands.add_parser(
+        "quarantine",
+        help="received envelopes held for an administrator (no kvittens was sent)",
+        description="Envelopes Digg says get no kvittens (not well-formed, not decryptable, "
+        "not for us, sender not in SMP), unreadable answers of the access point, and messages "
+        "lost in a crash. Works while the daemon runs.",
+    )
+    quarantine_commands = quarantine.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("list", "list them, newest first"),
+        ("show", "one of them: its record and what its envelope says (never decrypted)"),
+        ("release", "judge a quarantined one again (say, after adding a decryption key)"),
+        ("delete", "remove one that has been dealt with"),
+    ):
+        sub = quarantine_commands.add_parser(name, help=text)
+        sub.add_argument("-c", "--config", required=True, metavar="FILE")
+        if name == "list":
+            sub.add_argument("--json", action="store_true", help="as JSON")
+        else:
+            sub.add_argument("id", metavar="EBMS-ID", help="the ebMS MessageId (from list)")
+        sub.set_defaults(run=cmd_quarantine)
 
     run = commands.add_parser("run", help="run the bridge (the daemon)")
     run.add_argument("-c", "--config", required=True, metavar="FILE")

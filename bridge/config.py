@@ -90,6 +90,12 @@ class OutboundConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    listen: tuple[str, int] = ("127.0.0.1", 9025)  # /metrics, /healthz, /readyz
+    certificate_warning: timedelta = timedelta(days=14)  # /readyz fails this long before
+
+
+@dataclass(frozen=True)
 class FunctionalAddressConfig:
     id: str  # the address-book identifier of one of our functional addresses
     senders: tuple[str, ...]  # envelope senders that may send as it ("*@kommun.se")
@@ -121,6 +127,7 @@ class Config:
     functional_addresses: tuple[FunctionalAddressConfig, ...] = ()
     spool: Path | None = None  # the spool directory
     outbound: OutboundConfig = OutboundConfig()
+    admin: AdminConfig | None = None  # no admin port unless configured
 
 
 class _Node:
@@ -216,6 +223,7 @@ def load(file: Path) -> Config:
         "functional_addresses",
         "spool",
         "outbound",
+        "admin",
     )
     organisation = _required(sections, root, "organisation")
     org = organisation.mapping("id", "federation", "sdk_domain")
@@ -247,6 +255,7 @@ def load(file: Path) -> Config:
         else (),
         spool=sections["spool"].path() if "spool" in sections else None,
         outbound=_outbound(sections["outbound"]) if "outbound" in sections else OutboundConfig(),
+        admin=_admin(sections["admin"]) if "admin" in sections else None,
     )
 
 
@@ -370,6 +379,21 @@ def _outbound(node: _Node) -> OutboundConfig:
         postmaster=fields["postmaster"].string() if "postmaster" in fields else None,
         poll_seconds=number("poll_seconds", 10),
     )
+
+
+def _admin(node: _Node) -> AdminConfig:
+    fields = node.mapping("listen", "certificate_warning_days")
+    warning = AdminConfig.certificate_warning
+    if "certificate_warning_days" in fields:
+        try:
+            days = int(fields["certificate_warning_days"].string())
+        except ValueError:
+            raise fields["certificate_warning_days"].error("expected a whole number") from None
+        if days < 0:
+            raise fields["certificate_warning_days"].error("expected 0 or more days")
+        warning = timedelta(days=days)
+    listen = _listen_one(fields["listen"]) if "listen" in fields else AdminConfig.listen
+    return AdminConfig(listen=listen, certificate_warning=warning)
 
 
 def _certificates(node: _Node) -> list[x509.Certificate]:

@@ -13,10 +13,13 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
 
 import structlog
+from cryptography import x509
 
-from . import plugins
+from . import admin, metrics, plugins
+from .admin import Health
 from .config import Config
 from .inbound.delivery import MailboxDelivery
 from .inbound.intake import fetch_once
@@ -45,13 +48,19 @@ async def _take_in(
     stop: asyncio.Event,
     fetch_now: asyncio.Event,
     delivered: Callable[[], None],
+    health: Health | None,
 ) -> None:
     """Messages and kvittens from the access point, and the deliveries waiting for one:
     every `poll_seconds`, and at once when `fetch_now` is set (SIGUSR1)."""
+
+    async def fetch() -> None:
+        if await fetch_once(access_point, spool) is not None and health is not None:
+            health.reached_access_point()
+
     while not stop.is_set():
         fetch_now.clear()
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
-            ("fetch from the access point", lambda: fetch_once(access_point, spool)),
+            ("fetch from the access point", fetch),
             ("inbound messages", inbound.process_pending),
             ("kvittens", receipts.process_pending),
             (
@@ -79,6 +88,16 @@ async def _first_of(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
     await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     for task in waiting:
         task.cancel()
+
+
+def _certificates(config: Config) -> dict[str, x509.Certificate]:
+    """Every certificate the bridge works with, named for a reader of /readyz."""
+    found = {"signing": config.signing.cert}
+    for number, keypair in enumerate(config.decryption, start=1):
+        found[f"decryption {number}"] = keypair.cert
+    if config.smtp is not None and config.smtp.tls_cert is not None:
+        found["smtp tls"] = x509.load_pem_x509_certificate(config.smtp.tls_cert.read_bytes())
+    return found
 
 
 def _mailboxes(config: Config) -> dict[str, plugins.Mailbox]:
@@ -184,6 +203,16 @@ async def run(config: Config) -> None:
         crypto,
     )
     mailboxes = _mailboxes(config)
+    health, admin_server = None, None
+    if config.admin is not None:
+        health = Health(
+            spool,
+            _certificates(config),
+            config.admin.certificate_warning,
+            access_point_grace=timedelta(seconds=max(3 * config.outbound.poll_seconds, 60)),
+        )
+        metrics.watch(spool)
+        admin_server = await admin.serve(*config.admin.listen, health)
     delivery = MailboxDelivery(spool, mailboxes)
     worker = Worker(
         OutboundSettings(
@@ -208,7 +237,16 @@ async def run(config: Config) -> None:
     working = asyncio.create_task(worker.run(stop))
     taking = asyncio.create_task(
         _take_in(
-            access_point, spool, inbound, receipts, reporter, config, stop, fetch_now, delivery.wake
+            access_point,
+            spool,
+            inbound,
+            receipts,
+            reporter,
+            config,
+            stop,
+            fetch_now,
+            delivery.wake,
+            health,
         )
     )
     delivering = asyncio.create_task(delivery.run(stop))
@@ -216,7 +254,8 @@ async def run(config: Config) -> None:
     listening = [
         f"{s.sockets[0].getsockname()[0]}:{s.sockets[0].getsockname()[1]}" for s in servers
     ]
-    log.info("sdk-bridge ready", smtp=listening, released_leases=released)
+    admin_at = f"{config.admin.listen[0]}:{config.admin.listen[1]}" if config.admin else None
+    log.info("sdk-bridge ready", smtp=listening, admin=admin_at, released_leases=released)
     print(f"sdk-bridge ready: SMTP on {', '.join(listening)}", flush=True)
     for task in stages:  # if a stage dies, the whole bridge stops (and restarts)
         task.add_done_callback(lambda _: stop.set())
@@ -226,6 +265,8 @@ async def run(config: Config) -> None:
         log.info("stopping: no new mail, finishing in-flight work")
         for server in servers:
             server.close()
+        if admin_server is not None:
+            admin_server.close()
         stop.set()
         if not await ingress.drained(SHUTDOWN_SECONDS):
             log.warning("messages still arriving at shutdown; their senders will retry")

@@ -14,6 +14,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -22,6 +24,7 @@ import dovecot
 import pytest
 import yaml
 from dovecot import Dovecot
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.sandbox.federation import Sandbox
 
@@ -254,6 +257,39 @@ def test_mail_waits_while_dovecot_is_down_and_arrives_once(
     wait_for(lambda: subjects(dovecot_server, "Under driftstopp") == wanted, 90)
     time.sleep(2)  # a late duplicate would show up now
     assert subjects(dovecot_server, "Under driftstopp") == wanted
+
+
+def scrape(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_the_admin_port_after_traffic(federation: Sandbox, bridges: dict[str, Bridge]) -> None:
+    """B's numbers after the tests above (it has not been restarted yet)."""
+    port = federation.admin_port("b")
+    assert scrape(port, "/healthz") == (200, "ok\n")
+    assert scrape(port, "/readyz") == (200, "ready\n")
+    status, text = scrape(port, "/metrics")
+    assert status == 200
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("sdk_bridge_inbound_total", outcome="accepted", reason="-") >= 5
+    assert value("sdk_bridge_kvittens_sent_total", outcome="ACCEPTED") >= 5
+    assert value("sdk_bridge_mailbox_deliveries_total", outcome="delivered") >= 5
+    assert value("sdk_bridge_mailbox_deliveries_total", outcome="retry") >= 3  # Dovecot down
+    assert value("sdk_bridge_queue_depth", queue="inbox", state="delivered") >= 5
+    assert value("sdk_bridge_queue_depth", queue="outbound", state="delivered") >= 1  # the reply
+    assert scrape(port, "/nothing")[0] == 404
 
 
 def lost_at(bridge: Bridge) -> list[str]:

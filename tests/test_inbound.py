@@ -5,6 +5,7 @@ point; B's stage judges them, and A's access point receives the kvittens B sends
 import asyncio
 import dataclasses
 import email.policy
+import json
 import subprocess
 import sys
 import uuid
@@ -343,6 +344,48 @@ def test_another_document_type_is_quarantined(harness: Harness) -> None:
     assert harness.kvittens_at_a() == []
 
 
+def config_for(harness: Harness, sandbox: Sandbox) -> Path:
+    """B's configuration with the harness's spool, for the admin commands."""
+    settings = yaml.safe_load(sandbox.config_path("b").read_text())
+    settings["spool"] = str(harness.spool.directory)
+    config_file = sandbox.directory / "b-admin.yaml"  # beside org-b.yaml: its relative paths
+    config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
+    return config_file
+
+
+def sdk_bridge(*arguments: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "bridge.cli", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_the_quarantine_as_an_administrator_sees_it(harness: Harness, sandbox: Sandbox) -> None:
+    business = message()
+    payload = xmlenc.encrypt(
+        etree.tostring(msg.to_element(business)), sandbox.organisations["a"].encryption[-1].cert
+    )
+    root = xhe.build(xhe.message_header(business), payload)
+    xmldsig.sign(root, harness.a.signing.key, harness.a.signing.cert)
+    ebms_id = harness.send(etree.tostring(root))
+    harness.process()
+    config_file = str(config_for(harness, sandbox))
+    listed = sdk_bridge("quarantine", "list", "-c", config_file, "--json")
+    (held,) = json.loads(listed.stdout)
+    assert (held["id"], held["state"]) == (ebms_id, "quarantined")
+    assert held["note"].startswith("payload cannot be decrypted")
+    shown = sdk_bridge("quarantine", "show", "-c", config_file, ebms_id).stdout
+    assert f"XHE message {business.message_id} from {ORG_A} to {ORG_B}" in shown
+    assert "Hej" not in shown  # never the content
+    assert sdk_bridge("quarantine", "release", "-c", config_file, ebms_id).returncode == 0
+    assert harness.states() == {ebms_id: "new"}
+    harness.process()  # still not decryptable
+    assert harness.states() == {ebms_id: "quarantined"}
+    assert sdk_bridge("quarantine", "delete", "-c", config_file, ebms_id).returncode == 0
+    assert json.loads(sdk_bridge("quarantine", "list", "-c", config_file, "--json").stdout) == []
+    missing = sdk_bridge("quarantine", "show", "-c", config_file, ebms_id)
+    assert missing.returncode == 1 and "no such envelope" in missing.stderr
+    assert harness.kvittens_at_a() == []
+
+
 def test_a_lost_message_recovered_by_the_administrator(
     harness: Harness, sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -354,10 +397,7 @@ def test_a_lost_message_recovered_by_the_administrator(
     ebms_id = harness.send(sealed)
     assert [payload for _, payload in harness._drain("b")] == [sealed]  # taken, never stored
     harness.spool.lost_retrieving(ebms_id, "the access point no longer gives it out")
-    settings = yaml.safe_load(sandbox.config_path("b").read_text())
-    settings["spool"] = str(harness.spool.directory)
-    config_file = sandbox.directory / "b-import.yaml"  # beside org-b.yaml: its relative paths
-    config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
+    config_file = config_for(harness, sandbox)
     (tmp_path / "recovered.xml").write_bytes(sealed)
     command = [sys.executable, "-m", "bridge.cli", "inbound", "import"]
     command += ["-c", str(config_file), "--ebms-id", ebms_id]

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from .. import metrics
 from ..plugins import Mailbox, PermanentFailure, TemporaryFailure
 from ..spool import InboundMail, InboxState, Spool
 
@@ -70,6 +71,7 @@ class MailboxDelivery:
             await mailbox.deliver(mail.mail_message_id, data)
         except PermanentFailure as e:
             log.error("mailbox refused the mail; kept in the spool", **ids, error=str(e))
+            metrics.MAILBOX.labels("failed").inc()
             await self._update(
                 mail, state=InboxState.FAILED, attempts=mail.attempts + 1, last_error=str(e)
             )
@@ -80,6 +82,7 @@ class MailboxDelivery:
             await self._retry(mail, f"internal error: {type(e).__name__}", ids)
         else:
             log.info("delivered to the mailbox", **ids, to=mail.functional_address)
+            metrics.MAILBOX.labels("delivered").inc()
             await self._update(mail, state=InboxState.DELIVERED, attempts=mail.attempts + 1)
 
     async def _retry(self, mail: InboundMail, reason: str, ids: dict[str, str]) -> None:
@@ -88,6 +91,7 @@ class MailboxDelivery:
         delay = min(self.settings.first_retry * 2**doublings, self.settings.max_retry)
         delay *= random.uniform(0.8, 1.2)
         log.warning("mailbox delivery will be retried", **ids, attempts=attempts, reason=reason)
+        metrics.MAILBOX.labels("retry").inc()
         await self._update(
             mail,
             attempts=attempts,

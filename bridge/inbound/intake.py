@@ -17,6 +17,7 @@ import asyncio
 
 import structlog
 
+from .. import metrics
 from ..plugins import AccessPoint, PermanentFailure, TemporaryFailure, UnreadableRetrieval
 from ..sdk import xhe
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
@@ -27,13 +28,15 @@ from ..spool import Received, Spool
 log = structlog.get_logger(__name__)
 
 
-async def fetch_once(access_point: AccessPoint, spool: Spool, limit: int = 100) -> int:
-    """Retrieve up to `limit` pending envelopes into the spool; how many were new."""
+async def fetch_once(access_point: AccessPoint, spool: Spool, limit: int = 100) -> int | None:
+    """Retrieve up to `limit` pending envelopes into the spool; how many were new, or None
+    when the access point could not be asked."""
     try:
         pending = await access_point.pending()
     except TemporaryFailure as e:
         log.warning("access point: cannot list pending messages", error=str(e))
-        return 0
+        metrics.ACCESS_POINT_ERRORS.labels("pending").inc()
+        return None
     new = 0
     noted = await asyncio.to_thread(spool.note_retrieving, pending[:limit])
     for message_id in noted:
@@ -43,6 +46,7 @@ async def fetch_once(access_point: AccessPoint, spool: Spool, limit: int = 100) 
             log.warning(
                 "access point: retrieve failed, will try again", id=message_id, error=str(e)
             )
+            metrics.ACCESS_POINT_ERRORS.labels("retrieve").inc()
             continue
         except UnreadableRetrieval as e:  # kept as it came, for an administrator
             log.error(
@@ -59,6 +63,7 @@ async def fetch_once(access_point: AccessPoint, spool: Spool, limit: int = 100) 
                 error=str(e),
             )
             note = f"the access point no longer gives it out: {e}"
+            metrics.LOST.inc()
             await asyncio.to_thread(spool.lost_retrieving, message_id, note)
             continue
         stored = await asyncio.to_thread(

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from .. import metrics
 from ..plugins import (
     AccessPoint,
     DuplicateSubmission,
@@ -262,6 +263,7 @@ class Inbound:
                     sender=message.sender.organisation_id,
                     signature=found,
                 )
+                metrics.INCIDENTS.labels("malware").inc()
                 raise Rejected(
                     Reason.BV,
                     Detail.FORBIDDEN,
@@ -280,6 +282,7 @@ class Inbound:
             reason=verdict.text,
         )
         await asyncio.to_thread(self.spool.conclude_received, item.id, "quarantined", verdict.text)
+        metrics.INBOUND.labels("quarantined", "-").inc()
 
     async def _reject(self, item: Received, opened: Opened, verdict: Verdict) -> None:
         owed = await self._kvittens(item, opened, verdict)
@@ -299,6 +302,7 @@ class Inbound:
             kvittens=owed,
             sdk_message_id=judged,
         )
+        metrics.INBOUND.labels("rejected", f"{verdict.reason} {verdict.detail}").inc()
 
     async def _accept(
         self,
@@ -329,6 +333,7 @@ class Inbound:
             mail=(inbound, mail),
             sdk_message_id=message.message_id,
         )
+        metrics.INBOUND.labels("accepted", "-").inc()
         log.info(
             "inbound message accepted",
             ebms_id=item.id,
@@ -422,6 +427,7 @@ class Inbound:
             await asyncio.to_thread(self.spool.update_kvittens, owed.id, state="sent")
             outcome = "ACCEPTED" if owed.accepted else "REJECTED"
             log.info("kvittens sent", id=owed.id, ebms_id=owed.answers, outcome=outcome)
+            metrics.KVITTENS_SENT.labels(outcome).inc()
 
 
 def _references(attention: msg.Attention | None) -> tuple[tuple[str, str, str | None], ...]:

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from .. import metrics
 from ..outbound.mapping import to_business_message
 from ..plugins import Scanner, TemporaryFailure
 from ..registry.client import Registry
@@ -378,6 +379,7 @@ class IngressHandler:
             log.exception("message could not be stored")
             return "451 4.3.0 The message could not be stored; try again later"
         log.info("message accepted", spool_id=spool_id, recipients=len(envelope.recipients))
+        metrics.SMTP_ACCEPTED.inc()
         return f"250 2.0.0 OK queued as {spool_id}"
 
     def _check_content(self, content: bytes) -> Any:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from cryptography import x509
 
+from .. import metrics
 from ..inbound.opening import open_received
 from ..registry.client import Registry
 from ..registry.errors import RegistryUnavailable
@@ -106,6 +107,7 @@ class Receipts:
         )
         if settled:
             log.info("delivered", id=delivery.sdk_message_id, outcome=str(event))
+            metrics.OUTBOUND.labels("delivered").inc()
 
     async def _rejected(self, delivery: Delivery, reason: str) -> None:
         settled = await settle(
@@ -122,6 +124,7 @@ class Receipts:
         )
         if settled:
             log.warning("rejected by the receiver", id=delivery.sdk_message_id, reason=reason)
+            metrics.OUTBOUND.labels("rejected").inc()
 
     async def sweep(self, delay_warning: timedelta, lifetime: timedelta) -> None:
         """Deliveries that take long: one delay report each; submitted ones without a

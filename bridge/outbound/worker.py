@@ -18,6 +18,7 @@ from email.parser import BytesParser
 
 import structlog
 
+from .. import metrics
 from ..plugins import (
     AccessPoint,
     DuplicateSubmission,
@@ -114,6 +115,7 @@ class Worker:
             await self._retry(delivery, f"internal error: {type(e).__name__}")
         else:
             log.info("submitted", id=delivery.sdk_message_id, ebms_id=submitted_id)
+            metrics.OUTBOUND.labels("submitted").inc()
             await self._submitted(delivery)
 
     async def _attempt(self, delivery: Delivery) -> str:
@@ -224,6 +226,7 @@ class Worker:
 
     async def _fail(self, delivery: Delivery, reason: str, status: str) -> None:
         log.warning("delivery failed", id=delivery.sdk_message_id, reason=reason)
+        metrics.OUTBOUND.labels("failed").inc()
         await settle(
             self.spool,
             self.notify,

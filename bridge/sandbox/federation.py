@@ -103,6 +103,10 @@ class Sandbox:
             }
             if self.state["sml"]:
                 self.state["sml_port"] = free_udp_port()
+        self.state.setdefault(  # and an admin port (a sandbox made before they had one, too)
+            "admin_ports",
+            {label: free_tcp_port() for label in _labels(self.state["organisations"])},
+        )
         if not 1 <= self.state["organisations"] <= 26:
             raise ValueError("a sandbox has between 1 and 26 organisations")
         self.key_size = self.state["key_size"]
@@ -263,12 +267,17 @@ class Sandbox:
                 for address in organisation.addresses
             ],
             "spool": f"state/{organisation.label}/spool",
+            "admin": {"listen": f"{HOST}:{self.admin_port(organisation.label)}"},
         }
 
     def maildir(self, address: FunctionalAddress) -> Path:
         """Where the bridge of `address`'s organisation delivers its incoming mail."""
         label = address.identifier.split(".", 1)[0]
         return self.directory / "mail" / label / address.identifier
+
+    def admin_port(self, label: str) -> int:
+        """Where organisation `label`'s bridge serves /metrics, /healthz and /readyz."""
+        return int(self.state["admin_ports"][label])
 
     def smtp_port(self, label: str) -> int:
         """Where organisation `label`'s bridge listens, as its configuration says."""

@@ -382,17 +382,54 @@ class SQLiteSpool:
                 original_sender=row["original_sender"],
                 final_recipient=row["final_recipient"],
                 conversation_id=row["conversation_id"],
-                payload=self._payload(row["id"]),
+                payload=self.received_payload(row["id"]),
                 attempts=row["attempts"],
             )
             for row in rows
         ]
 
-    def _payload(self, received_id: str) -> bytes:
+    def received_payload(self, received_id: str) -> bytes:
         try:
             return (self._received / f"{_safe_name(received_id)}.xhe").read_bytes()
         except FileNotFoundError:  # damaged spool: judged as the broken envelope it now is
             return b""
+
+    def held_received(self) -> list[dict[str, Any]]:
+        """What an administrator must look at: quarantined, unreadable and lost envelopes,
+        newest first, without their payloads."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, action, original_sender, final_recipient, received_at, state, note"
+                " FROM received WHERE state IN ('quarantined', 'unreadable', 'lost')"
+                " ORDER BY received_at DESC"
+            ).fetchall()
+        return [dict(row) for row in rows]
+
+    def release_received(self, received_id: str) -> bool:
+        """A quarantined envelope judged again (say, after a missing decryption key was
+        configured). False: there is no such quarantined envelope."""
+        with self._lock, self._db:
+            return (
+                self._db.execute(
+                    "UPDATE received SET state = 'new', note = NULL, attempts = 0,"
+                    " next_attempt_at = NULL WHERE id = ? AND state = 'quarantined'",
+                    (received_id,),
+                ).rowcount
+                == 1
+            )
+
+    def delete_received(self, received_id: str) -> bool:
+        """An envelope an administrator has dealt with: its payload is removed, its record
+        kept as `deleted`. Only held ones (quarantined, unreadable, lost) can be deleted."""
+        with self._lock, self._db:
+            changed = self._db.execute(
+                "UPDATE received SET state = 'deleted' WHERE id = ?"
+                " AND state IN ('quarantined', 'unreadable', 'lost')",
+                (received_id,),
+            ).rowcount
+        if changed:
+            (self._received / f"{_safe_name(received_id)}.xhe").unlink(missing_ok=True)
+        return changed == 1
 
     def postpone_received(self, received_id: str, until: datetime) -> None:
         """A message that cannot be judged now (registry or scanner unavailable)."""
@@ -503,6 +540,21 @@ class SQLiteSpool:
                 (sdk_message_id, sdk_message_id),
             ).fetchone()
         return row is not None
+
+    def queue_depths(self) -> dict[tuple[str, str], tuple[int, datetime]]:
+        """(queue, state) -> (how many, when the oldest came), for metrics and `queue`."""
+        queries = {
+            "outbound": "SELECT state, COUNT(*), MIN(created_at) FROM deliveries GROUP BY state",
+            "received": "SELECT state, COUNT(*), MIN(received_at) FROM received GROUP BY state",
+            "inbox": "SELECT state, COUNT(*), MIN(created_at) FROM inbox GROUP BY state",
+            "kvittens": "SELECT state, COUNT(*), MIN(created_at) FROM kvittens_out GROUP BY state",
+        }
+        depths = {}
+        with self._lock:
+            for queue, query in queries.items():
+                for state, count, first in self._db.execute(query).fetchall():
+                    depths[(queue, state)] = (count, datetime.fromisoformat(first))
+        return depths
 
     def rejected_inbound(self, sdk_message_id: str) -> bool:
         """Whether we answered the message with this SDK messageId with REJECTED."""

@@ -173,7 +173,15 @@ class _Node:
         return str(self.node.value)
 
     def path(self) -> Path:
-        path = Path(os.path.expandvars(self.string()))
+        """A file path; relative ones from the configuration file's directory. Environment
+        variables are expanded: keys under systemd are `$CREDENTIALS_DIRECTORY/<name>`."""
+        expanded = os.path.expandvars(self.string())
+        if "$" in expanded:
+            raise self.error(
+                f"{expanded}: names an environment variable that is not set"
+                " ($CREDENTIALS_DIRECTORY is set by systemd's LoadCredential=)"
+            )
+        path = Path(expanded)
         return path if path.is_absolute() else self.file.parent / path
 
 

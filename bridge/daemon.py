@@ -18,7 +18,7 @@ from datetime import timedelta
 import structlog
 from cryptography import x509
 
-from . import admin, metrics, plugins
+from . import admin, metrics, plugins, systemd
 from .admin import Health
 from .config import Config
 from .inbound.delivery import MailboxDelivery
@@ -257,11 +257,15 @@ async def run(config: Config) -> None:
     admin_at = f"{config.admin.listen[0]}:{config.admin.listen[1]}" if config.admin else None
     log.info("sdk-bridge ready", smtp=listening, admin=admin_at, released_leases=released)
     print(f"sdk-bridge ready: SMTP on {', '.join(listening)}", flush=True)
+    systemd.notify("READY=1")
     for task in stages:  # if a stage dies, the whole bridge stops (and restarts)
         task.add_done_callback(lambda _: stop.set())
+    pulse = systemd.watchdog_interval()
+    watchdog = asyncio.create_task(systemd.feed_watchdog(pulse, stop)) if pulse else None
     try:
         await stop.wait()
     finally:
+        systemd.notify("STOPPING=1")
         log.info("stopping: no new mail, finishing in-flight work")
         for server in servers:
             server.close()
@@ -275,6 +279,8 @@ async def run(config: Config) -> None:
             log.warning("in-flight work did not finish in time; it will be retried")
             task.cancel()
         failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+        if watchdog is not None:
+            await watchdog
         crypto.shutdown(cancel_futures=True)
         await access_point.close()
         for mailbox in mailboxes.values():

@@ -309,6 +309,35 @@ def _describe_envelope(payload: bytes) -> str:
     return f"{len(payload)} bytes, XHE {kind} {envelope_id or '?'} from {sender} to {recipient}"
 
 
+def cmd_export_contacts(args: argparse.Namespace) -> int:
+    from .registry import contacts
+    from .registry.client import Registry
+    from .registry.errors import RegistryUnavailable
+
+    try:
+        loaded = config.load(Path(args.config))
+    except config.ConfigError as e:
+        raise UsageError(str(e)) from None
+    if loaded.registry is None or loaded.sdk_domain is None:
+        raise UsageError(f"{args.config}: needs a registry section and organisation.sdk_domain")
+    with Registry(loaded) as registry:
+        assert registry.addresses is not None
+        try:
+            registry.book.refresh_if_due()
+            chosen = contacts.matching(registry.book.organisations(), args.org)
+            found = contacts.contacts(chosen, registry.addresses)
+        except RegistryUnavailable as e:
+            print(f"temporary failure: {e}", file=sys.stderr)
+            return 75
+    data = contacts.render(found, args.format)
+    if args.output:
+        Path(args.output).write_bytes(data)
+        print(f"{len(found)} contacts written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.buffer.write(data)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
@@ -562,6 +591,21 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("id", metavar="EBMS-ID", help="the ebMS MessageId (from list)")
         sub.set_defaults(run=cmd_quarantine)
+
+    export = commands.add_parser(
+        "export-contacts",
+        help="the address book as contacts for Exchange, Outlook or a directory",
+        description="One contact per functional address, with the e-mail alias that reaches "
+        "it through the bridge. csv: columns for Exchange's New-MailContact; vcard: for "
+        "Outlook and Thunderbird; ldif: for an LDAP directory.",
+    )
+    export.add_argument("-c", "--config", required=True, metavar="FILE")
+    export.add_argument("--format", choices=("csv", "vcard", "ldif"), default="csv")
+    export.add_argument(
+        "--org", metavar="PATTERN", help="only organisations whose name or id matches (* ?)"
+    )
+    export.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    export.set_defaults(run=cmd_export_contacts)
 
     run = commands.add_parser("run", help="run the bridge (the daemon)")
     run.add_argument("-c", "--config", required=True, metavar="FILE")

@@ -169,6 +169,10 @@ class AddressBook:
             )
         return organisations
 
+    def organisations(self) -> list[Organisation]:
+        """Every organisation in the book."""
+        return list(self._require_book().values())
+
     def organisation(self, organisation_id: str) -> Organisation:
         organisation = self._require_book().get(organisation_id.lower())
         if organisation is None:

@@ -219,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except config.ConfigError as e:
         raise UsageError(str(e)) from None
     try:
-        asyncio.run(run(loaded))
+        asyncio.run(run(loaded, Path(args.config)))
     except ConfigurationMissing as e:
         raise UsageError(f"{args.config}: {e}") from None
     except StageFailed as e:
@@ -258,6 +258,64 @@ def _spool(config_file: str) -> SQLiteSpool:
     if loaded.spool is None:
         raise UsageError(f"{config_file}: the configuration has no spool")
     return SQLiteSpool(loaded.spool)
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    """The spool as postqueue and postsuper show and steer it."""
+    import dataclasses
+
+    from . import queue
+
+    spool = _spool(args.config)
+    try:
+        if args.action == "list":
+            found = queue.entries(spool, args.state)
+            if args.json:
+                print(json.dumps([dataclasses.asdict(e) for e in found], indent=2))
+                return 0
+            for e in found:
+                print(
+                    f"{e.direction:<3} {e.id:<36} {e.state:<10} {e.attempts:>3}  {e.created[:19]}"
+                    f"  {e.sender or '-'} -> {e.recipient}"
+                )
+                if e.last_error:
+                    print(f"    {e.last_error}")
+            print(f"-- {len(found)} entries", file=sys.stderr)
+            return 0
+        if args.action == "show":
+            entry = queue.find(spool, args.id)
+            for key, value in dataclasses.asdict(entry).items():
+                if key != "details":
+                    print(f"{key}: {value if value not in (None, '') else '-'}")
+            for key, value in entry.details.items():
+                print(f"{key}: {value if value not in (None, '', [], {}) else '-'}")
+            if args.body:
+                body = (
+                    spool.body(entry.details["spool_id"])
+                    if entry.direction == "out"
+                    else spool.inbound_mail(entry.id)
+                )
+                sys.stdout.write("\n" + body.decode("utf-8", "replace"))
+            return 0
+        if args.action == "retry" and args.all:
+            print(queue.retry_all(spool))
+            return 0
+        if not args.id:
+            raise UsageError(f"queue {args.action}: give an ID (from queue list)")
+        change = {
+            "retry": queue.retry,
+            "hold": queue.hold,
+            "release": queue.release,
+            "delete": queue.delete,
+            "bounce": queue.bounce,
+        }[args.action]
+        print(change(spool, args.id))
+        return 0
+    except queue.QueueError as e:
+        print(e, file=sys.stderr)
+        return 1
+    finally:
+        spool.close()
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
@@ -569,6 +627,36 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--ebms-id", required=True, help="the ebMS MessageId the alert named")
     recover.add_argument("envelope", metavar="XHE.xml", help="the payload (the signed XHE)")
     recover.set_defaults(run=cmd_inbound_import)
+
+    queue_parser = commands.add_parser(
+        "queue",
+        help="the queue in both directions: list, show, retry, hold, release, delete, bounce",
+        description="Outbound deliveries (by number or SDK messageId) and received mail on its "
+        "way to a mailbox (by SDK messageId). Works while the daemon runs.",
+    )
+    queue_commands = queue_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (
+        ("list", "every entry, or those in one --state"),
+        ("show", "one entry: envelope, SDK ids, attempts, last error (the mail with --body)"),
+        ("retry", "try now instead of at the next scheduled attempt (--all: every waiting one)"),
+        ("hold", "stop a queued delivery until released"),
+        ("release", "let a held delivery go"),
+        ("delete", "drop a queued or held delivery without telling its sender"),
+        ("bounce", "fail a delivery and send its sender a delivery report"),
+    ):
+        sub = queue_commands.add_parser(name, help=text)
+        sub.add_argument("-c", "--config", required=True, metavar="FILE")
+        if name == "list":
+            sub.add_argument("--state", help="queued, submitted, delivered, failed, held, …")
+            sub.add_argument("--json", action="store_true", help="as JSON")
+        elif name == "retry":
+            sub.add_argument("id", nargs="?", metavar="ID")
+            sub.add_argument("--all", action="store_true", help="every waiting entry")
+        else:
+            sub.add_argument("id", metavar="ID")
+        if name == "show":
+            sub.add_argument("--body", action="store_true", help="print the mail too")
+        sub.set_defaults(run=cmd_queue)
 
     quarantine = commands.add_parser(
         "quarantine",

@@ -11,16 +11,21 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import ssl
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import structlog
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from . import admin, metrics, plugins, systemd
 from .admin import Health
-from .config import Config
+from .config import Config, ConfigError
+from .config import load as load_config
 from .inbound.delivery import MailboxDelivery
 from .inbound.intake import fetch_once
 from .inbound.mapping import SECRECY_PREFIX
@@ -90,6 +95,131 @@ async def _first_of(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
         task.cancel()
 
 
+def _ingress_settings(config: Config) -> IngressSettings:
+    assert config.smtp is not None
+    smtp = config.smtp
+    return IngressSettings(
+        organisation_id=config.organisation_id,
+        hostname=smtp.hostname,
+        allowed_networks=networks(smtp.allowed_networks),
+        senders=tuple(
+            SenderRule(fa.id, fa.senders, fa.auth_users) for fa in config.functional_addresses
+        ),
+        users=smtp.users,
+        forbidden_types=smtp.forbidden_types,
+        secrecy_tags=smtp.secrecy_tags,
+    )
+
+
+def _inbound_settings(config: Config) -> InboundSettings:
+    assert config.smtp is not None and config.sdk_domain is not None
+    tags = config.smtp.secrecy_tags
+    return InboundSettings(
+        organisation_id=config.organisation_id,
+        sdk_domain=config.sdk_domain,
+        mailbox_addresses={
+            fa.id: fa.mailbox_address(config.sdk_domain) for fa in config.functional_addresses
+        },
+        decryption_keys=config.decryption,
+        signer=config.signing,
+        trust_anchors=config.trust_anchors,
+        federation=config.federation,
+        forbidden_types=config.smtp.forbidden_types,
+        # With no tags configured, secrecy still shows: Digg requires clients to show it.
+        secrecy_prefix=f"{tags[0]} " if tags else SECRECY_PREFIX,
+    )
+
+
+def _outbound_settings(config: Config) -> OutboundSettings:
+    assert config.smtp is not None
+    return OutboundSettings(
+        config.organisation_id,
+        lifetime=config.outbound.lifetime,
+        secrecy_tags=config.smtp.secrecy_tags,
+    )
+
+
+@dataclass
+class _Reloadable:
+    """What SIGHUP changes without dropping a session: the SMTP TLS certificate, relay
+    control (networks, users, who may send as which functional address), attachment
+    policy and secrecy tags, and the functional addresses with their mailboxes. Anything
+    else (listeners, spool, keys, registry, access point) is reported as needing a
+    restart. A configuration that does not load is refused and the running one kept."""
+
+    file: Path
+    config: Config
+    ingress: IngressHandler
+    tls: ssl.SSLContext | None
+    inbound: Inbound
+    worker: Worker
+    delivery: MailboxDelivery
+
+    async def reload(self) -> None:
+        systemd.notify("RELOADING=1")
+        try:
+            await self._reload()
+        finally:
+            systemd.notify("READY=1")
+
+    async def _reload(self) -> None:
+        try:
+            new = await asyncio.to_thread(load_config, self.file)
+            _require(new)
+            assert new.smtp is not None
+            if new.smtp.tls_cert is not None:  # a certificate that does not load is refused
+                assert new.smtp.tls_key is not None
+                await asyncio.to_thread(tls_context, str(new.smtp.tls_cert), str(new.smtp.tls_key))
+            mailboxes = await asyncio.to_thread(_mailboxes, new)
+        except (ConfigError, ConfigurationMissing, plugins.PluginError, ssl.SSLError, OSError) as e:
+            log.error("reload refused; the running configuration stays", reason=str(e))
+            return
+        restart = _needs_restart(self.config, new)
+        if self.tls is not None and new.smtp.tls_cert is not None and new.smtp.tls_key is not None:
+            self.tls.load_cert_chain(str(new.smtp.tls_cert), str(new.smtp.tls_key))
+        self.ingress.settings = _ingress_settings(new)
+        self.inbound.reconfigure(_inbound_settings(new))
+        self.worker.settings = _outbound_settings(new)
+        replaced, self.delivery.mailboxes = self.delivery.mailboxes, mailboxes
+        for mailbox in replaced.values():
+            await mailbox.close()
+        self.config = new
+        log.info("configuration reloaded", file=str(self.file), needs_restart=restart or None)
+
+
+def _needs_restart(old: Config, new: Config) -> list[str]:
+    """The sections that changed but only take effect after a restart."""
+    assert old.smtp is not None and new.smtp is not None
+
+    def certificates(config: Config) -> list[bytes]:
+        pairs = [config.signing, *config.decryption]
+        return [pair.cert.public_bytes(serialization.Encoding.DER) for pair in pairs]
+
+    parts = {
+        "organisation": (old.organisation_id, old.sdk_domain, old.federation),
+        "keys": certificates(old),
+        "registry": old.registry,
+        "access_point": old.access_point,
+        "spool": old.spool,
+        "smtp.listen": (old.smtp.listen, old.smtp.listen_tls, old.smtp.tls_cert is None),
+        "smtp.scanner": old.smtp.scanner,
+        "outbound": old.outbound,
+        "admin": old.admin,
+    }
+    now = {
+        "organisation": (new.organisation_id, new.sdk_domain, new.federation),
+        "keys": certificates(new),
+        "registry": new.registry,
+        "access_point": new.access_point,
+        "spool": new.spool,
+        "smtp.listen": (new.smtp.listen, new.smtp.listen_tls, new.smtp.tls_cert is None),
+        "smtp.scanner": new.smtp.scanner,
+        "outbound": new.outbound,
+        "admin": new.admin,
+    }
+    return [name for name in parts if parts[name] != now[name]]
+
+
 def _certificates(config: Config) -> dict[str, x509.Certificate]:
     """Every certificate the bridge works with, named for a reader of /readyz."""
     found = {"signing": config.signing.cert}
@@ -140,8 +270,9 @@ def _require(config: Config) -> None:
         raise ConfigurationMissing("functional_addresses: at least one is needed to send")
 
 
-async def run(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT, then stop accepting and finish in-flight work."""
+async def run(config: Config, file: Path) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting and finish in-flight work;
+    SIGHUP reloads `file` (see _Reloadable), SIGUSR1 asks the access point at once."""
     _require(config)
     assert config.smtp and config.access_point and config.spool  # for the type checker
     smtp = config.smtp
@@ -154,19 +285,8 @@ async def run(config: Config) -> None:
         plugins.ACCESS_POINTS, config.access_point.plugin, config.access_point.plugin_settings()
     )
     scanner = plugins.load(plugins.SCANNERS, *smtp.scanner) if smtp.scanner else None
-    settings = IngressSettings(
-        organisation_id=config.organisation_id,
-        hostname=smtp.hostname,
-        allowed_networks=networks(smtp.allowed_networks),
-        senders=tuple(
-            SenderRule(fa.id, fa.senders, fa.auth_users) for fa in config.functional_addresses
-        ),
-        users=smtp.users,
-        forbidden_types=smtp.forbidden_types,
-        secrecy_tags=smtp.secrecy_tags,
-    )
     tls = tls_context(str(smtp.tls_cert), str(smtp.tls_key)) if smtp.tls_cert else None
-    ingress = IngressHandler(settings, registry, spool, scanner)
+    ingress = IngressHandler(_ingress_settings(config), registry, spool, scanner)
     servers = await serve(ingress, smtp.listen, smtp.listen_tls, tls)
     # RSA private-key work in other processes: the event loop never waits for it.
     crypto = ProcessPoolExecutor(
@@ -180,28 +300,7 @@ async def run(config: Config) -> None:
         config.outbound.lifetime,
     )
     receipts = Receipts(config.organisation_id, spool, registry, config.trust_anchors, reporter)
-    assert config.sdk_domain is not None
-    inbound = Inbound(
-        InboundSettings(
-            organisation_id=config.organisation_id,
-            sdk_domain=config.sdk_domain,
-            mailbox_addresses={
-                fa.id: fa.mailbox_address(config.sdk_domain) for fa in config.functional_addresses
-            },
-            decryption_keys=config.decryption,
-            signer=config.signing,
-            trust_anchors=config.trust_anchors,
-            federation=config.federation,
-            forbidden_types=smtp.forbidden_types,
-            # With no tags configured, secrecy still shows: Digg requires clients to show it.
-            secrecy_prefix=f"{smtp.secrecy_tags[0]} " if smtp.secrecy_tags else SECRECY_PREFIX,
-        ),
-        spool,
-        registry,
-        access_point,
-        scanner,
-        crypto,
-    )
+    inbound = Inbound(_inbound_settings(config), spool, registry, access_point, scanner, crypto)
     mailboxes = _mailboxes(config)
     health, admin_server = None, None
     if config.admin is not None:
@@ -215,11 +314,7 @@ async def run(config: Config) -> None:
         admin_server = await admin.serve(*config.admin.listen, health)
     delivery = MailboxDelivery(spool, mailboxes)
     worker = Worker(
-        OutboundSettings(
-            config.organisation_id,
-            lifetime=config.outbound.lifetime,
-            secrecy_tags=smtp.secrecy_tags,
-        ),
+        _outbound_settings(config),
         spool,
         registry,
         access_point,
@@ -233,6 +328,20 @@ async def run(config: Config) -> None:
         loop.add_signal_handler(signum, stop.set)
     fetch_now = asyncio.Event()
     loop.add_signal_handler(signal.SIGUSR1, fetch_now.set)
+    reloadable = _Reloadable(file, config, ingress, tls, inbound, worker, delivery)
+    reloads: set[asyncio.Task[None]] = set()
+    one_at_a_time = asyncio.Lock()
+
+    async def reload_now() -> None:
+        async with one_at_a_time:
+            await reloadable.reload()
+
+    def reload() -> None:
+        task = asyncio.create_task(reload_now())
+        reloads.add(task)  # kept until done, so it is not collected midway
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     failed: list[asyncio.Task[None]] = []
     working = asyncio.create_task(worker.run(stop))
     taking = asyncio.create_task(

@@ -87,3 +87,19 @@ def test_the_kvittens_is_owed_until_sent(tmp_path: Path) -> None:
     assert (owed.id, payload) == ("k-m3", b"<k/>")
     spool.update_kvittens("k-m3", state="sent", next_attempt_at=datetime.now(UTC))
     assert spool.owed_kvittens() == []
+
+
+def test_a_refused_mail_is_listed_and_sent_again_by_the_administrator(tmp_path: Path) -> None:
+    from bridge import queue
+
+    spool = SQLiteSpool(tmp_path)
+    accepted(spool, "m4")
+    run_once(spool, {"b.registrator": Mailbox(PermanentFailure("no such folder"))})
+    (entry,) = queue.entries(spool, "failed")
+    assert (entry.direction, entry.id, entry.last_error) == ("in", "m4", "no such folder")
+    assert queue.retry(spool, "m4").endswith("at once")
+    mailbox = Mailbox()
+    run_once(spool, {"b.registrator": mailbox})
+    assert [m for m, _ in mailbox.delivered] == ["m4@sdk"]
+    with pytest.raises(queue.QueueError, match="already delivered"):
+        queue.retry(spool, "m4")

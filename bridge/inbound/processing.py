@@ -98,12 +98,16 @@ class Inbound:
         scanner: Scanner | None = None,
         crypto: Executor | None = None,
     ) -> None:
-        self.settings = settings
         self.spool = spool
         self.registry = registry
         self.access_point = access_point
         self.scanner = scanner
         self.crypto = crypto
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: InboundSettings) -> None:
+        """New settings (a reload): messages judged from now on use them."""
+        self.settings = settings
         self.receiver = Receiver(
             decryption_keys=settings.decryption_keys,
             trust_anchors=settings.trust_anchors,

@@ -115,6 +115,8 @@ class State(StrEnum):
     SUBMITTED = "submitted"  # the access point has it; waiting for the kvittens
     DELIVERED = "delivered"  # kvittens ACCEPTED
     FAILED = "failed"  # given up or REJECTED; the sender has a DSN
+    HELD = "held"  # stopped by an administrator (`queue hold`) until released
+    DELETED = "deleted"  # dropped by an administrator before it reached the access point
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,7 @@ class InboundMail:
     state: InboxState = InboxState.DELIVERING
     attempts: int = 0
     last_error: str | None = None
+    created_at: str = ""  # when it was accepted (ISO 8601)
 
 
 @dataclass(frozen=True)
@@ -622,6 +625,7 @@ class SQLiteSpool:
             state=InboxState(row["state"]),
             attempts=row["attempts"],
             last_error=row["last_error"],
+            created_at=row["created_at"],
         )
 
     # --- delivery reports waiting for the smart host -------------------------------------

@@ -1,0 +1,79 @@
+"""SIGHUP: a good configuration takes effect for new commands without dropping an open
+SMTP session; a broken one is refused with its reason logged, and the old one stays."""
+
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from test_daemon import FROM, TO_B, mail
+
+from bridge.sandbox.federation import Sandbox
+
+
+def wait_for_log(log: Path, text: str, count: int = 1, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while log.read_text().count(text) < count:
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{log.read_text()[-2000:]}"
+        time.sleep(0.1)
+
+
+def test_sighup_reloads_or_refuses(sandbox: Sandbox, tmp_path: Path) -> None:
+    settings = yaml.safe_load(sandbox.config_path("a").read_text())
+    config_file = sandbox.directory / "org-a-reload.yaml"
+    config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
+    log = tmp_path / "bridge.log"
+    with log.open("w") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "run", "-c", str(config_file)],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("sdk-bridge ready")
+        port = sandbox.smtp_port("a")
+        open_session = smtplib.SMTP("127.0.0.1", port, timeout=30)
+        open_session.ehlo()
+
+        # 1. Loopback no longer allowed to relay: new commands see it, the session stays.
+        settings["smtp"]["allowed_networks"] = ["10.0.0.0/8"]
+        settings["smtp"]["listen"] = [f"127.0.0.1:{port + 1}"]  # takes a restart
+        config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
+        process.send_signal(signal.SIGHUP)
+        wait_for_log(log, "configuration reloaded")
+        assert "smtp.listen" in log.read_text()  # named as needing a restart
+        assert open_session.noop()[0] == 250
+        assert open_session.docmd(f"MAIL FROM:<{FROM}>")[0] == 250
+        refused = open_session.docmd(f"RCPT TO:<{TO_B}>")
+        assert refused[0] == 554 and b"5.7.1" in refused[1]  # relay control is at RCPT
+        open_session.quit()
+
+        # 2. A broken file is refused; the configuration that runs stays.
+        config_file.write_text("smtp: [this is not: valid")
+        process.send_signal(signal.SIGHUP)
+        wait_for_log(log, "reload refused")
+        assert "not valid YAML" in log.read_text()
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+            smtp.ehlo()
+            smtp.docmd(f"MAIL FROM:<{FROM}>")
+            assert smtp.docmd(f"RCPT TO:<{TO_B}>")[0] == 554
+
+        # 3. Back to loopback: mail flows again.
+        settings["smtp"]["allowed_networks"] = ["127.0.0.1/32"]
+        config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
+        process.send_signal(signal.SIGHUP)
+        wait_for_log(log, "configuration reloaded", count=2)
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+            assert smtp.send_message(mail("Efter omläsning"), FROM, [TO_B]) == {}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()

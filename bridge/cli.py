@@ -203,10 +203,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except config.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    from . import checks
+
     for line in config.describe(loaded):
         print(line)
-    print(f"{args.config}: OK")
-    return 0
+    for warning in checks.certificate_warnings(loaded):
+        print(f"warning: {warning}")
+    if not args.online:
+        print(f"{args.config}: OK")
+        return 0
+    findings = checks.online(loaded)
+    for finding in findings:
+        print(f"{'ok  ' if finding.ok else 'FAIL'}  {finding.what}: {finding.detail}")
+    failed = [f for f in findings if not f.ok]
+    print(f"{args.config}: {'OK' if not failed else f'{len(failed)} checks failed'}")
+    return 1 if failed else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -732,6 +743,12 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config", help="check a configuration file, its keys and certificates"
     )
     check.add_argument("-c", "--config", required=True, metavar="FILE")
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also reach the address book, SMP/CertPub, revocation services, the access point "
+        "and the mailboxes, and report each",
+    )
     check.set_defaults(run=cmd_check_config)
 
     bench = commands.add_parser(

@@ -19,10 +19,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import structlog
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from . import admin, metrics, plugins, systemd
+from . import admin, checks, metrics, plugins, systemd
 from .admin import Health
 from .config import Config, ConfigError
 from .config import load as load_config
@@ -154,6 +153,7 @@ class _Reloadable:
     inbound: Inbound
     worker: Worker
     delivery: MailboxDelivery
+    health: Health | None
 
     async def reload(self) -> None:
         systemd.notify("RELOADING=1")
@@ -185,6 +185,11 @@ class _Reloadable:
             await mailbox.close()
         self.config = new
         log.info("configuration reloaded", file=str(self.file), needs_restart=restart or None)
+        for warning in checks.certificate_warnings(new):
+            log.warning(warning)
+        if self.health is not None:  # a new TLS certificate, say
+            self.health.certificates = checks.certificates(new)
+            metrics.watch(self.health.spool, self.health.certificates)
 
 
 def _needs_restart(old: Config, new: Config) -> list[str]:
@@ -218,16 +223,6 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
         "admin": new.admin,
     }
     return [name for name in parts if parts[name] != now[name]]
-
-
-def _certificates(config: Config) -> dict[str, x509.Certificate]:
-    """Every certificate the bridge works with, named for a reader of /readyz."""
-    found = {"signing": config.signing.cert}
-    for number, keypair in enumerate(config.decryption, start=1):
-        found[f"decryption {number}"] = keypair.cert
-    if config.smtp is not None and config.smtp.tls_cert is not None:
-        found["smtp tls"] = x509.load_pem_x509_certificate(config.smtp.tls_cert.read_bytes())
-    return found
 
 
 def _mailboxes(config: Config) -> dict[str, plugins.Mailbox]:
@@ -275,6 +270,8 @@ async def run(config: Config, file: Path) -> None:
     SIGHUP reloads `file` (see _Reloadable), SIGUSR1 asks the access point at once."""
     _require(config)
     assert config.smtp and config.access_point and config.spool  # for the type checker
+    for warning in checks.certificate_warnings(config):
+        log.warning(warning)
     smtp = config.smtp
     spool = SQLiteSpool(config.spool)
     spool.discard_partial()
@@ -306,11 +303,11 @@ async def run(config: Config, file: Path) -> None:
     if config.admin is not None:
         health = Health(
             spool,
-            _certificates(config),
+            checks.certificates(config),
             config.admin.certificate_warning,
             access_point_grace=timedelta(seconds=max(3 * config.outbound.poll_seconds, 60)),
         )
-        metrics.watch(spool)
+        metrics.watch(spool, health.certificates)
         admin_server = await admin.serve(*config.admin.listen, health)
     delivery = MailboxDelivery(spool, mailboxes)
     worker = Worker(
@@ -328,7 +325,7 @@ async def run(config: Config, file: Path) -> None:
         loop.add_signal_handler(signum, stop.set)
     fetch_now = asyncio.Event()
     loop.add_signal_handler(signal.SIGUSR1, fetch_now.set)
-    reloadable = _Reloadable(file, config, ingress, tls, inbound, worker, delivery)
+    reloadable = _Reloadable(file, config, ingress, tls, inbound, worker, delivery, health)
     reloads: set[asyncio.Task[None]] = set()
     one_at_a_time = asyncio.Lock()
 

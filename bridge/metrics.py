@@ -8,6 +8,7 @@ process (not prometheus-client's global one), so tests and the daemon see only o
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -87,15 +88,35 @@ class QueueCollector(Collector):
         yield oldest
 
 
-_watching: list[QueueCollector] = []
+class CertificateCollector(Collector):
+    """Seconds until each certificate the bridge works with expires (negative: expired)."""
+
+    def __init__(self, certificates: dict[str, x509.Certificate]) -> None:
+        self.certificates = certificates
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        left = GaugeMetricFamily(
+            "sdk_bridge_certificate_expiry_seconds",
+            "Seconds until the certificate expires",
+            labels=["certificate"],
+        )
+        now = datetime.now(UTC)
+        for name, certificate in self.certificates.items():
+            left.add_metric([name], (certificate.not_valid_after_utc - now).total_seconds())
+        yield left
 
 
-def watch(spool: Spool) -> None:
-    """Report the depths of `spool`'s queues (in place of any spool watched before)."""
+_watching: list[Collector] = []
+
+
+def watch(spool: Spool, certificates: dict[str, x509.Certificate]) -> None:
+    """Report the depths of `spool`'s queues and the certificates' time left (in place of
+    whatever was watched before: a reload may bring new certificates)."""
     while _watching:
         REGISTRY.unregister(_watching.pop())
-    _watching.append(QueueCollector(spool))
-    REGISTRY.register(_watching[0])
+    _watching.extend((QueueCollector(spool), CertificateCollector(certificates)))
+    for collector in _watching:
+        REGISTRY.register(collector)
 
 
 def exposition() -> bytes:

@@ -118,6 +118,11 @@ class Mailbox(Protocol):
         """
         ...
 
+    async def check(self) -> None:
+        """Reach the mailbox without delivering anything (`check-config --online`); raise
+        TemporaryFailure or PermanentFailure saying what is wrong."""
+        ...
+
     async def close(self) -> None: ...
 
 

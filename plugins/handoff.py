@@ -55,11 +55,28 @@ class _Handoff:
     async def deliver(self, message_id: str, message: bytes) -> None:
         await asyncio.to_thread(self._deliver, message)
 
+    async def check(self) -> None:
+        await asyncio.to_thread(self._check)
+
     async def close(self) -> None:
         return None
 
     def _connect(self, timeout: float) -> smtplib.SMTP:
         raise NotImplementedError
+
+    def _check(self) -> None:
+        """Connect and greet (with TLS where configured), and say goodbye."""
+        client: smtplib.SMTP | None = None
+        try:
+            client = self._connect(self.timeout)
+            client.ehlo_or_helo_if_needed()
+        except smtplib.SMTPResponseException as e:
+            raise _failure(self, e.smtp_code, e.smtp_error) from e
+        except (OSError, smtplib.SMTPException) as e:
+            raise TemporaryFailure(f"{self!r}: {e or type(e).__name__}") from e
+        finally:
+            if client is not None:
+                _quit(client)
 
     def _deliver(self, message: bytes) -> None:
         timeout = self.timeout + len(message) / self.rate

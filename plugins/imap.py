@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,23 @@ class IMAP:
 
     async def deliver(self, message_id: str, message: bytes) -> None:
         timeout = self.timeout + len(message) / self.rate
+        await self._session(timeout, lambda client: self._deliver(client, message_id, message))
+
+    async def check(self) -> None:
+        """Log in and out: the server answers and the account works."""
+
+        async def login(client: aioimaplib.IMAP4) -> None:
+            _expect(await client.login(_quoted(self.user), self.password), "LOGIN", self)
+
+        await self._session(self.timeout, login)
+
+    async def close(self) -> None:
+        return None
+
+    async def _session(
+        self, timeout: float, work: Callable[[aioimaplib.IMAP4], Awaitable[None]]
+    ) -> None:
+        """A connection of its own for `work`, closed on every path."""
         client = (
             aioimaplib.IMAP4_SSL(self.host, self.port, timeout=timeout, ssl_context=self._context)
             if self.tls
@@ -83,19 +100,16 @@ class IMAP:
             except (OSError, TimeoutError, aioimaplib.Abort) as e:
                 raise TemporaryFailure(f"{self!r}: cannot connect: {_why(e)}") from e
             try:
-                await self._deliver(client, message_id, message)
+                await work(client)
             except (OSError, TimeoutError, aioimaplib.Abort, aioimaplib.CommandTimeout) as e:
                 # Whether an APPEND in flight arrived is unknown: the next call looks first.
                 raise TemporaryFailure(f"{self!r}: connection lost: {_why(e)}") from e
-            with contextlib.suppress(Exception):  # delivered; LOGOUT's answer changes nothing
+            with contextlib.suppress(Exception):  # done; LOGOUT's answer changes nothing
                 await client.logout()
         finally:
             transport = client.protocol.transport if client.protocol else None
             if transport is not None:
                 transport.close()
-
-    async def close(self) -> None:
-        return None
 
     async def _deliver(self, client: aioimaplib.IMAP4, message_id: str, message: bytes) -> None:
         login = await client.login(_quoted(self.user), self.password)

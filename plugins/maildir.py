@@ -55,8 +55,21 @@ class Maildir:
     async def deliver(self, message_id: str, message: bytes) -> None:
         await asyncio.to_thread(self._deliver, message_id, message)
 
+    async def check(self) -> None:
+        await asyncio.to_thread(self._check)
+
     async def close(self) -> None:
         return None
+
+    def _check(self) -> None:
+        """The Maildir exists (or is made) and a file can be written into its tmp/."""
+        probe = self.directory / "tmp" / f".check.{os.getpid()}.{self._host}"
+        try:
+            self._create()
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise TemporaryFailure(f"cannot write into {self.directory}: {e}") from e
 
     def _deliver(self, message_id: str, message: bytes) -> None:
         key = hashlib.sha256(message_id.encode()).hexdigest()[:40]

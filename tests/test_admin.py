@@ -64,7 +64,7 @@ def test_ready_only_when_everything_is(pki: TestPKI, tmp_path: Path) -> None:
 def test_metrics_count_the_queues(tmp_path: Path) -> None:
     spool = SQLiteSpool(tmp_path)
     spool.accept(Envelope("a@kommun.se"), [RecipientRecord("x@y", "0203:b.se", "b.r")], b"x")
-    metrics.watch(spool)
+    metrics.watch(spool, {})
     health = admin.Health(spool, {}, timedelta(0), timedelta(hours=1))
     ((status, text),) = run(health, ("/metrics", None))
     assert status == 200

@@ -34,6 +34,7 @@ from .outbound.receipts import Receipts
 from .outbound.reports import DsnReporter
 from .outbound.transport import follow
 from .outbound.worker import OutboundSettings, Worker
+from .registry.addressbook import AddressBook
 from .registry.client import Registry
 from .spool import SQLiteSpool
 
@@ -154,6 +155,7 @@ class _Reloadable:
     worker: Worker
     delivery: MailboxDelivery
     health: Health | None
+    book: AddressBook
 
     async def reload(self) -> None:
         systemd.notify("RELOADING=1")
@@ -189,7 +191,7 @@ class _Reloadable:
             log.warning(warning)
         if self.health is not None:  # a new TLS certificate, say
             self.health.certificates = checks.certificates(new)
-            metrics.watch(self.health.spool, self.health.certificates)
+            metrics.watch(self.health.spool, self.health.certificates, self.book)
 
 
 def _needs_restart(old: Config, new: Config) -> list[str]:
@@ -307,7 +309,7 @@ async def run(config: Config, file: Path) -> None:
             config.admin.certificate_warning,
             access_point_grace=timedelta(seconds=max(3 * config.outbound.poll_seconds, 60)),
         )
-        metrics.watch(spool, health.certificates)
+        metrics.watch(spool, health.certificates, registry.book)
         admin_server = await admin.serve(*config.admin.listen, health)
     delivery = MailboxDelivery(spool, mailboxes)
     worker = Worker(
@@ -325,7 +327,9 @@ async def run(config: Config, file: Path) -> None:
         loop.add_signal_handler(signum, stop.set)
     fetch_now = asyncio.Event()
     loop.add_signal_handler(signal.SIGUSR1, fetch_now.set)
-    reloadable = _Reloadable(file, config, ingress, tls, inbound, worker, delivery, health)
+    reloadable = _Reloadable(
+        file, config, ingress, tls, inbound, worker, delivery, health, registry.book
+    )
     reloads: set[asyncio.Task[None]] = set()
     one_at_a_time = asyncio.Lock()
 

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from cryptography import x509
-from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .registry.addressbook import AddressBook
 from .spool import Spool
 
 REGISTRY = CollectorRegistry()
@@ -53,6 +54,23 @@ MAILBOX = Counter(
     "sdk_bridge_mailbox_deliveries",
     "Attempts to put received mail into a mailbox, by outcome",
     ["outcome"],  # delivered, retry, failed
+    registry=REGISTRY,
+)
+SMTP_STARTTLS = Counter(
+    "sdk_bridge_smtp_starttls", "SMTP sessions that completed STARTTLS", registry=REGISTRY
+)
+SMTP_REGISTRY_DEFERRALS = Counter(
+    "sdk_bridge_smtp_registry_deferrals",
+    "Recipients deferred (451) because the registry could not answer",
+    registry=REGISTRY,
+)
+# Seconds: from the end of DATA to 250; from 250 to the access point taking it; judging
+# one received message; one mailbox delivery.
+LATENCY = Histogram(
+    "sdk_bridge_latency_seconds",
+    "How long each stage takes",
+    ["stage"],  # smtp_accept, submit, inbound_judge, mailbox
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
     registry=REGISTRY,
 )
 ACCESS_POINT_ERRORS = Counter(
@@ -106,15 +124,37 @@ class CertificateCollector(Collector):
         yield left
 
 
+class AddressBookCollector(Collector):
+    """How old the cached address book is, and how often refreshing it failed."""
+
+    def __init__(self, book: AddressBook) -> None:
+        self.book = book
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        if self.book.refreshed_at is not None:
+            age = (datetime.now(UTC) - self.book.refreshed_at).total_seconds()
+            yield GaugeMetricFamily(
+                "sdk_bridge_address_book_age_seconds", "Age of the cached address book", age
+            )
+        yield CounterMetricFamily(
+            "sdk_bridge_address_book_refresh_errors",
+            "Address book refreshes that failed (the cache kept serving)",
+            self.book.refresh_errors,
+        )
+
+
 _watching: list[Collector] = []
 
 
-def watch(spool: Spool, certificates: dict[str, x509.Certificate]) -> None:
-    """Report the depths of `spool`'s queues and the certificates' time left (in place of
-    whatever was watched before: a reload may bring new certificates)."""
+def watch(spool: Spool, certificates: dict[str, x509.Certificate], book: AddressBook) -> None:
+    """Report the depths of `spool`'s queues, the certificates' time left and the address
+    book's age (in place of whatever was watched before: a reload may bring new
+    certificates)."""
     while _watching:
         REGISTRY.unregister(_watching.pop())
-    _watching.extend((QueueCollector(spool), CertificateCollector(certificates)))
+    _watching.extend(
+        (QueueCollector(spool), CertificateCollector(certificates), AddressBookCollector(book))
+    )
     for collector in _watching:
         REGISTRY.register(collector)
 

@@ -61,10 +61,15 @@ def test_ready_only_when_everything_is(pki: TestPKI, tmp_path: Path) -> None:
     assert status == 503 and text.startswith("spool: cannot be read")
 
 
+class Book:
+    refreshed_at = None
+    refresh_errors = 2
+
+
 def test_metrics_count_the_queues(tmp_path: Path) -> None:
     spool = SQLiteSpool(tmp_path)
     spool.accept(Envelope("a@kommun.se"), [RecipientRecord("x@y", "0203:b.se", "b.r")], b"x")
-    metrics.watch(spool, {})
+    metrics.watch(spool, {}, Book())
     health = admin.Health(spool, {}, timedelta(0), timedelta(hours=1))
     ((status, text),) = run(health, ("/metrics", None))
     assert status == 200
@@ -75,6 +80,7 @@ def test_metrics_count_the_queues(tmp_path: Path) -> None:
         for s in family.samples
     }
     assert depth == {(("queue", "outbound"), ("state", "queued")): 1.0}
+    assert "sdk_bridge_address_book_refresh_errors_total 2.0" in text
 
 
 def test_bad_requests(tmp_path: Path) -> None:

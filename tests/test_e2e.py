@@ -289,6 +289,10 @@ def test_the_admin_port_after_traffic(federation: Sandbox, bridges: dict[str, Br
     assert value("sdk_bridge_mailbox_deliveries_total", outcome="retry") >= 3  # Dovecot down
     assert value("sdk_bridge_queue_depth", queue="inbox", state="delivered") >= 5
     assert value("sdk_bridge_queue_depth", queue="outbound", state="delivered") >= 1  # the reply
+    assert value("sdk_bridge_latency_seconds_count", stage="inbound_judge") >= 5
+    assert value("sdk_bridge_latency_seconds_count", stage="mailbox") >= 5
+    assert value("sdk_bridge_certificate_expiry_seconds", certificate="signing") > 86400
+    assert value("sdk_bridge_address_book_age_seconds") >= 0
     assert scrape(port, "/nothing")[0] == 404
 
 

@@ -16,6 +16,7 @@ import pytest
 from clamd import EICAR, clamd_server  # noqa: F401 - the fixture
 from test_sandbox import registry_for
 
+from bridge import metrics
 from bridge.ingress.smtp import (
     IngressHandler,
     IngressSettings,
@@ -220,10 +221,16 @@ def test_relay_control_from_another_address(ingress, tls) -> None:
         assert (code, text[:5]) == (554, b"5.7.1")
         code, _ = smtp.docmd("AUTH", "PLAIN AGV4Y2hhbmdlAHMzY3JldA==")
         assert code == 538  # encryption required
+
+    def handshakes() -> float:
+        return metrics.REGISTRY.get_sample_value("sdk_bridge_smtp_starttls_total") or 0.0
+
+    before = handshakes()
     with client(running.port, source="127.0.0.2") as smtp:
         smtp.starttls(context=tls[1])
         smtp.login("exchange", "s3cret")
         assert smtp.send_message(mail(), "bounce@other.example", [TO_B]) == {}
+    assert handshakes() == before + 1  # counted for /metrics
     with (
         smtplib.SMTP_SSL(
             "127.0.0.1",

@@ -13,6 +13,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -60,7 +61,7 @@ class MailboxDelivery:
 
     async def deliver(self, mail: InboundMail) -> None:
         """One attempt; its outcome is written back to the spool."""
-        ids = {"sdk_id": mail.sdk_message_id, "ebms_id": mail.received_id}
+        ids = mail.ids()
         mailbox = self.mailboxes.get(mail.functional_address)
         try:
             if mailbox is None:
@@ -68,7 +69,8 @@ class MailboxDelivery:
                     f"no mailbox is configured for functional address {mail.functional_address}"
                 )
             data = await asyncio.to_thread(self.spool.inbound_mail, mail.sdk_message_id)
-            await mailbox.deliver(mail.mail_message_id, data)
+            with metrics.LATENCY.labels("mailbox").time():
+                await mailbox.deliver(mail.mail_message_id, data)
         except PermanentFailure as e:
             log.error("mailbox refused the mail; kept in the spool", **ids, error=str(e))
             metrics.MAILBOX.labels("failed").inc()
@@ -85,7 +87,7 @@ class MailboxDelivery:
             metrics.MAILBOX.labels("delivered").inc()
             await self._update(mail, state=InboxState.DELIVERED, attempts=mail.attempts + 1)
 
-    async def _retry(self, mail: InboundMail, reason: str, ids: dict[str, str]) -> None:
+    async def _retry(self, mail: InboundMail, reason: str, ids: dict[str, Any]) -> None:
         attempts = mail.attempts + 1
         doublings = min(attempts - 1, 20)
         delay = min(self.settings.first_retry * 2**doublings, self.settings.max_retry)

@@ -129,7 +129,8 @@ class Inbound:
             try:
                 if item.action != MESSAGE_ACTION:
                     raise _Unjudgeable("not an SDK message or kvittens document type")
-                await self.process(item)
+                with metrics.LATENCY.labels("inbound_judge").time():
+                    await self.process(item)
             except WAIT_ON as e:
                 await self._postpone(item, e)
             except Exception as e:
@@ -338,13 +339,7 @@ class Inbound:
             sdk_message_id=message.message_id,
         )
         metrics.INBOUND.labels("accepted", "-").inc()
-        log.info(
-            "inbound message accepted",
-            ebms_id=item.id,
-            sdk_id=message.message_id,
-            to=address,
-            sender=inbound.sender,
-        )
+        log.info("inbound message accepted", **inbound.ids(), to=address, sender=inbound.sender)
 
     def _mail(self, message: msg.BusinessMessage, address: str, sender: tuple[str, str]) -> bytes:
         replying_to = None

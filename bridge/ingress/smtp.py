@@ -325,6 +325,7 @@ class IngressHandler:
         except NotFound as e:
             raise _Refused(f"550 5.1.1 {_one_line(e)}") from None
         except RegistryUnavailable as e:
+            metrics.SMTP_REGISTRY_DEFERRALS.inc()
             raise _Refused(
                 f"451 4.4.3 SDK registry unavailable, try again later: {_one_line(e)}"
             ) from None
@@ -340,9 +341,15 @@ class IngressHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.in_flight += 1  # a shutdown waits for these before closing the spool
         try:
-            return await self._data(session, envelope)
+            with metrics.LATENCY.labels("smtp_accept").time():
+                return await self._data(session, envelope)
         finally:
             self.in_flight -= 1
+
+    def handle_STARTTLS(self, server: SMTP, session: Session, envelope: Envelope) -> bool:
+        """After a STARTTLS handshake: counted; no client certificate is asked for."""
+        metrics.SMTP_STARTTLS.inc()
+        return True
 
     async def drained(self, timeout: float) -> bool:
         """Wait (bounded) until no message is being checked or stored."""
@@ -378,7 +385,12 @@ class IngressHandler:
         except Exception:
             log.exception("message could not be stored")
             return "451 4.3.0 The message could not be stored; try again later"
-        log.info("message accepted", spool_id=spool_id, recipients=len(envelope.recipients))
+        log.info(
+            "message accepted",
+            spool_id=spool_id,
+            message_id=spool_envelope.mail_message_id,
+            recipients=len(envelope.recipients),
+        )
         metrics.SMTP_ACCEPTED.inc()
         return f"250 2.0.0 OK queued as {spool_id}"
 

@@ -106,7 +106,7 @@ class Receipts:
             notes={"kvittens": "ACCEPTED"},
         )
         if settled:
-            log.info("delivered", id=delivery.sdk_message_id, outcome=str(event))
+            log.info("delivered", **delivery.ids(), outcome=str(event))
             metrics.OUTBOUND.labels("delivered").inc()
 
     async def _rejected(self, delivery: Delivery, reason: str) -> None:
@@ -123,7 +123,7 @@ class Receipts:
             notes={"kvittens": "REJECTED"},
         )
         if settled:
-            log.warning("rejected by the receiver", id=delivery.sdk_message_id, reason=reason)
+            log.warning("rejected by the receiver", **delivery.ids(), reason=reason)
             metrics.OUTBOUND.labels("rejected").inc()
 
     async def sweep(self, delay_warning: timedelta, lifetime: timedelta) -> None:

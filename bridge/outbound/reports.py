@@ -85,7 +85,7 @@ class DsnReporter:
             log.warning(
                 "no smart host configured: delivery report not sent",
                 to=to,
-                id=delivery.sdk_message_id,
+                **delivery.ids(),
             )
             return
         try:
@@ -94,7 +94,7 @@ class DsnReporter:
             log.error(
                 "delivery report could not be sent",
                 to=to,
-                id=delivery.sdk_message_id,
+                **delivery.ids(),
                 error=str(e),
                 permanent=e.permanent,
             )
@@ -102,7 +102,7 @@ class DsnReporter:
                 data = message.as_bytes(policy=dsn.POLICY)
                 await asyncio.to_thread(self.spool.hold_report, to, data)
             return
-        log.info("delivery report sent", to=to, id=delivery.sdk_message_id)
+        log.info("delivery report sent", to=to, **delivery.ids())
 
     async def send_owed(self) -> None:
         """Reports owed by a bridge that stopped before sending them."""

@@ -49,9 +49,7 @@ async def follow(
                 continue  # still on its way
             errors = await access_point.errors(delivery.sdk_message_id)
         except TemporaryFailure as e:
-            log.warning(
-                "access point: status unknown for now", id=delivery.sdk_message_id, error=str(e)
-            )
+            log.warning("access point: status unknown for now", **delivery.ids(), error=str(e))
             continue
         details = (
             "; ".join(
@@ -85,7 +83,7 @@ async def follow(
             if not_serviced
             else "the access point could not send it"
         ) + f" ({details})"
-        log.warning("send failure at the access point", id=delivery.sdk_message_id, reason=reason)
+        log.warning("send failure at the access point", **delivery.ids(), reason=reason)
         await settle(
             spool,
             notify,

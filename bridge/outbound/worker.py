@@ -86,7 +86,7 @@ class Worker:
                     if isinstance(result, Exception):  # a bug; its lease makes it due again
                         log.error(
                             "delivery attempt crashed",
-                            id=delivery.sdk_message_id,
+                            **delivery.ids(),
                             error=repr(result),
                         )
                 continue
@@ -98,9 +98,7 @@ class Worker:
         try:
             submitted_id = await self._attempt(delivery)
         except DuplicateSubmission:
-            log.info(
-                "access point already had it: counted as submitted", id=delivery.sdk_message_id
-            )
+            log.info("access point already had it: counted as submitted", **delivery.ids())
             await self._submitted(delivery)
         except NotFound as e:
             await self._fail(delivery, _text(e), "5.1.1")
@@ -111,11 +109,13 @@ class Worker:
         except (TemporaryFailure, RegistryUnavailable, OSError) as e:
             await self._retry(delivery, _text(e))
         except Exception as e:  # a bug: keep the mail, say so loudly, try again later
-            log.exception("delivery attempt failed unexpectedly", id=delivery.sdk_message_id)
+            log.exception("delivery attempt failed unexpectedly", **delivery.ids())
             await self._retry(delivery, f"internal error: {type(e).__name__}")
         else:
-            log.info("submitted", id=delivery.sdk_message_id, ebms_id=submitted_id)
+            log.info("submitted", **{**delivery.ids(), "ebms_id": submitted_id})
             metrics.OUTBOUND.labels("submitted").inc()
+            waited = (datetime.now(UTC) - delivery.created_at).total_seconds()
+            metrics.LATENCY.labels("submit").observe(waited)
             await self._submitted(delivery)
 
     async def _attempt(self, delivery: Delivery) -> str:
@@ -203,7 +203,7 @@ class Worker:
         doublings = min(attempts - 1, 20)  # the cap is reached long before: no overflow
         delay = min(self.settings.first_retry * 2**doublings, self.settings.max_retry)
         delay *= random.uniform(0.8, 1.2)  # jitter: retries from many messages spread out
-        log.warning("will retry", id=delivery.sdk_message_id, attempts=attempts, reason=reason)
+        log.warning("will retry", **delivery.ids(), attempts=attempts, reason=reason)
         await asyncio.to_thread(
             self.spool.transition,
             delivery.id,
@@ -225,7 +225,7 @@ class Worker:
         )
 
     async def _fail(self, delivery: Delivery, reason: str, status: str) -> None:
-        log.warning("delivery failed", id=delivery.sdk_message_id, reason=reason)
+        log.warning("delivery failed", **delivery.ids(), reason=reason)
         metrics.OUTBOUND.labels("failed").inc()
         await settle(
             self.spool,

@@ -155,6 +155,16 @@ class Delivery:
     created_at: datetime
     notes: dict[str, Any] = field(default_factory=dict)
 
+    def ids(self) -> dict[str, Any]:
+        """The ids a log event about it carries, so one message can be followed: the queue
+        id, the SDK messageId (also its ebMS MessageId) and the mail's Message-ID."""
+        return {
+            "queue_id": self.id,
+            "sdk_id": self.sdk_message_id,
+            "ebms_id": self.sdk_message_id,
+            "message_id": self.mail_message_id,
+        }
+
 
 @dataclass(frozen=True)
 class Received:
@@ -193,6 +203,14 @@ class InboundMail:
     attempts: int = 0
     last_error: str | None = None
     created_at: str = ""  # when it was accepted (ISO 8601)
+
+    def ids(self) -> dict[str, Any]:
+        """The ids a log event about it carries (see Delivery.ids)."""
+        return {
+            "sdk_id": self.sdk_message_id,
+            "ebms_id": self.received_id,
+            "message_id": self.mail_message_id,
+        }
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,12 @@ OUTBOUND = Counter(
     ["outcome"],  # submitted, delivered, rejected, failed
     registry=REGISTRY,
 )
+OUTBOUND_REJECTED = Counter(
+    "sdk_bridge_outbound_rejected",
+    "SDK messages we sent that the receiver's kvittens REJECTED, by reason",
+    ["reason"],  # "BV not-found", "SIG security", …
+    registry=REGISTRY,
+)
 INBOUND = Counter(
     "sdk_bridge_inbound",
     "SDK messages received, by verdict and kvittens reason",

@@ -352,3 +352,17 @@ outbound:
     with pytest.raises(config.ConfigError, match=r"without '\.'") as error:
         config.load(path)
     assert path.read_text().splitlines()[error.value.line - 1].strip().startswith("deliver_to:")
+
+
+def test_the_example_documents_every_key() -> None:
+    """Every key the loader knows appears in config.example.yaml (set or in a comment)."""
+    root = Path(__file__).parent.parent
+    source = (root / "bridge" / "config.py").read_text()
+    keys = {
+        key
+        for call in re.finditer(r"\.mapping\(([^)]*)\)", source, re.S)
+        for key in re.findall(r'"([a-z_]+)"', call.group(1))
+    }
+    example = (root / "config.example.yaml").read_text()
+    assert len(keys) > 40
+    assert [k for k in sorted(keys) if not re.search(rf"(^|[\s{{,#]){k}:", example, re.M)] == []

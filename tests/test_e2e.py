@@ -3,9 +3,11 @@
 appears in B's IMAP folder, fully mapped; B's reply lands in A's INBOX in the same thread;
 Dovecot down and a SIGKILLed bridge lose nothing and double nothing."""
 
+import asyncio
 import contextlib
 import email.policy
 import imaplib
+import json
 import os
 import random
 import signal
@@ -16,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -24,9 +27,14 @@ import dovecot
 import pytest
 import yaml
 from dovecot import Dovecot
+from lxml import etree
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge import config
+from bridge.plugins import Submission
 from bridge.sandbox.federation import Sandbox
+from bridge.sdk import message as msg
+from bridge.sdk import xhe, xmldsig, xmlenc
 
 dovecot_server = dovecot.dovecot_server
 
@@ -294,6 +302,54 @@ def test_the_admin_port_after_traffic(federation: Sandbox, bridges: dict[str, Br
     assert value("sdk_bridge_certificate_expiry_seconds", certificate="signing") > 86400
     assert value("sdk_bridge_address_book_age_seconds") >= 0
     assert scrape(port, "/nothing")[0] == 404
+
+
+def test_an_undecryptable_message_waits_in_quarantine(
+    federation: Sandbox, bridges: dict[str, Bridge]
+) -> None:
+    """Encrypted to the wrong key: B sends no kvittens, and its administrator finds the
+    message with `sdk-bridge quarantine` while B runs."""
+    from test_inbound import MESSAGE_ACTION, message
+    from test_outbound import access_point
+
+    a = config.load(federation.config_path("a"))
+    business = message()
+    payload = xmlenc.encrypt(
+        etree.tostring(msg.to_element(business)), federation.organisations["a"].encryption[-1].cert
+    )
+    root = xhe.build(xhe.message_header(business), payload)
+    xmldsig.sign(root, a.signing.key, a.signing.cert)
+    ebms_id = str(uuid.uuid4())
+
+    async def submit() -> None:
+        ap = access_point(federation, "a")
+        try:
+            submission = Submission(
+                ebms_id, etree.tostring(root), MESSAGE_ACTION, a.organisation_id,
+                "0203:b.sandbox.test", ebms_id,
+            )  # fmt: skip
+            await ap.submit(submission)
+        finally:
+            await ap.close()
+
+    asyncio.run(submit())
+    command = [sys.executable, "-m", "bridge.cli", "quarantine"]
+    options = ["-c", str(bridges["b"].config)]
+
+    def held() -> list[dict]:
+        listed = subprocess.run(
+            [*command, "list", *options, "--json"], capture_output=True, text=True, timeout=60
+        )
+        return [e for e in json.loads(listed.stdout) if e["id"] == ebms_id]
+
+    wait_for(lambda: bool(held()))
+    (entry,) = held()
+    assert entry["state"] == "quarantined"
+    assert entry["note"].startswith("payload cannot be decrypted")
+    shown = subprocess.run(
+        [*command, "show", *options, ebms_id], capture_output=True, text=True, timeout=60
+    )
+    assert f"XHE message {business.message_id}" in shown.stdout
 
 
 def lost_at(bridge: Bridge) -> list[str]:

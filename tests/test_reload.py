@@ -4,12 +4,14 @@ SMTP session; a broken one is refused with its reason logged, and the old one st
 import os
 import signal
 import smtplib
+import ssl
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+from cryptography import x509
 from test_daemon import FROM, TO_B, mail
 
 from bridge.sandbox.federation import Sandbox
@@ -72,6 +74,50 @@ def test_sighup_reloads_or_refuses(sandbox: Sandbox, tmp_path: Path) -> None:
         wait_for_log(log, "configuration reloaded", count=2)
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
             assert smtp.send_message(mail("Efter omläsning"), FROM, [TO_B]) == {}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_sighup_takes_a_new_tls_certificate(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A renewed certificate, put in place of the old files, is served after SIGHUP."""
+    first = sandbox.tls_pki.issue("smtp-first", key_usage="sign", hosts=["127.0.0.1"])
+    second = sandbox.tls_pki.issue("smtp-second", key_usage="sign", hosts=["127.0.0.1"])
+    cert, key = tmp_path / "smtp.pem", tmp_path / "smtp.key"
+    cert.write_bytes(first.cert_pem.read_bytes())
+    key.write_bytes(first.key_pem.read_bytes())
+    settings = yaml.safe_load(sandbox.config_path("a").read_text())
+    settings["smtp"].update(tls_cert=str(cert), tls_key=str(key))
+    config_file = sandbox.directory / "org-a-tls.yaml"
+    config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
+    trust = ssl.create_default_context(cafile=str(sandbox.tls_pki.chain_pem))
+
+    def served_serial() -> int:
+        with smtplib.SMTP("127.0.0.1", sandbox.smtp_port("a"), timeout=30) as smtp:
+            smtp.starttls(context=trust)
+            der = smtp.sock.getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der).serial_number
+
+    log = tmp_path / "bridge.log"
+    with log.open("w") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "run", "-c", str(config_file)],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().startswith("sdk-bridge ready")
+        assert served_serial() == first.cert.serial_number
+        cert.write_bytes(second.cert_pem.read_bytes())
+        key.write_bytes(second.key_pem.read_bytes())
+        process.send_signal(signal.SIGHUP)
+        wait_for_log(log, "configuration reloaded")
+        assert served_serial() == second.cert.serial_number
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
     finally:

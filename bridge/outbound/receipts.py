@@ -67,7 +67,7 @@ class Receipts:
             await self._accepted(delivery)
         else:
             line = opened.kvittens.lines[0]
-            await self._rejected(delivery, f"{line.reason} {line.detail or '-'}: {line.text}")
+            await self._rejected(delivery, f"{line.reason} {line.detail or '-'}", line.text)
         await asyncio.to_thread(self.spool.mark_received, item.id, "done", None)
 
     async def _open(self, item: Received) -> Opened:
@@ -109,7 +109,8 @@ class Receipts:
             log.info("delivered", **delivery.ids(), outcome=str(event))
             metrics.OUTBOUND.labels("delivered").inc()
 
-    async def _rejected(self, delivery: Delivery, reason: str) -> None:
+    async def _rejected(self, delivery: Delivery, code: str, text: str) -> None:
+        reason = f"{code}: {text}"
         settled = await settle(
             self.spool,
             self.notify,
@@ -125,6 +126,7 @@ class Receipts:
         if settled:
             log.warning("rejected by the receiver", **delivery.ids(), reason=reason)
             metrics.OUTBOUND.labels("rejected").inc()
+            metrics.OUTBOUND_REJECTED.labels(code).inc()
 
     async def sweep(self, delay_warning: timedelta, lifetime: timedelta) -> None:
         """Deliveries that take long: one delay report each; submitted ones without a

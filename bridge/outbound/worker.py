@@ -103,10 +103,13 @@ class Worker:
         except NotFound as e:
             await self._fail(delivery, _text(e), "5.1.1")
         except PermanentFailure as e:
+            metrics.ACCESS_POINT_ERRORS.labels("submit").inc()
             await self._fail(delivery, _text(e), "5.4.4")
         except msg.InvalidMessage as e:
             await self._fail(delivery, _text(e), "5.6.0")
         except (TemporaryFailure, RegistryUnavailable, OSError) as e:
+            if isinstance(e, TemporaryFailure):
+                metrics.ACCESS_POINT_ERRORS.labels("submit").inc()
             await self._retry(delivery, _text(e))
         except Exception as e:  # a bug: keep the mail, say so loudly, try again later
             log.exception("delivery attempt failed unexpectedly", **delivery.ids())

@@ -24,7 +24,7 @@ from .testpki import make_pki
 PROFILES = {"10KB": 10_000, "1MB": 1_000_000}
 
 
-def _rate(operation: Callable[[], object], seconds: float) -> float:
+def rate(operation: Callable[[], object], seconds: float) -> float:
     """Operations per second: the median of five slices of `seconds / 5`."""
     rates = []
     for _ in range(5):
@@ -64,7 +64,7 @@ def run_core_benchmark(seconds: float = 2.0, key_size: int = 3072) -> dict[str, 
     result: dict[str, object] = {
         "key_size": key_size,
         "rsa_sign_per_s": round(
-            _rate(lambda: sender.key.sign(data, padding.PKCS1v15(), hashes.SHA256()), seconds), 1
+            rate(lambda: sender.key.sign(data, padding.PKCS1v15(), hashes.SHA256()), seconds), 1
         ),
     }
     receiver = sealing.Receiver(decryption_keys=[recipient], sender_signing_certs=[a.cert])
@@ -77,14 +77,14 @@ def run_core_benchmark(seconds: float = 2.0, key_size: int = 3072) -> dict[str, 
             "message_bytes": len(xml),
             "envelope_bytes": len(sealed),
             "seal_msgs_per_s": round(
-                _rate(
+                rate(
                     lambda x=xml: sealing.seal_message(x, signer=sender, recipient_cert=b.cert),
                     seconds,
                 ),
                 1,
             ),
             "open_msgs_per_s": round(
-                _rate(lambda s=sealed: sealing.open_envelope(s, receiver), seconds), 1
+                rate(lambda s=sealed: sealing.open_envelope(s, receiver), seconds), 1
             ),
         }
     return result

@@ -505,6 +505,29 @@ def _certificate_lines(cert: x509.Certificate) -> list[str]:
     ]
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+    from .local import LocalRunFailed
+
+    bridge_logging.configure("warning")  # the sandbox in this process: only its troubles
+    if args.messages < 1 or args.concurrency < 1:
+        raise UsageError("--messages and --concurrency must be at least 1")
+    try:
+        result = bench.run(
+            args.messages,
+            args.concurrency,
+            args.profile,
+            args.key_size,
+            Path(args.dir) if args.dir else None,
+            progress=sys.stderr.isatty(),
+        )
+    except LocalRunFailed as e:
+        print(f"sdk-bridge bench: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else bench.format_table(result))
+    return 0
+
+
 def cmd_bench_core(args: argparse.Namespace) -> int:
     from .benchmark import format_table, run_core_benchmark
 
@@ -750,6 +773,23 @@ def build_parser() -> argparse.ArgumentParser:
         "and the mailboxes, and report each",
     )
     check.set_defaults(run=cmd_check_config)
+
+    load = commands.add_parser(
+        "bench",
+        help="the whole path under load: SMTP at A to B's mailbox and the kvittens back",
+    )
+    load.add_argument("--messages", type=int, default=200, help="how many mails (default 200)")
+    load.add_argument("--concurrency", type=int, default=8, help="SMTP sessions (default 8)")
+    load.add_argument(
+        "--profile",
+        choices=("10kb", "1mb", "max", "mixed"),
+        default="10kb",
+        help="10kb text mails; 1mb with a PDF; max: one 30 MB message; mixed: nine to one",
+    )
+    load.add_argument("--key-size", type=int, default=3072, help="RSA key size (default 3072)")
+    load.add_argument("--dir", help="where to keep the run's files (default: a temporary one)")
+    load.add_argument("--json", action="store_true", help="print JSON")
+    load.set_defaults(run=cmd_bench)
 
     bench = commands.add_parser(
         "bench-core", help="micro-benchmark: seal/open throughput vs raw RSA signing"

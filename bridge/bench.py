@@ -1,0 +1,264 @@
+"""`sdk-bridge bench`: the whole path under load, measured end to end.
+
+A local run (sandbox and two bridges, see `local.py`) takes N mails over SMTP at A from C
+concurrent sessions, each session sending one mail after another as an MTA does. The run
+ends when every mail is in B's Maildir and every kvittens is back at A. Reported: wall
+time, end-to-end messages per second, SMTP accept latency (the whole transaction, as the
+sending MTA waits for it) and accept-to-mailbox latency, each p50 and p99; peak RSS and
+CPU seconds of each bridge with its crypto workers; and `crypto_limit_msgs_per_s`, what the
+RSA private-key operations alone allow on this machine, measured in the same run: each
+message costs A one signature, and B one decryption and one kvittens signature.
+"""
+
+import os
+import queue
+import smtplib
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from pathlib import Path
+from statistics import quantiles
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from .benchmark import rate
+from .local import LocalRun, LocalRunFailed
+from .sandbox.federation import DOMAIN, HOST
+from .testpki import make_pki
+
+FROM = f"registrator@a.{DOMAIN}"
+TO_B = f"registrator@b.{DOMAIN}.sdk.a.{DOMAIN}"
+PROFILES = ("10kb", "1mb", "max", "mixed")
+# The largest PDF whose mail (base64 with line breaks) stays within SMTP's 30 MB: in the SDK
+# message (base64 without them) it comes to about 29 MB.
+MAX_ATTACHMENT = 21_500_000
+POLL_SECONDS = 0.1
+
+
+@dataclass
+class _Progress:
+    sent_at: dict[str, float] = field(default_factory=dict)  # subject -> 250 received
+    accept_seconds: list[float] = field(default_factory=list)
+    arrived_at: dict[str, float] = field(default_factory=dict)  # subject -> in the Maildir
+    failures: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def run(
+    messages: int,
+    concurrency: int,
+    profile: str = "10kb",
+    key_size: int = 3072,
+    directory: Path | None = None,
+    progress: bool = False,
+) -> dict[str, object]:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r} (choose {', '.join(PROFILES)})")
+    if profile == "max":
+        messages = 1
+    crypto_limit = _crypto_limit(key_size)
+    directory = directory or Path(tempfile.mkdtemp(prefix="sdk-bridge-bench-"))
+    local = LocalRun(directory, key_size, poll_seconds=0.2)
+    local.start()
+    try:
+        mails = [_mail(profile, number) for number in range(messages)]
+        local.send("a", FROM, TO_B, _mail("10kb", -1))  # warm up: address book, certificates
+        _wait_for_mailbox(local, {"bench-warm-up"}, _Progress(), 120)
+        state = _Progress()
+        started = time.monotonic()
+        senders = _send_all(local, mails, concurrency, state)
+        subjects = {str(mail["Subject"]) for mail in mails}
+        _wait_for_mailbox(local, subjects, state, 300 + messages, progress)
+        for sender in senders:
+            sender.join()
+        _wait_for_kvittens(local, messages + 1, 300 + messages)
+        wall = time.monotonic() - started
+        usage = {label: _usage(bridge.process.pid) for label, bridge in local.bridges.items()}
+    finally:
+        local.stop()
+    to_mailbox = [state.arrived_at[s] - state.sent_at[s] for s in subjects]
+    size = sum(len(mail.as_bytes()) for mail in mails) // max(len(mails), 1)
+    return {
+        "profile": profile,
+        "messages": messages,
+        "concurrency": concurrency,
+        "mean_mail_bytes": size,
+        "key_size": key_size,
+        "wall_seconds": round(wall, 2),
+        "end_to_end_msgs_per_s": round(messages / wall, 2),
+        "smtp_accept_p50_ms": _ms(state.accept_seconds, 50),
+        "smtp_accept_p99_ms": _ms(state.accept_seconds, 99),
+        "accept_to_mailbox_p50_ms": _ms(to_mailbox, 50),
+        "accept_to_mailbox_p99_ms": _ms(to_mailbox, 99),
+        "crypto_limit_msgs_per_s": round(crypto_limit, 1),
+        "share_of_crypto_limit": round(messages / wall / crypto_limit, 3),
+        "bridges": usage,
+    }
+
+
+def format_table(result: dict[str, object]) -> str:
+    bridges = result["bridges"]
+    assert isinstance(bridges, dict)
+    lines = [
+        f"profile {result['profile']}: {result['messages']} mails of ~{result['mean_mail_bytes']:,}"
+        f" bytes, {result['concurrency']} SMTP sessions, RSA-{result['key_size']}",
+        f"  wall time            {result['wall_seconds']} s",
+        f"  end to end           {result['end_to_end_msgs_per_s']} msgs/s"
+        f"  ({result['share_of_crypto_limit']:.0%} of the RSA limit,"
+        f" {result['crypto_limit_msgs_per_s']} msgs/s)",
+        f"  SMTP accept          p50 {result['smtp_accept_p50_ms']} ms,"
+        f" p99 {result['smtp_accept_p99_ms']} ms",
+        f"  accept to mailbox    p50 {result['accept_to_mailbox_p50_ms']} ms,"
+        f" p99 {result['accept_to_mailbox_p99_ms']} ms",
+    ]
+    for label, usage in bridges.items():
+        lines.append(
+            f"  bridge {label.upper()}             peak RSS {usage['peak_rss_mb']} MB,"
+            f" CPU {usage['cpu_seconds']} s ({usage['processes']} processes)"
+        )
+    return "\n".join(lines)
+
+
+def _mail(profile: str, number: int) -> EmailMessage:
+    mail = EmailMessage()
+    mail["From"], mail["To"] = FROM, TO_B
+    mail["Subject"] = "bench-warm-up" if number < 0 else f"bench-{number:06d}"
+    kind = profile if profile != "mixed" else ("1mb" if number % 10 == 9 else "10kb")
+    text = "Bänkprov av sdk-bridge: åäö ÅÄÖ. " * 300  # about 10 KB
+    mail.set_content(text)
+    if kind in ("1mb", "max"):
+        size = 1_000_000 if kind == "1mb" else MAX_ATTACHMENT
+        pdf = b"%PDF-1.7\n" + os.urandom(size)
+        mail.add_attachment(pdf, maintype="application", subtype="pdf", filename="bilaga.pdf")
+    return mail
+
+
+def _send_all(
+    local: LocalRun, mails: list[EmailMessage], concurrency: int, state: _Progress
+) -> list[threading.Thread]:
+    work: queue.SimpleQueue[EmailMessage] = queue.SimpleQueue()
+    for mail in mails:
+        work.put(mail)
+
+    def session() -> None:
+        with smtplib.SMTP(HOST, local.bridges["a"].port, timeout=300) as smtp:
+            while True:
+                try:
+                    mail = work.get_nowait()
+                except queue.Empty:
+                    return
+                begun = time.monotonic()
+                try:
+                    smtp.send_message(mail, FROM, [TO_B])
+                except smtplib.SMTPException as e:
+                    with state.lock:
+                        state.failures.append(f"{mail['Subject']}: {e}")
+                    continue
+                done = time.monotonic()
+                with state.lock:
+                    state.accept_seconds.append(done - begun)
+                    state.sent_at[str(mail["Subject"])] = done
+
+    threads = [threading.Thread(target=session) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _wait_for_mailbox(
+    local: LocalRun, subjects: set[str], state: _Progress, seconds: float, progress: bool = False
+) -> None:
+    """Watch B's Maildir until every subject is there; the time each was first seen."""
+    new = local.maildir("b") / "new"
+    seen: set[str] = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for path in new.glob("*") if new.is_dir() else ():
+            if path.name in seen:
+                continue
+            seen.add(path.name)
+            with path.open("rb") as file:
+                headers = BytesHeaderParser().parsebytes(file.read(16384))
+            state.arrived_at[str(headers["Subject"])] = time.monotonic()
+        if progress:
+            done = len(subjects & state.arrived_at.keys())
+            sys.stderr.write(f"\r{done}/{len(subjects)} in B's mailbox")
+            sys.stderr.flush()
+        with state.lock:
+            if state.failures:
+                raise LocalRunFailed(f"{len(state.failures)} mails refused: {state.failures[0]}")
+        if subjects <= state.arrived_at.keys():
+            if progress:
+                sys.stderr.write("\n")
+            return
+        time.sleep(POLL_SECONDS)
+    missing = len(subjects - state.arrived_at.keys())
+    raise LocalRunFailed(f"{missing} mails did not reach B's mailbox in {seconds:.0f} s")
+
+
+def _wait_for_kvittens(local: LocalRun, count: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        outcomes = local.kvittens("a")
+        if len(outcomes) >= count:
+            if any(outcome != "ACCEPTED" for outcome in outcomes.values()):
+                raise LocalRunFailed("a kvittens came back REJECTED")
+            return
+        time.sleep(POLL_SECONDS)
+    raise LocalRunFailed(f"not every kvittens came back to A in {seconds:.0f} s")
+
+
+def _crypto_limit(key_size: int) -> float:
+    """Messages per second the RSA private-key work allows with every core busy: one
+    signature at A, one decryption and one signature (the kvittens) at B."""
+    with tempfile.TemporaryDirectory() as directory:
+        identity = make_pki(Path(directory), key_size=key_size).issue("bench")
+    key = identity.key
+    data = b"x" * 32
+    oaep = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)  # XML-Enc's
+    ciphertext = key.public_key().encrypt(data, oaep)
+    signs = rate(lambda: key.sign(data, padding.PKCS1v15(), hashes.SHA256()), 1.0)
+    decrypts = rate(lambda: key.decrypt(ciphertext, oaep), 1.0)
+    per_message = 2 / signs + 1 / decrypts  # seconds of one core
+    return (os.cpu_count() or 1) / per_message
+
+
+def _usage(pid: int) -> dict[str, object]:
+    """Peak RSS and CPU seconds of a bridge and its child processes (the crypto workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    peak_kb, cpu_ticks, processes = 0, 0, 0
+    for candidate in Path("/proc").iterdir():
+        if not candidate.name.isdigit():
+            continue
+        try:
+            stat = (candidate / "stat").read_text()
+            status = (candidate / "status").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        parent, own = int(fields[1]), int(candidate.name)
+        if own != pid and parent != pid:
+            continue
+        processes += 1
+        cpu_ticks += int(fields[11]) + int(fields[12])  # utime + stime
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peak_kb += int(line.split()[1])
+    return {
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "cpu_seconds": round(cpu_ticks / tick, 2),
+        "processes": processes,
+    }
+
+
+def _ms(values: list[float], percentile: int) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return round(values[0] * 1000, 1)
+    return round(quantiles(values, n=100, method="inclusive")[percentile - 1] * 1000, 1)

@@ -1,0 +1,128 @@
+"""A sandbox federation and two organisations' running bridges on this machine.
+
+What `sdk-bridge demo` and `sdk-bridge bench` stand on: the sandbox (address book,
+SMP/CertPub, access points) in this process, and for organisations A and B a real
+`sdk-bridge run` each, a child process with its log in the run's directory and its
+registrator's incoming mail in a Maildir.
+"""
+
+import contextlib
+import json
+import os
+import select
+import signal
+import smtplib
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+
+from .sandbox.federation import HOST, Sandbox
+
+START_TIMEOUT = 30.0  # seconds for a bridge to say it is ready
+SEND_RETRY_SECONDS = 30.0  # how long a 4xx (the address book still loading) is retried
+
+
+class LocalRunFailed(Exception):
+    """Something did not start or answer; the text says what."""
+
+
+@dataclass
+class RunningBridge:
+    label: str
+    process: subprocess.Popen[str]
+    port: int  # SMTP
+    log: Path
+    spool: Path
+
+
+class LocalRun:
+    def __init__(self, directory: Path, key_size: int, poll_seconds: float = 0.3) -> None:
+        self.directory = directory
+        self.sandbox = Sandbox(directory / "sandbox", 2, key_size=key_size)
+        self.poll_seconds = poll_seconds
+        self.bridges: dict[str, RunningBridge] = {}
+
+    def start(self) -> None:
+        """The sandbox, then both bridges; on failure whatever started is stopped."""
+        try:
+            self.sandbox.start()
+            for label in ("a", "b"):
+                self.bridges[label] = self._start_bridge(label)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for bridge in self.bridges.values():
+            if bridge.process.poll() is None:
+                bridge.process.send_signal(signal.SIGTERM)
+                try:
+                    bridge.process.wait(START_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    bridge.process.kill()
+                    bridge.process.wait()
+            if bridge.process.stdout is not None:
+                bridge.process.stdout.close()
+        self.sandbox.stop()
+
+    def maildir(self, label: str) -> Path:
+        """Where `label`'s registrator gets its mail."""
+        return self.sandbox.maildir(self.sandbox.organisations[label].addresses[0])
+
+    def send(self, label: str, sender: str, recipient: str, mail: EmailMessage) -> None:
+        """Send through `label`'s bridge as an MTA would: a 4xx is tried again a while."""
+        deadline = time.monotonic() + SEND_RETRY_SECONDS
+        while True:
+            try:
+                with smtplib.SMTP(HOST, self.bridges[label].port, timeout=60) as smtp:
+                    smtp.send_message(mail, sender, [recipient])
+                return
+            except smtplib.SMTPRecipientsRefused as e:
+                code, text = next(iter(e.recipients.values()))
+                if code < 500 and time.monotonic() < deadline:
+                    time.sleep(0.3)
+                    continue
+                raise LocalRunFailed(f"{label.upper()} refused {recipient}: {code} {text!r}") from e
+            except (smtplib.SMTPException, OSError) as e:
+                raise LocalRunFailed(f"sending to {label.upper()} failed: {e}") from e
+
+    def kvittens(self, label: str) -> dict[str, str]:
+        """SDK messageId -> the kvittens outcome `label` holds for what it sent."""
+        database = self.bridges[label].spool / "spool.sqlite3"
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+                rows = db.execute("SELECT sdk_message_id, notes FROM deliveries").fetchall()
+        except sqlite3.Error:  # not created yet, or busy: look again
+            return {}
+        outcomes = {sdk_id: json.loads(notes).get("kvittens") for sdk_id, notes in rows}
+        return {sdk_id: outcome for sdk_id, outcome in outcomes.items() if outcome}
+
+    def _start_bridge(self, label: str) -> RunningBridge:
+        config = self.sandbox.directory / f"local-{label}.yaml"
+        config.write_text(
+            self.sandbox.config_path(label).read_text()
+            + f"outbound:\n  poll_seconds: {self.poll_seconds}\n"
+        )
+        log = self.directory / f"bridge-{label}.log"
+        with log.open("w") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "bridge.cli", "run", "-c", str(config)],
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                text=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        assert process.stdout is not None
+        # The daemon prints one line once it listens; a bridge that hangs must not hang us.
+        ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
+        line = process.stdout.readline() if ready else ""
+        if not line.startswith("sdk-bridge ready"):
+            process.kill()
+            process.wait()
+            raise LocalRunFailed(f"the bridge of {label.upper()} did not start (see {log})")
+        spool = self.sandbox.directory / "state" / label / "spool"
+        return RunningBridge(label, process, self.sandbox.smtp_port(label), log, spool)

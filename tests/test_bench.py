@@ -1,0 +1,25 @@
+"""`sdk-bridge bench`: a small run end to end, its JSON complete and consistent."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_a_small_run(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bridge.cli", "bench", "--messages", "12"]
+    command += ["--concurrency", "3", "--key-size", "2048", "--json", "--dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert (report["messages"], report["concurrency"], report["key_size"]) == (12, 3, 2048)
+    assert report["profile"] == "10kb" and report["mean_mail_bytes"] > 10_000
+    assert 0 < report["end_to_end_msgs_per_s"] < report["crypto_limit_msgs_per_s"]
+    assert 0 < report["smtp_accept_p50_ms"] <= report["smtp_accept_p99_ms"]
+    assert 0 < report["accept_to_mailbox_p50_ms"] <= report["accept_to_mailbox_p99_ms"]
+    for label in ("a", "b"):
+        usage = report["bridges"][label]
+        assert usage["peak_rss_mb"] > 20 and usage["cpu_seconds"] > 0
+        assert usage["processes"] >= 2  # the bridge and its crypto workers
+    delivered = list((tmp_path / "sandbox" / "mail" / "b" / "b.registrator" / "new").iterdir())
+    assert len(delivered) == 13  # and the warm-up mail

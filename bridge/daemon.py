@@ -321,6 +321,7 @@ async def run(config: Config, file: Path) -> None:
         crypto,
         notify=reporter,
     )
+    ingress.accepted = worker.wake  # mail just accepted goes out without waiting for a poll
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

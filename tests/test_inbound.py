@@ -226,6 +226,22 @@ def test_a_duplicate_messageid_is_rejected_and_not_delivered_again(harness: Harn
     assert len(harness.spool.inbox()) == 1
 
 
+def test_two_copies_judged_at_once_are_one_message(harness: Harness) -> None:
+    """Judged in the same round, concurrently: the spool lets one in, the other is a
+    duplicate."""
+    business = message()
+    sealed = harness.seal(business)
+    harness.send(sealed)
+    harness.send(sealed)
+    harness.process()
+    found = sorted(harness.kvittens_at_a(), key=lambda k: not k.accepted)
+    assert [k.accepted for k in found] == [True, False]
+    assert rejected(found[1:], business.message_id).startswith("BV duplicate")
+    (stored,) = harness.spool.inbox()
+    assert harness.spool.inbound_mail(stored.sdk_message_id).startswith(b"From: ")
+    assert len(list((harness.spool.directory / "inbox").iterdir())) == 1  # no orphan file
+
+
 def test_a_tampered_signature_is_rejected(harness: Harness) -> None:
     business = message()
     sealed = harness.seal(business)

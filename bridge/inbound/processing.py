@@ -58,6 +58,7 @@ ALWAYS_ACCEPTED_TYPES = frozenset({"application/pdf"})  # B1.3.3: PDF must be su
 NO_REPLY_LOCAL_PART = "no-reply"  # From of a message whose sender names no functional address
 
 _HEADER = "/messagePayload/message/messageHeader"
+_MESSAGE_ID = f"{_HEADER}/messageId"
 _SENDER_ADDRESS = f"{_HEADER}/sender/attention/subOrganization/organizationId/extension"
 _FILES = "/messagePayload/message/messageBody/document/contentFile"
 
@@ -69,6 +70,9 @@ class _Unjudgeable(Exception):
 # What makes a message wait for the next attempt instead of being judged now.
 WAIT_ON = (RegistryUnavailable, TemporaryFailure, OSError, sqlite3.Error, BrokenExecutor)
 BATCH = 50  # messages taken from the spool per round
+# Messages judged at once: their RSA work runs in the crypto workers meanwhile. Two copies
+# of one messageId judged together are told apart by the spool (one is a duplicate).
+CONCURRENCY = 8
 
 
 @dataclass(frozen=True)
@@ -123,23 +127,30 @@ class Inbound:
         (registry, scanner, disk or crypto workers failing) waits with growing pauses;
         another document type, or a message that trips a bug, is quarantined: one bad
         envelope never holds up the others."""
-        for item in await asyncio.to_thread(self.spool.received, "new", limit=BATCH):
-            if item.action == KVITTENS_ACTION:
-                continue
-            try:
-                if item.action != MESSAGE_ACTION:
-                    raise _Unjudgeable("not an SDK message or kvittens document type")
-                with metrics.LATENCY.labels("inbound_judge").time():
-                    await self.process(item)
-            except WAIT_ON as e:
-                await self._postpone(item, e)
-            except Exception as e:
-                if not isinstance(e, _Unjudgeable):
-                    log.exception("inbound processing failed", ebms_id=item.id)
-                    e = _Unjudgeable(f"internal error while processing ({type(e).__name__})")
-                verdict = Verdict(Outcome.NO_KVITTENS, text=str(e))
-                await self._quarantine(item, Opened(verdict), verdict)
+        items = await asyncio.to_thread(self.spool.received, "new", limit=BATCH)
+        at_once = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(item: Received) -> None:
+            async with at_once:
+                await self._process_safely(item)
+
+        await asyncio.gather(*(one(i) for i in items if i.action != KVITTENS_ACTION))
         await self.send_owed()
+
+    async def _process_safely(self, item: Received) -> None:
+        try:
+            if item.action != MESSAGE_ACTION:
+                raise _Unjudgeable("not an SDK message or kvittens document type")
+            with metrics.LATENCY.labels("inbound_judge").time():
+                await self.process(item)
+        except WAIT_ON as e:
+            await self._postpone(item, e)
+        except Exception as e:
+            if not isinstance(e, _Unjudgeable):
+                log.exception("inbound processing failed", ebms_id=item.id)
+                e = _Unjudgeable(f"internal error while processing ({type(e).__name__})")
+            verdict = Verdict(Outcome.NO_KVITTENS, text=str(e))
+            await self._quarantine(item, Opened(verdict), verdict)
 
     async def process(self, item: Received) -> None:
         """Judge one message and record the outcome; raise one of WAIT_ON when that cannot
@@ -186,10 +197,7 @@ class Inbound:
             sender = await asyncio.to_thread(self._sender_address, message)
             if await asyncio.to_thread(self.spool.known_inbound, message.message_id):
                 raise Rejected(
-                    Reason.BV,
-                    Detail.DUPLICATE,
-                    "messageId has been received before",
-                    f"{_HEADER}/messageId",
+                    Reason.BV, Detail.DUPLICATE, "messageId has been received before", _MESSAGE_ID
                 )
             if message.ref_to_message_id and await asyncio.to_thread(
                 self._refers_to_failed, message.ref_to_message_id
@@ -330,14 +338,21 @@ class Inbound:
             reply_references=_references(message.sender.attention),
             our_references=_references(message.recipient.attention),
         )
-        await asyncio.to_thread(
-            self.spool.conclude_received,
-            item.id,
-            "accepted",
-            kvittens=owed,
-            mail=(inbound, mail),
-            sdk_message_id=message.message_id,
-        )
+        try:
+            await asyncio.to_thread(
+                self.spool.conclude_received,
+                item.id,
+                "accepted",
+                kvittens=owed,
+                mail=(inbound, mail),
+                sdk_message_id=message.message_id,
+            )
+        except sqlite3.IntegrityError:  # judged at the same moment as a copy of itself
+            duplicate = Rejected(
+                Reason.BV, Detail.DUPLICATE, "messageId has been received before", _MESSAGE_ID
+            )
+            await self._reject(item, opened, Verdict.of(duplicate))
+            return
         metrics.INBOUND.labels("accepted", "-").inc()
         log.info("inbound message accepted", **inbound.ids(), to=address, sender=inbound.sender)
 
@@ -387,46 +402,56 @@ class Inbound:
     # --- kvittens to the access point ---------------------------------------------------
 
     async def send_owed(self) -> None:
-        """Hand every owed kvittens to the access point. Its ebMS MessageId is its own ID,
-        so one handed over before a crash is refused as a duplicate, not sent twice."""
-        for owed, payload in await asyncio.to_thread(self.spool.owed_kvittens):
-            try:
-                await self.access_point.submit(
-                    Submission(
-                        message_id=owed.id,
-                        payload=payload,
-                        action=KVITTENS_ACTION,
-                        original_sender=self.settings.organisation_id,
-                        final_recipient=owed.receiver,
-                        conversation_id=owed.conversation_id or owed.id,
-                    )
+        """Hand every owed kvittens to the access point, several at once. Its ebMS
+        MessageId is its own ID, so one handed over before a crash is refused as a
+        duplicate, not sent twice."""
+        at_once = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(owed: OwedKvittens, payload: bytes) -> None:
+            async with at_once:
+                await self._hand_over(owed, payload)
+
+        owed = await asyncio.to_thread(self.spool.owed_kvittens)
+        await asyncio.gather(*(one(kvittens, payload) for kvittens, payload in owed))
+
+    async def _hand_over(self, owed: OwedKvittens, payload: bytes) -> None:
+        try:
+            await self.access_point.submit(
+                Submission(
+                    message_id=owed.id,
+                    payload=payload,
+                    action=KVITTENS_ACTION,
+                    original_sender=self.settings.organisation_id,
+                    final_recipient=owed.receiver,
+                    conversation_id=owed.conversation_id or owed.id,
                 )
-            except DuplicateSubmission:
-                pass
-            except PermanentFailure as e:
-                log.error("kvittens refused by the access point", id=owed.id, error=str(e))
-                await asyncio.to_thread(
-                    self.spool.update_kvittens, owed.id, state="failed", last_error=str(e)
-                )
-                continue
-            except Exception as e:  # TemporaryFailure, or a bug: tried again later
-                if not isinstance(e, TemporaryFailure):
-                    log.exception("handing over a kvittens failed unexpectedly", id=owed.id)
-                doublings = min(owed.attempts, 20)
-                delay = min(self.settings.first_retry * 2**doublings, self.settings.max_retry)
-                log.warning("kvittens not handed over; will retry", id=owed.id, error=str(e))
-                await asyncio.to_thread(
-                    self.spool.update_kvittens,
-                    owed.id,
-                    attempts=owed.attempts + 1,
-                    last_error=str(e),
-                    next_attempt_at=datetime.now(UTC) + delay * random.uniform(0.8, 1.2),
-                )
-                continue
-            await asyncio.to_thread(self.spool.update_kvittens, owed.id, state="sent")
-            outcome = "ACCEPTED" if owed.accepted else "REJECTED"
-            log.info("kvittens sent", id=owed.id, ebms_id=owed.answers, outcome=outcome)
-            metrics.KVITTENS_SENT.labels(outcome).inc()
+            )
+        except DuplicateSubmission:
+            pass
+        except PermanentFailure as e:
+            log.error("kvittens refused by the access point", id=owed.id, error=str(e))
+            await asyncio.to_thread(
+                self.spool.update_kvittens, owed.id, state="failed", last_error=str(e)
+            )
+            return
+        except Exception as e:  # TemporaryFailure, or a bug: tried again later
+            if not isinstance(e, TemporaryFailure):
+                log.exception("handing over a kvittens failed unexpectedly", id=owed.id)
+            doublings = min(owed.attempts, 20)
+            delay = min(self.settings.first_retry * 2**doublings, self.settings.max_retry)
+            log.warning("kvittens not handed over; will retry", id=owed.id, error=str(e))
+            await asyncio.to_thread(
+                self.spool.update_kvittens,
+                owed.id,
+                attempts=owed.attempts + 1,
+                last_error=str(e),
+                next_attempt_at=datetime.now(UTC) + delay * random.uniform(0.8, 1.2),
+            )
+            return
+        await asyncio.to_thread(self.spool.update_kvittens, owed.id, state="sent")
+        outcome = "ACCEPTED" if owed.accepted else "REJECTED"
+        log.info("kvittens sent", id=owed.id, ebms_id=owed.answers, outcome=outcome)
+        metrics.KVITTENS_SENT.labels(outcome).inc()
 
 
 def _references(attention: msg.Attention | None) -> tuple[tuple[str, str, str | None], ...]:

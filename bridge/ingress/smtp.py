@@ -16,7 +16,7 @@ import ipaddress
 import re
 import ssl
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.parser import BytesParser
@@ -210,11 +210,13 @@ class IngressHandler:
         registry: Registry,
         spool: Spool,
         scanner: Scanner | None = None,
+        accepted: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.spool = spool
         self.scanner = scanner
+        self.accepted = accepted  # told after each 250 (wakes the outbound worker)
         self.in_flight = 0
 
     async def handle_exception(self, error: Exception) -> str:
@@ -392,6 +394,8 @@ class IngressHandler:
             recipients=len(envelope.recipients),
         )
         metrics.SMTP_ACCEPTED.inc()
+        if self.accepted is not None:
+            self.accepted()
         return f"250 2.0.0 OK queued as {spool_id}"
 
     def _check_content(self, content: bytes) -> Any:

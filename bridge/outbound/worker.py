@@ -71,10 +71,16 @@ class Worker:
         self.signer = signer
         self.crypto = crypto
         self.notify = notify  # tells the sender (a DSN)
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """New mail is in the spool: look now rather than at the next poll."""
+        self._woken.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set; in-flight deliveries finish, the rest stay queued."""
         while not stop.is_set():
+            self._woken.clear()
             due = await asyncio.to_thread(
                 self.spool.claim_due, self.settings.batch, self.settings.lease
             )
@@ -90,8 +96,8 @@ class Worker:
                             error=repr(result),
                         )
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.poll)
+            with contextlib.suppress(TimeoutError):  # `stop` ends this wait via its poll
+                await asyncio.wait_for(self._woken.wait(), self.settings.poll)
 
     async def deliver(self, delivery: Delivery) -> None:
         """One attempt; every outcome is written back to the spool."""

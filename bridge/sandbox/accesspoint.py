@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import os
 import threading
 import time
 import uuid
@@ -216,7 +217,7 @@ class AccessPoint:
         self.clock = clock
         self._payloads = self.directory / "payloads"
         self._payloads.mkdir(parents=True, exist_ok=True)
-        self._state_file = self.directory / "state.json"
+        self._journal = self.directory / "journal.jsonl"
         self._lock = threading.RLock()
         self._sent: dict[str, Record] = {}
         self._received: dict[str, Record] = {}
@@ -409,7 +410,7 @@ class AccessPoint:
             if fault.logged is not None:
                 with self._lock:
                     self._log_error(message_id, fault.code or "EBMS:0004", fault.logged)
-                    self._persist()
+                    self._persist(message_id)
             raise
         envelope = replace(envelope, to_party=target.party_id)
         with self._lock:
@@ -418,7 +419,7 @@ class AccessPoint:
             self._sent[message_id] = Record(
                 envelope, Status.SEND_ENQUEUED, name, _stamp(self.clock())
             )
-            self._persist()
+            self._persist(message_id)
         log.info("submitted", party=self.party_id, message_id=message_id, to=target.party_id)
         code = "EBMS:0004"
         try:
@@ -434,7 +435,7 @@ class AccessPoint:
             self._sent[message_id] = replace(record, status=status, changed=_stamp(self.clock()))
             if problem is not None:
                 self._log_error(message_id, code, problem)
-            self._persist()
+            self._persist(message_id)
         return _answer(_element("submitResponse", ids=[message_id]))
 
     def _refuse_duplicate(self, message_id: str) -> None:
@@ -562,7 +563,7 @@ class AccessPoint:
                 name = self._store_payload("received", envelope.message_id, payload)
                 record = Record(envelope, Status.RECEIVED, name, _stamp(self.clock()))
                 self._received[envelope.message_id] = record
-                self._persist()
+                self._persist(envelope.message_id)
         log.info("received", party=self.party_id, message_id=envelope.message_id)
         return None
 
@@ -596,7 +597,7 @@ class AccessPoint:
             else:
                 record = replace(record, status=Status.DOWNLOADED, changed=now)
             self._received[message_id] = replace(record, downloaded=record.downloaded or now)
-            self._persist()
+            self._persist(message_id)
         log.info("retrieved", party=self.party_id, message_id=message_id)
         return answer
 
@@ -665,29 +666,49 @@ class AccessPoint:
             self._received[record.envelope.message_id] = replace(
                 record, status=Status.DELETED, payload_file=None, changed=_stamp(self.clock())
             )
-        if expired:
-            self._persist()
+            self._persist(record.envelope.message_id)
 
-    def _persist(self) -> None:
-        state = {
-            "version": 1,
-            "sent": [asdict(r) for r in self._sent.values()],
-            "received": [asdict(r) for r in self._received.values()],
-            "errors": self._errors,
+    def _persist(self, message_id: str) -> None:
+        """Append what is known of one message to the journal, durably: one line per
+        change, so a busy access point does not rewrite all its state each time."""
+        line = json.dumps(self._entry(message_id), ensure_ascii=False) + "\n"
+        with self._journal.open("a", encoding="utf-8") as journal:
+            journal.write(line)
+            journal.flush()
+            os.fsync(journal.fileno())
+
+    def _entry(self, message_id: str) -> dict[str, Any]:
+        sent, received = self._sent.get(message_id), self._received.get(message_id)
+        return {
+            "id": message_id,
+            "sent": asdict(sent) if sent else None,
+            "received": asdict(received) if received else None,
+            "errors": self._errors.get(message_id),
         }
-        write_atomic(self._state_file, json.dumps(state, ensure_ascii=False, indent=1).encode())
 
     def _load(self) -> None:
-        if not self._state_file.exists():
+        """Replay the journal (the last line about a message wins), then write it back
+        with one line per message, so it does not grow across restarts."""
+        if not self._journal.exists():
             return
-        state = json.loads(self._state_file.read_text(encoding="utf-8"))
 
         def record(data: dict[str, Any]) -> Record:
             return Record(**{**data, "envelope": Envelope(**data["envelope"])})
 
-        self._sent = {r.envelope.message_id: r for r in map(record, state["sent"])}
-        self._received = {r.envelope.message_id: r for r in map(record, state["received"])}
-        self._errors = state["errors"]
+        for line in self._journal.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            message_id = entry["id"]
+            if entry["sent"]:
+                self._sent[message_id] = record(entry["sent"])
+            if entry["received"]:
+                self._received[message_id] = record(entry["received"])
+            if entry["errors"]:
+                self._errors[message_id] = entry["errors"]
+        ids = dict.fromkeys([*self._sent, *self._received, *self._errors])
+        compact = "".join(json.dumps(self._entry(i), ensure_ascii=False) + "\n" for i in ids)
+        write_atomic(self._journal, compact.encode())
 
 
 # SOAP and the WS plugin's XML.

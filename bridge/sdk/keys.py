@@ -6,6 +6,7 @@ be handed to a process pool.
 """
 
 import copyreg
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,10 @@ class KeyPair:
         return _keypair_from_der, (der_key, self.cert)
 
 
+@functools.lru_cache(maxsize=16)
 def _keypair_from_der(der_key: bytes, cert: x509.Certificate) -> KeyPair:
+    # Cached: every task sent to a crypto worker carries its key, and loading an RSA key
+    # checks it, which costs more than the signature the task is for.
     key = serialization.load_der_private_key(der_key, None)
     assert isinstance(key, rsa.RSAPrivateKey)
     return KeyPair(key, cert)

@@ -478,11 +478,33 @@ class SQLiteSpool:
     ) -> None:
         """Record what became of a received message in one transaction: its state, the
         kvittens it is owed, the mail for its mailbox (files written durably first) and
-        its SDK messageId, which makes a later message with that id a duplicate."""
+        its SDK messageId, which makes a later message with that id a duplicate.
+
+        Raise sqlite3.IntegrityError, recording nothing, when the inbox already holds a
+        message with this SDK messageId (a copy judged at the same moment)."""
+        written = []
         if kvittens is not None:
-            write_atomic(self._kvittens / f"{_safe_name(kvittens[0].id)}.xhe", kvittens[1])
+            written.append(self._kvittens / f"{_safe_name(kvittens[0].id)}.xhe")
+            write_atomic(written[-1], kvittens[1])
         if mail is not None:
-            write_atomic(self._inbox / f"{_safe_name(mail[0].sdk_message_id)}.eml", mail[1])
+            written.append(self._inbox / f"{_safe_name(received_id)}.eml")
+            write_atomic(written[-1], mail[1])
+        try:
+            self._conclude(received_id, state, note, kvittens, mail, sdk_message_id)
+        except sqlite3.IntegrityError:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+
+    def _conclude(
+        self,
+        received_id: str,
+        state: str,
+        note: str | None,
+        kvittens: tuple[OwedKvittens, bytes] | None,
+        mail: tuple[InboundMail, bytes] | None,
+        sdk_message_id: str | None,
+    ) -> None:
         now = _now().isoformat()
         with self._lock, self._db:
             if kvittens is not None:
@@ -612,7 +634,15 @@ class SQLiteSpool:
         return self._inbound(row) if row else None
 
     def inbound_mail(self, sdk_message_id: str) -> bytes:
-        return (self._inbox / f"{_safe_name(sdk_message_id)}.eml").read_bytes()
+        """The mail of an accepted message (its file is named by the ebMS MessageId, so
+        a copy judged at the same moment never writes over it)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT received_id FROM inbox WHERE sdk_message_id = ?", (sdk_message_id,)
+            ).fetchone()
+        if row is None:
+            raise KeyError(sdk_message_id)
+        return (self._inbox / f"{_safe_name(row['received_id'])}.eml").read_bytes()
 
     def update_inbound(self, sdk_message_id: str, **changes: Any) -> None:
         """state, attempts, next_attempt_at, last_error of a mail on its way."""

@@ -1,5 +1,6 @@
 """Shared fixtures: one test PKI per session, organisations A and B, a message factory."""
 
+import collections
 import dataclasses
 import socket
 import subprocess
@@ -133,3 +134,19 @@ def receiver_b(pki: TestPKI, alice: Identity, bob: Identity) -> Receiver:
         our_parties={ORG_B},
         our_functional_addresses={ADDRESS_B},
     )
+
+
+# Hostile-input tests count the cases they tried and handled; the summary shows them.
+HOSTILE_CASES: collections.defaultdict[str, collections.Counter[str]] = collections.defaultdict(
+    collections.Counter
+)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not HOSTILE_CASES:
+        return
+    terminalreporter.section("hostile input")
+    for case, counts in sorted(HOSTILE_CASES.items()):
+        terminalreporter.write_line(
+            f"{case}: {counts['tried']} cases tried, {counts['handled']} handled"
+        )

@@ -78,6 +78,8 @@ class SMTPConfig:
     forbidden_types: frozenset[str]  # attachment MIME types refused (PDF always allowed)
     secrecy_tags: tuple[str, ...]
     scanner: tuple[str, dict[str, Any]] | None  # plugin name and its settings
+    max_recipients: int = 100  # per message; more get 452 4.5.3
+    idle_timeout: float = 300.0  # seconds a silent client keeps its connection
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,8 @@ def _smtp(node: _Node) -> SMTPConfig:
         "forbidden_attachment_types",
         "secrecy_tags",
         "scanner",
+        "max_recipients",
+        "idle_timeout_seconds",
     )
     networks = []
     for item in fields["allowed_networks"].sequence() if "allowed_networks" in fields else ():
@@ -335,7 +339,23 @@ def _smtp(node: _Node) -> SMTPConfig:
         if "secrecy_tags" in fields
         else ("[sekretess]",),
         scanner=scanner,
+        max_recipients=_positive_int(fields["max_recipients"])
+        if "max_recipients" in fields
+        else 100,
+        idle_timeout=float(_positive_int(fields["idle_timeout_seconds"]))
+        if "idle_timeout_seconds" in fields
+        else 300.0,
     )
+
+
+def _positive_int(node: _Node) -> int:
+    try:
+        value = int(node.string())
+    except ValueError:
+        raise node.error("expected a whole number") from None
+    if value < 1:
+        raise node.error("expected a number of at least 1")
+    return value
 
 
 def _functional_address(node: _Node) -> FunctionalAddressConfig:

@@ -108,6 +108,8 @@ def _ingress_settings(config: Config) -> IngressSettings:
         users=smtp.users,
         forbidden_types=smtp.forbidden_types,
         secrecy_tags=smtp.secrecy_tags,
+        max_recipients=smtp.max_recipients,
+        idle_timeout=smtp.idle_timeout,
     )
 
 

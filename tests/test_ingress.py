@@ -2,15 +2,18 @@
 which reply, and what is stored before 250. Real SMTP clients (smtplib) over loopback."""
 
 import asyncio
+import dataclasses
 import email.policy
 import os
 import smtplib
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from clamd import EICAR, clamd_server  # noqa: F401 - the fixture
@@ -90,10 +93,13 @@ def make_ingress(
     sandbox.smp.faults = Faults()
     started: list[tuple[Running, Registry]] = []
 
-    def start(scanner: Scanner | None = None) -> tuple[Running, SQLiteSpool]:
+    def start(scanner: Scanner | None = None, **settings: Any) -> tuple[Running, SQLiteSpool]:
         spool = SQLiteSpool(tmp_path / "spool")
         registry = registry_for(sandbox, "a", tmp_path / "registry")
-        running = Running(IngressHandler(SETTINGS, registry, spool, scanner), tls[0])
+        handler = IngressHandler(
+            dataclasses.replace(SETTINGS, **settings), registry, spool, scanner
+        )
+        running = Running(handler, tls[0])
         started.append((running, registry))
         return running, spool
 
@@ -488,3 +494,68 @@ def test_a_client_that_hangs_up_mid_data_leaves_nothing(ingress) -> None:
     assert spool.deliveries() == []
     with client(running.port) as fresh:  # and the server carries on
         assert fresh.send_message(mail(), FROM, [TO_B]) == {}
+
+
+# --- abuse: relaying, too many recipients, password guessing, silent clients ------------
+
+
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        "someone@gmail.com",  # another domain
+        "someone%gmail.com@b.sandbox.test.sdk.a.sandbox.test",  # the percent hack
+        "someone@gmail.com@b.sandbox.test.sdk.a.sandbox.test",
+        '"someone@gmail.com"@b.sandbox.test.sdk.a.sandbox.test',  # a quoted local part
+        "@relay.example:someone@gmail.com",  # a source route
+        "someone!gmail.com@b.sandbox.test.sdk.a.sandbox.test",  # a UUCP bang path
+        "registrator@b.sandbox.test.sdk.a.sandbox.test.gmail.com",
+        "registrator@sdk.a.sandbox.test",  # the SDK domain itself
+    ],
+)
+def test_no_open_relay(ingress, recipient: str) -> None:
+    running, spool = ingress
+    with client(running.port) as smtp:
+        smtp.ehlo()
+        smtp.mail(FROM)
+        code, _ = smtp.docmd("RCPT", f"TO:<{recipient}>")
+        assert 500 <= code < 600, (recipient, code)
+    assert spool.deliveries() == []
+
+
+def test_too_many_recipients(make_ingress) -> None:
+    running, _ = make_ingress(max_recipients=1)
+    with client(running.port) as smtp:
+        smtp.ehlo()
+        smtp.mail(FROM)
+        assert smtp.rcpt(TO_B)[0] == 250
+        code, text = smtp.rcpt("socialtjansten@b.sandbox.test.sdk.a.sandbox.test")
+        assert (code, text[:5]) == (452, b"4.5.3")
+
+
+def test_password_guessing_is_slowed_down(make_ingress, tls) -> None:
+    running, _ = make_ingress(auth_failures=3)
+    for _ in range(3):
+        with client(running.port, source="127.0.0.2") as smtp:
+            smtp.starttls(context=tls[1])
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                smtp.login("exchange", "guess")
+    with client(running.port, source="127.0.0.2") as smtp:
+        smtp.starttls(context=tls[1])
+        smtp.ehlo()
+        code, text = smtp.docmd("AUTH", "PLAIN AGV4Y2hhbmdlAHMzY3JldA==")  # the right one
+        assert (code, text[:5]) == (454, b"4.7.0")
+    with client(running.port, source="127.0.0.1") as smtp:  # another address is not blocked
+        smtp.starttls(context=tls[1])
+        smtp.login("exchange", "s3cret")
+
+
+def test_a_silent_client_loses_its_slot(make_ingress) -> None:
+    running, _ = make_ingress(idle_timeout=1.0)
+    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as silent:
+        greeting = silent.recv(1000)
+        assert greeting.startswith(b"220")
+        silent.sendall(b"EHLO slow")  # never finishes the line
+        started = time.monotonic()
+        while silent.recv(1000):  # until the server hangs up
+            assert time.monotonic() - started < 10, "the silent client was never cut off"
+        assert time.monotonic() - started < 5

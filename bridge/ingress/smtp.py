@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import re
 import ssl
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,10 @@ class IngressSettings:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     forbidden_types: frozenset[str] = frozenset()
     secrecy_tags: tuple[str, ...] = ("[sekretess]",)
+    max_recipients: int = 100  # per message (RFC 5321 asks servers to take at least 100)
+    idle_timeout: float = 300.0  # seconds a client may stay silent; then its slot is freed
+    auth_failures: int = 5  # failed AUTH attempts from one address within auth_window ...
+    auth_window: float = 600.0  # ... after which AUTH is refused there until it passes
 
 
 _REPLY = re.compile(r"(\d{3})([ -])(.*)", re.DOTALL)
@@ -110,6 +115,13 @@ class BridgeSMTP(SMTP):
         if isinstance(status, str) and not self._plain_replies:
             status = with_enhanced_code(status)
         await super().push(status)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        """Refused for a while where passwords were guessed wrong too often."""
+        if self.event_handler.auth_blocked(self.session):
+            await self.push("454 4.7.0 Too many failed authentications; try again later")
+            return
+        await super().smtp_AUTH(arg)
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._plain_replies = True
@@ -218,6 +230,7 @@ class IngressHandler:
         self.scanner = scanner
         self.accepted = accepted  # told after each 250 (wakes the outbound worker)
         self.in_flight = 0
+        self._auth_failures: dict[str, list[float]] = {}  # client address -> times
 
     async def handle_exception(self, error: Exception) -> str:
         """An unexpected failure is never a 5xx: the client tries again later."""
@@ -237,7 +250,26 @@ class IngressHandler:
             given = auth_data.password.decode("utf-8", "replace")
             if expected is not None and _same(expected, given):
                 return AuthResult(success=True, auth_data=user)
+        self._auth_failed(session)
         return AuthResult(success=False, handled=False)
+
+    def auth_blocked(self, session: Session) -> bool:
+        """Too many failed AUTH attempts from this client's address lately (a password
+        guesser): AUTH is refused there until the oldest of them is out of the window."""
+        failures = self._recent_failures(_client_address(session))
+        return len(failures) >= self.settings.auth_failures
+
+    def _auth_failed(self, session: Session) -> None:
+        address = _client_address(session)
+        self._auth_failures[address] = [*self._recent_failures(address), time.monotonic()]
+        log.warning("SMTP AUTH failed", client=address)
+
+    def _recent_failures(self, address: str) -> list[float]:
+        horizon = time.monotonic() - self.settings.auth_window
+        failures = [t for t in self._auth_failures.pop(address, []) if t > horizon]
+        if failures:  # addresses with none are forgotten: the table cannot grow without end
+            self._auth_failures[address] = failures
+        return failures
 
     # --- the dialogue ----------------------------------------------------------------------
 
@@ -265,6 +297,8 @@ class IngressHandler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        if len(envelope.recipients) >= self.settings.max_recipients:
+            return "452 4.5.3 Too many recipients; send the rest in another message"
         try:
             self._check_relay(session)
             self._sender(envelope, session)
@@ -457,6 +491,10 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())[:400]
 
 
+def _client_address(session: Session) -> str:
+    return str(session.peer[0]) if isinstance(session.peer, tuple) else ""
+
+
 def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
@@ -503,7 +541,7 @@ def _factory(handler: IngressHandler, *, tls: ssl.SSLContext | None, implicit_tl
             auth_require_tls=not implicit_tls,
             authenticator=handler.authenticate,
             auth_exclude_mechanism=("CRAM-MD5",),
-            timeout=300,
+            timeout=handler.settings.idle_timeout,
         )
 
     return factory

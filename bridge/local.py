@@ -40,9 +40,17 @@ class RunningBridge:
 
 
 class LocalRun:
-    def __init__(self, directory: Path, key_size: int, poll_seconds: float = 0.3) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        key_size: int,
+        poll_seconds: float = 0.3,
+        retention_minutes: int | None = None,
+    ) -> None:
         self.directory = directory
-        self.sandbox = Sandbox(directory / "sandbox", 2, key_size=key_size)
+        self.sandbox = Sandbox(
+            directory / "sandbox", 2, key_size=key_size, retention_minutes=retention_minutes
+        )
         self.poll_seconds = poll_seconds
         self.bridges: dict[str, RunningBridge] = {}
 
@@ -68,6 +76,15 @@ class LocalRun:
             if bridge.process.stdout is not None:
                 bridge.process.stdout.close()
         self.sandbox.stop()
+
+    def kill(self, label: str) -> None:
+        """SIGKILL `label`'s bridge and start it again, as systemd would restart it."""
+        bridge = self.bridges[label]
+        bridge.process.kill()
+        bridge.process.wait()
+        if bridge.process.stdout is not None:
+            bridge.process.stdout.close()
+        self.bridges[label] = self._start_bridge(label)
 
     def maildir(self, label: str) -> Path:
         """Where `label`'s registrator gets its mail."""
@@ -108,7 +125,7 @@ class LocalRun:
             + f"outbound:\n  poll_seconds: {self.poll_seconds}\n"
         )
         log = self.directory / f"bridge-{label}.log"
-        with log.open("w") as log_file:
+        with log.open("a") as log_file:  # a restarted bridge goes on in the same log
             process = subprocess.Popen(
                 [sys.executable, "-m", "bridge.cli", "run", "-c", str(config)],
                 stdout=subprocess.PIPE,

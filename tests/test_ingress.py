@@ -334,14 +334,16 @@ def test_big_messages_do_not_stall_other_sessions(ingress) -> None:
     assert 24_000_000 < len(data) < 26_000_000
     errors: list[BaseException] = []
 
-    def send() -> None:
+    def send(number: int) -> None:
         try:
-            with client(running.port) as smtp:
-                smtp.sendmail(FROM, [TO_B], data)
+            with client(running.port) as smtp:  # three different mails, not one sent again
+                smtp.sendmail(
+                    FROM, [TO_B], data.replace(b"Subject: Stor", b"Subject: Stor %d" % number)
+                )
         except BaseException as e:
             errors.append(e)
 
-    senders = [threading.Thread(target=send) for _ in range(3)]
+    senders = [threading.Thread(target=send, args=(n,)) for n in range(3)]
     for sender in senders:
         sender.start()
     slowest = 0.0

@@ -1,5 +1,6 @@
 """The embedded spool: durable accept, leases, updates, lookups, and a reopen."""
 
+import dataclasses
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,3 +87,21 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
     reopened = SQLiteSpool(tmp_path)
     assert reopened.deliveries() == before
     assert reopened.body(message_id) == b"body"
+
+
+def test_the_same_mail_sent_again_is_kept_once(tmp_path: Path) -> None:
+    """A client that did not see our 250 (we were killed after the commit) sends the mail
+    again: the very same bytes, envelope and recipients are one message, not two."""
+    spool = SQLiteSpool(tmp_path)
+    envelope = Envelope("anna@kommun-a.se", sender_address="a.registrator")
+    recipients = [RecipientRecord("x@b.se.sdk.a.se", "0203:b.se", "b.registrator")]
+    first = spool.accept(envelope, recipients, b"Message-ID: <1@a>\r\n\r\nHej")
+    resent = spool.incoming()
+    resent.write_bytes(b"Message-ID: <1@a>\r\n\r\nHej")
+    assert spool.accept(envelope, recipients, resent) == first
+    assert not resent.exists()
+    assert len(spool.deliveries()) == 1
+    other = spool.accept(envelope, recipients, b"Message-ID: <2@a>\r\n\r\nHej")
+    as_other = dataclasses.replace(envelope, sender_address="a.socialtjanst")
+    assert spool.accept(as_other, recipients, b"Message-ID: <1@a>\r\n\r\nHej") != first
+    assert len({first, other}) == 2 and len(spool.deliveries()) == 3

@@ -88,6 +88,7 @@ _WHITESPACE = re.compile(r"\s+")
 _MESSAGE_ID = re.compile(r"<\s*([^<>\s]+?)\s*>")
 _SAFE_LINK = re.compile(r"(?i)(https?:|mailto:)")
 _BAD_FILE_CHARS = re.compile(r'[\\/:*?"<>|]')
+_CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 
 # Well-known types: refine application/octet-stream by extension, name unnamed parts.
 _TYPES_BY_EXTENSION = {
@@ -558,6 +559,8 @@ def _file_of(part: EmailMessage) -> ContentFile:
         return ContentFile(name, content_type, content)
     data = part.get_payload(decode=True)
     content = data if isinstance(data, bytes) else b""
+    if not _CONTENT_TYPE.fullmatch(content_type):  # garbage in the header: a plain file
+        content_type = "application/octet-stream"
     if content_type == "application/octet-stream" and "." in name:
         content_type = _TYPES_BY_EXTENSION.get(name[name.rfind(".") :].lower(), content_type)
     return ContentFile(name, content_type, content)

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS messages (
     received_at TEXT NOT NULL,
     mail_from TEXT NOT NULL,
     envelope TEXT NOT NULL,          -- JSON: client, helo, auth user, ENVID, RET, Message-ID
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    body_sha256 TEXT                 -- to know the same mail sent again after a lost 250
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -108,6 +109,18 @@ CREATE TABLE IF NOT EXISTS kvittens_out (  -- kvittens we owe senders, until the
 );
 CREATE INDEX IF NOT EXISTS kvittens_due ON kvittens_out(state, next_attempt_at);
 """
+
+
+# Columns added after a table was first released, for `_add_missing_columns`.
+ADDED_COLUMNS = {
+    "messages": {"body_sha256": "TEXT"},
+    "received": {
+        "sdk_message_id": "TEXT",
+        "attempts": "INTEGER NOT NULL DEFAULT 0",
+        "next_attempt_at": "TEXT",
+    },
+}
+RESEND_WINDOW = timedelta(hours=24)  # the same mail again within this is a resend
 
 
 class State(StrEnum):
@@ -229,6 +242,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _sha256(body: bytes | Path) -> str:
+    if isinstance(body, bytes):
+        return hashlib.sha256(body).hexdigest()
+    digest = hashlib.sha256()
+    with body.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _safe_name(message_id: str) -> str:
     """A file name for an ebMS MessageId, which may hold any printable character."""
     return hashlib.sha256(message_id.encode()).hexdigest()
@@ -254,10 +277,19 @@ class SQLiteSpool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            self._add_missing_columns()
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def _add_missing_columns(self) -> None:
+        """A spool made by an earlier version gets the columns added since (empty)."""
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for column, kind in columns.items():
+                if column not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def discard_partial(self) -> None:
         """At start-up of the daemon: mail that was still arriving was never answered 250,
@@ -278,6 +310,12 @@ class SQLiteSpool:
 
         `body` is the message, or a file from `incoming()` holding it (moved, not copied).
         """
+        digest = _sha256(body)
+        earlier = self._resent(envelope, recipients, digest)
+        if earlier is not None:  # the client did not see our 250 (we were killed): once only
+            if isinstance(body, Path):
+                body.unlink()
+            return earlier
         message_id = uuid.uuid4().hex
         target = self._bodies / f"{message_id}.eml"
         if isinstance(body, Path):
@@ -289,8 +327,9 @@ class SQLiteSpool:
         now = _now().isoformat()
         with self._lock, self._db:
             self._db.execute(
-                "INSERT INTO messages VALUES (?, ?, ?, ?, ?)",
-                (message_id, now, envelope.mail_from, json.dumps(vars(envelope)), size),
+                "INSERT INTO messages (id, received_at, mail_from, envelope, size, body_sha256)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (message_id, now, envelope.mail_from, json.dumps(vars(envelope)), size, digest),
             )
             for recipient in recipients:
                 details = {**vars(recipient), "notify": list(recipient.notify)}
@@ -311,6 +350,32 @@ class SQLiteSpool:
                     ),
                 )
         return message_id
+
+    def _resent(
+        self, envelope: Envelope, recipients: list[RecipientRecord], digest: str
+    ) -> str | None:
+        """The spool id of the very same mail (bytes, envelope sender, the functional
+        address and user it was sent as, recipients) accepted within RESEND_WINDOW: a
+        client that lost our 250 sends it again, and SMTP cannot tell."""
+        since = (_now() - RESEND_WINDOW).isoformat()
+        wanted = sorted(r.address for r in recipients)
+        sent_as = (envelope.sender_address, envelope.auth_user)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, envelope FROM messages WHERE body_sha256 = ? AND mail_from = ?"
+                " AND received_at >= ?",
+                (digest, envelope.mail_from, since),
+            ).fetchall()
+            for row in rows:
+                earlier = json.loads(row["envelope"])
+                if (earlier.get("sender_address"), earlier.get("auth_user")) != sent_as:
+                    continue
+                addresses = self._db.execute(
+                    "SELECT recipient FROM deliveries WHERE message_id = ?", (row["id"],)
+                ).fetchall()
+                if sorted(a["recipient"] for a in addresses) == wanted:
+                    return str(row["id"])
+        return None
 
     # --- from the access point ----------------------------------------------------------
 

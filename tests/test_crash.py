@@ -1,0 +1,130 @@
+"""Crash safety under load: 500 mails from A to B while either bridge is SIGKILLed ten
+times at random moments and restarted. Every mail that got 250 reaches B's mailbox exactly
+once, every SDK message is answered ACCEPTED, and nothing is lost or doubled (counted by
+subject and by SDK messageId). A kill between retrieve and store loses a message at the
+access point; the bridge names it and the administrator's recovery (`inbound import`,
+from the access point's retention) brings it in, as README says."""
+
+import email.policy
+import random
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser
+from pathlib import Path
+
+import pytest
+
+from bridge.local import LocalRun
+
+FROM = "registrator@a.sandbox.test"
+TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
+MAILS = 500
+KILLS = 10
+
+
+def mail(number: int) -> EmailMessage:
+    message = EmailMessage()
+    message["From"], message["To"] = FROM, TO_B
+    message["Subject"] = f"Krasch {number:04d}"
+    message["Message-ID"] = f"<crash-{number}@a.sandbox.test>"
+    message.set_content(f"Meddelande {number}.")
+    return message
+
+
+def in_mailbox(local: LocalRun) -> list[tuple[str, str]]:
+    """(subject, SDK messageId) of every mail in B's Maildir."""
+    found = []
+    for sub in ("new", "cur"):
+        directory = local.maildir("b") / sub
+        for path in directory.iterdir() if directory.is_dir() else ():
+            with path.open("rb") as file:
+                headers = BytesHeaderParser(policy=email.policy.default).parsebytes(file.read())
+            found.append((str(headers["Subject"]), str(headers["X-SDK-Message-ID"])))
+    return found
+
+
+def recover_lost(local: LocalRun) -> int:
+    """The administrator's part: envelopes a bridge recorded as lost (messages at B,
+    kvittens at A), imported from the access point's retention."""
+    import sqlite3
+
+    recovered = 0
+    for label in ("a", "b"):
+        database = local.bridges[label].spool / "spool.sqlite3"
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+            lost = [row[0] for row in db.execute("SELECT id FROM received WHERE state = 'lost'")]
+        config = local.sandbox.directory / f"local-{label}.yaml"
+        for ebms_id in lost:
+            payload = local.sandbox.access_points[label].retained_payload(ebms_id)
+            assert payload is not None, f"{ebms_id} is gone from the access point"
+            envelope = local.directory / f"recovered-{ebms_id}.xml"
+            envelope.write_bytes(payload)
+            command = [sys.executable, "-m", "bridge.cli", "inbound", "import", "-c", str(config)]
+            subprocess.run([*command, "--ebms-id", ebms_id, str(envelope)], check=True, timeout=60)
+            recovered += 1
+    return recovered
+
+
+@pytest.mark.slow
+def test_either_bridge_killed_ten_times_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    local = LocalRun(tmp_path, key_size=2048, retention_minutes=60)
+    local.start()
+    try:
+        acknowledged: list[str] = []
+        done = threading.Event()
+
+        def sender() -> None:  # retries until 250, as an MTA does
+            for number in range(MAILS):
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    try:
+                        port = local.bridges["a"].port
+                        with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+                            smtp.send_message(mail(number), FROM, [TO_B])
+                        acknowledged.append(f"Krasch {number:04d}")
+                        break
+                    except (smtplib.SMTPException, OSError):
+                        time.sleep(0.1)  # down, or killed mid-dialogue
+            done.set()
+
+        thread = threading.Thread(target=sender)
+        thread.start()
+        chance = random.Random(20261129)
+        kills = Counter()
+        for _ in range(KILLS):
+            time.sleep(chance.uniform(0.5, 2.5))
+            victim = chance.choice("ab")
+            local.kill(victim)
+            kills[victim] += 1
+        thread.join(600)
+        assert len(acknowledged) == MAILS
+
+        deadline = time.monotonic() + 300
+        recovered = 0
+        while time.monotonic() < deadline:
+            subjects = Counter(subject for subject, _ in in_mailbox(local))
+            if set(acknowledged) <= subjects.keys():
+                break
+            recovered += recover_lost(local)
+            time.sleep(1)
+        time.sleep(2)  # a late duplicate would show now
+        found = in_mailbox(local)
+        subjects = Counter(subject for subject, _ in found)
+        assert set(subjects) == set(acknowledged)
+        assert max(subjects.values()) == 1, [s for s, n in subjects.items() if n > 1]
+        assert len({sdk_id for _, sdk_id in found}) == len(found)  # no SDK message twice
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(local.kvittens("a")) < MAILS:
+            recovered += recover_lost(local)
+            time.sleep(0.5)
+        outcomes = Counter(local.kvittens("a").values())
+        assert outcomes == {"ACCEPTED": MAILS}
+        print(f"kills: {dict(kills)}; recovered from the access point's retention: {recovered}")
+    finally:
+        local.stop()

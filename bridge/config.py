@@ -339,22 +339,22 @@ def _smtp(node: _Node) -> SMTPConfig:
         if "secrecy_tags" in fields
         else ("[sekretess]",),
         scanner=scanner,
-        max_recipients=_positive_int(fields["max_recipients"])
+        max_recipients=_whole_number(fields["max_recipients"])
         if "max_recipients" in fields
         else 100,
-        idle_timeout=float(_positive_int(fields["idle_timeout_seconds"]))
+        idle_timeout=float(_whole_number(fields["idle_timeout_seconds"]))
         if "idle_timeout_seconds" in fields
         else 300.0,
     )
 
 
-def _positive_int(node: _Node) -> int:
+def _whole_number(node: _Node, minimum: int = 1) -> int:
     try:
         value = int(node.string())
     except ValueError:
         raise node.error("expected a whole number") from None
-    if value < 1:
-        raise node.error("expected a number of at least 1")
+    if value < minimum:
+        raise node.error(f"expected a number of at least {minimum}")
     return value
 
 
@@ -413,13 +413,7 @@ def _admin(node: _Node) -> AdminConfig:
     fields = node.mapping("listen", "certificate_warning_days")
     warning = AdminConfig.certificate_warning
     if "certificate_warning_days" in fields:
-        try:
-            days = int(fields["certificate_warning_days"].string())
-        except ValueError:
-            raise fields["certificate_warning_days"].error("expected a whole number") from None
-        if days < 0:
-            raise fields["certificate_warning_days"].error("expected 0 or more days")
-        warning = timedelta(days=days)
+        warning = timedelta(days=_whole_number(fields["certificate_warning_days"], minimum=0))
     listen = _listen_one(fields["listen"]) if "listen" in fields else AdminConfig.listen
     return AdminConfig(listen=listen, certificate_warning=warning)
 

@@ -198,35 +198,25 @@ class _Reloadable:
 
 def _needs_restart(old: Config, new: Config) -> list[str]:
     """The sections that changed but only take effect after a restart."""
-    assert old.smtp is not None and new.smtp is not None
+    before, after = _restart_sections(old), _restart_sections(new)
+    return [name for name in before if before[name] != after[name]]
 
-    def certificates(config: Config) -> list[bytes]:
-        pairs = [config.signing, *config.decryption]
-        return [pair.cert.public_bytes(serialization.Encoding.DER) for pair in pairs]
 
-    parts = {
-        "organisation": (old.organisation_id, old.sdk_domain, old.federation),
-        "keys": certificates(old),
-        "registry": old.registry,
-        "access_point": old.access_point,
-        "spool": old.spool,
-        "smtp.listen": (old.smtp.listen, old.smtp.listen_tls, old.smtp.tls_cert is None),
-        "smtp.scanner": old.smtp.scanner,
-        "outbound": old.outbound,
-        "admin": old.admin,
+def _restart_sections(config: Config) -> dict[str, object]:
+    """What a reload cannot change, comparably (certificates, not key objects)."""
+    assert config.smtp is not None
+    pairs = [config.signing, *config.decryption]
+    return {
+        "organisation": (config.organisation_id, config.sdk_domain, config.federation),
+        "keys": [pair.cert.public_bytes(serialization.Encoding.DER) for pair in pairs],
+        "registry": config.registry,
+        "access_point": config.access_point,
+        "spool": config.spool,
+        "smtp.listen": (config.smtp.listen, config.smtp.listen_tls, config.smtp.tls_cert is None),
+        "smtp.scanner": config.smtp.scanner,
+        "outbound": config.outbound,
+        "admin": config.admin,
     }
-    now = {
-        "organisation": (new.organisation_id, new.sdk_domain, new.federation),
-        "keys": certificates(new),
-        "registry": new.registry,
-        "access_point": new.access_point,
-        "spool": new.spool,
-        "smtp.listen": (new.smtp.listen, new.smtp.listen_tls, new.smtp.tls_cert is None),
-        "smtp.scanner": new.smtp.scanner,
-        "outbound": new.outbound,
-        "admin": new.admin,
-    }
-    return [name for name in parts if parts[name] != now[name]]
 
 
 def _mailboxes(config: Config) -> dict[str, plugins.Mailbox]:

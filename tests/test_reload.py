@@ -24,11 +24,8 @@ def wait_for_log(log: Path, text: str, count: int = 1, seconds: float = 30) -> N
         time.sleep(0.1)
 
 
-def test_sighup_reloads_or_refuses(sandbox: Sandbox, tmp_path: Path) -> None:
-    settings = yaml.safe_load(sandbox.config_path("a").read_text())
-    config_file = sandbox.directory / "org-a-reload.yaml"
-    config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
-    log = tmp_path / "bridge.log"
+def start_bridge(config_file: Path, log: Path) -> subprocess.Popen[str]:
+    """`sdk-bridge run` with its log in `log`, once it says it is ready."""
     with log.open("w") as errors:
         process = subprocess.Popen(
             [sys.executable, "-m", "bridge.cli", "run", "-c", str(config_file)],
@@ -37,9 +34,18 @@ def test_sighup_reloads_or_refuses(sandbox: Sandbox, tmp_path: Path) -> None:
             text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith("sdk-bridge ready"), log.read_text()[-2000:]
+    return process
+
+
+def test_sighup_reloads_or_refuses(sandbox: Sandbox, tmp_path: Path) -> None:
+    settings = yaml.safe_load(sandbox.config_path("a").read_text())
+    config_file = sandbox.directory / "org-a-reload.yaml"
+    config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
+    log = tmp_path / "bridge.log"
+    process = start_bridge(config_file, log)
     try:
-        assert process.stdout is not None
-        assert process.stdout.readline().startswith("sdk-bridge ready")
         port = sandbox.smtp_port("a")
         open_session = smtplib.SMTP("127.0.0.1", port, timeout=30)
         open_session.ehlo()
@@ -101,17 +107,8 @@ def test_sighup_takes_a_new_tls_certificate(sandbox: Sandbox, tmp_path: Path) ->
         return x509.load_der_x509_certificate(der).serial_number
 
     log = tmp_path / "bridge.log"
-    with log.open("w") as errors:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "run", "-c", str(config_file)],
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    process = start_bridge(config_file, log)
     try:
-        assert process.stdout is not None
-        assert process.stdout.readline().startswith("sdk-bridge ready")
         assert served_serial() == first.cert.serial_number
         cert.write_bytes(second.cert_pem.read_bytes())
         key.write_bytes(second.key_pem.read_bytes())

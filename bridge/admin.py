@@ -16,6 +16,7 @@ from cryptography import x509
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import metrics
+from .checks import expiring
 from .spool import Spool
 
 log = structlog.get_logger(__name__)
@@ -52,14 +53,7 @@ class Health:
                 "access point: not reached since "
                 + (since.isoformat(timespec="seconds") if self.access_point_reached else "start")
             )
-        for name, certificate in self.certificates.items():
-            left = certificate.not_valid_after_utc - now
-            if left < self.warning:
-                found.append(
-                    f"certificate {name}: expires {certificate.not_valid_after_utc:%Y-%m-%d}"
-                    f" ({max(left.days, 0)} days left)"
-                )
-        return found
+        return found + expiring(self.certificates, self.warning)
 
 
 async def serve(host: str, port: int, health: Health) -> asyncio.Server:

@@ -50,16 +50,22 @@ def certificate_warnings(config: Config, within: timedelta | None = None) -> lis
     30 days), or have already."""
     if within is None:
         within = config.admin.certificate_warning if config.admin else DEFAULT_WARNING
+    return expiring(certificates(config), within)
+
+
+def expiring(named: dict[str, x509.Certificate], within: timedelta) -> list[str]:
+    """One line for each certificate that expires within `within`, or has already (for
+    check-config, the log and /readyz alike)."""
     now = datetime.now(UTC)
     warnings = []
-    for name, certificate in certificates(config).items():
+    for name, certificate in named.items():
         left = certificate.not_valid_after_utc - now
         if left < within:
             when = f"{certificate.not_valid_after_utc:%Y-%m-%d}"
             warnings.append(
-                f"certificate {name} expired {when}"
+                f"certificate {name}: expired {when}"
                 if left < timedelta(0)
-                else f"certificate {name} expires {when} ({left.days} days left)"
+                else f"certificate {name}: expires {when} ({left.days} days left)"
             )
     return warnings
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bridge.plugins import PermanentFailure, TemporaryFailure
@@ -66,27 +66,24 @@ class _Handoff:
 
     def _check(self) -> None:
         """Connect and greet (with TLS where configured), and say goodbye."""
-        client: smtplib.SMTP | None = None
-        try:
-            client = self._connect(self.timeout)
-            client.ehlo_or_helo_if_needed()
-        except smtplib.SMTPResponseException as e:
-            raise _failure(self, e.smtp_code, e.smtp_error) from e
-        except (OSError, smtplib.SMTPException) as e:
-            raise TemporaryFailure(f"{self!r}: {e or type(e).__name__}") from e
-        finally:
-            if client is not None:
-                _quit(client)
+        self._session(self.timeout, lambda client: None)
 
     def _deliver(self, message: bytes) -> None:
-        timeout = self.timeout + len(message) / self.rate
+        def send(client: smtplib.SMTP) -> None:
+            eight_bit = not message.isascii() and client.has_extn("8bitmime")
+            options = ["BODY=8BITMIME"] if eight_bit else []
+            client.sendmail(self.sender, [self.recipient], message, options)
+
+        self._session(self.timeout + len(message) / self.rate, send)
+
+    def _session(self, timeout: float, work: Callable[[smtplib.SMTP], None]) -> None:
+        """Connect, greet, do `work`, and say goodbye; server replies become Temporary or
+        PermanentFailure."""
         client: smtplib.SMTP | None = None
         try:
             client = self._connect(timeout)
             client.ehlo_or_helo_if_needed()
-            eight_bit = not message.isascii() and client.has_extn("8bitmime")
-            options = ["BODY=8BITMIME"] if eight_bit else []
-            client.sendmail(self.sender, [self.recipient], message, options)
+            work(client)
         except smtplib.SMTPConnectError as e:  # refused at the greeting: not this message
             raise TemporaryFailure(f"{self!r}: {e.smtp_code} {e.smtp_error!r}") from e
         except smtplib.SMTPRecipientsRefused as e:

@@ -65,7 +65,7 @@ def test_certificates_expiring_soon_are_warned_about(sandbox: Sandbox) -> None:
     assert checks.certificate_warnings(loaded) == []
     later = datetime.now(UTC) + timedelta(days=3650)
     warnings = checks.certificate_warnings(loaded, within=later - datetime.now(UTC))
-    assert {w.split(" expires")[0] for w in warnings} == {
+    assert {w.split(": expires")[0] for w in warnings} == {
         "certificate signing",
         "certificate decryption 1",
     }

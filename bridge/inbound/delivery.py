@@ -9,7 +9,6 @@ spool (`inbox/`), logged as an error for an administrator.
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from typing import Any
 import structlog
 
 from .. import metrics
+from ..backoff import pause
 from ..plugins import Mailbox, PermanentFailure, TemporaryFailure
 from ..spool import InboundMail, InboxState, Spool
 
@@ -89,9 +89,7 @@ class MailboxDelivery:
 
     async def _retry(self, mail: InboundMail, reason: str, ids: dict[str, Any]) -> None:
         attempts = mail.attempts + 1
-        doublings = min(attempts - 1, 20)
-        delay = min(self.settings.first_retry * 2**doublings, self.settings.max_retry)
-        delay *= random.uniform(0.8, 1.2)
+        delay = pause(attempts, self.settings.first_retry, self.settings.max_retry)
         log.warning("mailbox delivery will be retried", **ids, attempts=attempts, reason=reason)
         metrics.MAILBOX.labels("retry").inc()
         await self._update(

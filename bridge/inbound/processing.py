@@ -20,7 +20,6 @@ in the next round; nothing is answered before it is decided.
 """
 
 import asyncio
-import random
 import sqlite3
 from collections.abc import Collection
 from concurrent.futures import BrokenExecutor, Executor
@@ -30,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from .. import metrics
+from ..backoff import pause
 from ..plugins import (
     AccessPoint,
     DuplicateSubmission,
@@ -170,8 +170,7 @@ class Inbound:
             await self._accept(item, opened.message, sender, opened)
 
     async def _postpone(self, item: Received, error: Exception) -> None:
-        doublings = min(item.attempts, 20)
-        delay = min(self.settings.first_retry * 2**doublings, self.settings.max_wait)
+        delay = pause(item.attempts + 1, self.settings.first_retry, self.settings.max_wait)
         log.warning(
             "inbound message waits",
             ebms_id=item.id,
@@ -437,15 +436,14 @@ class Inbound:
         except Exception as e:  # TemporaryFailure, or a bug: tried again later
             if not isinstance(e, TemporaryFailure):
                 log.exception("handing over a kvittens failed unexpectedly", id=owed.id)
-            doublings = min(owed.attempts, 20)
-            delay = min(self.settings.first_retry * 2**doublings, self.settings.max_retry)
+            delay = pause(owed.attempts + 1, self.settings.first_retry, self.settings.max_retry)
             log.warning("kvittens not handed over; will retry", id=owed.id, error=str(e))
             await asyncio.to_thread(
                 self.spool.update_kvittens,
                 owed.id,
                 attempts=owed.attempts + 1,
                 last_error=str(e),
-                next_attempt_at=datetime.now(UTC) + delay * random.uniform(0.8, 1.2),
+                next_attempt_at=datetime.now(UTC) + delay,
             )
             return
         await asyncio.to_thread(self.spool.update_kvittens, owed.id, state="sent")

@@ -9,7 +9,6 @@ off the event loop.
 import asyncio
 import contextlib
 import email.policy
-import random
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from email.parser import BytesParser
 import structlog
 
 from .. import metrics
+from ..backoff import pause
 from ..plugins import (
     AccessPoint,
     DuplicateSubmission,
@@ -209,9 +209,7 @@ class Worker:
         if datetime.now(UTC) - delivery.created_at > self.settings.lifetime:
             await self._fail(delivery, f"gave up after {attempts} attempts: {reason}", "5.4.7")
             return
-        doublings = min(attempts - 1, 20)  # the cap is reached long before: no overflow
-        delay = min(self.settings.first_retry * 2**doublings, self.settings.max_retry)
-        delay *= random.uniform(0.8, 1.2)  # jitter: retries from many messages spread out
+        delay = pause(attempts, self.settings.first_retry, self.settings.max_retry)
         log.warning("will retry", **delivery.ids(), attempts=attempts, reason=reason)
         await asyncio.to_thread(
             self.spool.transition,

@@ -10,6 +10,11 @@ Settings: `socket` or `host` + `port`; `timeout` in seconds for one whole scan (
 30); `max_bytes` (default 64 MiB), the largest message scanned, which must not exceed
 clamd's StreamMaxLength (Debian's clamd.conf sets 25M).
 
+clamd.conf must say `AlertExceedsMax yes`. With clamd's default (and Debian's) `no`, a file
+nested deeper than MaxRecursion (17 containers), or beyond MaxFiles or MaxScanSize, is
+answered `stream: OK` unscanned; with `yes` it is answered
+`Heuristics.Limits.Exceeded.* FOUND` and refused like malware.
+
 Whenever clamd cannot give a clear answer (unreachable, too slow, an ERROR reply, anything
 unexpected, a message over max_bytes) scan() raises TemporaryFailure: a message is never
 reported clean unless clamd said `stream: OK` after receiving all of it.

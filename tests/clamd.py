@@ -78,6 +78,7 @@ class Clamd:
                     f"LogFile {self.log}",
                     f"StreamMaxLength {stream_max_length}",
                     "SelfCheck 0",
+                    "AlertExceedsMax yes",  # as the plugin documentation asks
                     "",
                 ]
             )

@@ -512,6 +512,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     bridge_logging.configure("warning")  # the sandbox in this process: only its troubles
     if args.messages < 1 or args.concurrency < 1:
         raise UsageError("--messages and --concurrency must be at least 1")
+    if args.smtp_source:
+        return _bench_smtp_source(args)
+    if args.postfix:
+        raise UsageError("--postfix goes with --smtp-source")
     try:
         result = bench.run(
             args.messages,
@@ -525,6 +529,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"sdk-bridge bench: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2) if args.json else bench.format_table(result))
+    return 0
+
+
+def _bench_smtp_source(args: argparse.Namespace) -> int:
+    """SMTP accept alone, measured with Postfix's smtp-source (and Postfix beside it)."""
+    from . import acceptbench
+    from .local import LocalRunFailed
+
+    sizes = {"10kb": 10_240, "1mb": 1_048_576}  # smtp-source sends one payload size
+    if args.profile not in sizes:
+        raise UsageError("--smtp-source takes --profile 10kb or 1mb")
+    try:
+        result = acceptbench.run(
+            args.messages,
+            args.concurrency,
+            sizes[args.profile],
+            postfix=args.postfix,
+            key_size=args.key_size,
+            directory=Path(args.dir) if args.dir else None,
+        )
+    except (acceptbench.AcceptBenchFailed, LocalRunFailed) as e:
+        print(f"sdk-bridge bench: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else acceptbench.format_table(result))
     return 0
 
 
@@ -787,6 +815,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="10kb text mails; 1mb with a PDF; max: one 30 MB message; mixed: nine to one",
     )
     load.add_argument("--key-size", type=int, default=3072, help="RSA key size (default 3072)")
+    load.add_argument(
+        "--smtp-source",
+        action="store_true",
+        help="SMTP accept to durable spool alone, sent by Postfix's smtp-source",
+    )
+    load.add_argument(
+        "--postfix",
+        action="store_true",
+        help="with --smtp-source: the same run against a throw-away Postfix (needs root)",
+    )
     load.add_argument("--dir", help="where to keep the run's files (default: a temporary one)")
     load.add_argument("--json", action="store_true", help="print JSON")
     load.set_defaults(run=cmd_bench)

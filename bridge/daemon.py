@@ -26,7 +26,7 @@ from .admin import Health
 from .config import Config, ConfigError
 from .config import load as load_config
 from .inbound.delivery import MailboxDelivery
-from .inbound.intake import fetch_once
+from .inbound.intake import Intake
 from .inbound.mapping import SECRECY_PREFIX
 from .inbound.processing import Inbound, InboundSettings
 from .ingress.smtp import IngressHandler, IngressSettings, SenderRule, networks, serve, tls_context
@@ -58,8 +58,10 @@ async def _take_in(
     """Messages and kvittens from the access point, and the deliveries waiting for one:
     every `poll_seconds`, and at once when `fetch_now` is set (SIGUSR1)."""
 
+    intake = Intake(access_point, spool)
+
     async def fetch() -> None:
-        if await fetch_once(access_point, spool) is not None and health is not None:
+        if await intake.fetch() is not None and health is not None:
             health.reached_access_point()
 
     while not stop.is_set():
@@ -86,6 +88,12 @@ async def _take_in(
                 log.exception("a step of the intake failed; trying again next round", step=name)
         delivered()  # the mailbox stage takes what was accepted without waiting
         await _first_of(stop, fetch_now, config.outbound.poll_seconds)
+    if intake.unstored:
+        log.error(
+            "alert: stopping with retrieved messages that could not be stored; recover them"
+            " at the access point and run `sdk-bridge inbound import`",
+            ebms_ids=sorted(intake.unstored),
+        )
 
 
 async def _first_of(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
+import yaml
+
 from .sandbox.federation import HOST, Sandbox
 
 START_TIMEOUT = 30.0  # seconds for a bridge to say it is ready
@@ -46,12 +48,15 @@ class LocalRun:
         key_size: int,
         poll_seconds: float = 0.3,
         retention_minutes: int | None = None,
+        outbound: dict[str, dict[str, object]] | None = None,
     ) -> None:
+        """`outbound`: more `outbound` settings per bridge label, for tests."""
         self.directory = directory
         self.sandbox = Sandbox(
             directory / "sandbox", 2, key_size=key_size, retention_minutes=retention_minutes
         )
         self.poll_seconds = poll_seconds
+        self.outbound = outbound or {}
         self.bridges: dict[str, RunningBridge] = {}
 
     def start(self) -> None:
@@ -118,12 +123,15 @@ class LocalRun:
         outcomes = {sdk_id: json.loads(notes).get("kvittens") for sdk_id, notes in rows}
         return {sdk_id: outcome for sdk_id, outcome in outcomes.items() if outcome}
 
+    def config(self, label: str) -> Path:
+        return self.sandbox.directory / f"local-{label}.yaml"
+
     def _start_bridge(self, label: str) -> RunningBridge:
-        config = self.sandbox.directory / f"local-{label}.yaml"
-        config.write_text(
-            self.sandbox.config_path(label).read_text()
-            + f"outbound:\n  poll_seconds: {self.poll_seconds}\n"
-        )
+        settings = yaml.safe_load(self.sandbox.config_path(label).read_text())
+        outbound = {"poll_seconds": self.poll_seconds, **self.outbound.get(label, {})}
+        settings["outbound"] = {**settings.get("outbound", {}), **outbound}
+        config = self.config(label)
+        config.write_text(yaml.safe_dump(settings, allow_unicode=True, sort_keys=False))
         log = self.directory / f"bridge-{label}.log"
         with log.open("a") as log_file:  # a restarted bridge goes on in the same log
             process = subprocess.Popen(

@@ -12,7 +12,7 @@ from test_outbound import access_point
 from test_sandbox import registry_for
 
 from bridge import config
-from bridge.inbound.intake import fetch_once
+from bridge.inbound.intake import Intake
 from bridge.inbound.processing import KVITTENS_ACTION, MESSAGE_ACTION, Inbound, InboundSettings
 from bridge.plugins import Scanner, Submission
 from bridge.sandbox.federation import Sandbox
@@ -85,7 +85,7 @@ class Harness:
         async def run() -> None:
             ap = access_point(self.sandbox, "b")
             try:
-                await fetch_once(ap, self.spool)
+                await Intake(ap, self.spool).fetch()
                 with registry_for(self.sandbox, "b", self.tmp_path / "cache-b") as registry:
                     settings = InboundSettings(
                         organisation_id=ORG_B,

@@ -58,7 +58,7 @@ def recover_lost(local: LocalRun) -> int:
         database = local.bridges[label].spool / "spool.sqlite3"
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
             lost = [row[0] for row in db.execute("SELECT id FROM received WHERE state = 'lost'")]
-        config = local.sandbox.directory / f"local-{label}.yaml"
+        config = local.config(label)
         for ebms_id in lost:
             payload = local.sandbox.access_points[label].retained_payload(ebms_id)
             assert payload is not None, f"{ebms_id} is gone from the access point"

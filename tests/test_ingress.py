@@ -4,9 +4,11 @@ which reply, and what is stored before 250. Real SMTP clients (smtplib) over loo
 import asyncio
 import dataclasses
 import email.policy
+import errno
 import os
 import smtplib
 import socket
+import sqlite3
 import ssl
 import threading
 import time
@@ -387,16 +389,26 @@ def test_too_large_once_mapped_is_refused_at_data(ingress) -> None:
     assert spool.deliveries() == []
 
 
-def test_a_spool_that_cannot_store_answers_4xx(ingress, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("error", "reply"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), (452, b"4.3.1")),
+        (sqlite3.OperationalError("database or disk is full"), (452, b"4.3.1")),
+        (OSError(errno.EIO, "Input/output error"), (451, b"4.3.0")),
+    ],
+)
+def test_a_spool_that_cannot_store_answers_4xx(
+    ingress, monkeypatch: pytest.MonkeyPatch, error: Exception, reply: tuple[int, bytes]
+) -> None:
     running, spool = ingress
 
     def broken(*_: object) -> str:
-        raise OSError(28, "No space left on device")
+        raise error
 
     monkeypatch.setattr(spool, "accept", broken)
-    with client(running.port) as smtp, pytest.raises(smtplib.SMTPDataError) as error:
+    with client(running.port) as smtp, pytest.raises(smtplib.SMTPDataError) as refused:
         smtp.send_message(mail(), FROM, [TO_B])
-    assert error.value.smtp_code == 451 and error.value.smtp_error.startswith(b"4.3.0")
+    assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == reply
 
 
 def test_the_tail_of_an_over_long_line_does_not_end_data(ingress) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.inbound.intake import fetch_once, recovered
+from bridge.inbound.intake import Intake, recovered
 from bridge.plugins import PermanentFailure, Retrieved, TemporaryFailure, UnreadableRetrieval
 from bridge.spool import Received, SQLiteSpool
 
@@ -27,11 +27,11 @@ class FakeAccessPoint:
 
 def test_everything_retrieved_is_kept(tmp_path: Path) -> None:
     spool = SQLiteSpool(tmp_path)
-    assert asyncio.run(fetch_once(FakeAccessPoint(), spool)) == 1
+    assert asyncio.run(Intake(FakeAccessPoint(), spool).fetch()) == 1
     assert [r.id for r in spool.received("new")] == ["good"]
     (garbled,) = spool.received("unreadable")
     assert (garbled.id, garbled.payload) == ("garbled", b"<html>oops</html>")
-    assert asyncio.run(fetch_once(FakeAccessPoint(), spool)) == 0  # kept once
+    assert asyncio.run(Intake(FakeAccessPoint(), spool).fetch()) == 0  # kept once
 
 
 class OnceAccessPoint:
@@ -60,9 +60,9 @@ def test_a_message_lost_in_a_crash_is_named_and_can_be_imported(
 ) -> None:
     access_point = OnceAccessPoint()
     with pytest.raises(KeyboardInterrupt):
-        asyncio.run(fetch_once(access_point, SQLiteSpool(tmp_path)))
+        asyncio.run(Intake(access_point, SQLiteSpool(tmp_path)).fetch())
     restarted = SQLiteSpool(tmp_path)
-    assert asyncio.run(fetch_once(access_point, restarted)) == 0
+    assert asyncio.run(Intake(access_point, restarted).fetch()) == 0
     assert access_point.retrievals == 2  # the noted id was tried again
     (lost,) = restarted.received("lost")
     assert lost.id == "m1"

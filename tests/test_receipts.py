@@ -11,7 +11,7 @@ from test_outbound import access_point, new_mail, queue, run_worker
 from test_sandbox import registry_for
 
 from bridge import config
-from bridge.inbound.intake import fetch_once
+from bridge.inbound.intake import Intake
 from bridge.outbound.receipts import KVITTENS_ACTION, Event, Receipts
 from bridge.plugins import Submission
 from bridge.sandbox.federation import Sandbox
@@ -77,7 +77,7 @@ class Harness:
 
         async def run() -> None:
             ap = access_point(self.sandbox, "a")
-            await fetch_once(ap, self.spool)
+            await Intake(ap, self.spool).fetch()
             await ap.close()
             with registry_for(self.sandbox, "a", self.tmp_path / "cache-a") as registry:
                 receipts = Receipts(ORG_A, self.spool, registry, a.trust_anchors, notify)

@@ -14,10 +14,12 @@ retention 0 (Digg's P-Mode) it is gone.
 """
 
 import asyncio
+import sqlite3
 
 import structlog
 
 from .. import metrics
+from ..concurrently import each
 from ..plugins import AccessPoint, PermanentFailure, TemporaryFailure, UnreadableRetrieval
 from ..sdk import xhe
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
@@ -28,33 +30,62 @@ from ..spool import Received, Spool
 log = structlog.get_logger(__name__)
 
 
-async def fetch_once(access_point: AccessPoint, spool: Spool, limit: int = 100) -> int | None:
-    """Retrieve up to `limit` pending envelopes into the spool; how many were new, or None
-    when the access point could not be asked."""
-    try:
-        pending = await access_point.pending()
-    except TemporaryFailure as e:
-        log.warning("access point: cannot list pending messages", error=str(e))
-        metrics.ACCESS_POINT_ERRORS.labels("pending").inc()
-        return None
-    new = 0
-    noted = await asyncio.to_thread(spool.note_retrieving, pending[:limit])
-    for message_id in noted:
+class Intake:
+    """Fetching from one access point into one spool. An envelope that cannot be stored
+    once retrieved (a full disk) is held in memory and stored first next round; nothing
+    more is retrieved until it is."""
+
+    def __init__(self, access_point: AccessPoint, spool: Spool) -> None:
+        self.access_point = access_point
+        self.spool = spool
+        self.unstored: dict[str, Received] = {}
+
+    async def fetch(self, limit: int = 100) -> int | None:
+        """Retrieve up to `limit` pending envelopes into the spool; how many were new, or
+        None when the access point could not be asked or the spool cannot take more."""
+        new = 0
+        for item in list(self.unstored.values()):
+            try:
+                new += await asyncio.to_thread(self.spool.store_received, item)
+            except (OSError, sqlite3.Error) as e:
+                log.error(
+                    "alert: a retrieved message still cannot be stored", id=item.id, error=str(e)
+                )
+                return None
+            del self.unstored[item.id]
+            log.info("retrieved message stored after all", id=item.id)
         try:
-            item = await access_point.retrieve(message_id)
+            pending = await self.access_point.pending()
+        except TemporaryFailure as e:
+            log.warning("access point: cannot list pending messages", error=str(e))
+            metrics.ACCESS_POINT_ERRORS.labels("pending").inc()
+            return None
+        noted = await asyncio.to_thread(self.spool.note_retrieving, pending[:limit])
+        stored: list[bool] = []
+
+        async def take(message_id: str) -> None:
+            stored.append(await self._take(message_id))
+
+        await each(noted, take)
+        return new + sum(stored)
+
+    async def _take(self, message_id: str) -> bool:
+        """Retrieve one envelope and store it at once; whether it was new."""
+        try:
+            item = await self.access_point.retrieve(message_id)
         except TemporaryFailure as e:
             log.warning(
                 "access point: retrieve failed, will try again", id=message_id, error=str(e)
             )
             metrics.ACCESS_POINT_ERRORS.labels("retrieve").inc()
-            continue
+            return False
         except UnreadableRetrieval as e:  # kept as it came, for an administrator
             log.error(
                 "access point: retrieved message unreadable; kept", id=message_id, error=str(e)
             )
             unreadable = Received(message_id, "", "", "", None, e.raw)
-            await asyncio.to_thread(spool.store_received, unreadable, "unreadable")
-            continue
+            await asyncio.to_thread(self.spool.store_received, unreadable, "unreadable")
+            return False
         except PermanentFailure as e:  # not given out (again): kept on record as lost
             log.error(
                 "alert: message lost at the access point; recover it from there during its"
@@ -62,23 +93,29 @@ async def fetch_once(access_point: AccessPoint, spool: Spool, limit: int = 100) 
                 ebms_id=message_id,
                 error=str(e),
             )
-            note = f"the access point no longer gives it out: {e}"
             metrics.LOST.inc()
-            await asyncio.to_thread(spool.lost_retrieving, message_id, note)
-            continue
-        stored = await asyncio.to_thread(
-            spool.store_received,
-            Received(
-                id=item.message_id,
-                action=item.action,
-                original_sender=item.original_sender,
-                final_recipient=item.final_recipient,
-                conversation_id=item.conversation_id,
-                payload=item.payload,
-            ),
+            note = f"the access point no longer gives it out: {e}"
+            await asyncio.to_thread(self.spool.lost_retrieving, message_id, note)
+            return False
+        received = Received(
+            id=item.message_id,
+            action=item.action,
+            original_sender=item.original_sender,
+            final_recipient=item.final_recipient,
+            conversation_id=item.conversation_id,
+            payload=item.payload,
         )
-        new += stored
-    return new
+        try:
+            return await asyncio.to_thread(self.spool.store_received, received)
+        except (OSError, sqlite3.Error) as e:  # gone at the access point: never drop it
+            log.error(
+                "alert: a retrieved message cannot be stored; held in memory until it can,"
+                " so do not stop the bridge before there is room",
+                id=message_id,
+                error=str(e),
+            )
+            self.unstored[received.id] = received
+            return False
 
 
 def recovered(ebms_id: str, payload: bytes) -> Received:

@@ -30,6 +30,7 @@ import structlog
 
 from .. import metrics
 from ..backoff import pause
+from ..concurrently import each
 from ..plugins import (
     AccessPoint,
     DuplicateSubmission,
@@ -69,10 +70,10 @@ class _Unjudgeable(Exception):
 
 # What makes a message wait for the next attempt instead of being judged now.
 WAIT_ON = (RegistryUnavailable, TemporaryFailure, OSError, sqlite3.Error, BrokenExecutor)
-BATCH = 50  # messages taken from the spool per round
-# Messages judged at once: their RSA work runs in the crypto workers meanwhile. Two copies
-# of one messageId judged together are told apart by the spool (one is a duplicate).
-CONCURRENCY = 8
+# Messages taken from the spool per round, judged several at once (`each`): their RSA work
+# runs in the crypto workers meanwhile. Two copies of one messageId judged together are told
+# apart by the spool (one is a duplicate).
+BATCH = 50
 
 
 @dataclass(frozen=True)
@@ -128,13 +129,7 @@ class Inbound:
         another document type, or a message that trips a bug, is quarantined: one bad
         envelope never holds up the others."""
         items = await asyncio.to_thread(self.spool.received, "new", limit=BATCH)
-        at_once = asyncio.Semaphore(CONCURRENCY)
-
-        async def one(item: Received) -> None:
-            async with at_once:
-                await self._process_safely(item)
-
-        await asyncio.gather(*(one(i) for i in items if i.action != KVITTENS_ACTION))
+        await each([i for i in items if i.action != KVITTENS_ACTION], self._process_safely)
         await self.send_owed()
 
     async def _process_safely(self, item: Received) -> None:
@@ -404,14 +399,8 @@ class Inbound:
         """Hand every owed kvittens to the access point, several at once. Its ebMS
         MessageId is its own ID, so one handed over before a crash is refused as a
         duplicate, not sent twice."""
-        at_once = asyncio.Semaphore(CONCURRENCY)
-
-        async def one(owed: OwedKvittens, payload: bytes) -> None:
-            async with at_once:
-                await self._hand_over(owed, payload)
-
         owed = await asyncio.to_thread(self.spool.owed_kvittens)
-        await asyncio.gather(*(one(kvittens, payload) for kvittens, payload in owed))
+        await each(owed, lambda kvittens_and_payload: self._hand_over(*kvittens_and_payload))
 
     async def _hand_over(self, owed: OwedKvittens, payload: bytes) -> None:
         try:

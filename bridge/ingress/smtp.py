@@ -9,11 +9,14 @@ after the message is durably in the spool.
 """
 
 import asyncio
+import contextlib
 import email.policy
+import errno
 import fnmatch
 import hmac
 import ipaddress
 import re
+import sqlite3
 import ssl
 import time
 import uuid
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.parser import BytesParser
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -147,10 +150,20 @@ class BridgeSMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
         path = self.event_handler.spool.incoming()
         try:
-            problem = await self._receive(path)
+            file = path.open("wb")
+        except OSError as e:
+            log.error("cannot store an incoming message", error=str(e))
+            await self.push(storage_reply(e))
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            try:
+                problem = await self._receive(file)
+            finally:
+                with contextlib.suppress(OSError):  # a failed flush was answered already
+                    file.close()
             if problem is None:
                 self.envelope.data_file = path
                 status = await self._call_handler_hook("DATA")
@@ -161,34 +174,44 @@ class BridgeSMTP(SMTP):
         self._set_post_data_state()
         await self.push(status)
 
-    async def _receive(self, path: Path) -> str | None:
-        """Read DATA into `path` (dot-unstuffed); the refusal, or None when it is whole."""
+    async def _receive(self, file: BinaryIO) -> str | None:
+        """Read DATA into `file` (dot-unstuffed) up to the final dot, whatever goes wrong,
+        so that no line of the message is ever read as a command; the refusal, or None when
+        it is whole and flushed."""
         size, limit, problem = 0, self.data_size_limit, None
         inside_long_line = False  # what follows an over-long line's start is still that line
-        with path.open("wb") as file:
-            while self.transport is not None:
+        while self.transport is not None:
+            try:
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as e:
+                await self._reader.read(e.consumed)  # drain; answer at the end
+                problem = problem or "500 5.5.6 Line too long (RFC 5321 4.5.3.1.6)"
+                inside_long_line = True
+                continue
+            if inside_long_line:  # its end: never an end of data, whatever it looks like
+                inside_long_line = False
+                continue
+            if line == b".\r\n":
+                if problem is None:
+                    try:
+                        file.flush()
+                    except OSError as e:
+                        problem = storage_reply(e)
+                return problem
+            size += len(line)
+            if problem:
+                continue
+            if limit and size > limit:
+                problem = "552 5.3.4 Message too large"
+            elif b"\r" in line[:-2] or b"\n" in line[:-2]:
+                # SMTP smuggling: a bare CR or LF could hide a second message.
+                problem = "554 5.6.0 Bare CR or LF in message data (RFC 5322 2.3) refused"
+            else:
                 try:
-                    line = await self._reader.readuntil(b"\r\n")
-                except asyncio.LimitOverrunError as e:
-                    await self._reader.read(e.consumed)  # drain; answer at the end
-                    problem = problem or "500 5.5.6 Line too long (RFC 5321 4.5.3.1.6)"
-                    inside_long_line = True
-                    continue
-                if inside_long_line:  # its end: never an end of data, whatever it looks like
-                    inside_long_line = False
-                    continue
-                if line == b".\r\n":
-                    return problem
-                size += len(line)
-                if problem:
-                    continue
-                if limit and size > limit:
-                    problem = "552 5.3.4 Message too large"
-                elif b"\r" in line[:-2] or b"\n" in line[:-2]:
-                    # SMTP smuggling: a bare CR or LF could hide a second message.
-                    problem = "554 5.6.0 Bare CR or LF in message data (RFC 5322 2.3) refused"
-                else:
                     file.write(line[1:] if line.startswith(b".") else line)
+                except OSError as e:
+                    log.error("cannot store an incoming message", error=str(e))
+                    problem = storage_reply(e)
         return "421 4.4.2 Connection lost"
 
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -418,9 +441,9 @@ class IngressHandler:
             spool_id = await asyncio.to_thread(
                 self.spool.accept, spool_envelope, envelope.recipients, path
             )
-        except Exception:
+        except Exception as e:
             log.exception("message could not be stored")
-            return "451 4.3.0 The message could not be stored; try again later"
+            return storage_reply(e)
         log.info(
             "message accepted",
             spool_id=spool_id,
@@ -485,6 +508,17 @@ class IngressHandler:
         if found:
             log.warning("malware refused", signature=found)
             raise _Refused(f"554 5.7.1 Message refused: malware found ({found})")
+
+
+def storage_reply(error: Exception) -> str:
+    """The reply when a message cannot be stored: full disk or quota is the standard
+    452 4.3.1, so the client knows to try later; anything else a 451."""
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(error, sqlite3.OperationalError) and "full" in str(error)
+    )
+    if full:
+        return "452 4.3.1 Insufficient system storage; try again later"
+    return "451 4.3.0 The message could not be stored; try again later"
 
 
 def _one_line(error: Exception) -> str:

@@ -16,6 +16,7 @@ import structlog
 from cryptography import x509
 
 from .. import metrics
+from ..concurrently import each
 from ..inbound.opening import open_received
 from ..registry.client import Registry
 from ..registry.errors import RegistryUnavailable
@@ -47,16 +48,23 @@ class Receipts:
 
     async def process_pending(self) -> None:
         """Every stored kvittens not yet dealt with; business messages are left for the
-        inbound path."""
-        for item in await asyncio.to_thread(self.spool.received, "new", KVITTENS_ACTION):
-            await self.process(item)
+        inbound path. They are verified several at once, then settled in the order they
+        arrived: an ACCEPTED followed by a duplicate's REJECTED must stay ACCEPTED."""
+        items = await asyncio.to_thread(self.spool.received, "new", KVITTENS_ACTION)
+        opened: dict[str, Opened] = {}
 
-    async def process(self, item: Received) -> None:
-        try:
-            opened = await self._open(item)
-        except RegistryUnavailable as e:
-            log.warning("kvittens waits: the registry cannot answer", id=item.id, error=str(e))
-            return
+        async def verify(item: Received) -> None:
+            try:
+                opened[item.id] = await self._open(item)
+            except RegistryUnavailable as e:
+                log.warning("kvittens waits: the registry cannot answer", id=item.id, error=str(e))
+
+        await each(items, verify)
+        for item in items:
+            if item.id in opened:
+                await self._settle(item, opened[item.id])
+
+    async def _settle(self, item: Received, opened: Opened) -> None:
         delivery, problem = await asyncio.to_thread(self._match, item, opened)
         if delivery is None:
             log.warning("kvittens ignored", id=item.id, sender=item.original_sender, why=problem)

@@ -14,8 +14,9 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from ..concurrently import each
 from ..plugins import AccessPoint, TemporaryFailure
-from ..spool import Spool, State
+from ..spool import Delivery, Spool, State
 from .outcomes import Event, Notify, settle
 
 log = structlog.get_logger(__name__)
@@ -35,64 +36,78 @@ async def follow(
     resend_after: timedelta = timedelta(seconds=30),
 ) -> None:
     """Ask the access point about every submitted delivery it has not confirmed yet."""
-    for delivery in await asyncio.to_thread(spool.deliveries, State.SUBMITTED):
-        if delivery.notes.get("transport") == SENT:
-            continue
-        try:
-            status = await access_point.status(delivery.sdk_message_id)
-            if status == SENT:
-                await asyncio.to_thread(
-                    spool.transition, delivery.id, {State.SUBMITTED}, notes={"transport": SENT}
-                )
-                continue
-            if status != FAILED:
-                continue  # still on its way
-            errors = await access_point.errors(delivery.sdk_message_id)
-        except TemporaryFailure as e:
-            log.warning("access point: status unknown for now", **delivery.ids(), error=str(e))
-            continue
-        details = (
-            "; ".join(
-                f"{e.get('errorCode', '')} {e.get('errorDetail', '')}".strip() for e in errors
+    waiting = [
+        delivery
+        for delivery in await asyncio.to_thread(spool.deliveries, State.SUBMITTED)
+        if delivery.notes.get("transport") != SENT
+    ]
+    await each(
+        waiting,
+        lambda delivery: _follow_one(access_point, spool, notify, delivery, lifetime, resend_after),
+    )
+
+
+async def _follow_one(
+    access_point: AccessPoint,
+    spool: Spool,
+    notify: Notify | None,
+    delivery: Delivery,
+    lifetime: timedelta,
+    resend_after: timedelta,
+) -> None:
+    try:
+        status = await access_point.status(delivery.sdk_message_id)
+        if status == SENT:
+            await asyncio.to_thread(
+                spool.transition, delivery.id, {State.SUBMITTED}, notes={"transport": SENT}
             )
-            or "no details"
-        )
-        not_serviced = "NOT_SERVICED" in details
-        resends = int(delivery.notes.get("resends", 0))
-        young = datetime.now(UTC) - delivery.created_at < lifetime
-        if not not_serviced and resends < MAX_RESENDS and young:
-            resent = await asyncio.to_thread(
-                spool.transition,
-                delivery.id,
-                {State.SUBMITTED},
-                new_sdk_message_id=True,
-                state=State.QUEUED,
-                next_attempt_at=datetime.now(UTC) + resend_after,
-                last_error=f"the access point could not send it ({details})",
-                notes={"transport": None, "resends": resends + 1},
-            )
-            if resent is not None:
-                log.warning(
-                    "send failure: sending again as a new SDK message",
-                    old=delivery.sdk_message_id,
-                    new=resent.sdk_message_id,
-                )
-            continue
-        reason = (
-            "the receiving access point does not serve this organisation"
-            if not_serviced
-            else "the access point could not send it"
-        ) + f" ({details})"
-        log.warning("send failure at the access point", **delivery.ids(), reason=reason)
-        await settle(
-            spool,
-            notify,
-            delivery,
+            return
+        if status != FAILED:
+            return  # still on its way
+        errors = await access_point.errors(delivery.sdk_message_id)
+    except TemporaryFailure as e:
+        log.warning("access point: status unknown for now", **delivery.ids(), error=str(e))
+        return
+    details = (
+        "; ".join(f"{e.get('errorCode', '')} {e.get('errorDetail', '')}".strip() for e in errors)
+        or "no details"
+    )
+    not_serviced = "NOT_SERVICED" in details
+    resends = int(delivery.notes.get("resends", 0))
+    young = datetime.now(UTC) - delivery.created_at < lifetime
+    if not not_serviced and resends < MAX_RESENDS and young:
+        resent = await asyncio.to_thread(
+            spool.transition,
+            delivery.id,
             {State.SUBMITTED},
-            Event.FAILED,
-            "5.1.1" if not_serviced else "5.4.0",
-            reason,
-            state=State.FAILED,
-            last_error=reason,
-            notes={"transport": FAILED},
+            new_sdk_message_id=True,
+            state=State.QUEUED,
+            next_attempt_at=datetime.now(UTC) + resend_after,
+            last_error=f"the access point could not send it ({details})",
+            notes={"transport": None, "resends": resends + 1},
         )
+        if resent is not None:
+            log.warning(
+                "send failure: sending again as a new SDK message",
+                old=delivery.sdk_message_id,
+                new=resent.sdk_message_id,
+            )
+        return
+    reason = (
+        "the receiving access point does not serve this organisation"
+        if not_serviced
+        else "the access point could not send it"
+    ) + f" ({details})"
+    log.warning("send failure at the access point", **delivery.ids(), reason=reason)
+    await settle(
+        spool,
+        notify,
+        delivery,
+        {State.SUBMITTED},
+        Event.FAILED,
+        "5.1.1" if not_serviced else "5.4.0",
+        reason,
+        state=State.FAILED,
+        last_error=reason,
+        notes={"transport": FAILED},
+    )

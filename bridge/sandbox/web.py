@@ -1,7 +1,9 @@
 """Serving the sandbox's WSGI applications on loopback, over HTTPS, one thread each.
 
 The standard library's WSGI server is enough for a test federation: it keeps the
-applications plain WSGI callables that any test can also call directly.
+applications plain WSGI callables that any test can also call directly. It is taught
+HTTP/1.1 keep-alive, as every real access point and SMP server speaks it: without it each
+SOAP call costs a TLS handshake on both sides, which dominated the benchmark.
 """
 
 import ssl
@@ -11,13 +13,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 CONNECTION_TIMEOUT = 30.0  # seconds a client may stay silent, handshake included
 MAX_SILENCE_SECONDS = 30.0
+MAX_REQUESTS_PER_CONNECTION = 1000
+MAX_LEFTOVER_BODY = 1 << 20  # bytes of an unread request body drained to keep the connection
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -28,8 +32,70 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
         pass  # a client that hangs up or fails its TLS handshake is its own problem
 
 
+class _Handler11(ServerHandler):
+    http_version = "1.1"
+    length_known = False  # only a response with a length lets the connection carry on
+
+    def cleanup_headers(self) -> None:
+        super().cleanup_headers()
+        self.length_known = "Content-Length" in self.headers
+
+    def log_exception(self, exc_info: Any) -> None:
+        if not isinstance(exc_info[1], OSError):  # a client gone mid-answer is its own problem
+            super().log_exception(exc_info)
+
+
+class _BodyReader:
+    """The request body and nothing more, so the next request on the connection starts
+    where this one ends, whatever the application read."""
+
+    def __init__(self, stream: Any, length: int) -> None:
+        self._stream, self.left = stream, length
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        data = self._stream.read(size) if size else b""
+        self.left -= len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        data = self._stream.readline(size) if size else b""
+        self.left -= len(data)
+        return data
+
+
 class _QuietHandler(WSGIRequestHandler):
     timeout = CONNECTION_TIMEOUT
+    protocol_version = "HTTP/1.1"
+
+    def handle(self) -> None:
+        """wsgiref answers one request per connection; this answers requests until the
+        client closes, a response has no length, or a body was left too large to drain."""
+        for _ in range(MAX_REQUESTS_PER_CONNECTION):
+            self.raw_requestline = self.rfile.readline(65537)
+            if not self.raw_requestline:
+                return
+            if len(self.raw_requestline) > 65536:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(414)
+                return
+            if not self.parse_request():
+                return
+            environ = self.get_environ()
+            body = _BodyReader(self.rfile, int(environ.get("CONTENT_LENGTH") or 0))
+            handler = _Handler11(body, self.wfile, self.get_stderr(), environ, multithread=True)
+            handler.request_handler = self
+            handler.run(self.server.get_app())  # type: ignore[attr-defined]
+            if (
+                self.close_connection
+                or not handler.length_known
+                or body.left > MAX_LEFTOVER_BODY
+                or "Transfer-Encoding" in self.headers  # a chunked body is not followed
+            ):
+                return
+            while body.left and body.read(65536):
+                pass
 
     def setup(self) -> None:
         super().setup()

@@ -5,13 +5,16 @@ concurrent sessions, each session sending one mail after another as an MTA does.
 ends when every mail is in B's Maildir and every kvittens is back at A. Reported: wall
 time, end-to-end messages per second, SMTP accept latency (the whole transaction, as the
 sending MTA waits for it) and accept-to-mailbox latency, each p50 and p99; peak RSS and
-CPU seconds of each bridge with its crypto workers; and `crypto_limit_msgs_per_s`, what the
-RSA private-key operations alone allow on this machine, measured in the same run: each
-message costs A one signature, and B one decryption and one kvittens signature.
+CPU seconds of each bridge with its crypto workers, and CPU milliseconds per message of each
+bridge and of the sandbox (which in production runs elsewhere); how busy the machine was;
+and `crypto_limit_msgs_per_s`, what the RSA private-key operations alone allow on this
+machine, measured in the same run: each message costs A one signature, and B one
+decryption and one kvittens signature.
 """
 
 import os
 import queue
+import resource
 import smtplib
 import sys
 import tempfile
@@ -70,6 +73,8 @@ def run(
         local.send("a", FROM, TO_B, _mail("10kb", -1))  # warm up: address book, certificates
         _wait_for_mailbox(local, {"bench-warm-up"}, _Progress(), 120)
         state = _Progress()
+        before = {label: _usage(bridge.process.pid) for label, bridge in local.bridges.items()}
+        own_before, machine_before = resource.getrusage(resource.RUSAGE_SELF), _machine_cpu()
         started = time.monotonic()
         senders = _send_all(local, mails, concurrency, state)
         subjects = {str(mail["Subject"]) for mail in mails}
@@ -79,6 +84,7 @@ def run(
         _wait_for_kvittens(local, messages + 1, 300 + messages)
         wall = time.monotonic() - started
         usage = {label: _usage(bridge.process.pid) for label, bridge in local.bridges.items()}
+        own_after, machine_after = resource.getrusage(resource.RUSAGE_SELF), _machine_cpu()
     finally:
         local.stop()
     to_mailbox = [state.arrived_at[s] - state.sent_at[s] for s in subjects]
@@ -97,7 +103,24 @@ def run(
         "accept_to_mailbox_p99_ms": _ms(to_mailbox, 99),
         "crypto_limit_msgs_per_s": round(crypto_limit, 1),
         "share_of_crypto_limit": round(messages / wall / crypto_limit, 3),
-        "bridges": usage,
+        "bridges": {
+            label: {
+                **usage[label],
+                "cpu_ms_per_message": round(
+                    1000 * (usage[label]["cpu_seconds"] - before[label]["cpu_seconds"]) / messages,
+                    1,
+                ),
+            }
+            for label in usage
+        },
+        # The sandbox (access points, address book, SMP) and the SMTP clients run in this
+        # process: CPU that in production is spent on other machines.
+        "sandbox_and_clients_cpu_ms_per_message": round(
+            1000 * (_cpu(own_after) - _cpu(own_before)) / messages, 1
+        ),
+        "machine_cpu_busy_share": round(
+            1 - (machine_after[1] - machine_before[1]) / (machine_after[0] - machine_before[0]), 3
+        ),
     }
 
 
@@ -119,8 +142,13 @@ def format_table(result: dict[str, object]) -> str:
     for label, usage in bridges.items():
         lines.append(
             f"  bridge {label.upper()}             peak RSS {usage['peak_rss_mb']} MB,"
-            f" CPU {usage['cpu_seconds']} s ({usage['processes']} processes)"
+            f" CPU {usage['cpu_seconds']} s ({usage['processes']} processes),"
+            f" {usage['cpu_ms_per_message']} ms per message"
         )
+    lines.append(
+        f"  sandbox and clients  {result['sandbox_and_clients_cpu_ms_per_message']} ms CPU per"
+        f" message; machine busy {result['machine_cpu_busy_share']:.0%} of the run"
+    )
     return "\n".join(lines)
 
 
@@ -254,6 +282,16 @@ def _usage(pid: int) -> dict[str, object]:
         "cpu_seconds": round(cpu_ticks / tick, 2),
         "processes": processes,
     }
+
+
+def _cpu(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def _machine_cpu() -> tuple[int, int]:
+    """All CPU ticks and idle ticks (idle + iowait) of the machine so far."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks), ticks[3] + ticks[4]
 
 
 def _ms(values: list[float], percentile: int) -> float:

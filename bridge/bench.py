@@ -59,6 +59,7 @@ def run(
     key_size: int = 3072,
     directory: Path | None = None,
     progress: bool = False,
+    rate: float | None = None,
 ) -> dict[str, object]:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (choose {', '.join(PROFILES)})")
@@ -76,7 +77,7 @@ def run(
         before = {label: _usage(bridge.process.pid) for label, bridge in local.bridges.items()}
         own_before, machine_before = resource.getrusage(resource.RUSAGE_SELF), _machine_cpu()
         started = time.monotonic()
-        senders = _send_all(local, mails, concurrency, state)
+        senders = _send_all(local, mails, concurrency, state, rate)
         subjects = {str(mail["Subject"]) for mail in mails}
         _wait_for_mailbox(local, subjects, state, 300 + messages, progress)
         for sender in senders:
@@ -93,6 +94,7 @@ def run(
         "profile": profile,
         "messages": messages,
         "concurrency": concurrency,
+        "offered_rate_msgs_per_s": rate,  # None: as fast as the sessions go
         "mean_mail_bytes": size,
         "key_size": key_size,
         "wall_seconds": round(wall, 2),
@@ -129,7 +131,12 @@ def format_table(result: dict[str, object]) -> str:
     assert isinstance(bridges, dict)
     lines = [
         f"profile {result['profile']}: {result['messages']} mails of ~{result['mean_mail_bytes']:,}"
-        f" bytes, {result['concurrency']} SMTP sessions, RSA-{result['key_size']}",
+        f" bytes, {result['concurrency']} SMTP sessions, RSA-{result['key_size']}"
+        + (
+            f", offered at {result['offered_rate_msgs_per_s']} msgs/s"
+            if result["offered_rate_msgs_per_s"]
+            else ""
+        ),
         f"  wall time            {result['wall_seconds']} s",
         f"  end to end           {result['end_to_end_msgs_per_s']} msgs/s"
         f"  ({result['share_of_crypto_limit']:.0%} of the RSA limit,"
@@ -167,19 +174,27 @@ def _mail(profile: str, number: int) -> EmailMessage:
 
 
 def _send_all(
-    local: LocalRun, mails: list[EmailMessage], concurrency: int, state: _Progress
+    local: LocalRun,
+    mails: list[EmailMessage],
+    concurrency: int,
+    state: _Progress,
+    rate: float | None = None,
 ) -> list[threading.Thread]:
-    work: queue.SimpleQueue[EmailMessage] = queue.SimpleQueue()
-    for mail in mails:
-        work.put(mail)
+    """Each session sends one mail after another; with `rate` (mails per second, all
+    sessions together) mail number i is not begun before i / rate seconds."""
+    work: queue.SimpleQueue[tuple[float, EmailMessage]] = queue.SimpleQueue()
+    start = time.monotonic()
+    for number, mail in enumerate(mails):
+        work.put((start + number / rate if rate else start, mail))
 
     def session() -> None:
         with smtplib.SMTP(HOST, local.bridges["a"].port, timeout=300) as smtp:
             while True:
                 try:
-                    mail = work.get_nowait()
+                    due, mail = work.get_nowait()
                 except queue.Empty:
                     return
+                time.sleep(max(0.0, due - time.monotonic()))
                 begun = time.monotonic()
                 try:
                     smtp.send_message(mail, FROM, [TO_B])

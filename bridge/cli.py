@@ -512,6 +512,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     bridge_logging.configure("warning")  # the sandbox in this process: only its troubles
     if args.messages < 1 or args.concurrency < 1:
         raise UsageError("--messages and --concurrency must be at least 1")
+    if args.rate is not None and args.rate <= 0:
+        raise UsageError("--rate must be above 0")
     if args.smtp_source:
         return _bench_smtp_source(args)
     if args.postfix:
@@ -524,6 +526,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.key_size,
             Path(args.dir) if args.dir else None,
             progress=sys.stderr.isatty(),
+            rate=args.rate,
         )
     except LocalRunFailed as e:
         print(f"sdk-bridge bench: {e}", file=sys.stderr)
@@ -815,6 +818,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="10kb text mails; 1mb with a PDF; max: one 30 MB message; mixed: nine to one",
     )
     load.add_argument("--key-size", type=int, default=3072, help="RSA key size (default 3072)")
+    load.add_argument(
+        "--rate",
+        type=float,
+        help="offer mails at this many per second, all sessions together (default: open rate)",
+    )
     load.add_argument(
         "--smtp-source",
         action="store_true",

@@ -9,17 +9,22 @@ from pathlib import Path
 def test_a_small_run(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bridge.cli", "bench", "--messages", "12"]
     command += ["--concurrency", "3", "--key-size", "2048", "--json", "--dir", str(tmp_path)]
+    command += ["--rate", "20"]  # 12 mails offered over 0.55 s at least
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert (report["messages"], report["concurrency"], report["key_size"]) == (12, 3, 2048)
     assert report["profile"] == "10kb" and report["mean_mail_bytes"] > 10_000
     assert 0 < report["end_to_end_msgs_per_s"] < report["crypto_limit_msgs_per_s"]
+    assert report["offered_rate_msgs_per_s"] == 20
+    assert report["sandbox_and_clients_cpu_ms_per_message"] > 0
+    assert 0 < report["machine_cpu_busy_share"] <= 1
     assert 0 < report["smtp_accept_p50_ms"] <= report["smtp_accept_p99_ms"]
     assert 0 < report["accept_to_mailbox_p50_ms"] <= report["accept_to_mailbox_p99_ms"]
     for label in ("a", "b"):
         usage = report["bridges"][label]
         assert usage["peak_rss_mb"] > 20 and usage["cpu_seconds"] > 0
         assert usage["processes"] >= 2  # the bridge and its crypto workers
+        assert usage["cpu_ms_per_message"] > 0
     delivered = list((tmp_path / "sandbox" / "mail" / "b" / "b.registrator" / "new").iterdir())
     assert len(delivered) == 13  # and the warm-up mail

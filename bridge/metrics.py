@@ -62,8 +62,11 @@ MAILBOX = Counter(
     ["outcome"],  # delivered, retry, failed
     registry=REGISTRY,
 )
-SMTP_STARTTLS = Counter(
-    "sdk_bridge_smtp_starttls", "SMTP sessions that completed STARTTLS", registry=REGISTRY
+SMTP_TLS = Counter(
+    "sdk_bridge_smtp_tls_sessions",
+    "SMTP sessions that completed a TLS handshake, by kind",
+    ["kind"],  # starttls, implicit (the port 465 style listener)
+    registry=REGISTRY,
 )
 SMTP_REGISTRY_DEFERRALS = Counter(
     "sdk_bridge_smtp_registry_deferrals",

@@ -230,15 +230,19 @@ def test_relay_control_from_another_address(ingress, tls) -> None:
         code, _ = smtp.docmd("AUTH", "PLAIN AGV4Y2hhbmdlAHMzY3JldA==")
         assert code == 538  # encryption required
 
-    def handshakes() -> float:
-        return metrics.REGISTRY.get_sample_value("sdk_bridge_smtp_starttls_total") or 0.0
+    def handshakes(kind: str) -> float:
+        value = metrics.REGISTRY.get_sample_value(
+            "sdk_bridge_smtp_tls_sessions_total", {"kind": kind}
+        )
+        return value or 0.0
 
-    before = handshakes()
+    before = handshakes("starttls")
     with client(running.port, source="127.0.0.2") as smtp:
         smtp.starttls(context=tls[1])
         smtp.login("exchange", "s3cret")
         assert smtp.send_message(mail(), "bounce@other.example", [TO_B]) == {}
-    assert handshakes() == before + 1  # counted for /metrics
+    assert handshakes("starttls") == before + 1  # counted for /metrics
+    before = handshakes("implicit")
     with (
         smtplib.SMTP_SSL(
             "127.0.0.1",
@@ -250,6 +254,7 @@ def test_relay_control_from_another_address(ingress, tls) -> None:
         pytest.raises(smtplib.SMTPAuthenticationError),
     ):
         smtp.login("exchange", "wrong")
+    assert handshakes("implicit") == before + 1
     assert len(spool.deliveries()) == 1
 
 

@@ -110,6 +110,11 @@ class BridgeSMTP(SMTP):
     before aiosmtpd parses them, and DATA streams to a file in the spool instead of
     collecting the message in memory, refusing SMTP smuggling as it reads."""
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if transport.get_extra_info("ssl_object") is not None:  # the implicit TLS listener
+            metrics.SMTP_TLS.labels("implicit").inc()
+
     event_handler: "IngressHandler"
     _plain_replies = False  # greeting and HELO/EHLO: no enhanced status codes (RFC 2034)
 
@@ -407,7 +412,7 @@ class IngressHandler:
 
     def handle_STARTTLS(self, server: SMTP, session: Session, envelope: Envelope) -> bool:
         """After a STARTTLS handshake: counted; no client certificate is asked for."""
-        metrics.SMTP_STARTTLS.inc()
+        metrics.SMTP_TLS.labels("starttls").inc()
         return True
 
     async def drained(self, timeout: float) -> bool:

@@ -12,19 +12,24 @@ machine, measured in the same run: each message costs A one signature, and B one
 decryption and one kvittens signature.
 """
 
+import contextlib
+import imaplib
 import os
 import queue
 import resource
 import smtplib
+import ssl
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from pathlib import Path
 from statistics import quantiles
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -60,26 +65,38 @@ def run(
     directory: Path | None = None,
     progress: bool = False,
     rate: float | None = None,
+    imap: str | None = None,
 ) -> dict[str, object]:
+    """`imap`: `imap://user:password@host:port/folder` (plain IMAP, loopback only) or
+    `imaps://...[?cafile=PATH]`, a running IMAP server that B delivers into instead of its
+    Maildir."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (choose {', '.join(PROFILES)})")
+    mailbox = Mailbox(imap) if imap else None
     if profile == "max":
         messages = 1
     crypto_limit = _crypto_limit(key_size)
     directory = directory or Path(tempfile.mkdtemp(prefix="sdk-bridge-bench-"))
-    local = LocalRun(directory, key_size, poll_seconds=0.2)
+    local = LocalRun(
+        directory,
+        key_size,
+        poll_seconds=0.2,
+        deliver_to={"b": mailbox.settings()} if mailbox else None,
+    )
     local.start()
+    watch = mailbox.watch if mailbox else _maildir_watch(local)
     try:
+        watch()  # the first look: what is there already does not count
         mails = [_mail(profile, number) for number in range(messages)]
         local.send("a", FROM, TO_B, _mail("10kb", -1))  # warm up: address book, certificates
-        _wait_for_mailbox(local, {"bench-warm-up"}, _Progress(), 120)
+        _wait_for_mailbox(watch, {"bench-warm-up"}, _Progress(), 120)
         state = _Progress()
         before = {label: _usage(bridge.process.pid) for label, bridge in local.bridges.items()}
         own_before, machine_before = resource.getrusage(resource.RUSAGE_SELF), _machine_cpu()
         started = time.monotonic()
         senders = _send_all(local, mails, concurrency, state, rate)
         subjects = {str(mail["Subject"]) for mail in mails}
-        _wait_for_mailbox(local, subjects, state, 300 + messages, progress)
+        _wait_for_mailbox(watch, subjects, state, 300 + messages, progress)
         for sender in senders:
             sender.join()
         _wait_for_kvittens(local, messages + 1, 300 + messages)
@@ -88,12 +105,15 @@ def run(
         own_after, machine_after = resource.getrusage(resource.RUSAGE_SELF), _machine_cpu()
     finally:
         local.stop()
+        if mailbox:
+            mailbox.close()
     to_mailbox = [state.arrived_at[s] - state.sent_at[s] for s in subjects]
     size = sum(len(mail.as_bytes()) for mail in mails) // max(len(mails), 1)
     return {
         "profile": profile,
         "messages": messages,
         "concurrency": concurrency,
+        "mailbox": "imap" if mailbox else "maildir",
         "offered_rate_msgs_per_s": rate,  # None: as fast as the sessions go
         "mean_mail_bytes": size,
         "key_size": key_size,
@@ -213,21 +233,99 @@ def _send_all(
     return threads
 
 
-def _wait_for_mailbox(
-    local: LocalRun, subjects: set[str], state: _Progress, seconds: float, progress: bool = False
-) -> None:
-    """Watch B's Maildir until every subject is there; the time each was first seen."""
+def _maildir_watch(local: LocalRun) -> Callable[[], list[str]]:
+    """The subjects of mails new in B's Maildir since the last call."""
     new = local.maildir("b") / "new"
     seen: set[str] = set()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+
+    def watch() -> list[str]:
+        subjects = []
         for path in new.glob("*") if new.is_dir() else ():
             if path.name in seen:
                 continue
             seen.add(path.name)
             with path.open("rb") as file:
-                headers = BytesHeaderParser().parsebytes(file.read(16384))
-            state.arrived_at[str(headers["Subject"])] = time.monotonic()
+                subjects.append(str(BytesHeaderParser().parsebytes(file.read(16384))["Subject"]))
+        return subjects
+
+    return watch
+
+
+class Mailbox:
+    """A running IMAP server's folder, given as a URL: the settings for B's IMAP plugin,
+    and a watch for the mails that arrive in it (only those after the first look)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("imap", "imaps") or not (parts.username and parts.password):
+            raise ValueError(f"--imap {url!r}: give imap[s]://user:password@host:port/folder")
+        self.tls = parts.scheme == "imaps"
+        self.host = parts.hostname or HOST
+        self.port = parts.port or (993 if self.tls else 143)
+        self.user, self.password = unquote(parts.username), unquote(parts.password)
+        self.folder = unquote(parts.path.lstrip("/")) or "INBOX"
+        self.cafile = parse_qs(parts.query).get("cafile", [None])[0]
+        self._session: imaplib.IMAP4 | None = None
+        self._next_uid = 0
+
+    def settings(self) -> dict[str, object]:
+        return {
+            "plugin": "imap",
+            **{"host": self.host, "port": self.port, "tls": self.tls, "folder": self.folder},
+            **{"user": self.user, "password": self.password},
+            **({"cafile": self.cafile} if self.cafile else {}),
+        }
+
+    def watch(self) -> list[str]:
+        if self._session is None:
+            if self.tls:
+                context = ssl.create_default_context(cafile=self.cafile)
+                self._session = imaplib.IMAP4_SSL(
+                    self.host, self.port, ssl_context=context, timeout=30
+                )
+            else:
+                self._session = imaplib.IMAP4(self.host, self.port, timeout=30)
+            self._session.login(self.user, self.password)
+            self._session.select(f'"{self.folder}"', readonly=True)
+            self._next_uid = self._uid_next()
+            return []
+        self._session.noop()  # lets the server announce what arrived
+        _, found = self._session.uid("SEARCH", f"UID {self._next_uid}:*")
+        uids = [int(uid) for uid in found[0].split() if int(uid) >= self._next_uid]
+        if not uids:
+            return []
+        self._next_uid = max(uids) + 1
+        ranges = ",".join(str(uid) for uid in uids)
+        _, data = self._session.uid("FETCH", ranges, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        return [
+            str(BytesHeaderParser().parsebytes(item[1])["Subject"])
+            for item in data
+            if isinstance(item, tuple)
+        ]
+
+    def close(self) -> None:
+        if self._session is not None:
+            with contextlib.suppress(imaplib.IMAP4.error, OSError):
+                self._session.logout()
+
+    def _uid_next(self) -> int:
+        assert self._session is not None
+        _, status = self._session.status(f'"{self.folder}"', "(UIDNEXT)")
+        return int(status[0].decode().rsplit("UIDNEXT", 1)[1].strip(" )"))
+
+
+def _wait_for_mailbox(
+    watch: Callable[[], list[str]],
+    subjects: set[str],
+    state: _Progress,
+    seconds: float,
+    progress: bool = False,
+) -> None:
+    """Watch B's mailbox until every subject is there; the time each was first seen."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for subject in watch():
+            state.arrived_at.setdefault(subject, time.monotonic())
         if progress:
             done = len(subjects & state.arrived_at.keys())
             sys.stderr.write(f"\r{done}/{len(subjects)} in B's mailbox")

@@ -506,6 +506,8 @@ def _certificate_lines(cert: x509.Certificate) -> list[str]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import imaplib
+
     from . import bench
     from .local import LocalRunFailed
 
@@ -514,6 +516,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError("--messages and --concurrency must be at least 1")
     if args.rate is not None and args.rate <= 0:
         raise UsageError("--rate must be above 0")
+    if args.imap:
+        try:
+            bench.Mailbox(args.imap)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if args.smtp_source:
         return _bench_smtp_source(args)
     if args.postfix:
@@ -527,8 +534,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             Path(args.dir) if args.dir else None,
             progress=sys.stderr.isatty(),
             rate=args.rate,
+            imap=args.imap,
         )
-    except LocalRunFailed as e:
+    except (LocalRunFailed, OSError, imaplib.IMAP4.error) as e:  # IMAP: --imap's server
         print(f"sdk-bridge bench: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2) if args.json else bench.format_table(result))
@@ -818,6 +826,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="10kb text mails; 1mb with a PDF; max: one 30 MB message; mixed: nine to one",
     )
     load.add_argument("--key-size", type=int, default=3072, help="RSA key size (default 3072)")
+    load.add_argument(
+        "--imap",
+        metavar="URL",
+        help="B delivers into this running IMAP folder, watched there:"
+        " imap://user:password@127.0.0.1:143/INBOX (or imaps://...?cafile=PATH)",
+    )
     load.add_argument(
         "--rate",
         type=float,

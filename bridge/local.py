@@ -49,14 +49,17 @@ class LocalRun:
         poll_seconds: float = 0.3,
         retention_minutes: int | None = None,
         outbound: dict[str, dict[str, object]] | None = None,
+        deliver_to: dict[str, dict[str, object]] | None = None,
     ) -> None:
-        """`outbound`: more `outbound` settings per bridge label, for tests."""
+        """`outbound`: more `outbound` settings per bridge label, for tests; `deliver_to`:
+        the mailbox for every functional address of a label, instead of a Maildir."""
         self.directory = directory
         self.sandbox = Sandbox(
             directory / "sandbox", 2, key_size=key_size, retention_minutes=retention_minutes
         )
         self.poll_seconds = poll_seconds
         self.outbound = outbound or {}
+        self.deliver_to = deliver_to or {}
         self.bridges: dict[str, RunningBridge] = {}
 
     def start(self) -> None:
@@ -130,6 +133,9 @@ class LocalRun:
         settings = yaml.safe_load(self.sandbox.config_path(label).read_text())
         outbound = {"poll_seconds": self.poll_seconds, **self.outbound.get(label, {})}
         settings["outbound"] = {**settings.get("outbound", {}), **outbound}
+        if label in self.deliver_to:
+            for address in settings["functional_addresses"]:
+                address["deliver_to"] = self.deliver_to[label]
         config = self.config(label)
         config.write_text(yaml.safe_dump(settings, allow_unicode=True, sort_keys=False))
         log = self.directory / f"bridge-{label}.log"

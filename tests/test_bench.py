@@ -5,6 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dovecot
+from dovecot import USERS, Dovecot
+
+dovecot_server = dovecot.dovecot_server
+
 
 def test_a_small_run(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "bridge.cli", "bench", "--messages", "12"]
@@ -28,3 +33,27 @@ def test_a_small_run(tmp_path: Path) -> None:
         assert usage["cpu_ms_per_message"] > 0
     delivered = list((tmp_path / "sandbox" / "mail" / "b" / "b.registrator" / "new").iterdir())
     assert len(delivered) == 13  # and the warm-up mail
+
+
+def test_a_run_into_a_running_dovecot(tmp_path: Path, dovecot_server: Dovecot) -> None:
+    """--imap: B delivers into a real Dovecot's INBOX and the run watches it there."""
+    url = f"imap://bob:{USERS['bob']}@127.0.0.1:{dovecot_server.imap_port}/INBOX"
+    command = [sys.executable, "-m", "bridge.cli", "bench", "--messages", "6", "--imap", url]
+    command += ["--concurrency", "2", "--key-size", "2048", "--json", "--dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["mailbox"] == "imap" and report["messages"] == 6
+    session = dovecot_server.imap("bob")
+    try:
+        session.select("INBOX", readonly=True)
+        _, found = session.search(None, "SUBJECT", "bench-")
+        assert len(found[0].split()) >= 7  # and the warm-up mail
+    finally:
+        session.logout()
+
+
+def test_a_bad_imap_url_is_a_usage_error() -> None:
+    command = [sys.executable, "-m", "bridge.cli", "bench", "--imap", "imap://127.0.0.1/INBOX"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "user:password" in result.stderr

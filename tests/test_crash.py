@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from bridge.local import LocalRun
+from bridge.outbound.receipts import KVITTENS_ACTION
+from bridge.outbound.worker import MESSAGE_ACTION
 
 FROM = "registrator@a.sandbox.test"
 TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
@@ -125,6 +127,10 @@ def test_either_bridge_killed_ten_times_loses_and_doubles_nothing(tmp_path: Path
             time.sleep(0.5)
         outcomes = Counter(local.kvittens("a").values())
         assert outcomes == {"ACCEPTED": MAILS}
+        # One SDK message per mail at the access points, whatever was resent after a kill.
+        access_points = local.sandbox.access_points
+        assert len(access_points["a"].submitted(MESSAGE_ACTION)) == MAILS
+        assert len(access_points["b"].submitted(KVITTENS_ACTION)) == MAILS
         print(f"kills: {dict(kills)}; recovered from the access point's retention: {recovered}")
     finally:
         local.stop()

@@ -293,6 +293,11 @@ class AccessPoint:
 
     # Python-side view, for the sandbox and tests.
 
+    def submitted(self, action: str) -> list[Envelope]:
+        """What was submitted here under `action`: each ebMS MessageId once, by design."""
+        with self._lock:
+            return [r.envelope for r in self._sent.values() if r.envelope.action == action]
+
     def status(self, message_id: str) -> str:
         """getStatus: what a client polling this access point would see."""
         with self._lock:

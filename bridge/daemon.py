@@ -56,19 +56,26 @@ async def _take_in(
     health: Health | None,
 ) -> None:
     """Messages and kvittens from the access point, and the deliveries waiting for one:
-    every `poll_seconds`, and at once when `fetch_now` is set (SIGUSR1)."""
+    every `poll_seconds`, at once when `fetch_now` is set (SIGUSR1), and round after round
+    without a pause while a backlog lasts (more pending than one round takes)."""
 
     intake = Intake(access_point, spool)
+    backlog = False
 
     async def fetch() -> None:
         if await intake.fetch() is not None and health is not None:
             health.reached_access_point()
 
+    async def judge() -> None:
+        nonlocal backlog
+        backlog = await inbound.process_pending() or intake.backlog
+
     while not stop.is_set():
         fetch_now.clear()
+        backlog = False
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("fetch from the access point", fetch),
-            ("inbound messages", inbound.process_pending),
+            ("inbound messages", judge),
             ("kvittens", receipts.process_pending),
             (
                 "submission status",
@@ -87,7 +94,8 @@ async def _take_in(
             except Exception:
                 log.exception("a step of the intake failed; trying again next round", step=name)
         delivered()  # the mailbox stage takes what was accepted without waiting
-        await _first_of(stop, fetch_now, config.outbound.poll_seconds)
+        if not backlog:
+            await _first_of(stop, fetch_now, config.outbound.poll_seconds)
     if intake.unstored:
         log.error(
             "alert: stopping with retrieved messages that could not be stored; recover them"

@@ -39,6 +39,7 @@ class Intake:
         self.access_point = access_point
         self.spool = spool
         self.unstored: dict[str, Received] = {}
+        self.backlog = False  # the last look found more pending than one round takes
 
     async def fetch(self, limit: int = 100) -> int | None:
         """Retrieve up to `limit` pending envelopes into the spool; how many were new, or
@@ -60,6 +61,7 @@ class Intake:
             log.warning("access point: cannot list pending messages", error=str(e))
             metrics.ACCESS_POINT_ERRORS.labels("pending").inc()
             return None
+        self.backlog = len(pending) > limit
         noted = await asyncio.to_thread(self.spool.note_retrieving, pending[:limit])
         stored: list[bool] = []
 

@@ -121,16 +121,20 @@ class Inbound:
             federation=settings.federation,
         )
 
-    async def process_pending(self) -> None:
+    async def process_pending(self) -> bool:
         """The stored messages not yet decided, oldest first; then the kvittens owed.
+        Whether a whole batch was taken, so that more may be waiting.
 
         Kvittens are left for `outbound.receipts`. A message that cannot be judged now
         (registry, scanner, disk or crypto workers failing) waits with growing pauses;
         another document type, or a message that trips a bug, is quarantined: one bad
         envelope never holds up the others."""
         items = await asyncio.to_thread(self.spool.received, "new", limit=BATCH)
-        await each([i for i in items if i.action != KVITTENS_ACTION], self._process_safely)
+        messages = [i for i in items if i.action != KVITTENS_ACTION]
+        await each(messages, self._process_safely)
         await self.send_owed()
+        # Each message judged leaves "new" or waits until later, so this loop ends.
+        return len(items) == BATCH and bool(messages)
 
     async def _process_safely(self, item: Received) -> None:
         try:

@@ -219,6 +219,9 @@ class AccessPoint:
         self._payloads.mkdir(parents=True, exist_ok=True)
         self._journal = self.directory / "journal.jsonl"
         self._lock = threading.RLock()
+        self._reserved: set[str] = set()  # submissions being stored, outside the lock
+        self._journaled = self._synced = 0  # journal lines appended, and made durable
+        self._sync_lock = threading.Lock()
         self._sent: dict[str, Record] = {}
         self._received: dict[str, Record] = {}
         self._errors: dict[str, list[dict[str, str]]] = {}
@@ -327,6 +330,8 @@ class AccessPoint:
         except Exception:  # a bug still answers SOAP, as CXF does
             log.exception("access point failed", party=self.party_id)
             return _fault_response(start_response, Fault("Internal error"))
+        finally:
+            self._sync()  # what this request changed is durable before it is answered
 
     def _handle(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         if environ.get("REQUEST_METHOD") != "POST":
@@ -406,6 +411,16 @@ class AccessPoint:
         _check_message_id(message_id)
         with self._lock:
             self._refuse_duplicate(message_id)
+            self._reserved.add(message_id)  # the payload is written outside the lock
+        try:
+            return self._submit_reserved(user_message, payload, message_id)
+        finally:
+            with self._lock:
+                self._reserved.discard(message_id)
+
+    def _submit_reserved(
+        self, user_message: etree._Element, payload: bytes, message_id: str
+    ) -> bytes:
         try:
             envelope = self._check(user_message, payload, message_id)
             target = self.route(envelope.final_recipient)
@@ -418,9 +433,8 @@ class AccessPoint:
                     self._persist(message_id)
             raise
         envelope = replace(envelope, to_party=target.party_id)
+        name = self._store_payload("sent", message_id, payload)
         with self._lock:
-            self._refuse_duplicate(message_id)
-            name = self._store_payload("sent", message_id, payload)
             self._sent[message_id] = Record(
                 envelope, Status.SEND_ENQUEUED, name, _stamp(self.clock())
             )
@@ -444,7 +458,7 @@ class AccessPoint:
         return _answer(_element("submitResponse", ids=[message_id]))
 
     def _refuse_duplicate(self, message_id: str) -> None:
-        if message_id in self._sent or message_id in self._received:
+        if message_id in self._sent or message_id in self._received or message_id in self._reserved:
             raise Fault(
                 SUBMISSION_FAILED,
                 "EBMS:0004",
@@ -564,11 +578,15 @@ class AccessPoint:
             log.info("not serviced", party=self.party_id, recipient=envelope.final_recipient)
             return NOT_SERVICED
         with self._lock:
-            if envelope.message_id not in self._received:  # AS4 duplicate detection
-                name = self._store_payload("received", envelope.message_id, payload)
-                record = Record(envelope, Status.RECEIVED, name, _stamp(self.clock()))
-                self._received[envelope.message_id] = record
-                self._persist(envelope.message_id)
+            known = envelope.message_id in self._received  # AS4 duplicate detection
+        if not known:
+            name = self._store_payload("received", envelope.message_id, payload)
+            with self._lock:
+                if envelope.message_id not in self._received:
+                    record = Record(envelope, Status.RECEIVED, name, _stamp(self.clock()))
+                    self._received[envelope.message_id] = record
+                    self._persist(envelope.message_id)
+            self._sync()  # durable here before the sending access point is answered
         log.info("received", party=self.party_id, message_id=envelope.message_id)
         return None
 
@@ -674,13 +692,28 @@ class AccessPoint:
             self._persist(record.envelope.message_id)
 
     def _persist(self, message_id: str) -> None:
-        """Append what is known of one message to the journal, durably: one line per
-        change, so a busy access point does not rewrite all its state each time."""
+        """Append what is known of one message to the journal (under the lock): one line per
+        change, so a busy access point does not rewrite all its state each time. `_sync`
+        makes it durable before the request is answered."""
         line = json.dumps(self._entry(message_id), ensure_ascii=False) + "\n"
         with self._journal.open("a", encoding="utf-8") as journal:
             journal.write(line)
-            journal.flush()
-            os.fsync(journal.fileno())
+        self._journaled += 1
+
+    def _sync(self) -> None:
+        """fsync the journal once for every line appended so far, outside the state lock:
+        requests that arrive together share one fsync (a group commit, as a database does)."""
+        with self._sync_lock:
+            with self._lock:
+                target = self._journaled
+            if self._synced >= target:
+                return
+            descriptor = os.open(self._journal, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            self._synced = target
 
     def _entry(self, message_id: str) -> dict[str, Any]:
         sent, received = self._sent.get(message_id), self._received.get(message_id)

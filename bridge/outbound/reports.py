@@ -105,10 +105,10 @@ class DsnReporter:
         log.info("delivery report sent", to=to, **delivery.ids())
 
     async def send_owed(self) -> None:
-        """Reports owed by a bridge that stopped before sending them."""
-        for delivery in await asyncio.to_thread(self.spool.deliveries, None):
-            if delivery.notes.get("report"):
-                await self(delivery)
+        """Reports not sent yet: owed by a bridge that stopped before sending them, or
+        asked for by `sdk-bridge queue bounce`."""
+        for delivery in await asyncio.to_thread(self.spool.owing_reports):
+            await self(delivery)
 
     async def resend_held(self) -> None:
         """Reports kept because the smart host did not take them: try each once more."""

@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     lease_until TEXT                 -- a worker holds it until then (NULL: nobody)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_owing_report ON deliveries(id)
+    WHERE json_extract(notes, '$.report') IS NOT NULL;
 CREATE TABLE IF NOT EXISTS superseded (  -- SDK messageIds a delivery had before a resend
     sdk_message_id TEXT PRIMARY KEY,
     delivery_id INTEGER NOT NULL REFERENCES deliveries(id)
@@ -878,6 +880,16 @@ class SQLiteSpool:
             rows = self._db.execute(
                 "SELECT * FROM deliveries" + (" WHERE state = ?" if state else "") + " ORDER BY id",
                 (state,) if state else (),
+            ).fetchall()
+        return [self._delivery(row) for row in rows]
+
+    def owing_reports(self) -> list[Delivery]:
+        """Deliveries whose sender is owed a delivery report, through an index: every
+        round asks, and the table keeps all deliveries ever made."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM deliveries WHERE json_extract(notes, '$.report') IS NOT NULL"
+                " ORDER BY id"
             ).fetchall()
         return [self._delivery(row) for row in rows]
 

@@ -5,8 +5,9 @@ import dataclasses
 import socket
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -140,6 +141,19 @@ def receiver_b(pki: TestPKI, alice: Identity, bob: Identity) -> Receiver:
 HOSTILE_CASES: collections.defaultdict[str, collections.Counter[str]] = collections.defaultdict(
     collections.Counter
 )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """Tests marked `hostile(category)` count as cases tried, and handled when they pass."""
+    outcome = yield
+    report = outcome.get_result()
+    marker = item.get_closest_marker("hostile")
+    if marker is not None and report.when == "call":
+        HOSTILE_CASES[marker.args[0]]["tried"] += 1
+        HOSTILE_CASES[marker.args[0]]["handled"] += report.passed
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -219,6 +219,7 @@ def test_sender_who_may_not_speak_for_us(ingress) -> None:
     assert (code, text[:5]) == (550, b"5.7.1")
 
 
+@pytest.mark.hostile("SMTP abuse: relay control")
 def test_relay_control_from_another_address(ingress, tls) -> None:
     """127.0.0.2 is outside the allowed networks: it must authenticate, over TLS only."""
     running, spool = ingress
@@ -277,6 +278,7 @@ def test_registry_unreachable_is_temporary(ingress, sandbox: Sandbox) -> None:
         b"Subject: a\r\n\r\nfirst\r\n.\nRCPT TO:<x@y>\r\n",  # CRLF.LF
     ],
 )
+@pytest.mark.hostile("SMTP abuse: smuggling")
 def test_smtp_smuggling_is_refused(ingress, data: bytes) -> None:
     running, spool = ingress
     with client(running.port) as smtp:
@@ -307,6 +309,7 @@ def test_forbidden_attachment_types_and_pdf(ingress) -> None:
     assert len(spool.deliveries()) == 1
 
 
+@pytest.mark.hostile("SMTP abuse: oversize")
 def test_too_large_for_sdk(ingress) -> None:
     running, _ = ingress
     with client(running.port) as smtp:
@@ -330,6 +333,7 @@ def test_malware_is_refused_at_data(make_ingress, clamd_server) -> None:  # noqa
     assert len(spool.deliveries()) == 1
 
 
+@pytest.mark.hostile("SMTP abuse: oversize")
 def test_big_messages_do_not_stall_other_sessions(ingress) -> None:
     """Three 25 MB mails at once; meanwhile a short dialogue still answers promptly."""
     running, spool = ingress
@@ -370,6 +374,7 @@ def test_big_messages_do_not_stall_other_sessions(ingress) -> None:
     assert slowest < 5.0, slowest
 
 
+@pytest.mark.hostile("SMTP abuse: oversize")
 def test_limits_on_lines_and_headers(ingress) -> None:
     running, spool = ingress
     with client(running.port) as smtp:
@@ -416,6 +421,7 @@ def test_a_spool_that_cannot_store_answers_4xx(
     assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == reply
 
 
+@pytest.mark.hostile("SMTP abuse: smuggling")
 def test_the_tail_of_an_over_long_line_does_not_end_data(ingress) -> None:
     """After 1100 characters, ".\\r\\n" is the end of that line, not of the message: what
     follows must not run as commands."""
@@ -483,6 +489,7 @@ def test_every_reply_has_an_enhanced_status_code(ingress) -> None:
             assert (code, text[:5]) == expected, (command, code, text)
 
 
+@pytest.mark.hostile("SMTP abuse: oversize")
 def test_a_message_nested_too_deeply_is_refused_not_crashed(ingress) -> None:
     running, spool = ingress
     parts = "".join(
@@ -496,6 +503,7 @@ def test_a_message_nested_too_deeply_is_refused_not_crashed(ingress) -> None:
     assert spool.deliveries() == []
 
 
+@pytest.mark.hostile("SMTP abuse: slow or vanishing clients")
 def test_a_client_that_hangs_up_mid_data_leaves_nothing(ingress) -> None:
     running, spool = ingress
     smtp = client(running.port)
@@ -531,6 +539,7 @@ def test_a_client_that_hangs_up_mid_data_leaves_nothing(ingress) -> None:
         "registrator@sdk.a.sandbox.test",  # the SDK domain itself
     ],
 )
+@pytest.mark.hostile("SMTP abuse: relay control")
 def test_no_open_relay(ingress, recipient: str) -> None:
     running, spool = ingress
     with client(running.port) as smtp:
@@ -541,6 +550,7 @@ def test_no_open_relay(ingress, recipient: str) -> None:
     assert spool.deliveries() == []
 
 
+@pytest.mark.hostile("SMTP abuse: recipients")
 def test_too_many_recipients(make_ingress) -> None:
     running, _ = make_ingress(max_recipients=1)
     with client(running.port) as smtp:
@@ -551,6 +561,7 @@ def test_too_many_recipients(make_ingress) -> None:
         assert (code, text[:5]) == (452, b"4.5.3")
 
 
+@pytest.mark.hostile("SMTP abuse: AUTH guessing")
 def test_password_guessing_is_slowed_down(make_ingress, tls) -> None:
     running, _ = make_ingress(auth_failures=3)
     for _ in range(3):
@@ -568,6 +579,7 @@ def test_password_guessing_is_slowed_down(make_ingress, tls) -> None:
         smtp.login("exchange", "s3cret")
 
 
+@pytest.mark.hostile("SMTP abuse: slow or vanishing clients")
 def test_a_silent_client_loses_its_slot(make_ingress) -> None:
     running, _ = make_ingress(idle_timeout=1.0)
     with socket.create_connection(("127.0.0.1", running.port), timeout=10) as silent:

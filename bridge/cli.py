@@ -32,7 +32,7 @@ from .sdk.xmlsafe import parse as parse_xml
 
 if TYPE_CHECKING:  # imported when used: most commands need no registry
     from .registry.client import Found
-    from .spool import SQLiteSpool
+    from .spool import Spool
 
 PASSPHRASE_ENV = "SDK_BRIDGE_KEY_PASSPHRASE"
 
@@ -223,6 +223,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from . import plugins
     from .daemon import ConfigurationMissing, StageFailed, run
 
     try:
@@ -231,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     try:
         asyncio.run(run(loaded, Path(args.config)))
-    except ConfigurationMissing as e:
+    except (ConfigurationMissing, plugins.PluginError) as e:
         raise UsageError(f"{args.config}: {e}") from None
     except StageFailed as e:
         print(f"sdk-bridge: {e}", file=sys.stderr)
@@ -259,16 +260,44 @@ def cmd_inbound_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spool(config_file: str) -> SQLiteSpool:
-    from .spool import SQLiteSpool
-
+def _spool_config(config_file: str) -> config.Config:
     try:
         loaded = config.load(Path(config_file))
     except config.ConfigError as e:
         raise UsageError(str(e)) from None
     if loaded.spool is None:
         raise UsageError(f"{config_file}: the configuration has no spool")
-    return SQLiteSpool(loaded.spool)
+    return loaded
+
+
+def _spool(config_file: str) -> Spool:
+    from .plugins import PluginError
+
+    try:
+        return config.open_spool(_spool_config(config_file))
+    except PluginError as e:
+        raise UsageError(f"{config_file}: {e}") from None
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Bring a database spool's schema up to date (a spool back end's `upgrade`)."""
+    from . import plugins
+
+    backend, settings = _spool_config(args.config).spool_plugin()
+    upgrade = getattr(plugins.factory(plugins.SPOOLS, backend), "upgrade", None)
+    if upgrade is None:
+        print(f"the {backend} spool keeps its schema up to date itself: nothing to do")
+        return 0
+    try:
+        applied = upgrade(settings)
+    except plugins.PluginError as e:
+        print(f"sdk-bridge: {e}", file=sys.stderr)
+        return 1
+    for step in applied:
+        print(f"applied schema version {step}")
+    if not applied:
+        print("the spool database schema is up to date: nothing to do")
+    return 0
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
@@ -767,6 +796,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
     export.set_defaults(run=cmd_export_contacts)
+
+    db = commands.add_parser("db", help="the spool database (a PostgreSQL spool)")
+    db_commands = db.add_subparsers(dest="action", required=True, metavar="ACTION")
+    upgrade = db_commands.add_parser(
+        "upgrade",
+        help="apply the schema migrations the database lacks",
+        description="Needed once before the first start on a new database and after each "
+        "sdk-bridge upgrade that brings migrations; running it again does nothing. Safe "
+        "while other instances run or upgrade at the same time.",
+    )
+    upgrade.add_argument("-c", "--config", required=True, metavar="FILE")
+    upgrade.set_defaults(run=cmd_db_upgrade)
 
     run = commands.add_parser("run", help="run the bridge (the daemon)")
     run.add_argument("-c", "--config", required=True, metavar="FILE")

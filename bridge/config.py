@@ -6,7 +6,7 @@ Only the sections the code uses exist; each later stage adds its own.
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,9 @@ from . import plugins
 from .registry.addresses import encoded, is_local_part
 from .sdk.keys import KeyError_, KeyPair, load_certificates, load_keypair, read_passphrase
 from .sdk.names import ORGANISATION_ID, SDK_FEDERATION
+from .spool import Spool
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # libpq's
 
 
 class ConfigError(ValueError):
@@ -127,9 +130,27 @@ class Config:
     access_point: AccessPointConfig | None
     smtp: SMTPConfig | None = None
     functional_addresses: tuple[FunctionalAddressConfig, ...] = ()
-    spool: Path | None = None  # the spool directory
+    # The spool directory: all of the SQLite spool; with a database back end, this
+    # machine's own files (mail still arriving, Maildirs of addresses without deliver_to).
+    spool: Path | None = None
+    # The back end (entry point sdk_bridge.spools) and its settings but the directory.
+    spool_backend: tuple[str, dict[str, Any]] = field(default_factory=lambda: ("sqlite", {}))
     outbound: OutboundConfig = OutboundConfig()
     admin: AdminConfig | None = None  # no admin port unless configured
+
+    def spool_plugin(self) -> tuple[str, dict[str, Any]]:
+        """The spool back end's name and its settings, the directory among them."""
+        name, settings = self.spool_backend
+        return name, {**settings, "directory": str(self.spool)}
+
+
+def open_spool(config: Config) -> Spool:
+    """The spool the configuration names, for the daemon and the admin commands alike.
+    Raises plugins.PluginError saying why it cannot be opened (say, a database whose schema
+    needs `sdk-bridge db upgrade`)."""
+    assert config.spool is not None
+    spool: Spool = plugins.load(plugins.SPOOLS, *config.spool_plugin())
+    return spool
 
 
 class _Node:
@@ -246,6 +267,9 @@ def load(file: Path) -> Config:
     decryption = [_keypair(n) for n in _required(key_fields, keys, "decryption").sequence()]
     if not decryption:
         raise key_fields["decryption"].error("at least one decryption key is required")
+    spool, spool_backend = (
+        _spool(sections["spool"]) if "spool" in sections else (None, ("sqlite", {}))
+    )
     return Config(
         organisation_id=org_id.string(),
         federation=org["federation"].string() if "federation" in org else SDK_FEDERATION,
@@ -263,7 +287,8 @@ def load(file: Path) -> Config:
         )
         if "functional_addresses" in sections
         else (),
-        spool=sections["spool"].path() if "spool" in sections else None,
+        spool=spool,
+        spool_backend=spool_backend,
         outbound=_outbound(sections["outbound"]) if "outbound" in sections else OutboundConfig(),
         admin=_admin(sections["admin"]) if "admin" in sections else None,
     )
@@ -407,6 +432,50 @@ def _outbound(node: _Node) -> OutboundConfig:
         postmaster=fields["postmaster"].string() if "postmaster" in fields else None,
         poll_seconds=number("poll_seconds", 10),
     )
+
+
+def _spool(node: _Node) -> tuple[Path, tuple[str, dict[str, Any]]]:
+    """`spool: <directory>` (SQLite), or a mapping that names a database back end:
+    the directory, and the back end with its settings."""
+    if isinstance(node.node, yaml.ScalarNode):
+        return node.path(), ("sqlite", {})
+    fields = node.mapping(
+        "backend",
+        "directory",
+        "dsn",
+        "password_file",
+        "sslmode",
+        "sslrootcert",
+        "sslcert",
+        "sslkey",
+    )
+    backend = _required(fields, node, "backend")
+    try:
+        plugins.factory(plugins.SPOOLS, backend.string())
+    except plugins.PluginError as e:
+        raise backend.error(str(e)) from None
+    directory = _required(fields, node, "directory").path()
+    if backend.string() == "sqlite":
+        extra = sorted(fields.keys() - {"backend", "directory"})
+        if extra:
+            raise fields[extra[0]].error("only for a database back end (backend: postgres)")
+        return directory, ("sqlite", {})
+    settings = {"dsn": _required(fields, node, "dsn").string()}
+    if "password_file" in fields:
+        try:
+            settings["password"] = read_passphrase(fields["password_file"].path()).decode()
+        except KeyError_ as e:
+            raise fields["password_file"].error(str(e)) from None
+    if "sslmode" in fields:
+        settings["sslmode"] = fields["sslmode"].string()
+        if settings["sslmode"] not in SSL_MODES:
+            raise fields["sslmode"].error(f"expected one of: {', '.join(SSL_MODES)}")
+    for name in ("sslrootcert", "sslcert", "sslkey"):
+        if name in fields:
+            settings[name] = str(_existing_file(fields[name]))
+    if ("sslcert" in fields) != ("sslkey" in fields):
+        raise node.error("give both sslcert and sslkey, or neither")
+    return directory, (backend.string(), settings)
 
 
 def _admin(node: _Node) -> AdminConfig:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from . import admin, checks, metrics, plugins, systemd
 from .admin import Health
-from .config import Config, ConfigError
+from .config import Config, ConfigError, open_spool
 from .config import load as load_config
 from .inbound.delivery import MailboxDelivery
 from .inbound.intake import Intake
@@ -36,7 +36,7 @@ from .outbound.transport import follow
 from .outbound.worker import OutboundSettings, Worker
 from .registry.addressbook import AddressBook
 from .registry.client import Registry
-from .spool import SQLiteSpool
+from .spool import Spool
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +45,7 @@ SHUTDOWN_SECONDS = 30.0  # in-flight submissions may finish within this; the res
 
 async def _take_in(
     access_point: plugins.AccessPoint,
-    spool: SQLiteSpool,
+    spool: Spool,
     inbound: Inbound,
     receipts: Receipts,
     reporter: DsnReporter,
@@ -227,7 +227,7 @@ def _restart_sections(config: Config) -> dict[str, object]:
         "keys": [pair.cert.public_bytes(serialization.Encoding.DER) for pair in pairs],
         "registry": config.registry,
         "access_point": config.access_point,
-        "spool": config.spool,
+        "spool": (config.spool, config.spool_backend),
         "smtp.listen": (config.smtp.listen, config.smtp.listen_tls, config.smtp.tls_cert is None),
         "smtp.scanner": config.smtp.scanner,
         "outbound": config.outbound,
@@ -283,7 +283,7 @@ async def run(config: Config, file: Path) -> None:
     for warning in checks.certificate_warnings(config):
         log.warning(warning)
     smtp = config.smtp
-    spool = SQLiteSpool(config.spool)
+    spool = open_spool(config)
     spool.discard_partial()
     released = spool.release_leases()
     registry = Registry(config)

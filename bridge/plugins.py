@@ -16,6 +16,10 @@ from typing import Any, Protocol
 SCANNERS = "sdk_bridge.scanners"
 ACCESS_POINTS = "sdk_bridge.access_points"
 MAILBOXES = "sdk_bridge.mailboxes"
+# Spool back ends: built with the spool settings (`directory`, and a server's `dsn`, …), they
+# offer bridge.spool.Spool. One whose schema needs migrating has `upgrade(settings)`, which
+# `sdk-bridge db upgrade` calls, returning what it applied.
+SPOOLS = "sdk_bridge.spools"
 
 
 class PluginError(Exception):
@@ -126,15 +130,23 @@ class Mailbox(Protocol):
     async def close(self) -> None: ...
 
 
-def load(group: str, name: str, settings: Mapping[str, Any]) -> Any:
-    """Build the plugin `name` of `group` with its settings."""
+def factory(group: str, name: str) -> Any:
+    """The factory registered as `name` in `group`, not yet called."""
     found = [ep for ep in entry_points(group=group) if ep.name == name]
     if not found:
         available = ", ".join(sorted(ep.name for ep in entry_points(group=group))) or "none"
         raise PluginError(f"no {group} plugin named {name!r} (installed: {available})")
     try:
-        factory = found[0].load()
-        return factory(settings)
+        return found[0].load()
+    except Exception as e:
+        raise PluginError(f"{group} plugin {name!r} could not be loaded: {e}") from e
+
+
+def load(group: str, name: str, settings: Mapping[str, Any]) -> Any:
+    """Build the plugin `name` of `group` with its settings."""
+    make = factory(group, name)
+    try:
+        return make(settings)
     except PluginError:
         raise
     except Exception as e:

@@ -366,3 +366,56 @@ def test_the_example_documents_every_key() -> None:
     example = (root / "config.example.yaml").read_text()
     assert len(keys) > 40
     assert [k for k in sorted(keys) if not re.search(rf"(^|[\s{{,#]){k}:", example, re.M)] == []
+
+
+def test_spool_on_postgresql(tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity) -> None:
+    """`spool:` a path is SQLite; a mapping names a back end, each setting checked with
+    its line."""
+    path = write_config(tmp_path, pki, alice, bob)
+    (tmp_path / "db.pass").write_text("secret\n")
+    text = path.read_text() + (
+        "spool:\n"
+        "  backend: postgres\n"
+        "  directory: local\n"
+        '  dsn: "host=db.a.se dbname=sdkbridge user=bridge"\n'
+        "  password_file: db.pass\n"
+        "  sslmode: verify-full\n"
+        f"  sslrootcert: {pki.root_pem}\n"
+        f"  sslcert: {alice.cert_pem}\n"
+        f"  sslkey: {alice.key_pem}\n"
+    )
+    path.write_text(text)
+    loaded = config.load(path)
+    assert loaded.spool == tmp_path / "local"
+    assert loaded.spool_plugin() == (
+        "postgres",
+        {
+            "dsn": "host=db.a.se dbname=sdkbridge user=bridge",
+            "password": "secret",
+            "sslmode": "verify-full",
+            "sslrootcert": str(pki.root_pem),
+            "sslcert": str(alice.cert_pem),
+            "sslkey": str(alice.key_pem),
+            "directory": str(tmp_path / "local"),
+        },
+    )
+    for old, new, key, problem in [
+        ("backend: postgres", "backend: oracle", "spool.backend", "no sdk_bridge.spools plugin"),
+        ("sslmode: verify-full", "sslmode: strict", "spool.sslmode", "expected one of"),
+        ("  dsn:", "  dns:", "spool.dns", "unknown key"),
+        (f"  sslkey: {alice.key_pem}\n", "", "spool", "both sslcert and sslkey"),
+        ("  directory: local\n", "", "spool.directory", "required key is missing"),
+        ("sslrootcert: ", "sslrootcert: missing-", "spool.sslrootcert", "no such file"),
+        ("backend: postgres", "backend: sqlite", "spool.dsn", "only for a database"),
+    ]:
+        changed = text.replace(old, new)
+        path.write_text(changed)
+        with pytest.raises(config.ConfigError, match=problem) as error:
+            config.load(path)
+        assert error.value.key == key
+        line = changed.splitlines()[error.value.line - 1].strip()
+        leaf = key.rpartition(".")[2]
+        # a key that is there: its own line; one missing, or the section: the section's
+        assert line.startswith(f"{leaf}:" if f"  {leaf}:" in changed else "backend:")
+    path.write_text(text.split("spool:")[0] + "spool:\n  backend: sqlite\n  directory: spool\n")
+    assert config.load(path).spool_plugin() == ("sqlite", {"directory": str(tmp_path / "spool")})

@@ -105,16 +105,3 @@ def test_the_same_mail_sent_again_is_kept_once(tmp_path: Path) -> None:
     as_other = dataclasses.replace(envelope, sender_address="a.socialtjanst")
     assert spool.accept(as_other, recipients, b"Message-ID: <1@a>\r\n\r\nHej") != first
     assert len({first, other}) == 2 and len(spool.deliveries()) == 3
-
-
-def test_only_deliveries_owing_a_report_are_listed(tmp_path: Path) -> None:
-    spool = SQLiteSpool(tmp_path)
-    spool.accept(ENVELOPE, RECIPIENTS, b"x")
-    first, second = spool.deliveries()
-    assert spool.owing_reports() == []
-    report = {"event": "failed", "status": "5.0.0", "text": "nej"}
-    spool.update(first.id, notes={"report": report, "kvittens": "REJECTED"})
-    assert [d.id for d in spool.owing_reports()] == [first.id]
-    spool.update(first.id, notes={"report": None})  # sent
-    spool.update(second.id, notes={"delay_reported": True})
-    assert spool.owing_reports() == []

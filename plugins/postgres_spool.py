@@ -1,0 +1,892 @@
+"""The spool in PostgreSQL, shared by several bridges of one organisation.
+
+Everything lives in the database, message bodies included (bytea), so no instance depends
+on another's disk; only mail still arriving over SMTP is a local file (`incoming()`), read
+into the database by `accept`. A commit is durable before `accept` returns (WAL flushed:
+the session never runs with synchronous_commit off), so SMTP's 250 follows it as with SQLite.
+
+Several instances share the queue safely: `claim_due` takes deliveries with
+`FOR UPDATE SKIP LOCKED` and leases them to this instance, so two never claim the same one;
+a lease runs out by the database's clock when its instance dies, and another takes over.
+`release_leases` at start-up ends only the leases of this instance's own predecessor (the
+same host and spool directory), never those of a colleague that is still working. The
+dedup keys are unique columns (received ebMS ids, inbox SDK messageIds, kvittens ids), so
+an instance may record what another sent or received; the 24-hour same-mail check is
+serialised per body hash with an advisory lock.
+
+The schema is `MIGRATIONS`, applied by `sdk-bridge db upgrade` (`PostgresSpool.upgrade`);
+the spool refuses a database whose schema is older than it needs.
+"""
+
+import hashlib
+import socket
+import sqlite3
+import uuid
+from collections.abc import Collection, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import DictRow, dict_row, scalar_row, tuple_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from bridge.plugins import PluginError
+from bridge.spool import (
+    Delivery,
+    Envelope,
+    InboundMail,
+    InboxState,
+    OwedKvittens,
+    Received,
+    RecipientRecord,
+    State,
+)
+
+# Each step must leave the previous version working (add, never drop or rename), so the
+# instances of a rolling upgrade can run on the upgraded database one after the other.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "the spool: outbound queue, received envelopes, inbox, kvittens",
+        """
+CREATE TABLE messages (
+    id text PRIMARY KEY,
+    received_at timestamptz NOT NULL,
+    mail_from text NOT NULL,
+    envelope jsonb NOT NULL,         -- client, helo, auth user, ENVID, RET, Message-ID
+    size bigint NOT NULL,
+    body_sha256 text NOT NULL,       -- to know the same mail sent again after a lost 250
+    body bytea NOT NULL
+);
+CREATE INDEX messages_resent ON messages (body_sha256, mail_from, received_at);
+CREATE TABLE deliveries (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    message_id text NOT NULL REFERENCES messages (id),
+    recipient text NOT NULL,         -- the RCPT TO address
+    details jsonb NOT NULL,          -- ORCPT, NOTIFY, SDK parties
+    state text NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL,
+    last_error text,
+    sdk_message_id text NOT NULL UNIQUE,  -- also the XHE ID and ebMS MessageId
+    conversation_id text,
+    mail_message_id text,            -- the mail's Message-ID, to thread replies
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    notes jsonb NOT NULL DEFAULT '{}',
+    lease_until timestamptz,         -- an instance holds it until then (NULL: nobody)
+    lease_owner text                 -- which instance (PostgresSpool.instance)
+);
+CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at);
+CREATE INDEX deliveries_message ON deliveries (message_id);
+CREATE INDEX deliveries_mail_id ON deliveries (mail_message_id);
+CREATE INDEX deliveries_lease_owner ON deliveries (lease_owner);
+CREATE INDEX deliveries_owing_report ON deliveries (id)
+    WHERE jsonb_typeof(notes -> 'report') = 'object';
+CREATE TABLE superseded (            -- SDK messageIds a delivery had before a resend
+    sdk_message_id text PRIMARY KEY,
+    delivery_id bigint NOT NULL REFERENCES deliveries (id)
+);
+CREATE TABLE reports (               -- delivery reports the smart host did not take yet
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    recipient text NOT NULL,
+    data bytea NOT NULL,
+    created_at timestamptz NOT NULL
+);
+CREATE TABLE received (
+    id text PRIMARY KEY,             -- the ebMS MessageId the access point gave it
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    action text NOT NULL,
+    original_sender text NOT NULL,
+    final_recipient text NOT NULL,
+    conversation_id text,
+    received_at timestamptz NOT NULL,
+    state text NOT NULL,             -- as in the SQLite spool
+    note text,
+    sdk_message_id text,             -- of a message judged after its signature verified
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz,     -- NULL: now
+    payload bytea                    -- NULL once deleted (and for lost ones)
+);
+CREATE INDEX received_state ON received (state, received_at);
+CREATE INDEX received_sdk_id ON received (sdk_message_id);
+CREATE TABLE retrieving (            -- ebMS MessageIds about to be retrieved
+    id text PRIMARY KEY,
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    noted_at timestamptz NOT NULL
+);
+CREATE TABLE inbox (                 -- SDK messages accepted for us, on their way to a mailbox
+    sdk_message_id text PRIMARY KEY, -- a second message with this id is a duplicate
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    received_id text NOT NULL,
+    functional_address text NOT NULL,
+    sender text NOT NULL,
+    conversation_id text NOT NULL,
+    mail_message_id text NOT NULL,
+    reply_references jsonb NOT NULL,
+    our_references jsonb NOT NULL,
+    state text NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL,
+    last_error text,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    mail bytea NOT NULL
+);
+CREATE INDEX inbox_due ON inbox (state, next_attempt_at);
+CREATE INDEX inbox_mail_id ON inbox (mail_message_id);
+CREATE TABLE kvittens_out (          -- kvittens we owe senders, until the AP has them
+    id text PRIMARY KEY,             -- the kvittens ID, also its ebMS MessageId
+    answers text NOT NULL,
+    receiver text NOT NULL,
+    conversation_id text,
+    accepted boolean NOT NULL,
+    state text NOT NULL,             -- pending, sent, failed
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL,
+    last_error text,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL,
+    payload bytea NOT NULL
+);
+CREATE INDEX kvittens_due ON kvittens_out (state, next_attempt_at);
+""",
+    ),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]  # what this code needs
+
+# Advisory lock keys (two int4, so they share no space with other applications' bigints).
+UPGRADE_LOCK = 0x53444B01
+RESEND_LOCK = 0x53444B02  # with 28 bits of the body hash
+
+RESEND_WINDOW = timedelta(hours=24)  # the same mail again within this is a resend
+POOL_SIZE = 8  # connections per instance; the stages call the spool from worker threads
+CONNECT_SECONDS = 10  # libpq's connect_timeout, unless the DSN sets one
+POOL_WAIT_SECONDS = 30.0  # for a free connection
+STATEMENT_TIMEOUT = "60s"  # a 30 MB body is written well within it
+LOCK_TIMEOUT = "30s"
+UPGRADE_WAIT = "120s"  # for another instance's upgrade to finish
+
+DELIVERY_COLUMNS = (
+    "id, message_id, details, state, attempts, next_attempt_at, last_error, sdk_message_id,"
+    " conversation_id, mail_message_id, created_at, notes"
+)
+INBOX_COLUMNS = (
+    "sdk_message_id, received_id, functional_address, sender, conversation_id,"
+    " mail_message_id, reply_references, our_references, state, attempts, last_error,"
+    " created_at"
+)
+TLS_SETTINGS = ("sslmode", "sslrootcert", "sslcert", "sslkey")
+
+
+class SchemaOutOfDate(PluginError):
+    """The database has an older schema than this code needs (or none yet)."""
+
+
+def conninfo(settings: Mapping[str, Any]) -> str:
+    """The libpq connection string: the DSN with the password and TLS settings given
+    beside it, and a connect timeout so no start-up waits forever."""
+    extra = {name: settings[name] for name in (*TLS_SETTINGS, "password") if name in settings}
+    dsn = str(settings["dsn"])
+    if "connect_timeout" not in conninfo_to_dict(dsn):
+        extra["connect_timeout"] = CONNECT_SECONDS
+    return make_conninfo(dsn, **extra)
+
+
+def schema_version(connection: psycopg.Connection[Any]) -> int:
+    """The highest migration applied; 0 for a database never upgraded."""
+    cursor = connection.cursor(row_factory=scalar_row)
+    if not cursor.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone():
+        return 0
+    return int(cursor.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone())
+
+
+def upgrade(settings: Mapping[str, Any]) -> list[str]:
+    """Apply the migrations the database lacks, in one transaction, under an advisory lock
+    (two instances upgrading at once: the second waits, then finds nothing to do). Return
+    the steps applied, "N: description"; empty when the schema was up to date."""
+    try:
+        with psycopg.connect(conninfo(settings)) as connection:
+            connection.execute(f"SET lock_timeout = '{UPGRADE_WAIT}'")  # for another instance
+            connection.execute("SELECT pg_advisory_xact_lock(%s, 0)", (UPGRADE_LOCK,))
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY,"
+                " description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = schema_version(connection)
+            applied = []
+            for number, description, statements in MIGRATIONS:
+                if number > current:
+                    connection.execute(statements)
+                    connection.execute(
+                        "INSERT INTO schema_version (version, description) VALUES (%s, %s)",
+                        (number, description),
+                    )
+                    applied.append(f"{number}: {description}")
+            return applied  # committed as the connection's block ends
+    except psycopg.Error as e:
+        raise PluginError(f"the spool database could not be upgraded: {e}") from e
+
+
+def _instance(directory: Path) -> str:
+    """This instance's name on its leases: the same after a restart, another's elsewhere."""
+    return f"{socket.gethostname()}:{directory.resolve()}"
+
+
+class PostgresSpool:
+    """The Spool protocol (bridge.spool) on a PostgreSQL database shared by instances."""
+
+    upgrade = staticmethod(upgrade)  # `sdk-bridge db upgrade` finds it on the factory
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.directory = Path(settings["directory"])
+        self._incoming = self.directory / "incoming"
+        self._incoming.mkdir(parents=True, exist_ok=True)
+        self.instance = _instance(self.directory)
+        target = conninfo(settings)
+        with psycopg.connect(target) as connection:  # libpq's own words if it cannot
+            found = schema_version(connection)
+        if found < SCHEMA_VERSION:
+            raise SchemaOutOfDate(
+                f"the spool database has schema version {found}, this sdk-bridge needs"
+                f" {SCHEMA_VERSION}: run `sdk-bridge db upgrade -c <this configuration>`"
+            )
+        self._pool: ConnectionPool[psycopg.Connection[DictRow]] = ConnectionPool(
+            target,
+            min_size=1,
+            max_size=POOL_SIZE,
+            kwargs={"row_factory": dict_row},
+            configure=_configure,
+            check=ConnectionPool.check_connection,
+            timeout=POOL_WAIT_SECONDS,
+            open=False,
+        )
+        self._pool.open(wait=True, timeout=CONNECT_SECONDS)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def discard_partial(self) -> None:
+        """At start-up: mail that was still arriving here was never answered 250."""
+        for leftover in self._incoming.glob("*.part"):
+            leftover.unlink()
+
+    # --- ingress ---------------------------------------------------------------------------
+
+    def incoming(self) -> Path:
+        """A local file for a message still arriving; `accept` reads it into the database."""
+        return self._incoming / f"{uuid.uuid4().hex}.part"
+
+    def accept(
+        self, envelope: Envelope, recipients: list[RecipientRecord], body: bytes | Path
+    ) -> str:
+        """Store one message for its recipients, durably; return its spool id. A file from
+        `incoming()` is removed once the database has it."""
+        data = body.read_bytes() if isinstance(body, Path) else body
+        digest = hashlib.sha256(data).hexdigest()
+        with self._pool.connection() as db:
+            # Two instances given the same resend at once: one stores it, the other finds it.
+            db.execute("SELECT pg_advisory_xact_lock(%s, %s)", (RESEND_LOCK, int(digest[:7], 16)))
+            message_id = self._resent(db, envelope, recipients, digest)
+            if message_id is None:
+                message_id = uuid.uuid4().hex
+                db.execute(
+                    "INSERT INTO messages (id, received_at, mail_from, envelope, size,"
+                    " body_sha256, body) VALUES (%s, now(), %s, %s, %s, %s, %b)",
+                    (
+                        message_id,
+                        envelope.mail_from,
+                        Jsonb(vars(envelope)),
+                        len(data),
+                        digest,
+                        data,
+                    ),
+                )
+                db.cursor().executemany(
+                    "INSERT INTO deliveries (message_id, recipient, details, state,"
+                    " next_attempt_at, sdk_message_id, mail_message_id, created_at, updated_at)"
+                    " VALUES (%s, %s, %s, %s, now(), %s, %s, now(), now())",
+                    [
+                        (
+                            message_id,
+                            r.address,
+                            Jsonb({**vars(r), "notify": list(r.notify)}),
+                            State.QUEUED.value,
+                            str(uuid.uuid4()),
+                            envelope.mail_message_id,
+                        )
+                        for r in recipients
+                    ],
+                )
+        if isinstance(body, Path):
+            body.unlink()
+        return message_id
+
+    @staticmethod
+    def _resent(
+        db: psycopg.Connection[DictRow],
+        envelope: Envelope,
+        recipients: list[RecipientRecord],
+        digest: str,
+    ) -> str | None:
+        """The spool id of the very same mail (bytes, envelope sender, the functional
+        address and user it was sent as, recipients) accepted within RESEND_WINDOW."""
+        rows = db.execute(
+            "SELECT m.id, m.envelope, array_agg(d.recipient ORDER BY d.recipient) AS recipients"
+            " FROM messages m JOIN deliveries d ON d.message_id = m.id"
+            " WHERE m.body_sha256 = %s AND m.mail_from = %s AND m.received_at >= now() - %s"
+            " GROUP BY m.id",
+            (digest, envelope.mail_from, RESEND_WINDOW),
+        ).fetchall()
+        sent_as = (envelope.sender_address, envelope.auth_user)
+        wanted = sorted(r.address for r in recipients)
+        for row in rows:
+            earlier = row["envelope"]
+            if (earlier.get("sender_address"), earlier.get("auth_user")) != sent_as:
+                continue
+            if sorted(row["recipients"]) == wanted:
+                return str(row["id"])
+        return None
+
+    # --- from the access point ----------------------------------------------------------
+
+    def store_received(self, item: Received, state: str = "new") -> bool:
+        """Keep what the access point handed over, durably, before anything else is done
+        with it. False: already kept (by this instance or another; the first copy stays)."""
+        with self._pool.connection() as db:
+            stored = db.execute(
+                "INSERT INTO received (id, action, original_sender, final_recipient,"
+                " conversation_id, received_at, state, payload)"
+                " VALUES (%s, %s, %s, %s, %s, now(), %s, %b) ON CONFLICT (id) DO NOTHING",
+                (*_received_fields(item), state, item.payload),
+            ).rowcount
+            if stored:
+                db.execute("DELETE FROM retrieving WHERE id = %s", (item.id,))
+        return stored == 1
+
+    def import_received(self, item: Received) -> bool:
+        """An envelope an administrator recovered from the access point: kept as new, in
+        place of a `lost` record of it. False: the spool already has it."""
+        with self._pool.connection() as db:
+            stored = db.execute(
+                "INSERT INTO received (id, action, original_sender, final_recipient,"
+                " conversation_id, received_at, state, payload)"
+                " VALUES (%s, %s, %s, %s, %s, now(), 'new', %b) ON CONFLICT (id) DO UPDATE SET"
+                " action = excluded.action, original_sender = excluded.original_sender,"
+                " final_recipient = excluded.final_recipient,"
+                " conversation_id = excluded.conversation_id, received_at = excluded.received_at,"
+                " state = 'new', note = NULL, sdk_message_id = NULL, attempts = 0,"
+                " next_attempt_at = NULL, payload = excluded.payload"
+                " WHERE received.state = 'lost'",
+                (*_received_fields(item), item.payload),
+            ).rowcount
+            if stored:
+                db.execute("DELETE FROM retrieving WHERE id = %s", (item.id,))
+        return stored == 1
+
+    def note_retrieving(self, message_ids: list[str]) -> list[str]:
+        """Note, durably, the MessageIds about to be retrieved; return every one noted and
+        not yet stored, the oldest first."""
+        with self._pool.connection() as db:
+            db.execute(
+                "INSERT INTO retrieving (id, noted_at) SELECT i, now() FROM unnest(%s::text[]) i"
+                " WHERE NOT EXISTS (SELECT 1 FROM received WHERE id = i)"
+                " ON CONFLICT (id) DO NOTHING",
+                (message_ids,),
+            )
+            rows = db.execute("SELECT id FROM retrieving ORDER BY seq").fetchall()
+        return [row["id"] for row in rows]
+
+    def lost_retrieving(self, message_id: str, note: str) -> None:
+        """The access point no longer gives out a message noted before a crash: it stays on
+        record as `lost`, for an administrator to recover (`import_received`)."""
+        with self._pool.connection() as db:
+            db.execute("DELETE FROM retrieving WHERE id = %s", (message_id,))
+            db.execute(
+                "INSERT INTO received (id, action, original_sender, final_recipient,"
+                " received_at, state, note) VALUES (%s, '', '', '', now(), 'lost', %s)"
+                " ON CONFLICT (id) DO NOTHING",
+                (message_id, note),
+            )
+
+    def received(
+        self, state: str = "new", action: str | None = None, *, limit: int | None = None
+    ) -> list[Received]:
+        """What the access point handed over, in `state` (and of one `action`), oldest
+        first; of those waiting for another attempt, only the ones due."""
+        query = (
+            "SELECT id, action, original_sender, final_recipient, conversation_id, attempts,"
+            " payload FROM received WHERE state = %s"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
+        )
+        arguments: list[Any] = [state]
+        if action:
+            query += " AND action = %s"
+            arguments.append(action)
+        query += " ORDER BY received_at, seq"
+        if limit:
+            query += " LIMIT %s"
+            arguments.append(limit)
+        with self._pool.connection() as db:
+            rows = db.execute(query, arguments, binary=True).fetchall()
+        return [
+            Received(
+                id=row["id"],
+                action=row["action"],
+                original_sender=row["original_sender"],
+                final_recipient=row["final_recipient"],
+                conversation_id=row["conversation_id"],
+                payload=bytes(row["payload"] or b""),
+                attempts=row["attempts"],
+            )
+            for row in rows
+        ]
+
+    def received_payload(self, received_id: str) -> bytes:
+        with self._pool.connection() as db:
+            row = db.execute(
+                "SELECT payload FROM received WHERE id = %s", (received_id,), binary=True
+            ).fetchone()
+        return bytes(row["payload"] or b"") if row else b""
+
+    def held_received(self) -> list[dict[str, Any]]:
+        """What an administrator must look at: quarantined, unreadable and lost envelopes,
+        newest first, without their payloads."""
+        with self._pool.connection() as db:
+            rows = db.execute(
+                "SELECT id, action, original_sender, final_recipient, received_at, state, note"
+                " FROM received WHERE state IN ('quarantined', 'unreadable', 'lost')"
+                " ORDER BY received_at DESC, seq DESC"
+            ).fetchall()
+        return [{**row, "received_at": row["received_at"].isoformat()} for row in rows]
+
+    def release_received(self, received_id: str) -> bool:
+        """A quarantined envelope judged again. False: there is no such quarantined one."""
+        with self._pool.connection() as db:
+            changed = db.execute(
+                "UPDATE received SET state = 'new', note = NULL, attempts = 0,"
+                " next_attempt_at = NULL WHERE id = %s AND state = 'quarantined'",
+                (received_id,),
+            ).rowcount
+        return changed == 1
+
+    def delete_received(self, received_id: str) -> bool:
+        """An envelope an administrator has dealt with: its payload is removed, its record
+        kept as `deleted`. Only held ones (quarantined, unreadable, lost) can be deleted."""
+        with self._pool.connection() as db:
+            changed = db.execute(
+                "UPDATE received SET state = 'deleted', payload = NULL WHERE id = %s"
+                " AND state IN ('quarantined', 'unreadable', 'lost')",
+                (received_id,),
+            ).rowcount
+        return changed == 1
+
+    def postpone_received(self, received_id: str, until: datetime) -> None:
+        """A message that cannot be judged now (registry or scanner unavailable)."""
+        with self._pool.connection() as db:
+            db.execute(
+                "UPDATE received SET attempts = attempts + 1, next_attempt_at = %s WHERE id = %s",
+                (until, received_id),
+            )
+
+    def mark_received(self, received_id: str, state: str, note: str | None = None) -> None:
+        with self._pool.connection() as db:
+            db.execute(
+                "UPDATE received SET state = %s, note = %s WHERE id = %s",
+                (state, note, received_id),
+            )
+
+    def conclude_received(
+        self,
+        received_id: str,
+        state: str,
+        note: str | None = None,
+        *,
+        kvittens: tuple[OwedKvittens, bytes] | None = None,
+        mail: tuple[InboundMail, bytes] | None = None,
+        sdk_message_id: str | None = None,
+    ) -> None:
+        """Record what became of a received message in one transaction: its state, the
+        kvittens it is owed, the mail for its mailbox and its SDK messageId.
+
+        Raise sqlite3.IntegrityError, recording nothing, when the inbox already holds a
+        message with this SDK messageId: the exception the Spool protocol names (the stages
+        catch it), whichever instance judged the copy."""
+        with self._pool.connection() as db:
+            if kvittens is not None:
+                k, payload = kvittens
+                db.execute(
+                    "INSERT INTO kvittens_out (id, answers, receiver, conversation_id, accepted,"
+                    " state, next_attempt_at, created_at, updated_at, payload)"
+                    " VALUES (%s, %s, %s, %s, %s, 'pending', now(), now(), now(), %b)"
+                    " ON CONFLICT (id) DO NOTHING",
+                    (k.id, k.answers, k.receiver, k.conversation_id, k.accepted, payload),
+                )
+            if mail is not None:
+                m, data = mail
+                try:
+                    db.execute(
+                        "INSERT INTO inbox (sdk_message_id, received_id, functional_address,"
+                        " sender, conversation_id, mail_message_id, reply_references,"
+                        " our_references, state, next_attempt_at, created_at, updated_at, mail)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now(), now(), now(), %b)",
+                        (
+                            m.sdk_message_id,
+                            m.received_id,
+                            m.functional_address,
+                            m.sender,
+                            m.conversation_id,
+                            m.mail_message_id,
+                            Jsonb(m.reply_references),
+                            Jsonb(m.our_references),
+                            InboxState.DELIVERING.value,
+                            data,
+                        ),
+                    )
+                except psycopg.errors.UniqueViolation as e:
+                    raise sqlite3.IntegrityError(str(e)) from e
+            db.execute(
+                "UPDATE received SET state = %s, note = %s, sdk_message_id = %s WHERE id = %s",
+                (state, note, sdk_message_id, received_id),
+            )
+
+    # --- kvittens we send ----------------------------------------------------------------
+
+    def owed_kvittens(self, limit: int = 100) -> list[tuple[OwedKvittens, bytes]]:
+        """Kvittens not yet taken by the access point whose time has come."""
+        with self._pool.connection() as db:
+            rows = db.execute(
+                "SELECT id, answers, receiver, conversation_id, accepted, attempts, payload"
+                " FROM kvittens_out WHERE state = 'pending' AND next_attempt_at <= now()"
+                " ORDER BY next_attempt_at LIMIT %s",
+                (limit,),
+                binary=True,
+            ).fetchall()
+        return [
+            (
+                OwedKvittens(
+                    id=row["id"],
+                    answers=row["answers"],
+                    receiver=row["receiver"],
+                    conversation_id=row["conversation_id"],
+                    accepted=row["accepted"],
+                    attempts=row["attempts"],
+                ),
+                bytes(row["payload"]),
+            )
+            for row in rows
+        ]
+
+    def update_kvittens(self, kvittens_id: str, **changes: Any) -> None:
+        """state, attempts, next_attempt_at, last_error of a kvittens we owe."""
+        self._update_row("kvittens_out", "id", kvittens_id, changes)
+
+    # --- the inbox: mail on its way to a mailbox -------------------------------------------
+
+    def known_inbound(self, sdk_message_id: str) -> bool:
+        """Whether a message with this SDK messageId was judged before (accepted or
+        rejected), by any instance."""
+        with self._pool.connection() as db:
+            row = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM received WHERE sdk_message_id = %s)"
+                " OR EXISTS (SELECT 1 FROM inbox WHERE sdk_message_id = %s) AS known",
+                (sdk_message_id, sdk_message_id),
+            ).fetchone()
+        return bool(row and row["known"])
+
+    def rejected_inbound(self, sdk_message_id: str) -> bool:
+        """Whether we answered the message with this SDK messageId with REJECTED."""
+        with self._pool.connection() as db:
+            row = db.execute(
+                "SELECT 1 FROM received WHERE sdk_message_id = %s AND state = 'rejected'",
+                (sdk_message_id,),
+            ).fetchone()
+        return row is not None
+
+    def queue_depths(self) -> dict[tuple[str, str], tuple[int, datetime]]:
+        """(queue, state) -> (how many, when the oldest came), for metrics and `queue`."""
+        queries = {
+            "outbound": "SELECT state, count(*), min(created_at) FROM deliveries GROUP BY state",
+            "received": "SELECT state, count(*), min(received_at) FROM received GROUP BY state",
+            "inbox": "SELECT state, count(*), min(created_at) FROM inbox GROUP BY state",
+            "kvittens": "SELECT state, count(*), min(created_at) FROM kvittens_out GROUP BY state",
+        }
+        depths = {}
+        with self._pool.connection() as db:
+            for queue, query in queries.items():
+                for state, count, first in db.cursor(row_factory=tuple_row).execute(query):
+                    depths[(queue, state)] = (count, first)
+        return depths
+
+    def inbox_due(self, limit: int = 16) -> list[InboundMail]:
+        with self._pool.connection() as db:
+            rows = db.execute(
+                f"SELECT {INBOX_COLUMNS} FROM inbox WHERE state = %s AND next_attempt_at <= now()"
+                " ORDER BY next_attempt_at LIMIT %s",
+                (InboxState.DELIVERING.value, limit),
+            ).fetchall()
+        return [_inbound(row) for row in rows]
+
+    def inbox(self, state: InboxState | None = None) -> list[InboundMail]:
+        with self._pool.connection() as db:
+            rows = db.execute(
+                f"SELECT {INBOX_COLUMNS} FROM inbox"
+                + (" WHERE state = %s" if state else "")
+                + " ORDER BY seq",
+                (state.value,) if state else (),
+            ).fetchall()
+        return [_inbound(row) for row in rows]
+
+    def inbound_by_mail_message_id(self, mail_message_id: str) -> InboundMail | None:
+        """The received message a reply answers, found by the Message-ID its mail had."""
+        with self._pool.connection() as db:
+            row = db.execute(
+                f"SELECT {INBOX_COLUMNS} FROM inbox WHERE mail_message_id = %s ORDER BY seq"
+                " LIMIT 1",
+                (mail_message_id,),
+            ).fetchone()
+        return _inbound(row) if row else None
+
+    def inbound_mail(self, sdk_message_id: str) -> bytes:
+        with self._pool.connection() as db:
+            row = db.execute(
+                "SELECT mail FROM inbox WHERE sdk_message_id = %s", (sdk_message_id,), binary=True
+            ).fetchone()
+        if row is None:
+            raise KeyError(sdk_message_id)
+        return bytes(row["mail"])
+
+    def update_inbound(self, sdk_message_id: str, **changes: Any) -> None:
+        """state, attempts, next_attempt_at, last_error of a mail on its way."""
+        self._update_row("inbox", "sdk_message_id", sdk_message_id, changes)
+
+    def _update_row(self, table: str, key: str, value: str, changes: dict[str, Any]) -> None:
+        if not changes.keys() <= {"state", "attempts", "next_attempt_at", "last_error"}:
+            raise ValueError(f"cannot update {sorted(changes)}")
+        assignments = "".join(f"{name} = %s, " for name in changes)
+        with self._pool.connection() as db:
+            db.execute(
+                f"UPDATE {table} SET {assignments}updated_at = now() WHERE {key} = %s",
+                (*changes.values(), value),
+            )
+
+    # --- delivery reports waiting for the smart host -------------------------------------
+
+    def hold_report(self, recipient: str, data: bytes) -> None:
+        with self._pool.connection() as db:
+            db.execute(
+                "INSERT INTO reports (recipient, data, created_at) VALUES (%s, %b, now())",
+                (recipient, data),
+            )
+
+    def held_reports(self) -> list[tuple[int, str, bytes]]:
+        with self._pool.connection() as db:
+            rows = db.execute(
+                "SELECT id, recipient, data FROM reports ORDER BY id", binary=True
+            ).fetchall()
+        return [(row["id"], row["recipient"], bytes(row["data"])) for row in rows]
+
+    def drop_report(self, report_id: int) -> None:
+        with self._pool.connection() as db:
+            db.execute("DELETE FROM reports WHERE id = %s", (report_id,))
+
+    # --- the worker ------------------------------------------------------------------------
+
+    def claim_due(self, limit: int, lease: timedelta) -> list[Delivery]:
+        """Queued deliveries whose time has come, leased to this instance: rows another
+        instance is claiming at this moment are skipped, not waited for. A lease that runs
+        out (its instance died) makes the delivery due again, for any instance."""
+        with self._pool.connection() as db:
+            rows = db.execute(
+                "UPDATE deliveries SET lease_until = now() + %s, lease_owner = %s"
+                " WHERE id IN (SELECT id FROM deliveries WHERE state = %s"
+                " AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until <= now())"
+                " ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+                f" RETURNING {DELIVERY_COLUMNS}",
+                (lease, self.instance, State.QUEUED.value, limit),
+            ).fetchall()
+        claimed = [_delivery(row) for row in rows]
+        return sorted(claimed, key=lambda d: (d.next_attempt_at, d.id))
+
+    def release_leases(self) -> int:
+        """At start-up: the leases this instance's killed predecessor held end now; those of
+        other instances, still working, stand."""
+        with self._pool.connection() as db:
+            return db.execute(
+                "UPDATE deliveries SET lease_until = NULL, lease_owner = NULL"
+                " WHERE lease_owner = %s",
+                (self.instance,),
+            ).rowcount
+
+    def transition(
+        self,
+        delivery_id: int,
+        from_states: Collection[State],
+        *,
+        new_sdk_message_id: bool = False,
+        **changes: Any,
+    ) -> Delivery | None:
+        """Apply `changes` only if the delivery is still in one of `from_states`, with the
+        row locked; None when it was not (another stage or instance moved it first). `notes`
+        are merged into the stored ones (a None value removes a note). `new_sdk_message_id`
+        gives it a new SDK messageId for sending it again; the old one still finds it."""
+        with self._pool.connection() as db:
+            row = db.execute(
+                "SELECT state, sdk_message_id, notes FROM deliveries WHERE id = %s FOR UPDATE",
+                (delivery_id,),
+            ).fetchone()
+            if row is None or State(row["state"]) not in from_states:
+                return None
+            if new_sdk_message_id:
+                db.execute(
+                    "INSERT INTO superseded (sdk_message_id, delivery_id) VALUES (%s, %s)",
+                    (row["sdk_message_id"], delivery_id),
+                )
+                db.execute(
+                    "UPDATE deliveries SET sdk_message_id = %s WHERE id = %s",
+                    (str(uuid.uuid4()), delivery_id),
+                )
+            if "notes" in changes:
+                notes = {**row["notes"], **changes["notes"]}
+                changes["notes"] = {k: v for k, v in notes.items() if v is not None}
+            return _write(db, delivery_id, changes)
+
+    def update(self, delivery_id: int, **changes: Any) -> None:
+        """Write back what happened to a delivery (state, attempts, last_error, …)."""
+        with self._pool.connection() as db:
+            _write(db, delivery_id, changes)
+
+    def body(self, message_id: str) -> bytes:
+        with self._pool.connection() as db:
+            row = db.execute(
+                "SELECT body FROM messages WHERE id = %s", (message_id,), binary=True
+            ).fetchone()
+        if row is None:
+            raise KeyError(message_id)
+        return bytes(row["body"])
+
+    def envelope(self, message_id: str) -> Envelope:
+        with self._pool.connection() as db:
+            row = db.execute(
+                "SELECT envelope FROM messages WHERE id = %s", (message_id,)
+            ).fetchone()
+        if row is None:
+            raise KeyError(message_id)
+        return Envelope(**row["envelope"])
+
+    def delivery(self, delivery_id: int) -> Delivery:
+        found = self._maybe("id = %s", delivery_id)
+        if found is None:
+            raise KeyError(delivery_id)
+        return found
+
+    def by_sdk_message_id(self, sdk_message_id: str) -> Delivery | None:
+        """The delivery with this SDK messageId, now or before a resend."""
+        return self._maybe(
+            "sdk_message_id = %s OR id ="
+            " (SELECT delivery_id FROM superseded WHERE sdk_message_id = %s)",
+            sdk_message_id,
+            sdk_message_id,
+        )
+
+    def by_mail_message_id(self, mail_message_id: str) -> Delivery | None:
+        """The delivery a reply refers to (the newest, for a mail with several recipients)."""
+        return self._maybe("mail_message_id = %s ORDER BY id DESC LIMIT 1", mail_message_id)
+
+    def deliveries(self, state: State | None = None) -> list[Delivery]:
+        with self._pool.connection() as db:
+            rows = db.execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries"
+                + (" WHERE state = %s" if state else "")
+                + " ORDER BY id",
+                (state.value,) if state else (),
+            ).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def owing_reports(self) -> list[Delivery]:
+        with self._pool.connection() as db:
+            rows = db.execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries"
+                " WHERE jsonb_typeof(notes -> 'report') = 'object' ORDER BY id"
+            ).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def _maybe(self, condition: str, *args: Any) -> Delivery | None:
+        with self._pool.connection() as db:
+            row = db.execute(
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {condition}", args
+            ).fetchone()
+        return _delivery(row) if row else None
+
+
+def _configure(connection: psycopg.Connection[DictRow]) -> None:
+    """Each pooled session: times in UTC, every wait bounded, and commits durable before
+    they return (a server whose default is synchronous_commit=off would make 250 a lie)."""
+    connection.execute("SET TIME ZONE 'UTC'")
+    connection.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
+    connection.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+    row = connection.execute("SELECT current_setting('synchronous_commit') AS mode").fetchone()
+    if row is not None and row["mode"] == "off":
+        connection.execute("SET synchronous_commit = on")
+    connection.commit()
+
+
+def _received_fields(item: Received) -> tuple[str, str, str, str, str | None]:
+    return (item.id, item.action, item.original_sender, item.final_recipient, item.conversation_id)
+
+
+def _write(db: psycopg.Connection[DictRow], delivery_id: int, changes: dict[str, Any]) -> Delivery:
+    allowed = {"state", "attempts", "next_attempt_at", "last_error", "conversation_id", "notes"}
+    if not changes.keys() <= allowed:
+        raise ValueError(f"cannot update {sorted(changes.keys() - allowed)}")
+    values = {k: Jsonb(v) if k == "notes" else v for k, v in changes.items()}
+    assignments = "".join(f"{name} = %s, " for name in values)
+    if "state" in changes:  # a new state: whoever held it is done with it
+        assignments += "lease_until = NULL, lease_owner = NULL, "
+    row = db.execute(
+        f"UPDATE deliveries SET {assignments}updated_at = now() WHERE id = %s"
+        f" RETURNING {DELIVERY_COLUMNS}",
+        (*values.values(), delivery_id),
+    ).fetchone()
+    if row is None:
+        raise KeyError(delivery_id)
+    return _delivery(row)
+
+
+def _delivery(row: DictRow) -> Delivery:
+    details = dict(row["details"])
+    details["notify"] = tuple(details.get("notify", ()))
+    return Delivery(
+        id=row["id"],
+        message_id=row["message_id"],
+        recipient=RecipientRecord(**details),
+        state=State(row["state"]),
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+        sdk_message_id=row["sdk_message_id"],
+        conversation_id=row["conversation_id"],
+        mail_message_id=row["mail_message_id"],
+        created_at=row["created_at"],
+        notes=row["notes"],
+    )
+
+
+def _inbound(row: DictRow) -> InboundMail:
+    return InboundMail(
+        sdk_message_id=row["sdk_message_id"],
+        received_id=row["received_id"],
+        functional_address=row["functional_address"],
+        sender=row["sender"],
+        conversation_id=row["conversation_id"],
+        mail_message_id=row["mail_message_id"],
+        reply_references=tuple(tuple(r) for r in row["reply_references"]),
+        our_references=tuple(tuple(r) for r in row["our_references"]),
+        state=InboxState(row["state"]),
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        created_at=row["created_at"].isoformat(),
+    )

@@ -1,0 +1,610 @@
+"""The Spool contract, the same behaviours against every back end: SQLite in a temporary
+directory, PostgreSQL in a fresh database (a copy of one upgraded once per session).
+
+`open_spool()` opens the test's store as its one bridge instance (again: as the instance
+restarted). The tests of several instances at once are PostgreSQL's alone, SQLite serving
+one machine: `open_instance(name)` opens instance `name` (its own spool directory) on the
+shared database, as two bridges of one organisation do. Then `sdk-bridge db upgrade`: a
+fresh database, a second run, two at once, a start refused."""
+
+import dataclasses
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import postgres
+import psycopg
+import pytest
+from test_config import write_config
+
+from bridge import cli, config
+from bridge.spool import (
+    Envelope,
+    InboundMail,
+    InboxState,
+    OwedKvittens,
+    Received,
+    RecipientRecord,
+    Spool,
+    SQLiteSpool,
+    State,
+)
+from bridge.testpki import Identity, TestPKI
+from plugins import postgres_spool
+from plugins.postgres_spool import PostgresSpool
+
+postgres_server = postgres.postgres_server
+
+ENVELOPE = Envelope(
+    mail_from="anna@kommun.se",
+    client="127.0.0.1:50000",
+    helo="exchange.kommun.se",
+    envid="ENV-1",
+    ret="HDRS",
+    mail_message_id="abc@kommun.se",
+    sender_address="a.registrator",
+)
+RECIPIENTS = [
+    RecipientRecord(
+        "registrator@b.se.sdk.kommun.se", "0203:b.se", "b.registrator", None, ("SUCCESS", "FAILURE")
+    ),
+    RecipientRecord("ekonomi@c.se.sdk.kommun.se", "0203:c.se", "c.ekonomi"),
+]
+LEASE = timedelta(minutes=5)
+EXPIRED = timedelta(seconds=-1)  # the lease of an instance that died
+
+OpenSpool = Callable[..., Spool]
+
+
+@pytest.fixture(scope="session")
+def spool_template(postgres_server: postgres.PostgreSQL) -> str:
+    """A database upgraded once, copied for each test (much faster than migrating each)."""
+    name = postgres_server.database()
+    postgres_spool.upgrade({"dsn": postgres_server.dsn(name)})
+    return name
+
+
+@pytest.fixture
+def open_instance(
+    postgres_server: postgres.PostgreSQL, spool_template: str, tmp_path: Path
+) -> Iterator[OpenSpool]:
+    """Opens bridge instance `instance` (its own spool directory) on the test's database."""
+    database = postgres_server.database(template=spool_template)
+    opened: list[Spool] = []
+
+    def make(instance: str = "a") -> Spool:
+        settings = {"dsn": postgres_server.dsn(database), "directory": str(tmp_path / instance)}
+        opened.append(PostgresSpool(settings))
+        return opened[-1]
+
+    yield make
+    for spool in opened:
+        spool.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_spool(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenSpool]:
+    """Opens the test's store as the one bridge instance (again: as a restarted one)."""
+    if request.param == "postgres":
+        yield request.getfixturevalue("open_instance")
+        return
+    opened: list[SQLiteSpool] = []
+
+    def make() -> Spool:
+        opened.append(SQLiteSpool(tmp_path / "spool"))
+        return opened[-1]
+
+    yield make
+    for spool in opened:
+        spool.close()
+
+
+@pytest.fixture
+def spool(open_spool: OpenSpool) -> Spool:
+    return open_spool()
+
+
+def backdate_messages(spool: Spool, hours: float) -> None:
+    """Make every stored message look `hours` older, as if accepted back then."""
+    if isinstance(spool, SQLiteSpool):
+        with sqlite3.connect(spool.directory / "spool.sqlite3") as db:
+            for message_id, at in db.execute("SELECT id, received_at FROM messages").fetchall():
+                earlier = datetime.fromisoformat(at) - timedelta(hours=hours)
+                db.execute(
+                    "UPDATE messages SET received_at = ? WHERE id = ?",
+                    (earlier.isoformat(), message_id),
+                )
+    else:
+        assert isinstance(spool, PostgresSpool)
+        with spool._pool.connection() as db:
+            db.execute(
+                "UPDATE messages SET received_at = received_at - %s", (timedelta(hours=hours),)
+            )
+
+
+def received(ebms_id: str, payload: bytes = b"<xhe/>", action: str = "message") -> Received:
+    return Received(ebms_id, action, "0203:b.se", "0203:a.se", "conv-1", payload)
+
+
+def inbound(sdk_id: str, ebms_id: str) -> InboundMail:
+    return InboundMail(
+        sdk_message_id=sdk_id,
+        received_id=ebms_id,
+        functional_address="a.registrator",
+        sender="0203:b.se",
+        conversation_id="conv-1",
+        mail_message_id=f"{sdk_id}@sdk.a.se",
+        reply_references=(("root", "ext", None),),
+        our_references=(("1.2.3", "A-1", "Ärende"),),
+    )
+
+
+def kvittens(kvittens_id: str, answers: str) -> OwedKvittens:
+    return OwedKvittens(kvittens_id, answers, "0203:b.se", "conv-1", accepted=True)
+
+
+# --- outbound: accept, claim, lease, transition ---------------------------------------------
+
+
+def test_accept_stores_body_and_one_delivery_per_recipient(spool: Spool) -> None:
+    arriving = spool.incoming()
+    arriving.parent.mkdir(parents=True, exist_ok=True)
+    arriving.write_bytes(b"Subject: x\r\n\r\nhej\r\n")
+    message_id = spool.accept(ENVELOPE, RECIPIENTS, arriving)
+    assert not arriving.exists()  # it is the spool's now
+    assert spool.body(message_id) == b"Subject: x\r\n\r\nhej\r\n"
+    assert spool.envelope(message_id) == ENVELOPE
+    deliveries = spool.deliveries()
+    assert [d.recipient for d in deliveries] == RECIPIENTS
+    assert all(d.state is State.QUEUED and d.attempts == 0 for d in deliveries)
+    assert all(d.message_id == message_id and d.notes == {} for d in deliveries)
+    assert len({d.sdk_message_id for d in deliveries}) == 2  # one SDK message per recipient
+    assert spool.by_mail_message_id("abc@kommun.se").id == deliveries[-1].id
+    assert spool.by_sdk_message_id(deliveries[0].sdk_message_id) == deliveries[0]
+    assert spool.by_sdk_message_id("no such id") is None
+    assert spool.delivery(deliveries[1].id) == deliveries[1]
+    with pytest.raises(KeyError):
+        spool.delivery(10_000)
+    (count, first) = spool.queue_depths()[("outbound", "queued")]
+    assert count == 2 and abs(first - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+def test_claims_are_leased_and_updates_written(spool: Spool) -> None:
+    spool.accept(ENVELOPE, RECIPIENTS, b"x")
+    claimed = spool.claim_due(10, lease=LEASE)
+    assert [d.recipient for d in claimed] == RECIPIENTS
+    assert spool.claim_due(10, lease=LEASE) == []  # leased
+    first = claimed[0]
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    spool.update(
+        first.id, state=State.QUEUED, attempts=1, last_error="AP down", next_attempt_at=later
+    )
+    again = spool.delivery(first.id)
+    assert (again.attempts, again.last_error, again.next_attempt_at) == (1, "AP down", later)
+    assert spool.claim_due(10, lease=LEASE) == []  # not due before `later`
+    spool.update(first.id, next_attempt_at=datetime.now(UTC) - timedelta(seconds=1))
+    assert [d.id for d in spool.claim_due(10, lease=LEASE)] == [first.id]  # a new state ended
+    spool.update(first.id, state=State.SUBMITTED, notes={"kvittens": "pending"})  # the lease
+    assert spool.delivery(first.id).notes == {"kvittens": "pending"}
+    assert [d.id for d in spool.deliveries(State.SUBMITTED)] == [first.id]
+    with pytest.raises(ValueError, match="cannot update"):
+        spool.update(first.id, sdk_message_id="x")
+
+
+def test_an_expired_lease_makes_it_due_again(spool: Spool) -> None:
+    spool.accept(ENVELOPE, RECIPIENTS[:1], b"x")
+    (claimed,) = spool.claim_due(1, lease=EXPIRED)  # a worker that died
+    (again,) = spool.claim_due(1, lease=LEASE)
+    assert again.id == claimed.id
+    assert spool.claim_due(1, lease=LEASE) == []
+
+
+def test_a_restarted_instance_releases_its_predecessors_leases(open_spool: OpenSpool) -> None:
+    spool = open_spool()
+    spool.accept(ENVELOPE, RECIPIENTS, b"x")
+    assert len(spool.claim_due(10, lease=timedelta(hours=1))) == 2
+    restarted = open_spool()
+    assert restarted.claim_due(10, lease=timedelta(hours=1)) == []
+    assert restarted.release_leases() == 2
+    assert len(restarted.claim_due(10, lease=timedelta(hours=1))) == 2
+
+
+def test_transitions_only_from_the_given_states(spool: Spool) -> None:
+    spool.accept(ENVELOPE, RECIPIENTS[:1], b"x")
+    (delivery,) = spool.claim_due(1, lease=LEASE)
+    assert spool.transition(delivery.id, {State.SUBMITTED}, state=State.DELIVERED) is None
+    assert spool.delivery(delivery.id).state is State.QUEUED
+    moved = spool.transition(
+        delivery.id, {State.QUEUED}, state=State.SUBMITTED, notes={"a": 1, "b": 2}
+    )
+    assert moved is not None and moved.state is State.SUBMITTED and moved.notes == {"a": 1, "b": 2}
+    merged = spool.transition(delivery.id, set(State), notes={"a": None, "c": "3"})
+    assert merged is not None and merged.notes == {"b": 2, "c": "3"}
+    assert merged.state is State.SUBMITTED  # notes alone keep the state
+    resent = spool.transition(
+        delivery.id, {State.SUBMITTED}, new_sdk_message_id=True, state=State.QUEUED
+    )
+    assert resent is not None and resent.sdk_message_id != delivery.sdk_message_id
+    assert spool.by_sdk_message_id(delivery.sdk_message_id) == resent  # the old id finds it
+    assert spool.by_sdk_message_id(resent.sdk_message_id) == resent
+    assert [d.id for d in spool.claim_due(1, lease=LEASE)] == [delivery.id]  # lease ended
+    assert spool.transition(10_000, set(State), state=State.FAILED) is None
+    with pytest.raises(ValueError, match="cannot update"):
+        spool.transition(delivery.id, set(State), recipient="x")
+
+
+def test_the_same_mail_sent_again_within_a_day_is_kept_once(spool: Spool) -> None:
+    """A client that did not see our 250 sends the mail again: the very same bytes,
+    envelope sender, sending address and user, and recipients are one message, not two."""
+    envelope = Envelope("anna@kommun-a.se", sender_address="a.registrator")
+    recipients = [RecipientRecord("x@b.se.sdk.a.se", "0203:b.se", "b.registrator")]
+    mail = b"Message-ID: <1@a>\r\n\r\nHej"
+    first = spool.accept(envelope, recipients, mail)
+    resent = spool.incoming()
+    resent.write_bytes(mail)
+    assert spool.accept(envelope, recipients, resent) == first
+    assert not resent.exists()
+    assert len(spool.deliveries()) == 1
+    as_other = dataclasses.replace(envelope, sender_address="a.socialtjanst")
+    to_more = [*recipients, RecipientRecord("y@b.se.sdk.a.se", "0203:b.se", "b.ekonomi")]
+    others = {
+        spool.accept(envelope, recipients, b"Message-ID: <2@a>\r\n\r\nHej"),
+        spool.accept(as_other, recipients, mail),
+        spool.accept(dataclasses.replace(envelope, auth_user="exchange"), recipients, mail),
+        spool.accept(dataclasses.replace(envelope, mail_from="bo@kommun-a.se"), recipients, mail),
+        spool.accept(envelope, to_more, mail),
+    }
+    assert first not in others and len(others) == 5
+    assert len(spool.deliveries()) == 7
+    backdate_messages(spool, 25)  # a day later the same mail is a new one
+    assert spool.accept(envelope, recipients, mail) not in {first, *others}
+
+
+# --- inbound: received envelopes, the inbox, kvittens -------------------------------------
+
+
+def test_received_envelopes_are_kept_once(spool: Spool) -> None:
+    assert spool.store_received(received("e-1", b"first"))
+    assert not spool.store_received(received("e-1", b"second"))  # the first copy stays
+    assert spool.received_payload("e-1") == b"first"
+    assert spool.store_received(received("k-1", action="kvittens"))
+    assert [r.id for r in spool.received()] == ["e-1", "k-1"]
+    assert [r.id for r in spool.received("new", "kvittens")] == ["k-1"]
+    assert [r.id for r in spool.received(limit=1)] == ["e-1"]
+    (item,) = spool.received("new", "message")
+    assert item == received("e-1", b"first")
+    spool.postpone_received("e-1", datetime.now(UTC) + timedelta(hours=1))
+    assert [r.id for r in spool.received()] == ["k-1"]  # not due yet
+    spool.postpone_received("e-1", datetime.now(UTC) - timedelta(seconds=1))
+    assert [r.attempts for r in spool.received("new", "message")] == [2]
+    spool.mark_received("k-1", "done")
+    assert spool.received("done")[0].id == "k-1"
+    assert spool.queue_depths()[("received", "new")][0] == 1
+
+
+def test_retrieving_lost_and_recovered(spool: Spool) -> None:
+    spool.store_received(received("e-1"))
+    assert spool.note_retrieving(["e-1", "e-2", "e-3"]) == ["e-2", "e-3"]  # e-1 is stored
+    assert spool.note_retrieving(["e-3", "e-4"]) == ["e-2", "e-3", "e-4"]  # oldest first
+    assert spool.store_received(received("e-2"))
+    spool.lost_retrieving("e-3", "the access point no longer gives it out")
+    assert spool.note_retrieving([]) == ["e-4"]
+    (lost,) = spool.held_received()
+    assert (lost["id"], lost["state"], lost["note"]) == (
+        "e-3",
+        "lost",
+        "the access point no longer gives it out",
+    )
+    assert datetime.fromisoformat(lost["received_at"]) <= datetime.now(UTC)
+    assert not spool.import_received(received("e-1"))  # not lost: the spool has it
+    assert spool.import_received(received("e-3", b"recovered"))
+    assert spool.received_payload("e-3") == b"recovered"
+    assert spool.held_received() == []
+    assert "e-3" in [r.id for r in spool.received()]
+
+
+def test_quarantine_release_and_delete(spool: Spool) -> None:
+    spool.store_received(received("e-1", b"odd"))
+    spool.store_received(received("e-2", b"junk"), "unreadable")
+    spool.conclude_received("e-1", "quarantined", "cannot decrypt")
+    assert [(r["id"], r["state"]) for r in spool.held_received()] == [
+        ("e-2", "unreadable"),
+        ("e-1", "quarantined"),
+    ]  # newest first
+    assert not spool.release_received("e-2")  # only quarantined ones are judged again
+    assert spool.release_received("e-1")
+    assert [r.id for r in spool.received()] == ["e-1"]
+    assert not spool.delete_received("e-1")  # not held any more
+    assert spool.delete_received("e-2")
+    assert spool.received_payload("e-2") == b""  # the payload went, the record stays
+    assert spool.held_received() == []
+    assert spool.queue_depths()[("received", "deleted")][0] == 1
+
+
+def test_conclude_stores_state_kvittens_and_mail_together(spool: Spool) -> None:
+    spool.store_received(received("e-1"))
+    assert not spool.known_inbound("sdk-1")
+    spool.conclude_received(
+        "e-1",
+        "accepted",
+        kvittens=(kvittens("kv-1", "e-1"), b"<kvittens/>"),
+        mail=(inbound("sdk-1", "e-1"), b"From: b\r\n\r\nHej"),
+        sdk_message_id="sdk-1",
+    )
+    assert spool.received("accepted")[0].id == "e-1"
+    assert spool.known_inbound("sdk-1") and not spool.rejected_inbound("sdk-1")
+    assert spool.owed_kvittens() == [(kvittens("kv-1", "e-1"), b"<kvittens/>")]
+    (mail,) = spool.inbox()
+    assert mail == dataclasses.replace(inbound("sdk-1", "e-1"), created_at=mail.created_at)
+    assert datetime.fromisoformat(mail.created_at) <= datetime.now(UTC)
+    assert spool.inbound_mail("sdk-1") == b"From: b\r\n\r\nHej"
+    assert spool.inbound_by_mail_message_id("sdk-1@sdk.a.se") == mail
+    assert spool.inbound_by_mail_message_id("other@sdk.a.se") is None
+    with pytest.raises(KeyError):
+        spool.inbound_mail("sdk-2")
+
+
+def test_a_copy_judged_at_the_same_moment_records_nothing(spool: Spool) -> None:
+    """The inbox holds one message per SDK messageId: concluding a second copy raises
+    sqlite3.IntegrityError (what the stages catch) and stores none of its parts."""
+    for ebms_id in ("e-1", "e-2"):
+        spool.store_received(received(ebms_id))
+    spool.conclude_received(
+        "e-1", "accepted", mail=(inbound("sdk-1", "e-1"), b"first"), sdk_message_id="sdk-1"
+    )
+    with pytest.raises(sqlite3.IntegrityError):
+        spool.conclude_received(
+            "e-2",
+            "accepted",
+            kvittens=(kvittens("kv-2", "e-2"), b"<kvittens/>"),
+            mail=(inbound("sdk-1", "e-2"), b"second"),
+            sdk_message_id="sdk-1",
+        )
+    assert spool.owed_kvittens() == []
+    assert [r.id for r in spool.received()] == ["e-2"]  # still new: judged again
+    assert spool.inbound_mail("sdk-1") == b"first"
+    spool.conclude_received(
+        "e-2",
+        "rejected",
+        "duplicate",
+        kvittens=(kvittens("kv-2", "e-2"), b"<rejected/>"),
+        sdk_message_id="sdk-1",
+    )
+    assert spool.rejected_inbound("sdk-1")
+    assert [k.id for k, _ in spool.owed_kvittens()] == ["kv-2"]
+
+
+def test_owed_kvittens_are_due_until_sent(spool: Spool) -> None:
+    for number in (1, 2):
+        spool.store_received(received(f"e-{number}"))
+        spool.conclude_received(
+            f"e-{number}", "rejected", kvittens=(kvittens(f"kv-{number}", f"e-{number}"), b"k")
+        )
+    assert [k.id for k, _ in spool.owed_kvittens(limit=1)] == ["kv-1"]
+    spool.update_kvittens(
+        "kv-1", attempts=1, last_error="AP down", next_attempt_at=datetime.now(UTC) + LEASE
+    )
+    assert [k.id for k, _ in spool.owed_kvittens()] == ["kv-2"]
+    spool.update_kvittens("kv-2", state="sent")
+    assert spool.owed_kvittens() == []
+    spool.update_kvittens("kv-1", next_attempt_at=datetime.now(UTC) - timedelta(seconds=1))
+    assert [(k.id, k.attempts) for k, _ in spool.owed_kvittens()] == [("kv-1", 1)]
+    assert spool.queue_depths()[("kvittens", "sent")][0] == 1
+    with pytest.raises(ValueError, match="cannot update"):
+        spool.update_kvittens("kv-1", receiver="x")
+
+
+def test_inbox_due_until_delivered(spool: Spool) -> None:
+    for number in (1, 2):
+        spool.store_received(received(f"e-{number}"))
+        spool.conclude_received(
+            f"e-{number}",
+            "accepted",
+            mail=(inbound(f"sdk-{number}", f"e-{number}"), b"mail"),
+            sdk_message_id=f"sdk-{number}",
+        )
+    assert [m.sdk_message_id for m in spool.inbox_due()] == ["sdk-1", "sdk-2"]
+    assert [m.sdk_message_id for m in spool.inbox_due(limit=1)] == ["sdk-1"]
+    spool.update_inbound(
+        "sdk-1", attempts=1, last_error="IMAP down", next_attempt_at=datetime.now(UTC) + LEASE
+    )
+    assert [m.sdk_message_id for m in spool.inbox_due()] == ["sdk-2"]
+    spool.update_inbound("sdk-2", state=InboxState.DELIVERED)
+    assert spool.inbox_due() == []
+    assert [m.sdk_message_id for m in spool.inbox(InboxState.DELIVERED)] == ["sdk-2"]
+    (waiting,) = spool.inbox(InboxState.DELIVERING)
+    assert (waiting.attempts, waiting.last_error) == (1, "IMAP down")
+    assert spool.queue_depths()[("inbox", "delivering")][0] == 1
+    with pytest.raises(ValueError, match="cannot update"):
+        spool.update_inbound("sdk-1", sender="x")
+
+
+def test_only_deliveries_owing_a_report_are_listed(spool: Spool) -> None:
+    spool.accept(ENVELOPE, RECIPIENTS, b"x")
+    first, second = spool.deliveries()
+    assert spool.owing_reports() == []
+    report = {"event": "failed", "status": "5.0.0", "text": "nej"}
+    spool.update(first.id, notes={"report": report, "kvittens": "REJECTED"})
+    assert [d.id for d in spool.owing_reports()] == [first.id]
+    spool.update(first.id, notes={"report": None})  # sent
+    spool.update(second.id, notes={"delay_reported": True})
+    assert spool.owing_reports() == []
+
+
+def test_delivery_reports_held_for_the_smart_host(spool: Spool) -> None:
+    spool.hold_report("anna@kommun.se", b"report 1")
+    spool.hold_report("bo@kommun.se", b"report 2")
+    held = spool.held_reports()
+    assert [(r, d) for _, r, d in held] == [
+        ("anna@kommun.se", b"report 1"),
+        ("bo@kommun.se", b"report 2"),
+    ]
+    spool.drop_report(held[0][0])
+    assert [d for _, _, d in spool.held_reports()] == [b"report 2"]
+
+
+def test_partial_mail_is_discarded_at_start(spool: Spool) -> None:
+    arriving = spool.incoming()
+    arriving.write_bytes(b"half a mail")
+    spool.discard_partial()
+    assert not arriving.exists()
+
+
+# --- several instances on one PostgreSQL database -------------------------------------------
+
+
+def test_two_instances_never_claim_the_same_delivery(open_instance: OpenSpool) -> None:
+    a, b = open_instance("a"), open_instance("b")
+    recipients = [RecipientRecord(f"r{i}@b.se.sdk.a.se", "0203:b.se", f"b.{i}") for i in range(50)]
+    for number in range(4):
+        a.accept(ENVELOPE, recipients, f"mail {number}".encode())
+    claims: dict[str, list[int]] = {"a": [], "b": []}
+    start = threading.Barrier(4)
+
+    def claim(name: str, spool: Spool) -> None:
+        start.wait(timeout=10)
+        while batch := spool.claim_due(7, lease=LEASE):
+            claims[name].extend(d.id for d in batch)
+
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(claim, name, spool) for name, spool in [("a", a), ("b", b)] * 2]:
+            future.result(timeout=60)
+    everything = claims["a"] + claims["b"]
+    assert len(everything) == len(set(everything)) == 200
+    assert claims["a"] and claims["b"]  # both took part
+
+
+def test_a_dead_instances_lease_is_taken_over(open_instance: OpenSpool) -> None:
+    a, b = open_instance("a"), open_instance("b")
+    a.accept(ENVELOPE, RECIPIENTS, b"x")
+    (first, second) = a.claim_due(10, lease=LEASE)
+    assert b.claim_due(10, lease=LEASE) == []  # a holds both
+    assert b.release_leases() == 0  # b's start-up leaves a's leases alone
+    assert b.claim_due(10, lease=LEASE) == []
+    a.close()
+    restarted = open_instance("a")  # a's successor on the same host and directory
+    assert restarted.release_leases() == 2
+    assert [d.id for d in b.claim_due(1, lease=EXPIRED)] == [first.id]  # b then dies too
+    assert [d.id for d in restarted.claim_due(10, lease=LEASE)] == [first.id, second.id]
+
+
+def test_an_expired_lease_of_one_instance_is_taken_over_by_the_other(
+    open_instance: OpenSpool,
+) -> None:
+    a, b = open_instance("a"), open_instance("b")
+    a.accept(ENVELOPE, RECIPIENTS[:1], b"x")
+    (claimed,) = a.claim_due(1, lease=timedelta(seconds=1))
+    assert b.claim_due(1, lease=LEASE) == []
+    deadline = datetime.now(UTC) + timedelta(seconds=10)
+    while not (taken := b.claim_due(1, lease=LEASE)) and datetime.now(UTC) < deadline:
+        threading.Event().wait(0.1)
+    assert [d.id for d in taken] == [claimed.id]
+    assert b.transition(claimed.id, {State.QUEUED}, state=State.SUBMITTED) is not None
+    assert a.transition(claimed.id, {State.QUEUED}, state=State.FAILED) is None  # too late
+
+
+def test_instances_share_the_dedup_state(open_instance: OpenSpool) -> None:
+    """The same mail resent to two instances at once is kept once; an envelope one instance
+    stored or a message it judged is known to the other; a copy judged by both at once is
+    accepted by exactly one."""
+    a, b = open_instance("a"), open_instance("b")
+    with ThreadPoolExecutor(2) as pool:
+        ids = list(pool.map(lambda s: s.accept(ENVELOPE, RECIPIENTS, b"resent"), [a, b] * 3))
+    assert len(set(ids)) == 1 and len(a.deliveries()) == 2
+    assert a.store_received(received("e-1")) and not b.store_received(received("e-1"))
+    assert b.store_received(received("e-2"))
+
+    def conclude(spool_and_ebms_id: tuple[Spool, str]) -> bool:
+        spool, ebms_id = spool_and_ebms_id
+        try:
+            spool.conclude_received(
+                ebms_id,
+                "accepted",
+                mail=(inbound("sdk-1", ebms_id), b"mail"),
+                sdk_message_id="sdk-1",
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(conclude, [(a, "e-1"), (b, "e-2")]))
+    assert sorted(outcomes) == [False, True]
+    assert a.known_inbound("sdk-1") and b.known_inbound("sdk-1")
+    assert len(b.inbox()) == 1
+
+
+# --- sdk-bridge db upgrade --------------------------------------------------------------------
+
+
+def postgres_config(tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity, dsn: str) -> Path:
+    path = write_config(tmp_path, pki, alice, bob)
+    with path.open("a") as file:
+        file.write(f'spool:\n  backend: postgres\n  directory: spool\n  dsn: "{dsn}"\n')
+    return path
+
+
+def test_db_upgrade(
+    postgres_server: postgres.PostgreSQL,
+    tmp_path: Path,
+    pki: TestPKI,
+    alice: Identity,
+    bob: Identity,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A fresh database is refused until upgraded; a second upgrade does nothing; a schema
+    older than the code needs is refused at start with what to do."""
+    dsn = postgres_server.dsn(postgres_server.database())
+    path = postgres_config(tmp_path, pki, alice, bob, dsn)
+    loaded = config.load(path)
+    with pytest.raises(postgres_spool.SchemaOutOfDate, match="schema version 0"):
+        config.open_spool(loaded)
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["queue", "list", "-c", str(path)])
+    assert refused.value.code == 2
+    assert "schema version 0, this sdk-bridge needs" in capsys.readouterr().err
+    assert cli.main(["db", "upgrade", "-c", str(path)]) == 0
+    assert capsys.readouterr().out == "".join(
+        f"applied schema version {number}: {text}\n"
+        for number, text, _ in postgres_spool.MIGRATIONS
+    )
+    assert cli.main(["db", "upgrade", "-c", str(path)]) == 0
+    assert "up to date: nothing to do" in capsys.readouterr().out
+    config.open_spool(loaded).close()
+    assert cli.main(["queue", "list", "-c", str(path)]) == 0
+    with psycopg.connect(dsn) as db:  # as if this code brought a migration not yet applied
+        db.execute(
+            "DELETE FROM schema_version WHERE version = %s", (postgres_spool.SCHEMA_VERSION,)
+        )
+    with pytest.raises(postgres_spool.SchemaOutOfDate, match="run `sdk-bridge db upgrade"):
+        config.open_spool(loaded)
+
+
+def test_db_upgrade_twice_at_once(postgres_server: postgres.PostgreSQL) -> None:
+    """Two instances upgrading together: one applies the migrations, the other waits on the
+    advisory lock and then finds nothing to do."""
+    settings = {"dsn": postgres_server.dsn(postgres_server.database())}
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(postgres_spool.upgrade, [settings, settings]))
+    assert sorted(len(applied) for applied in results) == [0, len(postgres_spool.MIGRATIONS)]
+    with psycopg.connect(settings["dsn"]) as db:
+        assert postgres_spool.schema_version(db) == postgres_spool.SCHEMA_VERSION
+
+
+def test_migrations_are_numbered_in_order() -> None:
+    assert [n for n, _, _ in postgres_spool.MIGRATIONS] == list(
+        range(1, len(postgres_spool.MIGRATIONS) + 1)
+    )
+
+
+def test_db_upgrade_of_a_sqlite_spool_has_nothing_to_do(
+    tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity, capsys: pytest.CaptureFixture
+) -> None:
+    path = write_config(tmp_path, pki, alice, bob)
+    with path.open("a") as file:
+        file.write("spool: spool\n")
+    assert cli.main(["db", "upgrade", "-c", str(path)]) == 0
+    assert "nothing to do" in capsys.readouterr().out

@@ -10,7 +10,6 @@ after the message is durably in the spool.
 
 import asyncio
 import contextlib
-import email.policy
 import errno
 import fnmatch
 import hmac
@@ -23,7 +22,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.parser import BytesParser
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,7 +29,7 @@ import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from .. import metrics
-from ..outbound.mapping import to_business_message
+from ..outbound.mapping import parse_mail, to_business_message
 from ..plugins import Scanner, TemporaryFailure
 from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
@@ -463,10 +461,11 @@ class IngressHandler:
     def _check_content(self, content: bytes) -> Any:
         """Parse and map the mail as the worker will: what cannot become an SDK message is
         refused now. Returns the parsed mail."""
-        header_block = content.split(b"\r\n\r\n", 1)[0]
+        end = content.find(b"\r\n\r\n")  # split() would copy the body too
+        header_block = content if end < 0 else content[:end]
         if len(header_block) > MAX_HEADER_BYTES or header_block.count(b"\r\n") > MAX_HEADER_LINES:
             raise _Refused("552 5.3.4 Too many or too large header lines")
-        mail = BytesParser(policy=email.policy.default).parsebytes(content)
+        mail = parse_mail(content)
         placeholder = msg.Party(self.settings.organisation_id, msg.Attention("placeholder"))
         message_id = str(uuid.uuid4())
         try:
@@ -490,7 +489,7 @@ class IngressHandler:
                 if kind in self.settings.forbidden_types and kind not in ALWAYS_ALLOWED_TYPES:
                     raise _Refused(f"554 5.6.0 Attachments of type {kind} are not accepted")
         try:
-            msg.to_xml(business)
+            msg.check(business)  # to_xml's verdict, without serialising the attachments
         except msg.InvalidMessage as e:
             if e.problem.detail == "too-long":
                 raise _Refused(

@@ -44,6 +44,7 @@ Decisions, in the order of the table:
   diarienummer). An extension longer than 256 characters is refused (`MappingError`).
 """
 
+import binascii
 import dataclasses
 import email
 import email.policy
@@ -52,6 +53,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.feedparser import BytesFeedParser
 from email.message import EmailMessage, Message
 from email.policy import EmailPolicy
 from typing import Any, cast
@@ -126,6 +128,7 @@ for _extension, _type in _TYPES_BY_EXTENSION.items():
     _EXTENSION_BY_TYPE.setdefault(_type, _extension)
 
 _LATIN1 = frozenset({"iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1"})
+_FEED_BYTES = 1 << 16  # a mail is parsed this much at a time
 
 
 class MappingError(ValueError):
@@ -195,6 +198,18 @@ def to_business_message(
         sender=sender,
         documents=(document,),
     )
+
+
+def parse_mail(data: bytes) -> EmailMessage:
+    """`BytesParser(policy=email.policy.default).parsebytes(data)`, fed a piece at a time.
+
+    parsebytes turns a 30 MB mail into one str and reads it through a StringIO that holds
+    it at four bytes a character; the feed parser is what it runs on either way.
+    """
+    parser = BytesFeedParser(policy=email.policy.default)
+    for start in range(0, len(data), _FEED_BYTES):
+        parser.feed(data[start : start + _FEED_BYTES])
+    return cast(EmailMessage, parser.close())
 
 
 def thread_ids(mail: Message) -> list[str]:
@@ -415,8 +430,7 @@ def _body_kinds(part: EmailMessage) -> set[str]:
 
 
 def _body_text(part: EmailMessage) -> str:
-    data = part.get_payload(decode=True)
-    text = _decode(data if isinstance(data, bytes) else b"", part.get_content_charset())
+    text = _decode(_payload_bytes(part), part.get_content_charset())
     text = text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
     if part.get_content_type() == "text/html":
         text = html_to_markdown(text)
@@ -557,13 +571,27 @@ def _file_of(part: EmailMessage) -> ContentFile:
         if name and not name.lower().endswith(".eml"):
             name += ".eml"
         return ContentFile(name, content_type, content)
-    data = part.get_payload(decode=True)
-    content = data if isinstance(data, bytes) else b""
+    content = _payload_bytes(part)
     if not _CONTENT_TYPE.fullmatch(content_type):  # garbage in the header: a plain file
         content_type = "application/octet-stream"
     if content_type == "application/octet-stream" and "." in name:
         content_type = _TYPES_BY_EXTENSION.get(name[name.rfind(".") :].lower(), content_type)
     return ContentFile(name, content_type, content)
+
+
+def _payload_bytes(part: EmailMessage) -> bytes:
+    """`part.get_payload(decode=True)` (b"" for none), base64 decoded straight from the
+    parsed text where it is valid: the email package encodes that text, splits it into
+    lines and joins them first, several copies of a 30 MB attachment."""
+    payload = part.get_payload()
+    cte = str(part.get("content-transfer-encoding", "")).lower()  # as get_payload reads it
+    if isinstance(payload, str) and cte == "base64":
+        try:
+            return binascii.a2b_base64(payload)  # line breaks are skipped
+        except ValueError:
+            pass  # broken base64 or 8-bit text: the email package's lenient decoding
+    data = part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
 
 
 def _message_bytes(part: EmailMessage) -> bytes:

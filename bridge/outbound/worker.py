@@ -8,12 +8,10 @@ off the event loop.
 
 import asyncio
 import contextlib
-import email.policy
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.parser import BytesParser
 
 import structlog
 
@@ -33,7 +31,7 @@ from ..sdk.keys import KeyPair
 from ..sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_DOCUMENT_ID
 from ..sdk.sealing import seal_message
 from ..spool import Delivery, Spool, State
-from .mapping import thread_ids, to_business_message
+from .mapping import parse_mail, thread_ids, to_business_message
 from .outcomes import Event, Notify, settle
 
 log = structlog.get_logger(__name__)
@@ -140,6 +138,7 @@ class Worker:
         sealed = await loop.run_in_executor(
             self.crypto, _seal, business, self.signer, certificates[-1]
         )
+        del business  # its attachments, while the envelope goes to the access point
         if conversation != delivery.conversation_id:
             await self._update(delivery, conversation_id=conversation)
         return await self.access_point.submit(
@@ -156,10 +155,7 @@ class Worker:
     def _map(self, delivery: Delivery) -> msg.BusinessMessage:
         """The SDK message for one delivery (run in a thread)."""
         envelope = self.spool.envelope(delivery.message_id)
-        mail = BytesParser(policy=email.policy.default).parsebytes(
-            self.spool.body(delivery.message_id)
-        )
-        assert isinstance(mail, EmailMessage)
+        mail = parse_mail(self.spool.body(delivery.message_id))
         ref_to, conversation, returned, ours = self._thread(mail, delivery)
         recipient = delivery.recipient
         return to_business_message(

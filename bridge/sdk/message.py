@@ -5,10 +5,13 @@ checks: the XSD's structure (a violation is kvittens SV/structure) and Digg's sc
 `MessageConstraints.xml` plus the limits of B1.3.3 (BV/invariant, BV/too-long).
 """
 
-import base64
+import binascii
 import re
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from lxml import etree
 
@@ -214,7 +217,8 @@ def _invariant(path: str, text: str) -> Rejected:
 def _check_rules(root: etree._Element) -> None:
     """Digg's MessageConstraints.xml, rule for rule, and the B1.3.3 limits."""
     for element in root.iter("*"):
-        if not "".join(element.itertext()).strip():
+        # Text by text rather than joined: an attachment's ancestors would each copy it.
+        if not any(text.strip() for text in element.itertext()):
             raise _invariant(path_of(element), "element is included but empty")
 
     def each(xpath: str) -> list[etree._Element]:
@@ -254,7 +258,7 @@ def _check(root: etree._Element) -> None:
 # Build
 
 
-def _sub(parent: etree._Element, name: str, text: str | None = None) -> etree._Element:
+def _sub(parent: etree._Element, name: str, text: str | bytes | None = None) -> etree._Element:
     element = etree.SubElement(parent, q(MSG_NS, name))
     if text is not None:
         element.text = text
@@ -299,8 +303,12 @@ def _add_party(parent: etree._Element, name: str, id_name: str, party: Party) ->
         _add_attention(element, party.attention)
 
 
-def to_element(message: BusinessMessage) -> etree._Element:
-    """Build the message tree; raise InvalidMessage if it breaks SDK's rules."""
+def to_element(message: BusinessMessage, placeholder: bytes | None = None) -> etree._Element:
+    """Build the message tree; raise InvalidMessage if it breaks SDK's rules.
+
+    With `placeholder`, each non-empty file's content is that text instead of its base64
+    (see `serialize`); the rules give the same verdict, as both are non-empty.
+    """
     root = etree.Element(q(MSG_NS, "messagePayload"), nsmap={"sdk": MSG_NS})
     header = _sub(_sub(root, "message"), "messageHeader")
     _sub(header, "creationDateTime", format_timestamp(message.created))
@@ -327,7 +335,10 @@ def to_element(message: BusinessMessage) -> etree._Element:
             file_element = _sub(element, "ContentFiles")
             _sub(file_element, "fileName", file.file_name)
             _sub(file_element, "contentType", file.content_type)
-            _sub(file_element, "content", base64.b64encode(file.content).decode("ascii"))
+            if placeholder is not None and file.content:
+                _sub(file_element, "content", placeholder)
+            else:  # ASCII bytes go into the tree as they are: no str copy of a 30 MB text
+                _sub(file_element, "content", binascii.b2a_base64(file.content, newline=False))
         for text in document.texts:
             _sub(_sub(element, "ContentText"), "characterSequence", text)
     try:
@@ -339,10 +350,48 @@ def to_element(message: BusinessMessage) -> etree._Element:
 
 def to_xml(message: BusinessMessage) -> bytes:
     """Serialize the message as UTF-8 XML; raise InvalidMessage if it breaks SDK's rules."""
-    data = etree.tostring(to_element(message), xml_declaration=True, encoding="UTF-8")
-    if len(data) > MAX_MESSAGE_BYTES:
+    return b"".join(serialize(message, **_UTF8))
+
+
+def check(message: BusinessMessage) -> None:
+    """Raise InvalidMessage exactly when `to_xml` would, without serialising the files."""
+    _check_size(*_template(message, _UTF8))
+
+
+_UTF8: dict[str, Any] = {"xml_declaration": True, "encoding": "UTF-8"}
+
+
+def _check_size(template: list[bytes], contents: list[bytes]) -> None:
+    base64_size = sum(4 * ((len(content) + 2) // 3) for content in contents)
+    if sum(map(len, template)) + base64_size > MAX_MESSAGE_BYTES:
         raise InvalidMessage(too_long())
-    return data
+
+
+def serialize(message: BusinessMessage, **options: Any) -> Iterator[bytes]:
+    """`etree.tostring(to_element(message), **options)` in pieces, the files' base64 among
+    them, made one file at a time. libxml2 would hold a 30 MB attachment as a text node and
+    again in an output buffer that grows to twice the document, before Python copies it.
+    Raises InvalidMessage at once, as `to_xml` does."""
+    template, contents = _template(message, options)
+    _check_size(template, contents)
+    return _pieces(template, contents)
+
+
+def _template(message: BusinessMessage, options: dict[str, Any]) -> tuple[list[bytes], list[bytes]]:
+    """The serialised message split around its non-empty files' content, and those files."""
+    placeholder = uuid.uuid4().hex.encode()  # random: no text in the message can equal it
+    template = etree.tostring(to_element(message, placeholder), **options).split(placeholder)
+    contents = [f.content for d in message.documents for f in d.files if f.content]
+    if len(template) != len(contents) + 1:
+        raise AssertionError("each file's placeholder must occur exactly once")
+    return template, contents
+
+
+def _pieces(template: list[bytes], contents: list[bytes]) -> Iterator[bytes]:
+    yield template[0]
+    for content, after in zip(contents, template[1:], strict=True):
+        yield binascii.b2a_base64(content, newline=False)  # never escaped in XML
+        yield after
 
 
 def too_long() -> Rejected:

@@ -9,7 +9,8 @@ These functions are synchronous and take only picklable arguments, so the daemon
 them in a worker pool, off the event loop.
 """
 
-from collections.abc import Collection, Container
+import uuid
+from collections.abc import Collection, Container, Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
@@ -22,7 +23,7 @@ from . import message as msg
 from . import xhe, xmldsig, xmlenc
 from .certs import CertificateProblem, check_encryption_certificate, check_signing_certificate
 from .keys import KeyPair
-from .names import MAX_MESSAGE_BYTES, MSG_NS, SDK_FEDERATION, UUID, q
+from .names import MAX_MESSAGE_BYTES, MSG_NS, SDK_FEDERATION, UUID, XENC_NS, q
 from .verdict import ACCEPTED, Detail, Outcome, Quarantined, Reason, Rejected, Verdict
 from .xmlsafe import UnsafeXML
 from .xmlsafe import parse as parse_xml
@@ -54,16 +55,28 @@ def seal_message(
             parsed = msg.from_element(element)
         except Rejected as problem:
             raise msg.InvalidMessage(problem) from None
+        serialized = etree.tostring(element)
+        del element
+        if len(serialized) > MAX_MESSAGE_BYTES:
+            raise msg.InvalidMessage(msg.too_long())
+        plaintext: Iterable[bytes] = [serialized]
     else:
-        parsed, element = message, msg.to_element(message)
-    plaintext = etree.tostring(element)
-    if len(plaintext) > MAX_MESSAGE_BYTES:
-        raise msg.InvalidMessage(msg.too_long())
-    root = xhe.build(
-        xhe.message_header(parsed, federation), xmlenc.encrypt(plaintext, recipient_cert)
-    )
-    xmldsig.sign(root, signer.key, signer.cert)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+        parsed, plaintext = message, msg.serialize(message)  # checked, encrypted piece by piece
+    encrypted, cipher_value = xmlenc.encrypt_apart(plaintext, recipient_cert)
+    # The ciphertext's base64 goes into the serialised envelope past libxml2, which would
+    # copy it several times over (see xmldsig.sign).
+    placeholder = uuid.uuid4().hex.encode()
+    _payload_cipher_value(encrypted).text = placeholder
+    root = xhe.build(xhe.message_header(parsed, federation), encrypted)
+    xmldsig.sign(root, signer.key, signer.cert, replacing=(placeholder, cipher_value))
+    head, tail = etree.tostring(root, xml_declaration=True, encoding="UTF-8").split(placeholder)
+    return b"".join((head, cipher_value, tail))
+
+
+def _payload_cipher_value(encrypted: etree._Element) -> etree._Element:
+    found = encrypted.find(f"{q(XENC_NS, 'CipherData')}/{q(XENC_NS, 'CipherValue')}")
+    assert found is not None
+    return found
 
 
 def seal_kvittens(
@@ -127,7 +140,7 @@ class Opened:
     header: xhe.Header | None = None
     signer: x509.Certificate | None = None
     message: msg.BusinessMessage | None = None
-    plaintext: bytes | None = None  # the decrypted business message
+    plaintext: bytearray | None = None  # the decrypted business message
     kvittens: kv.Kvittens | None = None
 
     @property
@@ -145,7 +158,7 @@ class _Progress:
     header: xhe.Header | None = None
     signer: x509.Certificate | None = None
     message: msg.BusinessMessage | None = None
-    plaintext: bytes | None = None
+    plaintext: bytearray | None = None
     kvittens: kv.Kvittens | None = None
     is_kvittens: bool = False  # then no failure may be answered with a kvittens
 
@@ -226,6 +239,7 @@ def _open(data: bytes, receiver: Receiver, progress: _Progress, decrypt: bool) -
         progress.plaintext = plaintext = xmlenc.decrypt(content[0], receiver.decryption_keys)
     except xmlenc.DecryptionError as e:
         raise Quarantined(f"payload cannot be decrypted: {e}") from None
+    del root, content  # the envelope tree, its ciphertext with it, is not read again
     if len(plaintext) > MAX_MESSAGE_BYTES:
         raise msg.too_long()
 

@@ -49,13 +49,32 @@ def _remove_keeping_tail(element: etree._Element) -> None:
         parent.text = (parent.text or "") + tail
 
 
-def _document_digest(root: etree._Element) -> bytes:
-    return hashlib.sha256(_c14n(root.getroottree())).digest()
+def _document_digest(root: etree._Element, replacing: tuple[bytes, bytes] | None = None) -> bytes:
+    canonical = _c14n(root.getroottree())
+    if replacing is None:
+        return hashlib.sha256(canonical).digest()
+    placeholder, text = replacing
+    head, tail = canonical.split(placeholder)  # it occurs exactly once
+    digest = hashlib.sha256(head)
+    digest.update(text)
+    digest.update(tail)
+    return digest.digest()
 
 
-def sign(root: etree._Element, key: rsa.RSAPrivateKey, cert: x509.Certificate) -> None:
-    """Append an enveloped signature over the whole document to `root`."""
-    digest = _document_digest(root)
+def sign(
+    root: etree._Element,
+    key: rsa.RSAPrivateKey,
+    cert: x509.Certificate,
+    replacing: tuple[bytes, bytes] | None = None,
+) -> None:
+    """Append an enveloped signature over the whole document to `root`.
+
+    `replacing` (placeholder, text): sign the document in which the one text node
+    `placeholder` is `text` instead, which the caller writes into the serialised
+    document. Only for text that c14n and serialisation leave as it is, such as base64:
+    a 40 MB ciphertext would cost libxml2 copies of twice its size.
+    """
+    digest = _document_digest(root, replacing)
     signature = etree.SubElement(root, q(DS_NS, "Signature"), nsmap={"ds": DS_NS})
 
     def sub(parent: etree._Element, name: str, **attrs: str) -> etree._Element:

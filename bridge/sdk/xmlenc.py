@@ -6,10 +6,12 @@ several keys (certificate rollover) knows which one to use.
 """
 
 import base64
+import binascii
 import os
+from collections.abc import Iterable
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, padding, serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from lxml import etree
@@ -22,6 +24,7 @@ _OAEP = asym_padding.OAEP(
     mgf=asym_padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes.SHA1(), label=None
 )
 _NS = {"xenc": XENC_NS, "ds": DS_NS}
+_CHUNK = 1 << 20  # plaintext bytes encrypted at a time
 
 
 class DecryptionError(ValueError):
@@ -34,12 +37,33 @@ def _b64(data: bytes) -> str:
 
 def encrypt(plaintext: bytes, recipient: x509.Certificate) -> etree._Element:
     """An `xenc:EncryptedData` (Type Element) holding `plaintext`, a serialized element."""
+    data, cipher_value = encrypt_apart([plaintext], recipient)
+    _one(data, "xenc:CipherData/xenc:CipherValue", "CipherValue").text = cipher_value
+    return data
+
+
+def encrypt_apart(
+    plaintext: Iterable[bytes], recipient: x509.Certificate
+) -> tuple[etree._Element, bytes]:
+    """`encrypt` for a plaintext given in pieces, with the payload's CipherValue left empty
+    and its base64 returned beside it: the sealer writes that 40 MB text into the
+    serialised envelope itself, past libxml2's copies (see `message.serialize`)."""
     session_key = os.urandom(32)
     iv = os.urandom(16)
-    padder = padding.PKCS7(128).padder()  # PKCS#7 is a valid XML-Enc (ISO 10126) padding
     encryptor = Cipher(algorithms.AES(session_key), modes.CBC(iv)).encryptor()
-    ciphertext = encryptor.update(padder.update(plaintext) + padder.finalize())
-    ciphertext += encryptor.finalize()
+    # IV and ciphertext grow in one buffer a chunk at a time: a 30 MB message is not
+    # copied again for the padding, the concatenations and the IV.
+    blob = bytearray(iv)
+    size = 0
+    for piece in plaintext:
+        view = memoryview(piece)
+        for start in range(0, len(view), _CHUNK):
+            blob += encryptor.update(view[start : start + _CHUNK])
+        size += len(view)
+    pad = 16 - size % 16  # PKCS#7, a valid XML-Enc (ISO 10126) padding
+    blob += encryptor.update(bytes([pad]) * pad) + encryptor.finalize()
+    cipher_value = binascii.b2a_base64(blob, newline=False)
+    del blob
     wrapped_key = recipient.public_key().encrypt(session_key, _OAEP)  # type: ignore[union-attr]
 
     def sub(parent: etree._Element, ns: str, name: str, **attrs: str) -> etree._Element:
@@ -59,8 +83,8 @@ def encrypt(plaintext: bytes, recipient: x509.Certificate) -> etree._Element:
     )
     key_cipher = sub(encrypted_key, XENC_NS, "CipherData")
     sub(key_cipher, XENC_NS, "CipherValue").text = _b64(wrapped_key)
-    sub(sub(data, XENC_NS, "CipherData"), XENC_NS, "CipherValue").text = _b64(iv + ciphertext)
-    return data
+    sub(sub(data, XENC_NS, "CipherData"), XENC_NS, "CipherValue")
+    return data, cipher_value
 
 
 def _one(element: etree._Element, path: str, what: str) -> etree._Element:
@@ -81,7 +105,7 @@ def _algorithm(element: etree._Element, path: str, what: str) -> str:
     return _one(element, path, what).get("Algorithm", "")
 
 
-def decrypt(encrypted_data: etree._Element, keys: list[KeyPair]) -> bytes:
+def decrypt(encrypted_data: etree._Element, keys: list[KeyPair]) -> bytearray:
     """The plaintext element bytes, using whichever of `keys` the sender encrypted to."""
     if encrypted_data.tag != q(XENC_NS, "EncryptedData"):
         raise DecryptionError("the payload is not an xenc:EncryptedData")
@@ -96,11 +120,17 @@ def decrypt(encrypted_data: etree._Element, keys: list[KeyPair]) -> bytes:
     if len(blob) < 32 or len(blob) % 16:
         raise DecryptionError("the ciphertext has an impossible length")
     decryptor = Cipher(algorithms.AES(session_key), modes.CBC(blob[:16])).decryptor()
-    padded = decryptor.update(blob[16:]) + decryptor.finalize()
-    pad = padded[-1]
+    # Decrypted into one buffer and cut there: no copies for the IV, the padding or the
+    # concatenation (update_into wants room for one more block).
+    plaintext = bytearray(len(blob) - 16 + 15)
+    size = decryptor.update_into(memoryview(blob)[16:], plaintext)
+    decryptor.finalize()
+    del blob
+    pad = plaintext[size - 1]
     if not 1 <= pad <= 16:
         raise DecryptionError("the payload does not decrypt with this key")
-    return padded[:-pad]
+    del plaintext[size - pad :]
+    return plaintext
 
 
 def _unwrap_session_key(encrypted_data: etree._Element, keys: list[KeyPair]) -> bytes:

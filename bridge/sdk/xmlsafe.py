@@ -7,6 +7,7 @@ never need a DTD, any document type declaration is refused outright.
 """
 
 import base64
+import binascii
 import re
 
 from lxml import etree
@@ -81,4 +82,14 @@ def _check_shape(root: etree._Element) -> None:
 
 def base64_text(element: etree._Element) -> bytes:
     """An element's base64 content, line breaks allowed; raise ValueError if it is not base64."""
-    return base64.b64decode("".join((element.text or "").split()), validate=True)
+    return decode_base64(element.text or "")
+
+
+def decode_base64(text: str) -> bytes:
+    """`base64_text` for a text already taken out of its element."""
+    try:
+        # Most payloads are one unbroken line: decoded straight from the str, without the
+        # copies that splitting and encoding a 40 MB text would make.
+        return binascii.a2b_base64(text, strict_mode=True)
+    except ValueError:
+        return base64.b64decode("".join(text.split()), validate=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import structlog
 from cryptography.hazmat.primitives import serialization
 
-from . import admin, checks, metrics, plugins, systemd
+from . import admin, checks, memory, metrics, plugins, systemd
 from .admin import Health
 from .config import Config, ConfigError, open_spool
 from .config import load as load_config
@@ -282,6 +282,7 @@ async def run(config: Config, file: Path) -> None:
     assert config.smtp and config.access_point and config.spool  # for the type checker
     for warning in checks.certificate_warnings(config):
         log.warning(warning)
+    memory.return_large_buffers()
     smtp = config.smtp
     spool = open_spool(config)
     spool.discard_partial()
@@ -297,7 +298,9 @@ async def run(config: Config, file: Path) -> None:
     servers = await serve(ingress, smtp.listen, smtp.listen_tls, tls)
     # RSA private-key work in other processes: the event loop never waits for it.
     crypto = ProcessPoolExecutor(
-        max_workers=os.cpu_count() or 2, mp_context=multiprocessing.get_context("spawn")
+        max_workers=os.cpu_count() or 2,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=memory.return_large_buffers,
     )
     reporter = DsnReporter(
         spool,

@@ -14,6 +14,7 @@ from concurrent.futures import Executor
 
 import structlog
 
+from .. import memory
 from ..registry.client import Registry
 from ..registry.errors import NoValidCertificate, RegistryError, RegistryUnavailable
 from ..sdk.sealing import Opened, Receiver, open_envelope
@@ -49,7 +50,8 @@ async def open_received(
             text = f"the sender is not registered in SMP/CertPub ({e})"
             return Opened(Verdict.of(Quarantined(text)))
         checking = dataclasses.replace(receiver, sender_signing_certs=list(published))
-        opened = await loop.run_in_executor(executor, _open, item.payload, checking)
+        where = memory.executor_for(len(item.payload), executor)
+        opened = await loop.run_in_executor(where, _open, item.payload, checking)
         if NOT_PUBLISHED not in opened.verdict.text:
             break
     assert opened is not None

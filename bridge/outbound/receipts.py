@@ -48,8 +48,10 @@ class Receipts:
 
     async def process_pending(self) -> None:
         """Every stored kvittens not yet dealt with; business messages are left for the
-        inbound path. They are verified several at once, then settled in the order they
-        arrived: an ACCEPTED followed by a duplicate's REJECTED must stay ACCEPTED."""
+        inbound path. They are verified several at once (and retrieved so, which leaves
+        their order to chance), then settled the ACCEPTED ones first: an ACCEPTED and a
+        duplicate's REJECTED for one message must leave it delivered, with no failure
+        report sent in between."""
         items = await asyncio.to_thread(self.spool.received, "new", KVITTENS_ACTION)
         opened: dict[str, Opened] = {}
 
@@ -60,9 +62,10 @@ class Receipts:
                 log.warning("kvittens waits: the registry cannot answer", id=item.id, error=str(e))
 
         await each(items, verify)
-        for item in items:
-            if item.id in opened:
-                await self._settle(item, opened[item.id])
+        verified = [item for item in items if item.id in opened]
+        verified.sort(key=lambda item: not _accepted(opened[item.id]))  # stable: arrival order
+        for item in verified:
+            await self._settle(item, opened[item.id])
 
     async def _settle(self, item: Received, opened: Opened) -> None:
         delivery, problem = await asyncio.to_thread(self._match, item, opened)
@@ -166,3 +169,7 @@ class Receipts:
                     await settle(
                         self.spool, self.notify, delivery, {state}, Event.DELAYED, "4.4.1", reason
                     )
+
+
+def _accepted(opened: Opened) -> bool:
+    return opened.kvittens is not None and opened.kvittens.accepted

@@ -15,7 +15,7 @@ from email.message import EmailMessage
 
 import structlog
 
-from .. import metrics
+from .. import memory, metrics
 from ..backoff import pause
 from ..plugins import (
     AccessPoint,
@@ -135,8 +135,9 @@ class Worker:
             refresh=delivery.attempts > 0,  # a retry looks again: the certificate may have rolled
         )
         loop = asyncio.get_running_loop()
+        size = sum(len(f.content) for d in business.documents for f in d.files)
         sealed = await loop.run_in_executor(
-            self.crypto, _seal, business, self.signer, certificates[-1]
+            memory.executor_for(size, self.crypto), _seal, business, self.signer, certificates[-1]
         )
         del business  # its attachments, while the envelope goes to the access point
         if conversation != delivery.conversation_id:

@@ -161,3 +161,30 @@ def test_attachment_types_and_names_are_made_safe() -> None:
     assert [a.get_payload(decode=True) for a in mail.iter_attachments()] == [
         f.content for f in files
     ]
+
+
+def test_encoded_lines_keep_to_76_characters() -> None:
+    """RFC 2045: quoted-printable and base64 lines of at most 76 characters; the files
+    (spliced in as base64 past the email package) come out byte for byte."""
+    text = "Bänkprov av sdk-bridge: åäö ÅÄÖ. " * 300  # one long line of Swedish
+    files = (
+        msg.ContentFile("a.pdf", "application/pdf", b"%PDF" + bytes(range(256)) * 300),
+        msg.ContentFile("kort.bin", "application/octet-stream", b"x" * 57),
+        msg.ContentFile("tom.bin", "application/octet-stream", b""),
+    )
+    message = make_message(documents=(msg.Document("SDK-Meddelande", (text,), files),))
+    data = to_email(
+        message,
+        sender=SENDER,
+        sender_name="A kommun",
+        recipient="registrator@kommun.se",
+        sdk_domain="sdk.kommun.se",
+    )
+    body = data.split(b"\r\n\r\n", 1)[1]
+    body_lines = [line for line in body.split(b"\r\n") if not line.startswith(b"Content-")]
+    assert max(map(len, body_lines)) <= 76
+    mail = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(mail, EmailMessage)
+    found = [part.get_content() for part in mail.iter_attachments()]
+    assert found == [file.content for file in files]
+    assert mail.get_body(("plain",)).get_content().rstrip().endswith("ÅÄÖ.")  # type: ignore[union-attr]

@@ -32,10 +32,12 @@ Decisions:
   and text/html). The mail is 7-bit (quoted-printable or base64 parts).
 """
 
+import binascii
 import email.policy
 import html
 import re
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -56,6 +58,11 @@ _TYPE = re.compile(r"([a-z0-9][a-z0-9!#$&^_.+-]*)/([a-z0-9][a-z0-9!#$&^_.+-]*)")
 # 7bit: Swedish text goes out quoted-printable, so a server without 8BITMIME takes it
 # too; 998: headers such as a long In-Reply-To stay unencoded (only RFC 2047 text folds).
 _POLICY = email.policy.SMTP.clone(cte_type="7bit", max_line_length=998)
+# The parts are encoded in lines of 76 characters, as RFC 2045 asks of quoted-printable and
+# base64; the mail is then written with _POLICY, which only folds the headers.
+_PARTS_POLICY = _POLICY.clone(max_line_length=76)
+_BASE64_LINE = 57  # bytes a 76-character base64 line holds
+_BASE64_CHUNK = _BASE64_LINE * 1024
 
 
 def to_email(
@@ -76,7 +83,7 @@ def to_email(
     """
     text = "\n\n".join(t for d in message.documents for t in d.texts)
     subject, text = _subject(message.label or "", text)
-    mail = EmailMessage(policy=_POLICY)
+    mail = EmailMessage(policy=_PARTS_POLICY)
     mail["From"] = Address(one_line(f"{sender_name} (SDK)"), addr_spec=sender)
     mail["To"] = Address(addr_spec=recipient)
     mail["Subject"] = one_line((secrecy_prefix if message.confidential else "") + subject)
@@ -109,13 +116,44 @@ def to_email(
     mail.set_content(body or " ")
     mail.add_alternative(_html(lines, text), subtype="html")
     files = [file for document in message.documents for file in document.files]
+    placeholders: list[tuple[bytes, bytes]] = []  # (placeholder, content) in mail order
     for number, file in enumerate(files, start=1):
         maintype, subtype = _attachment_type(file.content_type)
         name = one_line("".join(c if c.isprintable() else " " for c in file.file_name))
         mail.add_attachment(
-            file.content, maintype=maintype, subtype=subtype, filename=name or f"bilaga-{number}"
+            b"", maintype=maintype, subtype=subtype, filename=name or f"bilaga-{number}"
         )
-    return mail.as_bytes()
+        if file.content:
+            placeholder = uuid.uuid4().hex  # random: nothing else in the mail can equal it
+            mail.get_payload()[-1].set_payload(placeholder)
+            placeholders.append((placeholder.encode(), file.content))
+    return _spliced(mail.as_bytes(policy=_POLICY), placeholders)
+
+
+def _spliced(template: bytes, placeholders: list[tuple[bytes, bytes]]) -> bytes:
+    """The mail with each placeholder replaced by its file's base64, made here a piece at a
+    time: the email package would hold a 30 MB attachment several times over (its lines,
+    their join, the generator's buffer)."""
+    pieces, rest = [], template
+    for placeholder, content in placeholders:
+        head, rest = rest.split(placeholder, 1)
+        pieces.append(head)
+        pieces.extend(_base64_lines(content))
+    pieces.append(rest)
+    return b"".join(pieces)
+
+
+def _base64_lines(content: bytes) -> Iterator[bytes]:
+    """`content` in base64 lines of 76 characters, CRLF between them (not after the last)."""
+    view = memoryview(content)
+    for start in range(0, len(view), _BASE64_CHUNK):
+        if start:
+            yield b"\r\n"
+        chunk = view[start : start + _BASE64_CHUNK]
+        yield b"\r\n".join(
+            binascii.b2a_base64(chunk[at : at + _BASE64_LINE], newline=False)
+            for at in range(0, len(chunk), _BASE64_LINE)
+        )
 
 
 def render_markdown(text: str) -> str:

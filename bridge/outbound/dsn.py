@@ -131,6 +131,20 @@ def should_notify(notify: tuple[str, ...], action: Action, *, after_failure: boo
     return "SUCCESS" in values or (after_failure and "FAILURE" in values)
 
 
+def wanted(envelope: Envelope, reports: list[Report]) -> bool:
+    """Whether `build` may have a DSN to make, known before the original is read: a sender
+    to send it to, and a recipient whose NOTIFY asks for it."""
+    return bool(_sender(envelope) and _chosen(reports))
+
+
+def _sender(envelope: Envelope) -> str:
+    return envelope.mail_from.strip().strip("<>").strip()
+
+
+def _chosen(reports: list[Report]) -> list[Report]:
+    return [r for r in reports if should_notify(r.notify, r.action, after_failure=r.after_failure)]
+
+
 def build(
     *,
     envelope: Envelope,
@@ -144,16 +158,13 @@ def build(
 ) -> EmailMessage | None:
     """The DSN for `reports` (one message's recipients) to the envelope sender, or None when
     none is due: a null sender, a message that is itself a DSN, or nobody asked (NOTIFY)."""
-    sender = envelope.mail_from.strip().strip("<>").strip()
-    if not sender:
+    sender = _sender(envelope)
+    chosen = _chosen(reports)
+    if not (sender and chosen):
         return None
-    headers = BytesHeaderParser(policy=email.policy.default).parsebytes(original)
+    # The header block alone: the parser would turn a 30 MB body into text several times.
+    headers = BytesHeaderParser(policy=email.policy.default).parsebytes(_header_block(original))
     if _is_dsn(headers):
-        return None
-    chosen = [
-        r for r in reports if should_notify(r.notify, r.action, after_failure=r.after_failure)
-    ]
-    if not chosen:
         return None
     now = now or datetime.now(UTC)
     subject = _one_line(str(headers.get("Subject", "")))[:200]

@@ -70,6 +70,8 @@ class DsnReporter:
             after_failure=event is Event.DELIVERED_AFTER_ALL,
             **extra,
         )
+        if not dsn.wanted(envelope, [report]):
+            return None  # most deliveries: the original (maybe 30 MB) is not even read
         return dsn.build(
             envelope=envelope,
             reports=[report],

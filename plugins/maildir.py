@@ -10,7 +10,9 @@ deliver() first looks for that key in new/ and cur/. A crash after the rename an
 the bridge recorded the delivery therefore ends in "already there", not in a second copy.
 Readers keep the base name when they move a file to cur/ or change its flags. (A message
 the user deletes in the milliseconds between the rename and the bridge's record would be
-delivered again by a repeat; nothing else can make a second copy.)
+delivered again by a repeat; nothing else can make a second copy.) The keys of new/ and
+cur/ are listed again only when the directory has changed since (its mtime), so a
+mailbox of 100,000 messages is not listed for every delivery.
 
 Settings: `path`, the Maildir (created with mode 0700 when missing); `folder`, optional,
 a Maildir++ subfolder such as "Ärenden/Inkommande" ("/" separates levels, stored as
@@ -23,6 +25,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,6 +51,7 @@ class Maildir:
         self.directory = self.root / _subfolder(settings.get("folder"))
         # Maildir's own escaping of the host part, so it never holds "/" or ":".
         self._host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+        self._listings = {sub: _Listing(self.directory / sub) for sub in ("new", "cur")}
 
     def __repr__(self) -> str:
         return f"Maildir({str(self.directory)!r})"
@@ -82,6 +86,7 @@ class Maildir:
             with open(tmp, "xb") as f:
                 f.write(message)
             move_durably(tmp, self.directory / "new" / name)
+            self._listings["new"].added(key)
         except OSError as e:
             # A full disk or a lost mount may heal; the message stays queued meanwhile.
             raise TemporaryFailure(f"cannot write into {self.directory}: {e}") from e
@@ -98,16 +103,46 @@ class Maildir:
 
     def _holds(self, key: str) -> bool:
         """Whether a message with this key is in new/ or cur/; removes a half-written copy
-        that a crash left in tmp/."""
-        marker = f".{key}."
+        that a crash left in tmp/ (which readers keep nearly empty)."""
         for entry in os.scandir(self.directory / "tmp"):
-            if marker in entry.name:
+            if _key_of(entry.name) == key:
                 os.unlink(entry.path)
-        return any(
-            marker in entry.name
-            for sub in ("new", "cur")
-            for entry in os.scandir(self.directory / sub)
-        )
+        return any(listing.holds(key) for listing in self._listings.values())
+
+
+class _Listing:
+    """The keys of the files in one of new/ and cur/, listed again only when the directory's
+    mtime says it changed. Our own renames are added as they happen and their mtime taken,
+    so a burst of deliveries lists new/ once. (A file another writer adds within the same
+    clock tick as ours would go unseen: only a second bridge delivering the very same
+    message at that moment could do that.)"""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mtime_ns: int | None = None
+        self._keys: set[str] = set()
+        self._lock = threading.Lock()  # deliveries run in several threads
+
+    def holds(self, key: str) -> bool:
+        with self._lock:
+            mtime_ns = os.stat(self.path).st_mtime_ns
+            if mtime_ns != self._mtime_ns:
+                self._keys = {k for entry in os.scandir(self.path) if (k := _key_of(entry.name))}
+                self._mtime_ns = mtime_ns
+            return key in self._keys
+
+    def added(self, key: str) -> None:
+        with self._lock:
+            self._keys.add(key)
+            self._mtime_ns = os.stat(self.path).st_mtime_ns
+
+
+def _key_of(name: str) -> str | None:
+    """The key in a name this plugin gave (`<seconds>.<key>.<host>[:2,<flags>]`)."""
+    parts = name.split(".", 2)
+    if len(parts) == 3 and len(parts[1]) == 40 and all(c in "0123456789abcdef" for c in parts[1]):
+        return parts[1]
+    return None
 
 
 def _subfolder(folder: Any) -> str:

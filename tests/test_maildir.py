@@ -1,6 +1,8 @@
 """The Maildir mailbox plugin, loaded the way the bridge loads any mailbox plugin."""
 
 import asyncio
+import hashlib
+import os
 import stat
 from pathlib import Path
 
@@ -113,3 +115,31 @@ def test_unwritable_maildir_is_a_temporary_failure(tmp_path: Path) -> None:
 def test_bad_settings_are_named(settings: dict[str, object], error: str) -> None:
     with pytest.raises(plugins.PluginError, match=error):
         plugins.load(plugins.MAILBOXES, "maildir", settings)
+
+
+def test_a_big_mailbox_is_listed_again_only_when_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mailbox of many messages is not listed for every delivery: new/ and cur/ are read
+    again only when their mtime says a reader (or a restarted bridge) changed them."""
+    box = Maildir({"path": str(tmp_path)})
+    asyncio.run(box.deliver("first@sdk.example.se", MAIL))
+    for number in range(200):  # what users already have
+        (tmp_path / "cur" / f"1700000000.M{number}P1.host:2,S").write_bytes(MAIL)
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def counting(path: object) -> object:
+        listed.append(Path(str(path)).name)
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", counting)
+    for number in range(10):
+        asyncio.run(box.deliver(f"burst-{number}@sdk.example.se", MAIL))
+    assert listed.count("cur") == 1 and listed.count("new") <= 1
+    key = hashlib.sha256(b"burst-0@sdk.example.se").hexdigest()[:40]
+    [moved] = [path for path in files(tmp_path, "new") if f".{key}." in path.name]
+    moved.rename(tmp_path / "cur" / f"{moved.name}:2,S")  # a reader took it
+    asyncio.run(box.deliver("burst-0@sdk.example.se", MAIL))  # found in cur/: no copy
+    asyncio.run(box.deliver("first@sdk.example.se", MAIL))  # in new/: no copy
+    assert len(files(tmp_path, "new")) == 10 and listed.count("cur") == 2

@@ -14,7 +14,6 @@ retention 0 (Digg's P-Mode) it is gone.
 """
 
 import asyncio
-import sqlite3
 
 import structlog
 
@@ -25,7 +24,7 @@ from ..sdk import xhe
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
 from ..sdk.sealing import MAX_ENVELOPE_BYTES
 from ..sdk.xmlsafe import UnsafeXML, parse
-from ..spool import Received, Spool
+from ..spool import STORAGE_ERRORS, Received, Spool
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +47,7 @@ class Intake:
         for item in list(self.unstored.values()):
             try:
                 new += await asyncio.to_thread(self.spool.store_received, item)
-            except (OSError, sqlite3.Error) as e:
+            except STORAGE_ERRORS as e:
                 log.error(
                     "alert: a retrieved message still cannot be stored", id=item.id, error=str(e)
                 )
@@ -109,7 +108,7 @@ class Intake:
         )
         try:
             return await asyncio.to_thread(self.spool.store_received, received)
-        except (OSError, sqlite3.Error) as e:  # gone at the access point: never drop it
+        except Exception as e:  # whatever the store says: gone at the access point, keep it
             log.error(
                 "alert: a retrieved message cannot be stored; held in memory until it can,"
                 " so do not stop the bridge before there is room",

@@ -47,7 +47,7 @@ from ..sdk.keys import KeyPair
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
 from ..sdk.sealing import Opened, Receiver, seal_kvittens
 from ..sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Rejected, Verdict
-from ..spool import InboundMail, OwedKvittens, Received, Spool, State
+from ..spool import STORAGE_ERRORS, InboundMail, OwedKvittens, Received, Spool, State
 from .mapping import to_email
 from .opening import open_received
 
@@ -69,7 +69,7 @@ class _Unjudgeable(Exception):
 
 
 # What makes a message wait for the next attempt instead of being judged now.
-WAIT_ON = (RegistryUnavailable, TemporaryFailure, OSError, sqlite3.Error, BrokenExecutor)
+WAIT_ON = (RegistryUnavailable, TemporaryFailure, *STORAGE_ERRORS, BrokenExecutor)
 # Messages taken from the spool per round, judged several at once (`each`): their RSA work
 # runs in the crypto workers meanwhile. Two copies of one messageId judged together are told
 # apart by the spool (one is a duplicate).

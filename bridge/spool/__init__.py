@@ -6,6 +6,7 @@ the killed one stopped. `Spool` is what the stages rely on; `SQLiteSpool` is the
 default, and a server-backed store can follow by offering the same methods.
 """
 
+import sqlite3
 from collections.abc import Collection
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,16 @@ from .sqlite import (
     SQLiteSpool,
     State,
 )
+
+
+class SpoolUnavailable(Exception):
+    """The store cannot be reached or written now (a database down, a disk full): what a
+    back end raises for it, so that the stages wait and try again instead of failing."""
+
+
+# What the stages treat as "the spool cannot do it now": the SQLite default's own errors,
+# and what any other back end raises.
+STORAGE_ERRORS = (OSError, sqlite3.Error, SpoolUnavailable)
 
 
 class Spool(Protocol):
@@ -100,6 +111,7 @@ class Spool(Protocol):
 
 
 __all__ = [
+    "STORAGE_ERRORS",
     "Delivery",
     "Envelope",
     "InboundMail",
@@ -109,5 +121,6 @@ __all__ = [
     "RecipientRecord",
     "SQLiteSpool",
     "Spool",
+    "SpoolUnavailable",
     "State",
 ]

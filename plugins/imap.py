@@ -119,7 +119,10 @@ class IMAP:
             return
         answer = await client.append(message, mailbox=mailbox)
         if answer.result == "NO" and b"[TRYCREATE]" in b" ".join(answer.lines):
-            _expect(await client.create(mailbox), "CREATE", self)
+            created = await client.create(mailbox)
+            # Another delivery may have created it a moment ago: what was wanted anyway.
+            if not (created.result == "NO" and b"[ALREADYEXISTS]" in b" ".join(created.lines)):
+                _expect(created, "CREATE", self)
             answer = await client.append(message, mailbox=mailbox)
         if answer.result == "BAD":
             raise PermanentFailure(f"{self!r}: APPEND refused: {_text_of(answer)}")

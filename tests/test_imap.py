@@ -5,6 +5,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import aioimaplib
 import dovecot
 import pytest
 from dovecot import Dovecot
@@ -125,3 +126,22 @@ def test_password_from_a_file(dovecot_server: Dovecot, tmp_path: Path) -> None:
     assert len(messages(dovecot_server, "INBOX", "file@sdk.example.se")) == 1
     with pytest.raises(ValueError, match="password_file"):
         IMAP(settings(dovecot_server, password=None) | {"password_file": str(tmp_path / "no")})
+
+
+def test_a_folder_another_delivery_just_created(
+    dovecot_server: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two deliveries into a new folder are both told [TRYCREATE]; the second CREATE
+    finds the folder the first made ([ALREADYEXISTS]) and appends anyway, instead of
+    failing and waiting for a retry. The other delivery's CREATE is made to land first."""
+    real_create = aioimaplib.IMAP4.create
+
+    async def after_another(client: aioimaplib.IMAP4, mailbox: str) -> Any:
+        with dovecot_server.imap("bob") as other:
+            other.create(mailbox)
+        return await real_create(client, mailbox)
+
+    monkeypatch.setattr(aioimaplib.IMAP4, "create", after_another)
+    box = IMAP(settings(dovecot_server, folder="Samtidigt"))
+    asyncio.run(box.deliver("race@sdk.example.se", mail("race@sdk.example.se")))
+    assert len(messages(dovecot_server, "Samtidigt", "race@sdk.example.se")) == 1

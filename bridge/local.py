@@ -7,7 +7,6 @@ registrator's incoming mail in a Maildir.
 """
 
 import contextlib
-import json
 import os
 import select
 import signal
@@ -16,13 +15,16 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
 import yaml
 
+from . import config
 from .sandbox.federation import HOST, Sandbox
+from .spool import Spool
 
 START_TIMEOUT = 30.0  # seconds for a bridge to say it is ready
 SEND_RETRY_SECONDS = 30.0  # how long a 4xx (the address book still loading) is retried
@@ -50,12 +52,18 @@ class LocalRun:
         retention_minutes: int | None = None,
         outbound: dict[str, dict[str, object]] | None = None,
         deliver_to: dict[str, dict[str, object]] | None = None,
+        spools: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         """`outbound`: more `outbound` settings per bridge label, for tests; `deliver_to`:
-        the mailbox for every functional address of a label, instead of a Maildir."""
+        the mailbox for every functional address of a label, instead of a Maildir;
+        `spools`: a label's spool back end, as `Sandbox` takes it (SQLite if not given)."""
         self.directory = directory
         self.sandbox = Sandbox(
-            directory / "sandbox", 2, key_size=key_size, retention_minutes=retention_minutes
+            directory / "sandbox",
+            2,
+            key_size=key_size,
+            retention_minutes=retention_minutes,
+            spools=spools,
         )
         self.poll_seconds = poll_seconds
         self.outbound = outbound or {}
@@ -117,14 +125,17 @@ class LocalRun:
 
     def kvittens(self, label: str) -> dict[str, str]:
         """SDK messageId -> the kvittens outcome `label` holds for what it sent."""
-        database = self.bridges[label].spool / "spool.sqlite3"
         try:
-            with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-                rows = db.execute("SELECT sdk_message_id, notes FROM deliveries").fetchall()
-        except sqlite3.Error:  # not created yet, or busy: look again
+            with self.spool(label) as spool:
+                deliveries = spool.deliveries()
+        except sqlite3.OperationalError:  # busy: look again
             return {}
-        outcomes = {sdk_id: json.loads(notes).get("kvittens") for sdk_id, notes in rows}
+        outcomes = {d.sdk_message_id: d.notes.get("kvittens") for d in deliveries}
         return {sdk_id: outcome for sdk_id, outcome in outcomes.items() if outcome}
+
+    def spool(self, label: str) -> contextlib.AbstractContextManager[Spool]:
+        """`label`'s spool, opened as its running bridge's configuration names it."""
+        return opened_spool(self.config(label))
 
     def config(self, label: str) -> Path:
         return self.sandbox.directory / f"local-{label}.yaml"
@@ -157,3 +168,14 @@ class LocalRun:
             raise LocalRunFailed(f"the bridge of {label.upper()} did not start (see {log})")
         spool = self.sandbox.directory / "state" / label / "spool"
         return RunningBridge(label, process, self.sandbox.smtp_port(label), log, spool)
+
+
+@contextlib.contextmanager
+def opened_spool(config_file: Path) -> Iterator[Spool]:
+    """The spool `config_file` names, SQLite or a database, opened beside the bridge that
+    runs on it: a look at its state that does not depend on the back end."""
+    spool = config.open_spool(config.load(config_file))
+    try:
+        yield spool
+    finally:
+        spool.close()

@@ -7,7 +7,7 @@ import subprocess
 import uuid
 from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -17,6 +17,9 @@ from bridge.sdk import xhe
 from bridge.sdk.keys import KeyPair
 from bridge.sdk.sealing import Receiver
 from bridge.testpki import Identity, TestPKI, make_pki
+
+if TYPE_CHECKING:
+    import postgres
 
 ORG_A = "0203:a.example.se"
 ORG_B = "0203:b.example.se"
@@ -123,6 +126,16 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     federation.start()
     yield federation
     federation.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator["postgres.PostgreSQL"]:
+    """The throw-away PostgreSQL of tests/postgres.py, started once for the session and
+    only when a test asks for it. Defined here, not taken into each module, so that the
+    modules share it instead of each starting a cluster of its own."""
+    import postgres  # here: it takes free_port and stop_process from this module
+
+    yield from postgres.session_cluster()
 
 
 @pytest.fixture

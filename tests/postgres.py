@@ -8,8 +8,8 @@ as root, so as root (CI) the server runs as the system user `postgres` that the 
 package creates, and `directory` is handed to it. Starting skips the test with the reason
 when the server binaries are missing (scripts/install-system-packages installs them).
 
-The session fixture `postgres_server` is one cluster for every test; a module takes it with
-`postgres_server = postgres.postgres_server`. `database()` makes a fresh, empty database.
+The session fixture `postgres_server` (in conftest.py, so that every module shares the one
+cluster `session_cluster()` starts) serves every test; `database()` makes a fresh database.
 """
 
 from __future__ import annotations
@@ -147,8 +147,7 @@ class PostgreSQL:
         self.stop()
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgreSQL]:
+def session_cluster() -> Iterator[PostgreSQL]:
     """One cluster for the session, in a temporary directory the server user may use."""
     require_postgres()
     with (

@@ -17,6 +17,7 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
+import backends
 import pytest
 
 from bridge.local import LocalRun
@@ -27,6 +28,8 @@ FROM = "registrator@a.sandbox.test"
 TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
 MAILS = 500
 KILLS = 10
+
+spool_backend = backends.spool_backend  # SQLite, then PostgreSQL
 
 
 def mail(number: int) -> EmailMessage:
@@ -53,13 +56,10 @@ def in_mailbox(local: LocalRun) -> list[tuple[str, str]]:
 def recover_lost(local: LocalRun) -> int:
     """The administrator's part: envelopes a bridge recorded as lost (messages at B,
     kvittens at A), imported from the access point's retention."""
-    import sqlite3
-
     recovered = 0
     for label in ("a", "b"):
-        database = local.bridges[label].spool / "spool.sqlite3"
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-            lost = [row[0] for row in db.execute("SELECT id FROM received WHERE state = 'lost'")]
+        with local.spool(label) as spool:
+            lost = [held["id"] for held in spool.held_received() if held["state"] == "lost"]
         config = local.config(label)
         for ebms_id in lost:
             payload = local.sandbox.access_points[label].retained_payload(ebms_id)
@@ -73,8 +73,10 @@ def recover_lost(local: LocalRun) -> int:
 
 
 @pytest.mark.slow
-def test_either_bridge_killed_ten_times_loses_and_doubles_nothing(tmp_path: Path) -> None:
-    local = LocalRun(tmp_path, key_size=2048, retention_minutes=60)
+def test_either_bridge_killed_ten_times_loses_and_doubles_nothing(
+    tmp_path: Path, spool_backend: backends.SpoolBackend
+) -> None:
+    local = LocalRun(tmp_path, key_size=2048, retention_minutes=60, spools=spool_backend.spools())
     local.start()
     try:
         acknowledged: list[str] = []

@@ -16,11 +16,17 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
+import backends
 import pytest
 from test_outbound import access_point, received_by_b
 
+from bridge.local import opened_spool
 from bridge.sandbox.federation import Sandbox
-from bridge.spool import SQLiteSpool, State
+from bridge.spool import State
+
+# Every test here runs on SQLite, then again on PostgreSQL.
+spool_backend = backends.spool_backend
+sandbox = backends.sandbox
 
 TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
 FROM = "registrator@a.sandbox.test"
@@ -151,14 +157,10 @@ def test_sigkill_at_random_moments_loses_nothing(sandbox: Sandbox, tmp_path: Pat
     times at random moments (mid-dialogue, mid-store, mid-submission). Every message that
     got 250 reaches B's access point, and every SDK message the spool holds is stored there
     exactly once."""
-    state = sandbox.directory / "state" / "a" / "spool"
 
     def spooled() -> list:
-        spool = SQLiteSpool(state)
-        try:
+        with opened_spool(sandbox.config_path("a")) as spool:
             return spool.deliveries()
-        finally:
-            spool.close()
 
     earlier = {d.sdk_message_id for d in spooled()}  # from the other tests of this module
     running = Bridge(sandbox)

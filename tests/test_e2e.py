@@ -4,7 +4,6 @@ appears in B's IMAP folder, fully mapped; B's reply lands in A's INBOX in the sa
 Dovecot down and a SIGKILLed bridge lose nothing and double nothing."""
 
 import asyncio
-import contextlib
 import email.policy
 import imaplib
 import json
@@ -12,9 +11,9 @@ import os
 import random
 import signal
 import smtplib
-import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +21,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from email.parser import BytesParser
+from pathlib import Path
 
+import backends
 import dovecot
 import pytest
 import yaml
@@ -31,12 +32,14 @@ from lxml import etree
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import config
+from bridge.local import opened_spool
 from bridge.plugins import Submission
 from bridge.sandbox.federation import Sandbox
 from bridge.sdk import message as msg
 from bridge.sdk import xhe, xmldsig, xmlenc
 
-dovecot_server = dovecot.dovecot_server
+# The whole module runs on SQLite, then again on PostgreSQL.
+spool_backend = backends.spool_backend
 
 FROM_A = "registrator@a.sandbox.test"
 TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
@@ -48,9 +51,28 @@ PDF = b"%PDF-1.7\n" + bytes(range(256)) * 300
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+def dovecot_server(spool_backend: backends.SpoolBackend) -> Iterator[Dovecot]:
+    """A Dovecot per back end: the tests count mail in mailboxes that start empty."""
+    dovecot.require_dovecot()
+    with tempfile.TemporaryDirectory(prefix="dovecot-") as directory:
+        path = Path(directory)
+        path.chmod(0o755)  # Dovecot's unprivileged processes must reach the mail homes
+        with Dovecot(path) as server:
+            yield server
+
+
+@pytest.fixture(scope="module")
+def federation(
+    tmp_path_factory: pytest.TempPathFactory, spool_backend: backends.SpoolBackend
+) -> Iterator[Sandbox]:
     """A sandbox whose access points keep downloaded messages for an hour."""
-    sandbox = Sandbox(tmp_path_factory.mktemp("federation"), 2, key_size=2048, retention_minutes=60)
+    sandbox = Sandbox(
+        tmp_path_factory.mktemp("federation"),
+        2,
+        key_size=2048,
+        retention_minutes=60,
+        spools=spool_backend.spools(),
+    )
     sandbox.start()
     yield sandbox
     sandbox.stop()
@@ -354,11 +376,8 @@ def test_an_undecryptable_message_waits_in_quarantine(
 
 def lost_at(bridge: Bridge) -> list[str]:
     """The ebMS MessageIds the bridge recorded as lost."""
-    settings = yaml.safe_load(bridge.config.read_text())
-    database = bridge.config.parent / settings["spool"] / "spool.sqlite3"
-    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-        rows = db.execute("SELECT id FROM received WHERE state = 'lost'").fetchall()
-    return [row[0] for row in rows]
+    with opened_spool(bridge.config) as spool:
+        return [held["id"] for held in spool.held_received() if held["state"] == "lost"]
 
 
 def test_sigkill_of_the_receiving_bridge_loses_and_doubles_nothing(

@@ -7,10 +7,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import backends
 import pytest
 from test_daemon import FROM, TO_B, Bridge, mail, wait_until
 
 from bridge.sandbox.federation import Sandbox
+
+# On SQLite, then again on PostgreSQL.
+spool_backend = backends.spool_backend
+sandbox = backends.sandbox
 
 
 @pytest.fixture

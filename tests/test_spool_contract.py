@@ -36,8 +36,6 @@ from bridge.testpki import Identity, TestPKI
 from plugins import postgres_spool
 from plugins.postgres_spool import PostgresSpool
 
-postgres_server = postgres.postgres_server
-
 ENVELOPE = Envelope(
     mail_from="anna@kommun.se",
     client="127.0.0.1:50000",

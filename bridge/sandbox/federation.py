@@ -12,6 +12,7 @@ import json
 import secrets
 import ssl
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,10 +67,15 @@ class Sandbox:
         sml: bool | None = None,
         conversation_id_rule: str | None = None,
         retention_minutes: int | None = None,
+        spools: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         """A new sandbox in `directory`, or the one already there. For an existing one the
-        settings given must match how it was created (None: as it was)."""
+        settings given must match how it was created (None: as it was). `spools`: per
+        organisation label, the spool back end its configuration names beside its directory
+        (`{"backend": "postgres", "dsn": ...}`), for running the bridges on a database;
+        SQLite for the others. Not kept in `directory`: the configurations say it."""
         self.directory = directory.resolve()
+        self.spools = dict(spools or {})
         self.directory.mkdir(parents=True, exist_ok=True)
         wanted = {
             "organisations": organisations,
@@ -266,9 +272,18 @@ class Sandbox:
                 }
                 for address in organisation.addresses
             ],
-            "spool": f"state/{organisation.label}/spool",
+            "spool": self._spool(organisation.label),
             "admin": {"listen": f"{HOST}:{self.admin_port(organisation.label)}"},
         }
+
+    def _spool(self, label: str) -> str | dict[str, str]:
+        """`spool:` for `label`: a directory (SQLite), or the back end `spools` names with
+        that directory for the mail still arriving over SMTP."""
+        directory = f"state/{label}/spool"
+        if label not in self.spools:
+            return directory  # SQLite, the default
+        backend = dict(self.spools[label])
+        return {"backend": backend.pop("backend"), "directory": directory, **backend}
 
     def maildir(self, address: FunctionalAddress) -> Path:
         """Where the bridge of `address`'s organisation delivers its incoming mail."""

@@ -1,0 +1,61 @@
+"""The spool back ends the end-to-end tests run real bridges on: SQLite (the default) and
+PostgreSQL, each organisation in a fresh database of the session's throw-away cluster.
+
+A module takes the parametrized fixture with `spool_backend = backends.spool_backend`
+(PostgreSQL's cluster, conftest's `postgres_server`, is started only for its turn), then
+passes `spool_backend.spools()` to `Sandbox` or `LocalRun`. Modules that use the
+shared `sandbox` fixture take `sandbox = backends.sandbox` instead of conftest's, to run
+on both. The fixtures are module-scoped, so pytest runs a module through on SQLite, then
+again on PostgreSQL.
+"""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import postgres
+import pytest
+
+from bridge.sandbox.federation import Sandbox
+from plugins import postgres_spool
+
+BACKENDS = ("sqlite", "postgres")
+LABELS = ("a", "b")  # the sandbox's organisations
+
+
+@dataclass
+class SpoolBackend:
+    name: str
+    server: postgres.PostgreSQL | None  # for "postgres"
+
+    def spools(self, labels: Iterable[str] = LABELS) -> dict[str, dict[str, str]]:
+        """`Sandbox(spools=...)`: per label a new database, upgraded as `sdk-bridge db
+        upgrade` does it before a first start; nothing for SQLite, the default."""
+        if self.server is None:
+            return {}
+        spools = {}
+        for label in labels:
+            dsn = self.server.dsn(self.server.database())
+            postgres_spool.upgrade({"dsn": dsn})
+            spools[label] = {"backend": "postgres", "dsn": dsn}
+        return spools
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def spool_backend(request: pytest.FixtureRequest) -> SpoolBackend:
+    """Each back end in turn; PostgreSQL's cluster only started (or skipped) when needed."""
+    if request.param == "postgres":
+        return SpoolBackend("postgres", request.getfixturevalue("postgres_server"))
+    return SpoolBackend("sqlite", None)
+
+
+@pytest.fixture(scope="module")
+def sandbox(
+    tmp_path_factory: pytest.TempPathFactory, spool_backend: SpoolBackend
+) -> Iterator[Sandbox]:
+    """conftest's `sandbox`, its bridges' configurations naming the module's back end."""
+    federation = Sandbox(
+        tmp_path_factory.mktemp("sandbox"), 2, key_size=2048, spools=spool_backend.spools()
+    )
+    federation.start()
+    yield federation
+    federation.stop()

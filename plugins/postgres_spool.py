@@ -18,11 +18,12 @@ The schema is `MIGRATIONS`, applied by `sdk-bridge db upgrade` (`PostgresSpool.u
 the spool refuses a database whose schema is older than it needs.
 """
 
+import contextlib
 import hashlib
 import socket
 import sqlite3
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row, scalar_row, tuple_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge.plugins import PluginError
 from bridge.spool import (
@@ -42,6 +43,8 @@ from bridge.spool import (
     OwedKvittens,
     Received,
     RecipientRecord,
+    SpoolFull,
+    SpoolUnavailable,
     State,
 )
 
@@ -269,6 +272,19 @@ class PostgresSpool:
     def close(self) -> None:
         self._pool.close()
 
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[DictRow]]:
+        """A pooled connection whose transaction commits as the block ends. A database that
+        cannot be reached, or has no room, is the stages' "try again later" (SpoolFull,
+        SpoolUnavailable); other errors (a bug, a broken constraint) stay what they are."""
+        try:
+            with self._pool.connection() as db:
+                yield db
+        except psycopg.errors.DiskFull as e:
+            raise SpoolFull(f"the spool database has no room: {e}") from e
+        except (psycopg.OperationalError, PoolTimeout) as e:
+            raise SpoolUnavailable(f"the spool database cannot be reached: {e}") from e
+
     def discard_partial(self) -> None:
         """At start-up: mail that was still arriving here was never answered 250."""
         for leftover in self._incoming.glob("*.part"):
@@ -287,7 +303,7 @@ class PostgresSpool:
         `incoming()` is removed once the database has it."""
         data = body.read_bytes() if isinstance(body, Path) else body
         digest = hashlib.sha256(data).hexdigest()
-        with self._pool.connection() as db:
+        with self._connection() as db:
             # Two instances given the same resend at once: one stores it, the other finds it.
             db.execute("SELECT pg_advisory_xact_lock(%s, %s)", (RESEND_LOCK, int(digest[:7], 16)))
             message_id = self._resent(db, envelope, recipients, digest)
@@ -356,7 +372,7 @@ class PostgresSpool:
     def store_received(self, item: Received, state: str = "new") -> bool:
         """Keep what the access point handed over, durably, before anything else is done
         with it. False: already kept (by this instance or another; the first copy stays)."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             stored = db.execute(
                 "INSERT INTO received (id, action, original_sender, final_recipient,"
                 " conversation_id, received_at, state, payload)"
@@ -370,7 +386,7 @@ class PostgresSpool:
     def import_received(self, item: Received) -> bool:
         """An envelope an administrator recovered from the access point: kept as new, in
         place of a `lost` record of it. False: the spool already has it."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             stored = db.execute(
                 "INSERT INTO received (id, action, original_sender, final_recipient,"
                 " conversation_id, received_at, state, payload)"
@@ -390,7 +406,7 @@ class PostgresSpool:
     def note_retrieving(self, message_ids: list[str]) -> list[str]:
         """Note, durably, the MessageIds about to be retrieved; return every one noted and
         not yet stored, the oldest first."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             db.execute(
                 "INSERT INTO retrieving (id, noted_at) SELECT i, now() FROM unnest(%s::text[]) i"
                 " WHERE NOT EXISTS (SELECT 1 FROM received WHERE id = i)"
@@ -403,7 +419,7 @@ class PostgresSpool:
     def lost_retrieving(self, message_id: str, note: str) -> None:
         """The access point no longer gives out a message noted before a crash: it stays on
         record as `lost`, for an administrator to recover (`import_received`)."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             db.execute("DELETE FROM retrieving WHERE id = %s", (message_id,))
             db.execute(
                 "INSERT INTO received (id, action, original_sender, final_recipient,"
@@ -430,7 +446,7 @@ class PostgresSpool:
         if limit:
             query += " LIMIT %s"
             arguments.append(limit)
-        with self._pool.connection() as db:
+        with self._connection() as db:
             rows = db.execute(query, arguments, binary=True).fetchall()
         return [
             Received(
@@ -446,7 +462,7 @@ class PostgresSpool:
         ]
 
     def received_payload(self, received_id: str) -> bytes:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             row = db.execute(
                 "SELECT payload FROM received WHERE id = %s", (received_id,), binary=True
             ).fetchone()
@@ -455,7 +471,7 @@ class PostgresSpool:
     def held_received(self) -> list[dict[str, Any]]:
         """What an administrator must look at: quarantined, unreadable and lost envelopes,
         newest first, without their payloads."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             rows = db.execute(
                 "SELECT id, action, original_sender, final_recipient, received_at, state, note"
                 " FROM received WHERE state IN ('quarantined', 'unreadable', 'lost')"
@@ -465,7 +481,7 @@ class PostgresSpool:
 
     def release_received(self, received_id: str) -> bool:
         """A quarantined envelope judged again. False: there is no such quarantined one."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             changed = db.execute(
                 "UPDATE received SET state = 'new', note = NULL, attempts = 0,"
                 " next_attempt_at = NULL WHERE id = %s AND state = 'quarantined'",
@@ -476,7 +492,7 @@ class PostgresSpool:
     def delete_received(self, received_id: str) -> bool:
         """An envelope an administrator has dealt with: its payload is removed, its record
         kept as `deleted`. Only held ones (quarantined, unreadable, lost) can be deleted."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             changed = db.execute(
                 "UPDATE received SET state = 'deleted', payload = NULL WHERE id = %s"
                 " AND state IN ('quarantined', 'unreadable', 'lost')",
@@ -486,14 +502,14 @@ class PostgresSpool:
 
     def postpone_received(self, received_id: str, until: datetime) -> None:
         """A message that cannot be judged now (registry or scanner unavailable)."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             db.execute(
                 "UPDATE received SET attempts = attempts + 1, next_attempt_at = %s WHERE id = %s",
                 (until, received_id),
             )
 
     def mark_received(self, received_id: str, state: str, note: str | None = None) -> None:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             db.execute(
                 "UPDATE received SET state = %s, note = %s WHERE id = %s",
                 (state, note, received_id),
@@ -515,7 +531,7 @@ class PostgresSpool:
         Raise sqlite3.IntegrityError, recording nothing, when the inbox already holds a
         message with this SDK messageId: the exception the Spool protocol names (the stages
         catch it), whichever instance judged the copy."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             if kvittens is not None:
                 k, payload = kvittens
                 db.execute(
@@ -557,7 +573,7 @@ class PostgresSpool:
 
     def owed_kvittens(self, limit: int = 100) -> list[tuple[OwedKvittens, bytes]]:
         """Kvittens not yet taken by the access point whose time has come."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             rows = db.execute(
                 "SELECT id, answers, receiver, conversation_id, accepted, attempts, payload"
                 " FROM kvittens_out WHERE state = 'pending' AND next_attempt_at <= now()"
@@ -589,7 +605,7 @@ class PostgresSpool:
     def known_inbound(self, sdk_message_id: str) -> bool:
         """Whether a message with this SDK messageId was judged before (accepted or
         rejected), by any instance."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             row = db.execute(
                 "SELECT EXISTS (SELECT 1 FROM received WHERE sdk_message_id = %s)"
                 " OR EXISTS (SELECT 1 FROM inbox WHERE sdk_message_id = %s) AS known",
@@ -599,7 +615,7 @@ class PostgresSpool:
 
     def rejected_inbound(self, sdk_message_id: str) -> bool:
         """Whether we answered the message with this SDK messageId with REJECTED."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             row = db.execute(
                 "SELECT 1 FROM received WHERE sdk_message_id = %s AND state = 'rejected'",
                 (sdk_message_id,),
@@ -615,14 +631,14 @@ class PostgresSpool:
             "kvittens": "SELECT state, count(*), min(created_at) FROM kvittens_out GROUP BY state",
         }
         depths = {}
-        with self._pool.connection() as db:
+        with self._connection() as db:
             for queue, query in queries.items():
                 for state, count, first in db.cursor(row_factory=tuple_row).execute(query):
                     depths[(queue, state)] = (count, first)
         return depths
 
     def inbox_due(self, limit: int = 16) -> list[InboundMail]:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             rows = db.execute(
                 f"SELECT {INBOX_COLUMNS} FROM inbox WHERE state = %s AND next_attempt_at <= now()"
                 " ORDER BY next_attempt_at LIMIT %s",
@@ -631,7 +647,7 @@ class PostgresSpool:
         return [_inbound(row) for row in rows]
 
     def inbox(self, state: InboxState | None = None) -> list[InboundMail]:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             rows = db.execute(
                 f"SELECT {INBOX_COLUMNS} FROM inbox"
                 + (" WHERE state = %s" if state else "")
@@ -642,7 +658,7 @@ class PostgresSpool:
 
     def inbound_by_mail_message_id(self, mail_message_id: str) -> InboundMail | None:
         """The received message a reply answers, found by the Message-ID its mail had."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             row = db.execute(
                 f"SELECT {INBOX_COLUMNS} FROM inbox WHERE mail_message_id = %s ORDER BY seq"
                 " LIMIT 1",
@@ -651,7 +667,7 @@ class PostgresSpool:
         return _inbound(row) if row else None
 
     def inbound_mail(self, sdk_message_id: str) -> bytes:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             row = db.execute(
                 "SELECT mail FROM inbox WHERE sdk_message_id = %s", (sdk_message_id,), binary=True
             ).fetchone()
@@ -667,7 +683,7 @@ class PostgresSpool:
         if not changes.keys() <= {"state", "attempts", "next_attempt_at", "last_error"}:
             raise ValueError(f"cannot update {sorted(changes)}")
         assignments = "".join(f"{name} = %s, " for name in changes)
-        with self._pool.connection() as db:
+        with self._connection() as db:
             db.execute(
                 f"UPDATE {table} SET {assignments}updated_at = now() WHERE {key} = %s",
                 (*changes.values(), value),
@@ -676,21 +692,21 @@ class PostgresSpool:
     # --- delivery reports waiting for the smart host -------------------------------------
 
     def hold_report(self, recipient: str, data: bytes) -> None:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             db.execute(
                 "INSERT INTO reports (recipient, data, created_at) VALUES (%s, %b, now())",
                 (recipient, data),
             )
 
     def held_reports(self) -> list[tuple[int, str, bytes]]:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             rows = db.execute(
                 "SELECT id, recipient, data FROM reports ORDER BY id", binary=True
             ).fetchall()
         return [(row["id"], row["recipient"], bytes(row["data"])) for row in rows]
 
     def drop_report(self, report_id: int) -> None:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             db.execute("DELETE FROM reports WHERE id = %s", (report_id,))
 
     # --- the worker ------------------------------------------------------------------------
@@ -699,7 +715,7 @@ class PostgresSpool:
         """Queued deliveries whose time has come, leased to this instance: rows another
         instance is claiming at this moment are skipped, not waited for. A lease that runs
         out (its instance died) makes the delivery due again, for any instance."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             rows = db.execute(
                 "UPDATE deliveries SET lease_until = now() + %s, lease_owner = %s"
                 " WHERE id IN (SELECT id FROM deliveries WHERE state = %s"
@@ -714,7 +730,7 @@ class PostgresSpool:
     def release_leases(self) -> int:
         """At start-up: the leases this instance's killed predecessor held end now; those of
         other instances, still working, stand."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             return db.execute(
                 "UPDATE deliveries SET lease_until = NULL, lease_owner = NULL"
                 " WHERE lease_owner = %s",
@@ -733,7 +749,7 @@ class PostgresSpool:
         row locked; None when it was not (another stage or instance moved it first). `notes`
         are merged into the stored ones (a None value removes a note). `new_sdk_message_id`
         gives it a new SDK messageId for sending it again; the old one still finds it."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             row = db.execute(
                 "SELECT state, sdk_message_id, notes FROM deliveries WHERE id = %s FOR UPDATE",
                 (delivery_id,),
@@ -756,11 +772,11 @@ class PostgresSpool:
 
     def update(self, delivery_id: int, **changes: Any) -> None:
         """Write back what happened to a delivery (state, attempts, last_error, …)."""
-        with self._pool.connection() as db:
+        with self._connection() as db:
             _write(db, delivery_id, changes)
 
     def body(self, message_id: str) -> bytes:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             row = db.execute(
                 "SELECT body FROM messages WHERE id = %s", (message_id,), binary=True
             ).fetchone()
@@ -769,7 +785,7 @@ class PostgresSpool:
         return bytes(row["body"])
 
     def envelope(self, message_id: str) -> Envelope:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             row = db.execute(
                 "SELECT envelope FROM messages WHERE id = %s", (message_id,)
             ).fetchone()
@@ -797,7 +813,7 @@ class PostgresSpool:
         return self._maybe("mail_message_id = %s ORDER BY id DESC LIMIT 1", mail_message_id)
 
     def deliveries(self, state: State | None = None) -> list[Delivery]:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             rows = db.execute(
                 f"SELECT {DELIVERY_COLUMNS} FROM deliveries"
                 + (" WHERE state = %s" if state else "")
@@ -807,7 +823,7 @@ class PostgresSpool:
         return [_delivery(row) for row in rows]
 
     def owing_reports(self) -> list[Delivery]:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             rows = db.execute(
                 f"SELECT {DELIVERY_COLUMNS} FROM deliveries"
                 " WHERE jsonb_typeof(notes -> 'report') = 'object' ORDER BY id"
@@ -815,7 +831,7 @@ class PostgresSpool:
         return [_delivery(row) for row in rows]
 
     def _maybe(self, condition: str, *args: Any) -> Delivery | None:
-        with self._pool.connection() as db:
+        with self._connection() as db:
             row = db.execute(
                 f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {condition}", args
             ).fetchone()

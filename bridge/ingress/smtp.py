@@ -35,7 +35,7 @@ from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
 from ..sdk import message as msg
 from ..spool import Envelope as SpoolEnvelope
-from ..spool import RecipientRecord, Spool
+from ..spool import RecipientRecord, Spool, SpoolFull
 from . import dsnparams
 
 log = structlog.get_logger(__name__)
@@ -517,8 +517,10 @@ class IngressHandler:
 def storage_reply(error: Exception) -> str:
     """The reply when a message cannot be stored: full disk or quota is the standard
     452 4.3.1, so the client knows to try later; anything else a 451."""
-    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
-        isinstance(error, sqlite3.OperationalError) and "full" in str(error)
+    full = (
+        isinstance(error, SpoolFull)
+        or (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT))
+        or (isinstance(error, sqlite3.OperationalError) and "full" in str(error))
     )
     if full:
         return "452 4.3.1 Insufficient system storage; try again later"

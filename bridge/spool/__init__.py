@@ -30,6 +30,10 @@ class SpoolUnavailable(Exception):
     back end raises for it, so that the stages wait and try again instead of failing."""
 
 
+class SpoolFull(SpoolUnavailable):
+    """No room in the store (its disk or quota): SMTP answers 452 4.3.1 for it."""
+
+
 # What the stages treat as "the spool cannot do it now": the SQLite default's own errors,
 # and what any other back end raises.
 STORAGE_ERRORS = (OSError, sqlite3.Error, SpoolUnavailable)
@@ -121,6 +125,7 @@ __all__ = [
     "RecipientRecord",
     "SQLiteSpool",
     "Spool",
+    "SpoolFull",
     "SpoolUnavailable",
     "State",
 ]

@@ -65,14 +65,15 @@ class Harness:
         recipient = self.sandbox.organisations["b"].encryption[-1].cert
         return seal_message(business, signer=signer or self.a.signing, recipient_cert=recipient)
 
-    def send(self, payload: bytes, ebms_id: str | None = None) -> str:
-        """Submit `payload` as A to B; its ebMS MessageId."""
+    def send(self, payload: bytes, ebms_id: str | None = None, action: str = MESSAGE_ACTION) -> str:
+        """Submit `payload` as A to B (a message, or under another action); its ebMS
+        MessageId."""
         ebms_id = ebms_id or str(uuid.uuid4())
 
         async def submit() -> None:
             ap = access_point(self.sandbox, "a")
             try:
-                await ap.submit(Submission(ebms_id, payload, MESSAGE_ACTION, ORG_A, ORG_B, ebms_id))
+                await ap.submit(Submission(ebms_id, payload, action, ORG_A, ORG_B, ebms_id))
             finally:
                 await ap.close()
 

@@ -43,12 +43,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from inbound_harness import ORG_A, ORG_B, Harness, message, rejected
 from lxml import etree
-from test_outbound import access_point
 from test_sandbox import registry_for
 
 from bridge.inbound.processing import KVITTENS_ACTION, MESSAGE_ACTION
 from bridge.outbound.receipts import Receipts
-from bridge.plugins import SCANNERS, PermanentFailure, Submission, TemporaryFailure, load
+from bridge.plugins import SCANNERS, PermanentFailure, TemporaryFailure, load
 from bridge.sandbox.federation import Sandbox
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
@@ -545,7 +544,7 @@ def test_a_kvittens_for_a_message_never_sent(
         sealed = seal_kvittens(
             answer, signer=harness.a.signing, handling_service_id="a.registrator"
         )
-        ebms_id = submit_as_a(harness, sealed, KVITTENS_ACTION)
+        ebms_id = harness.send(sealed, action=KVITTENS_ACTION)
         harness.process()  # the inbound stage leaves kvittens to the kvittens intake
         assert harness.states()[ebms_id] == "new"
         assert receipts_at_b(harness) == []
@@ -553,20 +552,6 @@ def test_a_kvittens_for_a_message_never_sent(
         assert notes(harness)[ebms_id] == "it names no message we sent"
         assert harness.kvittens_at_a() == []
         assert harness.spool.inbox() == inbox
-
-
-def submit_as_a(harness: Harness, payload: bytes, action: str) -> str:
-    ebms_id = str(uuid.uuid4())
-
-    async def submit() -> None:
-        ap = access_point(harness.sandbox, "a")
-        try:
-            await ap.submit(Submission(ebms_id, payload, action, ORG_A, ORG_B, ebms_id))
-        finally:
-            await ap.close()
-
-    asyncio.run(submit())
-    return ebms_id
 
 
 def receipts_at_b(harness: Harness) -> list[str]:

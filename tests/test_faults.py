@@ -327,8 +327,6 @@ def test_an_access_point_refusing_delays_mail_and_one_refusing_too_long_bounces_
     """B's access point refuses for a while: B's mail waits, its sender gets a delay DSN,
     and the bridge's own retry delivers it once. A's refuses beyond A's lifetime: the mail
     never reaches the access point and comes back as a failure DSN naming the refusal."""
-    if faulty.backend == "postgres":
-        pytest.skip("37 s of lifetimes waited out; the spool's part runs in test_daemon/queue")
     local, host = faulty.local, faulty.host
     ap_a, ap_b = local.sandbox.access_points["a"], local.sandbox.access_points["b"]
     too_long = mail("AP refusing too long", FROM_A, TO_B)

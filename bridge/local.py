@@ -150,24 +150,31 @@ class LocalRun:
         config = self.config(label)
         config.write_text(yaml.safe_dump(settings, allow_unicode=True, sort_keys=False))
         log = self.directory / f"bridge-{label}.log"
-        with log.open("a") as log_file:  # a restarted bridge goes on in the same log
-            process = subprocess.Popen(
-                [sys.executable, "-m", "bridge.cli", "run", "-c", str(config)],
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        assert process.stdout is not None
-        # The daemon prints one line once it listens; a bridge that hangs must not hang us.
-        ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
-        line = process.stdout.readline() if ready else ""
-        if not line.startswith("sdk-bridge ready"):
-            process.kill()
-            process.wait()
-            raise LocalRunFailed(f"the bridge of {label.upper()} did not start (see {log})")
+        process = start_bridge(config, log)
         spool = self.sandbox.directory / "state" / label / "spool"
         return RunningBridge(label, process, self.sandbox.smtp_port(label), log, spool)
+
+
+def start_bridge(config: Path, log: Path) -> subprocess.Popen[str]:
+    """`sdk-bridge run -c config`, its log appended to `log` (a restarted bridge goes on in
+    the same log), once it says it is ready; LocalRunFailed if it does not in time."""
+    with log.open("a") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "run", "-c", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    assert process.stdout is not None
+    # The daemon prints one line once it listens; a bridge that hangs must not hang us.
+    ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
+    line = process.stdout.readline() if ready else ""
+    if not line.startswith("sdk-bridge ready"):
+        process.kill()
+        process.wait()
+        raise LocalRunFailed(f"{config} did not start a bridge (see {log})")
+    return process
 
 
 @contextlib.contextmanager

@@ -1,12 +1,9 @@
 """SIGHUP: a good configuration takes effect for new commands without dropping an open
 SMTP session; a broken one is refused with its reason logged, and the old one stays."""
 
-import os
 import signal
 import smtplib
 import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import yaml
 from cryptography import x509
 from test_daemon import FROM, TO_B, mail
 
+from bridge.local import start_bridge
 from bridge.sandbox.federation import Sandbox
 
 
@@ -22,21 +20,6 @@ def wait_for_log(log: Path, text: str, count: int = 1, seconds: float = 30) -> N
     while log.read_text().count(text) < count:
         assert time.monotonic() < deadline, f"{text!r} not logged:\n{log.read_text()[-2000:]}"
         time.sleep(0.1)
-
-
-def start_bridge(config_file: Path, log: Path) -> subprocess.Popen[str]:
-    """`sdk-bridge run` with its log in `log`, once it says it is ready."""
-    with log.open("w") as errors:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "run", "-c", str(config_file)],
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    assert process.stdout is not None
-    assert process.stdout.readline().startswith("sdk-bridge ready"), log.read_text()[-2000:]
-    return process
 
 
 def test_sighup_reloads_or_refuses(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -448,6 +448,7 @@ def _spool(node: _Node) -> tuple[Path, tuple[str, dict[str, Any]]]:
         "sslrootcert",
         "sslcert",
         "sslkey",
+        "lease_seconds",
     )
     backend = _required(fields, node, "backend")
     try:
@@ -475,6 +476,8 @@ def _spool(node: _Node) -> tuple[Path, tuple[str, dict[str, Any]]]:
             settings[name] = str(_existing_file(fields[name]))
     if ("sslcert" in fields) != ("sslkey" in fields):
         raise node.error("give both sslcert and sslkey, or neither")
+    if "lease_seconds" in fields:  # below a 30 MB message's judging time, work is done twice
+        settings["lease_seconds"] = _whole_number(fields["lease_seconds"], minimum=5)
     return directory, (backend.string(), settings)
 
 

@@ -287,7 +287,7 @@ async def run(config: Config, file: Path) -> None:
     spool = open_spool(config)
     spool.discard_partial()
     released = spool.release_leases()
-    registry = Registry(config)
+    registry = Registry(config, spool.registry_cache())  # shared, on a database spool
     registry.start_background_refresh()
     access_point = plugins.load(
         plugins.ACCESS_POINTS, config.access_point.plugin, config.access_point.plugin_settings()

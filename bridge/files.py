@@ -5,7 +5,7 @@ import uuid
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, *, mtime: float | None = None) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write, fsync, rename, fsync the directory: after a crash the file is old or new,
     never half written. The temporary name is unique, so concurrent writers do not collide.
     """
@@ -16,8 +16,6 @@ def write_atomic(path: Path, data: bytes, *, mtime: float | None = None) -> None
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        if mtime is not None:
-            os.utime(temporary, (mtime, mtime))
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

@@ -5,14 +5,18 @@ on another's disk; only mail still arriving over SMTP is a local file (`incoming
 into the database by `accept`. A commit is durable before `accept` returns (WAL flushed:
 the session never runs with synchronous_commit off), so SMTP's 250 follows it as with SQLite.
 
-Several instances share the queue safely: `claim_due` takes deliveries with
-`FOR UPDATE SKIP LOCKED` and leases them to this instance, so two never claim the same one;
-a lease runs out by the database's clock when its instance dies, and another takes over.
-`release_leases` at start-up ends only the leases of this instance's own predecessor (the
-same host and spool directory), never those of a colleague that is still working. The
-dedup keys are unique columns (received ebMS ids, inbox SDK messageIds, kvittens ids), so
-an instance may record what another sent or received; the 24-hour same-mail check is
-serialised per body hash with an advisory lock.
+Several instances share the work safely. Every kind of work a stage takes is claimed
+with `FOR UPDATE SKIP LOCKED` and leased to this instance (`lease_seconds`): queued
+deliveries, received envelopes to judge, kvittens to hand over, mail for the mailboxes,
+MessageIds to retrieve from the access point, delivery reports owed. Two instances never
+claim the same row; a lease runs out by the database's clock when its instance dies, and
+another takes over. `release_leases` at start-up ends only the leases of this instance's
+own predecessor (the same host and spool directory), never those of a colleague that is
+still working. What a lease cannot cover, a holder slower than its lease, is caught where
+it matters: a received message is concluded once (`conclude_received`), a delivery moves
+only from the states it may (`transition`). The dedup keys are unique columns (received
+ebMS ids, inbox SDK messageIds, kvittens ids), so an instance may record what another sent
+or received; the 24-hour same-mail check is serialised per body hash with an advisory lock.
 
 The schema is `MIGRATIONS`, applied by `sdk-bridge db upgrade` (`PostgresSpool.upgrade`);
 the spool refuses a database whose schema is older than it needs.
@@ -21,9 +25,8 @@ the spool refuses a database whose schema is older than it needs.
 import contextlib
 import hashlib
 import socket
-import sqlite3
 import uuid
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from bridge.plugins import PluginError
 from bridge.spool import (
     Delivery,
+    DuplicateMessage,
     Envelope,
     InboundMail,
     InboxState,
@@ -158,6 +162,30 @@ CREATE TABLE kvittens_out (          -- kvittens we owe senders, until the AP ha
 CREATE INDEX kvittens_due ON kvittens_out (state, next_attempt_at);
 """,
     ),
+    (
+        2,
+        "leases on all claimed work, so several instances can run at once; the registry cache",
+        """
+ALTER TABLE received ADD COLUMN lease_until timestamptz, ADD COLUMN lease_owner text;
+ALTER TABLE retrieving ADD COLUMN lease_until timestamptz, ADD COLUMN lease_owner text;
+ALTER TABLE inbox ADD COLUMN lease_until timestamptz, ADD COLUMN lease_owner text;
+ALTER TABLE kvittens_out ADD COLUMN lease_until timestamptz, ADD COLUMN lease_owner text;
+ALTER TABLE reports ADD COLUMN lease_until timestamptz, ADD COLUMN lease_owner text;
+ALTER TABLE deliveries ADD COLUMN report_lease_until timestamptz,
+    ADD COLUMN report_lease_owner text;
+CREATE INDEX received_lease_owner ON received (lease_owner);
+CREATE INDEX retrieving_lease_owner ON retrieving (lease_owner);
+CREATE INDEX inbox_lease_owner ON inbox (lease_owner);
+CREATE INDEX kvittens_lease_owner ON kvittens_out (lease_owner);
+CREATE INDEX reports_lease_owner ON reports (lease_owner);
+CREATE INDEX deliveries_report_lease_owner ON deliveries (report_lease_owner);
+CREATE TABLE registry_cache (         -- address book, revocation answers: for every instance
+    name text PRIMARY KEY,
+    data bytea NOT NULL,
+    stored_at timestamptz NOT NULL
+);
+""",
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]  # what this code needs
 
@@ -166,6 +194,17 @@ UPGRADE_LOCK = 0x53444B01
 RESEND_LOCK = 0x53444B02  # with 28 bits of the body hash
 
 RESEND_WINDOW = timedelta(hours=24)  # the same mail again within this is a resend
+LEASE_SECONDS = 600  # how long a claim stands; another instance takes the work after it
+# (table, lease column, owner column) of every claim, for release_leases
+LEASES = (
+    ("deliveries", "lease_until", "lease_owner"),
+    ("deliveries", "report_lease_until", "report_lease_owner"),
+    ("received", "lease_until", "lease_owner"),
+    ("retrieving", "lease_until", "lease_owner"),
+    ("inbox", "lease_until", "lease_owner"),
+    ("kvittens_out", "lease_until", "lease_owner"),
+    ("reports", "lease_until", "lease_owner"),
+)
 POOL_SIZE = 8  # connections per instance; the stages call the spool from worker threads
 CONNECT_SECONDS = 10  # libpq's connect_timeout, unless the DSN sets one
 POOL_WAIT_SECONDS = 30.0  # for a free connection
@@ -176,6 +215,9 @@ UPGRADE_WAIT = "120s"  # for another instance's upgrade to finish
 DELIVERY_COLUMNS = (
     "id, message_id, details, state, attempts, next_attempt_at, last_error, sdk_message_id,"
     " conversation_id, mail_message_id, created_at, notes"
+)
+RECEIVED_COLUMNS = (
+    "id, action, original_sender, final_recipient, conversation_id, attempts, payload"
 )
 INBOX_COLUMNS = (
     "sdk_message_id, received_id, functional_address, sender, conversation_id,"
@@ -249,6 +291,7 @@ class PostgresSpool:
         self._incoming = self.directory / "incoming"
         self._incoming.mkdir(parents=True, exist_ok=True)
         self.instance = _instance(self.directory)
+        self.lease = timedelta(seconds=float(settings.get("lease_seconds", LEASE_SECONDS)))
         target = conninfo(settings)
         with psycopg.connect(target) as connection:  # libpq's own words if it cannot
             found = schema_version(connection)
@@ -284,6 +327,10 @@ class PostgresSpool:
             raise SpoolFull(f"the spool database has no room: {e}") from e
         except (psycopg.OperationalError, PoolTimeout) as e:
             raise SpoolUnavailable(f"the spool database cannot be reached: {e}") from e
+
+    def registry_cache(self) -> "SharedRegistryCache":
+        """The registry's cache, shared by the instances in the database."""
+        return SharedRegistryCache(self)
 
     def discard_partial(self) -> None:
         """At start-up: mail that was still arriving here was never answered 250."""
@@ -371,12 +418,18 @@ class PostgresSpool:
 
     def store_received(self, item: Received, state: str = "new") -> bool:
         """Keep what the access point handed over, durably, before anything else is done
-        with it. False: already kept (by this instance or another; the first copy stays)."""
+        with it. False: already kept (by this instance or another; the first copy stays).
+        A `lost` record of it is replaced: an instance that outlived its lease on the
+        retrieval may store it after another found it no longer given out."""
         with self._connection() as db:
             stored = db.execute(
                 "INSERT INTO received (id, action, original_sender, final_recipient,"
                 " conversation_id, received_at, state, payload)"
-                " VALUES (%s, %s, %s, %s, %s, now(), %s, %b) ON CONFLICT (id) DO NOTHING",
+                " VALUES (%s, %s, %s, %s, %s, now(), %s, %b) ON CONFLICT (id) DO UPDATE SET"
+                " action = excluded.action, original_sender = excluded.original_sender,"
+                " final_recipient = excluded.final_recipient,"
+                " conversation_id = excluded.conversation_id, state = excluded.state,"
+                " note = NULL, payload = excluded.payload WHERE received.state = 'lost'",
                 (*_received_fields(item), state, item.payload),
             ).rowcount
             if stored:
@@ -405,7 +458,9 @@ class PostgresSpool:
 
     def note_retrieving(self, message_ids: list[str]) -> list[str]:
         """Note, durably, the MessageIds about to be retrieved; return every one noted and
-        not yet stored, the oldest first."""
+        not yet stored that this instance may retrieve, the oldest first. Another instance
+        retrieving the same ones at this moment holds them: the access point gives a
+        message out once, so two must never both ask for it."""
         with self._connection() as db:
             db.execute(
                 "INSERT INTO retrieving (id, noted_at) SELECT i, now() FROM unnest(%s::text[]) i"
@@ -413,8 +468,8 @@ class PostgresSpool:
                 " ON CONFLICT (id) DO NOTHING",
                 (message_ids,),
             )
-            rows = db.execute("SELECT id FROM retrieving ORDER BY seq").fetchall()
-        return [row["id"] for row in rows]
+            rows = self._claim(db, "retrieving", "id", "true", (), "seq", None, "id, seq")
+        return [row["id"] for row in sorted(rows, key=lambda row: row["seq"])]
 
     def lost_retrieving(self, message_id: str, note: str) -> None:
         """The access point no longer gives out a message noted before a crash: it stays on
@@ -434,8 +489,7 @@ class PostgresSpool:
         """What the access point handed over, in `state` (and of one `action`), oldest
         first; of those waiting for another attempt, only the ones due."""
         query = (
-            "SELECT id, action, original_sender, final_recipient, conversation_id, attempts,"
-            " payload FROM received WHERE state = %s"
+            f"SELECT {RECEIVED_COLUMNS} FROM received WHERE state = %s"
             " AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
         )
         arguments: list[Any] = [state]
@@ -448,18 +502,34 @@ class PostgresSpool:
             arguments.append(limit)
         with self._connection() as db:
             rows = db.execute(query, arguments, binary=True).fetchall()
-        return [
-            Received(
-                id=row["id"],
-                action=row["action"],
-                original_sender=row["original_sender"],
-                final_recipient=row["final_recipient"],
-                conversation_id=row["conversation_id"],
-                payload=bytes(row["payload"] or b""),
-                attempts=row["attempts"],
+        return [_received(row) for row in rows]
+
+    def claim_received(
+        self, limit: int | None = None, *, action: str | None = None, other_than: str | None = None
+    ) -> list[Received]:
+        """The new ones due, of one `action` or of all but `other_than`, oldest first,
+        leased to this instance for judging."""
+        condition = "state = 'new' AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
+        arguments: list[Any] = []
+        if action:
+            condition += " AND action = %s"
+            arguments.append(action)
+        if other_than:
+            condition += " AND action != %s"
+            arguments.append(other_than)
+        with self._connection() as db:
+            rows = self._claim(
+                db,
+                "received",
+                "id",
+                condition,
+                arguments,
+                "received_at, seq",
+                limit,
+                f"{RECEIVED_COLUMNS}, received_at, seq",
             )
-            for row in rows
-        ]
+        rows.sort(key=lambda row: (row["received_at"], row["seq"]))
+        return [_received(row) for row in rows]
 
     def received_payload(self, received_id: str) -> bytes:
         with self._connection() as db:
@@ -504,14 +574,16 @@ class PostgresSpool:
         """A message that cannot be judged now (registry or scanner unavailable)."""
         with self._connection() as db:
             db.execute(
-                "UPDATE received SET attempts = attempts + 1, next_attempt_at = %s WHERE id = %s",
+                "UPDATE received SET attempts = attempts + 1, next_attempt_at = %s,"
+                " lease_until = NULL, lease_owner = NULL WHERE id = %s",
                 (until, received_id),
             )
 
     def mark_received(self, received_id: str, state: str, note: str | None = None) -> None:
         with self._connection() as db:
             db.execute(
-                "UPDATE received SET state = %s, note = %s WHERE id = %s",
+                "UPDATE received SET state = %s, note = %s, lease_until = NULL,"
+                " lease_owner = NULL WHERE id = %s",
                 (state, note, received_id),
             )
 
@@ -524,14 +596,20 @@ class PostgresSpool:
         kvittens: tuple[OwedKvittens, bytes] | None = None,
         mail: tuple[InboundMail, bytes] | None = None,
         sdk_message_id: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Record what became of a received message in one transaction: its state, the
-        kvittens it is owed, the mail for its mailbox and its SDK messageId.
+        kvittens it is owed, the mail for its mailbox and its SDK messageId. False,
+        recording nothing, when it was concluded before (by an instance that took it over
+        from a slower one, say).
 
-        Raise sqlite3.IntegrityError, recording nothing, when the inbox already holds a
-        message with this SDK messageId: the exception the Spool protocol names (the stages
-        catch it), whichever instance judged the copy."""
+        Raise DuplicateMessage, recording nothing, when the inbox already holds a message
+        with this SDK messageId, whichever instance judged the copy."""
         with self._connection() as db:
+            row = db.execute(
+                "SELECT state FROM received WHERE id = %s FOR UPDATE", (received_id,)
+            ).fetchone()
+            if row is None or row["state"] != "new":
+                return False
             if kvittens is not None:
                 k, payload = kvittens
                 db.execute(
@@ -563,24 +641,32 @@ class PostgresSpool:
                         ),
                     )
                 except psycopg.errors.UniqueViolation as e:
-                    raise sqlite3.IntegrityError(str(e)) from e
+                    raise DuplicateMessage(str(e)) from e
             db.execute(
-                "UPDATE received SET state = %s, note = %s, sdk_message_id = %s WHERE id = %s",
+                "UPDATE received SET state = %s, note = %s, sdk_message_id = %s,"
+                " lease_until = NULL, lease_owner = NULL WHERE id = %s",
                 (state, note, sdk_message_id, received_id),
             )
+        return True
 
     # --- kvittens we send ----------------------------------------------------------------
 
     def owed_kvittens(self, limit: int = 100) -> list[tuple[OwedKvittens, bytes]]:
-        """Kvittens not yet taken by the access point whose time has come."""
+        """Kvittens not yet taken by the access point whose time has come, leased to this
+        instance for handing over."""
         with self._connection() as db:
-            rows = db.execute(
-                "SELECT id, answers, receiver, conversation_id, accepted, attempts, payload"
-                " FROM kvittens_out WHERE state = 'pending' AND next_attempt_at <= now()"
-                " ORDER BY next_attempt_at LIMIT %s",
-                (limit,),
-                binary=True,
-            ).fetchall()
+            rows = self._claim(
+                db,
+                "kvittens_out",
+                "id",
+                "state = 'pending' AND next_attempt_at <= now()",
+                (),
+                "next_attempt_at",
+                limit,
+                "id, answers, receiver, conversation_id, accepted, attempts, payload,"
+                " next_attempt_at",
+            )
+        rows.sort(key=lambda row: row["next_attempt_at"])
         return [
             (
                 OwedKvittens(
@@ -638,12 +724,20 @@ class PostgresSpool:
         return depths
 
     def inbox_due(self, limit: int = 16) -> list[InboundMail]:
+        """Mail whose time has come for its mailbox, leased to this instance: two instances
+        appending one mail at once would put it there twice."""
         with self._connection() as db:
-            rows = db.execute(
-                f"SELECT {INBOX_COLUMNS} FROM inbox WHERE state = %s AND next_attempt_at <= now()"
-                " ORDER BY next_attempt_at LIMIT %s",
-                (InboxState.DELIVERING.value, limit),
-            ).fetchall()
+            rows = self._claim(
+                db,
+                "inbox",
+                "sdk_message_id",
+                "state = %s AND next_attempt_at <= now()",
+                (InboxState.DELIVERING.value,),
+                "next_attempt_at",
+                limit,
+                f"{INBOX_COLUMNS}, next_attempt_at",
+            )
+        rows.sort(key=lambda row: row["next_attempt_at"])
         return [_inbound(row) for row in rows]
 
     def inbox(self, state: InboxState | None = None) -> list[InboundMail]:
@@ -683,9 +777,10 @@ class PostgresSpool:
         if not changes.keys() <= {"state", "attempts", "next_attempt_at", "last_error"}:
             raise ValueError(f"cannot update {sorted(changes)}")
         assignments = "".join(f"{name} = %s, " for name in changes)
-        with self._connection() as db:
+        with self._connection() as db:  # this round's attempt is over: so is its lease
             db.execute(
-                f"UPDATE {table} SET {assignments}updated_at = now() WHERE {key} = %s",
+                f"UPDATE {table} SET {assignments}lease_until = NULL, lease_owner = NULL,"
+                f" updated_at = now() WHERE {key} = %s",
                 (*changes.values(), value),
             )
 
@@ -699,10 +794,10 @@ class PostgresSpool:
             )
 
     def held_reports(self) -> list[tuple[int, str, bytes]]:
+        """Reports to try again, leased to this instance (not sent twice by two)."""
         with self._connection() as db:
-            rows = db.execute(
-                "SELECT id, recipient, data FROM reports ORDER BY id", binary=True
-            ).fetchall()
+            rows = self._claim(db, "reports", "id", "true", (), "id", None, "id, recipient, data")
+        rows.sort(key=lambda row: row["id"])
         return [(row["id"], row["recipient"], bytes(row["data"])) for row in rows]
 
     def drop_report(self, report_id: int) -> None:
@@ -711,7 +806,7 @@ class PostgresSpool:
 
     # --- the worker ------------------------------------------------------------------------
 
-    def claim_due(self, limit: int, lease: timedelta) -> list[Delivery]:
+    def claim_due(self, limit: int) -> list[Delivery]:
         """Queued deliveries whose time has come, leased to this instance: rows another
         instance is claiming at this moment are skipped, not waited for. A lease that runs
         out (its instance died) makes the delivery due again, for any instance."""
@@ -722,7 +817,7 @@ class PostgresSpool:
                 " AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until <= now())"
                 " ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED)"
                 f" RETURNING {DELIVERY_COLUMNS}",
-                (lease, self.instance, State.QUEUED.value, limit),
+                (self.lease, self.instance, State.QUEUED.value, limit),
             ).fetchall()
         claimed = [_delivery(row) for row in rows]
         return sorted(claimed, key=lambda d: (d.next_attempt_at, d.id))
@@ -730,12 +825,40 @@ class PostgresSpool:
     def release_leases(self) -> int:
         """At start-up: the leases this instance's killed predecessor held end now; those of
         other instances, still working, stand."""
+        released = 0
         with self._connection() as db:
-            return db.execute(
-                "UPDATE deliveries SET lease_until = NULL, lease_owner = NULL"
-                " WHERE lease_owner = %s",
-                (self.instance,),
-            ).rowcount
+            for table, until, owner in LEASES:
+                released += db.execute(
+                    f"UPDATE {table} SET {until} = NULL, {owner} = NULL WHERE {owner} = %s",
+                    (self.instance,),
+                ).rowcount
+        return released
+
+    def _claim(
+        self,
+        db: psycopg.Connection[DictRow],
+        table: str,
+        key: str,
+        condition: str,
+        arguments: Sequence[Any],
+        order: str,
+        limit: int | None,
+        columns: str,
+        lease: str = "lease",
+    ) -> list[DictRow]:
+        """Lease to this instance the rows of `table` meeting `condition` that no other
+        instance holds now, at most `limit` of them in `order` (returned unordered): rows
+        another instance is claiming at this moment are skipped, not waited for. This
+        instance may take again what it holds: each stage takes its work in rounds."""
+        until, owner = f"{lease}_until", f"{lease}_owner"
+        return db.execute(
+            f"UPDATE {table} SET {until} = now() + %s, {owner} = %s"
+            f" WHERE {key} IN (SELECT {key} FROM {table} WHERE ({condition})"
+            f" AND ({until} IS NULL OR {until} <= now() OR {owner} = %s)"
+            f" ORDER BY {order} LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {columns}",
+            (self.lease, self.instance, *arguments, self.instance, limit),
+            binary=True,
+        ).fetchall()
 
     def transition(
         self,
@@ -743,12 +866,15 @@ class PostgresSpool:
         from_states: Collection[State],
         *,
         new_sdk_message_id: bool = False,
+        unless_noted: str | None = None,
         **changes: Any,
     ) -> Delivery | None:
-        """Apply `changes` only if the delivery is still in one of `from_states`, with the
-        row locked; None when it was not (another stage or instance moved it first). `notes`
-        are merged into the stored ones (a None value removes a note). `new_sdk_message_id`
-        gives it a new SDK messageId for sending it again; the old one still finds it."""
+        """Apply `changes` only if the delivery is still in one of `from_states` (and has
+        no note `unless_noted`), with the row locked; None when it was not (another stage
+        or instance moved it first). `notes` are merged into the stored ones (a None value
+        removes a note); a report owed is leased to this instance, which sends it next.
+        `new_sdk_message_id` gives it a new SDK messageId for sending it again; the old one
+        still finds it."""
         with self._connection() as db:
             row = db.execute(
                 "SELECT state, sdk_message_id, notes FROM deliveries WHERE id = %s FOR UPDATE",
@@ -756,6 +882,14 @@ class PostgresSpool:
             ).fetchone()
             if row is None or State(row["state"]) not in from_states:
                 return None
+            if unless_noted and row["notes"].get(unless_noted):
+                return None
+            if changes.get("notes", {}).get("report"):
+                db.execute(
+                    "UPDATE deliveries SET report_lease_until = now() + %s,"
+                    " report_lease_owner = %s WHERE id = %s",
+                    (self.lease, self.instance, delivery_id),
+                )
             if new_sdk_message_id:
                 db.execute(
                     "INSERT INTO superseded (sdk_message_id, delivery_id) VALUES (%s, %s)",
@@ -823,12 +957,21 @@ class PostgresSpool:
         return [_delivery(row) for row in rows]
 
     def owing_reports(self) -> list[Delivery]:
+        """Deliveries whose report is owed and not being sent by another instance (the one
+        that recorded it sends it at once), leased to this instance for sending."""
         with self._connection() as db:
-            rows = db.execute(
-                f"SELECT {DELIVERY_COLUMNS} FROM deliveries"
-                " WHERE jsonb_typeof(notes -> 'report') = 'object' ORDER BY id"
-            ).fetchall()
-        return [_delivery(row) for row in rows]
+            rows = self._claim(
+                db,
+                "deliveries",
+                "id",
+                "jsonb_typeof(notes -> 'report') = 'object'",
+                (),
+                "id",
+                None,
+                DELIVERY_COLUMNS,
+                lease="report_lease",
+            )
+        return sorted((_delivery(row) for row in rows), key=lambda d: d.id)
 
     def _maybe(self, condition: str, *args: Any) -> Delivery | None:
         with self._connection() as db:
@@ -836,6 +979,40 @@ class PostgresSpool:
                 f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {condition}", args
             ).fetchone()
         return _delivery(row) if row else None
+
+
+class SharedRegistryCache:
+    """The registry's cache (bridge.registry.cache.Cache) in the spool database: what one
+    instance fetched (the address book, revocation answers) every other serves too, even
+    one started while the registry cannot be reached. The database not answering is an
+    OSError, as a cache directory's would be: the registry logs it and goes on."""
+
+    def __init__(self, spool: PostgresSpool) -> None:
+        self.spool = spool
+
+    def get(self, name: str) -> tuple[bytes, datetime] | None:
+        try:
+            with self.spool._connection() as db:
+                row = db.execute(
+                    "SELECT data, stored_at FROM registry_cache WHERE name = %s",
+                    (name,),
+                    binary=True,
+                ).fetchone()
+        except SpoolUnavailable as e:
+            raise OSError(f"the registry cache in the spool database: {e}") from e
+        return (bytes(row["data"]), row["stored_at"]) if row else None
+
+    def put(self, name: str, data: bytes) -> None:
+        try:
+            with self.spool._connection() as db:
+                db.execute(
+                    "INSERT INTO registry_cache (name, data, stored_at) VALUES (%s, %b, now())"
+                    " ON CONFLICT (name) DO UPDATE SET data = excluded.data,"
+                    " stored_at = excluded.stored_at",
+                    (name, data),
+                )
+        except SpoolUnavailable as e:
+            raise OSError(f"the registry cache in the spool database: {e}") from e
 
 
 def _configure(connection: psycopg.Connection[DictRow]) -> None:
@@ -848,6 +1025,18 @@ def _configure(connection: psycopg.Connection[DictRow]) -> None:
     if row is not None and row["mode"] == "off":
         connection.execute("SET synchronous_commit = on")
     connection.commit()
+
+
+def _received(row: DictRow) -> Received:
+    return Received(
+        id=row["id"],
+        action=row["action"],
+        original_sender=row["original_sender"],
+        final_recipient=row["final_recipient"],
+        conversation_id=row["conversation_id"],
+        payload=bytes(row["payload"] or b""),
+        attempts=row["attempts"],
+    )
 
 
 def _received_fields(item: Received) -> tuple[str, str, str, str, str | None]:

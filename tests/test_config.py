@@ -383,6 +383,7 @@ def test_spool_on_postgresql(tmp_path: Path, pki: TestPKI, alice: Identity, bob:
         f"  sslrootcert: {pki.root_pem}\n"
         f"  sslcert: {alice.cert_pem}\n"
         f"  sslkey: {alice.key_pem}\n"
+        "  lease_seconds: 60\n"
     )
     path.write_text(text)
     loaded = config.load(path)
@@ -396,6 +397,7 @@ def test_spool_on_postgresql(tmp_path: Path, pki: TestPKI, alice: Identity, bob:
             "sslrootcert": str(pki.root_pem),
             "sslcert": str(alice.cert_pem),
             "sslkey": str(alice.key_pem),
+            "lease_seconds": 60,
             "directory": str(tmp_path / "local"),
         },
     )
@@ -406,6 +408,7 @@ def test_spool_on_postgresql(tmp_path: Path, pki: TestPKI, alice: Identity, bob:
         (f"  sslkey: {alice.key_pem}\n", "", "spool", "both sslcert and sslkey"),
         ("  directory: local\n", "", "spool.directory", "required key is missing"),
         ("sslrootcert: ", "sslrootcert: missing-", "spool.sslrootcert", "no such file"),
+        ("lease_seconds: 60", "lease_seconds: 1", "spool.lease_seconds", "at least 5"),
         ("backend: postgres", "backend: sqlite", "spool.dsn", "only for a database"),
     ]:
         changed = text.replace(old, new)

@@ -35,7 +35,7 @@ def run_worker(sandbox: Sandbox, spool: SQLiteSpool, cache: Path) -> None:
         ap = access_point(sandbox, "a")
         with registry_for(sandbox, "a", cache) as registry:
             worker = Worker(OutboundSettings(ORG_A), spool, registry, ap, a.signing)
-            for delivery in spool.claim_due(100, lease=OutboundSettings(ORG_A).lease):
+            for delivery in spool.claim_due(100):
                 await worker.deliver(delivery)
         await ap.close()
 
@@ -198,7 +198,7 @@ def test_unknown_recipient_at_the_access_point_fails_for_good(
                 failures.append(tuple(delivery.notes["report"].values()))
 
             worker = Worker(OutboundSettings(ORG_A), spool, registry, ap, a.signing, notify=notify)
-            for delivery in spool.claim_due(10, lease=OutboundSettings(ORG_A).lease):
+            for delivery in spool.claim_due(10):
                 await worker.deliver(delivery)
         await ap.close()
 

@@ -17,6 +17,7 @@ from bridge.registry.addressbook import (
     Organisation,
 )
 from bridge.registry.addresses import AddressMap, aliases, encoded, slug
+from bridge.registry.cache import FileCache
 from bridge.registry.errors import (
     AmbiguousAlias,
     RegistryUnavailable,
@@ -66,8 +67,9 @@ def http(web_pki: TestPKI, api: tuple[AddressBookAPI, Server]) -> Iterator[httpx
 
 
 def book(http: httpx.Client, api: tuple[AddressBookAPI, Server], cache: Path) -> AddressBook:
+    """A book cached in the file `cache`, as `Registry` keeps it under its cache_dir."""
     source = JsonApiSource(http, api[1].url + AddressBookAPI.PATH, page_size=25)
-    return AddressBook(source, cache, max_age=timedelta(hours=1))
+    return AddressBook(source, FileCache(cache.parent), cache.name, max_age=timedelta(hours=1))
 
 
 def test_whole_book_is_paged_in(http: httpx.Client, api, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from bridge.registry.cache import FileCache
 from bridge.registry.revocation import (
     RevocationChecker,
     RevocationPolicy,
@@ -95,7 +96,8 @@ def client(sandbox: Sandbox) -> Iterator[httpx.Client]:
 
 
 def checker(cache: Path, client: httpx.Client, **policy: Any) -> RevocationChecker:
-    return RevocationChecker(cache, RevocationPolicy(timeout=0.5, **policy), client)
+    """A checker keeping its answers in files under `cache`."""
+    return RevocationChecker(FileCache(cache), "", RevocationPolicy(timeout=0.5, **policy), client)
 
 
 def issuer(sandbox: Sandbox) -> x509.Certificate:
@@ -281,7 +283,7 @@ def test_tampered_ocsp_response_is_refused(
     sandbox.tamper.rewrite["ocsp"] = extend_validity
     with pytest.raises(RevocationUnknown, match="signature does not verify"):
         checker(tmp_path, client).check(sandbox.good.cert, issuer(sandbox))
-    assert not list((tmp_path / "ocsp").iterdir())  # nothing cached
+    assert not tmp_path.joinpath("ocsp").exists()  # nothing cached
 
 
 def test_response_for_another_certificate_is_refused(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_message
+from test_registry_cache import MemoryCache
 from wsplugin import Client
 
 from bridge import cli, config
@@ -46,11 +47,13 @@ def _switches_off(sandbox: Sandbox) -> None:
         app.fail("ocsp", None)
 
 
-def registry_for(sandbox: Sandbox, label: str, cache: Path) -> Registry:
+def registry_for(
+    sandbox: Sandbox, label: str, cache: Path, shared: MemoryCache | None = None
+) -> Registry:
     """An organisation's registry client, from the configuration the sandbox wrote."""
     loaded = config.load(sandbox.config_path(label))
     registry = dataclasses.replace(loaded.registry, cache_dir=cache)
-    return Registry(dataclasses.replace(loaded, registry=registry))
+    return Registry(dataclasses.replace(loaded, registry=registry), shared)
 
 
 @pytest.fixture
@@ -80,6 +83,29 @@ def test_lookup_by_email_id_and_name(registry_a: Registry, sandbox: Sandbox) -> 
     assert {f.organisation.id for f in registry_a.lookup("Sandbox kommun")} == {ORG_A, ORG_B}
     with pytest.raises(UnknownFunctionalAddress):
         registry_a.lookup("ekonomi@b.sandbox.test.sdk.a.sandbox.test")
+
+
+def test_instances_share_a_cache_passed_in(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Given a cache (the shared spool's, when several bridges run), the registry keeps
+    nothing in cache_dir, and a second instance finds the address book and revocation
+    answers the first fetched."""
+    shared = MemoryCache()
+
+    def revocation_requests() -> int:
+        return sum(app.requests.total() for app in sandbox.revocation.values())
+
+    with registry_for(sandbox, "a", tmp_path / "one", shared) as registry:
+        assert registry.lookup(B_REGISTRATOR)[0].signing_certificates
+    assert not (tmp_path / "one").exists()
+    assert "addressbook.json" in shared.blobs
+    assert any(name.startswith("revocation/") for name in shared.blobs)
+    sandbox.address_book.faults.fail_with = 503
+    asked = revocation_requests()
+    with registry_for(sandbox, "a", tmp_path / "two", shared) as registry:
+        assert registry.book.refresh() is False
+        (found,) = registry.lookup(B_REGISTRATOR)
+        assert found.signing_certificates and not found.problems
+    assert revocation_requests() == asked  # answered from the shared cache
 
 
 def test_tampered_smp_metadata_is_refused(registry_a: Registry, sandbox: Sandbox) -> None:

@@ -22,6 +22,7 @@ from test_config import write_config
 
 from bridge import cli, config
 from bridge.spool import (
+    DuplicateMessage,
     Envelope,
     InboundMail,
     InboxState,
@@ -73,8 +74,12 @@ def open_instance(
     database = postgres_server.database(template=spool_template)
     opened: list[Spool] = []
 
-    def make(instance: str = "a") -> Spool:
-        settings = {"dsn": postgres_server.dsn(database), "directory": str(tmp_path / instance)}
+    def make(instance: str = "a", lease: timedelta = LEASE) -> Spool:
+        settings = {
+            "dsn": postgres_server.dsn(database),
+            "directory": str(tmp_path / instance),
+            "lease_seconds": lease.total_seconds(),
+        }
         opened.append(PostgresSpool(settings))
         return opened[-1]
 
@@ -91,8 +96,8 @@ def open_spool(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenS
         return
     opened: list[SQLiteSpool] = []
 
-    def make() -> Spool:
-        opened.append(SQLiteSpool(tmp_path / "spool"))
+    def make(lease: timedelta = LEASE) -> Spool:
+        opened.append(SQLiteSpool(tmp_path / "spool", lease))
         return opened[-1]
 
     yield make
@@ -172,9 +177,9 @@ def test_accept_stores_body_and_one_delivery_per_recipient(spool: Spool) -> None
 
 def test_claims_are_leased_and_updates_written(spool: Spool) -> None:
     spool.accept(ENVELOPE, RECIPIENTS, b"x")
-    claimed = spool.claim_due(10, lease=LEASE)
+    claimed = spool.claim_due(10)
     assert [d.recipient for d in claimed] == RECIPIENTS
-    assert spool.claim_due(10, lease=LEASE) == []  # leased
+    assert spool.claim_due(10) == []  # leased
     first = claimed[0]
     later = datetime.now(UTC) + timedelta(seconds=30)
     spool.update(
@@ -182,9 +187,9 @@ def test_claims_are_leased_and_updates_written(spool: Spool) -> None:
     )
     again = spool.delivery(first.id)
     assert (again.attempts, again.last_error, again.next_attempt_at) == (1, "AP down", later)
-    assert spool.claim_due(10, lease=LEASE) == []  # not due before `later`
+    assert spool.claim_due(10) == []  # not due before `later`
     spool.update(first.id, next_attempt_at=datetime.now(UTC) - timedelta(seconds=1))
-    assert [d.id for d in spool.claim_due(10, lease=LEASE)] == [first.id]  # a new state ended
+    assert [d.id for d in spool.claim_due(10)] == [first.id]  # a new state ended
     spool.update(first.id, state=State.SUBMITTED, notes={"kvittens": "pending"})  # the lease
     assert spool.delivery(first.id).notes == {"kvittens": "pending"}
     assert [d.id for d in spool.deliveries(State.SUBMITTED)] == [first.id]
@@ -192,27 +197,29 @@ def test_claims_are_leased_and_updates_written(spool: Spool) -> None:
         spool.update(first.id, sdk_message_id="x")
 
 
-def test_an_expired_lease_makes_it_due_again(spool: Spool) -> None:
-    spool.accept(ENVELOPE, RECIPIENTS[:1], b"x")
-    (claimed,) = spool.claim_due(1, lease=EXPIRED)  # a worker that died
-    (again,) = spool.claim_due(1, lease=LEASE)
+def test_an_expired_lease_makes_it_due_again(open_spool: OpenSpool) -> None:
+    dying = open_spool(lease=EXPIRED)
+    dying.accept(ENVELOPE, RECIPIENTS[:1], b"x")
+    (claimed,) = dying.claim_due(1)  # a worker that died
+    spool = open_spool()
+    (again,) = spool.claim_due(1)
     assert again.id == claimed.id
-    assert spool.claim_due(1, lease=LEASE) == []
+    assert spool.claim_due(1) == []
 
 
 def test_a_restarted_instance_releases_its_predecessors_leases(open_spool: OpenSpool) -> None:
     spool = open_spool()
     spool.accept(ENVELOPE, RECIPIENTS, b"x")
-    assert len(spool.claim_due(10, lease=timedelta(hours=1))) == 2
+    assert len(spool.claim_due(10)) == 2
     restarted = open_spool()
-    assert restarted.claim_due(10, lease=timedelta(hours=1)) == []
+    assert restarted.claim_due(10) == []
     assert restarted.release_leases() == 2
-    assert len(restarted.claim_due(10, lease=timedelta(hours=1))) == 2
+    assert len(restarted.claim_due(10)) == 2
 
 
 def test_transitions_only_from_the_given_states(spool: Spool) -> None:
     spool.accept(ENVELOPE, RECIPIENTS[:1], b"x")
-    (delivery,) = spool.claim_due(1, lease=LEASE)
+    (delivery,) = spool.claim_due(1)
     assert spool.transition(delivery.id, {State.SUBMITTED}, state=State.DELIVERED) is None
     assert spool.delivery(delivery.id).state is State.QUEUED
     moved = spool.transition(
@@ -228,10 +235,19 @@ def test_transitions_only_from_the_given_states(spool: Spool) -> None:
     assert resent is not None and resent.sdk_message_id != delivery.sdk_message_id
     assert spool.by_sdk_message_id(delivery.sdk_message_id) == resent  # the old id finds it
     assert spool.by_sdk_message_id(resent.sdk_message_id) == resent
-    assert [d.id for d in spool.claim_due(1, lease=LEASE)] == [delivery.id]  # lease ended
+    assert [d.id for d in spool.claim_due(1)] == [delivery.id]  # lease ended
     assert spool.transition(10_000, set(State), state=State.FAILED) is None
     with pytest.raises(ValueError, match="cannot update"):
         spool.transition(delivery.id, set(State), recipient="x")
+
+
+def test_a_transition_unless_noted_happens_once(spool: Spool) -> None:
+    """Two instances sweeping at once owe the sender one delay report, not two."""
+    spool.accept(ENVELOPE, RECIPIENTS[:1], b"x")
+    (delivery,) = spool.deliveries()
+    once = {"unless_noted": "delay_reported", "notes": {"delay_reported": True}}
+    assert spool.transition(delivery.id, {State.QUEUED}, **once) is not None
+    assert spool.transition(delivery.id, {State.QUEUED}, **once) is None
 
 
 def test_the_same_mail_sent_again_within_a_day_is_kept_once(spool: Spool) -> None:
@@ -304,6 +320,45 @@ def test_retrieving_lost_and_recovered(spool: Spool) -> None:
     assert "e-3" in [r.id for r in spool.received()]
 
 
+def test_a_retrieval_recorded_lost_is_stored_after_all(spool: Spool) -> None:
+    """An instance that outlived its lease on a retrieval stores what another found no
+    longer given out at the access point: the message is kept, not the `lost` record."""
+    assert spool.note_retrieving(["e-1"]) == ["e-1"]
+    spool.lost_retrieving("e-1", "the access point no longer gives it out")
+    assert spool.store_received(received("e-1", b"late"))
+    assert spool.held_received() == []
+    assert spool.received_payload("e-1") == b"late"
+    assert not spool.store_received(received("e-1", b"again"))
+
+
+def test_received_envelopes_are_claimed_by_kind(spool: Spool) -> None:
+    for ebms_id in ("e-1", "k-1", "e-2"):
+        spool.store_received(received(ebms_id, action="kvittens" if ebms_id[0] == "k" else "msg"))
+    assert [r.id for r in spool.claim_received(other_than="kvittens")] == ["e-1", "e-2"]
+    assert [r.id for r in spool.claim_received(1, other_than="kvittens")] == ["e-1"]  # again
+    assert [r.id for r in spool.claim_received(action="kvittens")] == ["k-1"]
+    spool.postpone_received("e-1", datetime.now(UTC) + timedelta(hours=1))
+    (item,) = spool.claim_received(other_than="kvittens")
+    assert item == received("e-2", action="msg")
+
+
+def test_a_received_message_is_concluded_once(spool: Spool) -> None:
+    spool.store_received(received("e-1"))
+    assert spool.conclude_received(
+        "e-1",
+        "accepted",
+        kvittens=(kvittens("kv-1", "e-1"), b"<accepted/>"),
+        mail=(inbound("sdk-1", "e-1"), b"mail"),
+        sdk_message_id="sdk-1",
+    )
+    late = spool.conclude_received(  # judged again by an instance whose lease had run out
+        "e-1", "rejected", "late", kvittens=(kvittens("kv-2", "e-1"), b"<rejected/>")
+    )
+    assert late is False
+    assert [k.id for k, _ in spool.owed_kvittens()] == ["kv-1"]
+    assert spool.received("accepted")[0].id == "e-1" and not spool.rejected_inbound("sdk-1")
+
+
 def test_quarantine_release_and_delete(spool: Spool) -> None:
     spool.store_received(received("e-1", b"odd"))
     spool.store_received(received("e-2", b"junk"), "unreadable")
@@ -347,13 +402,13 @@ def test_conclude_stores_state_kvittens_and_mail_together(spool: Spool) -> None:
 
 def test_a_copy_judged_at_the_same_moment_records_nothing(spool: Spool) -> None:
     """The inbox holds one message per SDK messageId: concluding a second copy raises
-    sqlite3.IntegrityError (what the stages catch) and stores none of its parts."""
+    DuplicateMessage (what the stages catch) and stores none of its parts."""
     for ebms_id in ("e-1", "e-2"):
         spool.store_received(received(ebms_id))
     spool.conclude_received(
         "e-1", "accepted", mail=(inbound("sdk-1", "e-1"), b"first"), sdk_message_id="sdk-1"
     )
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(DuplicateMessage):
         spool.conclude_received(
             "e-2",
             "accepted",
@@ -464,7 +519,7 @@ def test_two_instances_never_claim_the_same_delivery(open_instance: OpenSpool) -
 
     def claim(name: str, spool: Spool) -> None:
         start.wait(timeout=10)
-        while batch := spool.claim_due(7, lease=LEASE):
+        while batch := spool.claim_due(7):
             claims[name].extend(d.id for d in batch)
 
     with ThreadPoolExecutor(4) as pool:
@@ -478,30 +533,72 @@ def test_two_instances_never_claim_the_same_delivery(open_instance: OpenSpool) -
 def test_a_dead_instances_lease_is_taken_over(open_instance: OpenSpool) -> None:
     a, b = open_instance("a"), open_instance("b")
     a.accept(ENVELOPE, RECIPIENTS, b"x")
-    (first, second) = a.claim_due(10, lease=LEASE)
-    assert b.claim_due(10, lease=LEASE) == []  # a holds both
+    (first, second) = a.claim_due(10)
+    assert b.claim_due(10) == []  # a holds both
     assert b.release_leases() == 0  # b's start-up leaves a's leases alone
-    assert b.claim_due(10, lease=LEASE) == []
+    assert b.claim_due(10) == []
     a.close()
     restarted = open_instance("a")  # a's successor on the same host and directory
     assert restarted.release_leases() == 2
-    assert [d.id for d in b.claim_due(1, lease=EXPIRED)] == [first.id]  # b then dies too
-    assert [d.id for d in restarted.claim_due(10, lease=LEASE)] == [first.id, second.id]
+    dying = open_instance("b", lease=EXPIRED)
+    assert [d.id for d in dying.claim_due(1)] == [first.id]  # b then dies too
+    assert [d.id for d in restarted.claim_due(10)] == [first.id, second.id]
 
 
 def test_an_expired_lease_of_one_instance_is_taken_over_by_the_other(
     open_instance: OpenSpool,
 ) -> None:
-    a, b = open_instance("a"), open_instance("b")
+    a, b = open_instance("a", lease=timedelta(seconds=1)), open_instance("b")
     a.accept(ENVELOPE, RECIPIENTS[:1], b"x")
-    (claimed,) = a.claim_due(1, lease=timedelta(seconds=1))
-    assert b.claim_due(1, lease=LEASE) == []
+    (claimed,) = a.claim_due(1)
+    assert b.claim_due(1) == []
     deadline = datetime.now(UTC) + timedelta(seconds=10)
-    while not (taken := b.claim_due(1, lease=LEASE)) and datetime.now(UTC) < deadline:
+    while not (taken := b.claim_due(1)) and datetime.now(UTC) < deadline:
         threading.Event().wait(0.1)
     assert [d.id for d in taken] == [claimed.id]
     assert b.transition(claimed.id, {State.QUEUED}, state=State.SUBMITTED) is not None
     assert a.transition(claimed.id, {State.QUEUED}, state=State.FAILED) is None  # too late
+
+
+def test_two_instances_never_take_the_same_inbound_work(open_instance: OpenSpool) -> None:
+    """Envelopes to judge, retrievals, kvittens to hand over, mail for the mailboxes and
+    delivery reports: what one instance holds, the other does not get until the holder's
+    successor releases it (or its lease runs out); the holder may take it again."""
+    a, b = open_instance("a"), open_instance("b")
+    for ebms_id in ("e-1", "e-2", "e-3", "k-1"):
+        a.store_received(received(ebms_id, action="kvittens" if ebms_id[0] == "k" else "msg"))
+    assert [r.id for r in a.claim_received(2, other_than="kvittens")] == ["e-1", "e-2"]
+    assert [r.id for r in b.claim_received(other_than="kvittens")] == ["e-3"]
+    assert [r.id for r in a.claim_received(other_than="kvittens")] == ["e-1", "e-2"]
+    assert [r.id for r in b.claim_received(action="kvittens")] == ["k-1"]
+    assert a.claim_received(action="kvittens") == []
+    assert a.note_retrieving(["m-1", "m-2"]) == ["m-1", "m-2"]
+    assert b.note_retrieving(["m-1", "m-2", "m-3"]) == ["m-3"]
+    a.conclude_received(
+        "e-1",
+        "accepted",
+        kvittens=(kvittens("kv-1", "e-1"), b"k"),
+        mail=(inbound("sdk-1", "e-1"), b"mail"),
+        sdk_message_id="sdk-1",
+    )
+    assert [k.id for k, _ in a.owed_kvittens()] == ["kv-1"] and b.owed_kvittens() == []
+    assert [m.sdk_message_id for m in a.inbox_due()] == ["sdk-1"] and b.inbox_due() == []
+    a.accept(ENVELOPE, RECIPIENTS[:1], b"x")
+    (delivery,) = a.deliveries()
+    report = {"event": "failed", "status": "5.4.7", "text": "expired"}
+    assert a.transition(delivery.id, {State.QUEUED}, notes={"report": report}) is not None
+    assert b.owing_reports() == []  # a, which recorded it, sends it now
+    assert [d.id for d in a.owing_reports()] == [delivery.id]
+    a.hold_report("anna@kommun.se", b"report")
+    assert len(a.held_reports()) == 1 and b.held_reports() == []
+    a.close()
+    assert open_instance("a").release_leases() > 0  # a's successor, after a crash
+    assert [r.id for r in b.claim_received(other_than="kvittens")] == ["e-2", "e-3"]
+    assert b.note_retrieving([]) == ["m-1", "m-2", "m-3"]
+    assert [k.id for k, _ in b.owed_kvittens()] == ["kv-1"]
+    assert [m.sdk_message_id for m in b.inbox_due()] == ["sdk-1"]
+    assert [d.id for d in b.owing_reports()] == [delivery.id]
+    assert len(b.held_reports()) == 1
 
 
 def test_instances_share_the_dedup_state(open_instance: OpenSpool) -> None:
@@ -524,7 +621,7 @@ def test_instances_share_the_dedup_state(open_instance: OpenSpool) -> None:
                 mail=(inbound("sdk-1", ebms_id), b"mail"),
                 sdk_message_id="sdk-1",
             )
-        except sqlite3.IntegrityError:
+        except DuplicateMessage:
             return False
         return True
 
@@ -533,6 +630,31 @@ def test_instances_share_the_dedup_state(open_instance: OpenSpool) -> None:
     assert sorted(outcomes) == [False, True]
     assert a.known_inbound("sdk-1") and b.known_inbound("sdk-1")
     assert len(b.inbox()) == 1
+
+
+def test_the_registry_cache_is_shared_by_the_instances(open_instance: OpenSpool) -> None:
+    """What one instance fetched from the registry, the other serves: one started while the
+    address book cannot be reached still knows every organisation."""
+    a, b = open_instance("a"), open_instance("b")
+    cache_a, cache_b = a.registry_cache(), b.registry_cache()
+    assert cache_a is not None and cache_b is not None
+    assert cache_b.get("addressbook.json") is None
+    cache_a.put("addressbook.json", b'{"entries": []}')
+    data, stored_at = cache_b.get("addressbook.json") or (b"", None)
+    assert data == b'{"entries": []}' and stored_at is not None
+    assert abs(stored_at - datetime.now(UTC)) < timedelta(minutes=1)
+    cache_b.put("addressbook.json", b"newer")
+    newer = cache_a.get("addressbook.json")
+    assert newer is not None and newer[0] == b"newer" and newer[1] >= stored_at
+    a.close()
+    with pytest.raises(OSError, match="registry cache"):  # the registry logs it and goes on
+        cache_a.get("addressbook.json")
+
+
+def test_a_sqlite_spool_leaves_the_registry_its_own_cache(tmp_path: Path) -> None:
+    spool = SQLiteSpool(tmp_path)
+    assert spool.registry_cache() is None
+    spool.close()
 
 
 # --- sdk-bridge db upgrade --------------------------------------------------------------------

@@ -20,7 +20,6 @@ in the next round; nothing is answered before it is decided.
 """
 
 import asyncio
-import sqlite3
 from collections.abc import Collection
 from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass
@@ -47,7 +46,15 @@ from ..sdk.keys import KeyPair
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
 from ..sdk.sealing import Opened, Receiver, seal_kvittens
 from ..sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Rejected, Verdict
-from ..spool import STORAGE_ERRORS, InboundMail, OwedKvittens, Received, Spool, State
+from ..spool import (
+    STORAGE_ERRORS,
+    DuplicateMessage,
+    InboundMail,
+    OwedKvittens,
+    Received,
+    Spool,
+    State,
+)
 from .mapping import to_email
 from .opening import open_received
 
@@ -129,12 +136,13 @@ class Inbound:
         (registry, scanner, disk or crypto workers failing) waits with growing pauses;
         another document type, or a message that trips a bug, is quarantined: one bad
         envelope never holds up the others."""
-        items = await asyncio.to_thread(self.spool.received, "new", limit=BATCH)
-        messages = [i for i in items if i.action != KVITTENS_ACTION]
-        await each(messages, self._process_safely)
+        items = await asyncio.to_thread(
+            self.spool.claim_received, BATCH, other_than=KVITTENS_ACTION
+        )
+        await each(items, self._process_safely)
         await self.send_owed()
         # Each message judged leaves "new" or waits until later, so this loop ends.
-        return len(items) == BATCH and bool(messages)
+        return len(items) == BATCH
 
     async def _process_safely(self, item: Received) -> None:
         try:
@@ -292,7 +300,11 @@ class Inbound:
             sender=item.original_sender,
             reason=verdict.text,
         )
-        await asyncio.to_thread(self.spool.conclude_received, item.id, "quarantined", verdict.text)
+        if not await asyncio.to_thread(
+            self.spool.conclude_received, item.id, "quarantined", verdict.text
+        ):
+            _judged_elsewhere(item)
+            return
         metrics.INBOUND.labels("quarantined", "-").inc()
 
     async def _reject(self, item: Received, opened: Opened, verdict: Verdict) -> None:
@@ -305,14 +317,16 @@ class Inbound:
             reason=verdict.line(),
         )
         judged = opened.message.message_id if opened.message else None  # signature verified
-        await asyncio.to_thread(
+        if not await asyncio.to_thread(
             self.spool.conclude_received,
             item.id,
             "rejected",
             verdict.line(),
             kvittens=owed,
             sdk_message_id=judged,
-        )
+        ):
+            _judged_elsewhere(item)
+            return
         metrics.INBOUND.labels("rejected", f"{verdict.reason} {verdict.detail}").inc()
 
     async def _accept(
@@ -337,7 +351,7 @@ class Inbound:
             our_references=_references(message.recipient.attention),
         )
         try:
-            await asyncio.to_thread(
+            concluded = await asyncio.to_thread(
                 self.spool.conclude_received,
                 item.id,
                 "accepted",
@@ -345,11 +359,14 @@ class Inbound:
                 mail=(inbound, mail),
                 sdk_message_id=message.message_id,
             )
-        except sqlite3.IntegrityError:  # judged at the same moment as a copy of itself
+        except DuplicateMessage:  # judged at the same moment as a copy of itself
             duplicate = Rejected(
                 Reason.BV, Detail.DUPLICATE, "messageId has been received before", _MESSAGE_ID
             )
             await self._reject(item, opened, Verdict.of(duplicate))
+            return
+        if not concluded:
+            _judged_elsewhere(item)
             return
         metrics.INBOUND.labels("accepted", "-").inc()
         log.info("inbound message accepted", **inbound.ids(), to=address, sender=inbound.sender)
@@ -443,6 +460,12 @@ class Inbound:
         outcome = "ACCEPTED" if owed.accepted else "REJECTED"
         log.info("kvittens sent", id=owed.id, ebms_id=owed.answers, outcome=outcome)
         metrics.KVITTENS_SENT.labels(outcome).inc()
+
+
+def _judged_elsewhere(item: Received) -> None:
+    """Another instance concluded it first (it took the message over from this one, whose
+    lease had run out): its verdict stands, and this one's is dropped unrecorded."""
+    log.warning("inbound message was judged by another instance meanwhile", ebms_id=item.id)
 
 
 def _references(attention: msg.Attention | None) -> tuple[tuple[str, str, str | None], ...]:

@@ -44,8 +44,9 @@ async def settle(
     notes["report"] = {"event": str(event), "status": status, "text": text}
     if event in (Event.FAILED, Event.REJECTED):
         notes["failure_reported"] = True
-    if event is Event.DELAYED:
+    if event is Event.DELAYED:  # once, whichever instance sweeps first
         notes["delay_reported"] = True
+        changes["unless_noted"] = "delay_reported"
     updated = await asyncio.to_thread(
         spool.transition, delivery.id, from_states, notes=notes, **changes
     )

@@ -52,7 +52,7 @@ class Receipts:
         their order to chance), then settled the ACCEPTED ones first: an ACCEPTED and a
         duplicate's REJECTED for one message must leave it delivered, with no failure
         report sent in between."""
-        items = await asyncio.to_thread(self.spool.received, "new", KVITTENS_ACTION)
+        items = await asyncio.to_thread(self.spool.claim_received, action=KVITTENS_ACTION)
         opened: dict[str, Opened] = {}
 
         async def verify(item: Received) -> None:

@@ -26,7 +26,9 @@ class DsnReporter:
     """The `Notify` of the worker and the kvittens intake: sends the report a delivery is
     owed, then clears the note. A report the smart host does not take now is kept in the
     spool and sent again (`resend_held`); one owed when the bridge died is sent after the
-    restart (`send_owed`)."""
+    restart (`send_owed`). A report being sent (the stage that settled the delivery sends
+    it at once) is not sent again by `send_owed` meanwhile; other instances are kept off it
+    by the spool's lease."""
 
     def __init__(
         self,
@@ -41,17 +43,22 @@ class DsnReporter:
         self.postmaster = postmaster
         self.reporting_mta = reporting_mta
         self.lifetime = lifetime
+        self._sending: set[int] = set()  # delivery ids
 
     async def __call__(self, delivery: Delivery) -> None:
         owed = delivery.notes.get("report")
-        if not owed:
+        if not owed or delivery.id in self._sending:
             return
-        message = await asyncio.to_thread(self._build, delivery, owed)  # may be 30 MB of work
-        if message is not None:
-            await self._send(message, delivery)
-        await asyncio.to_thread(
-            self.spool.transition, delivery.id, set(State), notes={"report": None}
-        )
+        self._sending.add(delivery.id)
+        try:
+            message = await asyncio.to_thread(self._build, delivery, owed)  # maybe 30 MB
+            if message is not None:
+                await self._send(message, delivery)
+            await asyncio.to_thread(
+                self.spool.transition, delivery.id, set(State), notes={"report": None}
+            )
+        finally:
+            self._sending.discard(delivery.id)
 
     def _build(self, delivery: Delivery, owed: dict[str, str]) -> EmailMessage | None:
         event = Event(owed["event"])

@@ -46,7 +46,6 @@ class OutboundSettings:
     first_retry: timedelta = timedelta(seconds=30)
     max_retry: timedelta = timedelta(hours=1)
     batch: int = 16  # deliveries taken from the spool at a time
-    lease: timedelta = timedelta(minutes=10)  # a claimed delivery is retried after this
     poll: float = 1.0  # seconds between looks at the spool when idle
     secrecy_tags: tuple[str, ...] = ("[sekretess]",)
 
@@ -79,9 +78,7 @@ class Worker:
         """Work until `stop` is set; in-flight deliveries finish, the rest stay queued."""
         while not stop.is_set():
             self._woken.clear()
-            due = await asyncio.to_thread(
-                self.spool.claim_due, self.settings.batch, self.settings.lease
-            )
+            due = await asyncio.to_thread(self.spool.claim_due, self.settings.batch)
             if due:
                 results = await asyncio.gather(
                     *(self.deliver(d) for d in due), return_exceptions=True

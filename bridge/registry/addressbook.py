@@ -2,21 +2,21 @@
 
 Digg's address book is a read-only JSON:API whose exact JSON is not public, so it sits
 behind one small adapter (`JsonApiSource`) that the sandbox implements too. `AddressBook`
-keeps the whole book in a cache file that survives restarts and keeps serving, stale and
-with a warning, while the service is down; only when it has never had the book does a
-lookup fail, and then as a temporary failure, never as "unknown".
+keeps the whole book in the registry cache, which survives restarts (and on a shared spool
+serves every instance), and keeps serving it, stale and with a warning, while the service
+is down; only when it has never had the book does a lookup fail, and then as a temporary
+failure, never as "unknown".
 """
 
 import json
 import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import structlog
 
-from ..files import write_atomic
+from .cache import Cache
 from .errors import RegistryUnavailable, UnknownOrganisation
 
 log = structlog.get_logger(__name__)
@@ -78,11 +78,12 @@ class JsonApiSource:
 
 
 class AddressBook:
-    """The whole book, cached on disk and refreshed in the background."""
+    """The whole book, kept in `cache` under `name` and refreshed in the background."""
 
-    def __init__(self, source: JsonApiSource, cache_file: Path, max_age: timedelta) -> None:
+    def __init__(self, source: JsonApiSource, cache: Cache, name: str, max_age: timedelta) -> None:
         self._source = source
-        self._cache_file = cache_file
+        self._cache = cache
+        self._name = name
         self.max_age = max_age
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
@@ -97,15 +98,14 @@ class AddressBook:
 
     def _load(self) -> None:
         try:
-            cached = json.loads(self._cache_file.read_text(encoding="utf-8"))
+            stored = self._cache.get(self._name)
+            if stored is None:
+                return
+            cached = json.loads(stored[0].decode("utf-8"))
             entries = [FunctionalAddress(**entry) for entry in cached["entries"]]
             refreshed_at = datetime.fromisoformat(cached["refreshed_at"])
-        except FileNotFoundError:
-            return
         except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning(
-                "address book cache unreadable, ignored", file=str(self._cache_file), error=str(e)
-            )
+            log.warning("address book cache unreadable, ignored", name=self._name, error=str(e))
             return
         self._install(entries, refreshed_at)
 
@@ -145,9 +145,9 @@ class AddressBook:
     def _write_cache(self, entries: list[FunctionalAddress], refreshed_at: datetime) -> None:
         data = {"refreshed_at": refreshed_at.isoformat(), "entries": [asdict(e) for e in entries]}
         try:
-            write_atomic(self._cache_file, json.dumps(data, ensure_ascii=False).encode())
+            self._cache.put(self._name, json.dumps(data, ensure_ascii=False).encode())
         except OSError as e:  # the book in memory still serves; a restart refetches it
-            log.warning("address book cache not written", file=str(self._cache_file), error=str(e))
+            log.warning("address book cache not written", name=self._name, error=str(e))
 
     def refresh_if_due(self) -> None:
         if self.stale:

@@ -3,6 +3,9 @@
 It answers the two questions the bridge asks: who is behind an e-mail address and which
 certificate to encrypt to (outbound), and which certificates a sender may sign with
 (inbound). `lookup` also serves the `sdk-bridge lookup` command.
+
+What must survive a restart goes into a `Cache`: files under `registry.cache_dir` unless
+the caller passes another (the shared spool's database, when several bridges run).
 """
 
 import ssl
@@ -17,6 +20,7 @@ from ..config import Config
 from ..sdk.names import MESSAGE_DOCUMENT_ID, ORGANISATION_ID
 from .addressbook import AddressBook, JsonApiSource, Organisation
 from .addresses import AddressMap
+from .cache import Cache, FileCache
 from .certpub import CertPub
 from .errors import RegistryError, RegistryUnavailable, UnknownOrganisation
 from .revocation import RevocationChecker, RevocationPolicy
@@ -25,6 +29,9 @@ from .smp import Endpoint, Locator, SMPClient
 HTTP_TIMEOUT = 10.0
 ADDRESS_BOOK_MAX_AGE = timedelta(hours=1)
 REFRESH_INTERVAL = 15 * 60.0  # seconds between address book refreshes
+# Names in the cache: as files under cache_dir, the layout earlier versions wrote.
+ADDRESS_BOOK_NAME = "addressbook.json"
+REVOCATION_PREFIX = "revocation/"  # then ocsp/<key>.der and crl/<hash of URL>.crl
 
 
 @dataclass(frozen=True)
@@ -40,17 +47,20 @@ class Found:
 
 
 class Registry:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, cache: Cache | None = None) -> None:
         if config.registry is None:
             raise ValueError("the configuration has no registry section")
         settings = config.registry
+        if cache is None:
+            cache = FileCache(settings.cache_dir)
         verify: ssl.SSLContext | bool = True
         if settings.tls_trust is not None:
             verify = ssl.create_default_context(cafile=str(settings.tls_trust))
         self._http = httpx.Client(verify=verify, timeout=HTTP_TIMEOUT)
         self.book = AddressBook(
             JsonApiSource(self._http, settings.address_book_url),
-            settings.cache_dir / "addressbook.json",
+            cache,
+            ADDRESS_BOOK_NAME,
             ADDRESS_BOOK_MAX_AGE,
         )
         self.addresses = AddressMap(config.sdk_domain, self.book) if config.sdk_domain else None
@@ -65,7 +75,8 @@ class Registry:
             verify=verify, timeout=HTTP_TIMEOUT, follow_redirects=True
         )
         self.revocation = RevocationChecker(
-            settings.cache_dir / "revocation",
+            cache,
+            REVOCATION_PREFIX,
             RevocationPolicy(soft_fail=settings.revocation_soft_fail),
             client=self._revocation_http,
         )

@@ -1,4 +1,4 @@
-"""Revocation checks by OCSP and CRL, cached in memory and on disk.
+"""Revocation checks by OCSP and CRL, cached in memory and in the registry cache.
 
 Digg requires the sender's signing certificate and the SMP certificate to be checked
 for revocation. OCSP (the responder named in the certificate's authority information
@@ -10,8 +10,9 @@ failure, never as "valid" -- unless the policy asks for soft-fail.
 
 Answers are cached until nextUpdate, and refreshed sooner (policy TTLs) while the
 sources answer; a cached answer still within its nextUpdate keeps serving when they
-do not. The disk cache holds the signed DER as fetched and is verified again on load,
-so a restart does not refetch, and a tampered cache file is simply ignored.
+do not. The registry cache (files, or the shared spool's database) holds the signed DER
+as fetched and it is verified again on load, so a restart does not refetch, and a
+tampered cache entry is simply ignored.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import structlog
@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
-from ..files import write_atomic
 from ..sdk.certs import CertificateProblem
+from .cache import Cache
 from .errors import RegistryUnavailable
 
 log = structlog.get_logger(__name__)
@@ -93,21 +93,22 @@ class RevocationChecker:
     """Checks certificates against their issuer's OCSP responder and CRL.
 
     `client` is used for every request (pass one with verify= for HTTPS sources, or
-    with a transport for tests); the policy's timeout applies to each request.
+    with a transport for tests); the policy's timeout applies to each request. Answers
+    are kept in `cache` under names starting with `prefix` (such as "revocation/").
     """
 
     def __init__(
         self,
-        cache_dir: Path,
+        cache: Cache,
+        prefix: str,
         policy: RevocationPolicy | None = None,
         client: httpx.Client | None = None,
     ) -> None:
         self.policy = policy or RevocationPolicy()
         self._own_client = client is None
         self._client = client or httpx.Client(follow_redirects=True)
-        self._ocsp_dir, self._crl_dir = cache_dir / "ocsp", cache_dir / "crl"
-        self._ocsp_dir.mkdir(parents=True, exist_ok=True)
-        self._crl_dir.mkdir(parents=True, exist_ok=True)
+        self._cache = cache
+        self._prefix = prefix
         self._ocsp: dict[str, tuple[datetime, bytes]] = {}  # key -> (fetched, DER)
         self._crls: dict[str, tuple[datetime, x509.CertificateRevocationList]] = {}
 
@@ -183,15 +184,14 @@ class RevocationChecker:
     def _cached_ocsp(
         self, key: str, cert: x509.Certificate, issuer: x509.Certificate, now: datetime
     ) -> _Cached | None:
-        entry = self._ocsp.get(key) or _read(self._ocsp_dir / f"{key}.der")
+        entry = self._ocsp.get(key) or self._read(self._ocsp_name(key))
         if entry is None:
             return None
         fetched, der = entry
         try:
             verdict = self._ocsp_verdict(der, cert, issuer, now)
-        except _Unusable:  # expired, or a damaged cache file
+        except _Unusable:  # expired, or a damaged cache entry: the next answer replaces it
             self._ocsp.pop(key, None)
-            (self._ocsp_dir / f"{key}.der").unlink(missing_ok=True)
             return None
         self._ocsp[key] = entry
         refresh_at = min(verdict.valid_until, fetched + self.policy.ocsp_ttl)
@@ -199,7 +199,10 @@ class RevocationChecker:
 
     def _store_ocsp(self, key: str, fetched: datetime, der: bytes) -> None:
         self._ocsp[key] = (fetched, der)
-        _write(self._ocsp_dir / f"{key}.der", der, fetched)
+        self._write(self._ocsp_name(key), der)
+
+    def _ocsp_name(self, key: str) -> str:
+        return f"{self._prefix}ocsp/{key}.der"
 
     def _ocsp_verdict(
         self, der: bytes, cert: x509.Certificate, issuer: x509.Certificate, now: datetime
@@ -257,7 +260,7 @@ class RevocationChecker:
     ) -> _Cached | None:
         entry = self._crls.get(url)
         if entry is None:
-            raw = _read(self._crl_dir / _crl_file(url))
+            raw = self._read(self._crl_name(url))
             if raw is None:
                 return None
             try:
@@ -277,7 +280,10 @@ class RevocationChecker:
         self, url: str, fetched: datetime, der: bytes, crl: x509.CertificateRevocationList
     ) -> None:
         self._crls[url] = (fetched, crl)
-        _write(self._crl_dir / _crl_file(url), der, fetched)
+        self._write(self._crl_name(url), der)
+
+    def _crl_name(self, url: str) -> str:
+        return f"{self._prefix}crl/{hashlib.sha256(url.encode()).hexdigest()[:32]}.crl"
 
     def _crl_verdict(
         self,
@@ -340,6 +346,27 @@ class RevocationChecker:
         except httpx.HTTPError as e:
             raise _Unusable(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
         return bytes(body)
+
+    # -- the persistent cache
+
+    def _read(self, name: str) -> tuple[datetime, bytes] | None:
+        """A cached answer and when it was fetched (stored), or None."""
+        try:
+            stored = self._cache.get(name)
+        except OSError as e:  # as if never cached: the sources are asked instead
+            log.warning("revocation cache unreadable", name=name, error=str(e))
+            return None
+        if stored is None:
+            return None
+        data, fetched = stored
+        return fetched, data
+
+    def _write(self, name: str, data: bytes) -> None:
+        """Keep a fetched answer; losing it only costs a refetch, so errors are logged."""
+        try:
+            self._cache.put(name, data)
+        except OSError as e:
+            log.warning("revocation cache not written", name=name, error=str(e))
 
 
 def _conclude(verdict: _Verdict, subject: str) -> None:
@@ -426,23 +453,3 @@ def _load_crl(der: bytes) -> x509.CertificateRevocationList:
             return x509.load_pem_x509_crl(der)
         except ValueError as e:
             raise _Unusable(f"not a CRL: {e}") from None
-
-
-def _crl_file(url: str) -> str:
-    return hashlib.sha256(url.encode()).hexdigest()[:32] + ".crl"
-
-
-def _read(path: Path) -> tuple[datetime, bytes] | None:
-    """A cache file and when it was fetched (its modification time)."""
-    try:
-        return datetime.fromtimestamp(path.stat().st_mtime, UTC), path.read_bytes()
-    except OSError:
-        return None
-
-
-def _write(path: Path, data: bytes, fetched: datetime) -> None:
-    """Keep a fetched answer on disk; losing it only costs a refetch, so errors are logged."""
-    try:
-        write_atomic(path, data, mtime=fetched.timestamp())
-    except OSError as e:
-        log.warning("revocation cache not written", file=str(path), error=str(e))

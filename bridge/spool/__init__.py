@@ -3,15 +3,22 @@
 SMTP ingress stores a message here before it answers 250; the outbound worker takes due
 deliveries, and every step it takes is written back, so a restarted bridge resumes where
 the killed one stopped. `Spool` is what the stages rely on; `SQLiteSpool` is the embedded
-default, and a server-backed store can follow by offering the same methods.
+default, and other back ends are plugins offering the same methods (group sdk_bridge.spools).
+
+Work a stage takes from the spool (`claim_due`, `claim_received`, `note_retrieving`,
+`owed_kvittens`, `inbox_due`, `owing_reports`, `held_reports`) is claimed: a back end
+shared by several instances leases it to the one asking, and another instance does not get
+it until the lease runs out (its holder died). Within one instance each stage takes its
+kind of work in rounds, so it may be given again what it holds itself.
 """
 
 import sqlite3
 from collections.abc import Collection
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from .errors import DuplicateMessage, SpoolFull, SpoolUnavailable
 from .sqlite import (
     Delivery,
     Envelope,
@@ -24,15 +31,8 @@ from .sqlite import (
     State,
 )
 
-
-class SpoolUnavailable(Exception):
-    """The store cannot be reached or written now (a database down, a disk full): what a
-    back end raises for it, so that the stages wait and try again instead of failing."""
-
-
-class SpoolFull(SpoolUnavailable):
-    """No room in the store (its disk or quota): SMTP answers 452 4.3.1 for it."""
-
+if TYPE_CHECKING:  # the registry's, kept in a shared spool
+    from ..registry.cache import Cache
 
 # What the stages treat as "the spool cannot do it now": the SQLite default's own errors,
 # and what any other back end raises.
@@ -42,6 +42,7 @@ STORAGE_ERRORS = (OSError, sqlite3.Error, SpoolUnavailable)
 class Spool(Protocol):
     def close(self) -> None: ...
     def discard_partial(self) -> None: ...
+    def registry_cache(self) -> "Cache | None": ...  # None: the registry's own cache_dir
 
     # SMTP ingress
     def incoming(self) -> Path: ...
@@ -50,7 +51,7 @@ class Spool(Protocol):
     ) -> str: ...
 
     # the outbound worker
-    def claim_due(self, limit: int, lease: timedelta) -> list[Delivery]: ...
+    def claim_due(self, limit: int) -> list[Delivery]: ...
     def release_leases(self) -> int: ...
     def update(self, delivery_id: int, **changes: Any) -> None: ...
     def transition(
@@ -59,6 +60,7 @@ class Spool(Protocol):
         from_states: Collection[State],
         *,
         new_sdk_message_id: bool = False,
+        unless_noted: str | None = None,
         **changes: Any,
     ) -> Delivery | None: ...
     def body(self, message_id: str) -> bytes: ...
@@ -82,6 +84,9 @@ class Spool(Protocol):
     def received(
         self, state: str = "new", action: str | None = None, *, limit: int | None = None
     ) -> list[Received]: ...
+    def claim_received(
+        self, limit: int | None = None, *, action: str | None = None, other_than: str | None = None
+    ) -> list[Received]: ...
     def postpone_received(self, received_id: str, until: datetime) -> None: ...
     def held_received(self) -> list[dict[str, Any]]: ...
     def received_payload(self, received_id: str) -> bytes: ...
@@ -97,7 +102,7 @@ class Spool(Protocol):
         kvittens: tuple[OwedKvittens, bytes] | None = None,
         mail: tuple[InboundMail, bytes] | None = None,
         sdk_message_id: str | None = None,
-    ) -> None: ...
+    ) -> bool: ...
 
     # kvittens we send
     def owed_kvittens(self, limit: int = 100) -> list[tuple[OwedKvittens, bytes]]: ...
@@ -117,6 +122,7 @@ class Spool(Protocol):
 __all__ = [
     "STORAGE_ERRORS",
     "Delivery",
+    "DuplicateMessage",
     "Envelope",
     "InboundMail",
     "InboxState",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import move_durably, write_atomic
+from .errors import DuplicateMessage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -123,6 +124,7 @@ ADDED_COLUMNS = {
     },
 }
 RESEND_WINDOW = timedelta(hours=24)  # the same mail again within this is a resend
+LEASE = timedelta(minutes=10)  # a claimed delivery whose worker failed is due again after this
 
 
 class State(StrEnum):
@@ -260,8 +262,12 @@ def _safe_name(message_id: str) -> str:
 
 
 class SQLiteSpool:
-    def __init__(self, directory: Path) -> None:
+    """The spool of one instance: its claims need no leases against others, so only the
+    worker's deliveries carry one (a delivery whose worker failed is due again after it)."""
+
+    def __init__(self, directory: Path, lease: timedelta = LEASE) -> None:
         self.directory = directory
+        self.lease = lease
         self._bodies = directory / "messages"
         self._bodies.mkdir(parents=True, exist_ok=True)
         self._received = directory / "received"
@@ -292,6 +298,10 @@ class SQLiteSpool:
             for column, kind in columns.items():
                 if column not in present:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    def registry_cache(self) -> None:
+        """None: one instance, so the registry keeps its cache in its own cache_dir."""
+        return None
 
     def discard_partial(self) -> None:
         """At start-up of the daemon: mail that was still arriving was never answered 250,
@@ -384,11 +394,12 @@ class SQLiteSpool:
     def store_received(self, item: Received, state: str = "new") -> bool:
         """Keep what the access point handed over, durably, before anything else is done
         with it (Digg's P-Mode deletes it there once retrieved). False: already kept (the
-        first copy stays as it was)."""
+        first copy stays as it was); a `lost` record of it is replaced."""
         with self._lock:
             known = self._db.execute("SELECT state FROM received WHERE id = ?", (item.id,))
-            if known.fetchone() is not None:
-                return False
+            found = known.fetchone()
+        if found is not None and found["state"] != "lost":
+            return False
         self._keep_received(item, state)
         return True
 
@@ -463,18 +474,36 @@ class SQLiteSpool:
         arguments = (state, _now().isoformat()) + ((action,) if action else ())
         with self._lock:
             rows = self._db.execute(query, arguments).fetchall()
-        return [
-            Received(
-                id=row["id"],
-                action=row["action"],
-                original_sender=row["original_sender"],
-                final_recipient=row["final_recipient"],
-                conversation_id=row["conversation_id"],
-                payload=self.received_payload(row["id"]),
-                attempts=row["attempts"],
-            )
-            for row in rows
-        ]
+        return [self._received_item(row) for row in rows]
+
+    def claim_received(
+        self, limit: int | None = None, *, action: str | None = None, other_than: str | None = None
+    ) -> list[Received]:
+        """The new ones due, of one `action` or of all but `other_than`, oldest first."""
+        query = "SELECT * FROM received WHERE state = 'new'"
+        query += " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+        arguments: list[Any] = [_now().isoformat()]
+        if action:
+            query += " AND action = ?"
+            arguments.append(action)
+        if other_than:
+            query += " AND action != ?"
+            arguments.append(other_than)
+        query += " ORDER BY received_at" + (f" LIMIT {int(limit)}" if limit else "")
+        with self._lock:
+            rows = self._db.execute(query, arguments).fetchall()
+        return [self._received_item(row) for row in rows]
+
+    def _received_item(self, row: sqlite3.Row) -> Received:
+        return Received(
+            id=row["id"],
+            action=row["action"],
+            original_sender=row["original_sender"],
+            final_recipient=row["final_recipient"],
+            conversation_id=row["conversation_id"],
+            payload=self.received_payload(row["id"]),
+            attempts=row["attempts"],
+        )
 
     def received_payload(self, received_id: str) -> bytes:
         try:
@@ -542,13 +571,14 @@ class SQLiteSpool:
         kvittens: tuple[OwedKvittens, bytes] | None = None,
         mail: tuple[InboundMail, bytes] | None = None,
         sdk_message_id: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Record what became of a received message in one transaction: its state, the
         kvittens it is owed, the mail for its mailbox (files written durably first) and
-        its SDK messageId, which makes a later message with that id a duplicate.
+        its SDK messageId, which makes a later message with that id a duplicate. False,
+        recording nothing, when it was concluded before (it is no longer new).
 
-        Raise sqlite3.IntegrityError, recording nothing, when the inbox already holds a
-        message with this SDK messageId (a copy judged at the same moment)."""
+        Raise DuplicateMessage, recording nothing, when the inbox already holds a message
+        with this SDK messageId (a copy judged at the same moment)."""
         written = []
         if kvittens is not None:
             written.append(self._kvittens / f"{_safe_name(kvittens[0].id)}.xhe")
@@ -557,11 +587,15 @@ class SQLiteSpool:
             written.append(self._inbox / f"{_safe_name(received_id)}.eml")
             write_atomic(written[-1], mail[1])
         try:
-            self._conclude(received_id, state, note, kvittens, mail, sdk_message_id)
-        except sqlite3.IntegrityError:
+            concluded = self._conclude(received_id, state, note, kvittens, mail, sdk_message_id)
+        except sqlite3.IntegrityError as e:
             for path in written:
                 path.unlink(missing_ok=True)
-            raise
+            raise DuplicateMessage(str(e)) from e
+        if not concluded:
+            for path in written:
+                path.unlink(missing_ok=True)
+        return concluded
 
     def _conclude(
         self,
@@ -571,9 +605,12 @@ class SQLiteSpool:
         kvittens: tuple[OwedKvittens, bytes] | None,
         mail: tuple[InboundMail, bytes] | None,
         sdk_message_id: str | None,
-    ) -> None:
+    ) -> bool:
         now = _now().isoformat()
         with self._lock, self._db:
+            row = self._db.execute("SELECT state FROM received WHERE id = ?", (received_id,))
+            if row.fetchone()["state"] != "new":
+                return False
             if kvittens is not None:
                 k = kvittens[0]
                 self._db.execute(
@@ -608,6 +645,7 @@ class SQLiteSpool:
                 "UPDATE received SET state = ?, note = ?, sdk_message_id = ? WHERE id = ?",
                 (state, note, sdk_message_id, received_id),
             )
+        return True
 
     # --- kvittens we send ----------------------------------------------------------------
 
@@ -765,7 +803,7 @@ class SQLiteSpool:
 
     # --- the worker ------------------------------------------------------------------------
 
-    def claim_due(self, limit: int, lease: timedelta) -> list[Delivery]:
+    def claim_due(self, limit: int) -> list[Delivery]:
         """Queued deliveries whose time has come, leased so no other worker takes them;
         a lease that runs out (its worker died) makes the delivery due again."""
         now = _now().isoformat()
@@ -775,7 +813,7 @@ class SQLiteSpool:
                 " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_attempt_at LIMIT ?",
                 (State.QUEUED, now, now, limit),
             ).fetchall()
-            until = (_now() + lease).isoformat()
+            until = (_now() + self.lease).isoformat()
             self._db.executemany(
                 "UPDATE deliveries SET lease_until = ? WHERE id = ?",
                 [(until, row["id"]) for row in rows],
@@ -795,18 +833,21 @@ class SQLiteSpool:
         from_states: Collection[State],
         *,
         new_sdk_message_id: bool = False,
+        unless_noted: str | None = None,
         **changes: Any,
     ) -> Delivery | None:
-        """Apply `changes` only if the delivery is still in one of `from_states`, in one
-        transaction; None when it was not (someone else moved it first). `notes` are merged
-        into the stored ones (a None value removes a note). `new_sdk_message_id` gives it a
-        new SDK messageId (so a new XHE ID and ebMS MessageId) for sending it again; the old
-        one still finds it."""
+        """Apply `changes` only if the delivery is still in one of `from_states` (and has
+        no note `unless_noted`), in one transaction; None when it was not (someone else
+        moved it first). `notes` are merged into the stored ones (a None value removes a
+        note). `new_sdk_message_id` gives it a new SDK messageId (so a new XHE ID and ebMS
+        MessageId) for sending it again; the old one still finds it."""
         with self._lock, self._db:
             row = self._db.execute(
                 "SELECT * FROM deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
             if row is None or State(row["state"]) not in from_states:
+                return None
+            if unless_noted and json.loads(row["notes"]).get(unless_noted):
                 return None
             if new_sdk_message_id:
                 self._db.execute(

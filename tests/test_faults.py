@@ -48,6 +48,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from bridge.local import LocalRun
 from bridge.sandbox.federation import HOST
+from plugins.postgres_spool import PostgresSpool
 
 pytestmark = pytest.mark.slow
 spool_backend = backends.spool_backend
@@ -375,7 +376,7 @@ def test_the_registry_down_is_served_from_cache_and_a_tampered_smp_answer_is_not
     faulty: Faulty,
 ) -> None:
     """With the address book and SMP down, mail flows on what the bridge cached. Restarted
-    meanwhile, the bridge still knows the address book (its file) but not the certificates
+    meanwhile, the bridge still knows the address book (its cache) but not the certificates
     (memory): RCPT gets 451 4.4.3, never 550, as it does while the SMP's answer does not
     verify. Once the SMP is back and honest, the same mail is accepted and delivered."""
     local, host = faulty.local, faulty.host
@@ -407,7 +408,7 @@ def test_the_registry_down_is_served_from_cache_and_a_tampered_smp_answer_is_not
         smp.tamper = False
         accepted(local, "a", late)
 
-        (local.sandbox.directory / "state" / "a" / "addressbook.json").unlink()
+        forget_the_address_book(local, "a")
         local.kill("a")  # a bridge that never had the book, which is still down
         code, text = offer(local, "a", no_book)
         assert (code, text[:5]) == (451, "4.4.3"), text
@@ -419,6 +420,18 @@ def test_the_registry_down_is_served_from_cache_and_a_tampered_smp_answer_is_not
     delivered_once(local, "b", subjects[2:], 20)
     acknowledged(local, "a", [late, no_book], 20)
     assert not any(about(host, subjects).values())  # nothing for the senders to hear
+
+
+def forget_the_address_book(local: LocalRun, label: str) -> None:
+    """As if `label`'s bridge never had the address book: its cache file, or on a shared
+    spool its row in the database."""
+    with local.spool(label) as spool:
+        if spool.registry_cache() is None:
+            (local.sandbox.directory / "state" / label / "addressbook.json").unlink()
+            return
+        assert isinstance(spool, PostgresSpool)
+        with spool._pool.connection() as db:
+            db.execute("DELETE FROM registry_cache WHERE name = 'addressbook.json'")
 
 
 def test_a_full_spool_answers_4xx_keeps_nothing_and_recovers(faulty: Faulty) -> None:

@@ -61,4 +61,4 @@ async def open_received(
 def _open(data: bytes, receiver: Receiver) -> Opened:
     """open_envelope, less the decrypted bytes: nothing here reads them (the message is
     parsed), and from a crypto worker they would be one more pickled copy of the message."""
-    return dataclasses.replace(open_envelope(data, receiver), plaintext=None)
+    return open_envelope(data, receiver, keep_plaintext=False)

@@ -25,12 +25,14 @@ from .certs import CertificateProblem, check_encryption_certificate, check_signi
 from .keys import KeyPair
 from .names import MAX_MESSAGE_BYTES, MSG_NS, SDK_FEDERATION, UUID, XENC_NS, q
 from .verdict import ACCEPTED, Detail, Outcome, Quarantined, Reason, Rejected, Verdict
-from .xmlsafe import UnsafeXML
+from .xmlsafe import Apart, UnsafeXML, parse_apart
 from .xmlsafe import parse as parse_xml
 
 # A 30 MB message grows by a third in base64, plus the envelope: anything far beyond
 # that is not parsed at all.
 MAX_ENVELOPE_BYTES = 64_000_000
+# A payload CipherValue this long is read from the envelope's bytes, not from its tree.
+APART_BYTES = 1 << 20
 
 
 def seal_message(
@@ -73,8 +75,11 @@ def seal_message(
     return b"".join((head, cipher_value, tail))
 
 
+_CIPHER_VALUE = f"{q(XENC_NS, 'CipherData')}/{q(XENC_NS, 'CipherValue')}"
+
+
 def _payload_cipher_value(encrypted: etree._Element) -> etree._Element:
-    found = encrypted.find(f"{q(XENC_NS, 'CipherData')}/{q(XENC_NS, 'CipherValue')}")
+    found = encrypted.find(_CIPHER_VALUE)
     assert found is not None
     return found
 
@@ -170,15 +175,19 @@ class _Progress:
         return Opened(verdict, **known)
 
 
-def open_envelope(data: bytes, receiver: Receiver, *, decrypt: bool = True) -> Opened:
+def open_envelope(
+    data: bytes, receiver: Receiver, *, decrypt: bool = True, keep_plaintext: bool = True
+) -> Opened:
     """Verify, decrypt and validate one XHE; never raises for bad input.
 
     `decrypt=False` stops after the envelope checks (for inspecting a message without the
-    recipient's key): the verdict then speaks for the envelope only.
+    recipient's key): the verdict then speaks for the envelope only. `keep_plaintext=False`
+    drops the decrypted bytes once they are parsed: for a caller that only reads the
+    message, they would be one more copy of it while its files are decoded.
     """
     progress = _Progress()
     try:
-        _open(data, receiver, progress, decrypt)
+        _open(data, receiver, progress, decrypt, keep_plaintext)
     except (Rejected, Quarantined) as error:
         return progress.result(Verdict.of(error))
     except Exception as error:  # a bug must not turn into a kvittens
@@ -187,10 +196,12 @@ def open_envelope(data: bytes, receiver: Receiver, *, decrypt: bool = True) -> O
     return progress.result(ACCEPTED)
 
 
-def _open(data: bytes, receiver: Receiver, progress: _Progress, decrypt: bool) -> None:
+def _open(
+    data: bytes, receiver: Receiver, progress: _Progress, decrypt: bool, keep_plaintext: bool
+) -> None:
     """Fill `progress`, or raise Rejected / Quarantined."""
     try:
-        root = parse_xml(data, max_bytes=receiver.max_envelope_bytes)
+        root, apart = _parse_envelope(data, receiver.max_envelope_bytes)
     except UnsafeXML as e:
         raise Quarantined(f"envelope: {e}") from None
     progress.envelope_id, progress.from_party, progress.to_party = xhe.identity(root)
@@ -202,7 +213,9 @@ def _open(data: bytes, receiver: Receiver, progress: _Progress, decrypt: bool) -
 
     # 1. The signature, before anything in the envelope is believed.
     try:
-        progress.signer = signer = xmldsig.verify(root)
+        progress.signer = signer = xmldsig.verify(
+            root, replacing=None if apart is None else (apart.placeholder.encode(), apart.text)
+        )
     except xmldsig.SignatureInvalid as e:
         raise Rejected(Reason.SIG, Detail.SECURITY, f"signature: {e}") from None
     if receiver.sender_signing_certs is not None and not _published(
@@ -236,10 +249,12 @@ def _open(data: bytes, receiver: Receiver, progress: _Progress, decrypt: bool) -
     if not decrypt:
         return
     try:
-        progress.plaintext = plaintext = xmlenc.decrypt(content[0], receiver.decryption_keys)
+        plaintext = xmlenc.decrypt(content[0], receiver.decryption_keys, apart)
     except xmlenc.DecryptionError as e:
         raise Quarantined(f"payload cannot be decrypted: {e}") from None
     del root, content  # the envelope tree, its ciphertext with it, is not read again
+    if keep_plaintext:
+        progress.plaintext = plaintext
     if len(plaintext) > MAX_MESSAGE_BYTES:
         raise msg.too_long()
 
@@ -248,11 +263,29 @@ def _open(data: bytes, receiver: Receiver, progress: _Progress, decrypt: bool) -
         element = parse_xml(plaintext, max_bytes=MAX_MESSAGE_BYTES)
     except UnsafeXML as e:
         raise Quarantined(f"decrypted payload: {e}") from None
+    del plaintext
     if element.tag != q(MSG_NS, "messagePayload"):
         # Like an undecryptable payload: answering would make CBC a padding oracle.
         raise Quarantined("decrypted payload: not an SDK business message")
     progress.message = message = msg.from_element(element)
     _check_consistency(header, message, receiver)
+
+
+def _parse_envelope(data: bytes, max_bytes: int) -> tuple[etree._Element, Apart | None]:
+    """The envelope's tree, with a long payload CipherValue left in `data` (see
+    `xmlsafe.parse_apart`): the signature's digest and the decryption read it from there.
+
+    Taken apart only when the placeholder is the whole text of the payload's one
+    CipherValue, the very element `xmlenc.decrypt` reads; anything else is parsed whole.
+    """
+    root, apart = parse_apart(data, max_bytes=max_bytes, min_text=APART_BYTES)
+    if apart is None:
+        return root, None
+    content = xhe.payload_content(root)
+    cipher_values = content[0].findall(_CIPHER_VALUE) if len(content) == 1 else []
+    if len(cipher_values) == 1 and cipher_values[0].text == apart.placeholder:
+        return root, apart
+    return parse_xml(data, max_bytes=max_bytes), None
 
 
 def _published(signer: x509.Certificate, published: list[x509.Certificate]) -> bool:

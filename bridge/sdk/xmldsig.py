@@ -49,12 +49,22 @@ def _remove_keeping_tail(element: etree._Element) -> None:
         parent.text = (parent.text or "") + tail
 
 
-def _document_digest(root: etree._Element, replacing: tuple[bytes, bytes] | None = None) -> bytes:
+# (placeholder, text): the document in which the one text node `placeholder` is `text`.
+Replacing = tuple[bytes, bytes | memoryview]
+
+
+def _document_digest(root: etree._Element, replacing: Replacing | None = None) -> bytes:
+    """The SHA-256 of the document's c14n; with `replacing`, of the c14n of the document in
+    which `text` stands for `placeholder`, without making it: for text that c14n writes as
+    it is (base64), it is the same bytes in the same place."""
     canonical = _c14n(root.getroottree())
     if replacing is None:
         return hashlib.sha256(canonical).digest()
     placeholder, text = replacing
-    head, tail = canonical.split(placeholder)  # it occurs exactly once
+    parts = canonical.split(placeholder)
+    if len(parts) != 2:  # the placeholder is random: a second one is an attack, or a bug
+        raise SignatureInvalid("the document cannot be canonicalised in parts")
+    head, tail = parts
     digest = hashlib.sha256(head)
     digest.update(text)
     digest.update(tail)
@@ -65,7 +75,7 @@ def sign(
     root: etree._Element,
     key: rsa.RSAPrivateKey,
     cert: x509.Certificate,
-    replacing: tuple[bytes, bytes] | None = None,
+    replacing: Replacing | None = None,
 ) -> None:
     """Append an enveloped signature over the whole document to `root`.
 
@@ -108,7 +118,11 @@ def _b64(element: etree._Element, what: str) -> bytes:
         raise SignatureInvalid(f"{what} is not valid base64") from None
 
 
-def verify(root: etree._Element, canonicalizations: Collection[str] = (C14N,)) -> x509.Certificate:
+def verify(
+    root: etree._Element,
+    canonicalizations: Collection[str] = (C14N,),
+    replacing: Replacing | None = None,
+) -> x509.Certificate:
     """Check the document's enveloped signature; return the certificate that made it.
 
     SDK envelopes use c14n 1.0; SMP documents may use c14n 1.1, which gives the same bytes
@@ -118,6 +132,9 @@ def verify(root: etree._Element, canonicalizations: Collection[str] = (C14N,)) -
     success the tree holds exactly the content that was signed. Only says the signature is
     intact and made with that certificate's key; whether the certificate may speak for the
     sender is the caller's question.
+
+    `replacing` (placeholder, text): verify the document in which the one text node
+    `placeholder` is `text` instead (see `sign` and `xmlsafe.parse_apart`).
     """
     signatures = list(root.iter(q(DS_NS, "Signature")))
     if not signatures:
@@ -160,7 +177,7 @@ def verify(root: etree._Element, canonicalizations: Collection[str] = (C14N,)) -
 
     signed_bytes = _c14n(signed_info)  # in its place: c14n 1.0 takes inherited namespaces
     _remove_keeping_tail(signature)
-    digest = _document_digest(root)
+    digest = _document_digest(root, replacing)
     if not hmac.compare_digest(digest, expected_digest):
         raise SignatureInvalid("the signed content has been changed (digest mismatch)")
     try:

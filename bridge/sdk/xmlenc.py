@@ -8,7 +8,7 @@ several keys (certificate rollover) knows which one to use.
 import base64
 import binascii
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -18,7 +18,7 @@ from lxml import etree
 
 from .keys import KeyPair
 from .names import AES256_CBC, DS_NS, RSA_OAEP_MGF1P, SHA1, XENC_ELEMENT, XENC_NS, q
-from .xmlsafe import base64_text
+from .xmlsafe import Apart, base64_text, decode_base64_pieces
 
 _OAEP = asym_padding.OAEP(
     mgf=asym_padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes.SHA1(), label=None
@@ -105,8 +105,15 @@ def _algorithm(element: etree._Element, path: str, what: str) -> str:
     return _one(element, path, what).get("Algorithm", "")
 
 
-def decrypt(encrypted_data: etree._Element, keys: list[KeyPair]) -> bytearray:
-    """The plaintext element bytes, using whichever of `keys` the sender encrypted to."""
+def decrypt(
+    encrypted_data: etree._Element, keys: list[KeyPair], apart: Apart | None = None
+) -> bytearray:
+    """The plaintext element bytes, using whichever of `keys` the sender encrypted to.
+
+    `apart`: the payload's CipherValue was left out of the tree (`xmlsafe.parse_apart`); its
+    text is decoded and decrypted a piece at a time, so that no whole copy of it, nor of
+    the ciphertext, is ever made.
+    """
     if encrypted_data.tag != q(XENC_NS, "EncryptedData"):
         raise DecryptionError("the payload is not an xenc:EncryptedData")
     if encrypted_data.get("Type") != XENC_ELEMENT:
@@ -114,18 +121,40 @@ def decrypt(encrypted_data: etree._Element, keys: list[KeyPair]) -> bytearray:
     if _algorithm(encrypted_data, "xenc:EncryptionMethod", "EncryptionMethod") != AES256_CBC:
         raise DecryptionError("the payload cipher must be aes256-cbc")
     session_key = _unwrap_session_key(encrypted_data, keys)
-    blob = _decode(
-        _one(encrypted_data, "xenc:CipherData/xenc:CipherValue", "CipherValue"), "CipherValue"
-    )
-    if len(blob) < 32 or len(blob) % 16:
+    cipher_value = _one(encrypted_data, "xenc:CipherData/xenc:CipherValue", "CipherValue")
+    if apart is None:
+        blob = _decode(cipher_value, "CipherValue")
+        return _decrypt_cbc(session_key, [blob], len(blob))
+    if cipher_value.text != apart.placeholder:
+        raise DecryptionError("the CipherValue taken apart is not this payload's")
+    return _decrypt_cbc(session_key, _decoded(apart.text), len(apart.text) // 4 * 3)
+
+
+def _decoded(text: memoryview) -> Iterator[bytes]:
+    try:
+        yield from decode_base64_pieces(text)
+    except ValueError:
+        raise DecryptionError("CipherValue is not valid base64") from None
+
+
+def _decrypt_cbc(session_key: bytes, blob: Iterable[bytes], most: int) -> bytearray:
+    """IV and ciphertext, given in pieces of at most `most` bytes in all, decrypted into one
+    buffer and cut there: no copies for the IV, the padding or the concatenation."""
+    plaintext = bytearray(most + 15)  # update_into wants room for one more block
+    iv, decryptor, size, length = b"", None, 0, 0
+    for piece in blob:
+        view = memoryview(piece)
+        length += len(view)
+        if decryptor is None:
+            taken = 16 - len(iv)
+            iv, view = iv + view[:taken], view[taken:]
+            if len(iv) < 16:
+                continue
+            decryptor = Cipher(algorithms.AES(session_key), modes.CBC(iv)).decryptor()
+        size += decryptor.update_into(view, memoryview(plaintext)[size:])
+    if decryptor is None or length < 32 or length % 16:
         raise DecryptionError("the ciphertext has an impossible length")
-    decryptor = Cipher(algorithms.AES(session_key), modes.CBC(blob[:16])).decryptor()
-    # Decrypted into one buffer and cut there: no copies for the IV, the padding or the
-    # concatenation (update_into wants room for one more block).
-    plaintext = bytearray(len(blob) - 16 + 15)
-    size = decryptor.update_into(memoryview(blob)[16:], plaintext)
     decryptor.finalize()
-    del blob
     pad = plaintext[size - 1]
     if not 1 <= pad <= 16:
         raise DecryptionError("the payload does not decrypt with this key")

@@ -10,6 +10,10 @@ bridge and of the sandbox (which in production runs elsewhere); how busy the mac
 and `crypto_limit_msgs_per_s`, what the RSA private-key operations alone allow on this
 machine, measured in the same run: each message costs A one signature, and B one
 decryption and one kvittens signature.
+
+The spools are SQLite, or PostgreSQL databases made for the run and dropped after it; on
+PostgreSQL several bridges of A may share one database and the sessions between them, as
+a region's gateways do, each with its own CPU and RSS in the report.
 """
 
 import contextlib
@@ -23,17 +27,23 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from pathlib import Path
 from statistics import quantiles
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import psycopg
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
+from . import plugins
 from .benchmark import rate
 from .local import LocalRun, LocalRunFailed
 from .sandbox.federation import DOMAIN, HOST
@@ -66,76 +76,140 @@ def run(
     progress: bool = False,
     rate: float | None = None,
     imap: str | None = None,
-) -> dict[str, object]:
+    postgres: str | None = None,
+    instances: int = 1,
+) -> dict[str, Any]:
     """`imap`: `imap://user:password@host:port/folder` (plain IMAP, loopback only) or
     `imaps://...[?cafile=PATH]`, a running IMAP server that B delivers into instead of its
-    Maildir."""
+    Maildir. `postgres`: the DSN through which A's and B's spools are made in throw-away
+    databases (`_databases`) instead of SQLite; `instances`: how many bridges of A share
+    the SMTP sessions, all on A's database (more than one needs `postgres`)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (choose {', '.join(PROFILES)})")
+    if instances < 1 or (instances > 1 and not postgres):
+        raise ValueError("more than one instance of A needs a PostgreSQL spool")
     mailbox = Mailbox(imap) if imap else None
     if profile == "max":
         messages = 1
     crypto_limit = _crypto_limit(key_size)
     directory = directory or Path(tempfile.mkdtemp(prefix="sdk-bridge-bench-"))
-    local = LocalRun(
-        directory,
-        key_size,
-        poll_seconds=0.2,
-        deliver_to={"b": mailbox.settings()} if mailbox else None,
-    )
-    local.start()
-    watch = mailbox.watch if mailbox else _maildir_watch(local)
-    try:
-        watch()  # the first look: what is there already does not count
-        mails = [_mail(profile, number) for number in range(messages)]
-        local.send("a", FROM, TO_B, _mail("10kb", -1))  # warm up: address book, certificates
-        _wait_for_mailbox(watch, {"bench-warm-up"}, _Progress(), 120)
-        state = _Progress()
-        before = {label: _usage(bridge.process.pid) for label, bridge in local.bridges.items()}
-        own_before, machine_before = resource.getrusage(resource.RUSAGE_SELF), _machine_cpu()
-        started = time.monotonic()
-        senders = _send_all(local, mails, concurrency, state, rate)
-        other = _OtherSession(local) if profile == "max" else None
-        subjects = {str(mail["Subject"]) for mail in mails}
-        _wait_for_mailbox(watch, subjects, state, 300 + messages, progress)
-        for sender in senders:
-            sender.join()
-        others = other.stop() if other else []
-        _wait_for_kvittens(local, messages + 1 + len(others), 300 + messages)
-        wall = time.monotonic() - started
-        usage = {label: _usage(bridge.process.pid) for label, bridge in local.bridges.items()}
-        own_after, machine_after = resource.getrusage(resource.RUSAGE_SELF), _machine_cpu()
-    finally:
-        local.stop()
-        if mailbox:
-            mailbox.close()
-    to_mailbox = [state.arrived_at[s] - state.sent_at[s] for s in subjects]
-    size = sum(len(mail.as_bytes()) for mail in mails) // max(len(mails), 1)
+    with _databases(postgres) if postgres else contextlib.nullcontext({}) as spools:
+        local = LocalRun(
+            directory,
+            key_size,
+            poll_seconds=0.2,
+            deliver_to={"b": mailbox.settings()} if mailbox else None,
+            spools=spools,
+        )
+        local.start()
+        try:
+            names = ["a"]
+            for number in range(2, instances + 1):
+                names.append(f"a{number}")
+                local.start_instance("a", names[-1])
+            watch = mailbox.watch if mailbox else _maildir_watch(local)
+            measured = _measure(local, names, watch, messages, concurrency, profile, rate, progress)
+        finally:
+            local.stop()
+            if mailbox:
+                mailbox.close()
     return {
         "profile": profile,
         "messages": messages,
         "concurrency": concurrency,
+        "spool": "postgres" if postgres else "sqlite",
+        "instances": instances,  # of A, sharing the sessions; each one in `bridges`
         "mailbox": "imap" if mailbox else "maildir",
         "offered_rate_msgs_per_s": rate,  # None: as fast as the sessions go
-        "mean_mail_bytes": size,
         "key_size": key_size,
+        **measured,
+        "crypto_limit_msgs_per_s": round(crypto_limit, 1),
+        "share_of_crypto_limit": round(messages / measured["wall_seconds"] / crypto_limit, 3),
+    }
+
+
+@contextlib.contextmanager
+def _databases(dsn: str) -> Iterator[dict[str, dict[str, str]]]:
+    """A throw-away database for each organisation's spool, made through `dsn` (a role
+    that may CREATE DATABASE), upgraded as `sdk-bridge db upgrade` does it, and dropped
+    after the run with whatever is still connected to it: `spools` for LocalRun."""
+    names = {label: f"sdk_bridge_bench_{uuid.uuid4().hex[:12]}_{label}" for label in ("a", "b")}
+    upgrade = plugins.factory(plugins.SPOOLS, "postgres").upgrade
+    try:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            for name in names.values():
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        spools = {}
+        for label, name in names.items():
+            spools[label] = {"backend": "postgres", "dsn": make_conninfo(dsn, dbname=name)}
+            upgrade(spools[label])
+    except (psycopg.Error, plugins.PluginError) as e:
+        raise LocalRunFailed(f"the spool databases could not be made: {e}") from e
+    try:
+        yield spools
+    finally:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as admin:
+                for name in names.values():
+                    drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                    admin.execute(drop.format(sql.Identifier(name)))
+        except psycopg.Error as e:
+            raise LocalRunFailed(f"{', '.join(names.values())} not dropped: {e}") from e
+
+
+def _measure(
+    local: LocalRun,
+    instances: list[str],
+    watch: Callable[[], list[str]],
+    messages: int,
+    concurrency: int,
+    profile: str,
+    rate: float | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """The run on started bridges: a warm-up mail through each of A's `instances`, then the
+    mails from `concurrency` sessions spread over them, until every mail is in B's mailbox
+    (`watch`) and every kvittens is back at A."""
+    watch()  # the first look: what is there already does not count
+    mails = [_mail(profile, number) for number in range(messages)]
+    for number, name in enumerate(instances, 1):  # warm up: address book, certificates
+        local.send(name, FROM, TO_B, _mail("10kb", -number))
+    warm_ups = {f"bench-warm-up-{number}" for number in range(1, len(instances) + 1)}
+    _wait_for_mailbox(watch, warm_ups, _Progress(), 120)
+    state = _Progress()
+    before = {name: _usage(bridge.process.pid) for name, bridge in local.bridges.items()}
+    own_before, machine_before = resource.getrusage(resource.RUSAGE_SELF), _machine_cpu()
+    started = time.monotonic()
+    ports = [local.bridges[name].port for name in instances]
+    senders = _send_all(ports, mails, concurrency, state, rate)
+    other = _OtherSession(local) if profile == "max" else None
+    subjects = {str(mail["Subject"]) for mail in mails}
+    _wait_for_mailbox(watch, subjects, state, 300 + messages, progress)
+    for sender in senders:
+        sender.join()
+    others = other.stop() if other else []
+    _wait_for_kvittens(local, messages + len(instances) + len(others), 300 + messages)
+    wall = time.monotonic() - started
+    usage = {name: _usage(bridge.process.pid) for name, bridge in local.bridges.items()}
+    own_after, machine_after = resource.getrusage(resource.RUSAGE_SELF), _machine_cpu()
+    to_mailbox = [state.arrived_at[s] - state.sent_at[s] for s in subjects]
+    return {
+        "mean_mail_bytes": sum(len(mail.as_bytes()) for mail in mails) // max(len(mails), 1),
         "wall_seconds": round(wall, 2),
         "end_to_end_msgs_per_s": round(messages / wall, 2),
         "smtp_accept_p50_ms": _ms(state.accept_seconds, 50),
         "smtp_accept_p99_ms": _ms(state.accept_seconds, 99),
         "accept_to_mailbox_p50_ms": _ms(to_mailbox, 50),
         "accept_to_mailbox_p99_ms": _ms(to_mailbox, 99),
-        "crypto_limit_msgs_per_s": round(crypto_limit, 1),
-        "share_of_crypto_limit": round(messages / wall / crypto_limit, 3),
-        "bridges": {
-            label: {
-                **usage[label],
+        "bridges": {  # A's instances by name (a, a2, ...), and B
+            name: {
+                **usage[name],
                 "cpu_ms_per_message": round(
-                    1000 * (usage[label]["cpu_seconds"] - before[label]["cpu_seconds"]) / messages,
+                    1000 * (usage[name]["cpu_seconds"] - before[name]["cpu_seconds"]) / messages,
                     1,
                 ),
             }
-            for label in usage
+            for name in usage
         },
         # The sandbox (access points, address book, SMP) and the SMTP clients run in this
         # process: CPU that in production is spent on other machines.
@@ -155,7 +229,9 @@ def format_table(result: dict[str, object]) -> str:
     assert isinstance(bridges, dict)
     lines = [
         f"profile {result['profile']}: {result['messages']} mails of ~{result['mean_mail_bytes']:,}"
-        f" bytes, {result['concurrency']} SMTP sessions, RSA-{result['key_size']}"
+        f" bytes, {result['concurrency']} SMTP sessions, RSA-{result['key_size']},"
+        f" {result['spool']} spool"
+        + (f", {result['instances']} bridges of A" if result["instances"] != 1 else "")
         + (
             f", offered at {result['offered_rate_msgs_per_s']} msgs/s"
             if result["offered_rate_msgs_per_s"]
@@ -172,7 +248,7 @@ def format_table(result: dict[str, object]) -> str:
     ]
     for label, usage in bridges.items():
         lines.append(
-            f"  bridge {label.upper()}             peak RSS {usage['peak_rss_mb']} MB,"
+            f"  bridge {label.upper():<14}peak RSS {usage['peak_rss_mb']} MB,"
             f" CPU {usage['cpu_seconds']} s ({usage['processes']} processes),"
             f" {usage['cpu_ms_per_message']} ms per message"
         )
@@ -186,7 +262,7 @@ def format_table(result: dict[str, object]) -> str:
 def _mail(profile: str, number: int) -> EmailMessage:
     mail = EmailMessage()
     mail["From"], mail["To"] = FROM, TO_B
-    mail["Subject"] = "bench-warm-up" if number < 0 else f"bench-{number:06d}"
+    mail["Subject"] = f"bench-warm-up{number}" if number < 0 else f"bench-{number:06d}"
     kind = profile if profile != "mixed" else ("1mb" if number % 10 == 9 else "10kb")
     text = "Bänkprov av sdk-bridge: åäö ÅÄÖ. " * 300  # about 10 KB
     mail.set_content(text)
@@ -198,21 +274,22 @@ def _mail(profile: str, number: int) -> EmailMessage:
 
 
 def _send_all(
-    local: LocalRun,
+    ports: list[int],
     mails: list[EmailMessage],
     concurrency: int,
     state: _Progress,
     rate: float | None = None,
 ) -> list[threading.Thread]:
-    """Each session sends one mail after another; with `rate` (mails per second, all
-    sessions together) mail number i is not begun before i / rate seconds."""
+    """Each session sends one mail after another, session i to A's bridge at port
+    i mod len(ports); with `rate` (mails per second, all sessions together) mail number i
+    is not begun before i / rate seconds."""
     work: queue.SimpleQueue[tuple[float, EmailMessage]] = queue.SimpleQueue()
     start = time.monotonic()
     for number, mail in enumerate(mails):
         work.put((start + number / rate if rate else start, mail))
 
-    def session() -> None:
-        with smtplib.SMTP(HOST, local.bridges["a"].port, timeout=300) as smtp:
+    def session(port: int) -> None:
+        with smtplib.SMTP(HOST, port, timeout=300) as smtp:
             while True:
                 try:
                     due, mail = work.get_nowait()
@@ -231,7 +308,9 @@ def _send_all(
                     state.accept_seconds.append(done - begun)
                     state.sent_at[str(mail["Subject"])] = done
 
-    threads = [threading.Thread(target=session) for _ in range(concurrency)]
+    threads = [
+        threading.Thread(target=session, args=(ports[i % len(ports)],)) for i in range(concurrency)
+    ]
     for thread in threads:
         thread.start()
     return threads

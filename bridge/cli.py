@@ -545,12 +545,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UsageError("--messages and --concurrency must be at least 1")
     if args.rate is not None and args.rate <= 0:
         raise UsageError("--rate must be above 0")
+    if args.instances < 1:
+        raise UsageError("--instances must be at least 1")
+    if args.instances > 1 and not args.postgres:
+        raise UsageError("--instances above 1 needs --postgres: the instances share a database")
     if args.imap:
         try:
             bench.Mailbox(args.imap)
         except ValueError as e:
             raise UsageError(str(e)) from None
     if args.smtp_source:
+        if args.postgres:
+            raise UsageError("--smtp-source measures the SQLite spool; not with --postgres")
         return _bench_smtp_source(args)
     if args.postfix:
         raise UsageError("--postfix goes with --smtp-source")
@@ -564,6 +570,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             progress=sys.stderr.isatty(),
             rate=args.rate,
             imap=args.imap,
+            postgres=args.postgres,
+            instances=args.instances,
         )
     except (LocalRunFailed, OSError, imaplib.IMAP4.error) as e:  # IMAP: --imap's server
         print(f"sdk-bridge bench: {e}", file=sys.stderr)
@@ -877,6 +885,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate",
         type=float,
         help="offer mails at this many per second, all sessions together (default: open rate)",
+    )
+    load.add_argument(
+        "--postgres",
+        metavar="DSN",
+        help="spools on PostgreSQL instead of SQLite: through DSN (a libpq connection string"
+        " or URL, of a role that may CREATE DATABASE) the run makes a throw-away database for"
+        " A and one for B, and drops them when it ends",
+    )
+    load.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="bridges of A on its one database, the SMTP sessions spread over them"
+        " (default 1; more needs --postgres)",
     )
     load.add_argument(
         "--smtp-source",

@@ -3,7 +3,8 @@
 What `sdk-bridge demo` and `sdk-bridge bench` stand on: the sandbox (address book,
 SMP/CertPub, access points) in this process, and for organisations A and B a real
 `sdk-bridge run` each, a child process with its log in the run's directory and its
-registrator's incoming mail in a Maildir.
+registrator's incoming mail in a Maildir. An organisation whose spool is a database may
+get more instances (`start_instance`), as a region runs several gateways on one database.
 """
 
 import contextlib
@@ -19,11 +20,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from . import config
 from .sandbox.federation import HOST, Sandbox
+from .sandbox.sml import free_tcp_port
 from .spool import Spool
 
 START_TIMEOUT = 30.0  # seconds for a bridge to say it is ready
@@ -36,7 +39,7 @@ class LocalRunFailed(Exception):
 
 @dataclass
 class RunningBridge:
-    label: str
+    label: str  # the organisation
     process: subprocess.Popen[str]
     port: int  # SMTP
     log: Path
@@ -68,6 +71,7 @@ class LocalRun:
         self.poll_seconds = poll_seconds
         self.outbound = outbound or {}
         self.deliver_to = deliver_to or {}
+        # By instance name: the organisation's label for its first bridge.
         self.bridges: dict[str, RunningBridge] = {}
 
     def start(self) -> None:
@@ -75,7 +79,7 @@ class LocalRun:
         try:
             self.sandbox.start()
             for label in ("a", "b"):
-                self.bridges[label] = self._start_bridge(label)
+                self.bridges[label] = self._start_bridge(label, label)
         except BaseException:
             self.stop()
             raise
@@ -93,25 +97,41 @@ class LocalRun:
                 bridge.process.stdout.close()
         self.sandbox.stop()
 
-    def kill(self, label: str) -> None:
-        """SIGKILL `label`'s bridge and start it again, as systemd would restart it."""
-        bridge = self.bridges[label]
+    def start_instance(self, label: str, name: str) -> RunningBridge:
+        """Another bridge of organisation `label`, called `name` here (`bridges[name]`,
+        `config(name)`, `spool(name)`), on the same spool database as its first: its own
+        SMTP and admin ports, spool directory and registry cache, as on another machine;
+        the same access point, keys and mailboxes. Started after `start`."""
+        if name in self.bridges:
+            raise ValueError(f"there is a bridge called {name!r} already")
+        if isinstance(self._settings(label)["spool"], str):
+            raise ValueError(
+                f"{label.upper()}'s spool is SQLite: a second instance needs a database"
+            )
+        self.bridges[name] = self._start_bridge(label, name)
+        return self.bridges[name]
+
+    def kill(self, name: str, restart: bool = True) -> None:
+        """SIGKILL the bridge `name` and start it again, as systemd would restart it (or,
+        without `restart`, leave it dead, as a machine that went down)."""
+        bridge = self.bridges[name]
         bridge.process.kill()
         bridge.process.wait()
         if bridge.process.stdout is not None:
             bridge.process.stdout.close()
-        self.bridges[label] = self._start_bridge(label)
+        if restart:
+            self.bridges[name] = self._start_bridge(bridge.label, name)
 
     def maildir(self, label: str) -> Path:
         """Where `label`'s registrator gets its mail."""
         return self.sandbox.maildir(self.sandbox.organisations[label].addresses[0])
 
-    def send(self, label: str, sender: str, recipient: str, mail: EmailMessage) -> None:
-        """Send through `label`'s bridge as an MTA would: a 4xx is tried again a while."""
+    def send(self, name: str, sender: str, recipient: str, mail: EmailMessage) -> None:
+        """Send through bridge `name` as an MTA would: a 4xx is tried again a while."""
         deadline = time.monotonic() + SEND_RETRY_SECONDS
         while True:
             try:
-                with smtplib.SMTP(HOST, self.bridges[label].port, timeout=60) as smtp:
+                with smtplib.SMTP(HOST, self.bridges[name].port, timeout=60) as smtp:
                     smtp.send_message(mail, sender, [recipient])
                 return
             except smtplib.SMTPRecipientsRefused as e:
@@ -119,9 +139,9 @@ class LocalRun:
                 if code < 500 and time.monotonic() < deadline:
                     time.sleep(0.3)
                     continue
-                raise LocalRunFailed(f"{label.upper()} refused {recipient}: {code} {text!r}") from e
+                raise LocalRunFailed(f"{name.upper()} refused {recipient}: {code} {text!r}") from e
             except (smtplib.SMTPException, OSError) as e:
-                raise LocalRunFailed(f"sending to {label.upper()} failed: {e}") from e
+                raise LocalRunFailed(f"sending to {name.upper()} failed: {e}") from e
 
     def kvittens(self, label: str) -> dict[str, str]:
         """SDK messageId -> the kvittens outcome `label` holds for what it sent."""
@@ -133,26 +153,41 @@ class LocalRun:
         outcomes = {d.sdk_message_id: d.notes.get("kvittens") for d in deliveries}
         return {sdk_id: outcome for sdk_id, outcome in outcomes.items() if outcome}
 
-    def spool(self, label: str) -> contextlib.AbstractContextManager[Spool]:
-        """`label`'s spool, opened as its running bridge's configuration names it."""
-        return opened_spool(self.config(label))
+    def spool(self, name: str) -> contextlib.AbstractContextManager[Spool]:
+        """Bridge `name`'s spool, opened as its configuration names it."""
+        return opened_spool(self.config(name))
 
-    def config(self, label: str) -> Path:
-        return self.sandbox.directory / f"local-{label}.yaml"
+    def config(self, name: str) -> Path:
+        return self.sandbox.directory / f"local-{name}.yaml"
 
-    def _start_bridge(self, label: str) -> RunningBridge:
-        settings = yaml.safe_load(self.sandbox.config_path(label).read_text())
+    def _settings(self, label: str) -> dict[str, Any]:
+        """The sandbox's configuration of `label`'s bridge with this run's changes."""
+        settings: dict[str, Any] = yaml.safe_load(self.sandbox.config_path(label).read_text())
         outbound = {"poll_seconds": self.poll_seconds, **self.outbound.get(label, {})}
         settings["outbound"] = {**settings.get("outbound", {}), **outbound}
         if label in self.deliver_to:
             for address in settings["functional_addresses"]:
                 address["deliver_to"] = self.deliver_to[label]
-        config = self.config(label)
+        return settings
+
+    def _start_bridge(self, label: str, name: str) -> RunningBridge:
+        """The bridge `name` of organisation `label`: its first (the sandbox's ports and
+        directories) when `name` is the label, else another instance."""
+        settings = self._settings(label)
+        port = self.sandbox.smtp_port(label)
+        state = Path("state") / label
+        if name != label:
+            port, state = free_tcp_port(), Path("state") / f"{label}-{name}"
+            settings["smtp"]["listen"] = [f"{HOST}:{port}"]
+            settings["admin"]["listen"] = f"{HOST}:{free_tcp_port()}"
+            settings["registry"]["cache_dir"] = str(state)
+            settings["spool"]["directory"] = str(state / "spool")  # its name on its leases
+        config = self.config(name)
         config.write_text(yaml.safe_dump(settings, allow_unicode=True, sort_keys=False))
-        log = self.directory / f"bridge-{label}.log"
+        log = self.directory / f"bridge-{name}.log"
         process = start_bridge(config, log)
-        spool = self.sandbox.directory / "state" / label / "spool"
-        return RunningBridge(label, process, self.sandbox.smtp_port(label), log, spool)
+        spool = self.sandbox.directory / state / "spool"
+        return RunningBridge(label, process, port, log, spool)
 
 
 def start_bridge(config: Path, log: Path) -> subprocess.Popen[str]:

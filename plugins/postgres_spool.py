@@ -884,11 +884,12 @@ class PostgresSpool:
                 return None
             if unless_noted and row["notes"].get(unless_noted):
                 return None
-            if changes.get("notes", {}).get("report"):
+            if "report" in changes.get("notes", {}):  # owed: this instance sends it; or sent
+                owed = changes["notes"]["report"] is not None
                 db.execute(
-                    "UPDATE deliveries SET report_lease_until = now() + %s,"
-                    " report_lease_owner = %s WHERE id = %s",
-                    (self.lease, self.instance, delivery_id),
+                    "UPDATE deliveries SET report_lease_until = CASE WHEN %s THEN now() + %s END,"
+                    " report_lease_owner = CASE WHEN %s THEN %s END WHERE id = %s",
+                    (owed, self.lease, owed, self.instance, delivery_id),
                 )
             if new_sdk_message_id:
                 db.execute(

@@ -589,6 +589,12 @@ def test_two_instances_never_take_the_same_inbound_work(open_instance: OpenSpool
     assert a.transition(delivery.id, {State.QUEUED}, notes={"report": report}) is not None
     assert b.owing_reports() == []  # a, which recorded it, sends it now
     assert [d.id for d in a.owing_reports()] == [delivery.id]
+    a.transition(delivery.id, set(State), notes={"report": None})  # sent
+    assert isinstance(a, PostgresSpool)
+    with a._pool.connection() as db:
+        held = db.execute("SELECT report_lease_owner FROM deliveries WHERE id = %s", (delivery.id,))
+        assert held.fetchone() == {"report_lease_owner": None}
+    a.transition(delivery.id, {State.QUEUED}, notes={"report": report})  # owed again
     a.hold_report("anna@kommun.se", b"report")
     assert len(a.held_reports()) == 1 and b.held_reports() == []
     a.close()

@@ -28,6 +28,7 @@ from psycopg import sql
 from test_crash import FROM, TO_B, in_mailbox, mail, recover_lost
 
 from bridge.local import LocalRun
+from bridge.outbound.receipts import KVITTENS_ACTION
 from bridge.outbound.worker import MESSAGE_ACTION
 from bridge.sandbox.federation import HOST
 from plugins.postgres_spool import PostgresSpool
@@ -184,5 +185,49 @@ def test_two_instances_one_killed_lose_and_double_nothing(
             f" leases in its name when killed: {claimed};"
             f" recovered from the access point's retention: {recovered}"
         )
+    finally:
+        local.stop()
+
+
+RECEIVED = 300  # mails for the two receiving instances
+
+
+@pytest.mark.slow
+def test_two_receiving_instances_take_each_message_once(
+    tmp_path: Path, postgres_server: postgres.PostgreSQL
+) -> None:
+    """Two bridges of B poll one access point: each message is retrieved, judged, answered
+    and delivered by one of them, never both (no second kvittens, no message recorded lost
+    because the other had fetched it); one killed midway for good, the other finishes."""
+    spools = backends.SpoolBackend("postgres", postgres_server).spools()
+    spools["b"] = {**spools["b"], "lease_seconds": LEASE_SECONDS}
+    local = LocalRun(tmp_path, key_size=2048, retention_minutes=60, spools=spools)
+    local.start()
+    try:
+        local.start_instance("b", "b2")
+        for number in range(RECEIVED):
+            local.send("a", FROM, TO_B, mail(number))
+            if number == RECEIVED // 2:
+                local.kill("b2", restart=False)
+        deadline = time.monotonic() + SETTLE_SECONDS
+        recovered = 0
+        while time.monotonic() < deadline and (
+            len(in_mailbox(local)) < RECEIVED or len(local.kvittens("a")) < RECEIVED
+        ):
+            recovered += recover_lost(local)  # retrieved by b2 as it was killed
+            time.sleep(1)
+        time.sleep(2)  # a late duplicate would show now
+        subjects = Counter(subject for subject, _ in in_mailbox(local))
+        assert len(subjects) == RECEIVED and max(subjects.values()) == 1
+        assert Counter(local.kvittens("a").values()) == {"ACCEPTED": RECEIVED}
+        kvittens = local.sandbox.access_points["b"].submitted(KVITTENS_ACTION)
+        assert len(kvittens) == RECEIVED  # one answer per message, from one instance
+        judged = {
+            name: local.bridges[name].log.read_text().count("inbound message accepted")
+            for name in ("b", "b2")
+        }
+        assert judged["b"] > 0 and judged["b2"] > 0, judged  # both took part
+        assert recovered <= 8  # at most one round of retrievals in flight at the kill
+        print(f"accepted by b, b2: {judged}; recovered from the retention: {recovered}")
     finally:
         local.stop()

@@ -293,6 +293,11 @@ class Inbound:
     # --- the three outcomes ---------------------------------------------------------------
 
     async def _quarantine(self, item: Received, opened: Opened, verdict: Verdict) -> None:
+        if not await asyncio.to_thread(
+            self.spool.conclude_received, item.id, "quarantined", verdict.text
+        ):
+            _judged_elsewhere(item)
+            return
         log.error(
             "alert: inbound message quarantined, no kvittens sent",
             ebms_id=item.id,
@@ -300,22 +305,10 @@ class Inbound:
             sender=item.original_sender,
             reason=verdict.text,
         )
-        if not await asyncio.to_thread(
-            self.spool.conclude_received, item.id, "quarantined", verdict.text
-        ):
-            _judged_elsewhere(item)
-            return
         metrics.INBOUND.labels("quarantined", "-").inc()
 
     async def _reject(self, item: Received, opened: Opened, verdict: Verdict) -> None:
         owed = await self._kvittens(item, opened, verdict)
-        log.warning(
-            "inbound message rejected",
-            ebms_id=item.id,
-            sdk_id=opened.envelope_id,
-            sender=item.original_sender,
-            reason=verdict.line(),
-        )
         judged = opened.message.message_id if opened.message else None  # signature verified
         if not await asyncio.to_thread(
             self.spool.conclude_received,
@@ -327,6 +320,13 @@ class Inbound:
         ):
             _judged_elsewhere(item)
             return
+        log.warning(
+            "inbound message rejected",
+            ebms_id=item.id,
+            sdk_id=opened.envelope_id,
+            sender=item.original_sender,
+            reason=verdict.line(),
+        )
         metrics.INBOUND.labels("rejected", f"{verdict.reason} {verdict.detail}").inc()
 
     async def _accept(

@@ -14,6 +14,10 @@ decryption and one kvittens signature.
 The spools are SQLite, or PostgreSQL databases made for the run and dropped after it; on
 PostgreSQL several bridges of A may share one database and the sessions between them, as
 a region's gateways do, each with its own CPU and RSS in the report.
+
+Or the run measures two bridges already running, known by their configuration files (see
+`running.py`), amid whatever else they carry: a tag in each mail's Subject and Message-ID
+tells this run's mails, in B's mailbox and in A's spool, from the rest.
 """
 
 import contextlib
@@ -22,6 +26,7 @@ import os
 import queue
 import resource
 import smtplib
+import sqlite3
 import ssl
 import sys
 import tempfile
@@ -45,7 +50,8 @@ from psycopg.conninfo import make_conninfo
 
 from . import plugins
 from .benchmark import rate
-from .local import LocalRun, LocalRunFailed
+from .local import LocalRun, LocalRunFailed, opened_spool, send_mail
+from .running import Bridges, find_running
 from .sandbox.federation import DOMAIN, HOST
 from .testpki import make_pki
 
@@ -67,6 +73,43 @@ class _Progress:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@dataclass(frozen=True)
+class _Load:
+    messages: int
+    concurrency: int  # SMTP sessions
+    profile: str
+    rate: float | None  # mails per second, all sessions together; None: as fast as they go
+    progress: bool  # a progress line on stderr
+
+
+@dataclass(frozen=True)
+class _Mails:
+    """This run's mails from `sender` to `recipient`: `tag` in their Subject and Message-ID
+    tells them from other mail through the same bridges and mailbox."""
+
+    sender: str
+    recipient: str
+    tag: str
+
+    def subject(self, number: int) -> str:
+        """Mail `number`; below 0, a warm-up mail."""
+        return f"{self.tag}-warm-up{number}" if number < 0 else f"{self.tag}-{number:06d}"
+
+    def make(self, profile: str, number: int) -> EmailMessage:
+        mail = EmailMessage()
+        mail["From"], mail["To"] = self.sender, self.recipient
+        mail["Subject"] = self.subject(number)
+        mail["Message-ID"] = f"<{self.subject(number)}@{self.sender.rpartition('@')[2]}>"
+        kind = profile if profile != "mixed" else ("1mb" if number % 10 == 9 else "10kb")
+        text = "Bänkprov av sdk-bridge: åäö ÅÄÖ. " * 300  # about 10 KB
+        mail.set_content(text)
+        if kind in ("1mb", "max"):
+            size = 1_000_000 if kind == "1mb" else MAX_ATTACHMENT
+            pdf = b"%PDF-1.7\n" + os.urandom(size)
+            mail.add_attachment(pdf, maintype="application", subtype="pdf", filename="bilaga.pdf")
+        return mail
+
+
 def run(
     messages: int,
     concurrency: int,
@@ -78,21 +121,58 @@ def run(
     imap: str | None = None,
     postgres: str | None = None,
     instances: int = 1,
+    running: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
     """`imap`: `imap://user:password@host:port/folder` (plain IMAP, loopback only) or
     `imaps://...[?cafile=PATH]`, a running IMAP server that B delivers into instead of its
     Maildir. `postgres`: the DSN through which A's and B's spools are made in throw-away
     databases (`_databases`) instead of SQLite; `instances`: how many bridges of A share
-    the SMTP sessions, all on A's database (more than one needs `postgres`)."""
+    the SMTP sessions, all on A's database (more than one needs `postgres`). `running`:
+    the configuration files of A and B, bridges already running that the run measures
+    instead of starting its own (`key_size`, `directory`, `postgres` and `instances` do not
+    apply; running.Unusable if they cannot be measured)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (choose {', '.join(PROFILES)})")
     if instances < 1 or (instances > 1 and not postgres):
         raise ValueError("more than one instance of A needs a PostgreSQL spool")
+    if running and (postgres or instances > 1):
+        raise ValueError("running bridges keep their own spools and instances")
     mailbox = Mailbox(imap) if imap else None
     if profile == "max":
         messages = 1
-    crypto_limit = _crypto_limit(key_size)
-    directory = directory or Path(tempfile.mkdtemp(prefix="sdk-bridge-bench-"))
+    load = _Load(messages, concurrency, profile, rate, progress)
+    try:
+        if running:
+            setup = _on_running(running, mailbox, load)
+        else:
+            directory = directory or Path(tempfile.mkdtemp(prefix="sdk-bridge-bench-"))
+            setup = _on_local(directory, key_size, mailbox, postgres, instances, load)
+    finally:
+        if mailbox:
+            mailbox.close()
+    crypto_limit = _crypto_limit(setup["key_size"])  # A's, in a running pair
+    return {
+        "profile": profile,
+        "messages": messages,
+        "concurrency": concurrency,
+        "setup": "running" if running else "local",
+        "mailbox": "imap" if mailbox else "maildir",
+        "offered_rate_msgs_per_s": rate,  # None: as fast as the sessions go
+        **setup,
+        "crypto_limit_msgs_per_s": round(crypto_limit, 1),
+        "share_of_crypto_limit": round(messages / setup["wall_seconds"] / crypto_limit, 3),
+    }
+
+
+def _on_local(
+    directory: Path,
+    key_size: int,
+    mailbox: "Mailbox | None",
+    postgres: str | None,
+    instances: int,
+    load: _Load,
+) -> dict[str, Any]:
+    """The run on a sandbox and bridges started for it in `directory`, stopped after it."""
     with _databases(postgres) if postgres else contextlib.nullcontext({}) as spools:
         local = LocalRun(
             directory,
@@ -103,28 +183,46 @@ def run(
         )
         local.start()
         try:
-            names = ["a"]
             for number in range(2, instances + 1):
-                names.append(f"a{number}")
-                local.start_instance("a", names[-1])
-            watch = mailbox.watch if mailbox else _maildir_watch(local)
-            measured = _measure(local, names, watch, messages, concurrency, profile, rate, progress)
+                local.start_instance("a", f"a{number}")
+            bridges = Bridges(
+                smtp={name: (HOST, b.port) for name, b in local.bridges.items() if b.label == "a"},
+                sender=FROM,
+                recipient=TO_B,
+                config_a=local.config("a"),
+                pids={name: bridge.process.pid for name, bridge in local.bridges.items()},
+            )
+            watch = mailbox.watch if mailbox else _maildir_watch(local.maildir("b"))
+            measured = _measure(bridges, watch, load, sandbox_here=True)
         finally:
             local.stop()
-            if mailbox:
-                mailbox.close()
     return {
-        "profile": profile,
-        "messages": messages,
-        "concurrency": concurrency,
         "spool": "postgres" if postgres else "sqlite",
         "instances": instances,  # of A, sharing the sessions; each one in `bridges`
-        "mailbox": "imap" if mailbox else "maildir",
-        "offered_rate_msgs_per_s": rate,  # None: as fast as the sessions go
         "key_size": key_size,
         **measured,
-        "crypto_limit_msgs_per_s": round(crypto_limit, 1),
-        "share_of_crypto_limit": round(messages / measured["wall_seconds"] / crypto_limit, 3),
+    }
+
+
+def _on_running(
+    configs: tuple[Path, Path], mailbox: "Mailbox | None", load: _Load
+) -> dict[str, Any]:
+    """The run on the bridges running with `configs` (A's, B's), left running after it."""
+    found = find_running(*configs, imap=mailbox is not None)
+    if mailbox:
+        watch = mailbox.watch
+    else:
+        assert found.maildir is not None  # find_running names it unless watched by IMAP
+        watch = _maildir_watch(found.maildir)
+    measured = _measure(found.bridges, watch, load, sandbox_here=False)
+    return {
+        "spool": found.spool,
+        "instances": 1,
+        "key_size": found.key_size,
+        "configs": {"a": str(configs[0]), "b": str(configs[1])},
+        "sender": found.bridges.sender,
+        "recipient": found.bridges.recipient,
+        **measured,
     }
 
 
@@ -158,63 +256,55 @@ def _databases(dsn: str) -> Iterator[dict[str, dict[str, str]]]:
 
 
 def _measure(
-    local: LocalRun,
-    instances: list[str],
-    watch: Callable[[], list[str]],
-    messages: int,
-    concurrency: int,
-    profile: str,
-    rate: float | None,
-    progress: bool,
+    bridges: Bridges, watch: Callable[[], list[str]], load: _Load, sandbox_here: bool
 ) -> dict[str, Any]:
-    """The run on started bridges: a warm-up mail through each of A's `instances`, then the
-    mails from `concurrency` sessions spread over them, until every mail is in B's mailbox
-    (`watch`) and every kvittens is back at A."""
+    """The run on started bridges: a warm-up mail through each SMTP address of A, then the
+    mails from `load.concurrency` sessions spread over them, until every mail is in B's
+    mailbox (`watch`) and every kvittens is back at A. `sandbox_here`: the sandbox runs in
+    this process, beside the SMTP clients."""
+    mails = _Mails(bridges.sender, bridges.recipient, f"bench-{uuid.uuid4().hex[:8]}")
     watch()  # the first look: what is there already does not count
-    mails = [_mail(profile, number) for number in range(messages)]
-    for number, name in enumerate(instances, 1):  # warm up: address book, certificates
-        local.send(name, FROM, TO_B, _mail("10kb", -number))
-    warm_ups = {f"bench-warm-up-{number}" for number in range(1, len(instances) + 1)}
+    batch = [mails.make(load.profile, number) for number in range(load.messages)]
+    for number, (name, address) in enumerate(bridges.smtp.items(), 1):
+        # warm up: address book, certificates
+        send_mail(address, name, mails.sender, mails.recipient, mails.make("10kb", -number))
+    warm_ups = {mails.subject(-number) for number in range(1, len(bridges.smtp) + 1)}
     _wait_for_mailbox(watch, warm_ups, _Progress(), 120)
     state = _Progress()
-    before = {name: _usage(bridge.process.pid) for name, bridge in local.bridges.items()}
+    before = {name: _usage(pid) for name, pid in bridges.pids.items()}
     own_before, machine_before = resource.getrusage(resource.RUSAGE_SELF), _machine_cpu()
     started = time.monotonic()
-    ports = [local.bridges[name].port for name in instances]
-    senders = _send_all(ports, mails, concurrency, state, rate)
-    other = _OtherSession(local) if profile == "max" else None
-    subjects = {str(mail["Subject"]) for mail in mails}
-    _wait_for_mailbox(watch, subjects, state, 300 + messages, progress)
+    senders = _send_all(list(bridges.smtp.values()), mails, batch, load, state)
+    other = _OtherSession(bridges.smtp["a"], mails) if load.profile == "max" else None
+    subjects = {str(mail["Subject"]) for mail in batch}
+    _wait_for_mailbox(watch, subjects, state, 300 + load.messages, load.progress)
     for sender in senders:
         sender.join()
     others = other.stop() if other else []
-    _wait_for_kvittens(local, messages + len(instances) + len(others), 300 + messages)
+    sent = load.messages + len(warm_ups) + len(others)
+    _wait_for_kvittens(bridges.config_a, mails.tag, sent, 300 + load.messages)
     wall = time.monotonic() - started
-    usage = {name: _usage(bridge.process.pid) for name, bridge in local.bridges.items()}
+    after = {name: _usage(pid) for name, pid in bridges.pids.items()}
     own_after, machine_after = resource.getrusage(resource.RUSAGE_SELF), _machine_cpu()
     to_mailbox = [state.arrived_at[s] - state.sent_at[s] for s in subjects]
+    # The SMTP clients, and the sandbox (access points, address book, SMP) when it runs
+    # here, share this process: CPU that in production is spent on other machines.
+    own = "sandbox_and_clients" if sandbox_here else "clients"
     return {
-        "mean_mail_bytes": sum(len(mail.as_bytes()) for mail in mails) // max(len(mails), 1),
+        "run_id": mails.tag,  # in every mail's Subject and Message-ID
+        "mean_mail_bytes": sum(len(mail.as_bytes()) for mail in batch) // max(len(batch), 1),
         "wall_seconds": round(wall, 2),
-        "end_to_end_msgs_per_s": round(messages / wall, 2),
+        "end_to_end_msgs_per_s": round(load.messages / wall, 2),
         "smtp_accept_p50_ms": _ms(state.accept_seconds, 50),
         "smtp_accept_p99_ms": _ms(state.accept_seconds, 99),
         "accept_to_mailbox_p50_ms": _ms(to_mailbox, 50),
         "accept_to_mailbox_p99_ms": _ms(to_mailbox, 99),
         "bridges": {  # A's instances by name (a, a2, ...), and B
-            name: {
-                **usage[name],
-                "cpu_ms_per_message": round(
-                    1000 * (usage[name]["cpu_seconds"] - before[name]["cpu_seconds"]) / messages,
-                    1,
-                ),
-            }
-            for name in usage
+            name: _bridge_usage(bridges, name, before, after, load.messages)
+            for name in [*bridges.smtp, "b"]
         },
-        # The sandbox (access points, address book, SMP) and the SMTP clients run in this
-        # process: CPU that in production is spent on other machines.
-        "sandbox_and_clients_cpu_ms_per_message": round(
-            1000 * (_cpu(own_after) - _cpu(own_before)) / messages, 1
+        f"{own}_cpu_ms_per_message": round(
+            1000 * (_cpu(own_after) - _cpu(own_before)) / load.messages, 1
         ),
         "machine_cpu_busy_share": round(
             1 - (machine_after[1] - machine_before[1]) / (machine_after[0] - machine_before[0]), 3
@@ -224,9 +314,35 @@ def _measure(
     }
 
 
-def format_table(result: dict[str, object]) -> str:
+def _bridge_usage(
+    bridges: Bridges,
+    name: str,
+    before: dict[str, dict[str, Any]],
+    after: dict[str, dict[str, Any]],
+    messages: int,
+) -> dict[str, Any]:
+    """Bridge `name`'s process and workers: peak RSS (since it started) and CPU seconds
+    at the end, and the CPU each message cost it; null where its process was not found."""
+    if name not in after:
+        return {
+            "pid": None,
+            "peak_rss_mb": None,
+            "cpu_seconds": None,
+            "processes": 0,
+            "cpu_ms_per_message": None,
+            "not_measured": bridges.missing[name],
+        }
+    spent = after[name]["cpu_seconds"] - before[name]["cpu_seconds"]
+    return {
+        "pid": bridges.pids[name],
+        **after[name],
+        "cpu_ms_per_message": round(1000 * spent / messages, 1),
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
     bridges = result["bridges"]
-    assert isinstance(bridges, dict)
+    own = "sandbox_and_clients" if "sandbox_and_clients_cpu_ms_per_message" in result else "clients"
     lines = [
         f"profile {result['profile']}: {result['messages']} mails of ~{result['mean_mail_bytes']:,}"
         f" bytes, {result['concurrency']} SMTP sessions, RSA-{result['key_size']},"
@@ -236,6 +352,11 @@ def format_table(result: dict[str, object]) -> str:
             f", offered at {result['offered_rate_msgs_per_s']} msgs/s"
             if result["offered_rate_msgs_per_s"]
             else ""
+        ),
+        *(
+            [f"  running bridges      A {result['configs']['a']}, B {result['configs']['b']}"]
+            if result["setup"] == "running"
+            else []
         ),
         f"  wall time            {result['wall_seconds']} s",
         f"  end to end           {result['end_to_end_msgs_per_s']} msgs/s"
@@ -247,49 +368,38 @@ def format_table(result: dict[str, object]) -> str:
         f" p99 {result['accept_to_mailbox_p99_ms']} ms",
     ]
     for label, usage in bridges.items():
+        if usage["pid"] is None:
+            lines.append(f"  bridge {label.upper():<14}not measured: {usage['not_measured']}")
+            continue
         lines.append(
             f"  bridge {label.upper():<14}peak RSS {usage['peak_rss_mb']} MB,"
             f" CPU {usage['cpu_seconds']} s ({usage['processes']} processes),"
             f" {usage['cpu_ms_per_message']} ms per message"
         )
     lines.append(
-        f"  sandbox and clients  {result['sandbox_and_clients_cpu_ms_per_message']} ms CPU per"
+        f"  {own.replace('_', ' '):<21}{result[f'{own}_cpu_ms_per_message']} ms CPU per"
         f" message; machine busy {result['machine_cpu_busy_share']:.0%} of the run"
     )
     return "\n".join(lines)
 
 
-def _mail(profile: str, number: int) -> EmailMessage:
-    mail = EmailMessage()
-    mail["From"], mail["To"] = FROM, TO_B
-    mail["Subject"] = f"bench-warm-up{number}" if number < 0 else f"bench-{number:06d}"
-    kind = profile if profile != "mixed" else ("1mb" if number % 10 == 9 else "10kb")
-    text = "Bänkprov av sdk-bridge: åäö ÅÄÖ. " * 300  # about 10 KB
-    mail.set_content(text)
-    if kind in ("1mb", "max"):
-        size = 1_000_000 if kind == "1mb" else MAX_ATTACHMENT
-        pdf = b"%PDF-1.7\n" + os.urandom(size)
-        mail.add_attachment(pdf, maintype="application", subtype="pdf", filename="bilaga.pdf")
-    return mail
-
-
 def _send_all(
-    ports: list[int],
-    mails: list[EmailMessage],
-    concurrency: int,
+    addresses: list[tuple[str, int]],
+    mails: _Mails,
+    batch: list[EmailMessage],
+    load: _Load,
     state: _Progress,
-    rate: float | None = None,
 ) -> list[threading.Thread]:
-    """Each session sends one mail after another, session i to A's bridge at port
-    i mod len(ports); with `rate` (mails per second, all sessions together) mail number i
-    is not begun before i / rate seconds."""
+    """Each session sends one mail after another, session i to A's bridge at address
+    i mod len(addresses); with `load.rate` (mails per second, all sessions together) mail
+    number i is not begun before i / rate seconds."""
     work: queue.SimpleQueue[tuple[float, EmailMessage]] = queue.SimpleQueue()
     start = time.monotonic()
-    for number, mail in enumerate(mails):
-        work.put((start + number / rate if rate else start, mail))
+    for number, mail in enumerate(batch):
+        work.put((start + number / load.rate if load.rate else start, mail))
 
-    def session(port: int) -> None:
-        with smtplib.SMTP(HOST, port, timeout=300) as smtp:
+    def session(address: tuple[str, int]) -> None:
+        with smtplib.SMTP(*address, timeout=300) as smtp:
             while True:
                 try:
                     due, mail = work.get_nowait()
@@ -298,7 +408,7 @@ def _send_all(
                 time.sleep(max(0.0, due - time.monotonic()))
                 begun = time.monotonic()
                 try:
-                    smtp.send_message(mail, FROM, [TO_B])
+                    smtp.send_message(mail, mails.sender, [mails.recipient])
                 except smtplib.SMTPException as e:
                     with state.lock:
                         state.failures.append(f"{mail['Subject']}: {e}")
@@ -309,7 +419,8 @@ def _send_all(
                     state.sent_at[str(mail["Subject"])] = done
 
     threads = [
-        threading.Thread(target=session, args=(ports[i % len(ports)],)) for i in range(concurrency)
+        threading.Thread(target=session, args=(addresses[i % len(addresses)],))
+        for i in range(load.concurrency)
     ]
     for thread in threads:
         thread.start()
@@ -320,23 +431,23 @@ class _OtherSession:
     """A second SMTP session at A sending 10 KB mails, one after another, while the max mail
     is under way: the time of each transaction, since no session may stall behind it."""
 
-    FIRST_NUMBER = 900_000  # their subjects, bench-900000 on, are not waited for
+    FIRST_NUMBER = 900_000  # their subjects, <tag>-900000 on, are not waited for
     PAUSE = 0.2  # seconds between its mails
 
-    def __init__(self, local: LocalRun) -> None:
+    def __init__(self, address: tuple[str, int], mails: _Mails) -> None:
         self.seconds: list[float] = []
         self.failure: Exception | None = None
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._send, args=(local.bridges["a"].port,))
+        self._thread = threading.Thread(target=self._send, args=(address, mails))
         self._thread.start()
 
-    def _send(self, port: int) -> None:
+    def _send(self, address: tuple[str, int], mails: _Mails) -> None:
         try:
-            with smtplib.SMTP(HOST, port, timeout=60) as smtp:
+            with smtplib.SMTP(*address, timeout=60) as smtp:
                 while not self._done.is_set():
-                    mail = _mail("10kb", self.FIRST_NUMBER + len(self.seconds))
+                    mail = mails.make("10kb", self.FIRST_NUMBER + len(self.seconds))
                     begun = time.monotonic()
-                    smtp.send_message(mail, FROM, [TO_B])
+                    smtp.send_message(mail, mails.sender, [mails.recipient])
                     self.seconds.append(time.monotonic() - begun)
                     self._done.wait(self.PAUSE)
         except (smtplib.SMTPException, OSError) as e:
@@ -350,19 +461,34 @@ class _OtherSession:
         return self.seconds
 
 
-def _maildir_watch(local: LocalRun) -> Callable[[], list[str]]:
-    """The subjects of mails new in B's Maildir since the last call."""
-    new = local.maildir("b") / "new"
-    seen: set[str] = set()
+def _maildir_watch(maildir: Path) -> Callable[[], list[str]]:
+    """The subjects of mails new in `maildir` since the last call; the first call only
+    notes what is there, so a full mailbox is not read. Both new/ and cur/, since a reader
+    may move a mail on at once; it keeps its base name (before ":2,") when it does."""
+    seen: set[str] | None = None
 
     def watch() -> list[str]:
+        nonlocal seen
+        paths = {
+            path.name.split(":", 1)[0]: path
+            for sub in ("new", "cur")
+            if (maildir / sub).is_dir()
+            for path in (maildir / sub).iterdir()
+        }
+        if seen is None:
+            seen = set(paths)
+            return []
         subjects = []
-        for path in new.glob("*") if new.is_dir() else ():
-            if path.name in seen:
+        for name, path in paths.items():
+            if name in seen:
                 continue
-            seen.add(path.name)
-            with path.open("rb") as file:
-                subjects.append(str(BytesHeaderParser().parsebytes(file.read(16384))["Subject"]))
+            try:
+                with path.open("rb") as file:
+                    header = file.read(16384)
+            except FileNotFoundError:  # moved to cur/ meanwhile: found there next time
+                continue
+            seen.add(name)
+            subjects.append(str(BytesHeaderParser().parsebytes(header)["Subject"]))
         return subjects
 
     return watch
@@ -459,16 +585,28 @@ def _wait_for_mailbox(
     raise LocalRunFailed(f"{missing} mails did not reach B's mailbox in {seconds:.0f} s")
 
 
-def _wait_for_kvittens(local: LocalRun, count: int, seconds: float) -> None:
+def _wait_for_kvittens(config_a: Path, tag: str, count: int, seconds: float) -> None:
+    """Until A's spool holds a kvittens for `count` of this run's mails (their Message-IDs
+    carry `tag`), each ACCEPTED."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        outcomes = local.kvittens("a")
+        outcomes = _kvittens(config_a, tag)
         if len(outcomes) >= count:
-            if any(outcome != "ACCEPTED" for outcome in outcomes.values()):
+            if any(outcome != "ACCEPTED" for outcome in outcomes):
                 raise LocalRunFailed("a kvittens came back REJECTED")
             return
         time.sleep(POLL_SECONDS)
     raise LocalRunFailed(f"not every kvittens came back to A in {seconds:.0f} s")
+
+
+def _kvittens(config_a: Path, tag: str) -> list[str]:
+    try:
+        with opened_spool(config_a) as spool:
+            deliveries = spool.deliveries()
+    except sqlite3.OperationalError:  # busy: look again
+        return []
+    outcomes = [d.notes.get("kvittens") for d in deliveries if tag in (d.mail_message_id or "")]
+    return [outcome for outcome in outcomes if outcome]
 
 
 def _crypto_limit(key_size: int) -> float:
@@ -486,7 +624,7 @@ def _crypto_limit(key_size: int) -> float:
     return (os.cpu_count() or 1) / per_message
 
 
-def _usage(pid: int) -> dict[str, object]:
+def _usage(pid: int) -> dict[str, Any]:
     """Peak RSS and CPU seconds of a bridge and its child processes (the crypto workers)."""
     tick = os.sysconf("SC_CLK_TCK")
     peak_kb, cpu_ticks, processes = 0, 0, 0

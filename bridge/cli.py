@@ -539,8 +539,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from . import bench
     from .local import LocalRunFailed
+    from .running import Unusable
 
     bridge_logging.configure("warning")  # the sandbox in this process: only its troubles
+    for option, given in (
+        ("--key-size", args.key_size),
+        ("--dir", args.dir),
+        ("--postgres", args.postgres),
+        ("--instances", args.instances != 1),
+        ("--smtp-source", args.smtp_source),
+    ):
+        if args.running and given:
+            raise UsageError(f"{option} is not for --running: those bridges are set up already")
+    args.key_size = args.key_size or 3072
     if args.messages < 1 or args.concurrency < 1:
         raise UsageError("--messages and --concurrency must be at least 1")
     if args.rate is not None and args.rate <= 0:
@@ -572,7 +583,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             imap=args.imap,
             postgres=args.postgres,
             instances=args.instances,
+            running=(Path(args.running[0]), Path(args.running[1])) if args.running else None,
         )
+    except Unusable as e:
+        raise UsageError(str(e)) from None
     except (LocalRunFailed, OSError, imaplib.IMAP4.error) as e:  # IMAP: --imap's server
         print(f"sdk-bridge bench: {e}", file=sys.stderr)
         return 1
@@ -874,7 +888,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="10kb",
         help="10kb text mails; 1mb with a PDF; max: one 30 MB message; mixed: nine to one",
     )
-    load.add_argument("--key-size", type=int, default=3072, help="RSA key size (default 3072)")
+    load.add_argument(
+        "--key-size", type=int, help="RSA key size (default 3072; with --running, A's)"
+    )
+    load.add_argument(
+        "--running",
+        nargs=2,
+        metavar=("A_CONFIG", "B_CONFIG"),
+        help="measure two bridges already running with these configurations instead of"
+        " starting a sandbox: mail from A's first sender to B's first functional address,"
+        " sent from this machine without AUTH (A's smtp.allowed_networks must allow it)",
+    )
     load.add_argument(
         "--imap",
         metavar="URL",

@@ -128,20 +128,7 @@ class LocalRun:
 
     def send(self, name: str, sender: str, recipient: str, mail: EmailMessage) -> None:
         """Send through bridge `name` as an MTA would: a 4xx is tried again a while."""
-        deadline = time.monotonic() + SEND_RETRY_SECONDS
-        while True:
-            try:
-                with smtplib.SMTP(HOST, self.bridges[name].port, timeout=60) as smtp:
-                    smtp.send_message(mail, sender, [recipient])
-                return
-            except smtplib.SMTPRecipientsRefused as e:
-                code, text = next(iter(e.recipients.values()))
-                if code < 500 and time.monotonic() < deadline:
-                    time.sleep(0.3)
-                    continue
-                raise LocalRunFailed(f"{name.upper()} refused {recipient}: {code} {text!r}") from e
-            except (smtplib.SMTPException, OSError) as e:
-                raise LocalRunFailed(f"sending to {name.upper()} failed: {e}") from e
+        send_mail((HOST, self.bridges[name].port), name, sender, recipient, mail)
 
     def kvittens(self, label: str) -> dict[str, str]:
         """SDK messageId -> the kvittens outcome `label` holds for what it sent."""
@@ -210,6 +197,27 @@ def start_bridge(config: Path, log: Path) -> subprocess.Popen[str]:
         process.wait()
         raise LocalRunFailed(f"{config} did not start a bridge (see {log})")
     return process
+
+
+def send_mail(
+    address: tuple[str, int], name: str, sender: str, recipient: str, mail: EmailMessage
+) -> None:
+    """Send to the bridge `name` listening at `address` as an MTA would: a 4xx (its address
+    book still loading) is tried again a while."""
+    deadline = time.monotonic() + SEND_RETRY_SECONDS
+    while True:
+        try:
+            with smtplib.SMTP(*address, timeout=60) as smtp:
+                smtp.send_message(mail, sender, [recipient])
+            return
+        except smtplib.SMTPRecipientsRefused as e:
+            code, text = next(iter(e.recipients.values()))
+            if code < 500 and time.monotonic() < deadline:
+                time.sleep(0.3)
+                continue
+            raise LocalRunFailed(f"{name.upper()} refused {recipient}: {code} {text!r}") from e
+        except (smtplib.SMTPException, OSError) as e:
+            raise LocalRunFailed(f"sending to {name.upper()} failed: {e}") from e
 
 
 @contextlib.contextmanager

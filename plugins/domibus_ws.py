@@ -49,7 +49,7 @@ from bridge.pluginsettings import only
 from bridge.sdk.keys import read_passphrase
 from bridge.sdk.names import PARTY_SCHEME, PROCESS_ID, PROCESS_ID_SCHEME
 from bridge.sdk.sealing import MAX_ENVELOPE_BYTES
-from bridge.sdk.xmlsafe import UnsafeXML, decode_base64, parse
+from bridge.sdk.xmlsafe import Apart, UnsafeXML, decode_base64, parse, parse_apart
 
 SOAP12_NS: Final = "http://www.w3.org/2003/05/soap-envelope"
 EBMS_NS: Final = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/"
@@ -68,6 +68,9 @@ MAX_REQUEST_BYTES: Final = 64_000_000  # refused here rather than uploaded to be
 MAX_MESSAGE_ID_CHARS: Final = 255  # Domibus's limit; it also wants printable ASCII
 DEFAULT_TIMEOUT: Final = 60.0
 _BASE64_CHUNK: Final = 3 << 18  # payload bytes encoded at a time: a multiple of 3, no padding
+# A retrieved payload/value this long is decoded from the answer's bytes, not from its tree.
+APART_CHARS: Final = 1 << 20
+_PAYLOAD_VALUE: Final = f"{{{SOAP12_NS}}}Body/{{{BACKEND_NS}}}retrieveMessageResponse/payload/value"
 
 # ebMS 3 errors that say the message or its header is wrong: resending it will not help.
 # EBMS:0004 (Other) is missing on purpose: Domibus uses it for its internal errors too.
@@ -286,7 +289,9 @@ class DomibusWS:
         _check_id_argument(message_id)
         body = _request("retrieveMessageRequest", message_id)
         try:
-            raw, answer = await self._call_raw(body, "retrieveMessage")
+            raw, answer, apart = await self._call_raw(
+                body, "retrieveMessage", apart_at=_PAYLOAD_VALUE
+            )
         except _Fault as fault:
             if fault.soap_code is not None and _NOT_FOUND_TEXT.search(
                 f"{fault.reason} {fault.message or ''}"
@@ -294,9 +299,9 @@ class DomibusWS:
                 raise MessageNotFound(message_id, fault.text) from None
             raise _other_failure(fault, "retrieveMessage") from None
         try:
-            return _retrieved(answer, message_id)
+            return _retrieved(answer, message_id, apart)
         except ValueError as e:
-            raise UnreadableMessage(message_id, str(e), raw) from None
+            raise UnreadableMessage(message_id, str(e), bytes(raw)) from None
 
     async def status(self, message_id: str) -> str:
         """getStatus: Domibus's MessageStatus word; NOT_FOUND for an id it does not know."""
@@ -383,11 +388,17 @@ class DomibusWS:
         return (await self._call_raw(body, what, size))[1]
 
     async def _call_raw(
-        self, body: bytes | AsyncIterator[bytes], what: str, size: int | None = None
-    ) -> tuple[bytes, etree._Element]:
-        """(raw answer, parsed envelope) of a successful call; raise _Fault or
-        TemporaryFailure (the access point could not be asked). A streamed `body` comes with
-        its `size`, sent as Content-Length rather than chunked, as any server takes it."""
+        self,
+        body: bytes | AsyncIterator[bytes],
+        what: str,
+        size: int | None = None,
+        *,
+        apart_at: str | None = None,
+    ) -> tuple[bytearray, etree._Element, Apart | None]:
+        """(raw answer, parsed envelope, its long text left apart) of a successful call;
+        raise _Fault or TemporaryFailure (the access point could not be asked). A streamed
+        `body` comes with its `size`, sent as Content-Length rather than chunked, as any
+        server takes it. `apart_at`: see `_parse_answer`."""
         url = self.settings.url
         headers = {"Content-Type": SOAP_CONTENT_TYPE}
         if size is not None:
@@ -415,10 +426,10 @@ class DomibusWS:
                 " Mail waits until then."
             )
         media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        envelope = None
+        envelope = apart = None
         if media_type in ("application/soap+xml", "text/xml") and data:
             try:
-                envelope = parse(data, max_bytes=MAX_RESPONSE_BYTES)
+                envelope, apart = _parse_answer(data, apart_at)
             except UnsafeXML as e:
                 raise _Fault(status, f"unreadable answer from the access point: {e}") from None
         if envelope is not None and envelope.tag != f"{{{SOAP12_NS}}}Envelope":
@@ -431,7 +442,7 @@ class DomibusWS:
         if status != 200 or envelope is None:
             snippet = data[:200].decode("utf-8", "replace").strip()
             raise _Fault(status, response.reason_phrase or "error", message=snippet or None)
-        return data, envelope
+        return data, envelope, apart
 
 
 async def _submit_body(head: bytes, payload: bytes, tail: bytes) -> AsyncIterator[bytes]:
@@ -446,21 +457,39 @@ async def _submit_body(head: bytes, payload: bytes, tail: bytes) -> AsyncIterato
 # --- answers --------------------------------------------------------------------------------
 
 
-async def _read_limited(response: httpx.Response) -> bytes:
-    """The body, refused past MAX_RESPONSE_BYTES before it is all in memory."""
+async def _read_limited(response: httpx.Response) -> bytearray:
+    """The body, refused past MAX_RESPONSE_BYTES before it is all in memory.
+
+    It grows in one buffer (in place, where the C library remaps a large one): chunks
+    joined at the end would hold a 54 MB answer twice over for a moment.
+    """
     declared = response.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
         raise TemporaryFailure(f"the access point's answer is larger than {MAX_RESPONSE_BYTES}")
-    chunks: list[bytes] = []
-    size = 0
+    data = bytearray()
     async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
+        if len(data) + len(chunk) > MAX_RESPONSE_BYTES:
             raise TemporaryFailure(
                 f"the access point's answer is larger than {MAX_RESPONSE_BYTES} bytes"
             )
-        chunks.append(chunk)
-    return b"".join(chunks)
+        data += chunk
+    return data
+
+
+def _parse_answer(data: bytearray, apart_at: str | None) -> tuple[etree._Element, Apart | None]:
+    """The answer's tree. With `apart_at`, the path of the one element whose text may be
+    long, that text is left in `data` (`xmlsafe.parse_apart`): a 54 MB payload/value would
+    otherwise be held by libxml2's tree and again as the str lxml makes of it.
+
+    Taken apart only when the placeholder is the whole text of the one element there, so
+    that every other text read from the tree is the answer's own; else parsed whole.
+    """
+    if apart_at is not None:
+        root, apart = parse_apart(data, max_bytes=MAX_RESPONSE_BYTES, min_text=APART_CHARS)
+        found = [] if apart is None else root.findall(apart_at)
+        if apart is None or (len(found) == 1 and found[0].text == apart.placeholder):
+            return root, apart
+    return parse(data, max_bytes=MAX_RESPONSE_BYTES), None
 
 
 def _soap_fault(status: int, fault: etree._Element) -> _Fault:
@@ -501,8 +530,9 @@ def _eb(path: str) -> str:
     return "/".join(f"{{{EBMS_NS}}}{step}" for step in path.split("/"))
 
 
-def _retrieved(answer: etree._Element, message_id: str) -> Retrieved:
-    """The Retrieved of a retrieveMessage answer; ValueError says what is wrong with it."""
+def _retrieved(answer: etree._Element, message_id: str, apart: Apart | None) -> Retrieved:
+    """The Retrieved of a retrieveMessage answer (its payload/value left `apart` from the
+    tree when long, see `_parse_answer`); ValueError says what is wrong with it."""
     user = answer.find(f"{{{SOAP12_NS}}}Header/{_eb('Messaging/UserMessage')}")
     if user is None:
         raise ValueError("no ebMS UserMessage in the SOAP Header")
@@ -534,8 +564,11 @@ def _retrieved(answer: etree._Element, message_id: str) -> Retrieved:
     value = payloads[0].find("value")
     if value is None:
         raise ValueError(f"payload {PAYLOAD_HREF} has no value (a payload URL is not supported)")
-    text = value.text or ""
-    value.text = None  # libxml2's copy of a 54 MB text goes before the payload is decoded
+    if apart is not None:  # then `value` is the one element that holds the placeholder
+        text: str | memoryview = apart.text  # decoded from the answer's bytes: no copy
+    else:
+        text = value.text or ""
+        value.text = None  # libxml2's copy of the text goes before the payload is decoded
     try:
         payload = decode_base64(text)
     except (binascii.Error, ValueError):

@@ -13,6 +13,7 @@ submissions"), a wrong password, a stopped server, a timeout → TemporaryFailur
 
 import asyncio
 import base64
+import random
 import ssl
 import time
 import uuid
@@ -40,7 +41,7 @@ from bridge.sandbox.federation import Sandbox
 from bridge.sandbox.smp import Registration
 from bridge.sandbox.web import Server
 from bridge.sdk import message as msg
-from bridge.sdk import xhe
+from bridge.sdk import xhe, xmlsafe
 from bridge.sdk.keys import KeyPair
 from bridge.sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_DOCUMENT_ID
 from bridge.sdk.sealing import Receiver, open_envelope, seal_message
@@ -470,32 +471,99 @@ def test_submit_answer_mapping(sandbox: Sandbox, answer: Any, outcome: type) -> 
     assert type(raised.value) is outcome, raised.value
 
 
-def test_unreadable_retrieved_message_keeps_the_raw_answer(sandbox: Sandbox) -> None:
-    """The access point has deleted it by now; the caller gets the answer to keep."""
+def retrieve_answer(value: str, sender: str = "s") -> str:
+    """A retrieveMessage answer for MessageId m1 with `value` as its payload's base64."""
     header = (
         f"<soap:Header><eb:Messaging xmlns:eb='{domibus_ws.EBMS_NS}'><eb:UserMessage>"
         "<eb:MessageInfo><eb:MessageId>m1</eb:MessageId></eb:MessageInfo>"
         "<eb:CollaborationInfo><eb:Action>a</eb:Action></eb:CollaborationInfo>"
-        "<eb:MessageProperties><eb:Property name='originalSender'>s</eb:Property>"
+        f"<eb:MessageProperties><eb:Property name='originalSender'>{sender}</eb:Property>"
         "<eb:Property name='finalRecipient'>r</eb:Property></eb:MessageProperties>"
         "<eb:PayloadInfo><eb:PartInfo href='cid:message'/></eb:PayloadInfo>"
         "</eb:UserMessage></eb:Messaging></soap:Header>"
     )
     body = (
         f"<soap:Body><ns2:retrieveMessageResponse xmlns:ns2='{domibus_ws.BACKEND_NS}'>"
-        "<payload payloadId='cid:message'><value>not base64!</value></payload>"
+        f"<payload payloadId='cid:message'><value>{value}</value></payload>"
         "</ns2:retrieveMessageResponse></soap:Body>"
     )
+    return header + body
+
+
+def test_unreadable_retrieved_message_keeps_the_raw_answer(sandbox: Sandbox) -> None:
+    """The access point has deleted it by now; the caller gets the answer to keep."""
+    bad = retrieve_answer("not base64!")
     with pytest.raises(UnreadableMessage, match="not base64") as raised:
-        mocked(sandbox, lambda r: soap_response(header + body), lambda ap: ap.retrieve("m1"))
+        mocked(sandbox, lambda r: soap_response(bad), lambda ap: ap.retrieve("m1"))
     assert b"not base64!" in raised.value.raw
-    good = body.replace("not base64!", "PGEvPg==")
-    retrieved = mocked(
-        sandbox, lambda r: soap_response(header + good), lambda ap: ap.retrieve("m1")
-    )
+    good = retrieve_answer("PGEvPg==")
+    retrieved = mocked(sandbox, lambda r: soap_response(good), lambda ap: ap.retrieve("m1"))
     assert (retrieved.payload, retrieved.conversation_id) == (b"<a/>", None)
     with pytest.raises(UnreadableMessage, match="MessageId"):
-        mocked(sandbox, lambda r: soap_response(header + good), lambda ap: ap.retrieve("m2"))
+        mocked(sandbox, lambda r: soap_response(good), lambda ap: ap.retrieve("m2"))
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda payload: base64.b64encode(payload).decode(),  # one line, as Domibus writes
+        lambda payload: base64.encodebytes(payload).decode(),  # lines of 76
+        lambda payload: f"\n  {base64.b64encode(payload).decode()}\n",
+    ],
+)
+def test_a_long_payload_is_read_from_the_answer_as_it_was_from_the_tree(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, encode: Callable[[bytes], str]
+) -> None:
+    """A payload/value of APART_CHARS or more is decoded from the answer's bytes; the
+    Retrieved is the one parsing the whole answer gives."""
+    payload = random.Random(3).randbytes(3_000_000)
+    answer = retrieve_answer(encode(payload))
+    taken_apart = []
+
+    def parse_apart(*args: Any, **kwargs: Any) -> Any:
+        root, apart = xmlsafe.parse_apart(*args, **kwargs)
+        taken_apart.append(apart is not None)
+        return root, apart
+
+    monkeypatch.setattr(domibus_ws, "parse_apart", parse_apart)
+    got = mocked(sandbox, lambda r: soap_response(answer), lambda ap: ap.retrieve("m1"))
+    monkeypatch.setattr(domibus_ws, "APART_CHARS", 10**9)
+    expected = mocked(sandbox, lambda r: soap_response(answer), lambda ap: ap.retrieve("m1"))
+    assert taken_apart == [True, False]
+    assert got == expected
+    assert (got.payload, got.original_sender) == (payload, "s")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "QUJD" * 100 + "QQ",  # truncated: no whole quantum at the end
+        "QUJD" * 100 + "Q",
+        "QUJD" * 50 + "QQ==" + "QUJD" * 50,  # data after the padding
+        "QUJD" * 100 + "Q===",
+        "QUJD" * 100 + "QUJ*",  # not base64 at all: the answer is parsed whole
+    ],
+)
+def test_a_long_payload_that_is_not_base64_is_unreadable(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setattr(domibus_ws, "APART_CHARS", 100)
+    answer = soap_response(retrieve_answer(value))
+    with pytest.raises(UnreadableMessage, match="not base64") as raised:
+        mocked(sandbox, lambda r: answer, lambda ap: ap.retrieve("m1"))
+    assert raised.value.raw == answer.content
+
+
+def test_a_long_text_elsewhere_in_the_answer_is_read_as_it_is(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The longest text taken apart is not the payload's: the answer is parsed whole, and
+    every field read is the answer's own."""
+    monkeypatch.setattr(domibus_ws, "APART_CHARS", 100)
+    sender = "c2VuZGVy" * 100
+    answer = soap_response(retrieve_answer("PGEvPg==", sender=sender))
+    retrieved = mocked(sandbox, lambda r: answer, lambda ap: ap.retrieve("m1"))
+    assert (retrieved.original_sender, retrieved.payload) == (sender, b"<a/>")
 
 
 def test_oversized_answer_is_refused(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:

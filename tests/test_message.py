@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from conftest import ORG_A, make_message
 from digg import schematron_failures, spec_file, xsd_errors
+from lxml import etree
 
 from bridge.sdk import message as msg
-from bridge.sdk.names import MAX_MESSAGE_BYTES
+from bridge.sdk.names import MAX_MESSAGE_BYTES, MSG_NS
 from bridge.sdk.verdict import Detail, Reason, Rejected
 
 EXAMPLE = ("message-v3", "sdk-meddelande-v3.1", "example", "messageWithAttachments3.xml")
@@ -54,6 +55,22 @@ def test_attachments_are_base64_and_come_back_byte_for_byte() -> None:
     document = msg.Document("SDK-Meddelande", texts=("Se bilagor",), files=files)
     parsed = msg.parse(msg.to_xml(make_message(documents=(document,))))
     assert parsed.documents[0].files == files
+
+
+def test_a_consumed_tree_gives_its_files_base64_up() -> None:
+    """`consume` (opening, parse): each file's text leaves the tree as it is decoded; by
+    default (sealing a given XML, which serialises the tree after) the tree stays whole."""
+    files = (
+        msg.ContentFile("beslut.pdf", "application/pdf", bytes(range(256)) * 100),
+        msg.ContentFile("bild.png", "image/png", b"\x89PNG\r\n"),
+    )
+    message = make_message(documents=(msg.Document("SDK-Meddelande", files=files),))
+    root = msg.to_element(message)
+    whole = etree.tostring(root)
+    assert msg.from_element(root).documents == message.documents
+    assert etree.tostring(root) == whole
+    assert msg.from_element(root, consume=True).documents == message.documents
+    assert [c.text for c in root.iter(f"{{{MSG_NS}}}content")] == [None, None]
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ Decisions:
 import binascii
 import email.policy
 import html
+import io
 import re
 import uuid
 from collections.abc import Iterator, Sequence
@@ -133,14 +134,17 @@ def to_email(
 def _spliced(template: bytes, placeholders: list[tuple[bytes, bytes]]) -> bytes:
     """The mail with each placeholder replaced by its file's base64, made here a piece at a
     time: the email package would hold a 30 MB attachment several times over (its lines,
-    their join, the generator's buffer)."""
-    pieces, rest = [], template
+    their join, the generator's buffer). Each piece goes into one buffer as it is made,
+    whose bytes `getvalue` hands over without copying them: pieces kept to be joined at the
+    end would hold the mail twice."""
+    mail, rest = io.BytesIO(), template
     for placeholder, content in placeholders:
         head, rest = rest.split(placeholder, 1)
-        pieces.append(head)
-        pieces.extend(_base64_lines(content))
-    pieces.append(rest)
-    return b"".join(pieces)
+        mail.write(head)
+        for piece in _base64_lines(content):
+            mail.write(piece)
+    mail.write(rest)
+    return mail.getvalue()
 
 
 def _base64_lines(content: bytes) -> Iterator[bytes]:

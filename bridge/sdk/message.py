@@ -28,7 +28,7 @@ from .names import (
 )
 from .structure import path_of
 from .verdict import Detail, Reason, Rejected
-from .xmlsafe import base64_text
+from .xmlsafe import decode_base64
 from .xmlsafe import parse as parse_xml
 
 
@@ -410,10 +410,16 @@ def parse(data: bytes) -> BusinessMessage:
     """
     if len(data) > MAX_MESSAGE_BYTES:
         raise too_long()
-    return from_element(parse_xml(data, max_bytes=MAX_MESSAGE_BYTES))
+    return from_element(parse_xml(data, max_bytes=MAX_MESSAGE_BYTES), consume=True)
 
 
-def from_element(root: etree._Element) -> BusinessMessage:
+def from_element(root: etree._Element, *, consume: bool = False) -> BusinessMessage:
+    """The message `root` holds; raise Rejected for anything SDK forbids.
+
+    `consume`: the caller reads the tree no more, so each file's base64 is taken out of it
+    as it is decoded. A 30 MB attachment is otherwise held by libxml2, by the str lxml
+    makes of it and as its bytes, all at once.
+    """
     _check(root)
     m = {"m": MSG_NS}
 
@@ -461,7 +467,7 @@ def from_element(root: etree._Element) -> BusinessMessage:
                 ContentFile(
                     file_name=text(f, "m:fileName") or "",
                     content_type=text(f, "m:contentType") or "",
-                    content=_decode_base64(f.find("m:content", m)),
+                    content=_decode_base64(f.find("m:content", m), consume),
                 )
                 for f in d.findall("m:ContentFiles", m)
             ),
@@ -482,8 +488,11 @@ def from_element(root: etree._Element) -> BusinessMessage:
     )
 
 
-def _decode_base64(element: etree._Element) -> bytes:
+def _decode_base64(element: etree._Element, consume: bool) -> bytes:
+    text = element.text or ""
+    if consume:
+        element.text = None  # libxml2's copy goes before the bytes are made
     try:
-        return base64_text(element)
+        return decode_base64(text)
     except ValueError:
         raise _invariant(path_of(element), "must be a valid base64 encoded string") from None

@@ -267,7 +267,7 @@ def _open(
     if element.tag != q(MSG_NS, "messagePayload"):
         # Like an undecryptable payload: answering would make CBC a padding oracle.
         raise Quarantined("decrypted payload: not an SDK business message")
-    progress.message = message = msg.from_element(element)
+    progress.message = message = msg.from_element(element, consume=True)
     _check_consistency(header, message, receiver)
 
 

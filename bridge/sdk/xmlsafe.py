@@ -27,7 +27,7 @@ _PROLOG_ITEM = re.compile(rb"\s+|<\?.*?\?>|<!--.*?-->", re.DOTALL)
 _ENCODING = re.compile(rb"""^<\?xml[^>]*encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 
 
-def _check_prolog(data: bytes) -> None:
+def _check_prolog(data: bytes | bytearray) -> None:
     """Refuse DOCTYPE (hence entities and DTDs) and encodings other than UTF-8."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -43,14 +43,14 @@ def _check_prolog(data: bytes) -> None:
         raise UnsafeXML("document type declarations (DTD, entities) are not accepted")
 
 
-def _check_size(data: bytes, max_bytes: int) -> None:
+def _check_size(data: bytes | bytearray, max_bytes: int) -> None:
     if len(data) > max_bytes:
         raise UnsafeXML(f"document is larger than {max_bytes} bytes")
     if data.count(b"<") > MAX_ELEMENTS:  # base64 and ciphertext never contain "<"
         raise UnsafeXML(f"more than {MAX_ELEMENTS} XML nodes")
 
 
-def parse(data: bytes, *, max_bytes: int) -> etree._Element:
+def parse(data: bytes | bytearray, *, max_bytes: int) -> etree._Element:
     """Parse `data` or raise `UnsafeXML` with a reason that is safe to show anyone."""
     _check_size(data, max_bytes)
     _check_prolog(data)
@@ -90,7 +90,7 @@ _PLAIN_TEXT = re.compile(rb"[\t\n ]*[A-Za-z0-9+/=][A-Za-z0-9+/=\t\n ]*")
 
 
 def parse_apart(
-    data: bytes, *, max_bytes: int, min_text: int
+    data: bytes | bytearray, *, max_bytes: int, min_text: int
 ) -> tuple[etree._Element, Apart | None]:
     """`parse`, with the document's longest text of at least `min_text` characters of
     base64 and whitespace taken apart (None: there is none, the document is parsed whole).
@@ -115,7 +115,7 @@ def parse_apart(
     return root, Apart(placeholder, memoryview(data)[start:end])
 
 
-def _longest_text(data: bytes, min_text: int) -> tuple[int, int] | None:
+def _longest_text(data: bytes | bytearray, min_text: int) -> tuple[int, int] | None:
     """The longest run of `_PLAIN_TEXT` between a ">" and the next "<", if it has at least
     `min_text` characters. Linear in `data`: one step per "<", whose count is bounded."""
     found: tuple[int, int] | None = None
@@ -147,13 +147,16 @@ def base64_text(element: etree._Element) -> bytes:
     return decode_base64(element.text or "")
 
 
-def decode_base64(text: str) -> bytes:
-    """`base64_text` for a text already taken out of its element."""
+def decode_base64(text: str | memoryview) -> bytes:
+    """`base64_text` for a text already taken out of its element, or left apart from it
+    (`Apart.text`, which is ASCII)."""
     try:
-        # Most payloads are one unbroken line: decoded straight from the str, without the
-        # copies that splitting and encoding a 40 MB text would make.
+        # Most payloads are one unbroken line: decoded straight from the str or the view,
+        # without the copies that splitting and encoding a 40 MB text would make.
         return binascii.a2b_base64(text, strict_mode=True)
     except ValueError:
+        if isinstance(text, memoryview):
+            return b"".join(decode_base64_pieces(text))
         return base64.b64decode("".join(text.split()), validate=True)
 
 

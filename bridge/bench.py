@@ -290,7 +290,7 @@ def _measure(
     # The SMTP clients, and the sandbox (access points, address book, SMP) when it runs
     # here, share this process: CPU that in production is spent on other machines.
     own = "sandbox_and_clients" if sandbox_here else "clients"
-    return {
+    measured = {
         "run_id": mails.tag,  # in every mail's Subject and Message-ID
         "mean_mail_bytes": sum(len(mail.as_bytes()) for mail in batch) // max(len(batch), 1),
         "wall_seconds": round(wall, 2),
@@ -312,6 +312,14 @@ def _measure(
         # max: the slowest 10 KB transaction of a second session meanwhile.
         **({"other_session_accept_ms": round(max(others, default=0) * 1000, 1)} if other else {}),
     }
+    if other:  # max: each bridge's rise above idle in sizes of the mail (the goal: at most 4)
+        mail_mb = measured["mean_mail_bytes"] / 2**20
+        for usage in measured["bridges"].values():
+            if usage.get("rss_above_idle_mb") is not None:
+                usage["rss_above_idle_per_mail_size"] = round(
+                    usage["rss_above_idle_mb"] / mail_mb, 2
+                )
+    return measured
 
 
 def _bridge_usage(
@@ -333,10 +341,14 @@ def _bridge_usage(
             "not_measured": bridges.missing[name],
         }
     spent = after[name]["cpu_seconds"] - before[name]["cpu_seconds"]
+    ended = {k: v for k, v in after[name].items() if k != "main_rss_mb"}
     return {
         "pid": bridges.pids[name],
-        **after[name],
+        **ended,
         "cpu_ms_per_message": round(1000 * spent / messages, 1),
+        # The bridge's own process: its RSS once warmed up, and how far its peak rose above.
+        "idle_rss_mb": before[name]["main_rss_mb"],
+        "rss_above_idle_mb": round(ended["main_peak_rss_mb"] - before[name]["main_rss_mb"], 1),
     }
 
 
@@ -374,7 +386,13 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"  bridge {label.upper():<14}peak RSS {usage['peak_rss_mb']} MB,"
             f" CPU {usage['cpu_seconds']} s ({usage['processes']} processes),"
-            f" {usage['cpu_ms_per_message']} ms per message"
+            f" {usage['cpu_ms_per_message']} ms per message; its own process idle"
+            f" {usage['idle_rss_mb']} MB, peak +{usage['rss_above_idle_mb']} MB"
+            + (
+                f" ({usage['rss_above_idle_per_mail_size']}x the mail)"
+                if "rss_above_idle_per_mail_size" in usage
+                else ""
+            )
         )
     lines.append(
         f"  {own.replace('_', ' '):<21}{result[f'{own}_cpu_ms_per_message']} ms CPU per"
@@ -625,9 +643,11 @@ def _crypto_limit(key_size: int) -> float:
 
 
 def _usage(pid: int) -> dict[str, Any]:
-    """Peak RSS and CPU seconds of a bridge and its child processes (the crypto workers)."""
+    """Peak RSS and CPU seconds of a bridge and its child processes (the crypto workers);
+    RSS now and peak RSS of the bridge's own process, for what one message costs it (the
+    workers start when first needed, so their RSS is not the message's)."""
     tick = os.sysconf("SC_CLK_TCK")
-    peak_kb, cpu_ticks, processes = 0, 0, 0
+    peak_kb, cpu_ticks, processes, own_kb = 0, 0, 0, {"VmRSS:": 0, "VmHWM:": 0}
     for candidate in Path("/proc").iterdir():
         if not candidate.name.isdigit():
             continue
@@ -643,12 +663,17 @@ def _usage(pid: int) -> dict[str, Any]:
         processes += 1
         cpu_ticks += int(fields[11]) + int(fields[12])  # utime + stime
         for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                peak_kb += int(line.split()[1])
+            name, *value = line.split()  # "VmHWM:\t  1234 kB"
+            if name == "VmHWM:":
+                peak_kb += int(value[0])
+            if own == pid and name in own_kb:
+                own_kb[name] = int(value[0])
     return {
         "peak_rss_mb": round(peak_kb / 1024, 1),
         "cpu_seconds": round(cpu_ticks / tick, 2),
         "processes": processes,
+        "main_rss_mb": round(own_kb["VmRSS:"] / 1024, 1),
+        "main_peak_rss_mb": round(own_kb["VmHWM:"] / 1024, 1),
     }
 
 

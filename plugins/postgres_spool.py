@@ -51,6 +51,7 @@ from bridge.spool import (
     SpoolUnavailable,
     State,
 )
+from bridge.spool.batches import first_within
 
 # Each step must leave the previous version working (add, never drop or rename), so the
 # instances of a rolling upgrade can run on the upgraded database one after the other.
@@ -505,10 +506,16 @@ class PostgresSpool:
         return [_received(row) for row in rows]
 
     def claim_received(
-        self, limit: int | None = None, *, action: str | None = None, other_than: str | None = None
+        self,
+        limit: int | None = None,
+        *,
+        action: str | None = None,
+        other_than: str | None = None,
+        max_bytes: int | None = None,
     ) -> list[Received]:
         """The new ones due, of one `action` or of all but `other_than`, oldest first,
-        leased to this instance for judging."""
+        leased to this instance for judging; with `max_bytes`, no more than fit in it (but
+        at least one): their payloads come along."""
         condition = "state = 'new' AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
         arguments: list[Any] = []
         if action:
@@ -518,6 +525,16 @@ class PostgresSpool:
             condition += " AND action != %s"
             arguments.append(other_than)
         with self._connection() as db:
+            if max_bytes is not None:  # first which, by size; locked until the claim below
+                sized = db.execute(
+                    f"SELECT id, coalesce(octet_length(payload), 0) AS size FROM received"
+                    f" WHERE ({condition}) AND (lease_until IS NULL OR lease_until <= now()"
+                    " OR lease_owner = %s) ORDER BY received_at, seq LIMIT %s"
+                    " FOR UPDATE SKIP LOCKED",
+                    (*arguments, self.instance, limit),
+                ).fetchall()
+                ids = first_within(((row["id"], row["size"]) for row in sized), max_bytes)
+                condition, arguments, limit = "id = ANY(%s)", [ids], None
             rows = self._claim(
                 db,
                 "received",

@@ -342,6 +342,19 @@ def test_received_envelopes_are_claimed_by_kind(spool: Spool) -> None:
     assert item == received("e-2", action="msg")
 
 
+def test_received_envelopes_are_claimed_within_a_size(spool: Spool) -> None:
+    """A backlog of large envelopes is taken a few at a time: their payloads come along."""
+    for number, size in enumerate((400, 300, 200, 100), 1):
+        spool.store_received(received(f"e-{number}", b"x" * size))
+    assert [r.id for r in spool.claim_received(max_bytes=750)] == ["e-1", "e-2"]
+    assert [r.id for r in spool.claim_received(max_bytes=100)] == ["e-1"]  # one, whatever size
+    assert [r.id for r in spool.claim_received(3, max_bytes=10_000)] == ["e-1", "e-2", "e-3"]
+    for ebms_id in ("e-1", "e-2"):
+        spool.conclude_received(ebms_id, "quarantined", "test")
+    (taken,) = spool.claim_received(max_bytes=250)
+    assert (taken.id, taken.payload) == ("e-3", b"x" * 200)
+
+
 def test_a_received_message_is_concluded_once(spool: Spool) -> None:
     spool.store_received(received("e-1"))
     assert spool.conclude_received(
@@ -605,6 +618,17 @@ def test_two_instances_never_take_the_same_inbound_work(open_instance: OpenSpool
     assert [m.sdk_message_id for m in b.inbox_due()] == ["sdk-1"]
     assert [d.id for d in b.owing_reports()] == [delivery.id]
     assert len(b.held_reports()) == 1
+
+
+def test_a_size_bounded_claim_skips_what_another_instance_holds(
+    open_instance: OpenSpool,
+) -> None:
+    a, b = open_instance("a"), open_instance("b")
+    for number in (1, 2, 3):
+        a.store_received(received(f"e-{number}", b"x" * 100))
+    assert [r.id for r in a.claim_received(max_bytes=150)] == ["e-1"]
+    assert [r.id for r in b.claim_received(max_bytes=250)] == ["e-2", "e-3"]
+    assert [r.id for r in a.claim_received(max_bytes=1000)] == ["e-1"]
 
 
 def test_instances_share_the_dedup_state(open_instance: OpenSpool) -> None:

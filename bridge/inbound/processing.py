@@ -81,6 +81,9 @@ WAIT_ON = (RegistryUnavailable, TemporaryFailure, *STORAGE_ERRORS, BrokenExecuto
 # runs in the crypto workers meanwhile. Two copies of one messageId judged together are told
 # apart by the spool (one is a duplicate).
 BATCH = 50
+# and at most this many envelope bytes, their payloads being in memory for the round: a
+# backlog of 30 MB messages is taken a few at a time, not fifty.
+BATCH_BYTES = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -130,19 +133,19 @@ class Inbound:
 
     async def process_pending(self) -> bool:
         """The stored messages not yet decided, oldest first; then the kvittens owed.
-        Whether a whole batch was taken, so that more may be waiting.
+        Whether any was taken: more may be waiting, so the caller looks again at once.
 
         Kvittens are left for `outbound.receipts`. A message that cannot be judged now
         (registry, scanner, disk or crypto workers failing) waits with growing pauses;
         another document type, or a message that trips a bug, is quarantined: one bad
         envelope never holds up the others."""
         items = await asyncio.to_thread(
-            self.spool.claim_received, BATCH, other_than=KVITTENS_ACTION
+            self.spool.claim_received, BATCH, other_than=KVITTENS_ACTION, max_bytes=BATCH_BYTES
         )
         await each(items, self._process_safely)
         await self.send_owed()
         # Each message judged leaves "new" or waits until later, so this loop ends.
-        return len(items) == BATCH
+        return bool(items)
 
     async def _process_safely(self, item: Received) -> None:
         try:

@@ -85,7 +85,12 @@ class Spool(Protocol):
         self, state: str = "new", action: str | None = None, *, limit: int | None = None
     ) -> list[Received]: ...
     def claim_received(
-        self, limit: int | None = None, *, action: str | None = None, other_than: str | None = None
+        self,
+        limit: int | None = None,
+        *,
+        action: str | None = None,
+        other_than: str | None = None,
+        max_bytes: int | None = None,
     ) -> list[Received]: ...
     def postpone_received(self, received_id: str, until: datetime) -> None: ...
     def held_received(self) -> list[dict[str, Any]]: ...

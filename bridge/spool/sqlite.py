@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import move_durably, write_atomic
+from .batches import first_within
 from .errors import DuplicateMessage
 
 SCHEMA = """
@@ -477,9 +478,15 @@ class SQLiteSpool:
         return [self._received_item(row) for row in rows]
 
     def claim_received(
-        self, limit: int | None = None, *, action: str | None = None, other_than: str | None = None
+        self,
+        limit: int | None = None,
+        *,
+        action: str | None = None,
+        other_than: str | None = None,
+        max_bytes: int | None = None,
     ) -> list[Received]:
-        """The new ones due, of one `action` or of all but `other_than`, oldest first."""
+        """The new ones due, of one `action` or of all but `other_than`, oldest first; with
+        `max_bytes`, no more than fit in it (but at least one)."""
         query = "SELECT * FROM received WHERE state = 'new'"
         query += " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
         arguments: list[Any] = [_now().isoformat()]
@@ -492,7 +499,15 @@ class SQLiteSpool:
         query += " ORDER BY received_at" + (f" LIMIT {int(limit)}" if limit else "")
         with self._lock:
             rows = self._db.execute(query, arguments).fetchall()
+        if max_bytes is not None:
+            rows = first_within(((row, self._received_size(row["id"])) for row in rows), max_bytes)
         return [self._received_item(row) for row in rows]
+
+    def _received_size(self, received_id: str) -> int:
+        try:
+            return (self._received / f"{_safe_name(received_id)}.xhe").stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def _received_item(self, row: sqlite3.Row) -> Received:
         return Received(

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from pathlib import Path
@@ -51,6 +52,16 @@ def in_mailbox(local: LocalRun) -> list[tuple[str, str]]:
                 headers = BytesHeaderParser(policy=email.policy.default).parsebytes(file.read())
             found.append((str(headers["Subject"]), str(headers["X-SDK-Message-ID"])))
     return found
+
+
+def assert_each_once(local: LocalRun, subjects: Iterable[str]) -> None:
+    """B's Maildir holds a mail with each of `subjects` exactly once, and no SDK message
+    twice."""
+    found = in_mailbox(local)
+    counted = Counter(subject for subject, _ in found)
+    assert set(counted) == set(subjects)
+    assert max(counted.values()) == 1, [s for s, n in counted.items() if n > 1]
+    assert len({sdk_id for _, sdk_id in found}) == len(found)
 
 
 def recover_lost(local: LocalRun) -> int:
@@ -117,11 +128,7 @@ def test_either_bridge_killed_ten_times_loses_and_doubles_nothing(
             recovered += recover_lost(local)
             time.sleep(1)
         time.sleep(2)  # a late duplicate would show now
-        found = in_mailbox(local)
-        subjects = Counter(subject for subject, _ in found)
-        assert set(subjects) == set(acknowledged)
-        assert max(subjects.values()) == 1, [s for s, n in subjects.items() if n > 1]
-        assert len({sdk_id for _, sdk_id in found}) == len(found)  # no SDK message twice
+        assert_each_once(local, acknowledged)
 
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(local.kvittens("a")) < MAILS:

@@ -224,7 +224,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from . import plugins
-    from .daemon import ConfigurationMissing, StageFailed, run
+    from .daemon import ConfigurationMissing, SpoolInUse, StageFailed, run
 
     try:
         loaded = config.load(Path(args.config))
@@ -232,7 +232,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     try:
         asyncio.run(run(loaded, Path(args.config)))
-    except (ConfigurationMissing, plugins.PluginError) as e:
+    except (ConfigurationMissing, SpoolInUse, plugins.PluginError) as e:
         raise UsageError(f"{args.config}: {e}") from None
     except StageFailed as e:
         print(f"sdk-bridge: {e}", file=sys.stderr)

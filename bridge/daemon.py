@@ -8,6 +8,7 @@ own terms: everything a stage has done is written to the spool before the next o
 """
 
 import asyncio
+import fcntl
 import multiprocessing
 import os
 import signal
@@ -17,6 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import IO
 
 import structlog
 from cryptography.hazmat.primitives import serialization
@@ -257,6 +259,28 @@ class ConfigurationMissing(ValueError):
     pass
 
 
+class SpoolInUse(ValueError):
+    """Another bridge runs on this spool directory."""
+
+
+def _hold_spool_directory(directory: Path) -> IO[bytes]:
+    """One bridge per spool directory: two would discard each other's mail still arriving
+    and, on a shared database, carry one name on their leases and take each other's work.
+    The lock (flock) is held as long as the process lives: a killed bridge's successor
+    gets it at once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = (directory / "bridge.lock").open("a+b")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise SpoolInUse(
+            f"another sdk-bridge runs on the spool directory {directory} (it holds"
+            f" {directory / 'bridge.lock'}): each bridge needs a spool directory of its own"
+        ) from None
+    return handle
+
+
 def _require(config: Config) -> None:
     missing = [
         name
@@ -284,6 +308,7 @@ async def run(config: Config, file: Path) -> None:
         log.warning(warning)
     memory.return_large_buffers()
     smtp = config.smtp
+    held = _hold_spool_directory(config.spool)
     spool = open_spool(config)
     spool.discard_partial()
     released = spool.release_leases()
@@ -409,6 +434,7 @@ async def run(config: Config, file: Path) -> None:
             await mailbox.close()
         registry.close()
         spool.close()
+        held.close()
         log.info("stopped")
     if failed:
         raise StageFailed(f"a stage of the bridge failed: {failed[0].exception()!r}")

@@ -26,7 +26,7 @@ import contextlib
 import hashlib
 import socket
 import uuid
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -224,6 +224,12 @@ INBOX_COLUMNS = (
     "sdk_message_id, received_id, functional_address, sender, conversation_id,"
     " mail_message_id, reply_references, our_references, state, attempts, last_error,"
     " created_at"
+)
+# Ends this instance's lease on a row, and only this instance's: an administrator's
+# `queue retry` must not hand a mail another instance is delivering to a third.
+RELEASE = (
+    "lease_until = CASE WHEN lease_owner = %s THEN NULL ELSE lease_until END,"
+    " lease_owner = NULLIF(lease_owner, %s)"
 )
 TLS_SETTINGS = ("sslmode", "sslrootcert", "sslcert", "sslkey")
 
@@ -433,8 +439,7 @@ class PostgresSpool:
                 " note = NULL, payload = excluded.payload WHERE received.state = 'lost'",
                 (*_received_fields(item), state, item.payload),
             ).rowcount
-            if stored:
-                db.execute("DELETE FROM retrieving WHERE id = %s", (item.id,))
+            db.execute("DELETE FROM retrieving WHERE id = %s", (item.id,))  # kept, either way
         return stored == 1
 
     def import_received(self, item: Received) -> bool:
@@ -469,7 +474,8 @@ class PostgresSpool:
                 " ON CONFLICT (id) DO NOTHING",
                 (message_ids,),
             )
-            rows = self._claim(db, "retrieving", "id", "true", (), "seq", None, "id, seq")
+            stored = "NOT EXISTS (SELECT 1 FROM received r WHERE r.id = retrieving.id)"
+            rows = self._claim(db, "retrieving", "id", stored, (), "seq", None, "id, seq")
         return [row["id"] for row in sorted(rows, key=lambda row: row["seq"])]
 
     def lost_retrieving(self, message_id: str, note: str) -> None:
@@ -591,9 +597,9 @@ class PostgresSpool:
         """A message that cannot be judged now (registry or scanner unavailable)."""
         with self._connection() as db:
             db.execute(
-                "UPDATE received SET attempts = attempts + 1, next_attempt_at = %s,"
-                " lease_until = NULL, lease_owner = NULL WHERE id = %s",
-                (until, received_id),
+                f"UPDATE received SET attempts = attempts + 1, next_attempt_at = %s, {RELEASE}"
+                " WHERE id = %s",
+                (until, self.instance, self.instance, received_id),
             )
 
     def mark_received(self, received_id: str, state: str, note: str | None = None) -> None:
@@ -796,9 +802,8 @@ class PostgresSpool:
         assignments = "".join(f"{name} = %s, " for name in changes)
         with self._connection() as db:  # this round's attempt is over: so is its lease
             db.execute(
-                f"UPDATE {table} SET {assignments}lease_until = NULL, lease_owner = NULL,"
-                f" updated_at = now() WHERE {key} = %s",
-                (*changes.values(), value),
+                f"UPDATE {table} SET {assignments}{RELEASE}, updated_at = now() WHERE {key} = %s",
+                (*changes.values(), self.instance, self.instance, value),
             )
 
     # --- delivery reports waiting for the smart host -------------------------------------
@@ -883,23 +888,23 @@ class PostgresSpool:
         from_states: Collection[State],
         *,
         new_sdk_message_id: bool = False,
-        unless_noted: str | None = None,
+        when: Callable[[Delivery], bool] | None = None,
         **changes: Any,
     ) -> Delivery | None:
-        """Apply `changes` only if the delivery is still in one of `from_states` (and has
-        no note `unless_noted`), with the row locked; None when it was not (another stage
+        """Apply `changes` only if the delivery is still in one of `from_states` (and, as it
+        is now, satisfies `when`), with the row locked; None when it was not (another stage
         or instance moved it first). `notes` are merged into the stored ones (a None value
         removes a note); a report owed is leased to this instance, which sends it next.
         `new_sdk_message_id` gives it a new SDK messageId for sending it again; the old one
         still finds it."""
         with self._connection() as db:
             row = db.execute(
-                "SELECT state, sdk_message_id, notes FROM deliveries WHERE id = %s FOR UPDATE",
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = %s FOR UPDATE",
                 (delivery_id,),
             ).fetchone()
             if row is None or State(row["state"]) not in from_states:
                 return None
-            if unless_noted and row["notes"].get(unless_noted):
+            if when is not None and not when(_delivery(row)):
                 return None
             if "report" in changes.get("notes", {}):  # owed: this instance sends it; or sent
                 owed = changes["notes"]["report"] is not None
@@ -1016,7 +1021,7 @@ class SharedRegistryCache:
                     (name,),
                     binary=True,
                 ).fetchone()
-        except SpoolUnavailable as e:
+        except (SpoolUnavailable, psycopg.Error) as e:  # a cache: the registry goes on
             raise OSError(f"the registry cache in the spool database: {e}") from e
         return (bytes(row["data"]), row["stored_at"]) if row else None
 
@@ -1029,7 +1034,7 @@ class SharedRegistryCache:
                     " stored_at = excluded.stored_at",
                     (name, data),
                 )
-        except SpoolUnavailable as e:
+        except (SpoolUnavailable, psycopg.Error) as e:  # a cache: the registry goes on
             raise OSError(f"the registry cache in the spool database: {e}") from e
 
 

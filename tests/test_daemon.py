@@ -152,6 +152,16 @@ def test_mail_through_the_daemon(bridge: Bridge, sandbox: Sandbox, tmp_path: Pat
     assert pdf.content == b"%PDF-1.7\n" + bytes(range(256)) * 4000
 
 
+def test_a_second_bridge_on_the_same_spool_directory_is_refused(bridge: Bridge) -> None:
+    """Two bridges on one directory would discard each other's arriving mail and, on a
+    shared database, take each other's work under one name."""
+    command = [sys.executable, "-m", "bridge.cli", "run", "-c", str(bridge.config)]
+    second = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2
+    assert "another sdk-bridge runs on the spool directory" in second.stderr
+    assert bridge.process is not None and bridge.process.poll() is None  # the first goes on
+
+
 def test_sigkill_at_random_moments_loses_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
     """200 messages from a sender that retries like an MTA, while the bridge is killed 5
     times at random moments (mid-dialogue, mid-store, mid-submission). Every message that

@@ -1,18 +1,20 @@
 """Delivery reports: a smart host that is down does not lose them."""
 
 import asyncio
+import dataclasses
 import email.policy
 from datetime import timedelta
 from email import message_from_bytes
+from email.message import EmailMessage
 from pathlib import Path
 
 from test_daemon import Sink
 from test_outbound import TO_B, new_mail
 
-from bridge.outbound.outcomes import Event
+from bridge.outbound.outcomes import Event, settle
 from bridge.outbound.reports import DsnReporter
 from bridge.sandbox.sml import free_tcp_port
-from bridge.spool import Envelope, SQLiteSpool
+from bridge.spool import Delivery, Envelope, SQLiteSpool, State
 
 
 def test_a_report_waits_for_the_smart_host(tmp_path: Path) -> None:
@@ -46,3 +48,44 @@ def test_a_report_waits_for_the_smart_host(tmp_path: Path) -> None:
     ((mail_from, recipients, content),) = sink.messages
     assert mail_from in ("", "<>") and recipients == ["anna@kommun-a.se"]
     assert message_from_bytes(content).get_content_type() == "multipart/report"
+
+
+def test_a_report_owed_while_another_is_sent_is_not_lost(tmp_path: Path) -> None:
+    """The delay report is on its way when the worker fails the delivery: the failure
+    report stays owed (the delay report's clearing leaves it) and goes out next round."""
+    spool = SQLiteSpool(tmp_path)
+    recipient = dataclasses.replace(TO_B, notify=("DELAY", "FAILURE"))
+    spool.accept(
+        Envelope("anna@kommun-a.se", sender_address="a.registrator"),
+        [recipient],
+        new_mail("Rapport").as_bytes(policy=email.policy.SMTP),
+    )
+    (delivery,) = spool.deliveries()
+    reporter = DsnReporter(
+        spool, ("127.0.0.1", 1), "postmaster@a.se", "bridge.a.se", timedelta(days=5)
+    )
+    sent: list[str] = []
+
+    async def send(message: EmailMessage, about: Delivery) -> None:
+        sent.append(str(message["Subject"]))
+        if len(sent) == 1:  # meanwhile the worker gives up on it
+            await settle(
+                spool,
+                reporter,
+                about,
+                {State.QUEUED},
+                Event.FAILED,
+                "5.4.7",
+                "expired",
+                state=State.FAILED,
+            )
+
+    reporter._send = send  # type: ignore[method-assign]
+    asyncio.run(
+        settle(spool, reporter, delivery, {State.QUEUED}, Event.DELAYED, "4.4.1", "waiting")
+    )
+    assert len(sent) == 1
+    assert spool.delivery(delivery.id).notes["report"]["event"] == Event.FAILED
+    asyncio.run(reporter.send_owed())
+    assert len(sent) == 2 and sent[0] != sent[1]
+    assert "report" not in spool.delivery(delivery.id).notes

@@ -241,13 +241,24 @@ def test_transitions_only_from_the_given_states(spool: Spool) -> None:
         spool.transition(delivery.id, set(State), recipient="x")
 
 
-def test_a_transition_unless_noted_happens_once(spool: Spool) -> None:
-    """Two instances sweeping at once owe the sender one delay report, not two."""
+def test_a_transition_only_when_the_delivery_is_as_expected(spool: Spool) -> None:
+    """Two instances sweeping at once owe the sender one delay report, not two; a sent
+    report is cleared only if no other was owed meanwhile."""
     spool.accept(ENVELOPE, RECIPIENTS[:1], b"x")
     (delivery,) = spool.deliveries()
-    once = {"unless_noted": "delay_reported", "notes": {"delay_reported": True}}
+    once: dict = {"when": lambda now: not now.notes.get("delay_reported")}
+    once["notes"] = {"delay_reported": True, "report": {"event": "delayed"}}
     assert spool.transition(delivery.id, {State.QUEUED}, **once) is not None
     assert spool.transition(delivery.id, {State.QUEUED}, **once) is None
+    failed = {"event": "failed"}
+    spool.transition(delivery.id, {State.QUEUED}, state=State.FAILED, notes={"report": failed})
+    sent = spool.transition(
+        delivery.id,
+        set(State),
+        when=lambda now: now.notes.get("report") == {"event": "delayed"},
+        notes={"report": None},
+    )
+    assert sent is None and spool.delivery(delivery.id).notes["report"] == failed
 
 
 def test_the_same_mail_sent_again_within_a_day_is_kept_once(spool: Spool) -> None:
@@ -596,6 +607,8 @@ def test_two_instances_never_take_the_same_inbound_work(open_instance: OpenSpool
     )
     assert [k.id for k, _ in a.owed_kvittens()] == ["kv-1"] and b.owed_kvittens() == []
     assert [m.sdk_message_id for m in a.inbox_due()] == ["sdk-1"] and b.inbox_due() == []
+    b.update_inbound("sdk-1", next_attempt_at=datetime.now(UTC))  # `queue retry` on b's host
+    assert b.inbox_due() == []  # a is delivering it: only a ends its own lease
     a.accept(ENVELOPE, RECIPIENTS[:1], b"x")
     (delivery,) = a.deliveries()
     report = {"event": "failed", "status": "5.4.7", "text": "expired"}

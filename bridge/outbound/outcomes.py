@@ -46,7 +46,7 @@ async def settle(
         notes["failure_reported"] = True
     if event is Event.DELAYED:  # once, whichever instance sweeps first
         notes["delay_reported"] = True
-        changes["unless_noted"] = "delay_reported"
+        changes["when"] = lambda now: not now.notes.get("delay_reported")
     updated = await asyncio.to_thread(
         spool.transition, delivery.id, from_states, notes=notes, **changes
     )

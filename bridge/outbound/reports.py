@@ -54,8 +54,12 @@ class DsnReporter:
             message = await asyncio.to_thread(self._build, delivery, owed)  # maybe 30 MB
             if message is not None:
                 await self._send(message, delivery)
-            await asyncio.to_thread(
-                self.spool.transition, delivery.id, set(State), notes={"report": None}
+            await asyncio.to_thread(  # unless another was owed meanwhile: sent next round
+                self.spool.transition,
+                delivery.id,
+                set(State),
+                when=lambda now: now.notes.get("report") == owed,
+                notes={"report": None},
             )
         finally:
             self._sending.discard(delivery.id)

@@ -55,11 +55,20 @@ async def _follow_one(
     lifetime: timedelta,
     resend_after: timedelta,
 ) -> None:
+    # What is learnt about this SDK messageId counts only while the delivery still has it
+    # (another instance may have sent it again as a new one meanwhile).
+    def still(now: Delivery) -> bool:
+        return now.sdk_message_id == delivery.sdk_message_id
+
     try:
         status = await access_point.status(delivery.sdk_message_id)
         if status == SENT:
             await asyncio.to_thread(
-                spool.transition, delivery.id, {State.SUBMITTED}, notes={"transport": SENT}
+                spool.transition,
+                delivery.id,
+                {State.SUBMITTED},
+                when=still,
+                notes={"transport": SENT},
             )
             return
         if status != FAILED:
@@ -81,6 +90,7 @@ async def _follow_one(
             delivery.id,
             {State.SUBMITTED},
             new_sdk_message_id=True,
+            when=still,
             state=State.QUEUED,
             next_attempt_at=datetime.now(UTC) + resend_after,
             last_error=f"the access point could not send it ({details})",
@@ -109,5 +119,6 @@ async def _follow_one(
         reason,
         state=State.FAILED,
         last_error=reason,
+        when=still,
         notes={"transport": FAILED},
     )

@@ -13,7 +13,7 @@ kind of work in rounds, so it may be given again what it holds itself.
 """
 
 import sqlite3
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -60,7 +60,7 @@ class Spool(Protocol):
         from_states: Collection[State],
         *,
         new_sdk_message_id: bool = False,
-        unless_noted: str | None = None,
+        when: Callable[[Delivery], bool] | None = None,
         **changes: Any,
     ) -> Delivery | None: ...
     def body(self, message_id: str) -> bytes: ...

@@ -10,7 +10,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -594,6 +594,10 @@ class SQLiteSpool:
 
         Raise DuplicateMessage, recording nothing, when the inbox already holds a message
         with this SDK messageId (a copy judged at the same moment)."""
+        with self._lock:
+            row = self._db.execute("SELECT state FROM received WHERE id = ?", (received_id,))
+            if row.fetchone()["state"] != "new":
+                return False  # before writing: its mail file is the accepted mail's name
         written = []
         if kvittens is not None:
             written.append(self._kvittens / f"{_safe_name(kvittens[0].id)}.xhe")
@@ -602,15 +606,12 @@ class SQLiteSpool:
             written.append(self._inbox / f"{_safe_name(received_id)}.eml")
             write_atomic(written[-1], mail[1])
         try:
-            concluded = self._conclude(received_id, state, note, kvittens, mail, sdk_message_id)
+            self._conclude(received_id, state, note, kvittens, mail, sdk_message_id)
         except sqlite3.IntegrityError as e:
             for path in written:
                 path.unlink(missing_ok=True)
             raise DuplicateMessage(str(e)) from e
-        if not concluded:
-            for path in written:
-                path.unlink(missing_ok=True)
-        return concluded
+        return True
 
     def _conclude(
         self,
@@ -620,12 +621,9 @@ class SQLiteSpool:
         kvittens: tuple[OwedKvittens, bytes] | None,
         mail: tuple[InboundMail, bytes] | None,
         sdk_message_id: str | None,
-    ) -> bool:
+    ) -> None:
         now = _now().isoformat()
         with self._lock, self._db:
-            row = self._db.execute("SELECT state FROM received WHERE id = ?", (received_id,))
-            if row.fetchone()["state"] != "new":
-                return False
             if kvittens is not None:
                 k = kvittens[0]
                 self._db.execute(
@@ -660,7 +658,6 @@ class SQLiteSpool:
                 "UPDATE received SET state = ?, note = ?, sdk_message_id = ? WHERE id = ?",
                 (state, note, sdk_message_id, received_id),
             )
-        return True
 
     # --- kvittens we send ----------------------------------------------------------------
 
@@ -848,11 +845,11 @@ class SQLiteSpool:
         from_states: Collection[State],
         *,
         new_sdk_message_id: bool = False,
-        unless_noted: str | None = None,
+        when: Callable[[Delivery], bool] | None = None,
         **changes: Any,
     ) -> Delivery | None:
-        """Apply `changes` only if the delivery is still in one of `from_states` (and has
-        no note `unless_noted`), in one transaction; None when it was not (someone else
+        """Apply `changes` only if the delivery is still in one of `from_states` (and, as it
+        is now, satisfies `when`), in one transaction; None when it was not (someone else
         moved it first). `notes` are merged into the stored ones (a None value removes a
         note). `new_sdk_message_id` gives it a new SDK messageId (so a new XHE ID and ebMS
         MessageId) for sending it again; the old one still finds it."""
@@ -862,7 +859,7 @@ class SQLiteSpool:
             ).fetchone()
             if row is None or State(row["state"]) not in from_states:
                 return None
-            if unless_noted and json.loads(row["notes"]).get(unless_noted):
+            if when is not None and not when(self._delivery(row)):
                 return None
             if new_sdk_message_id:
                 self._db.execute(

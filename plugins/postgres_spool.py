@@ -979,7 +979,7 @@ class PostgresSpool:
             ).fetchall()
         return [_delivery(row) for row in rows]
 
-    def owing_reports(self) -> list[Delivery]:
+    def owing_reports(self, limit: int = 10) -> list[Delivery]:
         """Deliveries whose report is owed and not being sent by another instance (the one
         that recorded it sends it at once), leased to this instance for sending."""
         with self._connection() as db:
@@ -990,7 +990,7 @@ class PostgresSpool:
                 "jsonb_typeof(notes -> 'report') = 'object'",
                 (),
                 "id",
-                None,
+                limit,
                 DELIVERY_COLUMNS,
                 lease="report_lease",
             )

@@ -8,9 +8,11 @@ from email import message_from_bytes
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
 from test_daemon import Sink
 from test_outbound import TO_B, new_mail
 
+from bridge.outbound import dsn
 from bridge.outbound.outcomes import Event, settle
 from bridge.outbound.reports import DsnReporter
 from bridge.sandbox.sml import free_tcp_port
@@ -89,3 +91,25 @@ def test_a_report_owed_while_another_is_sent_is_not_lost(tmp_path: Path) -> None
     asyncio.run(reporter.send_owed())
     assert len(sent) == 2 and sent[0] != sent[1]
     assert "report" not in spool.delivery(delivery.id).notes
+
+
+def test_held_reports_wait_after_the_first_the_smart_host_does_not_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A smart host that hangs costs a round one timeout, not one per held report."""
+    spool = SQLiteSpool(tmp_path)
+    report = new_mail("Rapport").as_bytes(policy=email.policy.SMTP)
+    for _ in range(3):
+        spool.hold_report("anna@kommun-a.se", report)
+    reporter = DsnReporter(
+        spool, ("127.0.0.1", 1), "postmaster@a.se", "bridge.a.se", timedelta(days=5)
+    )
+    tried: list[str] = []
+
+    async def down(message: EmailMessage, **_: object) -> None:
+        tried.append(str(message["Subject"]))
+        raise dsn.SendError("timed out", permanent=False)
+
+    monkeypatch.setattr(dsn, "send", down)
+    asyncio.run(reporter.resend_held())
+    assert len(tried) == 1 and len(spool.held_reports()) == 3

@@ -28,6 +28,10 @@ from ..spool import STORAGE_ERRORS, Received, Spool
 
 log = structlog.get_logger(__name__)
 
+# Envelopes retrieved a round (8 at a time): even against an access point that hangs until
+# each one's timeout, a round stays well within the spool's lease on them.
+RETRIEVALS = 48
+
 
 class Intake:
     """Fetching from one access point into one spool. An envelope that cannot be stored
@@ -40,7 +44,7 @@ class Intake:
         self.unstored: dict[str, Received] = {}
         self.backlog = False  # the last look found more pending than one round takes
 
-    async def fetch(self, limit: int = 100) -> int | None:
+    async def fetch(self, limit: int = RETRIEVALS) -> int | None:
         """Retrieve up to `limit` pending envelopes into the spool; how many were new, or
         None when the access point could not be asked or the spool cannot take more."""
         new = 0

@@ -119,12 +119,15 @@ class DsnReporter:
 
     async def send_owed(self) -> None:
         """Reports not sent yet: owed by a bridge that stopped before sending them, or
-        asked for by `sdk-bridge queue bounce`."""
+        asked for by `sdk-bridge queue bounce`. A few a round, one after another, so that
+        a round stays well within the spool's lease even when the smart host hangs."""
         for delivery in await asyncio.to_thread(self.spool.owing_reports):
             await self(delivery)
 
     async def resend_held(self) -> None:
-        """Reports kept because the smart host did not take them: try each once more."""
+        """Reports kept because the smart host did not take them: try each once more, and
+        none after the first it does not take now (a round against a smart host that hangs
+        is one timeout long, well within the spool's lease)."""
         if self.smart_host is None:
             return
         for report_id, recipient, data in await asyncio.to_thread(self.spool.held_reports):
@@ -134,6 +137,6 @@ class DsnReporter:
                 await dsn.send(message, smart_host=self.smart_host[0], port=self.smart_host[1])
             except dsn.SendError as e:
                 if not e.permanent:
-                    continue
+                    return
                 log.error("held delivery report refused for good", to=recipient, error=str(e))
             await asyncio.to_thread(self.spool.drop_report, report_id)

@@ -936,13 +936,14 @@ class SQLiteSpool:
             ).fetchall()
         return [self._delivery(row) for row in rows]
 
-    def owing_reports(self) -> list[Delivery]:
+    def owing_reports(self, limit: int = 10) -> list[Delivery]:
         """Deliveries whose sender is owed a delivery report, through an index: every
         round asks, and the table keeps all deliveries ever made."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT * FROM deliveries WHERE json_extract(notes, '$.report') IS NOT NULL"
-                " ORDER BY id"
+                " ORDER BY id LIMIT ?",
+                (limit,),
             ).fetchall()
         return [self._delivery(row) for row in rows]
 

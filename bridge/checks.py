@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -160,12 +161,31 @@ async def _access_point(config: Config) -> Finding:
     except plugins.PluginError as e:
         return Finding(False, "access point", str(e))
     try:
-        waiting = await access_point.pending()
+        mismatch = await _interface_mismatch(access_point, config.access_point.interface)
+        if mismatch:
+            return Finding(False, "access point", mismatch)
+        waiting = await access_point.pending([config.organisation_id])
         return Finding(True, "access point", f"answers; {len(waiting)} messages waiting")
     except (plugins.TemporaryFailure, plugins.PermanentFailure) as e:
         return Finding(False, "access point", str(e))
     finally:
         await access_point.close()
+
+
+async def _interface_mismatch(access_point: Any, configured: str) -> str | None:
+    """What is wrong when the url serves the other WS plugin interface (its WSDL says
+    which), None when it matches or a connector cannot tell."""
+    served_by = getattr(access_point, "interface_served", None)
+    if served_by is None:
+        return None
+    served = await served_by()
+    if served is None or served == configured:
+        return None
+    path = "/services/wsplugin" if configured == "wsplugin" else "/services/backend"
+    return (
+        f"the url serves the {served!r} interface, not the configured {configured!r}: set"
+        f" access_point.interface: {served}, or point the url at Domibus's {path}"
+    )
 
 
 async def _mailbox(address: str, plugin: str, settings: dict) -> Finding:

@@ -463,6 +463,10 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
             sml=args.sml,
             conversation_id_rule=args.conversation_id_rule,
             retention_minutes=args.retention_minutes,
+            shared_access_point=args.shared_access_point,
+            admin_plugin_users=args.admin_plugin_users,
+            interface=args.interface,
+            mtom=args.mtom,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -854,6 +858,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--retention-minutes",
         type=int,
         help="keep downloaded messages this long (default 0, Digg's retention_downloaded)",
+    )
+    sandbox.add_argument(
+        "--shared-access-point",
+        action="store_true",
+        default=None,
+        help="one access point for every organisation, as a service provider runs",
+    )
+    sandbox.add_argument(
+        "--admin-plugin-users",
+        action="store_true",
+        default=None,
+        help="the bridges' plugin users are administrators (they see every organisation's"
+        " messages) instead of users with their organisation as originalUser",
+    )
+    sandbox.add_argument(
+        "--interface",
+        choices=("wsplugin", "backend"),
+        default="wsplugin",
+        help="the WS plugin interface the configurations name (default wsplugin, Domibus"
+        " 5.x; backend: the deprecated one of 4.x); the access points serve both",
+    )
+    sandbox.add_argument(
+        "--mtom", action="store_true", help="answer retrieveMessage as MTOM/XOP, as CXF can"
     )
     sandbox.set_defaults(run=cmd_sandbox)
 

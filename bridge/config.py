@@ -54,6 +54,8 @@ class AccessPointConfig:
     plugin: str = "domibus-ws"  # the connector plugin (entry point sdk_bridge.access_points)
     client_cert: Path | None = None  # for mutual TLS
     client_key: Path | None = None
+    # Which WS plugin interface the url serves: wsplugin (Domibus 5.x) or backend (4.x).
+    interface: str = "wsplugin"
 
     def plugin_settings(self) -> dict[str, Any]:
         """The connector plugin's settings."""
@@ -62,6 +64,7 @@ class AccessPointConfig:
             "username": self.username,
             "password": self.password,
             "party_id": self.party_id,
+            "interface": self.interface,
         }
         for name in ("tls_trust", "client_cert", "client_key"):
             if getattr(self, name) is not None:
@@ -586,7 +589,14 @@ def _access_point(node: _Node) -> AccessPointConfig:
         "plugin",
         "client_cert",
         "client_key",
+        "interface",
     )
+    interface = fields["interface"].string() if "interface" in fields else "wsplugin"
+    if interface not in ("wsplugin", "backend"):
+        raise fields["interface"].error(
+            "must be wsplugin (Domibus 5.x, the url ends in /services/wsplugin) or backend"
+            " (the deprecated interface of Domibus 4.x, /services/backend)"
+        )
     try:
         password = read_passphrase(_required(fields, node, "password_file").path()).decode()
     except KeyError_ as e:
@@ -600,6 +610,7 @@ def _access_point(node: _Node) -> AccessPointConfig:
         plugin=fields["plugin"].string() if "plugin" in fields else "domibus-ws",
         client_cert=_existing_file(fields["client_cert"]) if "client_cert" in fields else None,
         client_key=_existing_file(fields["client_key"]) if "client_key" in fields else None,
+        interface=interface,
     )
 
 

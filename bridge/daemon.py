@@ -61,7 +61,7 @@ async def _take_in(
     every `poll_seconds`, at once when `fetch_now` is set (SIGUSR1), and round after round
     without a pause while a backlog lasts (more pending than one round takes)."""
 
-    intake = Intake(access_point, spool)
+    intake = Intake(access_point, spool, [config.organisation_id])
     backlog = False
 
     async def fetch() -> None:

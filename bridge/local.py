@@ -56,17 +56,26 @@ class LocalRun:
         outbound: dict[str, dict[str, object]] | None = None,
         deliver_to: dict[str, dict[str, object]] | None = None,
         spools: Mapping[str, Mapping[str, str]] | None = None,
+        interface: str = "wsplugin",
+        organisations: int = 2,
+        shared_access_point: bool | None = None,
+        admin_plugin_users: bool | None = None,
     ) -> None:
         """`outbound`: more `outbound` settings per bridge label, for tests; `deliver_to`:
         the mailbox for every functional address of a label, instead of a Maildir;
-        `spools`: a label's spool back end, as `Sandbox` takes it (SQLite if not given)."""
+        `spools`: a label's spool back end, as `Sandbox` takes it (SQLite if not given);
+        the rest as `Sandbox` takes them. Bridges run for A and B; a third organisation
+        has none."""
         self.directory = directory
         self.sandbox = Sandbox(
             directory / "sandbox",
-            2,
+            organisations,
             key_size=key_size,
             retention_minutes=retention_minutes,
             spools=spools,
+            shared_access_point=shared_access_point,
+            admin_plugin_users=admin_plugin_users,
+            interface=interface,
         )
         self.poll_seconds = poll_seconds
         self.outbound = outbound or {}

@@ -50,6 +50,11 @@ LOST = Counter(
     "Messages the access point no longer gives out after a crash (recover with inbound import)",
     registry=REGISTRY,
 )
+FOREIGN = Counter(
+    "sdk_bridge_inbound_foreign",
+    "Messages for other organisations listed by the access point, left there untouched",
+    registry=REGISTRY,
+)
 KVITTENS_SENT = Counter(
     "sdk_bridge_kvittens_sent",
     "Kvittens handed to the access point",

@@ -8,7 +8,7 @@ the settings mapping from its section of the configuration file; first-party plu
     clamav = "plugins.clamav:ClamAV"
 """
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Protocol
@@ -86,6 +86,11 @@ class UnreadableRetrieval(PermanentFailure):
 
 
 class AccessPoint(Protocol):
+    # Whether `retrieve` leaves the message at the access point until `acknowledge`
+    # (Domibus 5's markAsDownloaded="false"). If False, a retrieved message is gone there
+    # at once, so whatever was retrieved must be kept whatever it is.
+    keeps_until_acknowledged: bool
+
     async def submit(self, submission: Submission) -> str:
         """Hand over one envelope; return the ebMS MessageId the access point keeps.
 
@@ -93,11 +98,19 @@ class AccessPoint(Protocol):
         """
         ...
 
-    async def pending(self) -> list[str]:
-        """MessageIds received and not yet retrieved."""
+    async def pending(self, final_recipients: Collection[str]) -> list[str]:
+        """MessageIds received and not yet retrieved, for these organisations where the
+        access point can tell (an access point shared by several organisations lists
+        everyone's to an administrator)."""
         ...
 
     async def retrieve(self, message_id: str) -> Retrieved: ...
+
+    async def acknowledge(self, message_id: str) -> None:
+        """The retrieved message is stored durably: the access point may forget it. Called
+        again after a crash, so an id it no longer has is no error. Raise TemporaryFailure
+        when it cannot be told now (the message is then retrieved again later)."""
+        ...
 
     async def status(self, message_id: str) -> str:
         """The access point's status word (Domibus: SEND_FAILURE, ACKNOWLEDGED, …)."""

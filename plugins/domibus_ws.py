@@ -1,4 +1,17 @@
-"""The access point connector for Domibus's WS plugin (`BackendService_1_1`, SOAP 1.2).
+"""The access point connector for Domibus's WS plugin, both of its interfaces (SOAP 1.2).
+
+`interface: wsplugin` (the default) speaks the current interface of Domibus 5.x
+(`http://eu.domibus.wsplugin/`, served at `/services/wsplugin`); `interface: backend` the
+deprecated `BackendService_1_1` (`http://org.ecodex.backend/1_1/`, Domibus 4.x, and 5.x at
+`/services/backend`). The requests are the same in shape; the current interface adds
+what a message service needs not to lose or take others' messages:
+
+- listPendingMessages with a `finalRecipient` filter per organisation of ours: on an access
+  point shared by several organisations an administrator plugin user sees them all.
+- retrieveMessage with `markAsDownloaded="false"`, and `markMessageAsDownloaded` once the
+  message is stored (`acknowledge`): a bridge killed in between retrieves it again.
+- getStatus and getMessageErrors with the access point role SENDING: on a shared access
+  point a message between two of its organisations is known in both roles.
 
 SDK access points run Domibus (or answer as it does), and Digg's example
 `as4_xhe_encrypted.xml` shows what a message service sends them: one `cid:message` part
@@ -13,23 +26,31 @@ decides on them whether mail is retried, bounced or counted as sent:
 - "Message with id [X] already exists" → `DuplicateSubmission`: an earlier attempt got
   through (perhaps its answer was lost), so the message counts as submitted.
 - A definite refusal of the message itself → `PermanentFailure`: no SMP metadata for the
-  recipient, an ebMS error that says the header is wrong (EBMS:0001-0003, 0007-0011), a
-  SOAP Sender fault (our request is malformed), HTTP 413.
+  recipient, an ebMS error that says the header is wrong (EBMS:0001-0003, 0007-0011), the
+  5.x plugin's own refusals of the request (WS_PLUGIN:0003-0005, 0007, 0008: P-Mode,
+  parties, payloads, invalid message, conversion), a SOAP Sender fault (our request is
+  malformed), HTTP 413. Domibus 4.x words some of these in the fault's Reason alone, with
+  no FaultDetail ("Could not fetch metadata ..."): the texts count as much as the codes.
 - Everything else → `TemporaryFailure`: connection errors, timeouts, HTTP 5xx and 503 from a
-  proxy, 401/403 (an administrator must fix the credentials, but mail must not be lost
-  meanwhile), and EBMS:0004 faults with a text we do not know, since EBMS:0004 ("Other") is
-  also what Domibus answers for its own internal errors. Retrying is always safe: the
-  MessageId is fixed, so a retry of something that did arrive is refused as a duplicate.
+  proxy, and EBMS:0004 faults with a text we do not know, since EBMS:0004 ("Other") is also
+  what Domibus answers for its own internal errors. Retrying is always safe: the MessageId
+  is fixed, so a retry of something that did arrive is refused as a duplicate.
+- Two mistakes of configuration are named as such, and mail waits until an administrator
+  fixes them: refused credentials (HTTP 401/403, or, as Domibus's plugin-user interceptor
+  answers a failed login, a SOAP fault with HTTP 500), and a URL that serves the other
+  interface (CXF's "Unexpected wrapper element").
 
-Responses are parsed with the hardened parser and a size limit. Retrieval is destructive
-under Digg's P-Mode (retention_downloaded=0): a message that cannot be understood after it
-was downloaded is reported with the raw answer (`UnreadableMessage`), never silently lost.
+Responses are parsed with the hardened parser and a size limit, whether they come as one
+SOAP document or as MTOM/XOP (`multipart/related`, the payload a binary part). On the
+deprecated interface retrieval is destructive under Digg's P-Mode
+(retention_downloaded=0): a message that cannot be understood after it was downloaded is
+reported with the raw answer (`UnreadableMessage`), never silently lost.
 """
 
 import binascii
 import re
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -51,9 +72,14 @@ from bridge.sdk.names import PARTY_SCHEME, PROCESS_ID, PROCESS_ID_SCHEME
 from bridge.sdk.sealing import MAX_ENVELOPE_BYTES
 from bridge.sdk.xmlsafe import Apart, UnsafeXML, decode_base64, parse, parse_apart
 
+from .domibus_xop import Unpacked, XopError, resolve, unpack
+
 SOAP12_NS: Final = "http://www.w3.org/2003/05/soap-envelope"
 EBMS_NS: Final = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/"
-BACKEND_NS: Final = "http://org.ecodex.backend/1_1/"
+BACKEND_NS: Final = "http://org.ecodex.backend/1_1/"  # the deprecated interface
+WSPLUGIN_NS: Final = "http://eu.domibus.wsplugin/"  # the current interface of Domibus 5.x
+INTERFACES: Final = {"wsplugin": WSPLUGIN_NS, "backend": BACKEND_NS}
+SENDING: Final = "SENDING"  # the access point role of a message we submitted
 SOAP_CONTENT_TYPE: Final = "application/soap+xml; charset=UTF-8"
 
 # Digg's example and P-Mode.
@@ -65,17 +91,21 @@ PAYLOAD_MIME_TYPE: Final = "text/xml"
 # A 30 MB SDK message is ~40 MB as an XHE and ~54 MB once base64 again in the SOAP body.
 MAX_RESPONSE_BYTES: Final = 64_000_000
 MAX_REQUEST_BYTES: Final = 64_000_000  # refused here rather than uploaded to be refused
+MAX_WSDL_BYTES: Final = 1_000_000
 MAX_MESSAGE_ID_CHARS: Final = 255  # Domibus's limit; it also wants printable ASCII
 DEFAULT_TIMEOUT: Final = 60.0
 _BASE64_CHUNK: Final = 3 << 18  # payload bytes encoded at a time: a multiple of 3, no padding
 # A retrieved payload/value this long is decoded from the answer's bytes, not from its tree.
 APART_CHARS: Final = 1 << 20
-_PAYLOAD_VALUE: Final = f"{{{SOAP12_NS}}}Body/{{{BACKEND_NS}}}retrieveMessageResponse/payload/value"
 
 # ebMS 3 errors that say the message or its header is wrong: resending it will not help.
 # EBMS:0004 (Other) is missing on purpose: Domibus uses it for its internal errors too.
+# Domibus 5's plugin refuses a request it cannot take with its own codes, written
+# WS_PLUGIN:0007 or, by enum name, WS_PLUGIN_0005: P-Mode (3), parties (4), payloads (5),
+# invalid message (7), conversion (8). 1 (generic), 2 (login) and 6 (proxy) are temporary.
 _PERMANENT_CODES: Final = frozenset(
-    f"EBMS{sep}{n:04d}" for sep in ":_" for n in (1, 2, 3, 7, 8, 9, 10, 11)
+    [f"EBMS{sep}{n:04d}" for sep in ":_" for n in (1, 2, 3, 7, 8, 9, 10, 11)]
+    + [f"WS_PLUGIN{sep}{n:04d}" for sep in ":_" for n in (3, 4, 5, 7, 8)]
 )
 # EBMS:0004 texts that are definite refusals of this message. Domibus words every failed
 # SMP lookup so, an unreachable SML or SMP included (DynamicDiscoveryServiceOASIS wraps the
@@ -88,6 +118,18 @@ _PERMANENT_TEXTS: Final = re.compile(
 )
 _DUPLICATE_TEXT: Final = re.compile(r"Message with id \[.*\] already exists", re.DOTALL)
 _NOT_FOUND_TEXT: Final = re.compile(r"not found|No message with id", re.IGNORECASE)
+_NOT_FOUND_CODES: Final = frozenset({"WS_PLUGIN:0009", "WS_PLUGIN_0009"})
+# A failed plugin-user login: Domibus's CustomAuthenticationInterceptor throws a CXF Fault
+# around AuthenticationExtException, answered as a SOAP fault with HTTP 500, not 401.
+_LOGIN_TEXT: Final = re.compile(
+    r"AuthenticationExtException|Bad credentials|DOM_002|WS_PLUGIN[:_]0002"
+    r"|not authori[sz]ed|authentication failed|unauthori[sz]ed",
+    re.IGNORECASE,
+)
+# CXF's answer to a request of the other interface; it names the namespace it expected.
+_WRONG_INTERFACE_TEXT: Final = re.compile(
+    r"Unexpected wrapper element \{[^}]*\}\S* found\.\s+Expected \{([^}]*)\}"
+)
 _SETTINGS: Final = frozenset(
     {
         "url",
@@ -100,6 +142,7 @@ _SETTINGS: Final = frozenset(
         "party_id",
         "party_type",
         "timeout",
+        "interface",
         "plugin",  # the section may name the plugin it configures
     }
 )
@@ -149,6 +192,16 @@ class _Fault(Exception):
         detail = " ".join(part for part in (self.code, self.message) if part)
         return f"HTTP {self.http_status}: {self.reason}" + (f" ({detail})" if detail else "")
 
+    @property
+    def not_found(self) -> bool:
+        """The access point has no such message (any more): Domibus 5 says so by code,
+        4.x in words."""
+        if self.soap_code is None:
+            return False
+        return self.code in _NOT_FOUND_CODES or bool(
+            _NOT_FOUND_TEXT.search(f"{self.reason} {self.message or ''}")
+        )
+
 
 @dataclass(frozen=True)
 class _Settings:
@@ -161,6 +214,7 @@ class _Settings:
     party_id: str
     party_type: str
     timeout: float
+    interface: str = "wsplugin"
 
     @classmethod
     def read(cls, settings: Mapping[str, Any]) -> "_Settings":
@@ -197,6 +251,12 @@ class _Settings:
             raise ValueError("client_key needs client_cert")
         if username is None and client_cert is None:
             raise ValueError("give username and password, or client_cert, or both")
+        interface = settings.get("interface", "wsplugin")
+        if interface not in INTERFACES:
+            raise ValueError(
+                "interface must be wsplugin (Domibus 5.x, /services/wsplugin) or backend"
+                " (the deprecated BackendService_1_1 of Domibus 4.x, /services/backend)"
+            )
         timeout = settings.get("timeout", DEFAULT_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise ValueError("timeout must be a positive number of seconds")
@@ -210,6 +270,7 @@ class _Settings:
             party_id=party_id,
             party_type=text("party_type", AP_PARTY_TYPE) or AP_PARTY_TYPE,
             timeout=float(timeout),
+            interface=interface,
         )
 
     def tls_context(self) -> ssl.SSLContext:
@@ -231,6 +292,8 @@ class DomibusWS:
     def __init__(self, settings: Mapping[str, Any]) -> None:
         self.settings = _Settings.read(settings)
         s = self.settings
+        self.ns = INTERFACES[s.interface]
+        self.keeps_until_acknowledged = s.interface == "wsplugin"
         self._http = httpx.AsyncClient(
             verify=s.tls_context(),
             auth=None if s.username is None or s.password is None else (s.username, s.password),
@@ -258,10 +321,10 @@ class DomibusWS:
             )
         body = _submit_body(head, submission.payload, tail)
         try:
-            answer = await self._call(body, "submitMessage", size)
+            answer = (await self._call(body, "submitMessage", size)).root
         except _Fault as fault:
-            raise _submit_failure(fault) from None
-        response = answer.find(f".//{{{BACKEND_NS}}}submitResponse")
+            raise self._failure(fault, "submitMessage", submitting=True) from None
+        response = answer.find(f".//{{{self.ns}}}submitResponse")
         ids = (
             []
             if response is None
@@ -272,59 +335,123 @@ class DomibusWS:
             raise TemporaryFailure("submitMessage: the access point's answer names no MessageId")
         return ids[0]  # Domibus keeps ours; whatever it names is what getStatus knows
 
-    async def pending(self) -> list[str]:
-        """listPendingMessages: oldest first, as Domibus lists them."""
-        answer = await self._checked(_request("listPendingMessagesRequest"), "listPending")
-        response = answer.find(f".//{{{BACKEND_NS}}}listPendingMessagesResponse")
-        if response is None:
-            raise TemporaryFailure("listPendingMessages: unexpected answer")
-        return [(e.text or "").strip() for e in response.findall("messageID") if e.text]
+    async def pending(self, final_recipients: Collection[str] = ()) -> list[str]:
+        """listPendingMessages: oldest first, as Domibus lists them. On the current
+        interface asked once per organisation in `final_recipients` (the filter takes one);
+        the deprecated one has no filter and lists whatever the plugin user may see."""
+        recipients: list[str | None] = sorted(set(final_recipients)) or [None]
+        if not self.keeps_until_acknowledged:
+            recipients = [None]
+        found: dict[str, None] = {}
+        for recipient in recipients:
+            fields = () if recipient is None else (("finalRecipient", recipient),)
+            answer = await self._checked(
+                self._request("listPendingMessagesRequest", fields=fields), "listPending"
+            )
+            response = answer.find(f".//{{{self.ns}}}listPendingMessagesResponse")
+            if response is None:
+                raise TemporaryFailure("listPendingMessages: unexpected answer")
+            ids = ((e.text or "").strip() for e in response.findall("messageID"))
+            found.update(dict.fromkeys(ids))
+        found.pop("", None)
+        return list(found)
 
     async def retrieve(self, message_id: str) -> Retrieved:
-        """retrieveMessage: the header fields and the payload, checked to be base64.
+        """retrieveMessage: the header fields and the payload, checked to be base64. On the
+        current interface the message stays pending until `acknowledge`.
 
         Raises MessageNotFound for an id the access point does not have (any more), and
         UnreadableMessage, carrying the raw answer, when the answer is unusable.
         """
         _check_id_argument(message_id)
-        body = _request("retrieveMessageRequest", message_id)
+        keep = {"markAsDownloaded": "false"} if self.keeps_until_acknowledged else {}
+        body = self._request("retrieveMessageRequest", message_id, attributes=keep)
+        value_path = f"{{{SOAP12_NS}}}Body/{{{self.ns}}}retrieveMessageResponse/payload/value"
         try:
-            raw, answer, apart = await self._call_raw(
-                body, "retrieveMessage", apart_at=_PAYLOAD_VALUE
-            )
+            answer = await self._call(body, "retrieveMessage", apart_at=value_path)
         except _Fault as fault:
-            if fault.soap_code is not None and _NOT_FOUND_TEXT.search(
-                f"{fault.reason} {fault.message or ''}"
-            ):
+            if fault.not_found:
                 raise MessageNotFound(message_id, fault.text) from None
-            raise _other_failure(fault, "retrieveMessage") from None
+            raise self._failure(fault, "retrieveMessage") from None
         try:
-            return _retrieved(answer, message_id, apart)
+            return _retrieved(answer, message_id, self.ns)
         except ValueError as e:
-            raise UnreadableMessage(message_id, str(e), bytes(raw)) from None
+            raise UnreadableMessage(message_id, str(e), bytes(answer.raw)) from None
+
+    async def acknowledge(self, message_id: str) -> None:
+        """markMessageAsDownloaded on the current interface (an id it no longer has was
+        marked before); nothing on the deprecated one, whose retrieve marked it."""
+        if not self.keeps_until_acknowledged:
+            return
+        _check_id_argument(message_id)
+        body = self._request("markMessageAsDownloadedRequest", message_id)
+        try:
+            await self._call(body, "markMessageAsDownloaded")
+        except _Fault as fault:
+            if fault.not_found:
+                return
+            raise self._failure(fault, "markMessageAsDownloaded") from None
 
     async def status(self, message_id: str) -> str:
-        """getStatus: Domibus's MessageStatus word; NOT_FOUND for an id it does not know."""
+        """getStatus (as the sender, on the current interface): Domibus's MessageStatus
+        word; NOT_FOUND for an id it does not know."""
         _check_id_argument(message_id)
-        answer = await self._checked(_request("statusRequest", message_id), "getStatus")
-        found = answer.find(f".//{{{BACKEND_NS}}}getStatusResponse")
+        if self.keeps_until_acknowledged:
+            request = self._request(
+                "statusRequestWithAccessPointRole",
+                message_id,
+                fields=(("accessPointRole", SENDING),),
+            )
+        else:
+            request = self._request("statusRequest", message_id)
+        answer = await self._checked(request, "getStatus")
+        found = answer.find(f".//{{{self.ns}}}getStatusResponse")
         status = (found.text or "").strip() if found is not None else ""
         if not status:
             raise TemporaryFailure("getStatus: the access point's answer holds no status")
         return status
 
     async def errors(self, message_id: str) -> list[dict[str, str]]:
-        """getMessageErrors: one dict per error, keyed by the XSD's errorResultImpl fields
-        (errorCode such as EBMS_0004, errorDetail such as NOT_SERVICED, mshRole, …)."""
+        """getMessageErrors (as the sender, on the current interface): one dict per error,
+        keyed by the XSD's errorResultImpl fields (errorCode such as EBMS_0004, errorDetail
+        such as NOT_SERVICED, mshRole, …); Domibus 5's domibusErrorCode is given as
+        errorCode too."""
         _check_id_argument(message_id)
-        answer = await self._checked(_request("getErrorsRequest", message_id), "getErrors")
-        response = answer.find(f".//{{{BACKEND_NS}}}getMessageErrorsResponse")
+        if self.keeps_until_acknowledged:
+            request = self._request(
+                "getErrorsRequestWithAccessPointRole",
+                message_id,
+                fields=(("accessPointRole", SENDING),),
+            )
+        else:
+            request = self._request("getErrorsRequest", message_id)
+        answer = await self._checked(request, "getErrors")
+        response = answer.find(f".//{{{self.ns}}}getMessageErrorsResponse")
         if response is None:
             raise TemporaryFailure("getMessageErrors: unexpected answer")
-        return [
-            {etree.QName(child).localname: (child.text or "").strip() for child in item}
-            for item in response.findall("item")
-        ]
+        errors = []
+        for item in response.findall("item"):
+            error = {etree.QName(child).localname: (child.text or "").strip() for child in item}
+            if "domibusErrorCode" in error:
+                error.setdefault("errorCode", error["domibusErrorCode"])
+            errors.append(error)
+        return errors
+
+    async def interface_served(self) -> str | None:
+        """Which interface the URL serves, from its WSDL (`?wsdl`): "wsplugin", "backend",
+        or None when it cannot be told (no WSDL there, or another service's)."""
+        try:
+            response = await self._http.get(self.settings.url, params={"wsdl": ""})
+        except (httpx.HTTPError, OSError) as e:
+            raise TemporaryFailure(f"cannot fetch the WSDL at {self.settings.url}?wsdl: {e}") from e
+        if response.status_code != 200:
+            return None
+        try:
+            root = parse(response.content[:MAX_WSDL_BYTES], max_bytes=MAX_WSDL_BYTES)
+        except UnsafeXML:
+            return None
+        namespace = root.get("targetNamespace")
+        return next((name for name, ns in INTERFACES.items() if ns == namespace), None)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -338,7 +465,7 @@ class DomibusWS:
         """
         s = self.settings
         envelope = etree.Element(
-            f"{{{SOAP12_NS}}}Envelope", nsmap={"soap": SOAP12_NS, "ns": EBMS_NS, "_1": BACKEND_NS}
+            f"{{{SOAP12_NS}}}Envelope", nsmap={"soap": SOAP12_NS, "ns": EBMS_NS, "_1": self.ns}
         )
 
         def eb(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> Any:
@@ -365,7 +492,7 @@ class DomibusWS:
         part = eb(eb(user, "PayloadInfo"), "PartInfo", href=PAYLOAD_HREF)
         eb(eb(part, "PartProperties"), "Property", PAYLOAD_MIME_TYPE, name="MimeType")
         body = etree.SubElement(envelope, f"{{{SOAP12_NS}}}Body")
-        request = etree.SubElement(body, f"{{{BACKEND_NS}}}submitRequest")
+        request = etree.SubElement(body, f"{{{self.ns}}}submitRequest")
         payload = etree.SubElement(
             request, "payload", payloadId=PAYLOAD_HREF, contentType=PAYLOAD_MIME_TYPE
         )
@@ -375,30 +502,83 @@ class DomibusWS:
         head, tail = serialised.rsplit(placeholder.encode(), 1)  # the value is the last text
         return head, tail
 
+    def _request(
+        self,
+        operation: str,
+        message_id: str | None = None,
+        *,
+        fields: Iterable[tuple[str, str]] = (),
+        attributes: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """A request of this interface; its children are unqualified, as the XSDs say."""
+        envelope = etree.Element(f"{{{SOAP12_NS}}}Envelope", nsmap={"soap": SOAP12_NS})
+        body = etree.SubElement(envelope, f"{{{SOAP12_NS}}}Body")
+        request = etree.SubElement(
+            body, f"{{{self.ns}}}{operation}", dict(attributes or {}), nsmap={"_1": self.ns}
+        )
+        if message_id is not None:
+            etree.SubElement(request, "messageID").text = message_id
+        for name, value in fields:
+            etree.SubElement(request, name).text = value
+        return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+
+    def _failure(self, fault: "_Fault", what: str, *, submitting: bool = False) -> Exception:
+        """What a fault means: configuration mistakes named as such (mail waits), then for
+        submitMessage the refusals of the message itself (module docstring)."""
+        text = f"{what} refused: {fault.text}" if submitting else f"{what} failed: {fault.text}"
+        url = self.settings.url
+        words = f"{fault.reason} {fault.message or ''}"
+        if fault.http_status in (401, 403, 407) or (
+            fault.soap_code is not None and _LOGIN_TEXT.search(words)
+        ):
+            return TemporaryFailure(
+                f"{what}: the access point at {url} refused our credentials"
+                f" ({fault.text}); an administrator must correct the username, password or"
+                " client certificate (Domibus: a plugin user). Mail waits until then."
+            )
+        wrong = _WRONG_INTERFACE_TEXT.search(words)
+        if wrong and wrong.group(1) != self.ns:
+            served = next((n for n, ns in INTERFACES.items() if ns == wrong.group(1)), "other")
+            return TemporaryFailure(
+                f"{what}: the access point at {url} does not serve the"
+                f" {self.settings.interface!r} interface ({fault.text}); set"
+                f" access_point.interface: {served}, or point url at"
+                f" {'/services/wsplugin' if served == 'backend' else '/services/backend'}."
+                " Mail waits until then."
+            )
+        if not submitting:
+            return TemporaryFailure(text)  # nothing to refuse for good
+        if fault.soap_code is not None and _DUPLICATE_TEXT.search(words):
+            return DuplicateSubmission(text)
+        if fault.http_status == 413:
+            return PermanentFailure(text)
+        if fault.soap_code in ("Sender", "VersionMismatch", "MustUnderstand"):
+            return PermanentFailure(text)
+        if fault.code in _PERMANENT_CODES:
+            return PermanentFailure(text)
+        if fault.soap_code is not None and _PERMANENT_TEXTS.search(words):
+            return PermanentFailure(text)  # Domibus 4.x: often in the Reason alone
+        return TemporaryFailure(text)
+
     async def _checked(self, body: bytes, what: str) -> etree._Element:
         """_call for the read-only operations: every failure is temporary."""
         try:
-            return await self._call(body, what)
+            return (await self._call(body, what)).root
         except _Fault as fault:
-            raise _other_failure(fault, what) from None
+            raise self._failure(fault, what) from None
 
     async def _call(
-        self, body: bytes | AsyncIterator[bytes], what: str, size: int | None = None
-    ) -> etree._Element:
-        return (await self._call_raw(body, what, size))[1]
-
-    async def _call_raw(
         self,
         body: bytes | AsyncIterator[bytes],
         what: str,
         size: int | None = None,
         *,
         apart_at: str | None = None,
-    ) -> tuple[bytearray, etree._Element, Apart | None]:
-        """(raw answer, parsed envelope, its long text left apart) of a successful call;
-        raise _Fault or TemporaryFailure (the access point could not be asked). A streamed
-        `body` comes with its `size`, sent as Content-Length rather than chunked, as any
-        server takes it. `apart_at`: see `_parse_answer`."""
+    ) -> "_Answer":
+        """The answer of a successful call; raise _Fault or TemporaryFailure (the access
+        point could not be asked). A streamed `body` comes with its `size`, sent as
+        Content-Length rather than chunked, as any server takes it. `apart_at`: see
+        `_parse_answer`."""
         url = self.settings.url
         headers = {"Content-Type": SOAP_CONTENT_TYPE}
         if size is not None:
@@ -419,19 +599,21 @@ class DomibusWS:
                 f"{what}: cannot reach the access point at {url} ({cause})"
             ) from e
         status = response.status_code
-        if status in (401, 403, 407):
-            raise TemporaryFailure(
-                f"{what}: the access point at {url} refused our credentials (HTTP {status});"
-                " an administrator must correct the username, password or client certificate."
-                " Mail waits until then."
-            )
-        media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        envelope = apart = None
-        if media_type in ("application/soap+xml", "text/xml") and data:
-            try:
-                envelope, apart = _parse_answer(data, apart_at)
-            except UnsafeXML as e:
-                raise _Fault(status, f"unreadable answer from the access point: {e}") from None
+        content_type = response.headers.get("content-type", "")
+        media_type = content_type.split(";")[0].strip().lower()
+        envelope = apart = unpacked = None
+        soap: bytes | bytearray = data
+        try:
+            if media_type == "multipart/related" and data:  # MTOM/XOP
+                unpacked = unpack(content_type, data)
+                soap = unpacked.root
+                media_type = "application/soap+xml"
+            if media_type in ("application/soap+xml", "text/xml") and soap:
+                envelope, apart = _parse_answer(soap, apart_at)
+        except (UnsafeXML, XopError) as e:
+            if status in (401, 403, 407):
+                raise _Fault(status, response.reason_phrase or "refused") from None
+            raise _Fault(status, f"unreadable answer from the access point: {e}") from None
         if envelope is not None and envelope.tag != f"{{{SOAP12_NS}}}Envelope":
             raise _Fault(status, "the access point's answer is not a SOAP 1.2 envelope")
         fault = (
@@ -440,9 +622,17 @@ class DomibusWS:
         if fault is not None:
             raise _soap_fault(status, fault)
         if status != 200 or envelope is None:
-            snippet = data[:200].decode("utf-8", "replace").strip()
+            snippet = bytes(data[:200]).decode("utf-8", "replace").strip()
             raise _Fault(status, response.reason_phrase or "error", message=snippet or None)
-        return data, envelope, apart
+        return _Answer(data, envelope, apart, unpacked)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    raw: bytearray  # the whole answer, as it came
+    root: etree._Element  # the SOAP envelope
+    apart: Apart | None  # its one long text left in `raw` (`_parse_answer`)
+    unpacked: Unpacked | None  # MTOM/XOP: the binary parts
 
 
 async def _submit_body(head: bytes, payload: bytes, tail: bytes) -> AsyncIterator[bytes]:
@@ -476,7 +666,9 @@ async def _read_limited(response: httpx.Response) -> bytearray:
     return data
 
 
-def _parse_answer(data: bytearray, apart_at: str | None) -> tuple[etree._Element, Apart | None]:
+def _parse_answer(
+    data: bytes | bytearray | memoryview, apart_at: str | None
+) -> tuple[etree._Element, Apart | None]:
     """The answer's tree. With `apart_at`, the path of the one element whose text may be
     long, that text is left in `data` (`xmlsafe.parse_apart`): a 54 MB payload/value would
     otherwise be held by libxml2's tree and again as the str lxml makes of it.
@@ -495,7 +687,8 @@ def _parse_answer(data: bytearray, apart_at: str | None) -> tuple[etree._Element
 def _soap_fault(status: int, fault: etree._Element) -> _Fault:
     value = (fault.findtext(f"{{{SOAP12_NS}}}Code/{{{SOAP12_NS}}}Value") or "").strip()
     reason = (fault.findtext(f"{{{SOAP12_NS}}}Reason/{{{SOAP12_NS}}}Text") or "").strip()
-    detail = fault.find(f"{{{SOAP12_NS}}}Detail/{{{BACKEND_NS}}}FaultDetail")
+    # Either interface's FaultDetail (4.x sends faults without one, too).
+    detail = fault.find(f"{{{SOAP12_NS}}}Detail/{{*}}FaultDetail")
     code = message = None
     if detail is not None:
         code = (detail.findtext("code") or "").strip() or None
@@ -504,36 +697,15 @@ def _soap_fault(status: int, fault: etree._Element) -> _Fault:
     return _Fault(status, reason or "SOAP fault", soap_code, code, message)
 
 
-def _submit_failure(fault: _Fault) -> Exception:
-    """What a refused submitMessage means for the message (module docstring)."""
-    text = f"submitMessage refused: {fault.text}"
-    words = f"{fault.reason} {fault.message or ''}"
-    if fault.soap_code is not None and _DUPLICATE_TEXT.search(words):
-        return DuplicateSubmission(text)
-    if fault.http_status == 413:
-        return PermanentFailure(text)
-    if fault.soap_code in ("Sender", "VersionMismatch", "MustUnderstand"):
-        return PermanentFailure(text)
-    if fault.code in _PERMANENT_CODES:
-        return PermanentFailure(text)
-    if fault.code is not None and _PERMANENT_TEXTS.search(words):
-        return PermanentFailure(text)
-    return TemporaryFailure(text)
-
-
-def _other_failure(fault: _Fault, what: str) -> Exception:
-    """listPending/getStatus/getErrors/retrieve: nothing to refuse for good, so temporary."""
-    return TemporaryFailure(f"{what} failed: {fault.text}")
-
-
 def _eb(path: str) -> str:
     return "/".join(f"{{{EBMS_NS}}}{step}" for step in path.split("/"))
 
 
-def _retrieved(answer: etree._Element, message_id: str, apart: Apart | None) -> Retrieved:
-    """The Retrieved of a retrieveMessage answer (its payload/value left `apart` from the
-    tree when long, see `_parse_answer`); ValueError says what is wrong with it."""
-    user = answer.find(f"{{{SOAP12_NS}}}Header/{_eb('Messaging/UserMessage')}")
+def _retrieved(answer: _Answer, message_id: str, ns: str) -> Retrieved:
+    """The Retrieved of a retrieveMessage answer of interface `ns` (its payload/value left
+    apart from the tree when long, see `_parse_answer`, or an MTOM part); ValueError says
+    what is wrong with it."""
+    user = answer.root.find(f"{{{SOAP12_NS}}}Header/{_eb('Messaging/UserMessage')}")
     if user is None:
         raise ValueError("no ebMS UserMessage in the SOAP Header")
 
@@ -553,7 +725,7 @@ def _retrieved(answer: etree._Element, message_id: str, apart: Apart | None) -> 
     if not action or not original_sender or not final_recipient:
         raise ValueError("the ebMS header lacks Action, originalSender or finalRecipient")
     hrefs = [p.get("href", "") for p in user.findall(_eb("PayloadInfo/PartInfo"))]
-    response = answer.find(f"{{{SOAP12_NS}}}Body/{{{BACKEND_NS}}}retrieveMessageResponse")
+    response = answer.root.find(f"{{{SOAP12_NS}}}Body/{{{ns}}}retrieveMessageResponse")
     if response is None:
         raise ValueError("no retrieveMessageResponse in the SOAP Body")
     payloads = [
@@ -564,15 +736,7 @@ def _retrieved(answer: etree._Element, message_id: str, apart: Apart | None) -> 
     value = payloads[0].find("value")
     if value is None:
         raise ValueError(f"payload {PAYLOAD_HREF} has no value (a payload URL is not supported)")
-    if apart is not None:  # then `value` is the one element that holds the placeholder
-        text: str | memoryview = apart.text  # decoded from the answer's bytes: no copy
-    else:
-        text = value.text or ""
-        value.text = None  # libxml2's copy of the text goes before the payload is decoded
-    try:
-        payload = decode_base64(text)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"payload {PAYLOAD_HREF} is not base64") from None
+    payload = _payload_bytes(value, answer)
     if not payload:
         raise ValueError(f"payload {PAYLOAD_HREF} is empty")
     if len(payload) > MAX_ENVELOPE_BYTES:
@@ -587,13 +751,25 @@ def _retrieved(answer: etree._Element, message_id: str, apart: Apart | None) -> 
     )
 
 
-def _request(operation: str, message_id: str | None = None) -> bytes:
-    envelope = etree.Element(f"{{{SOAP12_NS}}}Envelope", nsmap={"soap": SOAP12_NS})
-    body = etree.SubElement(envelope, f"{{{SOAP12_NS}}}Body")
-    request = etree.SubElement(body, f"{{{BACKEND_NS}}}{operation}", nsmap={"_1": BACKEND_NS})
-    if message_id is not None:
-        etree.SubElement(request, "messageID").text = message_id  # unqualified, as the XSD says
-    return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+def _payload_bytes(value: etree._Element, answer: _Answer) -> bytes:
+    """The payload of its `value` element: an MTOM part's bytes, or its base64 text
+    decoded (from the answer's bytes when it was left apart)."""
+    if answer.unpacked is not None:
+        try:
+            included = resolve(answer.root, answer.unpacked).get(value)
+        except XopError as e:
+            raise ValueError(str(e)) from None
+        if included is not None:
+            return bytes(included)
+    if answer.apart is not None and value.text == answer.apart.placeholder:
+        text: str | memoryview = answer.apart.text  # decoded from the answer's bytes: no copy
+    else:
+        text = value.text or ""
+        value.text = None  # libxml2's copy of the text goes before the payload is decoded
+    try:
+        return decode_base64(text)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"payload {PAYLOAD_HREF} is not base64") from None
 
 
 def _check_message_id(message_id: str) -> None:

@@ -490,6 +490,20 @@ class PostgresSpool:
                 (message_id, note),
             )
 
+    def forget_retrieving(self, message_id: str) -> None:
+        """A noted MessageId that is not ours to retrieve after all (another organisation's
+        message, left at the access point)."""
+        with self._connection() as db:
+            db.execute("DELETE FROM retrieving WHERE id = %s", (message_id,))
+
+    def stored_received(self, message_ids: list[str]) -> set[str]:
+        """Those of `message_ids` already stored, in whatever state."""
+        with self._connection() as db:
+            rows = db.execute(
+                "SELECT id FROM received WHERE id = ANY(%s::text[])", (message_ids,)
+            ).fetchall()
+        return {row["id"] for row in rows}
+
     def received(
         self, state: str = "new", action: str | None = None, *, limit: int | None = None
     ) -> list[Received]:

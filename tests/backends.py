@@ -1,5 +1,6 @@
-"""The spool back ends the end-to-end tests run real bridges on: SQLite (the default) and
-PostgreSQL, each organisation in a fresh database of the session's throw-away cluster.
+"""The set-ups the end-to-end tests run real bridges on: SQLite (the default) and
+PostgreSQL, each organisation in a fresh database of the session's throw-away cluster, both
+on Domibus 5's current WS plugin interface; and SQLite again on the deprecated interface.
 
 A module takes the parametrized fixture with `spool_backend = backends.spool_backend`
 (PostgreSQL's cluster, conftest's `postgres_server`, is started only for its turn), then
@@ -18,7 +19,9 @@ import pytest
 from bridge.sandbox.federation import Sandbox
 from plugins import postgres_spool
 
-BACKENDS = ("sqlite", "postgres")
+# The bridges' set-ups: each spool back end on Domibus 5's current WS plugin interface, and
+# SQLite once more on the deprecated interface of Domibus 4.x.
+BACKENDS = ("sqlite", "postgres", "sqlite-backend-interface")
 LABELS = ("a", "b")  # the sandbox's organisations
 
 
@@ -26,6 +29,7 @@ LABELS = ("a", "b")  # the sandbox's organisations
 class SpoolBackend:
     name: str
     server: postgres.PostgreSQL | None  # for "postgres"
+    interface: str = "wsplugin"  # the access point interface the bridges speak
 
     def spools(self, labels: Iterable[str] = LABELS) -> dict[str, dict[str, str]]:
         """`Sandbox(spools=...)`: per label a new database, upgraded as `sdk-bridge db
@@ -45,6 +49,8 @@ def spool_backend(request: pytest.FixtureRequest) -> SpoolBackend:
     """Each back end in turn; PostgreSQL's cluster only started (or skipped) when needed."""
     if request.param == "postgres":
         return SpoolBackend("postgres", request.getfixturevalue("postgres_server"))
+    if request.param == "sqlite-backend-interface":
+        return SpoolBackend("sqlite", None, "backend")
     return SpoolBackend("sqlite", None)
 
 
@@ -54,7 +60,11 @@ def sandbox(
 ) -> Iterator[Sandbox]:
     """conftest's `sandbox`, its bridges' configurations naming the module's back end."""
     federation = Sandbox(
-        tmp_path_factory.mktemp("sandbox"), 2, key_size=2048, spools=spool_backend.spools()
+        tmp_path_factory.mktemp("sandbox"),
+        2,
+        key_size=2048,
+        spools=spool_backend.spools(),
+        interface=spool_backend.interface,
     )
     federation.start()
     yield federation

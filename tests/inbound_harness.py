@@ -86,7 +86,7 @@ class Harness:
         async def run() -> None:
             ap = access_point(self.sandbox, "b")
             try:
-                await Intake(ap, self.spool).fetch()
+                await Intake(ap, self.spool, [ORG_B]).fetch()
                 with registry_for(self.sandbox, "b", self.tmp_path / "cache-b") as registry:
                     settings = InboundSettings(
                         organisation_id=ORG_B,
@@ -128,7 +128,10 @@ class Harness:
         async def fetch() -> list[tuple[str, bytes]]:
             ap = access_point(self.sandbox, label)
             try:
-                items = [await ap.retrieve(i) for i in await ap.pending()]
+                items = []
+                for message_id in await ap.pending():
+                    items.append(await ap.retrieve(message_id))
+                    await ap.acknowledge(message_id)  # taken: no longer pending
                 return [(item.action, item.payload) for item in items]
             finally:
                 await ap.close()

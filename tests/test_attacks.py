@@ -18,9 +18,11 @@ The counts of cases tried and handled appear in the test summary (conftest.HOSTI
 """
 
 import asyncio
+import base64
 import contextlib
 import copy
 import gzip
+import hashlib
 import io
 import tarfile
 import threading
@@ -40,7 +42,7 @@ from clamd import EICAR, Clamd
 from conftest import HOSTILE_CASES
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from inbound_harness import ORG_A, ORG_B, Harness, message, rejected
 from lxml import etree
 from test_sandbox import registry_for
@@ -53,7 +55,7 @@ from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
 from bridge.sdk import xhe, xmldsig, xmlenc
 from bridge.sdk.keys import KeyPair
-from bridge.sdk.names import DS_NS, XHA_NS, XHB_NS, q
+from bridge.sdk.names import C14N, DS_NS, EXC_C14N, RSA_SHA256, XHA_NS, XHB_NS, q
 from bridge.sdk.sealing import seal_kvittens
 from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
 from bridge.spool import Received
@@ -69,6 +71,7 @@ REPLAY = GROUP + "replayed envelope"
 STRAY = GROUP + "kvittens for a message never sent"
 MALWARE = GROUP + "hidden malware (EICAR)"
 REVOKED = GROUP + "revoked signing certificate"
+FORMS = GROUP + "signatures the sender made, in forms outside the XHE profile"
 
 PLACEHOLDER = "PLACEHOLDER-LABEL"  # the label text an entity reference replaces
 NOT_XHE = "payload [cid:message] is not an XHE envelope: "
@@ -354,6 +357,85 @@ def signed_self_signed_as_sender(kit: Kit) -> bytes:
     return signed_by(kit, KeyPair(key, cert))
 
 
+# A's own signature, in forms XMLDSig knows and the XHE profile (C3.2.2 §3.5.2) does not allow.
+
+
+def resigned(
+    kit: Kit,
+    change: Callable[[etree._Element], None],
+    *,
+    exclusive: bool = False,
+    digest: hashes.HashAlgorithm | None = None,
+) -> bytes:
+    """A's envelope with its SignedInfo changed by `change`, then signed again with A's
+    key (hashing with `digest`, SHA-256 if None): a signature A really made, which an
+    implementation that takes every XMLDSig form would verify. `exclusive`: the Reference's
+    digest and SignedInfo are made with exclusive c14n."""
+    root = _tree(kit)
+    signature = root.find("ds:Signature", _XHE)
+    signed_info = signature.find("ds:SignedInfo", _XHE)
+    change(signed_info)
+    if exclusive:
+        unsigned = copy.deepcopy(root)
+        unsigned.remove(unsigned.find("ds:Signature", _XHE))
+        canonical = etree.tostring(unsigned, method="c14n", exclusive=True)
+        value = base64.b64encode(hashlib.sha256(canonical).digest()).decode()
+        signed_info.find("ds:Reference/ds:DigestValue", _XHE).text = value
+    canonical = etree.tostring(signed_info, method="c14n", exclusive=exclusive)
+    key = kit.harness.a.signing.key
+    value = key.sign(canonical, padding.PKCS1v15(), digest or hashes.SHA256())
+    signature.find("ds:SignatureValue", _XHE).text = base64.b64encode(value).decode()
+    return etree.tostring(root)
+
+
+def _algorithm(signed_info: etree._Element, path: str, algorithm: str) -> etree._Element:
+    element = signed_info.find(path, _XHE)
+    element.set("Algorithm", algorithm)
+    return element
+
+
+def signed_with_rsa_sha1(kit: Kit) -> bytes:
+    def change(signed_info: etree._Element) -> None:
+        _algorithm(signed_info, "ds:SignatureMethod", f"{DS_NS}rsa-sha1")
+
+    return resigned(kit, change, digest=hashes.SHA1())
+
+
+def signed_with_xpath_filter(kit: Kit) -> bytes:
+    """An XPath filter in place of enveloped-signature: the same node-set, so the same
+    digest, but XPath is what the wrapping attacks of the literature ride on."""
+
+    def change(signed_info: etree._Element) -> None:
+        path = "ds:Reference/ds:Transforms/ds:Transform"
+        transform = _algorithm(signed_info, path, "http://www.w3.org/TR/1999/REC-xpath-19991116")
+        etree.SubElement(transform, q(DS_NS, "XPath")).text = "not(ancestor-or-self::ds:Signature)"
+
+    return resigned(kit, change)
+
+
+def signed_with_comments(kit: Kit) -> bytes:
+    def change(signed_info: etree._Element) -> None:
+        _algorithm(signed_info, "ds:CanonicalizationMethod", f"{C14N}#WithComments")
+
+    return resigned(kit, change)
+
+
+def wrapped_under_exc_c14n(kit: Kit) -> bytes:
+    """Signed with exclusive c14n (which the profile allows), then the signed Header moved
+    into a ds:Object in the Signature and a forged one put in its place."""
+
+    def change(signed_info: etree._Element) -> None:
+        _algorithm(signed_info, "ds:CanonicalizationMethod", EXC_C14N)
+        transforms = signed_info.find("ds:Reference/ds:Transforms", _XHE)
+        etree.SubElement(transforms, q(DS_NS, "Transform"), Algorithm=EXC_C14N)
+
+    root = etree.fromstring(resigned(kit, change, exclusive=True))
+    signed, forged = _forged_header(kit, root)
+    signed.addprevious(forged)
+    etree.SubElement(root.find("ds:Signature", _XHE), q(DS_NS, "Object")).append(signed)
+    return etree.tostring(root)
+
+
 # --- the catalogue of single envelopes -------------------------------------------------------
 
 
@@ -430,6 +512,26 @@ ATTACKS = {
     ),
     "a self-signed certificate with the sender's name": Attack(
         SIGNERS, signed_self_signed_as_sender, f"REJECTED {NOT_PUBLISHED}"
+    ),
+    "rsa-sha1 by the sender": Attack(
+        FORMS,
+        signed_with_rsa_sha1,
+        f"REJECTED SIG security: signature: SignatureMethod must be {RSA_SHA256}",
+    ),
+    "an XPath filter in place of enveloped-signature": Attack(
+        FORMS,
+        signed_with_xpath_filter,
+        "REJECTED SIG security: signature: only the enveloped-signature transform, then one"
+        " c14n transform, is allowed",
+    ),
+    "c14n with comments": Attack(
+        FORMS,
+        signed_with_comments,
+        "REJECTED SIG security: signature: CanonicalizationMethod must be one of "
+        + ", ".join(xmldsig.CANONICALIZATIONS),
+    ),
+    "exc-c14n, signed Header moved into the Signature, forged one in its place": Attack(
+        WRAPPING, wrapped_under_exc_c14n, DIGEST
     ),
 }
 

@@ -25,6 +25,7 @@ import httpx
 import pytest
 import yaml
 from conftest import make_message
+from domibus_xsd import Watch
 from lxml import etree
 
 from bridge.plugins import (
@@ -119,37 +120,58 @@ def submit(config: dict[str, Any], submission: Submission) -> str:
 # --- the round trip ---------------------------------------------------------------------
 
 
-def test_submit_pending_retrieve_status(sandbox: Sandbox) -> None:
+@pytest.mark.parametrize("interface", ["wsplugin", "backend"])
+def test_submit_pending_retrieve_status(sandbox: Sandbox, interface: str) -> None:
+    """The whole exchange on either interface, every request and answer valid against
+    Domibus's XSD of that interface."""
+    watch = Watch()
+    for ap in sandbox.access_points.values():
+        ap.observer = watch
     submission = sealed_submission(sandbox)
-    a, b = settings(sandbox, "a"), settings(sandbox, "b")
-    assert submit(a, submission) == submission.message_id
-    assert run(a, lambda ap: ap.status(submission.message_id)) == "ACKNOWLEDGED"
-    assert run(a, lambda ap: ap.errors(submission.message_id)) == []
-    assert submission.message_id in run(b, lambda ap: ap.pending())
-
-    retrieved = run(b, lambda ap: ap.retrieve(submission.message_id))
-    assert retrieved.payload == submission.payload  # byte-identical
-    assert retrieved.message_id == submission.message_id
-    assert retrieved.action == MESSAGE_ACTION
-    assert retrieved.original_sender == ORG_A
-    assert retrieved.final_recipient == ORG_B
-    assert retrieved.conversation_id == submission.conversation_id
-    organisation_a, organisation_b = sandbox.organisations["a"], sandbox.organisations["b"]
-    receiver = Receiver(
-        decryption_keys=[KeyPair(i.key, i.cert) for i in organisation_b.encryption],
-        sender_signing_certs=[i.cert for i in organisation_a.signing],
-        trust_anchors=[sandbox.o2o_pki.issuing_ca.cert, sandbox.o2o_pki.root.cert],
-        our_parties={ORG_B},
+    path = "/services/wsplugin" if interface == "wsplugin" else "/services/backend"
+    a, b = (
+        settings(sandbox, label, interface=interface, url=sandbox.https.url + f"/ap/{label}{path}")
+        for label in "ab"
     )
-    assert open_envelope(retrieved.payload, receiver).verdict == ACCEPTED
+    try:
+        assert submit(a, submission) == submission.message_id
+        assert run(a, lambda ap: ap.status(submission.message_id)) == "ACKNOWLEDGED"
+        assert run(a, lambda ap: ap.errors(submission.message_id)) == []
+        assert submission.message_id in run(b, lambda ap: ap.pending([ORG_B]))
 
-    # Digg's P-Mode keeps nothing after download: gone from the list, and not retrievable.
-    assert submission.message_id not in run(b, lambda ap: ap.pending())
-    assert run(b, lambda ap: ap.status(submission.message_id)) == "DELETED"
-    with pytest.raises(MessageNotFound) as missing:
-        run(b, lambda ap: ap.retrieve(submission.message_id))
-    assert isinstance(missing.value, PermanentFailure)
-    assert submission.message_id in str(missing.value)
+        retrieved = run(b, lambda ap: ap.retrieve(submission.message_id))
+        assert retrieved.payload == submission.payload  # byte-identical
+        assert retrieved.message_id == submission.message_id
+        assert retrieved.action == MESSAGE_ACTION
+        assert retrieved.original_sender == ORG_A
+        assert retrieved.final_recipient == ORG_B
+        assert retrieved.conversation_id == submission.conversation_id
+        organisation_a, organisation_b = sandbox.organisations["a"], sandbox.organisations["b"]
+        receiver = Receiver(
+            decryption_keys=[KeyPair(i.key, i.cert) for i in organisation_b.encryption],
+            sender_signing_certs=[i.cert for i in organisation_a.signing],
+            trust_anchors=[sandbox.o2o_pki.issuing_ca.cert, sandbox.o2o_pki.root.cert],
+            our_parties={ORG_B},
+        )
+        assert open_envelope(retrieved.payload, receiver).verdict == ACCEPTED
+
+        if interface == "wsplugin":  # kept until marked downloaded, and retrievable again
+            assert submission.message_id in run(b, lambda ap: ap.pending([ORG_B]))
+            again = run(b, lambda ap: ap.retrieve(submission.message_id))
+            assert again.payload == submission.payload
+            run(b, lambda ap: ap.acknowledge(submission.message_id))
+            run(b, lambda ap: ap.acknowledge(submission.message_id))  # again: no error
+        # Digg's P-Mode keeps nothing after download: gone from the list, not retrievable.
+        assert submission.message_id not in run(b, lambda ap: ap.pending([ORG_B]))
+        assert sandbox.access_points["b"].status(submission.message_id) == "DELETED"
+        with pytest.raises(MessageNotFound) as missing:
+            run(b, lambda ap: ap.retrieve(submission.message_id))
+        assert isinstance(missing.value, PermanentFailure)
+        assert submission.message_id in str(missing.value)
+    finally:
+        for ap in sandbox.access_points.values():
+            ap.observer = None
+    watch.check()
 
 
 def test_submission_is_shaped_like_diggs_example(sandbox: Sandbox) -> None:
@@ -271,11 +293,12 @@ def test_unrecognised_ebms_0004_fault_is_temporary(sandbox: Sandbox) -> None:
 
 
 def test_wrong_password_is_temporary_with_a_clear_text(sandbox: Sandbox) -> None:
+    """Domibus answers a failed plugin-user login with a SOAP fault and HTTP 500."""
     a = settings(sandbox, "a", password_file=None, username="a", password="wrong")
     with pytest.raises(TemporaryFailure) as refused:
         submit(a, sealed_submission(sandbox))
-    assert "HTTP 401" in str(refused.value)
-    assert "credentials" in str(refused.value)
+    assert "HTTP 500" in str(refused.value)
+    assert "refused our credentials" in str(refused.value)
     with pytest.raises(TemporaryFailure, match="credentials"):
         run(a, lambda ap: ap.pending())
 
@@ -284,7 +307,7 @@ def test_stopped_server_is_temporary(sandbox: Sandbox) -> None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(sandbox.tls.cert_pem, sandbox.tls.key_pem)
     server = Server(sandbox.access_points["a"], tls=context).start()
-    a = settings(sandbox, "a", url=server.url)
+    a = settings(sandbox, "a", url=server.url + "/services/wsplugin")
     assert isinstance(run(a, lambda ap: ap.pending()), list)
     server.stop()
     with pytest.raises(TemporaryFailure, match="cannot reach the access point"):
@@ -354,13 +377,14 @@ def test_client_certificate(sandbox: Sandbox) -> None:
         with_cert = settings(
             sandbox,
             "b",
-            url=server.url,
+            url=server.url + "/services/wsplugin",
             client_cert=str(client.cert_pem),
             client_key=str(client.key_pem),
         )
         assert isinstance(run(with_cert, lambda ap: ap.pending()), list)
         with pytest.raises(TemporaryFailure, match="cannot reach"):
-            run(settings(sandbox, "b", url=server.url), lambda ap: ap.pending())
+            b = settings(sandbox, "b", url=server.url + "/services/wsplugin")
+            run(b, lambda ap: ap.pending())
     finally:
         server.stop()
 
@@ -411,9 +435,13 @@ def mocked(
     sandbox: Sandbox,
     handler: Callable[[httpx.Request], httpx.Response],
     use: Callable[[Any], Awaitable[T]],
+    interface: str = "backend",
 ) -> T:
+    """`use` the connector with `handler` answering (as the deprecated interface, unless
+    told: the answers below are written in its namespace)."""
+
     async def main() -> T:
-        ap = load(ACCESS_POINTS, "domibus-ws", settings(sandbox, "a"))
+        ap = load(ACCESS_POINTS, "domibus-ws", settings(sandbox, "a", interface=interface))
         await ap._http.aclose()
         ap._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
         try:
@@ -469,6 +497,103 @@ def test_submit_answer_mapping(sandbox: Sandbox, answer: Any, outcome: type) -> 
     with pytest.raises(Exception) as raised:
         mocked(sandbox, answer, lambda ap: ap.submit(submission))
     assert type(raised.value) is outcome, raised.value
+
+
+def plain_fault(reason: str, value: str = "Receiver", ns: str | None = None, code: str = "") -> Any:
+    """A SOAP fault as Domibus 4.x or 5.x words it: the Reason alone, or with a FaultDetail
+    of namespace `ns`."""
+    detail = (
+        f"<soap:Detail><ns2:FaultDetail xmlns:ns2='{ns}'><code>{code}</code>"
+        f"<message>{reason}</message></ns2:FaultDetail></soap:Detail>"
+        if ns
+        else ""
+    )
+    body = (
+        f"<soap:Body><soap:Fault><soap:Code><soap:Value>soap:{value}</soap:Value></soap:Code>"
+        f"<soap:Reason><soap:Text xml:lang='en'>{reason}</soap:Text></soap:Reason>{detail}"
+        "</soap:Fault></soap:Body>"
+    )
+    return lambda request: soap_response(body, 500)
+
+
+WSPLUGIN = domibus_ws.WSPLUGIN_NS
+
+
+@pytest.mark.parametrize(
+    ("interface", "answer", "outcome", "words"),
+    [
+        # Domibus 4.x: a dynamic discovery failure in the Reason alone, no FaultDetail.
+        (
+            "backend",
+            plain_fault("Could not fetch metadata from SMP for documentId x"),
+            PermanentFailure,
+            "metadata",
+        ),
+        ("backend", plain_fault("Internal server error"), TemporaryFailure, "Internal"),
+        # Domibus 5.x: the plugin's own codes, by enum name or with a colon.
+        (
+            "wsplugin",
+            plain_fault("Invalid request", "Receiver", WSPLUGIN, "WS_PLUGIN_0005"),
+            PermanentFailure,
+            "WS_PLUGIN_0005",
+        ),
+        (
+            "wsplugin",
+            plain_fault("Invalid message", "Receiver", WSPLUGIN, "WS_PLUGIN:0007"),
+            PermanentFailure,
+            "WS_PLUGIN:0007",
+        ),
+        (
+            "wsplugin",
+            plain_fault("Generic error", "Receiver", WSPLUGIN, "WS_PLUGIN:0001"),
+            TemporaryFailure,
+            "0001",
+        ),
+        (
+            "wsplugin",
+            plain_fault("Message with id [x] already exists.", "Receiver", WSPLUGIN, "EBMS:0004"),
+            DuplicateSubmission,
+            "already exists",
+        ),
+        # A refused login is a SOAP fault with HTTP 500 on both, never a bounce.
+        ("wsplugin", plain_fault("[DOM_002]:Bad credentials"), TemporaryFailure, "credentials"),
+        (
+            "backend",
+            plain_fault("AuthenticationExtException: Bad credentials", "Sender"),
+            TemporaryFailure,
+            "credentials",
+        ),
+        # The url serves the other interface: said so, and mail waits.
+        (
+            "wsplugin",
+            plain_fault(
+                "Unexpected wrapper element {http://eu.domibus.wsplugin/}submitRequest found."
+                "   Expected {http://org.ecodex.backend/1_1/}submitRequest.",
+                "Sender",
+            ),
+            TemporaryFailure,
+            "access_point.interface: backend",
+        ),
+        (
+            "backend",
+            plain_fault(
+                "Unexpected wrapper element {http://org.ecodex.backend/1_1/}submitRequest found."
+                "   Expected {http://eu.domibus.wsplugin/}submitRequest.",
+                "Sender",
+            ),
+            TemporaryFailure,
+            "access_point.interface: wsplugin",
+        ),
+    ],
+)
+def test_fault_shapes_of_both_generations(
+    sandbox: Sandbox, interface: str, answer: Any, outcome: type, words: str
+) -> None:
+    submission = sealed_submission(sandbox)
+    with pytest.raises(Exception) as raised:
+        mocked(sandbox, answer, lambda ap: ap.submit(submission), interface=interface)
+    assert type(raised.value) is outcome, raised.value
+    assert words in str(raised.value)
 
 
 def retrieve_answer(value: str, sender: str = "s") -> str:

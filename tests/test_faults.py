@@ -142,6 +142,7 @@ def fault_run(directory: Path, smart_host_port: int, backend: backends.SpoolBack
         poll_seconds=POLL_SECONDS,
         outbound=outbound,
         spools=backend.spools(),
+        interface=backend.interface,
     )
 
 

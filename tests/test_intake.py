@@ -10,12 +10,19 @@ from bridge.inbound.intake import Intake, recovered
 from bridge.plugins import PermanentFailure, Retrieved, TemporaryFailure, UnreadableRetrieval
 from bridge.spool import Received, SQLiteSpool
 
+OURS = ["0203:a.se"]
+
 
 class FakeAccessPoint:
     """Three pending ids: one fine, one unusable, one that fails for now."""
 
-    async def pending(self) -> list[str]:
+    keeps_until_acknowledged = False
+
+    async def pending(self, final_recipients: object = ()) -> list[str]:
         return ["good", "garbled", "later"]
+
+    async def acknowledge(self, message_id: str) -> None:
+        pass
 
     async def retrieve(self, message_id: str) -> Retrieved:
         if message_id == "garbled":
@@ -27,22 +34,27 @@ class FakeAccessPoint:
 
 def test_everything_retrieved_is_kept(tmp_path: Path) -> None:
     spool = SQLiteSpool(tmp_path)
-    assert asyncio.run(Intake(FakeAccessPoint(), spool).fetch()) == 1
+    assert asyncio.run(Intake(FakeAccessPoint(), spool, OURS).fetch()) == 1
     assert [r.id for r in spool.received("new")] == ["good"]
     (garbled,) = spool.received("unreadable")
     assert (garbled.id, garbled.payload) == ("garbled", b"<html>oops</html>")
-    assert asyncio.run(Intake(FakeAccessPoint(), spool).fetch()) == 0  # kept once
+    assert asyncio.run(Intake(FakeAccessPoint(), spool, OURS).fetch()) == 0  # kept once
 
 
 class OnceAccessPoint:
     """Gives "m1" out once, as Domibus does: listed once, and the first retrieve dies with
     the bridge; afterwards the message is downloaded and no longer retrievable."""
 
+    keeps_until_acknowledged = False
+
     def __init__(self) -> None:
         self.listed = False
         self.retrievals = 0
 
-    async def pending(self) -> list[str]:
+    async def acknowledge(self, message_id: str) -> None:
+        pass
+
+    async def pending(self, final_recipients: object = ()) -> list[str]:
         if self.listed:
             return []
         self.listed = True
@@ -60,9 +72,9 @@ def test_a_message_lost_in_a_crash_is_named_and_can_be_imported(
 ) -> None:
     access_point = OnceAccessPoint()
     with pytest.raises(KeyboardInterrupt):
-        asyncio.run(Intake(access_point, SQLiteSpool(tmp_path)).fetch())
+        asyncio.run(Intake(access_point, SQLiteSpool(tmp_path), OURS).fetch())
     restarted = SQLiteSpool(tmp_path)
-    assert asyncio.run(Intake(access_point, restarted).fetch()) == 0
+    assert asyncio.run(Intake(access_point, restarted, OURS).fetch()) == 0
     assert access_point.retrievals == 2  # the noted id was tried again
     (lost,) = restarted.received("lost")
     assert lost.id == "m1"
@@ -100,3 +112,58 @@ def sandbox_envelope(alice, bob) -> bytes:
     from bridge.sdk.sealing import seal_message
 
     return seal_message(make_message(), signer=keypair(alice), recipient_cert=bob.cert)
+
+
+class KeepingAccessPoint:
+    """Domibus 5's current interface: a message stays pending until acknowledged. "mine" is
+    ours, "theirs" another organisation's, listed all the same (an admin plugin user)."""
+
+    keeps_until_acknowledged = True
+
+    def __init__(self, die: str | None = None) -> None:
+        self.pending_ids = ["mine", "theirs"]
+        self.retrievals: list[str] = []
+        self.acknowledged: list[str] = []
+        self.die = die  # "retrieve", "acknowledge": where the bridge is killed, once
+
+    async def pending(self, final_recipients: object = ()) -> list[str]:
+        return list(self.pending_ids)
+
+    async def retrieve(self, message_id: str) -> Retrieved:
+        self.retrievals.append(message_id)
+        if self.die == "retrieve":
+            self.die = None
+            raise KeyboardInterrupt("killed between retrieve and store")
+        recipient = "0203:a.se" if message_id == "mine" else "0203:other.se"
+        return Retrieved(message_id, b"<XHE/>", "x", "0203:b.se", recipient, None)
+
+    async def acknowledge(self, message_id: str) -> None:
+        if self.die == "acknowledge":
+            self.die = None
+            raise KeyboardInterrupt("killed between store and acknowledge")
+        self.acknowledged.append(message_id)
+        self.pending_ids.remove(message_id)
+
+
+@pytest.mark.parametrize("die", [None, "retrieve", "acknowledge"])
+def test_stored_before_acknowledged_and_once_whatever_the_crash(
+    tmp_path: Path, die: str | None
+) -> None:
+    access_point = KeepingAccessPoint(die)
+    if die:
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(Intake(access_point, SQLiteSpool(tmp_path), OURS).fetch())
+    restarted = SQLiteSpool(tmp_path)
+    intake = Intake(access_point, restarted, OURS)
+    asyncio.run(intake.fetch())
+    assert [r.id for r in restarted.received("new")] == ["mine"]  # stored once
+    assert restarted.received("lost") == []
+    assert access_point.acknowledged == ["mine"]
+    # Killed after the store, it is told without being retrieved again.
+    assert access_point.retrievals.count("mine") == (1 if die in (None, "acknowledge") else 2)
+    # Another organisation's message: left pending and unacknowledged, taken once only.
+    assert "theirs" in access_point.pending_ids and "theirs" in intake.foreign
+    looked = access_point.retrievals.count("theirs")
+    asyncio.run(intake.fetch())
+    assert access_point.retrievals.count("theirs") == looked
+    assert restarted.note_retrieving([]) == []

@@ -48,7 +48,10 @@ def received_by_b(sandbox: Sandbox, cache: Path) -> list:
 
     async def fetch() -> list[bytes]:
         ap = access_point(sandbox, "b")
-        payloads = [(await ap.retrieve(i)).payload for i in await ap.pending()]
+        payloads = []
+        for message_id in await ap.pending():
+            payloads.append((await ap.retrieve(message_id)).payload)
+            await ap.acknowledge(message_id)  # taken: no longer pending
         await ap.close()
         return payloads
 

@@ -66,6 +66,7 @@ class Harness:
         ap = access_point(self.sandbox, "b")
         for message_id in await ap.pending():
             await ap.retrieve(message_id)
+            await ap.acknowledge(message_id)
         await ap.close()
 
     def settle(self) -> None:
@@ -77,7 +78,7 @@ class Harness:
 
         async def run() -> None:
             ap = access_point(self.sandbox, "a")
-            await Intake(ap, self.spool).fetch()
+            await Intake(ap, self.spool, [ORG_A]).fetch()
             await ap.close()
             with registry_for(self.sandbox, "a", self.tmp_path / "cache-a") as registry:
                 receipts = Receipts(ORG_A, self.spool, registry, a.trust_anchors, notify)

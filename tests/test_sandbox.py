@@ -28,6 +28,7 @@ from bridge.registry.errors import (
     RegistryUnavailable,
     UnknownFunctionalAddress,
 )
+from bridge.sandbox.accesspoint import WSPLUGIN_NS
 from bridge.sandbox.federation import Sandbox
 from bridge.sandbox.web import Faults
 from bridge.sdk import message as msg
@@ -66,7 +67,7 @@ def test_configurations_load(sandbox: Sandbox) -> None:
     for label in ("a", "b"):
         loaded = config.load(sandbox.config_path(label))
         assert loaded.organisation_id == f"0203:{label}.sandbox.test"
-        assert loaded.access_point.url.endswith(f"/ap/{label}")
+        assert loaded.access_point.url.endswith(f"/ap/{label}/services/wsplugin")
         assert loaded.decryption[0].cert == sandbox.organisations[label].encryption[-1].cert
     assert (sandbox.directory / "ready").read_text().strip() == sandbox.https.url
 
@@ -193,7 +194,8 @@ def test_message_from_a_to_b_through_the_access_points(
     def client(loaded: config.Config) -> Client:
         ap = loaded.access_point
         verify = ssl.create_default_context(cafile=str(ap.tls_trust))
-        return Client(ap.url, verify, ap.username, ap.password)
+        base = ap.url.rsplit("/services/", 1)[0]  # the client adds its interface's path
+        return Client(base, verify, ap.username, ap.password, ns=WSPLUGIN_NS)
 
     message_id = client(a).submit(
         sealed,

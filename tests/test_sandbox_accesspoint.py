@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ADDRESS_B, ORG_A, ORG_B, keypair, make_message
+from domibus_xsd import Watch
+from lxml import etree
 from wsplugin import (
     KVITTENS_ACTION,
     MESSAGE_ACTION,
@@ -32,10 +34,13 @@ from wsplugin import (
 
 from bridge.sandbox import accesspoint
 from bridge.sandbox.accesspoint import (
+    BACKEND_NS,
     EBMS_NS,
     MAX_DELAY_SECONDS,
     SOAP12_NS,
+    WSPLUGIN_NS,
     AccessPoint,
+    PluginUser,
     Status,
 )
 from bridge.sandbox.web import Server
@@ -45,6 +50,7 @@ from bridge.sdk.names import DOCUMENT_ID_SCHEME, PARTY_SCHEME, PROCESS_ID, q
 from bridge.sdk.sealing import Receiver, open_envelope, seal_kvittens, seal_message
 from bridge.sdk.verdict import ACCEPTED, Outcome
 from bridge.testpki import Identity, make_pki
+from plugins.domibus_xop import resolve, unpack
 
 # Fixtures: module-wide HTTPS servers, fresh access points per test.
 
@@ -89,15 +95,10 @@ class Federation:
     def build(self, name: str, **options: Any) -> AccessPoint:
         """(Re)create access point `name` on its directory, as a restarted sandbox does."""
         party, org = {"a": (PARTY_A, ORG_A), "b": (PARTY_B, ORG_B)}[name]
-        ap = AccessPoint(
-            self.root / name,
-            party,
-            {org},
-            username=f"user-{name}",
-            password=f"secret-{name}",
-            route=self.routes.get,
-            **options,
-        )
+        options.setdefault("users", {f"user-{name}": PluginUser(f"secret-{name}", org)})
+        ap = AccessPoint(self.root / name, party, {org}, route=self.routes.get, **options)
+        if name in self.aps:  # a test watching the wire goes on watching
+            ap.observer = self.aps[name].observer
         self.aps[name] = ap
         self.servers[name][0].app = ap
         self.routes[org] = ap
@@ -105,9 +106,17 @@ class Federation:
             self.routes[STALE_ORG] = ap
         return ap
 
-    def client(self, name: str, password: str | None = None) -> Client:
+    def client(
+        self,
+        name: str,
+        password: str | None = None,
+        *,
+        user: str | None = None,
+        ns: str = BACKEND_NS,
+    ) -> Client:
         url = self.servers[name][1].url
-        return Client(url, self.verify, f"user-{name}", password or f"secret-{name}")
+        password = password or f"secret-{name}"
+        return Client(url, self.verify, user or f"user-{name}", password, ns=ns)
 
     @property
     def a(self) -> AccessPoint:
@@ -261,10 +270,17 @@ def test_recipient_not_serviced_ends_in_send_failure(
 
 def test_authentication_and_transport(fed: Federation, sealed: bytes) -> None:
     envelope = request_envelope("listPendingMessagesRequest")
-    assert fed.client("a", password="wrong").post(envelope).status_code == 401
-    anonymous = httpx.post(fed.servers["a"][1].url, content=envelope, verify=fed.verify)
-    assert anonymous.status_code == 401
-    assert anonymous.headers["www-authenticate"].startswith("Basic")
+    # Domibus's plugin-user interceptor: a failed login is a SOAP fault with HTTP 500.
+    with pytest.raises(SoapFault) as fault:
+        fed.client("a", password="wrong").call(envelope)
+    assert (fault.value.http_status, fault.value.reason) == (500, accesspoint.LOGIN_FAILED)
+    anonymous = httpx.post(
+        fed.servers["a"][1].url + "/services/backend", content=envelope, verify=fed.verify
+    )
+    assert anonymous.status_code == 500
+    assert (
+        httpx.post(fed.servers["a"][1].url, content=envelope, verify=fed.verify).status_code == 404
+    )
     assert fed.client("b").post(envelope, content_type="text/xml").status_code == 415
     soap11 = envelope.replace(SOAP12_NS.encode(), b"http://schemas.xmlsoap.org/soap/envelope/")
     with pytest.raises(SoapFault) as fault:
@@ -449,3 +465,137 @@ def test_both_directions_at_once(fed: Federation, alice: Identity, bob: Identity
     assert len(sent) == 8
     assert len(fed.client("a").pending()) == 4
     assert len(fed.client("b").pending()) == 4
+
+
+# Domibus 5.2's current interface, plugin users and the other switches.
+
+
+@pytest.fixture
+def watched(fed: Federation) -> Iterator[Watch]:
+    """Every request and answer of the test checked against Domibus's XSDs."""
+    watch = Watch()
+    for ap in fed.aps.values():
+        ap.observer = watch
+    yield watch
+    watch.check()
+
+
+def test_current_interface_keeps_a_message_until_marked_downloaded(
+    fed: Federation, sealed: bytes, watched: Watch
+) -> None:
+    a, b = fed.client("a", ns=WSPLUGIN_NS), fed.client("b", ns=WSPLUGIN_NS)
+    message_id = a.submit(sealed)
+    assert a.status(message_id, "SENDING") == Status.ACKNOWLEDGED
+    assert b.status(message_id, "RECEIVING") == Status.RECEIVED
+    assert b.pending(finalRecipient=ORG_B) == [message_id]
+    assert b.pending(finalRecipient=ORG_A) == [message_id]  # a ROLE_USER's filter is its own
+    for _ in range(2):  # not marked: still pending, and given out again
+        _, payload = b.retrieve(message_id, mark=False)
+        assert payload == sealed
+        assert b.pending() == [message_id]
+    b.mark(message_id)
+    assert b.pending() == []
+    assert fed.b.status(message_id) == Status.DELETED
+    with pytest.raises(SoapFault) as fault:
+        b.mark(message_id)
+    assert (fault.value.code, fault.value.text) == (
+        "WS_PLUGIN:0009",
+        f"No message with id [{message_id}] found",
+    )
+    with pytest.raises(SoapFault) as fault:
+        b.retrieve(message_id, mark=False)
+    assert fault.value.code == "WS_PLUGIN:0009"
+    assert b.errors(message_id) == []
+
+
+def test_plugin_users_see_their_organisation_or_all(
+    fed: Federation, sealed: bytes, alice: Identity, bob: Identity, watched: Watch
+) -> None:
+    ap = fed.build(
+        "b",
+        users={
+            "user-b": PluginUser("secret-b", ORG_B),
+            "admin": PluginUser("secret-admin"),
+            "other": PluginUser("secret-other", STALE_ORG),
+        },
+    )
+    ap.organisations = frozenset({ORG_B, STALE_ORG})  # one access point, two organisations
+    a = fed.client("a", ns=WSPLUGIN_NS)
+    ours = a.submit(sealed)
+    theirs = a.submit(seal_to(alice, bob, STALE_ORG), final_recipient=STALE_ORG)
+    user = fed.client("b", ns=WSPLUGIN_NS)
+    admin = fed.client("b", "secret-admin", user="admin", ns=WSPLUGIN_NS)
+    other = fed.client("b", "secret-other", user="other", ns=WSPLUGIN_NS)
+    assert user.pending() == [ours]
+    assert other.pending(finalRecipient=ORG_B) == [theirs]  # overridden by its originalUser
+    assert admin.pending() == [ours, theirs]
+    assert admin.pending(finalRecipient=ORG_B) == [ours]
+    assert admin.pending(messageId=theirs, originalSender=ORG_A) == [theirs]
+    with pytest.raises(SoapFault, match="not allowed to handle this message"):
+        other.retrieve(ours, mark=False)
+    with pytest.raises(SoapFault, match="not allowed to handle this message"):
+        other.mark(ours)
+    assert user.pending() == [ours]
+    admin.retrieve(theirs, mark=False)  # an administrator may
+    # The deprecated interface has no filter: a ROLE_USER still sees only its own.
+    assert fed.client("b", "secret-other", user="other").pending() == [theirs]
+
+
+def test_intermediate_statuses_come_before_the_final_one(
+    fed: Federation, sealed: bytes, watched: Watch
+) -> None:
+    fed.a.intermediate_statuses()
+    a = fed.client("a", ns=WSPLUGIN_NS)
+    message_id = a.submit(sealed)
+    seen = [a.status(message_id, "SENDING") for _ in range(5)]
+    assert seen == [*accesspoint.INTERMEDIATE, Status.ACKNOWLEDGED, Status.ACKNOWLEDGED]
+
+
+def test_a_message_between_two_organisations_of_one_access_point_has_two_roles(
+    fed: Federation, alice: Identity, bob: Identity, watched: Watch
+) -> None:
+    """Sent and received by one access point: getStatus without a role is ambiguous."""
+    fed.routes[ORG_B] = fed.a
+    fed.a.organisations = frozenset({ORG_A, ORG_B})
+    fed.a.users["user-a"] = PluginUser("secret-a")  # an administrator
+    a = fed.client("a", ns=WSPLUGIN_NS)
+    message_id = a.submit(seal_to(alice, bob, ORG_B))
+    assert a.status(message_id, "SENDING") == Status.ACKNOWLEDGED
+    assert a.status(message_id, "RECEIVING") == Status.RECEIVED
+    with pytest.raises(SoapFault) as fault:
+        a.status(message_id)
+    assert fault.value.code == "WS_PLUGIN:0007"
+
+
+def test_domibus_4_serves_only_the_deprecated_interface(fed: Federation, sealed: bytes) -> None:
+    fed.build("a", domibus="4")
+    with pytest.raises(AssertionError):  # 404, not SOAP
+        fed.client("a", ns=WSPLUGIN_NS).call(request_envelope("listPendingMessagesRequest"))
+    assert fed.client("a", ns=WSPLUGIN_NS).post(b"").status_code == 404
+    assert fed.client("a").pending() == []
+
+
+@pytest.mark.parametrize(("path", "ns"), [("wsplugin", WSPLUGIN_NS), ("backend", BACKEND_NS)])
+def test_each_interface_has_a_wsdl(fed: Federation, path: str, ns: str) -> None:
+    response = httpx.get(f"{fed.servers['a'][1].url}/services/{path}?wsdl", verify=fed.verify)
+    assert response.status_code == 200
+    assert etree.fromstring(response.content).get("targetNamespace") == ns
+
+
+def test_mtom_answer_carries_the_payload_as_a_part(
+    fed: Federation, sealed: bytes, watched: Watch
+) -> None:
+    fed.build("b", mtom=True)
+    message_id = fed.client("a", ns=WSPLUGIN_NS).submit(sealed)
+    envelope = request_envelope(
+        "retrieveMessageRequest",
+        message_id,
+        ns=WSPLUGIN_NS,
+        attributes={"markAsDownloaded": "false"},
+    )
+    response = fed.client("b", ns=WSPLUGIN_NS).post(envelope)
+    assert response.headers["content-type"].startswith("multipart/related")
+    unpacked = unpack(response.headers["content-type"], response.content)
+    root = etree.fromstring(unpacked.root)
+    (value,) = root.iter("value")
+    assert bytes(resolve(root, unpacked)[value]) == sealed

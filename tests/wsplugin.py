@@ -13,7 +13,7 @@ import httpx
 from conftest import ORG_A, ORG_B
 from lxml import etree
 
-from bridge.sandbox.accesspoint import AP_PARTY_TYPE, BACKEND_NS, EBMS_NS, SOAP12_NS
+from bridge.sandbox.accesspoint import AP_PARTY_TYPE, BACKEND_NS, EBMS_NS, SOAP12_NS, WSPLUGIN_NS
 from bridge.sdk.names import (
     DOCUMENT_ID_SCHEME,
     KVITTENS_DOCUMENT_ID,
@@ -61,11 +61,12 @@ def submit_envelope(
     payload_id: str = "cid:message",
     mime_type: str = "text/xml",
     value: str | None = None,
+    ns: str = BACKEND_NS,
 ) -> bytes:
     """A submitRequest shaped like Digg's as4_xhe_encrypted.xml, plus a ConversationId."""
     envelope = etree.Element(
         q(SOAP12_NS, "Envelope"),
-        nsmap={"soap": SOAP12_NS, "ns": EBMS_NS, "_1": BACKEND_NS, "xm": XMLMIME_NS},
+        nsmap={"soap": SOAP12_NS, "ns": EBMS_NS, "_1": ns, "xm": XMLMIME_NS},
     )
 
     def sub(parent: etree._Element, tag: str, text: str | None = None, /, **attrs: str) -> Any:
@@ -94,28 +95,45 @@ def submit_envelope(
     part = sub(sub(user, "PayloadInfo"), "PartInfo", href=href)
     sub(sub(part, "PartProperties"), "Property", mime_type, name="MimeType")
     request = etree.SubElement(
-        etree.SubElement(envelope, q(SOAP12_NS, "Body")), q(BACKEND_NS, "submitRequest")
+        etree.SubElement(envelope, q(SOAP12_NS, "Body")), q(ns, "submitRequest")
     )
     element = etree.SubElement(request, "payload", payloadId=payload_id, contentType="text/xml")
     etree.SubElement(element, "value").text = value or base64.b64encode(payload).decode()
     return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
 
 
-def request_envelope(operation: str, message_id: str | None = None) -> bytes:
+def request_envelope(
+    operation: str,
+    message_id: str | None = None,
+    *,
+    ns: str = BACKEND_NS,
+    fields: tuple[tuple[str, str], ...] = (),
+    attributes: dict[str, str] | None = None,
+) -> bytes:
     envelope = etree.Element(q(SOAP12_NS, "Envelope"), nsmap={"soap": SOAP12_NS})
     body = etree.SubElement(envelope, q(SOAP12_NS, "Body"))
-    request = etree.SubElement(body, q(BACKEND_NS, operation), nsmap={"_1": BACKEND_NS})
+    request = etree.SubElement(body, q(ns, operation), attributes or {}, nsmap={"_1": ns})
     if message_id is not None:
         etree.SubElement(request, "messageID").text = message_id
+    for name, text in fields:
+        etree.SubElement(request, name).text = text
     return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
 
 
+PATHS = {BACKEND_NS: "/services/backend", WSPLUGIN_NS: "/services/wsplugin"}
+
+
 class Client:
-    def __init__(self, url: str, verify: ssl.SSLContext, user: str, password: str) -> None:
+    """A plain client of one interface (`ns`, the deprecated one unless told)."""
+
+    def __init__(
+        self, url: str, verify: ssl.SSLContext, user: str, password: str, ns: str = BACKEND_NS
+    ) -> None:
+        self.ns = ns
         self.http = httpx.Client(base_url=url, verify=verify, auth=(user, password), timeout=30)
 
     def post(self, body: bytes, content_type: str = SOAP_CONTENT_TYPE) -> httpx.Response:
-        return self.http.post("/", content=body, headers={"Content-Type": content_type})
+        return self.http.post(PATHS[self.ns], content=body, headers={"Content-Type": content_type})
 
     def call(self, body: bytes) -> etree._Element:
         """The response envelope; a SOAP fault raises SoapFault."""
@@ -126,7 +144,7 @@ class Client:
         if fault is None:
             assert response.status_code == 200
             return envelope
-        detail = fault.find(f"{q(SOAP12_NS, 'Detail')}/{q(BACKEND_NS, 'FaultDetail')}")
+        detail = fault.find(f"{q(SOAP12_NS, 'Detail')}/{q(self.ns, 'FaultDetail')}")
         raise SoapFault(
             response.status_code,
             fault.findtext(f"{q(SOAP12_NS, 'Code')}/{q(SOAP12_NS, 'Value')}") or "",
@@ -138,32 +156,49 @@ class Client:
     def submit(self, payload: bytes, **fields: Any) -> str:
         fields.setdefault("message_id", str(uuid.uuid4()))
         fields.setdefault("conversation_id", str(uuid.uuid4()))
-        response = self.call(submit_envelope(payload, **fields))
-        ids = response.findall(f".//{q(BACKEND_NS, 'submitResponse')}/messageID")
+        response = self.call(submit_envelope(payload, ns=self.ns, **fields))
+        ids = response.findall(f".//{q(self.ns, 'submitResponse')}/messageID")
         assert len(ids) == 1
         return ids[0].text or ""
 
-    def pending(self) -> list[str]:
-        response = self.call(request_envelope("listPendingMessagesRequest"))
-        path = f".//{q(BACKEND_NS, 'listPendingMessagesResponse')}/messageID"
+    def pending(self, **filters: str) -> list[str]:
+        request = request_envelope(
+            "listPendingMessagesRequest", ns=self.ns, fields=tuple(filters.items())
+        )
+        response = self.call(request)
+        path = f".//{q(self.ns, 'listPendingMessagesResponse')}/messageID"
         return [e.text or "" for e in response.findall(path)]
 
-    def retrieve(self, message_id: str) -> tuple[etree._Element, bytes]:
+    def retrieve(self, message_id: str, mark: bool = True) -> tuple[etree._Element, bytes]:
         """(the ebMS UserMessage header, the payload bytes)."""
-        response = self.call(request_envelope("retrieveMessageRequest", message_id))
+        keep = {} if mark else {"markAsDownloaded": "false"}
+        request = request_envelope(
+            "retrieveMessageRequest", message_id, ns=self.ns, attributes=keep
+        )
+        response = self.call(request)
         user = response.find(
             f"{q(SOAP12_NS, 'Header')}/{q(EBMS_NS, 'Messaging')}/{q(EBMS_NS, 'UserMessage')}"
         )
-        payloads = response.findall(f".//{q(BACKEND_NS, 'retrieveMessageResponse')}/payload")
+        payloads = response.findall(f".//{q(self.ns, 'retrieveMessageResponse')}/payload")
         assert user is not None and len(payloads) == 1
         assert payloads[0].get("payloadId") == "cid:message"
         return user, base64.b64decode(payloads[0].findtext("value") or "")
 
-    def status(self, message_id: str) -> str:
-        response = self.call(request_envelope("statusRequest", message_id))
-        return response.findtext(f".//{q(BACKEND_NS, 'getStatusResponse')}") or ""
+    def mark(self, message_id: str) -> None:
+        self.call(request_envelope("markMessageAsDownloadedRequest", message_id, ns=self.ns))
+
+    def status(self, message_id: str, role: str | None = None) -> str:
+        if role is None:
+            request = request_envelope("statusRequest", message_id, ns=self.ns)
+        else:
+            fields = (("accessPointRole", role),)
+            request = request_envelope(
+                "statusRequestWithAccessPointRole", message_id, ns=self.ns, fields=fields
+            )
+        response = self.call(request)
+        return response.findtext(f".//{q(self.ns, 'getStatusResponse')}") or ""
 
     def errors(self, message_id: str) -> list[dict[str, str]]:
-        response = self.call(request_envelope("getErrorsRequest", message_id))
-        items = response.findall(f".//{q(BACKEND_NS, 'getMessageErrorsResponse')}/item")
+        response = self.call(request_envelope("getErrorsRequest", message_id, ns=self.ns))
+        items = response.findall(f".//{q(self.ns, 'getMessageErrorsResponse')}/item")
         return [{child.tag: child.text or "" for child in item} for item in items]

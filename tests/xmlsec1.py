@@ -2,7 +2,8 @@
 
 xmlsec1 is an implementation independent of ours, so tests use it to cross-check our
 XML-DSig/XML-Enc output in both directions: it verifies/decrypts what we produce, and it
-signs/encrypts documents (in the SDK profile) that our code must accept.
+signs/encrypts documents (in the SDK profile, or in other XMLDSig forms) that our code must
+accept or refuse.
 """
 
 from __future__ import annotations
@@ -23,18 +24,52 @@ TIMEOUT = 30  # seconds per xmlsec1 invocation
 DS = "http://www.w3.org/2000/09/xmldsig#"
 XENC = "http://www.w3.org/2001/04/xmlenc#"
 C14N = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
+C14N11 = "http://www.w3.org/2006/12/xml-c14n11"
+EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"  # also InclusiveNamespaces' namespace
+ENVELOPED = f"{DS}enveloped-signature"
+RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
+SHA256 = f"{XENC}sha256"
 
-_SIGNATURE_TEMPLATE = f"""\
-<ds:Signature xmlns:ds="{DS}"><ds:SignedInfo>\
-<ds:CanonicalizationMethod Algorithm="{C14N}"/>\
-<ds:SignatureMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"/>\
-<ds:Reference URI=""><ds:Transforms>\
-<ds:Transform Algorithm="{DS}enveloped-signature"/>\
-<ds:Transform Algorithm="{C14N}"/>\
-</ds:Transforms>\
-<ds:DigestMethod Algorithm="{XENC}sha256"/><ds:DigestValue/>\
-</ds:Reference></ds:SignedInfo><ds:SignatureValue/>\
-<ds:KeyInfo><ds:X509Data/></ds:KeyInfo></ds:Signature>"""
+
+def algorithm(tag: str, uri: str, prefix_list: str | None = None, content: str = "") -> str:
+    """A ds:`tag` element (CanonicalizationMethod, Transform, ...) naming `uri`, with
+    `content` inside; `prefix_list` adds exclusive c14n's ec:InclusiveNamespaces."""
+    if prefix_list is not None:
+        content += f'<ec:InclusiveNamespaces xmlns:ec="{EXC_C14N}" PrefixList="{prefix_list}"/>'
+    return f'<ds:{tag} Algorithm="{uri}">{content}</ds:{tag}>'
+
+
+def transform(uri: str, prefix_list: str | None = None, content: str = "") -> str:
+    return algorithm("Transform", uri, prefix_list, content)
+
+
+# The SDK profile's Reference transforms, as our own `xmldsig.sign` makes them.
+SDK_TRANSFORMS = (transform(ENVELOPED), transform(C14N))
+
+
+def signature_template(
+    *,
+    canonicalization: str = C14N,
+    prefix_list: str | None = None,
+    transforms: Sequence[str] = SDK_TRANSFORMS,
+    signature_method: str = RSA_SHA256,
+    digest_method: str = SHA256,
+) -> str:
+    """An enveloped ds:Signature for xmlsec1 to fill; by default the SDK profile's.
+
+    `canonicalization` (with exclusive c14n's `prefix_list`) is SignedInfo's
+    CanonicalizationMethod; `transforms` (see `transform`) are the Reference's, in order.
+    """
+    return (
+        f'<ds:Signature xmlns:ds="{DS}"><ds:SignedInfo>'
+        + algorithm("CanonicalizationMethod", canonicalization, prefix_list)
+        + algorithm("SignatureMethod", signature_method)
+        + f'<ds:Reference URI=""><ds:Transforms>{"".join(transforms)}</ds:Transforms>'
+        + algorithm("DigestMethod", digest_method)
+        + "<ds:DigestValue/></ds:Reference></ds:SignedInfo><ds:SignatureValue/>"
+        + "<ds:KeyInfo><ds:X509Data/></ds:KeyInfo></ds:Signature>"
+    )
+
 
 _ENCRYPTED_DATA_TEMPLATE = f"""\
 <xenc:EncryptedData xmlns:xenc="{XENC}" Type="{XENC}Element">\
@@ -99,14 +134,15 @@ def decrypt(xml: bytes, key_pem: Path) -> bytes:
         return out.read_bytes()
 
 
-def sign_enveloped(xml: bytes, key_pem: Path, cert_pem: Path) -> bytes:
-    """Sign the whole document the SDK way (enveloped, c14n 1.0, rsa-sha256, sha256).
+def sign_enveloped(xml: bytes, key_pem: Path, cert_pem: Path, template: str | None = None) -> bytes:
+    """Sign the whole document the SDK way (enveloped, c14n 1.0, rsa-sha256, sha256), or
+    as `template` (see `signature_template`) says.
 
     The ds:Signature is appended as last child of the root; xmlsec1 fills DigestValue,
     SignatureValue and ds:X509Data/ds:X509Certificate with `cert_pem`.
     """
     tree = etree.ElementTree(etree.fromstring(xml))
-    tree.getroot().append(etree.fromstring(_SIGNATURE_TEMPLATE))
+    tree.getroot().append(etree.fromstring(template or signature_template()))
     with tempfile.TemporaryDirectory() as tmp:
         doc, out = Path(tmp, "template.xml"), Path(tmp, "out.xml")
         tree.write(str(doc), xml_declaration=True, encoding="UTF-8")

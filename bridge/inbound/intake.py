@@ -1,25 +1,42 @@
-"""Taking envelopes from the access point: each one is stored before anything else.
+"""Taking envelopes from the access point: each one is stored before the access point may
+forget it.
 
-Domibus marks a retrieved message downloaded and, under Digg's P-Mode
-(`retention_downloaded=0`), deletes it at once, so the window between retrieve and fsync
-is kept as small as the code allows: nothing but the write happens in between.
+Domibus 5 (the WS plugin's current interface) leaves a retrieved message pending until the
+bridge says it has it (`AccessPoint.acknowledge`, markMessageAsDownloaded), so the order is
+retrieve, store durably, acknowledge: a bridge killed anywhere in between finds the message
+still listed after its restart, retrieves it again and stores it once. A message that is
+stored but not yet acknowledged (the access point could not be told) is acknowledged
+without being retrieved again.
 
-Every MessageId is noted durably before it is retrieved. Domibus gives a message out once:
-retrieved, it is marked downloaded and no longer listed or retrievable. So a bridge killed
-between retrieve and store finds the noted MessageId unanswerable after its restart; it
-records the message as `lost` and raises an alert naming it. Operators should configure a
-retention above zero: the payload then stays at the access point for that long, and an
-administrator downloads it there and hands it over with `sdk-bridge inbound import`. With
-retention 0 (Digg's P-Mode) it is gone.
+Only our own messages are taken. The list is asked for our organisation only; a message
+whose finalRecipient is another organisation's all the same (an access point that ignores
+the filter, a plugin user with another organisation's originalUser) is left pending and
+unacknowledged for its owner, logged once and counted.
+
+The deprecated interface (Domibus 4.x) marks a message downloaded as it hands it out and,
+under Digg's P-Mode (`retention_downloaded=0`), deletes it at once. There, every MessageId
+is noted durably before it is retrieved, and nothing but the write happens between
+retrieve and store; a bridge killed in that window finds the noted MessageId unanswerable
+after its restart, records the message as `lost` and raises an alert naming it. Operators
+should configure a retention above zero: the payload then stays at the access point for
+that long, and an administrator downloads it there and hands it over with
+`sdk-bridge inbound import`. With retention 0 it is gone.
 """
 
 import asyncio
+from collections.abc import Collection
 
 import structlog
 
 from .. import metrics
 from ..concurrently import each
-from ..plugins import AccessPoint, PermanentFailure, TemporaryFailure, UnreadableRetrieval
+from ..plugins import (
+    AccessPoint,
+    PermanentFailure,
+    Retrieved,
+    TemporaryFailure,
+    UnreadableRetrieval,
+)
 from ..sdk import xhe
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
 from ..sdk.sealing import MAX_ENVELOPE_BYTES
@@ -34,15 +51,23 @@ RETRIEVALS = 48
 
 
 class Intake:
-    """Fetching from one access point into one spool. An envelope that cannot be stored
-    once retrieved (a full disk) is held in memory and stored first next round; nothing
-    more is retrieved until it is."""
+    """Fetching from one access point into one spool, for the organisations `ours`.
 
-    def __init__(self, access_point: AccessPoint, spool: Spool) -> None:
+    On the deprecated interface, an envelope that cannot be stored once retrieved (a full
+    disk) is held in memory and stored first next round; nothing more is retrieved until
+    it is. On the current one nothing is held: the access point keeps it."""
+
+    def __init__(self, access_point: AccessPoint, spool: Spool, ours: Collection[str]) -> None:
         self.access_point = access_point
         self.spool = spool
+        self.ours = frozenset(ours)
         self.unstored: dict[str, Received] = {}
+        self.foreign: set[str] = set()  # others' messages seen at the access point (logged)
         self.backlog = False  # the last look found more pending than one round takes
+
+    @property
+    def _keeps(self) -> bool:
+        return bool(getattr(self.access_point, "keeps_until_acknowledged", False))
 
     async def fetch(self, limit: int = RETRIEVALS) -> int | None:
         """Retrieve up to `limit` pending envelopes into the spool; how many were new, or
@@ -59,23 +84,29 @@ class Intake:
             del self.unstored[item.id]
             log.info("retrieved message stored after all", id=item.id)
         try:
-            pending = await self.access_point.pending()
+            listed = await self.access_point.pending(self.ours)
         except TemporaryFailure as e:
             log.warning("access point: cannot list pending messages", error=str(e))
             metrics.ACCESS_POINT_ERRORS.labels("pending").inc()
             return None
+        pending = [i for i in listed if i not in self.foreign]
         self.backlog = len(pending) > limit
-        noted = await asyncio.to_thread(self.spool.note_retrieving, pending[:limit])
-        stored: list[bool] = []
+        pending = pending[:limit]
+        if self._keeps and pending:
+            stored = await asyncio.to_thread(self.spool.stored_received, pending)
+            await each(sorted(stored), self._acknowledge)  # stored before, not yet told
+            pending = [i for i in pending if i not in stored]
+        noted = await asyncio.to_thread(self.spool.note_retrieving, pending)
+        taken: list[bool] = []
 
         async def take(message_id: str) -> None:
-            stored.append(await self._take(message_id))
+            taken.append(await self._take(message_id))
 
-        await each(noted, take)
-        return new + sum(stored)
+        await each([i for i in noted if i not in self.foreign], take)
+        return new + sum(taken)
 
     async def _take(self, message_id: str) -> bool:
-        """Retrieve one envelope and store it at once; whether it was new."""
+        """Retrieve one envelope, store it at once, then acknowledge it; whether it was new."""
         try:
             item = await self.access_point.retrieve(message_id)
         except TemporaryFailure as e:
@@ -90,6 +121,7 @@ class Intake:
             )
             unreadable = Received(message_id, "", "", "", None, e.raw)
             await asyncio.to_thread(self.spool.store_received, unreadable, "unreadable")
+            await self._acknowledge(message_id)
             return False
         except PermanentFailure as e:  # not given out (again): kept on record as lost
             log.error(
@@ -102,6 +134,9 @@ class Intake:
             note = f"the access point no longer gives it out: {e}"
             await asyncio.to_thread(self.spool.lost_retrieving, message_id, note)
             return False
+        if self._keeps and item.final_recipient not in self.ours:
+            await self._leave_foreign(item)
+            return False
         received = Received(
             id=item.message_id,
             action=item.action,
@@ -111,8 +146,16 @@ class Intake:
             payload=item.payload,
         )
         try:
-            return await asyncio.to_thread(self.spool.store_received, received)
-        except Exception as e:  # whatever the store says: gone at the access point, keep it
+            new = await asyncio.to_thread(self.spool.store_received, received)
+        except Exception as e:
+            if self._keeps:  # still at the access point: retrieved again next round
+                log.error(
+                    "a retrieved message cannot be stored; it stays at the access point",
+                    id=message_id,
+                    error=str(e),
+                )
+                return False
+            # Gone at the access point: keep it, whatever the store says.
             log.error(
                 "alert: a retrieved message cannot be stored; held in memory until it can,"
                 " so do not stop the bridge before there is room",
@@ -121,6 +164,33 @@ class Intake:
             )
             self.unstored[received.id] = received
             return False
+        await self._acknowledge(message_id)
+        return new
+
+    async def _acknowledge(self, message_id: str) -> None:
+        """Tell the access point a stored message may go; if it cannot be told now, the
+        message is still listed next round and told then."""
+        try:
+            await self.access_point.acknowledge(message_id)
+        except (TemporaryFailure, PermanentFailure) as e:
+            log.warning(
+                "access point: cannot mark a stored message downloaded; will try again",
+                id=message_id,
+                error=str(e),
+            )
+            metrics.ACCESS_POINT_ERRORS.labels("acknowledge").inc()
+
+    async def _leave_foreign(self, item: Retrieved) -> None:
+        """Another organisation's message: left pending at the access point for its owner."""
+        self.foreign.add(item.message_id)
+        metrics.FOREIGN.inc()
+        log.error(
+            "a message for another organisation is listed to us; left at the access point."
+            " Give the bridge's plugin user ROLE_USER and our organisation id as originalUser",
+            ebms_id=item.message_id,
+            final_recipient=item.final_recipient,
+        )
+        await asyncio.to_thread(self.spool.forget_retrieving, item.message_id)
 
 
 def recovered(ebms_id: str, payload: bytes) -> Received:

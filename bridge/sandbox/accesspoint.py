@@ -1,11 +1,21 @@
-"""An emulated SDK access point: the Domibus WS plugin backend interface for one organisation.
+"""An emulated SDK access point: Domibus 5.2's WS plugin, for one or several organisations.
 
-It answers `BackendService_1_1` (`http://org.ecodex.backend/1_1/`: submitMessage,
-listPendingMessages, retrieveMessage, getStatus, getMessageErrors) over SOAP 1.2 with HTTP
-Basic auth, the way Domibus 4.x does where a client can tell: the submitter's ebMS MessageId is
-kept, a repeated one is refused, faults carry the WSDL's FaultDetail with Domibus's codes and
-texts, a message is given out once, and a retrieved message is deleted at once under Digg's
-P-Mode (retention_downloaded=0); with a retention, its payload stays for an administrator.
+It serves both interfaces of the plugin over SOAP 1.2, as Domibus 5.2 does where a client
+can tell: the current one (`http://eu.domibus.wsplugin/`) at `/services/wsplugin` and the
+deprecated `BackendService_1_1` (`http://org.ecodex.backend/1_1/`) at `/services/backend`,
+each with its WSDL at `?wsdl`. Plugin users log in with HTTP Basic auth; one with an
+`originalUser` (ROLE_USER) sees and may handle only that organisation's messages, one without
+(ROLE_ADMIN) every organisation's on the access point; a failed login is a SOAP fault with
+HTTP 500, as Domibus's interceptor answers. The submitter's ebMS MessageId is kept, a
+repeated one is refused, faults carry the WSDL's FaultDetail with Domibus's codes and texts,
+a message is given out once (or, with `markAsDownloaded="false"`, kept pending until
+markMessageAsDownloaded), and a downloaded message is deleted at once under Digg's P-Mode
+(retention_downloaded=0); with a retention, its payload stays for an administrator.
+
+Switches make it answer as other real access points do: `domibus="4"` serves only the
+deprecated interface with Domibus 4.x's fault shapes (refusals with no FaultDetail), `mtom`
+answers retrieveMessage as MTOM/XOP, and `intermediate_statuses` shows SEND_ENQUEUED,
+SEND_ATTEMPT_FAILED and WAITING_FOR_RETRY before a submission's final status.
 
 Submissions are checked as Digg's P-Mode and AP specification (C3.2.1, C3.4.6 §3.1.6) ask, then
 routed in-process to the access point that serves the finalRecipient, as dynamic discovery
@@ -21,7 +31,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +55,7 @@ from ..sdk.sealing import MAX_ENVELOPE_BYTES
 from ..sdk.verdict import Rejected
 from ..sdk.xmlsafe import UnsafeXML, base64_text
 from ..sdk.xmlsafe import parse as parse_xml
+from . import mtom
 from .web import read_body, respond
 
 log = structlog.get_logger(__name__)
@@ -53,6 +64,8 @@ SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
 SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 EBMS_NS = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/"
 BACKEND_NS = "http://org.ecodex.backend/1_1/"
+WSPLUGIN_NS = "http://eu.domibus.wsplugin/"
+INTERFACE_PATHS = {"/services/wsplugin": WSPLUGIN_NS, "/services/backend": BACKEND_NS}
 XML_NS = "http://www.w3.org/XML/1998/namespace"
 SOAP_CONTENT_TYPE = "application/soap+xml; charset=UTF-8"
 
@@ -80,6 +93,21 @@ MAX_MESSAGE_ID_CHARS = 255
 ConversationIdRule = Literal["business", "envelope", "optional"]
 CONVERSATION_ID_RULES = ("business", "envelope", "optional")
 Refusal = Literal["fault", "unavailable"]
+Generation = Literal["5", "4"]
+SENDING, RECEIVING = "SENDING", "RECEIVING"
+# What Domibus reports of a submission on its way, before ACKNOWLEDGED or SEND_FAILURE.
+INTERMEDIATE = ("SEND_ENQUEUED", "SEND_ATTEMPT_FAILED", "WAITING_FOR_RETRY")
+LOGIN_FAILED = "[DOM_002]:Bad credentials"  # AuthenticationExtException's message
+_NO_PASSWORD = "\0" * 32
+
+
+@dataclass(frozen=True)
+class PluginUser:
+    """A Domibus plugin user. With `original_user` (ROLE_USER) it acts for that organisation
+    only; without (ROLE_ADMIN) for every organisation on the access point."""
+
+    password: str
+    original_user: str | None = None
 
 
 class Status:
@@ -195,12 +223,14 @@ class AccessPoint:
         directory: Path,
         party_id: str,
         organisations: Iterable[str],
-        username: str,
-        password: str,
+        users: Mapping[str, PluginUser],
         route: Callable[[str], "AccessPoint | None"],
         conversation_id_rule: ConversationIdRule = "business",
         retention_downloaded_minutes: int = 0,
         clock: Callable[[], datetime] = _now,
+        *,
+        domibus: Generation = "5",
+        mtom: bool = False,
     ) -> None:
         if conversation_id_rule not in CONVERSATION_ID_RULES:
             raise ValueError(f"conversation_id_rule must be one of {CONVERSATION_ID_RULES}")
@@ -209,8 +239,9 @@ class AccessPoint:
         self.directory = Path(directory)
         self.party_id = party_id
         self.organisations = frozenset(organisations)
-        self.username = username
-        self.password = password
+        self.users = dict(users)
+        self.domibus = domibus
+        self.mtom = mtom
         self.route = route
         self.conversation_id_rule = conversation_id_rule
         self.retention_downloaded_minutes = retention_downloaded_minutes
@@ -230,6 +261,10 @@ class AccessPoint:
         self._refusal: tuple[Refusal, int | None] | None = None
         self._delay: tuple[float, int | None] | None = None
         self._send_failures = 0
+        self._intermediate: dict[str, int] = {}  # status queries left to answer on the way
+        self._intermediate_steps = 0
+        # Tests watch the wire: called with ("request" or "answer", body, Content-Type).
+        self.observer: Callable[[str, bytes, str], None] | None = None
 
     # Fault switches for tests.
 
@@ -262,6 +297,12 @@ class AccessPoint:
             raise ValueError("count must be at least 1")
         with self._switch_lock:
             self._send_failures = count
+
+    def intermediate_statuses(self, on: bool = True) -> None:
+        """Answer getStatus of each later submission with SEND_ENQUEUED, SEND_ATTEMPT_FAILED
+        and WAITING_FOR_RETRY, one a query, before its final status."""
+        with self._switch_lock:
+            self._intermediate_steps = len(INTERMEDIATE) if on else 0
 
     def _take_send_failure(self) -> bool:
         with self._switch_lock:
@@ -301,18 +342,33 @@ class AccessPoint:
         with self._lock:
             return [r.envelope for r in self._sent.values() if r.envelope.action == action]
 
-    def status(self, message_id: str) -> str:
-        """getStatus: what a client polling this access point would see."""
+    def status(self, message_id: str, role: str | None = None) -> str:
+        """getStatus: what a client polling this access point would see, in `role`
+        (SENDING or RECEIVING; None: whichever it has, the sent one first)."""
         with self._lock:
             self._purge()
-            record = self._sent.get(message_id) or self._received.get(message_id)
-            return record.status if record else Status.NOT_FOUND
+            sent, received = self._sent.get(message_id), self._received.get(message_id)
+            record = {SENDING: sent, RECEIVING: received}.get(role or "", sent or received)
+            if record is None:
+                return Status.NOT_FOUND
+            if record is sent and self._intermediate.get(message_id):
+                left = self._intermediate[message_id]
+                self._intermediate[message_id] = left - 1
+                return INTERMEDIATE[len(INTERMEDIATE) - left]
+            return record.status
 
-    def pending(self) -> list[str]:
-        """listPendingMessages: received and not yet downloaded, oldest first."""
+    def pending(self, final_recipient: str | None = None, **filters: str) -> list[str]:
+        """listPendingMessages: received and not yet downloaded, oldest first; of one
+        `final_recipient`, and matching the request's other `filters` (its element names)."""
         with self._lock:
             self._purge()
-            waiting = [r for r in self._received.values() if r.status == Status.RECEIVED]
+            waiting = [
+                r
+                for r in self._received.values()
+                if r.status == Status.RECEIVED
+                and final_recipient in (None, r.envelope.final_recipient)
+                and _matches(r, filters)
+            ]
         return [r.envelope.message_id for r in sorted(waiting, key=lambda r: r.changed)]
 
     def errors(self, message_id: str) -> list[dict[str, str]]:
@@ -323,24 +379,43 @@ class AccessPoint:
     # WSGI.
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        ns = INTERFACE_PATHS.get(environ.get("PATH_INFO", "").rstrip("/") or "/")
+        if self.domibus == "4" and ns == WSPLUGIN_NS:
+            ns = None  # Domibus 4.x has only the deprecated interface
+        if ns is None:
+            return respond(start_response, 404, b"No service was found.\n")
+        answered: list[str] = []
+
+        def watched(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+            answered.extend(v for k, v in headers if k.lower() == "content-type")
+            return start_response(status, headers, *rest)
+
         try:
-            return self._handle(environ, start_response)
+            answer = self._handle(ns, environ, watched)
         except Fault as fault:
-            return _fault_response(start_response, fault)
+            answer = _fault_response(watched, fault, ns)
         except Exception:  # a bug still answers SOAP, as CXF does
             log.exception("access point failed", party=self.party_id)
-            return _fault_response(start_response, Fault("Internal error"))
+            answer = _fault_response(watched, Fault("Internal error"), ns)
         finally:
             self._sync()  # what this request changed is durable before it is answered
+        if self.observer is not None:
+            self.observer("answer", b"".join(answer), answered[0] if answered else "")
+        return answer
 
-    def _handle(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        if environ.get("REQUEST_METHOD") != "POST":
+    def _handle(
+        self, ns: str, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> list[bytes]:
+        method = environ.get("REQUEST_METHOD")
+        if method == "GET" and environ.get("QUERY_STRING", "").lower().startswith("wsdl"):
+            return respond(start_response, 200, _wsdl(ns, environ), "text/xml;charset=UTF-8")
+        if method != "POST":
             return respond(
                 start_response, 405, b"POST SOAP 1.2 requests\n", headers=[("Allow", "POST")]
             )
-        if not self._authorised(environ.get("HTTP_AUTHORIZATION", "")):
-            challenge = [("WWW-Authenticate", 'Basic realm="domibus"')]
-            return respond(start_response, 401, b"Unauthorized\n", headers=challenge)
+        user = self._authorised(environ.get("HTTP_AUTHORIZATION", ""))
+        if user is None:  # Domibus's interceptor: a CXF Fault, so HTTP 500
+            raise Fault(LOGIN_FAILED)
         media_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
         if media_type != "application/soap+xml":
             raise Fault(
@@ -352,12 +427,20 @@ class AccessPoint:
             body = read_body(environ, MAX_REQUEST_BYTES)
         except ValueError as e:
             raise Fault(str(e), soap_code="Sender", http_status=413) from None
+        if self.observer is not None:
+            self.observer("request", body, environ.get("CONTENT_TYPE", ""))
         try:
             envelope = parse_xml(body, max_bytes=MAX_REQUEST_BYTES)
         except UnsafeXML as e:
             raise Fault(f"Error reading XMLStreamReader: {e}", soap_code="Sender") from None
         header, request = _split(envelope)
-        if request.tag == q(BACKEND_NS, "submitRequest"):
+        name = etree.QName(request).localname
+        if etree.QName(request).namespace != ns or name not in _OPERATIONS[ns]:
+            raise Fault(
+                f"Unexpected wrapper element {request.tag} found.   Expected {{{ns}}}{name}.",
+                soap_code="Sender",
+            )
+        if name == "submitRequest":
             delay, refusal = self._take_switches()
             if delay:
                 time.sleep(delay)
@@ -367,38 +450,90 @@ class AccessPoint:
                 raise Fault(
                     SUBMISSION_FAILED, "EBMS:0004", "the access point is refusing submissions"
                 )
-            answer = self._submit(header, request)
-        elif request.tag == q(BACKEND_NS, "listPendingMessagesRequest"):
-            answer = _answer(_element("listPendingMessagesResponse", ids=self.pending()))
-        elif request.tag == q(BACKEND_NS, "retrieveMessageRequest"):
-            answer = self._retrieve(request)
-        elif request.tag == q(BACKEND_NS, "statusRequest"):
-            message_id = _required_id(request)
-            answer = _answer(_element("getStatusResponse", self.status(message_id)))
-        elif request.tag == q(BACKEND_NS, "getErrorsRequest"):
-            answer = self._message_errors(request)
-        else:
-            raise Fault(f"Unexpected wrapper element {request.tag} found.", soap_code="Sender")
+            answer = self._submit(ns, user, header, request)
+        elif name == "listPendingMessagesRequest":
+            answer = self._list_pending(ns, user, request)
+        elif name == "retrieveMessageRequest":
+            return self._retrieve(ns, user, request, start_response)
+        elif name == "markMessageAsDownloadedRequest":
+            answer = self._mark_downloaded(ns, user, request)
+        elif name in ("statusRequest", "statusRequestWithAccessPointRole"):
+            answer = self._status(ns, request)
+        else:  # getErrorsRequest, getErrorsRequestWithAccessPointRole
+            answer = self._message_errors(ns, request)
         return respond(start_response, 200, answer, SOAP_CONTENT_TYPE)
 
-    def _authorised(self, header: str) -> bool:
+    def _authorised(self, header: str) -> PluginUser | None:
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
-            return False
+            return None
         try:
-            user, _, password = (
+            name, _, password = (
                 base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
             )
         except (binascii.Error, UnicodeDecodeError):
-            return False
-        # Both compared, always: the answer's timing says nothing about which one was wrong.
-        user_ok = hmac.compare_digest(user.encode(), self.username.encode())
-        password_ok = hmac.compare_digest(password.encode(), self.password.encode())
-        return user_ok and password_ok
+            return None
+        user = self.users.get(name)
+        # The password is compared even for an unknown user: the answer's timing does not
+        # say which names exist.
+        expected = user.password if user else _NO_PASSWORD
+        password_ok = hmac.compare_digest(password.encode(), expected.encode())
+        return user if user is not None and password_ok else None
+
+    def _list_pending(self, ns: str, user: PluginUser, request: etree._Element) -> bytes:
+        """As Domibus: a ROLE_USER's finalRecipient is its originalUser, whatever it asked."""
+        filters = {
+            etree.QName(child).localname: (child.text or "").strip()
+            for child in request
+            if isinstance(child.tag, str)
+        }
+        if ns == BACKEND_NS:
+            filters = {}  # BackendService_1_1's request has no filters
+        final_recipient = filters.pop("finalRecipient", None)
+        if user.original_user is not None:
+            final_recipient = user.original_user
+        ids = self.pending(final_recipient, **filters)
+        return _answer(ns, _element(ns, "listPendingMessagesResponse", ids=ids))
+
+    def _status(self, ns: str, request: etree._Element) -> bytes:
+        message_id = _required_id(request, ns)
+        role_element = request.find("accessPointRole")
+        role = None if role_element is None else (role_element.text or "").strip()
+        if role_element is not None and role not in (SENDING, RECEIVING):
+            invalid = "Access point role is invalid"
+            raise Fault(invalid, "WS_PLUGIN:0007", invalid)
+        if role is None and ns == WSPLUGIN_NS:
+            with self._lock:
+                both = message_id in self._sent and message_id in self._received
+            if both:  # sent between two of its organisations: known in both roles
+                raise Fault(
+                    f"Duplicated message found, id [{message_id}]",
+                    "WS_PLUGIN:0007",
+                    f"Duplicate message found with Id [{message_id}]",
+                )
+        return _answer(ns, _element(ns, "getStatusResponse", self.status(message_id, role)))
 
     # submitMessage
 
-    def _submit(self, header: etree._Element | None, request: etree._Element) -> bytes:
+    def _submit(
+        self,
+        ns: str,
+        user: PluginUser,
+        header: etree._Element | None,
+        request: etree._Element,
+    ) -> bytes:
+        try:
+            message_id = self._submit_checked(user, header, request)
+        except Fault as fault:
+            if self.domibus == "4" and (fault.message or "").startswith("Could not fetch metadata"):
+                # Domibus 4.x: the dynamic discovery failure reaches CXF unwrapped.
+                raise Fault(fault.message or "", soap_code="Receiver") from None
+            raise
+        return _answer(ns, _element(ns, "submitResponse", ids=[message_id]))
+
+    def _submit_checked(
+        self, user: PluginUser, header: etree._Element | None, request: etree._Element
+    ) -> str:
         user_message = None if header is None else header.find(_eb("Messaging/UserMessage"))
         if user_message is None:
             raise Fault(
@@ -413,16 +548,21 @@ class AccessPoint:
             self._refuse_duplicate(message_id)
             self._reserved.add(message_id)  # the payload is written outside the lock
         try:
-            return self._submit_reserved(user_message, payload, message_id)
+            return self._submit_reserved(user, user_message, payload, message_id)
         finally:
             with self._lock:
                 self._reserved.discard(message_id)
 
     def _submit_reserved(
-        self, user_message: etree._Element, payload: bytes, message_id: str
-    ) -> bytes:
+        self, user: PluginUser, user_message: etree._Element, payload: bytes, message_id: str
+    ) -> str:
         try:
             envelope = self._check(user_message, payload, message_id)
+            if user.original_user not in (None, envelope.original_sender):
+                raise _invalid(
+                    "You are not allowed to handle this message. You are authorized as"
+                    f" [{user.original_user}]"
+                )
             target = self.route(envelope.final_recipient)
             if target is None:
                 raise _no_metadata(envelope.action, envelope.service)
@@ -439,6 +579,8 @@ class AccessPoint:
                 envelope, Status.SEND_ENQUEUED, name, _stamp(self.clock())
             )
             self._persist(message_id)
+            if self._intermediate_steps:
+                self._intermediate[message_id] = self._intermediate_steps
         log.info("submitted", party=self.party_id, message_id=message_id, to=target.party_id)
         code = "EBMS:0004"
         try:
@@ -455,7 +597,7 @@ class AccessPoint:
             if problem is not None:
                 self._log_error(message_id, code, problem)
             self._persist(message_id)
-        return _answer(_element("submitResponse", ids=[message_id]))
+        return message_id
 
     def _refuse_duplicate(self, message_id: str) -> None:
         if message_id in self._sent or message_id in self._received or message_id in self._reserved:
@@ -592,37 +734,72 @@ class AccessPoint:
 
     # retrieveMessage, getMessageErrors
 
-    def _retrieve(self, request: etree._Element) -> bytes:
-        message_id = _required_id(request)
+    def _retrieve(
+        self,
+        ns: str,
+        user: PluginUser,
+        request: etree._Element,
+        start_response: Callable[..., Any],
+    ) -> list[bytes]:
+        """retrieveMessage; with markAsDownloaded="false" (current interface) the message
+        stays pending, and may be retrieved again while its payload is there."""
+        message_id = _required_id(request, ns)
+        keep = ns == WSPLUGIN_NS and request.get("markAsDownloaded", "true").lower() == "false"
         with self._lock:
             self._purge()
             record = self._received.get(message_id)
             if record is None or record.payload_file is None:
+                raise _not_found(ns, message_id, "pending for download")
+            if record.status == Status.DOWNLOADED and not keep:  # given out once
+                raise _not_found(ns, message_id, "was already downloaded")
+            if user.original_user not in (None, record.envelope.final_recipient):
                 raise Fault(
-                    f"Message not found, id [{message_id}]",
-                    "EBMS:0004",
-                    f"No message with id [{message_id}] pending for download",
-                )
-            if record.status == Status.DOWNLOADED:  # Domibus gives a message out once
-                raise Fault(
-                    f"Message not found, id [{message_id}]",
-                    "EBMS:0004",
-                    f"Message with id [{message_id}] was already downloaded",
+                    "You are not allowed to handle this message. You are authorized as"
+                    f" [{user.original_user}]"
                 )
             payload = (self._payloads / record.payload_file).read_bytes()
-            answer = _answer(
-                _element("retrieveMessageResponse"), _messaging(record.envelope), payload
-            )
-            now = _stamp(self.clock())
-            if self.retention_downloaded_minutes == 0:  # Digg's P-Mode: retention_downloaded=0
+            if not keep:
+                self._downloaded(message_id, record)
+        log.info("retrieved", party=self.party_id, message_id=message_id, kept=keep)
+        body = _element(ns, "retrieveMessageResponse")
+        if self.mtom:
+            content_type, answer = _mtom_answer(ns, body, _messaging(record.envelope), payload)
+            return respond(start_response, 200, answer, content_type)
+        answer = _answer(ns, body, _messaging(record.envelope), payload)
+        return respond(start_response, 200, answer, SOAP_CONTENT_TYPE)
+
+    def _mark_downloaded(self, ns: str, user: PluginUser, request: etree._Element) -> bytes:
+        """markMessageAsDownloaded: a message no longer pending is not found, as Domibus
+        deletes its plugin log entry on download."""
+        message_id = _required_id(request, ns)
+        with self._lock:
+            self._purge()
+            record = self._received.get(message_id)
+            if record is None or record.status != Status.RECEIVED:
+                raise _not_found(ns, message_id, "pending for download")
+            if user.original_user not in (None, record.envelope.final_recipient):
+                raise Fault(
+                    "You are not allowed to handle this message. You are authorized as"
+                    f" [{user.original_user}]"
+                )
+            self._downloaded(message_id, record)
+        log.info("marked downloaded", party=self.party_id, message_id=message_id)
+        response = _element(ns, "markMessageAsDownloadedResponse")
+        etree.SubElement(response, "messageID").text = message_id
+        return _answer(ns, response)
+
+    def _downloaded(self, message_id: str, record: Record) -> None:
+        """(Under the lock.) Given out: deleted at once under Digg's P-Mode, else kept for
+        the retention."""
+        now = _stamp(self.clock())
+        if self.retention_downloaded_minutes == 0:  # Digg's P-Mode: retention_downloaded=0
+            if record.payload_file:
                 (self._payloads / record.payload_file).unlink(missing_ok=True)
-                record = replace(record, status=Status.DELETED, payload_file=None, changed=now)
-            else:
-                record = replace(record, status=Status.DOWNLOADED, changed=now)
-            self._received[message_id] = replace(record, downloaded=record.downloaded or now)
-            self._persist(message_id)
-        log.info("retrieved", party=self.party_id, message_id=message_id)
-        return answer
+            record = replace(record, status=Status.DELETED, payload_file=None, changed=now)
+        else:
+            record = replace(record, status=Status.DOWNLOADED, changed=now)
+        self._received[message_id] = replace(record, downloaded=record.downloaded or now)
+        self._persist(message_id)
 
     def retained_payload(self, message_id: str) -> bytes | None:
         """A downloaded message's payload during its retention, as an administrator gets it
@@ -634,14 +811,15 @@ class AccessPoint:
                 return None
             return (self._payloads / record.payload_file).read_bytes()
 
-    def _message_errors(self, request: etree._Element) -> bytes:
+    def _message_errors(self, ns: str, request: etree._Element) -> bytes:
         found = request.find("messageID")
         message_id = (found.text or "").strip() if found is not None else ""
-        response = _element("getMessageErrorsResponse")
+        response = _element(ns, "getMessageErrorsResponse")
+        code_name = "domibusErrorCode" if ns == WSPLUGIN_NS else "errorCode"
         for error in self.errors(message_id):
             item = etree.SubElement(response, "item")
+            etree.SubElement(item, code_name).text = error["errorCode"]
             for name in (
-                "errorCode",
                 "errorDetail",
                 "messageInErrorId",
                 "mshRole",
@@ -649,7 +827,7 @@ class AccessPoint:
                 "timestamp",
             ):
                 etree.SubElement(item, name).text = error[name]
-        return _answer(response)
+        return _answer(ns, response)
 
     # State.
 
@@ -838,22 +1016,112 @@ def _check_message_id(message_id: str) -> None:
         )
 
 
-def _required_id(request: etree._Element) -> str:
+def _required_id(request: etree._Element, ns: str) -> str:
     """The request's messageID (unqualified, as the XSD says), or Domibus's empty-id fault."""
     found = request.find("messageID")
     message_id = (found.text or "").strip() if found is not None else ""
     if not message_id:
-        raise Fault("Message ID is empty", "EBMS:0004", "MessageId is empty")
+        code = "WS_PLUGIN:0007" if ns == WSPLUGIN_NS else "EBMS:0004"
+        raise Fault("Message ID is empty", code, "MessageId is empty")
     return message_id
 
 
-def _element(name: str, text: str | None = None, ids: Iterable[str] = ()) -> etree._Element:
-    """A backend response element; its messageID children are unqualified (elementFormDefault)."""
-    element = etree.Element(q(BACKEND_NS, name), nsmap={"ns2": BACKEND_NS})
+def _not_found(ns: str, message_id: str, how: str) -> Fault:
+    """Domibus's answer for a message it cannot give out: WS_PLUGIN:0009 in 5.x."""
+    if ns == WSPLUGIN_NS:
+        return Fault(
+            f"Message not found, id [{message_id}]",
+            "WS_PLUGIN:0009",
+            f"No message with id [{message_id}] found",
+        )
+    return Fault(
+        f"Message not found, id [{message_id}]",
+        "EBMS:0004",
+        f"No message with id [{message_id}] pending for download"
+        if how == "pending for download"
+        else f"Message with id [{message_id}] {how}",
+    )
+
+
+def _element(
+    ns: str, name: str, text: str | None = None, ids: Iterable[str] = ()
+) -> etree._Element:
+    """A response element; its messageID children are unqualified (elementFormDefault)."""
+    element = etree.Element(q(ns, name), nsmap={"ns2": ns})
     element.text = text
     for message_id in ids:
         etree.SubElement(element, "messageID").text = message_id
     return element
+
+
+# The operations of each interface, by request element.
+_OPERATIONS = {
+    BACKEND_NS: frozenset(
+        {
+            "submitRequest",
+            "listPendingMessagesRequest",
+            "retrieveMessageRequest",
+            "statusRequest",
+            "getErrorsRequest",
+        }
+    ),
+    WSPLUGIN_NS: frozenset(
+        {
+            "submitRequest",
+            "listPendingMessagesRequest",
+            "retrieveMessageRequest",
+            "markMessageAsDownloadedRequest",
+            "statusRequest",
+            "statusRequestWithAccessPointRole",
+            "getErrorsRequest",
+            "getErrorsRequestWithAccessPointRole",
+        }
+    ),
+}
+
+
+def _matches(record: Record, filters: dict[str, str]) -> bool:
+    """listPendingMessages' filters (other than finalRecipient) against one message."""
+    envelope = record.envelope
+    fields = {
+        "messageId": envelope.message_id,
+        "conversationId": envelope.conversation_id,
+        "fromPartyId": envelope.from_party,
+        "originalSender": envelope.original_sender,
+        "refToMessageId": "",  # SDK messages carry none at the ebMS level
+    }
+    for name, wanted in filters.items():
+        if name in fields and fields[name] != wanted:
+            return False
+        if name == "receivedFrom" and _parse_stamp(record.changed) < _parse_stamp(wanted):
+            return False
+        if name == "receivedTo" and _parse_stamp(record.changed) > _parse_stamp(wanted):
+            return False
+    return True
+
+
+def _wsdl(ns: str, environ: dict[str, Any]) -> bytes:
+    """A WSDL naming the interface served, enough for a client to tell which it is. (Not
+    Domibus's own: the sandbox carries no copy of it.)"""
+    location = (
+        f"https://{environ.get('HTTP_HOST', 'localhost')}"
+        f"{environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')}"
+    )
+    name = "WebServicePlugin" if ns == WSPLUGIN_NS else "BackendService_1_1"
+    wsdl_ns, soap12_ns = (
+        "http://schemas.xmlsoap.org/wsdl/",
+        "http://schemas.xmlsoap.org/wsdl/soap12/",
+    )
+    root = etree.Element(
+        q(wsdl_ns, "definitions"),
+        nsmap={"wsdl": wsdl_ns, "soap12": soap12_ns, "tns": ns},
+        name=name,
+        targetNamespace=ns,
+    )
+    service = etree.SubElement(root, q(wsdl_ns, "service"), name=name)
+    port = etree.SubElement(service, q(wsdl_ns, "port"), name=f"{name}Port", binding=f"tns:{name}")
+    etree.SubElement(port, q(soap12_ns, "address"), location=location)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
 def _messaging(envelope: Envelope) -> etree._Element:
@@ -891,21 +1159,45 @@ def _messaging(envelope: Envelope) -> etree._Element:
     return messaging
 
 
-def _answer(
-    body: etree._Element, header: etree._Element | None = None, payload: bytes | None = None
-) -> bytes:
-    """A SOAP 1.2 envelope around `body`; `payload` goes in as Domibus's payload/value."""
+def _envelope(
+    body: etree._Element, header: etree._Element | None = None
+) -> tuple[etree._Element, etree._Element | None]:
+    """A SOAP 1.2 envelope around `body`, and the payload `value` element of a body that
+    carries one (retrieveMessageResponse), empty."""
     envelope = etree.Element(q(SOAP12_NS, "Envelope"), nsmap={"soap": SOAP12_NS})
     if header is not None:
         etree.SubElement(envelope, q(SOAP12_NS, "Header")).append(header)
     etree.SubElement(envelope, q(SOAP12_NS, "Body")).append(body)
-    if payload is not None:
-        element = etree.SubElement(body, "payload", payloadId=PAYLOAD_HREF)
-        etree.SubElement(element, "value").text = base64.b64encode(payload).decode("ascii")
+    value = None
+    if header is not None:
+        value = etree.SubElement(etree.SubElement(body, "payload", payloadId=PAYLOAD_HREF), "value")
+    return envelope, value
+
+
+def _answer(
+    ns: str,
+    body: etree._Element,
+    header: etree._Element | None = None,
+    payload: bytes | None = None,
+) -> bytes:
+    """A SOAP 1.2 envelope around `body`; `payload` goes in as Domibus's payload/value."""
+    envelope, value = _envelope(body, header if payload is not None else None)
+    if value is not None and payload is not None:
+        value.text = base64.b64encode(payload).decode("ascii")
     return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
 
 
-def _fault_response(start_response: Callable[..., Any], fault: Fault) -> list[bytes]:
+def _mtom_answer(
+    ns: str, body: etree._Element, header: etree._Element, payload: bytes
+) -> tuple[str, bytes]:
+    """The same answer as CXF writes it with MTOM on: the payload a binary part."""
+    envelope, value = _envelope(body, header)
+    assert value is not None
+    content_type, chunks = mtom.package(envelope, {value: payload})
+    return content_type, b"".join(chunks)
+
+
+def _fault_response(start_response: Callable[..., Any], fault: Fault, ns: str) -> list[bytes]:
     """A SOAP 1.2 fault as CXF writes it; the detail is the WSDL's tns:FaultDetail."""
     envelope = etree.Element(q(SOAP12_NS, "Envelope"), nsmap={"soap": SOAP12_NS})
     element = etree.SubElement(
@@ -921,8 +1213,8 @@ def _fault_response(start_response: Callable[..., Any], fault: Fault) -> list[by
     if fault.code is not None:
         detail = etree.SubElement(
             etree.SubElement(element, q(SOAP12_NS, "Detail")),
-            q(BACKEND_NS, "FaultDetail"),
-            nsmap={"ns2": BACKEND_NS},
+            q(ns, "FaultDetail"),
+            nsmap={"ns2": ns},
         )
         etree.SubElement(detail, "code").text = fault.code
         etree.SubElement(detail, "message").text = fault.message

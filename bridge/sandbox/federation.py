@@ -1,7 +1,10 @@
 """The whole local federation, composed: `sdk-bridge sandbox --dir DIR`.
 
 One HTTPS port serves the address book (`/addressbook`), the SMP with CertPub (`/smp`)
-and one access point per organisation (`/ap/<label>`); one plain HTTP port serves the
+and one access point per organisation (`/ap/<label>`, its WS plugin at
+`/ap/<label>/services/wsplugin` and, deprecated, `/services/backend`), or with
+`shared_access_point` one for them all (`/ap/shared`), as a service provider runs one
+Domibus for several organisations; one plain HTTP port serves the
 CRLs and OCSP responders (`/o2o`, `/smp`), as real revocation services do. Three test
 PKIs are kept apart as in Digg's federation: O2O (organisations' signing and encryption
 certificates), SMP (the metadata signer) and TLS. Everything lives in DIR, so a restarted
@@ -22,7 +25,7 @@ from ..registry.addressbook import FunctionalAddress
 from ..registry.addresses import slug
 from ..sdk.keys import KeyPair
 from ..testpki import Identity, TestPKI, load_pki, make_pki
-from .accesspoint import AccessPoint
+from .accesspoint import AccessPoint, PluginUser
 from .addressbook import AddressBookAPI
 from .revocation import RevocationApp, revocation_urls
 from .sml import SMLZone, free_tcp_port, free_udp_port
@@ -34,6 +37,8 @@ READY_FILE = "ready"
 DOMAIN = "sandbox.test"
 HOST = "127.0.0.1"
 FUNCTIONS = ("Registrator", "Socialtjänsten")
+SHARED = "shared"  # the label of the one access point of a shared sandbox
+INTERFACE_PATHS = {"wsplugin": "/services/wsplugin", "backend": "/services/backend"}
 
 
 @dataclass
@@ -68,12 +73,24 @@ class Sandbox:
         conversation_id_rule: str | None = None,
         retention_minutes: int | None = None,
         spools: Mapping[str, Mapping[str, str]] | None = None,
+        shared_access_point: bool | None = None,
+        admin_plugin_users: bool | None = None,
+        interface: str = "wsplugin",
+        mtom: bool = False,
     ) -> None:
         """A new sandbox in `directory`, or the one already there. For an existing one the
         settings given must match how it was created (None: as it was). `spools`: per
         organisation label, the spool back end its configuration names beside its directory
         (`{"backend": "postgres", "dsn": ...}`), for running the bridges on a database;
-        SQLite for the others. Not kept in `directory`: the configurations say it."""
+        SQLite for the others. Not kept in `directory`: the configurations say it.
+
+        `shared_access_point`: one access point for every organisation; `admin_plugin_users`:
+        the bridges' plugin users are administrators (see every organisation's messages)
+        instead of ROLE_USERs with their organisation as originalUser. `interface`: which WS
+        plugin interface the configurations name; `mtom`: retrieve answers as MTOM/XOP."""
+        if interface not in INTERFACE_PATHS:
+            raise ValueError(f"interface must be one of {sorted(INTERFACE_PATHS)}")
+        self.interface = interface
         self.directory = directory.resolve()
         self.spools = dict(spools or {})
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -83,10 +100,14 @@ class Sandbox:
             "sml": sml,
             "conversation_id_rule": conversation_id_rule,
             "retention_minutes": retention_minutes,
+            "shared_access_point": shared_access_point,
+            "admin_plugin_users": admin_plugin_users,
         }
         state_file = self.directory / STATE_FILE
         if state_file.exists():
             self.state = json.loads(state_file.read_text())
+            self.state.setdefault("shared_access_point", False)  # made before there were
+            self.state.setdefault("admin_plugin_users", False)
             for name, value in wanted.items():
                 if value is not None and value != self.state[name]:
                     raise ValueError(
@@ -100,6 +121,8 @@ class Sandbox:
                 "sml": False,
                 "conversation_id_rule": "business",
                 "retention_minutes": 0,
+                "shared_access_point": False,
+                "admin_plugin_users": False,
             }
             self.state = {k: defaults[k] if v is None else v for k, v in wanted.items()}
             self.state.update(https_port=0, http_port=0, sml_port=None)
@@ -138,18 +161,28 @@ class Sandbox:
         self.address_book = AddressBookAPI(
             [a for o in self.organisations.values() for a in o.addresses]
         )
+        served = (
+            {SHARED: list(self.organisations.values())}
+            if self.state["shared_access_point"]
+            else {label: [o] for label, o in self.organisations.items()}
+        )
         self.access_points = {
             label: AccessPoint(
                 self.directory / "ap" / label,
                 party_id=f"ap-{label}",
-                organisations={organisation.id},
-                username=label,
-                password=organisation.ap_password,
+                organisations={o.id for o in organisations},
+                users={
+                    o.label: PluginUser(
+                        o.ap_password, None if self.state["admin_plugin_users"] else o.id
+                    )
+                    for o in organisations
+                },
                 route=self._route,
                 conversation_id_rule=self.state["conversation_id_rule"],
                 retention_downloaded_minutes=self.state["retention_minutes"],
+                mtom=mtom,
             )
-            for label, organisation in self.organisations.items()
+            for label, organisations in served.items()
         }
         self._https_routes.routes.update(
             addressbook=self.address_book, smp=self.smp, ap=Router(dict(self.access_points))
@@ -253,10 +286,12 @@ class Sandbox:
                 "cache_dir": f"state/{organisation.label}",
             },
             "access_point": {
-                "url": f"{self.https.url}/ap/{organisation.label}",
+                "url": f"{self.https.url}/ap/{self.ap_label(organisation.label)}"
+                + INTERFACE_PATHS[self.interface],
+                "interface": self.interface,
                 "username": organisation.label,
                 "password_file": f"orgs/{organisation.label}/ap.pass",
-                "party_id": f"ap-{organisation.label}",
+                "party_id": f"ap-{self.ap_label(organisation.label)}",
                 "tls_trust": tls_trust,
             },
             "smtp": {
@@ -289,6 +324,14 @@ class Sandbox:
         """Where the bridge of `address`'s organisation delivers its incoming mail."""
         label = address.identifier.split(".", 1)[0]
         return self.directory / "mail" / label / address.identifier
+
+    def ap_label(self, label: str) -> str:
+        """The access point that serves organisation `label`."""
+        return SHARED if self.state["shared_access_point"] else label
+
+    def access_point(self, label: str) -> AccessPoint:
+        """Organisation `label`'s access point (the shared one, in a shared sandbox)."""
+        return self.access_points[self.ap_label(label)]
 
     def admin_port(self, label: str) -> int:
         """Where organisation `label`'s bridge serves /metrics, /healthz and /readyz."""
@@ -333,7 +376,7 @@ class Sandbox:
     def _registrations(self) -> dict[str, Registration]:
         return {
             o.id: Registration(
-                endpoint_url=f"{self.https.url}/ap/{o.label}",
+                endpoint_url=f"{self.https.url}/ap/{self.ap_label(o.label)}",
                 access_point_cert=self.tls.cert,
                 signing_certs=[i.cert for i in o.signing],
                 encryption_certs=[i.cert for i in o.encryption],

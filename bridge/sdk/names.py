@@ -37,10 +37,13 @@ MESSAGE_TYPE_CODE: Final = f"Q{{{MSG_NS}}}messagePayload"
 KVITTENS_TYPE_CODE: Final = f"Q{{{APP_NS}}}ApplicationResponse"
 
 # XML-DSig and XML-Enc.
+XML_NS: Final = "http://www.w3.org/XML/1998/namespace"  # xml:lang, xml:id...
 DS_NS: Final = "http://www.w3.org/2000/09/xmldsig#"
 XENC_NS: Final = "http://www.w3.org/2001/04/xmlenc#"
 C14N: Final = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
 C14N11: Final = "http://www.w3.org/2006/12/xml-c14n11"  # what OASIS SMP 1.0 signs with
+# Exclusive c14n 1.0; also the namespace of its InclusiveNamespaces parameter.
+EXC_C14N: Final = "http://www.w3.org/2001/10/xml-exc-c14n#"
 ENVELOPED: Final = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
 RSA_SHA256: Final = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
 SHA256: Final = "http://www.w3.org/2001/04/xmlenc#sha256"

@@ -464,6 +464,21 @@ class SQLiteSpool:
                 (message_id, _now().isoformat(), note),
             )
 
+    def forget_retrieving(self, message_id: str) -> None:
+        """A noted MessageId that is not ours to retrieve after all (another organisation's
+        message, left at the access point)."""
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM retrieving WHERE id = ?", (message_id,))
+
+    def stored_received(self, message_ids: list[str]) -> set[str]:
+        """Those of `message_ids` already stored, in whatever state."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT id FROM received WHERE id IN ({','.join('?' * len(message_ids))})",
+                message_ids,
+            ).fetchall()
+        return {row[0] for row in rows}
+
     def received(
         self, state: str = "new", action: str | None = None, *, limit: int | None = None
     ) -> list[Received]:

@@ -147,6 +147,7 @@ def _inbound_settings(config: Config) -> InboundSettings:
         forbidden_types=config.smtp.forbidden_types,
         # With no tags configured, secrecy still shows: Digg requires clients to show it.
         secrecy_prefix=f"{tags[0]} " if tags else SECRECY_PREFIX,
+        first_look=timedelta(seconds=config.outbound.poll_seconds),
     )
 
 

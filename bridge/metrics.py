@@ -55,10 +55,20 @@ FOREIGN = Counter(
     "Messages for other organisations listed by the access point, left there untouched",
     registry=REGISTRY,
 )
+OVERSIZED = Counter(
+    "sdk_bridge_inbound_oversized",
+    "Messages at the access point too large to take (answered REJECTED too-long if they can be)",
+    registry=REGISTRY,
+)
 KVITTENS_SENT = Counter(
     "sdk_bridge_kvittens_sent",
     "Kvittens handed to the access point",
     ["outcome"],
+    registry=REGISTRY,
+)
+KVITTENS_FAILED = Counter(
+    "sdk_bridge_kvittens_failed",
+    "Kvittens the access point could not send to the sender's, given up",
     registry=REGISTRY,
 )
 MAILBOX = Counter(

@@ -85,6 +85,24 @@ class UnreadableRetrieval(PermanentFailure):
         self.raw = raw
 
 
+# The status words of `AccessPoint.status` that end a submission's journey (Domibus's
+# MessageStatus): the receiving access point's AS4 receipt came, or it never will.
+ACKNOWLEDGED = "ACKNOWLEDGED"
+SEND_FAILURE = "SEND_FAILURE"
+
+
+class OversizedRetrieval(PermanentFailure):
+    """The access point holds a message larger than a bridge takes (SDK's limit is 30 MB).
+    `retrieved`, when its ids could be read from the beginning of the answer, has the ebMS
+    fields and as payload only the beginning of its envelope: enough to answer it with a
+    kvittens (REJECTED BV too-long), not to open it. `size` is its size where known."""
+
+    def __init__(self, text: str, retrieved: Retrieved | None, size: int | None) -> None:
+        super().__init__(text)
+        self.retrieved = retrieved
+        self.size = size
+
+
 class AccessPoint(Protocol):
     # Whether `retrieve` leaves the message at the access point until `acknowledge`
     # (Domibus 5's markAsDownloaded="false"). If False, a retrieved message is gone there

@@ -51,7 +51,7 @@ import binascii
 import re
 import ssl
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -60,6 +60,7 @@ from lxml import etree
 
 from bridge.plugins import (
     DuplicateSubmission,
+    OversizedRetrieval,
     PermanentFailure,
     Retrieved,
     Submission,
@@ -70,7 +71,14 @@ from bridge.pluginsettings import only
 from bridge.sdk.keys import read_passphrase
 from bridge.sdk.names import PARTY_SCHEME, PROCESS_ID, PROCESS_ID_SCHEME
 from bridge.sdk.sealing import MAX_ENVELOPE_BYTES
-from bridge.sdk.xmlsafe import Apart, UnsafeXML, decode_base64, parse, parse_apart
+from bridge.sdk.xmlsafe import (
+    Apart,
+    UnsafeXML,
+    decode_base64,
+    parse,
+    parse_apart,
+    parse_beginning,
+)
 
 from .domibus_xop import Unpacked, XopError, resolve, unpack
 
@@ -92,6 +100,9 @@ PAYLOAD_MIME_TYPE: Final = "text/xml"
 MAX_RESPONSE_BYTES: Final = 64_000_000
 MAX_REQUEST_BYTES: Final = 64_000_000  # refused here rather than uploaded to be refused
 MAX_WSDL_BYTES: Final = 1_000_000
+# Of an answer too large to take, this much is read: its ebMS header and the beginning of
+# the envelope, enough to answer the message with a kvittens.
+HEAD_BYTES: Final = 256 * 1024
 MAX_MESSAGE_ID_CHARS: Final = 255  # Domibus's limit; it also wants printable ASCII
 DEFAULT_TIMEOUT: Final = 60.0
 _BASE64_CHUNK: Final = 3 << 18  # payload bytes encoded at a time: a multiple of 3, no padding
@@ -373,8 +384,20 @@ class DomibusWS:
             if fault.not_found:
                 raise MessageNotFound(message_id, fault.text) from None
             raise self._failure(fault, "retrieveMessage") from None
+        except _TooLarge as e:
+            head = _head_of(e.head, e.content_type, message_id, self.ns)
+            raise OversizedRetrieval(
+                f"retrieveMessage: message {message_id!r} is larger than a bridge takes"
+                f" ({e.size or 'over ' + str(MAX_RESPONSE_BYTES)} bytes as the access point"
+                " sends it)",
+                head,
+                e.size,
+            ) from None
         try:
             return _retrieved(answer, message_id, self.ns)
+        except _Oversized as e:
+            head = replace(e.retrieved, payload=e.retrieved.payload[:HEAD_BYTES])
+            raise OversizedRetrieval(str(e), head, e.size) from None
         except ValueError as e:
             raise UnreadableMessage(message_id, str(e), bytes(answer.raw)) from None
 
@@ -586,6 +609,10 @@ class DomibusWS:
         try:
             async with self._http.stream("POST", url, content=body, headers=headers) as response:
                 data = await _read_limited(response)
+        except _TooLarge as e:
+            if apart_at is not None:  # retrieving: the caller answers the message
+                raise
+            raise TemporaryFailure(f"{what}: {e}") from None
         except httpx.TimeoutException as e:
             raise TemporaryFailure(
                 f"{what}: the access point at {url} did not answer within"
@@ -647,21 +674,31 @@ async def _submit_body(head: bytes, payload: bytes, tail: bytes) -> AsyncIterato
 # --- answers --------------------------------------------------------------------------------
 
 
+class _TooLarge(Exception):
+    """An answer past MAX_RESPONSE_BYTES: its first HEAD_BYTES, to learn what it is."""
+
+    def __init__(self, head: bytes, size: int | None, content_type: str) -> None:
+        super().__init__(f"the access point's answer is larger than {MAX_RESPONSE_BYTES} bytes")
+        self.head, self.size, self.content_type = head, size, content_type
+
+
 async def _read_limited(response: httpx.Response) -> bytearray:
-    """The body, refused past MAX_RESPONSE_BYTES before it is all in memory.
+    """The body, refused past MAX_RESPONSE_BYTES before it is all in memory (_TooLarge,
+    with its beginning).
 
     It grows in one buffer (in place, where the C library remaps a large one): chunks
     joined at the end would hold a 54 MB answer twice over for a moment.
     """
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
-        raise TemporaryFailure(f"the access point's answer is larger than {MAX_RESPONSE_BYTES}")
+    size = int(declared) if declared.isdigit() else None
+    content_type = response.headers.get("content-type", "")
     data = bytearray()
     async for chunk in response.aiter_bytes():
-        if len(data) + len(chunk) > MAX_RESPONSE_BYTES:
-            raise TemporaryFailure(
-                f"the access point's answer is larger than {MAX_RESPONSE_BYTES} bytes"
-            )
+        if len(data) + len(chunk) > MAX_RESPONSE_BYTES or (
+            size is not None and size > MAX_RESPONSE_BYTES and len(data) >= HEAD_BYTES
+        ):
+            data += chunk[: max(0, HEAD_BYTES - len(data))]
+            raise _TooLarge(bytes(data[:HEAD_BYTES]), size, content_type)
         data += chunk
     return data
 
@@ -739,9 +776,7 @@ def _retrieved(answer: _Answer, message_id: str, ns: str) -> Retrieved:
     payload = _payload_bytes(value, answer)
     if not payload:
         raise ValueError(f"payload {PAYLOAD_HREF} is empty")
-    if len(payload) > MAX_ENVELOPE_BYTES:
-        raise ValueError(f"payload is larger than {MAX_ENVELOPE_BYTES} bytes")
-    return Retrieved(
+    retrieved = Retrieved(
         message_id=message_id,
         payload=payload,
         action=action,
@@ -749,6 +784,68 @@ def _retrieved(answer: _Answer, message_id: str, ns: str) -> Retrieved:
         final_recipient=final_recipient,
         conversation_id=field("CollaborationInfo/ConversationId") or None,
     )
+    if len(payload) > MAX_ENVELOPE_BYTES:
+        raise _Oversized(
+            f"retrieveMessage: message {message_id!r} is {len(payload)} bytes, more than"
+            f" an SDK envelope may be ({MAX_ENVELOPE_BYTES})",
+            retrieved,
+            len(payload),
+        )
+    return retrieved
+
+
+class _Oversized(ValueError):
+    """A payload larger than an SDK envelope may be, read whole all the same."""
+
+    def __init__(self, text: str, retrieved: Retrieved, size: int) -> None:
+        super().__init__(text)
+        self.retrieved, self.size = retrieved, size
+
+
+def _head_of(head: bytes, content_type: str, message_id: str, ns: str) -> Retrieved | None:
+    """What the beginning of an answer too large to take says: the ebMS fields, and the
+    beginning of its envelope (from the base64 of `value`, or an MTOM part) as payload.
+    None when it does not say (then the message cannot be answered)."""
+    media_type = content_type.split(";")[0].strip().lower()
+    soap, binary = head, b""
+    if media_type == "multipart/related":  # the root part, then the payload's part
+        parts = head.split(b"\r\n\r\n", 2)
+        if len(parts) < 3:
+            return None
+        soap, binary = parts[1], parts[2]
+    try:
+        root = parse_beginning(soap, max_bytes=HEAD_BYTES)
+    except UnsafeXML:
+        return None
+    value = root.find(f".//{{{ns}}}retrieveMessageResponse/payload/value")
+    if not binary and value is not None and value.text:
+        text = "".join(value.text.split())
+        try:
+            binary = binascii.a2b_base64(text[: len(text) // 4 * 4])
+        except binascii.Error:
+            return None
+    user = root.find(f"{{{SOAP12_NS}}}Header/{_eb('Messaging/UserMessage')}")
+    if user is None or not binary:
+        return None
+    properties = {
+        p.get("name", ""): (p.text or "").strip()
+        for p in user.findall(_eb("MessageProperties/Property"))
+    }
+    action = (user.findtext(_eb("CollaborationInfo/Action")) or "").strip()
+    got_id = (user.findtext(_eb("MessageInfo/MessageId")) or "").strip()
+    if got_id != message_id or not action or not properties.get("originalSender"):
+        return None
+    return Retrieved(
+        message_id=message_id,
+        payload=bytes(binary),
+        action=action,
+        original_sender=properties["originalSender"],
+        final_recipient=properties.get("finalRecipient", ""),
+        conversation_id=(user.findtext(_eb("CollaborationInfo/ConversationId")) or "").strip()
+        or None,
+    )
+
+
 
 
 def _payload_bytes(value: etree._Element, answer: _Answer) -> bytes:

@@ -52,6 +52,7 @@ from bridge.spool import (
     State,
 )
 from bridge.spool.batches import first_within
+from bridge.spool.sqlite import owed_kvittens_from, updatable
 
 # Each step must leave the previous version working (add, never drop or rename), so the
 # instances of a rolling upgrade can run on the upgraded database one after the other.
@@ -185,6 +186,14 @@ CREATE TABLE registry_cache (         -- address book, revocation answers: for e
     data bytea NOT NULL,
     stored_at timestamptz NOT NULL
 );
+""",
+    ),
+    (
+        3,
+        "kvittens followed at the access point until sent, and sent again after a failure",
+        """
+ALTER TABLE kvittens_out ADD COLUMN transport_id text,
+    ADD COLUMN resends integer NOT NULL DEFAULT 0;
 """,
     ),
 ]
@@ -692,32 +701,31 @@ class PostgresSpool:
         """Kvittens not yet taken by the access point whose time has come, leased to this
         instance for handing over."""
         with self._connection() as db:
-            rows = self._claim(
-                db,
-                "kvittens_out",
-                "id",
-                "state = 'pending' AND next_attempt_at <= now()",
-                (),
-                "next_attempt_at",
-                limit,
-                "id, answers, receiver, conversation_id, accepted, attempts, payload,"
-                " next_attempt_at",
-            )
+            rows = self._kvittens_rows(db, "pending", limit, ", payload")
+        return [(owed_kvittens_from(row), bytes(row["payload"])) for row in rows]
+
+    def sent_kvittens(self, limit: int = 100) -> list[OwedKvittens]:
+        """Kvittens the access point took and has not yet confirmed sent, due a look,
+        leased to this instance for asking."""
+        with self._connection() as db:
+            return [owed_kvittens_from(row) for row in self._kvittens_rows(db, "sent", limit, "")]
+
+    def _kvittens_rows(
+        self, db: psycopg.Connection[DictRow], state: str, limit: int, more: str
+    ) -> list[DictRow]:
+        rows = self._claim(
+            db,
+            "kvittens_out",
+            "id",
+            "state = %s AND next_attempt_at <= now()",
+            (state,),
+            "next_attempt_at",
+            limit,
+            "id, answers, receiver, conversation_id, accepted, attempts, transport_id,"
+            f" resends, next_attempt_at{more}",
+        )
         rows.sort(key=lambda row: row["next_attempt_at"])
-        return [
-            (
-                OwedKvittens(
-                    id=row["id"],
-                    answers=row["answers"],
-                    receiver=row["receiver"],
-                    conversation_id=row["conversation_id"],
-                    accepted=row["accepted"],
-                    attempts=row["attempts"],
-                ),
-                bytes(row["payload"]),
-            )
-            for row in rows
-        ]
+        return rows
 
     def update_kvittens(self, kvittens_id: str, **changes: Any) -> None:
         """state, attempts, next_attempt_at, last_error of a kvittens we owe."""
@@ -811,7 +819,7 @@ class PostgresSpool:
         self._update_row("inbox", "sdk_message_id", sdk_message_id, changes)
 
     def _update_row(self, table: str, key: str, value: str, changes: dict[str, Any]) -> None:
-        if not changes.keys() <= {"state", "attempts", "next_attempt_at", "last_error"}:
+        if not changes.keys() <= updatable(table):
             raise ValueError(f"cannot update {sorted(changes)}")
         assignments = "".join(f"{name} = %s, " for name in changes)
         with self._connection() as db:  # this round's attempt is over: so is its lease

@@ -60,6 +60,25 @@ def test_what_is_wrong_is_named(sandbox: Sandbox, tmp_path: Path) -> None:
     assert result.stdout.rstrip().endswith("3 checks failed")
 
 
+def test_the_interface_the_url_serves_is_told(sandbox: Sandbox) -> None:
+    """The deprecated interface's URL with `interface: wsplugin` (the default): the WSDL
+    there says which it is, and the check names the fix."""
+    settings = yaml.safe_load(sandbox.config_path("a").read_text())
+    url = settings["access_point"]["url"]
+    settings["access_point"]["url"] = url.replace("/services/wsplugin", "/services/backend")
+    config_file = sandbox.directory / "org-a-other-interface.yaml"
+    config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
+    result = check(config_file)
+    assert result.returncode == 1
+    (failed,) = lines(result, "FAIL")
+    assert "serves the 'backend' interface, not the configured 'wsplugin'" in failed
+    assert "access_point.interface: backend" in failed
+    settings["access_point"]["interface"] = "backend"
+    config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
+    result = check(config_file)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_certificates_expiring_soon_are_warned_about(sandbox: Sandbox) -> None:
     loaded = config.load(sandbox.config_path("a"))
     assert checks.certificate_warnings(loaded) == []

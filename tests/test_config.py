@@ -205,7 +205,15 @@ access_point:
     assert loaded.registry.cache_dir == tmp_path / "state"
     assert loaded.registry.revocation_soft_fail is False
     assert (loaded.access_point.username, loaded.access_point.password) == ("a", "s3cret")
+    assert loaded.access_point.interface == "wsplugin"  # Domibus 5.x, unless told
+    assert loaded.access_point.plugin_settings()["interface"] == "wsplugin"
     for old, new, key, problem in [
+        (
+            "  party_id: ap-a",
+            "  party_id: ap-a\n  interface: soap",
+            "access_point.interface",
+            "wsplugin (Domibus 5.x",
+        ),
         ("  smp: https://127.0.0.1:8443/smp", "  smp: ftp://x", "registry.smp", "URL"),
         ("  smp: https://127.0.0.1:8443/smp", "  sml_zone: sml.example", None, None),
         ("  smp: https", "  sml_zone: z\n  smp: https", "registry", "exactly one of"),

@@ -47,6 +47,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from bridge.local import LocalRun
+from bridge.outbound.receipts import KVITTENS_ACTION
 from bridge.sandbox.federation import HOST
 from plugins.postgres_spool import PostgresSpool
 
@@ -371,6 +372,42 @@ def test_an_access_point_refusing_delays_mail_and_one_refusing_too_long_bounces_
     assert entry["state"] == "failed"
     assert ap_a.status(entry["sdk_message_id"]) == "NOT_FOUND"  # never got through
     assert in_maildir(local, "b")[subjects[0]] == 0
+
+
+def test_a_kvittens_the_access_point_could_not_send_is_sent_again(faulty: Faulty) -> None:
+    """B's access point takes B's kvittens, reports it on its way (SEND_ENQUEUED,
+    SEND_ATTEMPT_FAILED, WAITING_FOR_RETRY), then SEND_FAILURE: B hands the same envelope
+    over again under a new transport MessageId, and A's sender hears it was delivered."""
+    local = faulty.local
+    ap_b = local.sandbox.access_points["b"]
+    message = mail("Kvittens sent again", FROM_A, TO_B)
+    ap_b.intermediate_statuses()
+    ap_b.fail_sends(1)  # the next submission at B's access point: B's kvittens
+    try:
+        accepted(local, "a", message)
+        delivered_once(local, "b", [str(message["Subject"])], 60)
+        [entry] = outbound(local, "a", message)
+        wait_until(
+            lambda: local.kvittens("a").get(entry["sdk_message_id"]) == "ACCEPTED",
+            60,
+            "A has B's ACCEPTED",
+        )
+    finally:
+        ap_b.clear_fault_switches()
+    sent = [e.message_id for e in ap_b.submitted(KVITTENS_ACTION)]
+    resent = [i for i in sent if i.endswith("-resend-1")]
+    assert len(resent) == 1 and resent[0].removesuffix("-resend-1") in sent
+    wait_until(  # B asked through the statuses on the way until the resend was sent
+        lambda: ("kvittens", "sent") not in spool_depths(local, "b"), 30, "B's kvittens followed"
+    )
+    assert ("kvittens", "failed") not in spool_depths(local, "b")
+    assert ap_b.status(resent[0], "SENDING") == "ACKNOWLEDGED"
+    assert ap_b.status(resent[0].removesuffix("-resend-1"), "SENDING") == "SEND_FAILURE"
+
+
+def spool_depths(local: LocalRun, label: str) -> dict[tuple[str, str], Any]:
+    with local.spool(label) as spool:
+        return spool.queue_depths()
 
 
 def test_the_registry_down_is_served_from_cache_and_a_tampered_smp_answer_is_not_used(

@@ -379,3 +379,35 @@ def test_a_revoked_signing_certificate_is_rejected(harness: Harness, sandbox: Sa
     assert rejected(harness.kvittens_at_a(), business.message_id) == (
         "SIG security: the signing certificate is not one the sender publishes in CertPub"
     )
+
+
+@pytest.mark.parametrize("mtom", [False, True], ids=["soap", "mtom"])
+def test_a_message_too_large_to_take_is_answered_rejected_too_long(
+    harness: Harness, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, mtom: bool
+) -> None:
+    """An answer past the connector's limit (made small here): B reads only its beginning,
+    learns who sent it, and answers REJECTED BV too-long (B1.3.3 §5.3); the message is
+    marked downloaded at the access point, not recorded lost, and judged once."""
+    from plugins import domibus_ws
+
+    monkeypatch.setattr(domibus_ws, "MAX_RESPONSE_BYTES", 20_000)
+    monkeypatch.setattr(domibus_ws, "HEAD_BYTES", 8_192)
+    monkeypatch.setattr(sandbox.access_points["b"], "mtom", mtom)
+    business = message(
+        documents=(
+            msg.Document(
+                "SDK-Meddelande",
+                ("Stor",),
+                (msg.ContentFile("stor.pdf", "application/pdf", b"%PDF" * 9000),),
+            ),
+        )
+    )
+    ebms_id = harness.send(harness.seal(business))
+    harness.process()
+    assert rejected(harness.kvittens_at_a(), business.message_id) == (
+        "BV too-long: the message is larger than the 30 MB an SDK message may be; it was not taken"
+    )
+    assert harness.states() == {ebms_id: "rejected"}
+    assert sandbox.access_points["b"].pending() == []  # answered, so marked downloaded
+    harness.process()  # nothing more to do: judged once
+    assert len(harness.kvittens_at_a()) == 0

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from bridge.inbound.intake import Intake, recovered
-from bridge.plugins import PermanentFailure, Retrieved, TemporaryFailure, UnreadableRetrieval
+from bridge.plugins import (
+    OversizedRetrieval,
+    PermanentFailure,
+    Retrieved,
+    TemporaryFailure,
+    UnreadableRetrieval,
+)
 from bridge.spool import Received, SQLiteSpool
 
 OURS = ["0203:a.se"]
@@ -167,3 +173,33 @@ def test_stored_before_acknowledged_and_once_whatever_the_crash(
     asyncio.run(intake.fetch())
     assert access_point.retrievals.count("theirs") == looked
     assert restarted.note_retrieving([]) == []
+
+
+class OversizedAccessPoint(KeepingAccessPoint):
+    """"big" is too large to take and its beginning says nothing of who sent it."""
+
+    def __init__(self, keeps: bool) -> None:
+        super().__init__()
+        self.keeps_until_acknowledged = keeps
+        self.pending_ids = ["big"]
+
+    async def retrieve(self, message_id: str) -> Retrieved:
+        self.retrievals.append(message_id)
+        raise OversizedRetrieval("too large", None, 70_000_000)
+
+
+@pytest.mark.parametrize("keeps", [True, False], ids=["wsplugin", "backend"])
+def test_an_oversized_message_nobody_can_be_told_of_is_never_silently_lost(
+    tmp_path: Path, keeps: bool
+) -> None:
+    """Left at the access point (and not fetched again) where it stays there; recorded lost,
+    for an administrator, where retrieving took it."""
+    access_point = OversizedAccessPoint(keeps)
+    spool = SQLiteSpool(tmp_path)
+    intake = Intake(access_point, spool, OURS)
+    asyncio.run(intake.fetch())
+    asyncio.run(intake.fetch())
+    assert access_point.retrievals == ["big"]
+    lost = [held["id"] for held in spool.held_received() if held["state"] == "lost"]
+    assert lost == ([] if keeps else ["big"])
+    assert access_point.acknowledged == []

@@ -1,7 +1,8 @@
 """One access point shared by three organisations, as a service provider runs one Domibus
 for several: A and B run bridges whose plugin users are administrators (Domibus lists them
 every organisation's messages), C has no bridge. Each bridge takes exactly its own
-messages; C's all stay pending at the access point, untouched."""
+messages; C's all stay pending at the access point, untouched; everything the bridges
+send the access point and it answers is valid against Domibus's XSDs."""
 
 import email.policy
 import time
@@ -11,6 +12,7 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 
 import pytest
+from domibus_xsd import Watch
 
 from bridge.local import LocalRun
 from bridge.outbound.worker import MESSAGE_ACTION
@@ -51,6 +53,8 @@ def test_each_bridge_takes_only_its_own_from_a_shared_access_point(tmp_path: Pat
         shared_access_point=True,
         admin_plugin_users=True,
     )
+    watch = Watch()  # every request of both bridges and every answer, against the XSDs
+    local.sandbox.access_point("a").observer = watch
     local.start()
     try:
         for sender, recipients in (("a", "bc"), ("b", "ac")):
@@ -97,5 +101,6 @@ def test_each_bridge_takes_only_its_own_from_a_shared_access_point(tmp_path: Pat
         for label in "ab":
             with local.spool(label) as spool:
                 assert not [h for h in spool.held_received() if h["state"] == "lost"]
+        watch.check()
     finally:
         local.stop()

@@ -474,6 +474,40 @@ def test_owed_kvittens_are_due_until_sent(spool: Spool) -> None:
         spool.update_kvittens("kv-1", receiver="x")
 
 
+def test_sent_kvittens_are_followed_and_handed_over_again(spool: Spool) -> None:
+    """Sent: asked after when due; after a SEND_FAILURE pending again under a new
+    transport MessageId; delivered: no longer asked."""
+    spool.store_received(received("e-1"))
+    spool.conclude_received("e-1", "accepted", kvittens=(kvittens("kv-1", "e-1"), b"k"))
+    ((owed, payload),) = spool.owed_kvittens()
+    assert (owed.ebms_id, owed.transport_id, owed.resends) == ("kv-1", None, 0)
+    spool.update_kvittens("kv-1", state="sent", next_attempt_at=datetime.now(UTC) + LEASE)
+    assert spool.sent_kvittens() == []  # not due yet
+    spool.update_kvittens("kv-1", next_attempt_at=datetime.now(UTC) - timedelta(seconds=1))
+    assert [k.id for k in spool.sent_kvittens()] == ["kv-1"]
+    spool.update_kvittens(
+        "kv-1",
+        state="pending",
+        transport_id="kv-1-resend-1",
+        resends=1,
+        next_attempt_at=datetime.now(UTC) - timedelta(seconds=1),
+    )
+    ((again, same),) = spool.owed_kvittens()
+    assert (again.ebms_id, again.resends, same) == ("kv-1-resend-1", 1, payload)
+    spool.update_kvittens("kv-1", state="delivered")
+    assert spool.owed_kvittens() == [] and spool.sent_kvittens() == []
+
+
+def test_stored_received_and_forgotten_retrievals(spool: Spool) -> None:
+    spool.store_received(received("e-1"))
+    assert spool.stored_received(["e-1", "e-2"]) == {"e-1"}
+    assert spool.stored_received([]) == set()
+    assert spool.note_retrieving(["e-2", "e-3"]) == ["e-2", "e-3"]
+    spool.forget_retrieving("e-2")  # another organisation's: left at the access point
+    assert spool.note_retrieving([]) == ["e-3"]
+    assert spool.held_received() == []  # not recorded lost
+
+
 def test_inbox_due_until_delivered(spool: Spool) -> None:
     for number in (1, 2):
         spool.store_received(received(f"e-{number}"))

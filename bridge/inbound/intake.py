@@ -32,6 +32,7 @@ from .. import metrics
 from ..concurrently import each
 from ..plugins import (
     AccessPoint,
+    OversizedRetrieval,
     PermanentFailure,
     Retrieved,
     TemporaryFailure,
@@ -48,6 +49,9 @@ log = structlog.get_logger(__name__)
 # Envelopes retrieved a round (8 at a time): even against an access point that hangs until
 # each one's timeout, a round stays well within the spool's lease on them.
 RETRIEVALS = 48
+# The action recorded for a message too large to take: its payload is only the beginning
+# of its envelope, enough to address the kvittens that refuses it (B1.3.3 §5.3, too-long).
+OVERSIZE_ACTION = "sdk-bridge:oversize"
 
 
 class Intake:
@@ -115,6 +119,8 @@ class Intake:
             )
             metrics.ACCESS_POINT_ERRORS.labels("retrieve").inc()
             return False
+        except OversizedRetrieval as e:
+            return await self._oversized(message_id, e)
         except UnreadableRetrieval as e:  # kept as it came, for an administrator
             log.error(
                 "access point: retrieved message unreadable; kept", id=message_id, error=str(e)
@@ -164,6 +170,44 @@ class Intake:
             )
             self.unstored[received.id] = received
             return False
+        await self._acknowledge(message_id)
+        return new
+
+    async def _oversized(self, message_id: str, e: OversizedRetrieval) -> bool:
+        """A message too large to take: stored as its beginning (OVERSIZE_ACTION), for the
+        inbound stage to answer REJECTED BV too-long; one whose ids cannot be learnt stays
+        at the access point (or, on the deprecated interface, is recorded lost), with an
+        alert either way."""
+        metrics.OVERSIZED.inc()
+        if e.retrieved is None:
+            log.error(
+                "alert: a message too large to take, and its sender cannot be told; fetch it"
+                " from the access point's console",
+                ebms_id=message_id,
+                error=str(e),
+            )
+            if self._keeps:
+                self.foreign.add(message_id)  # not asked for again by this process
+                await asyncio.to_thread(self.spool.forget_retrieving, message_id)
+            else:
+                await asyncio.to_thread(self.spool.lost_retrieving, message_id, str(e))
+            return False
+        item = e.retrieved
+        log.warning(
+            "a message too large to take; it will be answered REJECTED too-long",
+            ebms_id=message_id,
+            size=e.size,
+            sender=item.original_sender,
+        )
+        head = Received(
+            id=message_id,
+            action=OVERSIZE_ACTION,
+            original_sender=item.original_sender,
+            final_recipient=item.final_recipient,
+            conversation_id=item.conversation_id,
+            payload=item.payload,
+        )
+        new = await asyncio.to_thread(self.spool.store_received, head)
         await self._acknowledge(message_id)
         return new
 

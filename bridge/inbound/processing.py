@@ -31,6 +31,8 @@ from .. import metrics
 from ..backoff import pause
 from ..concurrently import each
 from ..plugins import (
+    ACKNOWLEDGED,
+    SEND_FAILURE,
     AccessPoint,
     DuplicateSubmission,
     PermanentFailure,
@@ -42,10 +44,12 @@ from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
 from ..sdk import kvittens as kv
 from ..sdk import message as msg
+from ..sdk import xhe
 from ..sdk.keys import KeyPair
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
 from ..sdk.sealing import Opened, Receiver, seal_kvittens
 from ..sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Rejected, Verdict
+from ..sdk.xmlsafe import UnsafeXML, parse_beginning
 from ..spool import (
     STORAGE_ERRORS,
     DuplicateMessage,
@@ -55,6 +59,7 @@ from ..spool import (
     Spool,
     State,
 )
+from .intake import OVERSIZE_ACTION
 from .mapping import to_email
 from .opening import open_received
 
@@ -84,6 +89,8 @@ BATCH = 50
 # and at most this many envelope bytes, their payloads being in memory for the round: a
 # backlog of 30 MB messages is taken a few at a time, not fifty.
 BATCH_BYTES = 100_000_000
+MAX_RESENDS = 3  # a kvittens handed over again after SEND_FAILURE at most this often
+MAX_LOOKS = 24  # looks at a kvittens's status, with growing pauses (a day or more)
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,9 @@ class InboundSettings:
     secrecy_prefix: str = "[sekretess] "
     first_retry: timedelta = timedelta(seconds=30)  # for kvittens the access point refused
     max_retry: timedelta = timedelta(hours=1)
+    # A kvittens handed over is asked after at the access point this long after, then
+    # with growing pauses, until it is sent or has failed.
+    first_look: timedelta = timedelta(seconds=30)
     max_wait: timedelta = timedelta(minutes=15)  # between attempts at judging a message
 
 
@@ -144,11 +154,15 @@ class Inbound:
         )
         await each(items, self._process_safely)
         await self.send_owed()
+        await self.follow_sent()
         # Each message judged leaves "new" or waits until later, so this loop ends.
         return bool(items)
 
     async def _process_safely(self, item: Received) -> None:
         try:
+            if item.action == OVERSIZE_ACTION:
+                await self._too_long(item)
+                return
             if item.action != MESSAGE_ACTION:
                 raise _Unjudgeable("not an SDK message or kvittens document type")
             with metrics.LATENCY.labels("inbound_judge").time():
@@ -178,6 +192,30 @@ class Inbound:
         else:
             assert opened.message is not None and sender is not None
             await self._accept(item, opened.message, sender, opened)
+
+    async def _too_long(self, item: Received) -> None:
+        """A message too large to take (the intake kept the beginning of its envelope):
+        REJECTED BV too-long (B1.3.3 §5.3), addressed by the envelope's ID and parties; one
+        whose beginning does not name them, or names another sender than the access point
+        did, is quarantined with an alert instead."""
+        try:
+            root = parse_beginning(item.payload, max_bytes=len(item.payload) + 1)
+            envelope_id, from_party, to_party = xhe.identity(root)
+        except UnsafeXML:
+            envelope_id = from_party = to_party = None
+        too_long = Rejected(
+            Reason.BV,
+            Detail.TOO_LONG,
+            "the message is larger than the 30 MB an SDK message may be; it was not taken",
+        )
+        if envelope_id is None or from_party != item.original_sender:
+            why = f"too large, sender unknown: {too_long.text}"
+            verdict = Verdict(Outcome.NO_KVITTENS, text=why)
+            await self._quarantine(item, Opened(verdict, envelope_id=envelope_id), verdict)
+            return
+        verdict = Verdict.of(too_long)
+        opened = Opened(verdict, envelope_id=envelope_id, from_party=from_party, to_party=to_party)
+        await self._reject(item, opened, verdict)
 
     async def _postpone(self, item: Received, error: Exception) -> None:
         delay = pause(item.attempts + 1, self.settings.first_retry, self.settings.max_wait)
@@ -430,7 +468,7 @@ class Inbound:
         try:
             await self.access_point.submit(
                 Submission(
-                    message_id=owed.id,
+                    message_id=owed.ebms_id,
                     payload=payload,
                     action=KVITTENS_ACTION,
                     original_sender=self.settings.organisation_id,
@@ -459,10 +497,97 @@ class Inbound:
                 next_attempt_at=datetime.now(UTC) + delay,
             )
             return
-        await asyncio.to_thread(self.spool.update_kvittens, owed.id, state="sent")
+        await asyncio.to_thread(
+            self.spool.update_kvittens,
+            owed.id,
+            state="sent",
+            attempts=0,
+            next_attempt_at=datetime.now(UTC) + self.settings.first_look,
+        )
         outcome = "ACCEPTED" if owed.accepted else "REJECTED"
         log.info("kvittens sent", id=owed.id, ebms_id=owed.answers, outcome=outcome)
         metrics.KVITTENS_SENT.labels(outcome).inc()
+
+    # --- kvittens on their way -----------------------------------------------------------
+
+    async def follow_sent(self) -> None:
+        """Ask the access point after the kvittens it took: the sender counts on them (no
+        kvittens, and its mail bounces after days). One that ends SEND_FAILURE is handed
+        over again, the same envelope under a new transport MessageId, as B1.4.7
+        §5.3.7.3 allows ("exakt samma meddelande kan skickas om"), up to MAX_RESENDS
+        times; then, or when the sender's access point does not serve it, an alert."""
+        sent = await asyncio.to_thread(self.spool.sent_kvittens)
+        await each(sent, self._follow)
+
+    async def _follow(self, owed: OwedKvittens) -> None:
+        try:
+            status = await self.access_point.status(owed.ebms_id)
+            errors = (
+                await self.access_point.errors(owed.ebms_id) if status == SEND_FAILURE else []
+            )
+        except TemporaryFailure as e:
+            log.warning("access point: kvittens status unknown for now", id=owed.id, error=str(e))
+            status, errors = "", []
+        if status == ACKNOWLEDGED:
+            await asyncio.to_thread(self.spool.update_kvittens, owed.id, state="delivered")
+            log.info("kvittens reached the sender's access point", id=owed.id)
+            return
+        if status != SEND_FAILURE:  # on its way, or not known yet: look again later
+            if owed.attempts + 1 >= MAX_LOOKS:
+                log.warning(
+                    "kvittens never confirmed sent by the access point; no longer asked",
+                    id=owed.id,
+                    ebms_id=owed.ebms_id,
+                    status=status or "unknown",
+                )
+                await asyncio.to_thread(self.spool.update_kvittens, owed.id, state="unconfirmed")
+                return
+            delay = pause(owed.attempts + 1, self.settings.first_look, self.settings.max_retry)
+            await asyncio.to_thread(
+                self.spool.update_kvittens,
+                owed.id,
+                attempts=owed.attempts + 1,
+                next_attempt_at=datetime.now(UTC) + delay,
+            )
+            return
+        details = (
+            "; ".join(
+                f"{e.get('errorCode', '')} {e.get('errorDetail', '')}".strip() for e in errors
+            )
+            or "no details"
+        )
+        if "NOT_SERVICED" in details or owed.resends >= MAX_RESENDS:
+            log.error(
+                "alert: a kvittens cannot reach its sender; the sender will see its message"
+                " as undelivered",
+                id=owed.id,
+                answers=owed.answers,
+                receiver=owed.receiver,
+                ebms_id=owed.ebms_id,
+                errors=details,
+            )
+            metrics.KVITTENS_FAILED.inc()
+            await asyncio.to_thread(
+                self.spool.update_kvittens, owed.id, state="failed", last_error=details
+            )
+            return
+        resend = f"{owed.id}-resend-{owed.resends + 1}"
+        log.warning(
+            "kvittens not sent by the access point; handing it over again",
+            id=owed.id,
+            ebms_id=resend,
+            errors=details,
+        )
+        await asyncio.to_thread(
+            self.spool.update_kvittens,
+            owed.id,
+            state="pending",
+            transport_id=resend,
+            resends=owed.resends + 1,
+            attempts=0,
+            last_error=details,
+            next_attempt_at=datetime.now(UTC) + self.settings.first_look,
+        )
 
 
 def _judged_elsewhere(item: Received) -> None:

@@ -15,14 +15,14 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from ..concurrently import each
-from ..plugins import AccessPoint, TemporaryFailure
+from ..plugins import ACKNOWLEDGED, SEND_FAILURE, AccessPoint, TemporaryFailure
 from ..spool import Delivery, Spool, State
 from .outcomes import Event, Notify, settle
 
 log = structlog.get_logger(__name__)
 
-SENT = "ACKNOWLEDGED"
-FAILED = "SEND_FAILURE"
+SENT = ACKNOWLEDGED
+FAILED = SEND_FAILURE
 
 
 MAX_RESENDS = 3

@@ -316,6 +316,7 @@ class AccessPoint:
             self._refusal = None
             self._delay = None
             self._send_failures = 0
+            self._intermediate_steps = 0
 
     def _take_switches(self) -> tuple[float, Refusal | None]:
         """Use up one submission's worth of the switches: (delay, refusal)."""

@@ -50,22 +50,46 @@ def _check_size(data: bytes | bytearray, max_bytes: int) -> None:
         raise UnsafeXML(f"more than {MAX_ELEMENTS} XML nodes")
 
 
-def parse(data: bytes | bytearray, *, max_bytes: int) -> etree._Element:
-    """Parse `data` or raise `UnsafeXML` with a reason that is safe to show anyone."""
-    _check_size(data, max_bytes)
-    _check_prolog(data)
-    parser = etree.XMLParser(
+def _parser(recover: bool = False) -> etree.XMLParser:
+    """No entities, DTDs or network, ever; `recover`: what a truncated document holds."""
+    return etree.XMLParser(
+        recover=recover,
         resolve_entities=False,
         no_network=True,
         load_dtd=False,
         dtd_validation=False,
-        huge_tree=True,
+        huge_tree=not recover,  # a whole envelope may be 40 MB; a beginning is small
         remove_comments=True,  # c14n as SDK uses it ignores comments too
     )
+
+
+def parse(data: bytes | bytearray, *, max_bytes: int) -> etree._Element:
+    """Parse `data` or raise `UnsafeXML` with a reason that is safe to show anyone."""
+    _check_size(data, max_bytes)
+    _check_prolog(data)
     try:
-        root = etree.fromstring(data, parser)
+        root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as e:
         raise UnsafeXML(f"not well-formed XML (line {e.lineno})") from None
+    if root.getroottree().docinfo.internalDTD is not None:
+        raise UnsafeXML("document type declarations (DTD, entities) are not accepted")
+    _check_shape(root)
+    return root
+
+
+def parse_beginning(data: bytes | bytearray, *, max_bytes: int) -> etree._Element:
+    """The tree of what the beginning of a document holds (libxml2's recovery closes what
+    the cut left open), with the same refusals as `parse`: for the first bytes of a
+    message too large to take, to learn who sent it. Raise `UnsafeXML` when nothing can
+    be read."""
+    _check_size(data, max_bytes)
+    _check_prolog(data)
+    try:
+        root = etree.fromstring(bytes(data), _parser(recover=True))
+    except etree.XMLSyntaxError as e:
+        raise UnsafeXML(f"not XML (line {e.lineno})") from None
+    if root is None:
+        raise UnsafeXML("no element in the beginning of the document")
     if root.getroottree().docinfo.internalDTD is not None:
         raise UnsafeXML("document type declarations (DTD, entities) are not accepted")
     _check_shape(root)

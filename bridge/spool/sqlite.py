@@ -10,7 +10,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -104,9 +104,9 @@ CREATE TABLE IF NOT EXISTS kvittens_out (  -- kvittens we owe senders, until the
     receiver TEXT NOT NULL,          -- the organisation that sent that message
     conversation_id TEXT,
     accepted INTEGER NOT NULL,
-    state TEXT NOT NULL,             -- pending, sent, failed
+    state TEXT NOT NULL,             -- pending, sent (followed), delivered, failed
     attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at TEXT NOT NULL,
+    next_attempt_at TEXT NOT NULL,   -- pending: when to hand over; sent: when to ask
     last_error TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
@@ -123,7 +123,17 @@ ADDED_COLUMNS = {
         "attempts": "INTEGER NOT NULL DEFAULT 0",
         "next_attempt_at": "TEXT",
     },
+    "kvittens_out": {"transport_id": "TEXT", "resends": "INTEGER NOT NULL DEFAULT 0"},
 }
+_UPDATABLE = frozenset({"state", "attempts", "next_attempt_at", "last_error"})
+_KVITTENS_UPDATABLE = _UPDATABLE | {"transport_id", "resends"}
+
+
+def updatable(table: str) -> frozenset[str]:
+    """The columns the `update_*` methods may change in `table` (both back ends)."""
+    return _KVITTENS_UPDATABLE if table == "kvittens_out" else _UPDATABLE
+
+
 RESEND_WINDOW = timedelta(hours=24)  # the same mail again within this is a resend
 LEASE = timedelta(minutes=10)  # a claimed delivery whose worker failed is due again after this
 
@@ -241,6 +251,29 @@ class OwedKvittens:
     conversation_id: str | None
     accepted: bool
     attempts: int = 0
+    # The access point's MessageId of its latest hand-over: the kvittens ID, or after a
+    # SEND_FAILURE a new one for the same envelope (B1.4.7 §5.3.7.3: the transport id is
+    # the transfer's own, and exactly the same message may be sent again).
+    transport_id: str | None = None
+    resends: int = 0
+
+    @property
+    def ebms_id(self) -> str:
+        return self.transport_id or self.id
+
+
+def owed_kvittens_from(row: Mapping[str, Any] | sqlite3.Row) -> OwedKvittens:
+    """An OwedKvittens from a kvittens_out row of either back end."""
+    return OwedKvittens(
+        id=row["id"],
+        answers=row["answers"],
+        receiver=row["receiver"],
+        conversation_id=row["conversation_id"],
+        accepted=bool(row["accepted"]),
+        attempts=row["attempts"],
+        transport_id=row["transport_id"],
+        resends=row["resends"],
+    )
 
 
 def _now() -> datetime:
@@ -678,29 +711,30 @@ class SQLiteSpool:
 
     def owed_kvittens(self, limit: int = 100) -> list[tuple[OwedKvittens, bytes]]:
         """Kvittens not yet taken by the access point whose time has come."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM kvittens_out WHERE state = 'pending' AND next_attempt_at <= ?"
-                " ORDER BY next_attempt_at LIMIT ?",
-                (_now().isoformat(), limit),
-            ).fetchall()
+        rows = self._kvittens_rows("pending", limit)
         return [
             (
-                OwedKvittens(
-                    id=row["id"],
-                    answers=row["answers"],
-                    receiver=row["receiver"],
-                    conversation_id=row["conversation_id"],
-                    accepted=bool(row["accepted"]),
-                    attempts=row["attempts"],
-                ),
+                owed_kvittens_from(row),
                 (self._kvittens / f"{_safe_name(row['id'])}.xhe").read_bytes(),
             )
             for row in rows
         ]
 
+    def sent_kvittens(self, limit: int = 100) -> list[OwedKvittens]:
+        """Kvittens the access point took and has not yet confirmed sent, due a look."""
+        return [owed_kvittens_from(row) for row in self._kvittens_rows("sent", limit)]
+
+    def _kvittens_rows(self, state: str, limit: int) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(
+                "SELECT * FROM kvittens_out WHERE state = ? AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at LIMIT ?",
+                (state, _now().isoformat(), limit),
+            ).fetchall()
+
     def update_kvittens(self, kvittens_id: str, **changes: Any) -> None:
-        """state, attempts, next_attempt_at, last_error of a kvittens we owe."""
+        """state, attempts, next_attempt_at, last_error, transport_id, resends of a
+        kvittens we owe."""
         self._update_row("kvittens_out", "id", kvittens_id, changes)
 
     # --- the inbox: mail on its way to a mailbox -------------------------------------------
@@ -781,7 +815,7 @@ class SQLiteSpool:
         self._update_row("inbox", "sdk_message_id", sdk_message_id, changes)
 
     def _update_row(self, table: str, key: str, value: str, changes: dict[str, Any]) -> None:
-        if not changes.keys() <= {"state", "attempts", "next_attempt_at", "last_error"}:
+        if not changes.keys() <= updatable(table):
             raise ValueError(f"cannot update {sorted(changes)}")
         values = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in changes.items()}
         values["updated_at"] = _now().isoformat()

@@ -89,6 +89,7 @@ class UnreadableRetrieval(PermanentFailure):
 # MessageStatus): the receiving access point's AS4 receipt came, or it never will.
 ACKNOWLEDGED = "ACKNOWLEDGED"
 SEND_FAILURE = "SEND_FAILURE"
+DELIVERED_STATUSES = frozenset({ACKNOWLEDGED, "ACKNOWLEDGED_WITH_WARNING"})
 
 
 class OversizedRetrieval(PermanentFailure):

@@ -123,12 +123,11 @@ _PERMANENT_CODES: Final = frozenset(
 # LookupException); it is still taken as "no such recipient", as the issue asks, because
 # the bridge has found the recipient in the SMP itself before it submits.
 _PERMANENT_TEXTS: Final = re.compile(
-    r"Could not fetch metadata|Received incomplete metadata from the SMP"
-    r"|You are not allowed to handle this message|NOT_SERVICED",
+    r"Could not fetch metadata|Received incomplete metadata from the SMP|NOT_SERVICED",
     re.IGNORECASE,
 )
 _DUPLICATE_TEXT: Final = re.compile(r"Message with id \[.*\] already exists", re.DOTALL)
-_NOT_FOUND_TEXT: Final = re.compile(r"not found|No message with id", re.IGNORECASE)
+_NOT_FOUND_TEXT: Final = re.compile(r"Message not found, id \[|No message with id \[")
 _NOT_FOUND_CODES: Final = frozenset({"WS_PLUGIN:0009", "WS_PLUGIN_0009"})
 # A failed plugin-user login: Domibus's CustomAuthenticationInterceptor throws a CXF Fault
 # around AuthenticationExtException, answered as a SOAP fault with HTTP 500, not 401.
@@ -137,10 +136,17 @@ _LOGIN_TEXT: Final = re.compile(
     r"|not authori[sz]ed|authentication failed|unauthori[sz]ed",
     re.IGNORECASE,
 )
-# CXF's answer to a request of the other interface; it names the namespace it expected.
-_WRONG_INTERFACE_TEXT: Final = re.compile(
+# CXF's answers to a request of the other interface: its body element is not in the WSDL
+# served there ("Message part {ns}x was not recognized. (Does it exist in service WSDL?)"),
+# or, once an operation was picked, "Unexpected wrapper element {ns}x found. Expected
+# {served}x".
+_UNRECOGNISED_PART: Final = re.compile(r"Message part \{([^}]*)\}\S* was not recognized")
+_WRONG_WRAPPER: Final = re.compile(
     r"Unexpected wrapper element \{[^}]*\}\S* found\.\s+Expected \{([^}]*)\}"
 )
+# A plugin user whose originalUser is not the organisation it submits for (a mistake of
+# configuration, however Domibus words it as a refusal of the message).
+_NOT_ALLOWED_TEXT: Final = re.compile(r"You are not allowed to handle this message")
 _SETTINGS: Final = frozenset(
     {
         "url",
@@ -448,7 +454,12 @@ class DomibusWS:
             )
         else:
             request = self._request("getErrorsRequest", message_id)
-        answer = await self._checked(request, "getErrors")
+        try:
+            answer = (await self._call(request, "getErrors")).root
+        except _Fault as fault:
+            if fault.not_found:  # Domibus 5 answers WS_PLUGIN:0009 for an id it has no errors of
+                return []
+            raise self._failure(fault, "getErrors") from None
         response = answer.find(f".//{{{self.ns}}}getMessageErrorsResponse")
         if response is None:
             raise TemporaryFailure("getMessageErrors: unexpected answer")
@@ -559,9 +570,19 @@ class DomibusWS:
                 f" ({fault.text}); an administrator must correct the username, password or"
                 " client certificate (Domibus: a plugin user). Mail waits until then."
             )
-        wrong = _WRONG_INTERFACE_TEXT.search(words)
-        if wrong and wrong.group(1) != self.ns:
-            served = next((n for n, ns in INTERFACES.items() if ns == wrong.group(1)), "other")
+        if fault.soap_code is not None and _NOT_ALLOWED_TEXT.search(words):
+            return TemporaryFailure(
+                f"{what}: the access point at {url} does not let our plugin user act for this"
+                f" organisation ({fault.text}); an administrator must set the plugin user's"
+                " originalUser to our organisation id. Mail waits until then."
+            )
+        served_ns = None
+        if wrapper := _WRONG_WRAPPER.search(words):
+            served_ns = wrapper.group(1)
+        elif (part := _UNRECOGNISED_PART.search(words)) and part.group(1) == self.ns:
+            served_ns = next(ns for ns in INTERFACES.values() if ns != self.ns)
+        if served_ns is not None and served_ns != self.ns:
+            served = next((n for n, ns in INTERFACES.items() if ns == served_ns), "other")
             return TemporaryFailure(
                 f"{what}: the access point at {url} does not serve the"
                 f" {self.settings.interface!r} interface ({fault.text}); set"

@@ -194,6 +194,8 @@ CREATE TABLE registry_cache (         -- address book, revocation answers: for e
         """
 ALTER TABLE kvittens_out ADD COLUMN transport_id text,
     ADD COLUMN resends integer NOT NULL DEFAULT 0;
+-- Handed over before kvittens were followed: not asked after now (nor sent again).
+UPDATE kvittens_out SET state = 'handed-over' WHERE state = 'sent';
 """,
     ),
 ]
@@ -479,11 +481,15 @@ class PostgresSpool:
         with self._connection() as db:
             db.execute(
                 "INSERT INTO retrieving (id, noted_at) SELECT i, now() FROM unnest(%s::text[]) i"
-                " WHERE NOT EXISTS (SELECT 1 FROM received WHERE id = i)"
+                " WHERE NOT EXISTS (SELECT 1 FROM received WHERE id = i AND state <> 'lost')"
                 " ON CONFLICT (id) DO NOTHING",
                 (message_ids,),
             )
-            stored = "NOT EXISTS (SELECT 1 FROM received r WHERE r.id = retrieving.id)"
+            # A lost one the access point lists again is taken after all.
+            stored = (
+                "NOT EXISTS (SELECT 1 FROM received r WHERE r.id = retrieving.id"
+                " AND r.state <> 'lost')"
+            )
             rows = self._claim(db, "retrieving", "id", stored, (), "seq", None, "id, seq")
         return [row["id"] for row in sorted(rows, key=lambda row: row["seq"])]
 
@@ -505,13 +511,13 @@ class PostgresSpool:
         with self._connection() as db:
             db.execute("DELETE FROM retrieving WHERE id = %s", (message_id,))
 
-    def stored_received(self, message_ids: list[str]) -> set[str]:
-        """Those of `message_ids` already stored, in whatever state."""
+    def received_states(self, message_ids: list[str]) -> dict[str, str]:
+        """The state of each of `message_ids` the spool has a record of."""
         with self._connection() as db:
             rows = db.execute(
-                "SELECT id FROM received WHERE id = ANY(%s::text[])", (message_ids,)
+                "SELECT id, state FROM received WHERE id = ANY(%s::text[])", (message_ids,)
             ).fetchall()
-        return {row["id"] for row in rows}
+        return {row["id"]: row["state"] for row in rows}
 
     def received(
         self, state: str = "new", action: str | None = None, *, limit: int | None = None

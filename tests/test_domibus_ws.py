@@ -584,6 +584,26 @@ WSPLUGIN = domibus_ws.WSPLUGIN_NS
             TemporaryFailure,
             "access_point.interface: wsplugin",
         ),
+        # As CXF words it when the body element is not in the WSDL served there.
+        (
+            "wsplugin",
+            plain_fault(
+                "Message part {http://eu.domibus.wsplugin/}submitRequest was not recognized."
+                "  (Does it exist in service WSDL?)",
+                "Sender",
+            ),
+            TemporaryFailure,
+            "access_point.interface: backend",
+        ),
+        # A plugin user with another organisation as originalUser: configuration, not a bounce.
+        (
+            "wsplugin",
+            plain_fault(
+                "You are not allowed to handle this message. You are authorized as [0203:x]"
+            ),
+            TemporaryFailure,
+            "originalUser",
+        ),
     ],
 )
 def test_fault_shapes_of_both_generations(
@@ -702,3 +722,16 @@ def test_uuid_message_ids_pass_the_local_check() -> None:
     domibus_ws._check_message_id(str(uuid.uuid4()))
     with pytest.raises(ValueError):
         domibus_ws._check_message_id("å")
+
+
+@pytest.mark.parametrize(("interface", "other"), [("wsplugin", "backend"), ("backend", "wsplugin")])
+def test_a_url_of_the_other_interface_makes_mail_wait_with_the_fix_named(
+    sandbox: Sandbox, interface: str, other: str
+) -> None:
+    """The configured interface spoken at the other one's url, as Domibus (CXF) answers it."""
+    path = "/services/backend" if other == "backend" else "/services/wsplugin"
+    a = settings(sandbox, "a", interface=interface, url=f"{sandbox.https.url}/ap/a{path}")
+    with pytest.raises(TemporaryFailure, match=f"access_point.interface: {other}"):
+        submit(a, sealed_submission(sandbox))
+    with pytest.raises(TemporaryFailure, match=f"access_point.interface: {other}"):
+        run(a, lambda ap: ap.pending([ORG_A]))

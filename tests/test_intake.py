@@ -167,11 +167,14 @@ def test_stored_before_acknowledged_and_once_whatever_the_crash(
     assert access_point.acknowledged == ["mine"]
     # Killed after the store, it is told without being retrieved again.
     assert access_point.retrievals.count("mine") == (1 if die in (None, "acknowledge") else 2)
-    # Another organisation's message: left pending and unacknowledged, taken once only.
-    assert "theirs" in access_point.pending_ids and "theirs" in intake.foreign
+    # Another organisation's message: left pending and unacknowledged, retrieved once only,
+    # by this bridge or its restarted self (the spool says it was left), none of it kept.
+    assert "theirs" in access_point.pending_ids
+    assert restarted.received_states(["theirs"]) == {"theirs": "left"}
+    assert restarted.received_payload("theirs") == b""
     looked = access_point.retrievals.count("theirs")
-    asyncio.run(intake.fetch())
-    assert access_point.retrievals.count("theirs") == looked
+    asyncio.run(Intake(access_point, restarted, OURS).fetch())
+    assert access_point.retrievals.count("theirs") == looked == 1
     assert restarted.note_retrieving([]) == []
 
 
@@ -185,6 +188,8 @@ class OversizedAccessPoint(KeepingAccessPoint):
 
     async def retrieve(self, message_id: str) -> Retrieved:
         self.retrievals.append(message_id)
+        if not self.keeps_until_acknowledged:  # given out once, as the old interface does
+            self.pending_ids.remove(message_id)
         raise OversizedRetrieval("too large", None, 70_000_000)
 
 
@@ -203,3 +208,26 @@ def test_an_oversized_message_nobody_can_be_told_of_is_never_silently_lost(
     lost = [held["id"] for held in spool.held_received() if held["state"] == "lost"]
     assert lost == ([] if keeps else ["big"])
     assert access_point.acknowledged == []
+
+
+def test_on_the_current_interface_a_listed_message_is_never_recorded_lost(tmp_path: Path) -> None:
+    """Still listed, a message recorded lost before is retrieved and stored after all (never
+    marked downloaded unstored); one gone between list and retrieve (its owner took it) is
+    forgotten, not recorded lost."""
+    spool = SQLiteSpool(tmp_path)
+    spool.lost_retrieving("mine", "the access point no longer gave it out")
+    access_point = KeepingAccessPoint()
+    access_point.pending_ids = ["mine"]
+    asyncio.run(Intake(access_point, spool, OURS).fetch())
+    assert access_point.retrievals == ["mine"] and access_point.acknowledged == ["mine"]
+    assert spool.received_states(["mine"]) == {"mine": "new"}
+    assert spool.held_received() == []
+
+    class Gone(KeepingAccessPoint):
+        async def retrieve(self, message_id: str) -> Retrieved:
+            raise PermanentFailure(f"Message not found, id [{message_id}]")
+
+    gone = Gone()
+    gone.pending_ids = ["taken"]
+    asyncio.run(Intake(gone, spool, OURS).fetch())
+    assert spool.held_received() == [] and spool.note_retrieving([]) == []

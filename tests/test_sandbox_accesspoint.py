@@ -529,7 +529,11 @@ def test_plugin_users_see_their_organisation_or_all(
     assert user.pending() == [ours]
     assert other.pending(finalRecipient=ORG_B) == [theirs]  # overridden by its originalUser
     assert admin.pending() == [ours, theirs]
+    # As Domibus 5.2: the filter is the user's originalUser, none for an administrator...
+    assert admin.pending(finalRecipient=ORG_B) == [ours, theirs]
+    ap.unsecure_login = True  # ...unless unsecure login is allowed
     assert admin.pending(finalRecipient=ORG_B) == [ours]
+    ap.unsecure_login = False
     assert admin.pending(messageId=theirs, originalSender=ORG_A) == [theirs]
     with pytest.raises(SoapFault, match="not allowed to handle this message"):
         other.retrieve(ours, mark=False)
@@ -565,6 +569,12 @@ def test_a_message_between_two_organisations_of_one_access_point_has_two_roles(
     with pytest.raises(SoapFault) as fault:
         a.status(message_id)
     assert fault.value.code == "WS_PLUGIN:0007"
+    with pytest.raises(SoapFault) as fault:
+        a.errors(message_id)
+    assert fault.value.code == "WS_PLUGIN:00010"
+    with pytest.raises(SoapFault) as fault:
+        a.errors("no-such-id")
+    assert fault.value.code == "WS_PLUGIN:0009"
 
 
 def test_domibus_4_serves_only_the_deprecated_interface(fed: Federation, sealed: bytes) -> None:

@@ -1,7 +1,8 @@
 """One access point shared by three organisations, as a service provider runs one Domibus
-for several: A and B run bridges whose plugin users are administrators (Domibus lists them
-every organisation's messages), C has no bridge. Each bridge takes exactly its own
-messages; C's all stay pending at the access point, untouched; everything the bridges
+for several: A and B run bridges whose plugin users are administrators (Domibus 5.2 lists them
+every organisation's messages, whatever finalRecipient they ask for), C has no bridge.
+Each bridge takes exactly its own messages; C's, retrieved without being marked
+downloaded and left, all stay pending at the access point; everything the bridges
 send the access point and it answers is valid against Domibus's XSDs."""
 
 import email.policy
@@ -101,6 +102,11 @@ def test_each_bridge_takes_only_its_own_from_a_shared_access_point(tmp_path: Pat
         for label in "ab":
             with local.spool(label) as spool:
                 assert not [h for h in spool.held_received() if h["state"] == "lost"]
+                # Domibus lists an administrator every organisation's messages: each bridge
+                # looked at C's once, kept nothing of them and left them pending.
+                states = spool.received_states(to_c)
+                assert states == dict.fromkeys(to_c, "left"), label
+                assert all(spool.received_payload(i) == b"" for i in to_c)
         watch.check()
     finally:
         local.stop()

@@ -498,12 +498,12 @@ def test_sent_kvittens_are_followed_and_handed_over_again(spool: Spool) -> None:
     assert spool.owed_kvittens() == [] and spool.sent_kvittens() == []
 
 
-def test_stored_received_and_forgotten_retrievals(spool: Spool) -> None:
+def test_received_states_and_forgotten_retrievals(spool: Spool) -> None:
     spool.store_received(received("e-1"))
-    assert spool.stored_received(["e-1", "e-2"]) == {"e-1"}
-    assert spool.stored_received([]) == set()
-    assert spool.note_retrieving(["e-2", "e-3"]) == ["e-2", "e-3"]
-    spool.forget_retrieving("e-2")  # another organisation's: left at the access point
+    spool.store_received(received("e-9", b""), "left")  # another organisation's, left there
+    assert spool.received_states(["e-1", "e-2", "e-9"]) == {"e-1": "new", "e-9": "left"}
+    assert spool.note_retrieving(["e-2", "e-3", "e-9"]) == ["e-2", "e-3"]
+    spool.forget_retrieving("e-2")  # taken by its owner meanwhile
     assert spool.note_retrieving([]) == ["e-3"]
     assert spool.held_received() == []  # not recorded lost
 

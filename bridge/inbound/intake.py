@@ -54,6 +54,16 @@ RETRIEVALS = 48
 OVERSIZE_ACTION = "sdk-bridge:oversize"
 
 
+# What the spool's record of a listed message says to do with it. Left: another
+# organisation's (or too large to say whose), unreadable, or deleted by an administrator:
+# never retrieved again, never marked downloaded, so the access point keeps it. Lost (the
+# deprecated interface gave it out and a crash took it): retrieved again if listed.
+LEFT_ALONE = frozenset({"left", "unreadable", "deleted"})
+RETRIEVE_AGAIN = frozenset({"lost"})
+# Failed attempts to mark one stored message downloaded before an alert says so.
+ACKNOWLEDGE_ALERT = 10
+
+
 class Intake:
     """Fetching from one access point into one spool, for the organisations `ours`.
 
@@ -66,8 +76,8 @@ class Intake:
         self.spool = spool
         self.ours = frozenset(ours)
         self.unstored: dict[str, Received] = {}
-        self.foreign: set[str] = set()  # others' messages seen at the access point (logged)
         self.backlog = False  # the last look found more pending than one round takes
+        self._unacknowledged: dict[str, int] = {}  # failed marks, by MessageId
 
     @property
     def _keeps(self) -> bool:
@@ -93,20 +103,19 @@ class Intake:
             log.warning("access point: cannot list pending messages", error=str(e))
             metrics.ACCESS_POINT_ERRORS.labels("pending").inc()
             return None
-        pending = [i for i in listed if i not in self.foreign]
-        self.backlog = len(pending) > limit
-        pending = pending[:limit]
-        if self._keeps and pending:
-            stored = await asyncio.to_thread(self.spool.stored_received, pending)
-            await each(sorted(stored), self._acknowledge)  # stored before, not yet told
-            pending = [i for i in pending if i not in stored]
-        noted = await asyncio.to_thread(self.spool.note_retrieving, pending)
+        states = await asyncio.to_thread(self.spool.received_states, listed) if listed else {}
+        if self._keeps:  # stored before, the access point not yet told (or a crash between)
+            stored = [i for i in listed if states.get(i, "lost") not in LEFT_ALONE | RETRIEVE_AGAIN]
+            await each(stored, self._acknowledge)
+        fresh = [i for i in listed if states.get(i, "lost") in RETRIEVE_AGAIN]
+        self.backlog = len(fresh) > limit
+        noted = await asyncio.to_thread(self.spool.note_retrieving, fresh[:limit])
         taken: list[bool] = []
 
         async def take(message_id: str) -> None:
             taken.append(await self._take(message_id))
 
-        await each([i for i in noted if i not in self.foreign], take)
+        await each(noted, take)
         return new + sum(taken)
 
     async def _take(self, message_id: str) -> bool:
@@ -127,10 +136,20 @@ class Intake:
             )
             unreadable = Received(message_id, "", "", "", None, e.raw)
             await asyncio.to_thread(self.spool.store_received, unreadable, "unreadable")
-            await self._acknowledge(message_id)
+            # Not marked downloaded where the access point keeps it: whose it is cannot be
+            # told, and it may be another organisation's.
             return False
-        except PermanentFailure as e:  # not given out (again): kept on record as lost
-            log.error(
+        except PermanentFailure as e:
+            if self._keeps:  # it never gives a message out once only: taken by its owner
+                log.warning(
+                    "access point: a listed message is no longer there (another bridge of a"
+                    " shared access point took it?)",
+                    ebms_id=message_id,
+                    error=str(e),
+                )
+                await asyncio.to_thread(self.spool.forget_retrieving, message_id)
+                return False
+            log.error(  # given out before, to us: kept on record as lost
                 "alert: message lost at the access point; recover it from there during its"
                 " retention and run `sdk-bridge inbound import`",
                 ebms_id=message_id,
@@ -141,23 +160,36 @@ class Intake:
             await asyncio.to_thread(self.spool.lost_retrieving, message_id, note)
             return False
         if self._keeps and item.final_recipient not in self.ours:
-            await self._leave_foreign(item)
+            await self._leave(item, f"for another organisation, {item.final_recipient}")
+            metrics.FOREIGN.inc()
+            log.error(
+                "a message for another organisation is listed to us; left at the access"
+                " point. Give the bridge's plugin user ROLE_USER and our organisation id as"
+                " originalUser",
+                ebms_id=item.message_id,
+                final_recipient=item.final_recipient,
+            )
             return False
-        received = Received(
-            id=item.message_id,
-            action=item.action,
-            original_sender=item.original_sender,
-            final_recipient=item.final_recipient,
-            conversation_id=item.conversation_id,
-            payload=item.payload,
+        return await self._store(
+            Received(
+                id=item.message_id,
+                action=item.action,
+                original_sender=item.original_sender,
+                final_recipient=item.final_recipient,
+                conversation_id=item.conversation_id,
+                payload=item.payload,
+            )
         )
+
+    async def _store(self, received: Received) -> bool:
+        """Store a retrieved envelope, then mark it downloaded; whether it was new."""
         try:
             new = await asyncio.to_thread(self.spool.store_received, received)
         except Exception as e:
             if self._keeps:  # still at the access point: retrieved again next round
                 log.error(
                     "a retrieved message cannot be stored; it stays at the access point",
-                    id=message_id,
+                    id=received.id,
                     error=str(e),
                 )
                 return False
@@ -165,12 +197,12 @@ class Intake:
             log.error(
                 "alert: a retrieved message cannot be stored; held in memory until it can,"
                 " so do not stop the bridge before there is room",
-                id=message_id,
+                id=received.id,
                 error=str(e),
             )
             self.unstored[received.id] = received
             return False
-        await self._acknowledge(message_id)
+        await self._acknowledge(received.id)
         return new
 
     async def _oversized(self, message_id: str, e: OversizedRetrieval) -> bool:
@@ -179,7 +211,8 @@ class Intake:
         at the access point (or, on the deprecated interface, is recorded lost), with an
         alert either way."""
         metrics.OVERSIZED.inc()
-        if e.retrieved is None:
+        item = e.retrieved
+        if item is None:
             log.error(
                 "alert: a message too large to take, and its sender cannot be told; fetch it"
                 " from the access point's console",
@@ -187,29 +220,45 @@ class Intake:
                 error=str(e),
             )
             if self._keeps:
-                self.foreign.add(message_id)  # not asked for again by this process
-                await asyncio.to_thread(self.spool.forget_retrieving, message_id)
+                left = Received(message_id, "", "", "", None, b"")
+                await self._leave(left, "too large, and its sender cannot be told")
             else:
                 await asyncio.to_thread(self.spool.lost_retrieving, message_id, str(e))
             return False
-        item = e.retrieved
+        if self._keeps and item.final_recipient not in self.ours:
+            await self._leave(item, f"too large, for another organisation {item.final_recipient}")
+            return False
         log.warning(
             "a message too large to take; it will be answered REJECTED too-long",
             ebms_id=message_id,
             size=e.size,
             sender=item.original_sender,
         )
-        head = Received(
-            id=message_id,
-            action=OVERSIZE_ACTION,
-            original_sender=item.original_sender,
-            final_recipient=item.final_recipient,
-            conversation_id=item.conversation_id,
-            payload=item.payload,
+        return await self._store(
+            Received(
+                id=message_id,
+                action=OVERSIZE_ACTION,
+                original_sender=item.original_sender,
+                final_recipient=item.final_recipient,
+                conversation_id=item.conversation_id,
+                payload=item.payload,
+            )
         )
-        new = await asyncio.to_thread(self.spool.store_received, head)
-        await self._acknowledge(message_id)
-        return new
+
+    async def _leave(self, item: Retrieved | Received, why: str) -> None:
+        """Record a message left at the access point (none of its content): it is not
+        retrieved again, nor marked downloaded, by any bridge on this spool."""
+        ebms_id = item.message_id if isinstance(item, Retrieved) else item.id
+        record = Received(
+            ebms_id,
+            item.action,
+            item.original_sender,
+            item.final_recipient,
+            item.conversation_id,
+            b"",
+        )
+        await asyncio.to_thread(self.spool.store_received, record, "left")
+        log.info("left at the access point", ebms_id=ebms_id, why=why)
 
     async def _acknowledge(self, message_id: str) -> None:
         """Tell the access point a stored message may go; if it cannot be told now, the
@@ -217,24 +266,19 @@ class Intake:
         try:
             await self.access_point.acknowledge(message_id)
         except (TemporaryFailure, PermanentFailure) as e:
-            log.warning(
-                "access point: cannot mark a stored message downloaded; will try again",
+            failures = self._unacknowledged.get(message_id, 0) + 1
+            self._unacknowledged[message_id] = failures
+            alert = failures % ACKNOWLEDGE_ALERT == 0
+            (log.error if alert else log.warning)(
+                ("alert: " if alert else "")
+                + "access point: cannot mark a stored message downloaded; will try again",
                 id=message_id,
+                failures=failures,
                 error=str(e),
             )
             metrics.ACCESS_POINT_ERRORS.labels("acknowledge").inc()
-
-    async def _leave_foreign(self, item: Retrieved) -> None:
-        """Another organisation's message: left pending at the access point for its owner."""
-        self.foreign.add(item.message_id)
-        metrics.FOREIGN.inc()
-        log.error(
-            "a message for another organisation is listed to us; left at the access point."
-            " Give the bridge's plugin user ROLE_USER and our organisation id as originalUser",
-            ebms_id=item.message_id,
-            final_recipient=item.final_recipient,
-        )
-        await asyncio.to_thread(self.spool.forget_retrieving, item.message_id)
+            return
+        self._unacknowledged.pop(message_id, None)
 
 
 def recovered(ebms_id: str, payload: bytes) -> Received:

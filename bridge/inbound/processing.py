@@ -31,7 +31,7 @@ from .. import metrics
 from ..backoff import pause
 from ..concurrently import each
 from ..plugins import (
-    ACKNOWLEDGED,
+    DELIVERED_STATUSES,
     SEND_FAILURE,
     AccessPoint,
     DuplicateSubmission,
@@ -196,8 +196,8 @@ class Inbound:
     async def _too_long(self, item: Received) -> None:
         """A message too large to take (the intake kept the beginning of its envelope):
         REJECTED BV too-long (B1.3.3 §5.3), addressed by the envelope's ID and parties; one
-        whose beginning does not name them, or names another sender than the access point
-        did, is quarantined with an alert instead."""
+        whose beginning does not name them, names another sender than the access point did,
+        or another recipient than us, is quarantined with an alert instead."""
         try:
             root = parse_beginning(item.payload, max_bytes=len(item.payload) + 1)
             envelope_id, from_party, to_party = xhe.identity(root)
@@ -208,7 +208,8 @@ class Inbound:
             Detail.TOO_LONG,
             "the message is larger than the 30 MB an SDK message may be; it was not taken",
         )
-        if envelope_id is None or from_party != item.original_sender:
+        ours = to_party == self.settings.organisation_id
+        if envelope_id is None or from_party != item.original_sender or not ours:
             why = f"too large, sender unknown: {too_long.text}"
             verdict = Verdict(Outcome.NO_KVITTENS, text=why)
             await self._quarantine(item, Opened(verdict, envelope_id=envelope_id), verdict)
@@ -528,7 +529,7 @@ class Inbound:
         except TemporaryFailure as e:
             log.warning("access point: kvittens status unknown for now", id=owed.id, error=str(e))
             status, errors = "", []
-        if status == ACKNOWLEDGED:
+        if status in DELIVERED_STATUSES:
             await asyncio.to_thread(self.spool.update_kvittens, owed.id, state="delivered")
             log.info("kvittens reached the sender's access point", id=owed.id)
             return

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from ..concurrently import each
-from ..plugins import ACKNOWLEDGED, SEND_FAILURE, AccessPoint, TemporaryFailure
+from ..plugins import ACKNOWLEDGED, DELIVERED_STATUSES, SEND_FAILURE, AccessPoint, TemporaryFailure
 from ..spool import Delivery, Spool, State
 from .outcomes import Event, Notify, settle
 
@@ -62,7 +62,7 @@ async def _follow_one(
 
     try:
         status = await access_point.status(delivery.sdk_message_id)
-        if status == SENT:
+        if status in DELIVERED_STATUSES:
             await asyncio.to_thread(
                 spool.transition,
                 delivery.id,

@@ -231,6 +231,7 @@ class AccessPoint:
         *,
         domibus: Generation = "5",
         mtom: bool = False,
+        unsecure_login: bool = False,
     ) -> None:
         if conversation_id_rule not in CONVERSATION_ID_RULES:
             raise ValueError(f"conversation_id_rule must be one of {CONVERSATION_ID_RULES}")
@@ -242,6 +243,9 @@ class AccessPoint:
         self.users = dict(users)
         self.domibus = domibus
         self.mtom = mtom
+        # domibus.auth.unsecureLoginAllowed: only then is a request's finalRecipient filter
+        # used; otherwise it is always the user's originalUser (none for an administrator).
+        self.unsecure_login = unsecure_login
         self.route = route
         self.conversation_id_rule = conversation_id_rule
         self.retention_downloaded_minutes = retention_downloaded_minutes
@@ -437,8 +441,10 @@ class AccessPoint:
         header, request = _split(envelope)
         name = etree.QName(request).localname
         if etree.QName(request).namespace != ns or name not in _OPERATIONS[ns]:
+            # CXF picks the operation by the body element (soapAction is empty).
             raise Fault(
-                f"Unexpected wrapper element {request.tag} found.   Expected {{{ns}}}{name}.",
+                f"Message part {request.tag} was not recognized.  (Does it exist in service"
+                " WSDL?)",
                 soap_code="Sender",
             )
         if name == "submitRequest":
@@ -482,7 +488,9 @@ class AccessPoint:
         return user if user is not None and password_ok else None
 
     def _list_pending(self, ns: str, user: PluginUser, request: etree._Element) -> bytes:
-        """As Domibus: a ROLE_USER's finalRecipient is its originalUser, whatever it asked."""
+        """As Domibus 5.2's WebServiceImpl: unless unsecure login is allowed, the filter
+        finalRecipient is the user's originalUser whatever it asked, so an administrator,
+        having none, is listed every organisation's messages."""
         filters = {
             etree.QName(child).localname: (child.text or "").strip()
             for child in request
@@ -491,7 +499,7 @@ class AccessPoint:
         if ns == BACKEND_NS:
             filters = {}  # BackendService_1_1's request has no filters
         final_recipient = filters.pop("finalRecipient", None)
-        if user.original_user is not None:
+        if not self.unsecure_login:
             final_recipient = user.original_user
         ids = self.pending(final_recipient, **filters)
         return _answer(ns, _element(ns, "listPendingMessagesResponse", ids=ids))
@@ -813,11 +821,34 @@ class AccessPoint:
             return (self._payloads / record.payload_file).read_bytes()
 
     def _message_errors(self, ns: str, request: etree._Element) -> bytes:
+        """getMessageErrors; on the current interface, as Domibus 5.2: an unknown id is
+        WS_PLUGIN:0009, one known in both roles asked without a role WS_PLUGIN:00010."""
         found = request.find("messageID")
         message_id = (found.text or "").strip() if found is not None else ""
+        role_element = request.find("accessPointRole")
+        role = None if role_element is None else (role_element.text or "").strip()
+        errors = self.errors(message_id)
+        if ns == WSPLUGIN_NS:
+            message_id = _required_id(request, ns)
+            with self._lock:
+                roles = {
+                    SENDING: message_id in self._sent or message_id in self._errors,
+                    RECEIVING: message_id in self._received,
+                }
+            if not roles.get(role or "", any(roles.values())):
+                raise _not_found(ns, message_id, "")
+            if role is None and all(roles.values()):
+                text = (
+                    f"Duplicate message Id [{message_id}] found. For self sending please call"
+                    " the method with access point role to get the errors of the message."
+                )
+                raise Fault(
+                    f"Duplicate message found with Id [{message_id}].", "WS_PLUGIN:00010", text
+                )
+            errors = [e for e in errors if role in (None, e["mshRole"])]
         response = _element(ns, "getMessageErrorsResponse")
         code_name = "domibusErrorCode" if ns == WSPLUGIN_NS else "errorCode"
-        for error in self.errors(message_id):
+        for error in errors:
             item = etree.SubElement(response, "item")
             etree.SubElement(item, code_name).text = error["errorCode"]
             for name in (

@@ -319,7 +319,8 @@ class SQLiteSpool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
-            self._add_missing_columns()
+            with self._db:
+                self._add_missing_columns()
 
     def close(self) -> None:
         with self._lock:
@@ -332,6 +333,11 @@ class SQLiteSpool:
             for column, kind in columns.items():
                 if column not in present:
                     self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                    if (table, column) == ("kvittens_out", "transport_id"):
+                        # Handed over before kvittens were followed: not asked after now.
+                        self._db.execute(
+                            "UPDATE kvittens_out SET state = 'handed-over' WHERE state = 'sent'"
+                        )
 
     def registry_cache(self) -> None:
         """None: one instance, so the registry keeps its cache in its own cache_dir."""
@@ -475,7 +481,8 @@ class SQLiteSpool:
             known = {
                 row[0]
                 for row in self._db.execute(
-                    f"SELECT id FROM received WHERE id IN ({','.join('?' * len(message_ids))})",
+                    f"SELECT id FROM received WHERE id IN ({','.join('?' * len(message_ids))})"
+                    " AND state != 'lost'",  # a lost one the access point lists again: taken
                     message_ids,
                 )
             }
@@ -503,14 +510,14 @@ class SQLiteSpool:
         with self._lock, self._db:
             self._db.execute("DELETE FROM retrieving WHERE id = ?", (message_id,))
 
-    def stored_received(self, message_ids: list[str]) -> set[str]:
-        """Those of `message_ids` already stored, in whatever state."""
+    def received_states(self, message_ids: list[str]) -> dict[str, str]:
+        """The state of each of `message_ids` the spool has a record of."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT id FROM received WHERE id IN ({','.join('?' * len(message_ids))})",
+                f"SELECT id, state FROM received WHERE id IN ({','.join('?' * len(message_ids))})",
                 message_ids,
             ).fetchall()
-        return {row[0] for row in rows}
+        return {row[0]: row[1] for row in rows}
 
     def received(
         self, state: str = "new", action: str | None = None, *, limit: int | None = None

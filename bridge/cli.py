@@ -467,6 +467,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
             admin_plugin_users=args.admin_plugin_users,
             interface=args.interface,
             mtom=args.mtom,
+            domibus=args.domibus,
+            intermediate_statuses=args.intermediate_statuses,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
@@ -881,6 +883,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument(
         "--mtom", action="store_true", help="answer retrieveMessage as MTOM/XOP, as CXF can"
+    )
+    sandbox.add_argument(
+        "--domibus",
+        choices=("5", "4"),
+        default="5",
+        help="answer as Domibus 5.2 (default) or as 4.x: only the deprecated interface, and"
+        " its fault shapes (use with --interface backend)",
+    )
+    sandbox.add_argument(
+        "--intermediate-statuses",
+        action="store_true",
+        help="report each submission SEND_ENQUEUED, SEND_ATTEMPT_FAILED and WAITING_FOR_RETRY"
+        " before its final status, as a busy access point does",
     )
     sandbox.set_defaults(run=cmd_sandbox)
 

@@ -32,7 +32,7 @@ TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
 MAILS = 500
 KILLS = 10
 
-spool_backend = backends.spool_backend  # SQLite, then PostgreSQL
+spool_backend = backends.bridge_setup  # SQLite, PostgreSQL, SQLite on the deprecated interface
 
 
 def mail(number: int) -> EmailMessage:

@@ -38,8 +38,8 @@ from bridge.sandbox.federation import Sandbox
 from bridge.sdk import message as msg
 from bridge.sdk import xhe, xmldsig, xmlenc
 
-# The whole module runs on SQLite, then again on PostgreSQL.
-spool_backend = backends.spool_backend
+# The whole module runs on SQLite, on PostgreSQL, and on SQLite with the deprecated interface.
+spool_backend = backends.bridge_setup
 
 FROM_A = "registrator@a.sandbox.test"
 TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"

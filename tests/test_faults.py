@@ -52,7 +52,7 @@ from bridge.sandbox.federation import HOST
 from plugins.postgres_spool import PostgresSpool
 
 pytestmark = pytest.mark.slow
-spool_backend = backends.spool_backend
+spool_backend = backends.bridge_setup
 
 FROM_A = "registrator@a.sandbox.test"
 TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"  # B's registrator, as A's users write it

@@ -389,3 +389,26 @@ def test_background_refresh_keeps_the_address_book_fresh(sandbox: Sandbox, tmp_p
                 break
             time.sleep(0.05)
         assert registry.book.refreshed_at > first
+
+
+def test_a_domibus_4_sandbox_on_the_deprecated_interface(tmp_path: Path) -> None:
+    """Started as Domibus 4.x: configurations for `/services/backend`, access points that
+    serve nothing else; asking for 4.x with the current interface is refused."""
+    with pytest.raises(ValueError, match="only the deprecated interface"):
+        Sandbox(tmp_path / "sandbox", 1, key_size=2048, domibus="4")
+    old = Sandbox(
+        tmp_path / "sandbox",
+        1,
+        key_size=2048,
+        interface="backend",
+        domibus="4",
+        intermediate_statuses=True,
+    )
+    try:
+        settings = old._config(old.organisations["a"])["access_point"]
+        assert isinstance(settings, dict)
+        assert settings["interface"] == "backend"
+        assert str(settings["url"]).endswith("/ap/a/services/backend")
+        assert {ap.domibus for ap in old.access_points.values()} == {"4"}
+    finally:
+        old.stop()

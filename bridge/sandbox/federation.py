@@ -25,7 +25,7 @@ from ..registry.addressbook import FunctionalAddress
 from ..registry.addresses import slug
 from ..sdk.keys import KeyPair
 from ..testpki import Identity, TestPKI, load_pki, make_pki
-from .accesspoint import AccessPoint, PluginUser
+from .accesspoint import AccessPoint, Generation, PluginUser
 from .addressbook import AddressBookAPI
 from .revocation import RevocationApp, revocation_urls
 from .sml import SMLZone, free_tcp_port, free_udp_port
@@ -77,6 +77,8 @@ class Sandbox:
         admin_plugin_users: bool | None = None,
         interface: str = "wsplugin",
         mtom: bool = False,
+        domibus: Generation = "5",
+        intermediate_statuses: bool = False,
     ) -> None:
         """A new sandbox in `directory`, or the one already there. For an existing one the
         settings given must match how it was created (None: as it was). `spools`: per
@@ -87,7 +89,14 @@ class Sandbox:
         `shared_access_point`: one access point for every organisation; `admin_plugin_users`:
         the bridges' plugin users are administrators (see every organisation's messages)
         instead of ROLE_USERs with their organisation as originalUser. `interface`: which WS
-        plugin interface the configurations name; `mtom`: retrieve answers as MTOM/XOP."""
+        plugin interface the configurations name; `mtom`: retrieve answers as MTOM/XOP;
+        `domibus="4"`: the access points answer as Domibus 4.x (the deprecated interface
+        only, its fault shapes); `intermediate_statuses`: a submission's status goes
+        through SEND_ENQUEUED, SEND_ATTEMPT_FAILED and WAITING_FOR_RETRY first."""
+        if domibus not in ("4", "5"):
+            raise ValueError("domibus must be 4 or 5")
+        if domibus == "4" and interface == "wsplugin":
+            raise ValueError("Domibus 4.x serves only the deprecated interface (backend)")
         if interface not in INTERFACE_PATHS:
             raise ValueError(f"interface must be one of {sorted(INTERFACE_PATHS)}")
         self.interface = interface
@@ -181,9 +190,12 @@ class Sandbox:
                 conversation_id_rule=self.state["conversation_id_rule"],
                 retention_downloaded_minutes=self.state["retention_minutes"],
                 mtom=mtom,
+                domibus=domibus,
             )
             for label, organisations in served.items()
         }
+        for access_point in self.access_points.values():
+            access_point.intermediate_statuses(intermediate_statuses)
         self._https_routes.routes.update(
             addressbook=self.address_book, smp=self.smp, ap=Router(dict(self.access_points))
         )

@@ -4,10 +4,12 @@ import email
 import email.policy
 from email.message import EmailMessage
 
+import lxml.html
 from conftest import make_message
 
-from bridge.inbound.mapping import render_markdown, to_email
+from bridge.inbound.mapping import to_email
 from bridge.outbound.mapping import cut_label, references
+from bridge.sdk import markdown
 from bridge.sdk import message as msg
 
 SENDER = "registrator@a.example.se.sdk.kommun.se"
@@ -83,20 +85,70 @@ def test_a_cut_subject_is_made_whole_again() -> None:
     assert body is not None and "Ämne:" not in body.get_content()
 
 
-def test_html_is_rendered_and_nothing_can_run_or_load() -> None:
-    markdown = (
-        "# Rubrik\n\n**fet** <script>alert(1)</script> [x](javascript:alert(1)) "
-        "![bild](https://evil.example/x.png) [Digg](https://www.digg.se)\n\n<img src=x>"
+# B1.3.3 §4.3.3.2's subset, as HTML elements; nothing else may appear in the rendered text.
+SUBSET = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "ul", "ol", "li", "br", "hr"}
+
+
+def test_html_is_the_subset_and_nothing_can_run_or_load() -> None:
+    """Checked by parsing: only the subset's elements, no attribute that loads or links,
+    and what the subset lacks (links, images, raw HTML, code) still there as text."""
+    source = (
+        "# Rubrik\n\n**fet** och _kursiv_ <script>alert(1)</script> [x](javascript:alert(1)) "
+        "![bild](https://evil.example/x.png) [Digg](https://www.digg.se)\n\n<img src=x>\n\n"
+        "* ett\n* två\n\n1. första\n2. andra\n\n---\n\n    kod\n\n> citat  \nrad"
     )
-    rendered = render_markdown(markdown)
-    assert "<h1>Rubrik</h1>" in rendered and "<strong>fet</strong>" in rendered
-    assert '<a href="https://www.digg.se">Digg</a>' in rendered
-    assert "<script" not in rendered and "<img" not in rendered
-    assert 'href="javascript' not in rendered
-    document = msg.Document("SDK-Meddelande", texts=(markdown,))
+    rendered = lxml.html.fragment_fromstring(markdown.render(source), create_parent="div")
+    elements = {e.tag for e in rendered.iter() if isinstance(e.tag, str)} - {"div"}
+    assert elements <= SUBSET, elements - SUBSET
+    assert {"h1", "strong", "em", "ul", "ol", "hr", "br"} <= elements
+    assert all(not e.attrib for e in rendered.iter() if e.tag != "div")  # no src, no href
+    text = rendered.text_content()
+    for shown in ("<script>alert(1)</script>", "[Digg](https://www.digg.se)", "<img src=x>"):
+        assert shown in text
+    document = msg.Document("SDK-Meddelande", texts=(source,))
     mail = mail_of(make_message(documents=(document,)))
     html = mail.get_body(("html",))
-    assert html is not None and "<script" not in html.get_content()
+    assert html is not None
+    body = lxml.html.document_fromstring(html.get_content()).body
+    assert {e.tag for e in body.iter()} - {"body"} <= SUBSET
+    assert not body.xpath("//script | //img | //a | //iframe | //@src | //@href | //@style")
+
+
+PLAIN = """Hej!
+
+Se ärende KS_2024_0123 i C:\\Users\\x och *viktigt* (**inte** fetstil).
+1. första
+2) andra
+# 1 Inledning
+> citat, [x](y) och <b>html</b> & annat | rör ~ tilde
+Länk: https://www.digg.se/a_b_c
+
+--
+Anna Andersson
+Registrator, Habo kommun
++46 70 123 45 67
+=====
+---"""
+
+
+def test_plain_text_survives_the_round_trip_line_for_line() -> None:
+    """Written as Markdown by the outbound side, read back by ours: the same lines; and
+    rendered, it shows the same characters with every line break."""
+    escaped = markdown.escape(PLAIN)
+    assert markdown.plain(escaped) == PLAIN
+    document = msg.Document("SDK-Meddelande", texts=(escaped,))
+    mail = mail_of(make_message(documents=(document,)))
+    body = mail.get_body(("plain",))
+    assert body is not None
+    lines = body.get_content().replace("\r\n", "\n").rstrip("\n").split("\n")
+    assert lines[-len(PLAIN.split("\n")) :] == PLAIN.split("\n")
+    html = lxml.html.fragment_fromstring(markdown.render(escaped), create_parent="div")
+    assert {e.tag for e in html.iter()} <= {"div", "p", "br"}  # no list, heading, emphasis
+    paragraphs = PLAIN.count("\n\n")  # each blank line ends a paragraph instead
+    assert len(html.findall(".//br")) == PLAIN.count("\n") - 2 * paragraphs
+    shown = html.text_content()
+    for line in PLAIN.split("\n"):
+        assert line in shown
 
 
 def test_line_breaks_in_xml_text_never_break_headers() -> None:

@@ -34,6 +34,7 @@ from bridge.outbound.mapping import (
     thread_ids,
     to_business_message,
 )
+from bridge.sdk import markdown
 from bridge.sdk import message as msg
 
 SENDER = msg.Party(ORG_A, msg.Attention(ADDRESS_A, "Registrator"), label="A kommun")
@@ -67,10 +68,16 @@ def parsed(data: bytes) -> EmailMessage:
     return email.message_from_bytes(data, policy=email.policy.default)  # type: ignore[return-value]
 
 
-def text_of(result: msg.BusinessMessage) -> str:
+def markdown_of(result: msg.BusinessMessage) -> str:
+    """The SDK message's text, B1.3.3 Markdown as it travels."""
     (document,) = result.documents
     (text,) = document.texts
     return text
+
+
+def text_of(result: msg.BusinessMessage) -> str:
+    """The text as a reader sees it: the Markdown read back (escapes and breaks undone)."""
+    return markdown.plain(markdown_of(result))
 
 
 def files_of(result: msg.BusinessMessage) -> tuple[msg.ContentFile, ...]:
@@ -229,7 +236,7 @@ def html_mail(html: str = HTML, charset: str = "utf-8") -> MIMEText:
 
 
 def test_html_only_mail_becomes_markdown() -> None:
-    text = text_of(mapped(html_mail()))
+    text = markdown_of(mapped(html_mail()))
     assert text == (
         "# Kallelse\n\n"
         "## Möte om år 2026\n\n"
@@ -249,7 +256,7 @@ def test_html_only_mail_becomes_markdown() -> None:
 
 
 def test_html_in_latin_1_and_markdown_characters_in_text_are_escaped() -> None:
-    text = text_of(mapped(html_mail("<p>Åsa skriver *inte* snake_case</p>", "iso-8859-1")))
+    text = markdown_of(mapped(html_mail("<p>Åsa skriver *inte* snake_case</p>", "iso-8859-1")))
     assert text == r"Åsa skriver \*inte\* snake\_case"
 
 
@@ -312,6 +319,20 @@ def test_outlook_calendar_alternative_becomes_a_file() -> None:
     assert file.content == b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n"
 
 
+def test_plain_text_full_of_markdown_characters_renders_as_written() -> None:
+    """Issue 15: plain text is not read as Markdown by the receiving client."""
+    body = (
+        "Hej,\n\nse KS_2024_0123 och C:\\Users\\x *nu*.\n1. ett\n2) två\n# 1 Inledning\n"
+        "> citat [x](y) <b>\n--\nAnna Andersson\nRegistrator\n+46 70 123 45 67"
+    )
+    result = mapped(plain_mail("Ärende_1 *viktigt*", body))
+    assert text_of(result) == body
+    rendered = markdown.render(markdown_of(result))
+    for construct in ("<li", "<h1", "<em", "<strong", "<blockquote", "<a ", "<hr"):
+        assert construct not in rendered
+    assert rendered.count("<br />") == body.count("\n") - 2  # every line, one blank line
+
+
 def test_format_flowed_is_unwrapped() -> None:
     data = (
         b"Subject: Flowed\r\n"
@@ -328,7 +349,7 @@ def test_format_flowed_is_unwrapped() -> None:
         "Det här är en lång rad som har brutits mjukt.\n"
         "> citat som fortsätter\n"
         "From början\n"
-        "-- \n"
+        "--\n"  # trailing whitespace is not kept
         "Signatur"
     )
 

@@ -22,10 +22,11 @@ Decisions:
   headers, and as lines at the top of the text, so a reader sees them without looking at
   headers. The sender's own reference ids become `X-SDK-Sender-Reference` headers and
   "Avsändarens referens" lines (a reply returns them; the inbox stores them for that).
-- **Body**: the ContentText (several joined by a blank line) as text/plain, and as HTML
-  rendered from its Markdown with raw HTML shown as text, no images (their alt text
-  becomes a link), and links only to http, https and mailto: nothing in the mail can run
-  or load remote content.
+- **Body**: the ContentText (several joined by a blank line) as text/plain that reads like
+  the original (`bridge.sdk.markdown.plain`: no escapes, no hard-break marks), and as HTML
+  of B1.3.3's Markdown subset and nothing else (`bridge.sdk.markdown.render`): raw HTML,
+  links, images, code and quotes stay visible as text, so nothing in the mail can run or
+  load remote content.
 - **Attachments**: every ContentFile, byte for byte, with its file name (control
   characters become spaces; "bilaga-<n>" when empty) and type (application/octet-stream for a
   type with parameters or not of the form type/subtype, and for multipart/*, message/*
@@ -43,9 +44,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from markdown_it import MarkdownIt
-
 from bridge.outbound.mapping import ELLIPSIS, REFERENCE_HEADER, SUBJECT_PREFIX, one_line
+from bridge.sdk import markdown
 from bridge.sdk.message import Attention, BusinessMessage, Identifier, Reference
 
 SECRECY_PREFIX = "[sekretess] "
@@ -54,7 +54,6 @@ PERSON_HEADER = "X-SDK-Person"
 SENDER_REFERENCE_HEADER = "X-SDK-Sender-Reference"
 SDK_MESSAGE_ID_HEADER = "X-SDK-Message-ID"
 SDK_CONVERSATION_HEADER = "X-SDK-Conversation-ID"
-SAFE_SCHEMES = ("http://", "https://", "mailto:")
 _TYPE = re.compile(r"([a-z0-9][a-z0-9!#$&^_.+-]*)/([a-z0-9][a-z0-9!#$&^_.+-]*)")
 # 7bit: Swedish text goes out quoted-printable, so a server without 8BITMIME takes it
 # too; 998: headers such as a long In-Reply-To stay unencoded (only RFC 2047 text folds).
@@ -82,8 +81,9 @@ def to_email(
     `sender_name` its address-book name; `replying_to` the Message-ID (without angle
     brackets) of the mail that refToMessageId names, by default `<ref@sdk_domain>`.
     """
-    text = "\n\n".join(t for d in message.documents for t in d.texts)
-    subject, text = _subject(message.label or "", text)
+    raw = "\n\n".join(t for d in message.documents for t in d.texts)
+    subject, raw = _subject(message.label or "", raw)
+    text = markdown.plain(raw)
     mail = EmailMessage(policy=_PARTS_POLICY)
     mail["From"] = Address(one_line(f"{sender_name} (SDK)"), addr_spec=sender)
     mail["To"] = Address(addr_spec=recipient)
@@ -115,7 +115,7 @@ def to_email(
                 mail[PERSON_HEADER] = one_line(_identifier(person.id))
     body = "\n".join(lines) + ("\n\n" if lines and text else "") + text
     mail.set_content(body or " ")
-    mail.add_alternative(_html(lines, text), subtype="html")
+    mail.add_alternative(_html(lines, raw), subtype="html")
     files = [file for document in message.documents for file in document.files]
     placeholders: list[tuple[bytes, bytes]] = []  # (placeholder, content) in mail order
     for number, file in enumerate(files, start=1):
@@ -160,9 +160,6 @@ def _base64_lines(content: bytes) -> Iterator[bytes]:
         )
 
 
-def render_markdown(text: str) -> str:
-    """HTML for B1.3.3's Markdown subset, safe to show: see the module docstring."""
-    return _MARKDOWN.render(text)
 
 
 def _attachment_type(content_type: str) -> tuple[str, str]:
@@ -175,17 +172,10 @@ def _attachment_type(content_type: str) -> tuple[str, str]:
     return match[1], match[2]
 
 
-def _safe_link(url: str) -> bool:
-    return url.strip().lower().startswith(SAFE_SCHEMES)
-
-
-_MARKDOWN = MarkdownIt("commonmark", {"html": False}).disable("image")
-_MARKDOWN.validateLink = _safe_link  # type: ignore[method-assign]
-
-
 def _subject(label: str, text: str) -> tuple[str, str]:
     """The label, or the full subject when outbound cut it and put it atop the text."""
     first, _, rest = text.partition("\n\n")
+    first = markdown.plain(first)
     if label.endswith(ELLIPSIS) and first.startswith(SUBJECT_PREFIX):
         full = first.removeprefix(SUBJECT_PREFIX)
         if full.startswith(label.removesuffix(ELLIPSIS).rstrip()):
@@ -218,5 +208,5 @@ def _html(lines: Sequence[str], text: str) -> str:
     separator = "<hr>\n" if lines and text else ""
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body>\n'
-        f"{header}{separator}{render_markdown(text)}</body></html>\n"
+        f"{header}{separator}{markdown.render(text)}</body></html>\n"
     )

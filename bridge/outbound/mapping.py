@@ -24,7 +24,9 @@ Decisions, in the order of the table:
   flattened to its text. Text is decoded by its declared charset (iso-8859-1 read as its
   superset windows-1252), falling back to UTF-8, windows-1252 and latin-1; line endings
   become "\\n"; characters XML cannot carry are removed; several body parts (mixed) are
-  joined by a blank line. Plain text is passed as it is: Markdown reads well raw.
+  joined by a blank line. Plain text is written as Markdown that renders exactly as
+  written (`bridge.sdk.markdown.escape`: Markdown characters escaped, every line break a
+  hard break); so are the full subject atop the text and the notes of empty files.
 - **No text.** With attachments the ContentText is left out (B1.3.3 wants text and/or
   files). With neither, the text is `EMPTY_BODY` ("(inget meddelande)"): whitespace alone
   is an empty element to SDK.
@@ -61,6 +63,7 @@ from typing import Any, cast
 from bs4 import BeautifulSoup, Tag
 from markdownify import ATX, MarkdownConverter
 
+from bridge.sdk import markdown
 from bridge.sdk.message import (
     Attention,
     BusinessMessage,
@@ -169,12 +172,13 @@ def to_business_message(
 
     sections = []
     if label is not None and label != subject:
-        sections.append(SUBJECT_PREFIX + subject)
+        sections.append(SUBJECT_PREFIX + markdown.escape(subject))
     body = "\n\n".join(text for text in parts.texts if text)
     if body:
         sections.append(body)
     if parts.empty_files:
-        sections.append("\n".join(EMPTY_FILE_NOTE.format(name=n) for n in parts.empty_files))
+        notes = (EMPTY_FILE_NOTE.format(name=n) for n in parts.empty_files)
+        sections.append(markdown.escape("\n".join(notes)))
     text = "\n\n".join(sections)
     if not text and not files:
         text = EMPTY_BODY
@@ -433,10 +437,10 @@ def _body_text(part: EmailMessage) -> str:
     text = _decode(_payload_bytes(part), part.get_content_charset())
     text = text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
     if part.get_content_type() == "text/html":
-        text = html_to_markdown(text)
-    elif _content_type_param(part, "format") == "flowed":
+        return _tidy(html_to_markdown(text))
+    if _content_type_param(part, "format") == "flowed":
         text = _unflow(text, delsp=_content_type_param(part, "delsp") == "yes")
-    return _tidy(text)
+    return markdown.escape(_tidy(text))  # plain text: rendered as it was written
 
 
 def _decode(data: bytes, charset: str | None) -> str:

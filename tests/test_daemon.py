@@ -22,6 +22,7 @@ from test_outbound import access_point, received_by_b
 
 from bridge.local import opened_spool
 from bridge.sandbox.federation import Sandbox
+from bridge.sdk import markdown
 from bridge.spool import State
 
 # Every test here runs on SQLite, then again on PostgreSQL.
@@ -146,7 +147,8 @@ def test_mail_through_the_daemon(bridge: Bridge, sandbox: Sandbox, tmp_path: Pat
     assert secret.confidential
     assert secret.sender.attention.functional_address == "a.registrator"
     (document,) = secret.documents
-    assert document.texts == ("Innehåll för [sekretess] Åtgärd för Örebro – ärende 7.",)
+    (text,) = document.texts  # B1.3.3 Markdown that renders as written
+    assert markdown.plain(text) == "Innehåll för [sekretess] Åtgärd för Örebro – ärende 7."
     (pdf,) = document.files
     assert (pdf.file_name, pdf.content_type) == ("beslut åäö.pdf", "application/pdf")
     assert pdf.content == b"%PDF-1.7\n" + bytes(range(256)) * 4000

@@ -14,6 +14,7 @@ from bridge.outbound.mapping import SUBJECT_PREFIX
 from bridge.outbound.worker import OutboundSettings, Worker
 from bridge.plugins import ACCESS_POINTS, load
 from bridge.sandbox.federation import Sandbox
+from bridge.sdk import markdown
 from bridge.sdk.sealing import Receiver, open_envelope
 from bridge.sdk.verdict import ACCEPTED
 from bridge.spool import Envelope, RecipientRecord, SQLiteSpool, State
@@ -108,7 +109,8 @@ def test_mails_arrive_at_b_with_every_field(sandbox: Sandbox, tmp_path: Path) ->
     by_label = {m.label: m for m in received_by_b(sandbox, tmp_path / "cache-b")}
 
     message = by_label["Ärende: åäö ÅÄÖ"]
-    assert message.documents[0].texts == ("Hej Örjan,\nvälkommen till Malmö!",)
+    (text,) = message.documents[0].texts  # B1.3.3 Markdown that renders as written
+    assert markdown.plain(text) == "Hej Örjan,\nvälkommen till Malmö!"
     assert message.sender.organisation_id == ORG_A
     assert message.sender.attention.functional_address == "a.registrator"
     assert message.recipient.attention.functional_address == "b.registrator"

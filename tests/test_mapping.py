@@ -323,14 +323,15 @@ def test_plain_text_full_of_markdown_characters_renders_as_written() -> None:
     """Issue 15: plain text is not read as Markdown by the receiving client."""
     body = (
         "Hej,\n\nse KS_2024_0123 och C:\\Users\\x *nu*.\n1. ett\n2) två\n# 1 Inledning\n"
-        "> citat [x](y) <b>\n--\nAnna Andersson\nRegistrator\n+46 70 123 45 67"
+        "> citat [x](y) <b>\n\n\n--\nAnna Andersson\nRegistrator\n+46 70 123 45 67"
     )
     result = mapped(plain_mail("Ärende_1 *viktigt*", body))
     assert text_of(result) == body
     rendered = markdown.render(markdown_of(result))
     for construct in ("<li", "<h1", "<em", "<strong", "<blockquote", "<a ", "<hr"):
         assert construct not in rendered
-    assert rendered.count("<br />") == body.count("\n") - 2  # every line, one blank line
+    paragraphs = rendered.count("<p>")  # a blank line (or more) ends one
+    assert paragraphs == 3 and rendered.count("<br />") == body.count("\n") - 5
 
 
 def test_format_flowed_is_unwrapped() -> None:

@@ -440,7 +440,7 @@ def _body_text(part: EmailMessage) -> str:
         return _tidy(html_to_markdown(text))
     if _content_type_param(part, "format") == "flowed":
         text = _unflow(text, delsp=_content_type_param(part, "delsp") == "yes")
-    return markdown.escape(_tidy(text))  # plain text: rendered as it was written
+    return markdown.escape(_tidy(text, collapse=False))  # plain text: as it was written
 
 
 def _decode(data: bytes, charset: str | None) -> str:
@@ -501,11 +501,13 @@ def _quoted(content: str, depth: int) -> str:
     return ">" * depth + (" " if depth and content else "") + content
 
 
-def _tidy(text: str) -> str:
-    """XML-safe, whitespace-only lines emptied, at most one blank line, no edge blanks."""
+def _tidy(text: str, *, collapse: bool = True) -> str:
+    """XML-safe, whitespace-only lines emptied, no edge blanks; with `collapse` at most one
+    blank line (HTML's paragraphs), else every blank line as the writer left it."""
     text = _XML_ILLEGAL.sub("", text)
     text = "\n".join("" if not line.strip() else line for line in text.split("\n"))
-    text = re.sub(r"\n{3,}", "\n\n", text)
+    if collapse:
+        text = re.sub(r"\n{3,}", "\n\n", text)
     return text.strip("\n").rstrip()
 
 

@@ -424,15 +424,7 @@ class DomibusWS:
     async def status(self, message_id: str) -> str:
         """getStatus (as the sender, on the current interface): Domibus's MessageStatus
         word; NOT_FOUND for an id it does not know."""
-        _check_id_argument(message_id)
-        if self.keeps_until_acknowledged:
-            request = self._request(
-                "statusRequestWithAccessPointRole",
-                message_id,
-                fields=(("accessPointRole", SENDING),),
-            )
-        else:
-            request = self._request("statusRequest", message_id)
+        request = self._as_sender("statusRequest", message_id)
         answer = await self._checked(request, "getStatus")
         found = answer.find(f".//{{{self.ns}}}getStatusResponse")
         status = (found.text or "").strip() if found is not None else ""
@@ -445,15 +437,7 @@ class DomibusWS:
         keyed by the XSD's errorResultImpl fields (errorCode such as EBMS_0004, errorDetail
         such as NOT_SERVICED, mshRole, …); Domibus 5's domibusErrorCode is given as
         errorCode too."""
-        _check_id_argument(message_id)
-        if self.keeps_until_acknowledged:
-            request = self._request(
-                "getErrorsRequestWithAccessPointRole",
-                message_id,
-                fields=(("accessPointRole", SENDING),),
-            )
-        else:
-            request = self._request("getErrorsRequest", message_id)
+        request = self._as_sender("getErrorsRequest", message_id)
         try:
             answer = (await self._call(request, "getErrors")).root
         except _Fault as fault:
@@ -470,6 +454,19 @@ class DomibusWS:
                 error.setdefault("errorCode", error["domibusErrorCode"])
             errors.append(error)
         return errors
+
+    def _as_sender(self, operation: str, message_id: str) -> bytes:
+        """`operation` about a message we submitted: on the current interface its
+        ...WithAccessPointRole form, SENDING, since a message between two organisations of a
+        shared access point is known there in both roles."""
+        _check_id_argument(message_id)
+        if not self.keeps_until_acknowledged:
+            return self._request(operation, message_id)
+        return self._request(
+            f"{operation}WithAccessPointRole",
+            message_id,
+            fields=(("accessPointRole", SENDING),),
+        )
 
     async def interface_served(self) -> str | None:
         """Which interface the URL serves, from its WSDL (`?wsdl`): "wsplugin", "backend",

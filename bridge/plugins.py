@@ -90,6 +90,15 @@ class UnreadableRetrieval(PermanentFailure):
 ACKNOWLEDGED = "ACKNOWLEDGED"
 SEND_FAILURE = "SEND_FAILURE"
 DELIVERED_STATUSES = frozenset({ACKNOWLEDGED, "ACKNOWLEDGED_WITH_WARNING"})
+# The error detail of a SEND_FAILURE that says the receiving access point does not serve
+# the organisation (C3.2.1 §2.5): sending again cannot help.
+NOT_SERVICED = "NOT_SERVICED"
+
+
+def describe_errors(errors: list[dict[str, str]]) -> str:
+    """`AccessPoint.errors` in one line, for logs, DSNs and the spool."""
+    described = (f"{e.get('errorCode', '')} {e.get('errorDetail', '')}".strip() for e in errors)
+    return "; ".join(described) or "no details"
 
 
 class OversizedRetrieval(PermanentFailure):

@@ -53,7 +53,7 @@ import ssl
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import httpx
 from lxml import etree
@@ -760,23 +760,14 @@ def _retrieved(answer: _Answer, message_id: str, ns: str) -> Retrieved:
     """The Retrieved of a retrieveMessage answer of interface `ns` (its payload/value left
     apart from the tree when long, see `_parse_answer`, or an MTOM part); ValueError says
     what is wrong with it."""
-    user = answer.root.find(f"{{{SOAP12_NS}}}Header/{_eb('Messaging/UserMessage')}")
+    user = _user_message(answer.root)
     if user is None:
         raise ValueError("no ebMS UserMessage in the SOAP Header")
-
-    def field(path: str) -> str | None:
-        found = user.find(_eb(path))
-        return None if found is None else (found.text or "").strip()
-
-    got_id = field("MessageInfo/MessageId")
-    if got_id != message_id:
-        raise ValueError(f"the answer is for MessageId {got_id!r}")
-    properties: dict[str, str] = {}
-    for prop in user.findall(_eb("MessageProperties/Property")):
-        properties.setdefault(prop.get("name", ""), (prop.text or "").strip())
-    action = field("CollaborationInfo/Action")
-    original_sender = properties.get("originalSender")
-    final_recipient = properties.get("finalRecipient")
+    header = _header(user)
+    if header.message_id != message_id:
+        raise ValueError(f"the answer is for MessageId {header.message_id!r}")
+    action = header.action
+    original_sender, final_recipient = header.original_sender, header.final_recipient
     if not action or not original_sender or not final_recipient:
         raise ValueError("the ebMS header lacks Action, originalSender or finalRecipient")
     hrefs = [p.get("href", "") for p in user.findall(_eb("PayloadInfo/PartInfo"))]
@@ -800,7 +791,7 @@ def _retrieved(answer: _Answer, message_id: str, ns: str) -> Retrieved:
         action=action,
         original_sender=original_sender,
         final_recipient=final_recipient,
-        conversation_id=field("CollaborationInfo/ConversationId") or None,
+        conversation_id=header.conversation_id,
     )
     if len(payload) > MAX_ENVELOPE_BYTES:
         raise _Oversized(
@@ -842,25 +833,50 @@ def _head_of(head: bytes, content_type: str, message_id: str, ns: str) -> Retrie
             binary = binascii.a2b_base64(text[: len(text) // 4 * 4])
         except binascii.Error:
             return None
-    user = root.find(f"{{{SOAP12_NS}}}Header/{_eb('Messaging/UserMessage')}")
+    user = _user_message(root)
     if user is None or not binary:
         return None
-    properties = {
-        p.get("name", ""): (p.text or "").strip()
-        for p in user.findall(_eb("MessageProperties/Property"))
-    }
-    action = (user.findtext(_eb("CollaborationInfo/Action")) or "").strip()
-    got_id = (user.findtext(_eb("MessageInfo/MessageId")) or "").strip()
-    if got_id != message_id or not action or not properties.get("originalSender"):
+    header = _header(user)
+    if header.message_id != message_id or not header.action or not header.original_sender:
         return None
     return Retrieved(
         message_id=message_id,
         payload=bytes(binary),
-        action=action,
-        original_sender=properties["originalSender"],
-        final_recipient=properties.get("finalRecipient", ""),
-        conversation_id=(user.findtext(_eb("CollaborationInfo/ConversationId")) or "").strip()
-        or None,
+        action=header.action,
+        original_sender=header.original_sender,
+        final_recipient=header.final_recipient or "",
+        conversation_id=header.conversation_id,
+    )
+
+
+def _user_message(envelope: etree._Element) -> etree._Element | None:
+    return envelope.find(f"{{{SOAP12_NS}}}Header/{_eb('Messaging/UserMessage')}")
+
+
+class _Header(NamedTuple):
+    """The fields of an ebMS UserMessage the bridge keeps; None where one is missing."""
+
+    message_id: str | None
+    action: str | None
+    original_sender: str | None
+    final_recipient: str | None
+    conversation_id: str | None
+
+
+def _header(user: etree._Element) -> _Header:
+    def field(path: str) -> str | None:
+        found = user.find(_eb(path))
+        return None if found is None else (found.text or "").strip()
+
+    properties: dict[str, str] = {}
+    for prop in user.findall(_eb("MessageProperties/Property")):
+        properties.setdefault(prop.get("name", ""), (prop.text or "").strip())  # first counts
+    return _Header(
+        message_id=field("MessageInfo/MessageId"),
+        action=field("CollaborationInfo/Action"),
+        original_sender=properties.get("originalSender"),
+        final_recipient=properties.get("finalRecipient"),
+        conversation_id=field("CollaborationInfo/ConversationId") or None,
     )
 
 

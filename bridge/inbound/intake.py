@@ -25,6 +25,8 @@ that long, and an administrator downloads it there and hands it over with
 
 import asyncio
 from collections.abc import Collection
+from dataclasses import replace
+from typing import Any
 
 import structlog
 
@@ -104,10 +106,10 @@ class Intake:
             metrics.ACCESS_POINT_ERRORS.labels("pending").inc()
             return None
         states = await asyncio.to_thread(self.spool.received_states, listed) if listed else {}
+        fresh = [i for i in listed if i not in states or states[i] in RETRIEVE_AGAIN]
         if self._keeps:  # stored before, the access point not yet told (or a crash between)
-            stored = [i for i in listed if states.get(i, "lost") not in LEFT_ALONE | RETRIEVE_AGAIN]
-            await each(stored, self._acknowledge)
-        fresh = [i for i in listed if states.get(i, "lost") in RETRIEVE_AGAIN]
+            kept = [i for i in states if states[i] not in LEFT_ALONE | RETRIEVE_AGAIN]
+            await each(kept, self._acknowledge)
         self.backlog = len(fresh) > limit
         noted = await asyncio.to_thread(self.spool.note_retrieving, fresh[:limit])
         taken: list[bool] = []
@@ -170,16 +172,7 @@ class Intake:
                 final_recipient=item.final_recipient,
             )
             return False
-        return await self._store(
-            Received(
-                id=item.message_id,
-                action=item.action,
-                original_sender=item.original_sender,
-                final_recipient=item.final_recipient,
-                conversation_id=item.conversation_id,
-                payload=item.payload,
-            )
-        )
+        return await self._store(_received(item))
 
     async def _store(self, received: Received) -> bool:
         """Store a retrieved envelope, then mark it downloaded; whether it was new."""
@@ -220,8 +213,8 @@ class Intake:
                 error=str(e),
             )
             if self._keeps:
-                left = Received(message_id, "", "", "", None, b"")
-                await self._leave(left, "too large, and its sender cannot be told")
+                unknown = Retrieved(message_id, b"", "", "", "", None)
+                await self._leave(unknown, "too large, and its sender cannot be told")
             else:
                 await asyncio.to_thread(self.spool.lost_retrieving, message_id, str(e))
             return False
@@ -234,31 +227,14 @@ class Intake:
             size=e.size,
             sender=item.original_sender,
         )
-        return await self._store(
-            Received(
-                id=message_id,
-                action=OVERSIZE_ACTION,
-                original_sender=item.original_sender,
-                final_recipient=item.final_recipient,
-                conversation_id=item.conversation_id,
-                payload=item.payload,
-            )
-        )
+        return await self._store(_received(item, action=OVERSIZE_ACTION))
 
-    async def _leave(self, item: Retrieved | Received, why: str) -> None:
+    async def _leave(self, item: Retrieved, why: str) -> None:
         """Record a message left at the access point (none of its content): it is not
         retrieved again, nor marked downloaded, by any bridge on this spool."""
-        ebms_id = item.message_id if isinstance(item, Retrieved) else item.id
-        record = Received(
-            ebms_id,
-            item.action,
-            item.original_sender,
-            item.final_recipient,
-            item.conversation_id,
-            b"",
-        )
+        record = _received(item, payload=b"")
         await asyncio.to_thread(self.spool.store_received, record, "left")
-        log.info("left at the access point", ebms_id=ebms_id, why=why)
+        log.info("left at the access point", ebms_id=item.message_id, why=why)
 
     async def _acknowledge(self, message_id: str) -> None:
         """Tell the access point a stored message may go; if it cannot be told now, the
@@ -279,6 +255,21 @@ class Intake:
             metrics.ACCESS_POINT_ERRORS.labels("acknowledge").inc()
             return
         self._unacknowledged.pop(message_id, None)
+
+
+def _received(item: Retrieved, **changes: Any) -> Received:
+    """The spool's record of what the access point handed over (with `changes`)."""
+    return replace(
+        Received(
+            id=item.message_id,
+            action=item.action,
+            original_sender=item.original_sender,
+            final_recipient=item.final_recipient,
+            conversation_id=item.conversation_id,
+            payload=item.payload,
+        ),
+        **changes,
+    )
 
 
 def recovered(ebms_id: str, payload: bytes) -> Received:

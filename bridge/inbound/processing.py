@@ -32,6 +32,7 @@ from ..backoff import pause
 from ..concurrently import each
 from ..plugins import (
     DELIVERED_STATUSES,
+    NOT_SERVICED,
     SEND_FAILURE,
     AccessPoint,
     DuplicateSubmission,
@@ -39,6 +40,7 @@ from ..plugins import (
     Scanner,
     Submission,
     TemporaryFailure,
+    describe_errors,
 )
 from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
@@ -210,7 +212,7 @@ class Inbound:
         )
         ours = to_party == self.settings.organisation_id
         if envelope_id is None or from_party != item.original_sender or not ours:
-            why = f"too large, sender unknown: {too_long.text}"
+            why = f"too large, and its sender or recipient cannot be told: {too_long.text}"
             verdict = Verdict(Outcome.NO_KVITTENS, text=why)
             await self._quarantine(item, Opened(verdict, envelope_id=envelope_id), verdict)
             return
@@ -551,13 +553,8 @@ class Inbound:
                 next_attempt_at=datetime.now(UTC) + delay,
             )
             return
-        details = (
-            "; ".join(
-                f"{e.get('errorCode', '')} {e.get('errorDetail', '')}".strip() for e in errors
-            )
-            or "no details"
-        )
-        if "NOT_SERVICED" in details or owed.resends >= MAX_RESENDS:
+        details = describe_errors(errors)
+        if NOT_SERVICED in details or owed.resends >= MAX_RESENDS:
             log.error(
                 "alert: a kvittens cannot reach its sender; the sender will see its message"
                 " as undelivered",

@@ -15,15 +15,19 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from ..concurrently import each
-from ..plugins import ACKNOWLEDGED, DELIVERED_STATUSES, SEND_FAILURE, AccessPoint, TemporaryFailure
+from ..plugins import (
+    ACKNOWLEDGED,
+    DELIVERED_STATUSES,
+    NOT_SERVICED,
+    SEND_FAILURE,
+    AccessPoint,
+    TemporaryFailure,
+    describe_errors,
+)
 from ..spool import Delivery, Spool, State
 from .outcomes import Event, Notify, settle
 
 log = structlog.get_logger(__name__)
-
-SENT = ACKNOWLEDGED
-FAILED = SEND_FAILURE
-
 
 MAX_RESENDS = 3
 
@@ -39,7 +43,7 @@ async def follow(
     waiting = [
         delivery
         for delivery in await asyncio.to_thread(spool.deliveries, State.SUBMITTED)
-        if delivery.notes.get("transport") != SENT
+        if delivery.notes.get("transport") != ACKNOWLEDGED
     ]
     await each(
         waiting,
@@ -68,20 +72,17 @@ async def _follow_one(
                 delivery.id,
                 {State.SUBMITTED},
                 when=still,
-                notes={"transport": SENT},
+                notes={"transport": ACKNOWLEDGED},
             )
             return
-        if status != FAILED:
+        if status != SEND_FAILURE:
             return  # still on its way
         errors = await access_point.errors(delivery.sdk_message_id)
     except TemporaryFailure as e:
         log.warning("access point: status unknown for now", **delivery.ids(), error=str(e))
         return
-    details = (
-        "; ".join(f"{e.get('errorCode', '')} {e.get('errorDetail', '')}".strip() for e in errors)
-        or "no details"
-    )
-    not_serviced = "NOT_SERVICED" in details
+    details = describe_errors(errors)
+    not_serviced = NOT_SERVICED in details
     resends = int(delivery.notes.get("resends", 0))
     young = datetime.now(UTC) - delivery.created_at < lifetime
     if not not_serviced and resends < MAX_RESENDS and young:
@@ -120,5 +121,5 @@ async def _follow_one(
         state=State.FAILED,
         last_error=reason,
         when=still,
-        notes={"transport": FAILED},
+        notes={"transport": SEND_FAILURE},
     )

@@ -506,9 +506,8 @@ class AccessPoint:
 
     def _status(self, ns: str, request: etree._Element) -> bytes:
         message_id = _required_id(request, ns)
-        role_element = request.find("accessPointRole")
-        role = None if role_element is None else (role_element.text or "").strip()
-        if role_element is not None and role not in (SENDING, RECEIVING):
+        role = _role(request)
+        if role is not None and role not in (SENDING, RECEIVING):
             invalid = "Access point role is invalid"
             raise Fault(invalid, "WS_PLUGIN:0007", invalid)
         if role is None and ns == WSPLUGIN_NS:
@@ -568,10 +567,7 @@ class AccessPoint:
         try:
             envelope = self._check(user_message, payload, message_id)
             if user.original_user not in (None, envelope.original_sender):
-                raise _invalid(
-                    "You are not allowed to handle this message. You are authorized as"
-                    f" [{user.original_user}]"
-                )
+                raise _invalid(_not_allowed(user.original_user))
             target = self.route(envelope.final_recipient)
             if target is None:
                 raise _no_metadata(envelope.action, envelope.service)
@@ -661,9 +657,7 @@ class AccessPoint:
             raise _no_metadata(action, service_value)
         if original_sender not in self.organisations:
             authorised = ", ".join(sorted(self.organisations))
-            raise _invalid(
-                f"You are not allowed to handle this message. You are authorized as [{authorised}]"
-            )
+            raise _invalid(_not_allowed(authorised))
         header = self._check_envelope(payload, action, original_sender, final_recipient)
         conversation_id = (_text(user_message, "CollaborationInfo/ConversationId") or "").strip()
         if self.conversation_id_rule == "envelope" and conversation_id != header.id:
@@ -761,11 +755,7 @@ class AccessPoint:
                 raise _not_found(ns, message_id, "pending for download")
             if record.status == Status.DOWNLOADED and not keep:  # given out once
                 raise _not_found(ns, message_id, "was already downloaded")
-            if user.original_user not in (None, record.envelope.final_recipient):
-                raise Fault(
-                    "You are not allowed to handle this message. You are authorized as"
-                    f" [{user.original_user}]"
-                )
+            _may_handle(user, record.envelope)
             payload = (self._payloads / record.payload_file).read_bytes()
             if not keep:
                 self._downloaded(message_id, record)
@@ -786,11 +776,7 @@ class AccessPoint:
             record = self._received.get(message_id)
             if record is None or record.status != Status.RECEIVED:
                 raise _not_found(ns, message_id, "pending for download")
-            if user.original_user not in (None, record.envelope.final_recipient):
-                raise Fault(
-                    "You are not allowed to handle this message. You are authorized as"
-                    f" [{user.original_user}]"
-                )
+            _may_handle(user, record.envelope)
             self._downloaded(message_id, record)
         log.info("marked downloaded", party=self.party_id, message_id=message_id)
         response = _element(ns, "markMessageAsDownloadedResponse")
@@ -825,8 +811,7 @@ class AccessPoint:
         WS_PLUGIN:0009, one known in both roles asked without a role WS_PLUGIN:00010."""
         found = request.find("messageID")
         message_id = (found.text or "").strip() if found is not None else ""
-        role_element = request.find("accessPointRole")
-        role = None if role_element is None else (role_element.text or "").strip()
+        role = _role(request)
         errors = self.errors(message_id)
         if ns == WSPLUGIN_NS:
             message_id = _required_id(request, ns)
@@ -1056,6 +1041,24 @@ def _required_id(request: etree._Element, ns: str) -> str:
         code = "WS_PLUGIN:0007" if ns == WSPLUGIN_NS else "EBMS:0004"
         raise Fault("Message ID is empty", code, "MessageId is empty")
     return message_id
+
+
+def _role(request: etree._Element) -> str | None:
+    """The request's accessPointRole, None for an operation without one."""
+    found = request.find("accessPointRole")
+    return None if found is None else (found.text or "").strip()
+
+
+def _not_allowed(authorised: str) -> str:
+    """Domibus's words for a message its plugin user may not act for."""
+    return f"You are not allowed to handle this message. You are authorized as [{authorised}]"
+
+
+def _may_handle(user: PluginUser, envelope: Envelope) -> None:
+    """A ROLE_USER retrieves or marks only its own organisation's messages (as Domibus's
+    UserMessageSecurityService checks, a fault with no FaultDetail)."""
+    if user.original_user is not None and user.original_user != envelope.final_recipient:
+        raise Fault(_not_allowed(user.original_user))
 
 
 def _not_found(ns: str, message_id: str, how: str) -> Fault:

@@ -157,6 +157,11 @@ def _outbound_settings(config: Config) -> OutboundSettings:
         config.organisation_id,
         lifetime=config.outbound.lifetime,
         secrecy_tags=config.smtp.secrecy_tags,
+        shared_mailboxes=frozenset(
+            fa.mailbox_address(config.sdk_domain).casefold()
+            for fa in config.functional_addresses
+            if config.sdk_domain is not None
+        ),
     )
 
 

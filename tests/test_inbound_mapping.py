@@ -15,15 +15,16 @@ from bridge.sdk import message as msg
 SENDER = "registrator@a.example.se.sdk.kommun.se"
 
 
+ADDRESSES: dict[str, str] = dict(
+    sender=SENDER,
+    sender_name="A kommun – Registrator",
+    recipient="registrator@kommun.se",
+    sdk_domain="sdk.kommun.se",
+)
+
+
 def mail_of(message: msg.BusinessMessage, **more: object) -> EmailMessage:
-    data = to_email(
-        message,
-        sender=SENDER,
-        sender_name="A kommun – Registrator",
-        recipient="registrator@kommun.se",
-        sdk_domain="sdk.kommun.se",
-        **more,  # type: ignore[arg-type]
-    )
+    data = to_email(message, **ADDRESSES, **more)  # type: ignore[arg-type]
     assert b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
@@ -198,21 +199,23 @@ def test_attachment_types_and_names_are_made_safe() -> None:
         msg.ContentFile("\x00\x07", "text/plain", "Å".encode()),
     )
     document = msg.Document("SDK-Meddelande", files=files)
-    mail = mail_of(make_message(documents=(document,)))
+    data = to_email(make_message(documents=(document,)), **ADDRESSES)  # type: ignore[arg-type]
+    mail = email.message_from_bytes(data, policy=email.policy.default)
     assert mail["Bcc"] is None
     found = [(a.get_filename(), a.get_content_type()) for a in mail.iter_attachments()]
     octet = "application/octet-stream"
     assert found == [
         ("a Bcc: x@evil.example.pdf", "application/pdf"),
         ("b", octet),
-        ("c", octet),
-        ("d", octet),
+        ("c", "message/rfc822"),  # carried as itself: 7-bit lines (RFC 2046)
+        ("d", "text/plain"),
         ("e", octet),
         ("bilaga-6", "text/plain"),
     ]
-    assert [a.get_payload(decode=True) for a in mail.iter_attachments()] == [
-        f.content for f in files
-    ]
+    assert [p.get_content_charset() for p in mail.iter_attachments()][3] == "utf-16"
+    decoded = [a.get_payload(decode=True) for a in mail.iter_attachments()]
+    assert decoded[:2] + decoded[3:] == [f.content for f in files[:2] + files[3:]]
+    assert b"\r\n\r\nSubject: x\r\n\r\nx\r\n--" in data
 
 
 def test_encoded_lines_keep_to_76_characters() -> None:
@@ -240,3 +243,91 @@ def test_encoded_lines_keep_to_76_characters() -> None:
     found = [part.get_content() for part in mail.iter_attachments()]
     assert found == [file.content for file in files]
     assert mail.get_body(("plain",)).get_content().rstrip().endswith("ÅÄÖ.")  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 15: who wrote it, who else got it, invites, forwarded mail, folded headers
+
+
+def test_the_writer_and_the_context_open_the_text_and_replies_go_through_the_bridge() -> None:
+    sender = msg.Party(
+        "0203:a.example.se",
+        msg.Attention("registrator.a", persons=(msg.Person(label="Anna Ek (anna@a.example.se)"),)),
+    )
+    text = "Kopia: Bo Ek \\<bo@a.example.se\\>  \nSvara till: hl@a.example.se\n\nHej\\!"
+    document = msg.Document("SDK-Meddelande", texts=(text,))
+    mail = mail_of(
+        make_message(sender=sender, documents=(document,), recipient=make_message().recipient)
+    )
+    assert mail["From"].addresses[0].display_name == "Anna Ek via A kommun – Registrator (SDK)"
+    assert mail["From"].addresses[0].addr_spec == SENDER  # a reply goes back through the bridge
+    assert mail["Cc"] is None and mail["Reply-To"] is None
+    body = mail.get_body(("plain",))
+    assert body is not None
+    assert body.get_content().splitlines()[:5] == [
+        "Från: Anna Ek (anna@a.example.se)",
+        "Kopia: Bo Ek <bo@a.example.se>",
+        "Svara till: hl@a.example.se",
+        "Referens: KS 2026/123 (diarienummer)",
+        "Person: 191212121212 (1.2.752.129.2.1.3.1)",
+    ]
+    assert body.get_content().endswith("\r\n\r\nHej!\r\n")
+
+
+def test_an_invite_is_an_alternative_too_and_files_keep_their_parameters() -> None:
+    ics = b"BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    files = (
+        msg.ContentFile("inbjudan.ics", "text/calendar; charset=utf-8", ics),
+        msg.ContentFile("a.txt", "text/plain; charset=iso-8859-1; x-evil=1", "Å".encode("latin-1")),
+        msg.ContentFile("p.p7m", "application/pkcs7-mime; smime-type=signed-data", b"0\x80"),
+    )
+    document = msg.Document("SDK-Meddelande", texts=("Möte",), files=files)
+    mail = mail_of(make_message(documents=(document,)))
+    alternatives = [p.get_content_type() for p in mail.get_payload()[0].iter_parts()]
+    assert alternatives == ["text/plain", "text/html", "text/calendar"]
+    invite = list(mail.get_payload()[0].iter_parts())[2]
+    assert (invite.get_param("method"), invite.get_content_charset()) == ("REQUEST", "utf-8")
+    assert invite.get_payload(decode=True) == ics
+    attached = list(mail.iter_attachments())
+    assert [(a.get_filename(), a.get_content_type()) for a in attached] == [
+        ("inbjudan.ics", "text/calendar"),
+        ("a.txt", "text/plain"),
+        ("p.p7m", "application/pkcs7-mime"),
+    ]
+    assert attached[0].get_param("method") == "REQUEST"
+    assert attached[1].get_content_charset() == "iso-8859-1"
+    assert attached[1].get_param("x-evil") is None
+    assert attached[2].get_param("smime-type") == "signed-data"
+
+
+def test_forwarded_mail_stays_a_message_where_its_bytes_allow() -> None:
+    seven_bit = b"Subject: Vidare\r\nFrom: a@b\r\n\r\nText\r\n"
+    eight_bit = "Subject: Åter\r\n\r\nÅ\r\n".encode()
+    files = (
+        msg.ContentFile("vidare.eml", "message/rfc822", seven_bit),
+        msg.ContentFile("åter.eml", "message/rfc822", eight_bit),
+        msg.ContentFile("status.txt", "message/delivery-status", b"Action: failed\r\n"),
+    )
+    document = msg.Document("SDK-Meddelande", texts=("Se",), files=files)
+    data = to_email(make_message(documents=(document,)), **ADDRESSES)  # type: ignore[arg-type]
+    assert b"\r\n\r\n" + seven_bit + b"\r\n--" in data
+    mail = email.message_from_bytes(data, policy=email.policy.default)
+    attached = list(mail.iter_attachments())
+    assert [a.get_content_type() for a in attached] == [
+        "message/rfc822",
+        "application/octet-stream",  # base64: RFC 2046 forbids it for message/rfc822
+        "message/delivery-status",
+    ]
+    assert attached[1].get_payload(decode=True) == eight_bit
+
+
+def test_headers_are_folded_and_message_ids_are_not_encoded() -> None:
+    parent = "x" * 120
+    message = make_message(label="Ärende " * 36, ref_to_message_id=parent)
+    data = to_email(message, **ADDRESSES)  # type: ignore[arg-type]
+    head = data.split(b"\r\n\r\n", 1)[0]
+    long_lines = [line for line in head.split(b"\r\n") if len(line) > 78]
+    assert all(line.startswith((b"In-Reply-To:", b"References:")) for line in long_lines)
+    assert f"In-Reply-To: <{parent}@sdk.kommun.se>\r\n".encode() in data
+    mail = email.message_from_bytes(data, policy=email.policy.default)
+    assert mail["Subject"].startswith("[sekretess] Ärende Ärende")

@@ -6,6 +6,7 @@ import dataclasses
 import email.policy
 import errno
 import os
+import re
 import smtplib
 import socket
 import sqlite3
@@ -590,3 +591,18 @@ def test_a_silent_client_loses_its_slot(make_ingress) -> None:
         while silent.recv(1000):  # until the server hangs up
             assert time.monotonic() - started < 10, "the silent client was never cut off"
         assert time.monotonic() - started < 5
+
+
+def test_every_refusal_is_in_the_readme_table() -> None:
+    """An administrator looks a reply code up in README's table (issue 15: 500 5.5.6)."""
+    root = Path(__file__).parent.parent
+    code = "\n".join(p.read_text() for p in (root / "bridge" / "ingress").glob("*.py"))
+    replies = set(re.findall(r"\"([45]\d\d [45]\.\d{1,3}\.\d{1,3})", code))
+    table = [
+        line for line in (root / "README.md").read_text().splitlines() if line.startswith("| `")
+    ]
+    documented = {
+        reply for line in table for reply in re.findall(r"`([45]\d\d [45]\.\d+\.\d+)`", line)
+    }
+    assert len(replies) > 10
+    assert replies <= documented, sorted(replies - documented)

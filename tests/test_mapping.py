@@ -5,10 +5,13 @@ checks) and parsed back: the model must survive unchanged.
 """
 
 import base64
+import dataclasses
 import email
 import email.policy
 import os
 import quopri
+import shutil
+import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from email.charset import QP, Charset
@@ -19,21 +22,23 @@ from email.mime.image import MIMEImage
 from email.mime.message import MIMEMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from pathlib import Path
 
 import pytest
 from conftest import ADDRESS_A, ADDRESS_B, ORG_A, ORG_B
 from digg import schematron_failures, xsd_errors
 
+from bridge.outbound.htmltext import MAX_HTML_DEPTH
 from bridge.outbound.mapping import (
     DOCUMENT_ID,
     EMPTY_BODY,
-    MAX_HTML_DEPTH,
     SUBJECT_PREFIX,
     MappingError,
     cut_label,
     thread_ids,
     to_business_message,
 )
+from bridge.outbound.signed import opaque_content
 from bridge.sdk import markdown
 from bridge.sdk import message as msg
 
@@ -45,6 +50,13 @@ SWEDISH_SUBJECT = "Årsredovisning för Östra Ängby, ärende nr 5"
 SWEDISH_BODY = (
     "Hej Åsa!\n\nHär är underlaget för år 2025: räkenskaper, löner och övrigt.\n\nMvh\nÖrjan"
 )
+
+
+def written_by(label: str) -> msg.Party:
+    """SENDER with the mail's writer as its attention's person."""
+    assert SENDER.attention is not None
+    attention = dataclasses.replace(SENDER.attention, persons=(msg.Person(label=label),))
+    return dataclasses.replace(SENDER, attention=attention)
 
 
 def mapped(mail: Message, **changes: object) -> msg.BusinessMessage:
@@ -136,7 +148,7 @@ def test_header_fields_come_from_the_caller_and_the_mail() -> None:
     assert result.conversation_id == "5d6a64a4-0c3e-4b2b-9d70-0d8f3f6f0b43"
     assert result.ref_to_message_id == parent
     assert result.generating_system == system
-    assert (result.sender, result.recipient) == (SENDER, RECIPIENT)
+    assert (result.sender, result.recipient) == (written_by("anna@a.example.se"), RECIPIENT)
     assert result.created == NOW
     assert result.label == "Ansökan"
     assert result.confidential is False
@@ -241,13 +253,13 @@ def test_html_only_mail_becomes_markdown() -> None:
         "# Kallelse\n\n"
         "## Möte om år 2026\n\n"
         "Hej! Det här är **viktigt** och *brådskande*.\n"
-        "Läs [kallelsen](https://www.example.se/kallelse?id=1) eller\n"
+        "Läs kallelsen (https://www.example.se/kallelse?id=1) eller\n"
         "klicka här.\n\n"
         "* Punkt ett\n"
         "* Punkt två\n\n"
         "1. Först\n"
         "2. Sedan\n\n"
-        "Kommunens logga\n\n"
+        "\\[bild: logga@a\\]\\[bild: spacer@a\\]\n\n"
         "rad ett  \n"
         "rad två"
     )
@@ -315,7 +327,7 @@ def test_outlook_calendar_alternative_becomes_a_file() -> None:
     result = mapped(mail)
     assert text_of(result) == "Möte"
     ((file),) = files_of(result)
-    assert (file.file_name, file.content_type) == ("bilaga-1.ics", "text/calendar")
+    assert (file.file_name, file.content_type) == ("inbjudan.ics", "text/calendar; charset=utf-8")
     assert file.content == b"BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n"
 
 
@@ -388,11 +400,11 @@ def test_several_attachments_with_unicode_rfc2231_names() -> None:
     types = [
         "application/pdf",
         "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-        "text/plain",
+        "text/plain; charset=utf-8",
     ]
     parts: list[Message] = []
     for name, content, type_ in zip(names, contents, types, strict=True):
-        main, sub = type_.split("/")
+        main, sub = type_.partition(";")[0].split("/")
         part = MIMEText(content.decode(), sub, "utf-8") if main == "text" else None
         if part is None:
             part = MIMEApplication(content, sub)
@@ -435,7 +447,7 @@ def test_inline_parts_with_a_file_name_are_files() -> None:
     result = mapped(with_attachments(text, image))
     assert text_of(result) == "Se bilagor."
     assert [(f.file_name, f.content_type) for f in files_of(result)] == [
-        ("anteckningar.txt", "text/plain"),
+        ("anteckningar.txt", "text/plain; charset=utf-8"),
         ("skärmbild.png", "image/png"),
     ]
 
@@ -661,7 +673,7 @@ def test_reference_headers_go_to_the_recipients_attention() -> None:
         msg.Reference(msg.Identifier("dnr", "KS 2026/123")),
         msg.Reference(msg.Identifier("1.2.752.129.2.1.3.1", "191212121212")),
     )
-    assert result.sender == SENDER
+    assert result.sender == written_by("anna@a.example.se")
 
 
 def test_reference_root_is_configurable() -> None:
@@ -704,3 +716,195 @@ def test_mapped_messages_pass_diggs_xsd_and_schematron(mail: Message) -> None:
     xml = msg.to_xml(mapped(mail))
     assert xsd_errors("message", xml) == []
     assert schematron_failures("message", xml) == []
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 15: every part kept, inline images named, who wrote it and who else got it
+
+
+def test_outlook_cid_markers_name_the_file_that_carries_the_image() -> None:
+    """Outlook's plain alternative says "[cid:…]" where an image stood; B reads its name."""
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(32)
+    alternative = MIMEMultipart("alternative")
+    alternative.attach(
+        MIMEText("Se [cid:image001.png@01DA0000.12345670] och [cid:borta@x] här.", "plain")
+    )
+    alternative.attach(MIMEText('<img src="cid:image001.png@01DA0000.12345670">', "html"))
+    image = MIMEImage(png, "png")
+    image["Content-ID"] = "<image001.png@01DA0000.12345670>"
+    mail = MIMEMultipart("related")
+    mail.attach(alternative)
+    mail.attach(image)
+    result = mapped(mail)
+    assert text_of(result) == "Se [bild: bilaga-1.png] och [bild: borta@x] här."
+    assert files_of(result) == (msg.ContentFile("bilaga-1.png", "image/png", png),)
+
+
+def test_html_links_tables_and_images_become_readable_text() -> None:
+    html = (
+        '<p>Läs <a href="https://example.se/a_b">beslutet</a>, skriv till '
+        '<a href="mailto:reg@example.se">reg@example.se</a> eller '
+        '<a href="javascript:x()">här</a>.</p>'
+        "<table><tr><th>Datum</th><th>Belopp</th></tr>"
+        "<tr><td>2024-05-01</td><td>100 kr</td></tr><tr><td>2024-06-01</td><td>*5*</td></tr>"
+        "</table><table><tr><td>utan</td><td>rubrik</td></tr></table>"
+        '<p><img src="https://example.se/logga.png" alt="Logga"><img src="data:x"></p>'
+    )
+    text = text_of(mapped(html_mail(html)))
+    assert text == (
+        "Läs beslutet (https://example.se/a_b), skriv till reg@example.se eller här.\n\n"
+        "* Datum: 2024-05-01, Belopp: 100 kr\n"
+        "* Datum: 2024-06-01, Belopp: *5*\n\n"
+        "* utan · rubrik\n\n"
+        "[bild: Logga (https://example.se/logga.png)][bild]"
+    )
+    rendered = markdown.render(markdown_of(mapped(html_mail(html))))
+    assert "<em>" not in rendered and "<a" not in rendered
+
+
+def test_the_writer_is_the_senders_person_and_cc_and_reply_to_open_the_text() -> None:
+    mail = plain_mail("Hej", "Texten.")
+    mail.replace_header("From", "Anna Andersson <anna.andersson@a.example.se>")
+    mail["Cc"] = "Bo Ek <bo@a.example.se>, cecilia@a.example.se"
+    mail["Reply-To"] = "handlaggare@a.example.se"
+    result = mapped(mail)
+    assert result.sender == written_by("Anna Andersson (anna.andersson@a.example.se)")
+    assert text_of(result) == (
+        "Kopia: Bo Ek <bo@a.example.se>, cecilia@a.example.se\n"
+        "Svara till: handlaggare@a.example.se\n\nTexten."
+    )
+    # From the functional address's own mailbox: no person; one To: no "Till" line.
+    shared = mapped(plain_mail(), shared_mailboxes=frozenset({"anna@a.example.se"}))
+    assert shared.sender == SENDER
+    assert text_of(shared) == "Hej!"
+
+
+def test_text_files_keep_their_charset_and_invites_their_method() -> None:
+    note = MIMEText("Ärende", "plain", "iso-8859-1")
+    note.add_header("Content-Disposition", "attachment", filename="anteckning.txt")
+    invite = MIMEText("BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nEND:VCALENDAR\r\n", "calendar")
+    invite.set_param("method", "request")
+    files = files_of(mapped(with_attachments(note, invite)))
+    assert [(f.file_name, f.content_type) for f in files] == [
+        ("anteckning.txt", "text/plain; charset=iso-8859-1"),
+        ("inbjudan.ics", "text/calendar; charset=us-ascii; method=REQUEST"),
+    ]
+    assert files[0].content == "Ärende".encode("latin-1")
+
+
+def test_a_delivery_report_keeps_its_status_and_the_original() -> None:
+    report = email.message_from_bytes(
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=r\r\n\r\n"
+        b"--r\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n"
+        b"--r\r\nContent-Type: message/delivery-status\r\n\r\n"
+        b"Reporting-MTA: dns; mx.example.se\r\n\r\n"
+        b"Final-Recipient: rfc822; x@example.se\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        b"--r\r\nContent-Type: message/rfc822\r\n\r\nSubject: Original\r\n\r\nText\r\n"
+        b"--r--\r\n",
+        policy=email.policy.default,
+    )
+    result = mapped(report)
+    assert text_of(result) == "Delivery failed."
+    status, original = files_of(result)
+    assert (status.file_name, status.content_type) == ("bilaga-1.txt", "message/delivery-status")
+    assert status.content == (
+        b"Reporting-MTA: dns; mx.example.se\r\n\r\n"
+        b"Final-Recipient: rfc822; x@example.se\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+    )
+    assert (original.file_name, original.content_type) == ("Original.eml", "message/rfc822")
+
+
+def test_an_external_body_becomes_a_readable_reference() -> None:
+    mail = email.message_from_bytes(
+        b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n"
+        b"\r\nSe filen.\r\n--b\r\nContent-Type: message/external-body; access-type=URL;\r\n"
+        b' URL="https://example.se/stor.zip"\r\n\r\nContent-Type: application/zip\r\n\r\n'
+        b"--b--\r\n",
+        policy=email.policy.default,
+    )
+    ((reference),) = files_of(mapped(mail))
+    assert (reference.file_name, reference.content_type) == ("extern-referens.txt", "text/plain")
+    assert b"https://example.se/stor.zip" in reference.content
+
+
+def test_a_multipart_without_its_boundary_keeps_its_text() -> None:
+    mail = email.message_from_bytes(
+        b"Subject: Trasig\r\nContent-Type: multipart/mixed; boundary=saknas\r\n\r\n"
+        b"Texten finns kvar.\r\n",
+        policy=email.policy.default,
+    )
+    result = mapped(mail)
+    assert text_of(result) == "Texten finns kvar."
+    assert files_of(result) == ()
+
+
+def test_signed_mail_travels_whole_and_its_text_is_read(tmp_path: Path) -> None:
+    """S/MIME (detached and opaque) made by openssl, checked by openssl after mapping."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+         "-subj", "/CN=Anna", "-days", "2"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    content = tmp_path / "content.eml"
+    content.write_bytes(
+        b"Content-Type: multipart/mixed; boundary=in\r\n\r\n--in\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\nSignerad text.\r\n--in\r\n"
+        b"Content-Type: application/pdf\r\nContent-Disposition: attachment; filename=a.pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--in--\r\n"
+    )
+    for extra in ([], ["-nodetach"]):
+        signed = subprocess.run(
+            [openssl, "smime", "-sign", "-in", content, "-signer", cert, "-inkey", key, *extra],
+            check=True, capture_output=True,
+        ).stdout  # fmt: skip
+        raw = b"Subject: Signerat\r\n" + signed.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        result = mapped(parsed(raw), raw=raw)
+        assert text_of(result) == "Signerad text."
+        whole, pdf = files_of(result)
+        assert (pdf.file_name, pdf.content) == ("a.pdf", b"%PDF-1.4\n")
+        if extra:
+            assert (whole.file_name, whole.content_type) == (
+                "smime.p7m",
+                "application/x-pkcs7-mime; smime-type=signed-data",
+            )
+            verify = ["-inform", "DER"]
+        else:
+            assert (whole.file_name, whole.content) == ("signerat-meddelande.eml", raw)
+            verify = []
+        (tmp_path / "got").write_bytes(whole.content)
+        checked = subprocess.run(
+            [openssl, "smime", "-verify", "-noverify", "-in", tmp_path / "got", *verify],
+            capture_output=True,
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stderr
+
+
+def test_opaque_signed_content_is_read_from_der_and_ber_and_garbage_is_left_alone(
+    tmp_path: Path,
+) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+         "-subj", "/CN=Anna", "-days", "2"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    content = b"Content-Type: text/plain\r\n\r\nSignerat.\r\n"
+    (tmp_path / "content").write_bytes(content)
+    for streamed in ([], ["-stream"]):  # -stream: BER, indefinite lengths, chunked octets
+        der = subprocess.run(
+            [openssl, "smime", "-sign", "-nodetach", "-binary", "-outform", "DER",
+             "-in", tmp_path / "content", "-signer", cert, "-inkey", key, *streamed],
+            check=True, capture_output=True,
+        ).stdout  # fmt: skip
+        assert opaque_content(der) == content
+        for cut in (1, 20, len(der) // 2):
+            assert opaque_content(der[:cut]) is None
+    assert opaque_content(b"0\x80" * 5000) is None  # nested past the stack
+    assert opaque_content(b"") is None

@@ -8,7 +8,10 @@ Decisions:
 
 - **From** is the sender's functional address as its alias under our SDK domain with the
   display name "<organisation> – <functional address> (SDK)", so Reply goes back through
-  the bridge. **To** is the mailbox of our functional address.
+  the bridge; a sender person (the writer) goes in front: "<name> via … (SDK)", and opens
+  the text as "Från: …". The "Kopia:", "Svara till:" lines outbound writes atop the text
+  join these header lines; they never become headers, so Reply All stays with the bridge.
+  **To** is the mailbox of our functional address.
 - **Subject** is the label; a label that outbound cut ("…") and whose full form opens
   the text as "Ämne: …" gets its full subject back, and that line leaves the text.
   With confidentiality=true the subject starts with the secrecy prefix ("[sekretess] ")
@@ -28,9 +31,13 @@ Decisions:
   links, images, code and quotes stay visible as text, so nothing in the mail can run or
   load remote content.
 - **Attachments**: every ContentFile, byte for byte, with its file name (control
-  characters become spaces; "bilaga-<n>" when empty) and type (application/octet-stream for a
-  type with parameters or not of the form type/subtype, and for multipart/*, message/*
-  and text/html). The mail is 7-bit (quoted-printable or base64 parts).
+  characters become spaces; "bilaga-<n>" when empty), its type and the parameters outbound
+  keeps (charset, method, smime-type); application/octet-stream for a type not of the form
+  type/subtype, multipart/*, text/html, and a message/* whose bytes are not 7-bit lines
+  (RFC 2046 lets message/rfc822, delivery-status and disposition-notification travel only
+  as themselves). A meeting invite (text/calendar with a method) is also the last part of
+  the multipart/alternative, which is what makes Outlook show it as one. The mail is 7-bit
+  (quoted-printable or base64 parts) with headers folded at 78 characters.
 """
 
 import binascii
@@ -40,13 +47,28 @@ import io
 import re
 import uuid
 from collections.abc import Iterator, Sequence
+from email.generator import BytesGenerator
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from bridge.outbound.mapping import ELLIPSIS, REFERENCE_HEADER, SUBJECT_PREFIX, one_line
+from bridge.outbound.mapping import (
+    CONTEXT_HEADERS,
+    ELLIPSIS,
+    KEPT_PARAMETERS,
+    REFERENCE_HEADER,
+    SUBJECT_PREFIX,
+    one_line,
+)
 from bridge.sdk import markdown
-from bridge.sdk.message import Attention, BusinessMessage, Identifier, Reference
+from bridge.sdk.message import (
+    Attention,
+    BusinessMessage,
+    ContentFile,
+    Identifier,
+    Person,
+    Reference,
+)
 
 SECRECY_PREFIX = "[sekretess] "
 CONFIDENTIALITY_HEADER = "X-SDK-Confidentiality"
@@ -55,9 +77,35 @@ SENDER_REFERENCE_HEADER = "X-SDK-Sender-Reference"
 SDK_MESSAGE_ID_HEADER = "X-SDK-Message-ID"
 SDK_CONVERSATION_HEADER = "X-SDK-Conversation-ID"
 _TYPE = re.compile(r"([a-z0-9][a-z0-9!#$&^_.+-]*)/([a-z0-9][a-z0-9!#$&^_.+-]*)")
-# 7bit: Swedish text goes out quoted-printable, so a server without 8BITMIME takes it
-# too; 998: headers such as a long In-Reply-To stay unencoded (only RFC 2047 text folds).
-_POLICY = email.policy.SMTP.clone(cte_type="7bit", max_line_length=998)
+_PARAMETER = re.compile(r"(?i)\s*([a-z0-9-]+)\s*=\s*\"?([A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,64})\"?\s*")
+_INVITE_METHOD = re.compile(rb"(?m)^METHOD:([A-Za-z-]{1,32})\r?$")
+_WRITER_ADDRESS = re.compile(r"^(.+?) \([^()\s]+@[^()\s]+\)$")  # the outbound side's label
+_INVITE_HEAD = 1 << 16  # METHOD comes first in a calendar; no need to search 30 MB
+# message/* files carried as themselves when their bytes allow it (`_seven_bit`).
+_MESSAGE_FILES = frozenset(
+    {"message/rfc822", "message/delivery-status", "message/disposition-notification"}
+)
+_ID_HEADERS = frozenset({"message-id", "in-reply-to", "references"})
+
+
+class _MailPolicy(email.policy.EmailPolicy):
+    """7bit (Swedish text goes out quoted-printable, so a server without 8BITMIME takes it
+    too), headers folded at 78 characters (RFC 5322), except message ids: folding would
+    encode a long one (RFC 2047), and then no client threads on it."""
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if name.lower() in _ID_HEADERS:
+            return _UNFOLDED.fold_binary(name, value)
+        return super().fold_binary(name, value)
+
+    def fold(self, name: str, value: str) -> str:
+        if name.lower() in _ID_HEADERS:
+            return _UNFOLDED.fold(name, value)
+        return super().fold(name, value)
+
+
+_UNFOLDED = email.policy.SMTP.clone(cte_type="7bit", max_line_length=998)
+_POLICY = _MailPolicy(linesep="\r\n", cte_type="7bit", max_line_length=78)
 # The parts are encoded in lines of 76 characters, as RFC 2045 asks of quoted-printable and
 # base64; the mail is then written with _POLICY, which only folds the headers.
 _PARTS_POLICY = _POLICY.clone(max_line_length=76)
@@ -83,9 +131,14 @@ def to_email(
     """
     raw = "\n\n".join(t for d in message.documents for t in d.texts)
     subject, raw = _subject(message.label or "", raw)
+    context, raw = _context(raw)
     text = markdown.plain(raw)
+    writers = message.sender.attention.persons if message.sender.attention else ()
+    shown_as = f"{sender_name} (SDK)"
+    if len(writers) == 1 and writers[0].label:
+        shown_as = f"{_name_of(writers[0].label)} via {shown_as}"
     mail = EmailMessage(policy=_PARTS_POLICY)
-    mail["From"] = Address(one_line(f"{sender_name} (SDK)"), addr_spec=sender)
+    mail["From"] = Address(one_line(shown_as), addr_spec=sender)
     mail["To"] = Address(addr_spec=recipient)
     mail["Subject"] = one_line((secrecy_prefix if message.confidential else "") + subject)
     mail["Date"] = format_datetime(message.created)
@@ -102,9 +155,12 @@ def to_email(
     attention = message.recipient.attention
     sender_attention = message.sender.attention
     sender_references = sender_attention.references if sender_attention else ()
-    lines = _attention_lines(attention) + [
-        f"Avsändarens referens: {_reference(reference)}" for reference in sender_references
-    ]
+    lines = (
+        [f"Från: {_person(person)}" for person in writers]
+        + context
+        + _attention_lines(attention)
+        + [f"Avsändarens referens: {_reference(reference)}" for reference in sender_references]
+    )
     for reference in sender_references:
         mail[SENDER_REFERENCE_HEADER] = one_line(_identifier(reference.id))
     if attention is not None:
@@ -117,30 +173,64 @@ def to_email(
     mail.set_content(body or " ")
     mail.add_alternative(_html(lines, raw), subtype="html")
     files = [file for document in message.documents for file in document.files]
-    placeholders: list[tuple[bytes, bytes]] = []  # (placeholder, content) in mail order
+    placeholders: list[tuple[bytes, bytes, bool]] = []  # (placeholder, content, as base64)
+    invite = next((file for file in files if _is_invite(file)), None)
+    if invite is not None:  # what makes Outlook show an invitation: an alternative part
+        mail.add_alternative(b"", maintype="text", subtype="calendar")
+        _fill(mail.get_payload()[-1], invite, placeholders)
     for number, file in enumerate(files, start=1):
-        maintype, subtype = _attachment_type(file.content_type)
+        maintype, subtype = _attachment_type(file)
         name = one_line("".join(c if c.isprintable() else " " for c in file.file_name))
         mail.add_attachment(
             b"", maintype=maintype, subtype=subtype, filename=name or f"bilaga-{number}"
         )
-        if file.content:
-            placeholder = uuid.uuid4().hex  # random: nothing else in the mail can equal it
-            mail.get_payload()[-1].set_payload(placeholder)
-            placeholders.append((placeholder.encode(), file.content))
-    return _spliced(mail.as_bytes(policy=_POLICY), placeholders)
+        _fill(mail.get_payload()[-1], file, placeholders)
+    template = io.BytesIO()
+    _Generator(template, mangle_from_=False, policy=_POLICY).flatten(mail)
+    return _spliced(template.getvalue(), placeholders)
 
 
-def _spliced(template: bytes, placeholders: list[tuple[bytes, bytes]]) -> bytes:
+class _Generator(BytesGenerator):
+    """The email package's generator, which also writes a message/delivery-status part
+    whose body is a placeholder (it expects parsed header blocks)."""
+
+    def _handle_message_delivery_status(self, msg: EmailMessage) -> None:
+        if isinstance(msg.get_payload(), str):
+            self._handle_text(msg)  # type: ignore[attr-defined]
+        else:
+            super()._handle_message_delivery_status(msg)  # type: ignore[misc]
+
+
+def _fill(
+    part: EmailMessage, file: ContentFile, placeholders: list[tuple[bytes, bytes, bool]]
+) -> None:
+    """Give `part` the parameters a reader needs and a placeholder for `file`'s content,
+    which `_spliced` replaces: base64, or the bytes themselves for a message/* part."""
+    for name, value in _kept_parameters(file, part.get_content_type()):
+        part.set_param(name, value)
+    if not file.content:
+        return
+    placeholder = uuid.uuid4().hex  # random: nothing else in the mail can equal it
+    part.set_payload(placeholder)
+    as_itself = part.get_content_maintype() == "message"
+    if as_itself:
+        part.replace_header("Content-Transfer-Encoding", "7bit")
+    placeholders.append((placeholder.encode(), file.content, not as_itself))
+
+
+def _spliced(template: bytes, placeholders: list[tuple[bytes, bytes, bool]]) -> bytes:
     """The mail with each placeholder replaced by its file's base64, made here a piece at a
     time: the email package would hold a 30 MB attachment several times over (its lines,
     their join, the generator's buffer). Each piece goes into one buffer as it is made,
     whose bytes `getvalue` hands over without copying them: pieces kept to be joined at the
     end would hold the mail twice."""
     mail, rest = io.BytesIO(), template
-    for placeholder, content in placeholders:
+    for placeholder, content, base64 in placeholders:
         head, rest = rest.split(placeholder, 1)
         mail.write(head)
+        if not base64:
+            mail.write(content)
+            continue
         for piece in _base64_lines(content):
             mail.write(piece)
     mail.write(rest)
@@ -160,16 +250,60 @@ def _base64_lines(content: bytes) -> Iterator[bytes]:
         )
 
 
-
-
-def _attachment_type(content_type: str) -> tuple[str, str]:
+def _attachment_type(file: ContentFile) -> tuple[str, str]:
     """The sender's type when it is a plain type/subtype that a mail client will only
-    offer as a file; anything else (parameters, multipart/* or message/* that would need
-    a structure the bytes may not have, HTML a client might render) as a neutral type."""
-    match = _TYPE.fullmatch(content_type.strip().lower())
-    if match is None or match[1] in ("multipart", "message") or match[0] == "text/html":
+    offer as a file; anything else (multipart/*, a message/* whose bytes cannot be carried
+    as themselves, HTML a client might render, garbage) as a neutral type."""
+    match = _TYPE.fullmatch(_base_type(file.content_type))
+    if match is None or match[1] == "multipart" or match[0] == "text/html":
+        return "application", "octet-stream"
+    if match[1] == "message" and (match[0] not in _MESSAGE_FILES or not _seven_bit(file.content)):
         return "application", "octet-stream"
     return match[1], match[2]
+
+
+def _kept_parameters(file: ContentFile, carried_as: str) -> list[tuple[str, str]]:
+    """The sender's parameters that tell how to read the file (outbound's
+    `KEPT_PARAMETERS`), where the file keeps its type; an invite's method from its
+    content where the type did not say it."""
+    if _base_type(file.content_type) != carried_as:
+        return []
+    allowed = KEPT_PARAMETERS.get(carried_as.partition("/")[0], ()) + KEPT_PARAMETERS.get(
+        carried_as, ()
+    )
+    _, _, given = file.content_type.partition(";")
+    kept = []
+    for parameter in given.split(";"):
+        match = _PARAMETER.fullmatch(parameter)
+        if match and match[1].lower() in allowed:
+            kept.append((match[1].lower(), match[2]))
+    if carried_as == "text/calendar" and "method" not in dict(kept):
+        found = _INVITE_METHOD.search(file.content[:_INVITE_HEAD])
+        if found:
+            kept.append(("method", found[1].decode().upper()))
+    return kept
+
+
+def _is_invite(file: ContentFile) -> bool:
+    """A calendar file with a method (REQUEST, CANCEL, REPLY…): a meeting message."""
+    return _base_type(file.content_type) == "text/calendar" and any(
+        name == "method" for name, _ in _kept_parameters(file, "text/calendar")
+    )
+
+
+def _base_type(content_type: str) -> str:
+    return content_type.partition(";")[0].strip().lower()
+
+
+def _seven_bit(content: bytes) -> bool:
+    """ASCII in CRLF lines of at most 998 characters: a body RFC 2046 lets a message/*
+    part carry as itself."""
+    if not content.isascii() or b"\0" in content:
+        return False
+    pairs = content.count(b"\r\n")
+    if content.count(b"\r") != pairs or content.count(b"\n") != pairs:  # a bare CR or LF
+        return False
+    return max(map(len, content.split(b"\r\n"))) <= 998
 
 
 def _subject(label: str, text: str) -> tuple[str, str]:
@@ -183,15 +317,35 @@ def _subject(label: str, text: str) -> tuple[str, str]:
     return label, text
 
 
+def _context(text: str) -> tuple[list[str], str]:
+    """The lines outbound writes atop the text ("Kopia: …", `CONTEXT_HEADERS`), to join
+    the header lines, and the rest of the text."""
+    first, _, rest = text.partition("\n\n")
+    lines = markdown.plain(first).split("\n")
+    titles = tuple(f"{title}: " for _, title in CONTEXT_HEADERS)
+    if first and all(line.startswith(titles) for line in lines):
+        return lines, rest
+    return [], text
+
+
 def _attention_lines(attention: Attention | None) -> list[str]:
     if attention is None:
         return []
     lines = [f"Referens: {_reference(reference)}" for reference in attention.references]
     for person in attention.persons:
-        named = person.label or ""
-        identified = f"{person.id.extension} ({person.id.root})" if person.id else ""
-        lines.append(f"Person: {' '.join(part for part in (named, identified) if part)}")
+        lines.append(f"Person: {_person(person)}")
     return lines
+
+
+def _person(person: Person) -> str:
+    identified = f"{person.id.extension} ({person.id.root})" if person.id else ""
+    return " ".join(part for part in (person.label or "", identified) if part)
+
+
+def _name_of(label: str) -> str:
+    """A writer's name without the address outbound puts after it: "Name (address)"."""
+    match = _WRITER_ADDRESS.fullmatch(label)
+    return match[1] if match else label
 
 
 def _reference(reference: Reference) -> str:

@@ -478,6 +478,7 @@ class IngressHandler:
                 recipient=placeholder,
                 secrecy_tags=self.settings.secrecy_tags,
                 now=datetime.now(UTC),
+                raw=content,
             )
         except ValueError as e:
             raise _Refused(

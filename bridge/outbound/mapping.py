@@ -16,29 +16,36 @@ Decisions, in the order of the table:
   element is optional and SDK forbids empty elements.
 - **Confidentiality** is true for ``Sensitivity: Private`` or ``Company-Confidential``
   (case-insensitive) or a secrecy tag in the subject; ``Personal`` is not secrecy.
+- **Writer and context.** The From address, unless it is a functional address's own
+  mailbox, is the sender's attention `person` (label "Name (address)"). Cc, Reply-To and a
+  To of several addresses open the text as "Kopia: …", "Svara till: …", "Till: …" lines
+  (`context_lines`; B1.3.3 has no field for them).
 - **Body.** The text/plain part wins (the text/plain alternative of a
   multipart/alternative; format=flowed is unwrapped). HTML-only mail is converted to the
-  Markdown subset of B1.3.3 with markdownify: ATX headings, "*" bullets, "**bold**",
-  links kept only for http, https and mailto, images replaced by their alt text, scripts,
-  styles and the document head dropped; HTML nested deeper than `MAX_HTML_DEPTH` is
-  flattened to its text. Text is decoded by its declared charset (iso-8859-1 read as its
+  Markdown subset of B1.3.3 (`bridge.outbound.htmltext`: links, tables and images as
+  readable text). Text is decoded by its declared charset (iso-8859-1 read as its
   superset windows-1252), falling back to UTF-8, windows-1252 and latin-1; line endings
   become "\\n"; characters XML cannot carry are removed; several body parts (mixed) are
   joined by a blank line. Plain text is written as Markdown that renders exactly as
   written (`bridge.sdk.markdown.escape`: Markdown characters escaped, every line break a
   hard break); so are the full subject atop the text and the notes of empty files.
+  Outlook's "[cid:…]" markers and HTML's cid images read "[bild: <file name>]". A
+  multipart whose boundary never comes is read as its text.
 - **No text.** With attachments the ContentText is left out (B1.3.3 wants text and/or
   files). With neither, the text is `EMPTY_BODY` ("(inget meddelande)"): whitespace alone
   is an empty element to SDK.
 - **Attachments.** Every non-text leaf part, and text parts that are attachments or have
   a file name, become ContentFiles: file name decoded (RFC 2231 and RFC 2047, NFC,
-  directory parts removed; a missing name becomes ``bilaga-<n><ext>``; clashing names
-  get " (2)"), content type lower-case without parameters (application/octet-stream
-  refined by a known file extension), content byte for byte. Parts of an alternative we
-  did not choose give their files (inline cid images), text alternatives such as
-  text/calendar become files too. message/rfc822 parts become ``.eml`` files (CRLF).
-  Zero-byte files cannot be carried (an empty element); they are left out and named in
-  a note at the end of the text.
+  directory parts removed; a missing name becomes ``bilaga-<n><ext>``, an invite's
+  ``inbjudan.ics``; clashing names get " (2)"), content type lower-case with only the
+  parameters a reader needs (`KEPT_PARAMETERS`: charset, an invite's method, smime-type;
+  application/octet-stream refined by a known file extension), content byte for byte.
+  Parts of an alternative we did not choose give their files (inline cid images, the
+  text/calendar of an invite). message/rfc822 parts become ``.eml`` files (CRLF), other
+  message/* parts files of their body; message/external-body and message/partial, which
+  only point elsewhere, text files of their header lines. Signed mail travels whole as
+  well (`bridge.outbound.signed`). Zero-byte files cannot be carried (an empty element);
+  they are left out and named in a note at the end of the text.
 - **One document**: documentID and documentName ``SDK-Meddelande``, index ``1``.
 - **References.** Each ``X-SDK-Reference`` header (repeatable, one reference each) is a
   reference in the recipient's attention: ``root=extension`` (split at the first "="),
@@ -52,16 +59,14 @@ import email
 import email.policy
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.feedparser import BytesFeedParser
+from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.policy import EmailPolicy
 from typing import Any, cast
-
-from bs4 import BeautifulSoup, Tag
-from markdownify import ATX, MarkdownConverter
 
 from bridge.sdk import markdown
 from bridge.sdk.message import (
@@ -71,27 +76,33 @@ from bridge.sdk.message import (
     Document,
     Identifier,
     Party,
+    Person,
     Reference,
 )
 from bridge.sdk.names import MAX_LABEL_CHARS
+
+from . import rawparts
+from .htmltext import cid_mark, cid_marks_removed, cid_marks_replaced, html_to_markdown
+from .signed import SIGNED_FILE_NAME, opaque_content
 
 DOCUMENT_ID = "SDK-Meddelande"
 SUBJECT_PREFIX = "Ämne: "
 EMPTY_BODY = "(inget meddelande)"
 EMPTY_FILE_NOTE = "(Tom bilaga utelämnad: {name})"
+CALENDAR_FILE_NAME = "inbjudan.ics"  # a meeting invite's unnamed text/calendar part
 ELLIPSIS = "…"
 REFERENCE_HEADER = "X-SDK-Reference"
 DEFAULT_REFERENCE_ROOT = "dnr"
 MAX_REFERENCE_CHARS = 256  # B1.3.3, reference/referenceId
+CONTEXT_HEADERS = (("To", "Till"), ("Cc", "Kopia"), ("Reply-To", "Svara till"))
 CONFIDENTIAL_SENSITIVITY = frozenset({"private", "company-confidential"})
-MAX_HTML_DEPTH = 100  # deeper HTML is flattened: markdownify recurses per level
 
 # Characters XML 1.0 cannot carry (lxml refuses them), and other C0 controls in names.
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 _CONTROL = re.compile("[\x00-\x1f\x7f\ufffe\uffff\ud800-\udfff]")
 _WHITESPACE = re.compile(r"\s+")
 _MESSAGE_ID = re.compile(r"<\s*([^<>\s]+?)\s*>")
-_SAFE_LINK = re.compile(r"(?i)(https?:|mailto:)")
+_CID_MARKER = re.compile(r"\[cid:([^\]\s]+)\]")  # Outlook's plain text, where an image stood
 _BAD_FILE_CHARS = re.compile(r'[\\/:*?"<>|]')
 _CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 
@@ -126,10 +137,28 @@ _TYPES_BY_EXTENSION = {
     ".ics": "text/calendar",
     ".vcf": "text/vcard",
 }
-_EXTENSION_BY_TYPE: dict[str, str] = {}
+_EXTENSION_BY_TYPE: dict[str, str] = {
+    "message/delivery-status": ".txt",
+    "message/disposition-notification": ".txt",
+}
 for _extension, _type in _TYPES_BY_EXTENSION.items():
     _EXTENSION_BY_TYPE.setdefault(_type, _extension)
 
+# Content-Type parameters a file keeps, by main type or full type.
+KEPT_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "text": ("charset",),
+    "text/calendar": ("method",),
+    "application/pkcs7-mime": ("smime-type",),
+    "application/x-pkcs7-mime": ("smime-type",),
+}
+# Parts that only point at content elsewhere: a text file of their headers, so named.
+_REFERENCE_ONLY = {
+    "message/external-body": "extern-referens.txt",
+    "message/partial": "meddelandedel.txt",
+}
+_OPAQUE_SIGNED = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,64}")
+_CRLF = email.policy.default.clone(linesep="\r\n")
 _LATIN1 = frozenset({"iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1"})
 _FEED_BYTES = 1 << 16  # a mail is parsed this much at a time
 
@@ -154,12 +183,17 @@ def to_business_message(
     generating_system: Identifier | None = None,
     now: datetime | None = None,
     reference_root: str = DEFAULT_REFERENCE_ROOT,
+    shared_mailboxes: Collection[str] = (),
+    raw: bytes | None = None,
 ) -> BusinessMessage:
     """Map one mail to the SDK message for one recipient (see the module docstring).
 
     `mail` is best parsed with email.policy.default; any other Message (compat32, MIME*
     classes) is re-read with it so that headers and names are decoded the same way.
-    The result has not been validated: `bridge.sdk.message.to_xml` does that.
+    `shared_mailboxes` are our functional addresses' own mailboxes (casefolded): mail
+    written from one of them names no person. `raw` is the mail's bytes as received,
+    from which signed parts are cut byte for byte (`bridge.outbound.signed`). The result
+    has not been validated: `bridge.sdk.message.to_xml` does that.
     """
     mail = _as_email_message(mail)
     subject = one_line(str(mail.get("Subject", "")))
@@ -167,15 +201,18 @@ def to_business_message(
     label = cut_label(subject) if subject else None
 
     parts = _Parts()
-    _collect(mail, parts, body=True)
-    files = parts.all_files()
+    _collect(mail, parts, body=True, raw=raw)
+    files, names_by_cid = parts.all_files()
 
     sections = []
     if label is not None and label != subject:
         sections.append(SUBJECT_PREFIX + markdown.escape(subject))
+    context = context_lines(mail)
+    if context:
+        sections.append(markdown.escape("\n".join(context)))
     body = "\n\n".join(text for text in parts.texts if text)
     if body:
-        sections.append(body)
+        sections.append(cid_marks_replaced(body, names_by_cid))
     if parts.empty_files:
         notes = (EMPTY_FILE_NOTE.format(name=n) for n in parts.empty_files)
         sections.append(markdown.escape("\n".join(notes)))
@@ -199,7 +236,7 @@ def to_business_message(
         confidential=tagged or is_sensitive(mail),
         generating_system=generating_system,
         recipient=_with_references(recipient, references(mail, reference_root)),
-        sender=sender,
+        sender=_with_writer(sender, writer(mail), shared_mailboxes),
         documents=(document,),
     )
 
@@ -293,6 +330,25 @@ def references(mail: Message, root: str = DEFAULT_REFERENCE_ROOT) -> tuple[Refer
     return tuple(found)
 
 
+def writer(mail: Message) -> Address | None:
+    """The one address in From, None without one clear address."""
+    addresses = _addresses(mail, "From")
+    if len(addresses) != 1 or not one_line(addresses[0].addr_spec):
+        return None
+    return addresses[0]
+
+
+def context_lines(mail: Message) -> list[str]:
+    """Who else got the mail and where answers should go, as lines atop the text (B1.3.3
+    has no field for them): "Till:" when the mail went to several, "Kopia:", "Svara till:"."""
+    lines = []
+    for header, title in CONTEXT_HEADERS:
+        addresses = [one_line(str(a)) for a in _addresses(mail, header) if a.addr_spec]
+        if addresses and (header != "To" or len(addresses) > 1):
+            lines.append(f"{title}: {', '.join(addresses)}")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------
 # Header helpers
 
@@ -311,6 +367,15 @@ def one_line(value: str) -> str:
     return _WHITESPACE.sub(" ", _XML_ILLEGAL.sub("", value)).strip()
 
 
+def _addresses(mail: Message, header: str) -> list[Address]:
+    """The addresses of every `header` field; none where a field cannot be read."""
+    try:
+        values = mail.get_all(header) or ()
+        return [a for value in values for a in getattr(value, "addresses", ())]
+    except (IndexError, ValueError, TypeError, AttributeError):  # the parser on hostile input
+        return []
+
+
 def _message_ids(value: str) -> list[str]:
     bracketed = _MESSAGE_ID.findall(value)
     if bracketed:
@@ -326,6 +391,22 @@ def _creation_time(now: datetime | None) -> datetime:
         raise ValueError("now must be timezone-aware")
     moment = moment.astimezone(UTC)
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _with_writer(sender: Party, author: Address | None, shared: Collection[str]) -> Party:
+    """The sender with the writer as its attention's person (B1.3.3's field for who in
+    the organisation sent it), labelled "Name (address)" or the address alone; not when
+    the writer is a functional address's own mailbox (`shared`)."""
+    attention = sender.attention
+    if author is None or attention is None:
+        return sender
+    address, name = one_line(author.addr_spec), one_line(author.display_name)
+    if address.casefold() in shared:
+        return sender
+    person = Person(label=cut_label(f"{name} ({address})" if name else address))
+    return dataclasses.replace(
+        sender, attention=dataclasses.replace(attention, persons=(*attention.persons, person))
+    )
 
 
 def _with_references(recipient: Party, found: tuple[Reference, ...]) -> Party:
@@ -347,55 +428,102 @@ def _with_references(recipient: Party, found: tuple[Reference, ...]) -> Party:
 
 @dataclass
 class _Parts:
-    """What the walk found: body texts, files, and files from unchosen alternatives."""
+    """What the walk found: body texts, and files with their Content-IDs, those of
+    alternatives we did not choose kept apart."""
 
     texts: list[str] = field(default_factory=list)
-    files: list[ContentFile] = field(default_factory=list)
-    alternative_files: list[ContentFile] = field(default_factory=list)
+    files: list[tuple[ContentFile, str]] = field(default_factory=list)
+    alternative_files: list[tuple[ContentFile, str]] = field(default_factory=list)
     empty_files: list[str] = field(default_factory=list)
 
-    def add_file(self, part: EmailMessage, *, alternative: bool) -> None:
-        file = _file_of(part)
+    def add_file(self, file: ContentFile, part: EmailMessage, *, alternative: bool) -> None:
+        content_id = str(part.get("Content-ID", "")).strip().strip("<>").casefold()
         if not file.content:
             self.empty_files.append(file.file_name or "namnlös bilaga")
         elif alternative:
-            self.alternative_files.append(file)
+            self.alternative_files.append((file, content_id))
         else:
-            self.files.append(file)
+            self.files.append((file, content_id))
 
-    def all_files(self) -> tuple[ContentFile, ...]:
-        """Files in mail order; an alternative's copy of a file we already have is dropped,
-        and clashing names are made unique so a receiver saving by name loses nothing."""
-        have = {f.content for f in self.files}
-        files = self.files + [f for f in self.alternative_files if f.content not in have]
+    def all_files(self) -> tuple[tuple[ContentFile, ...], dict[str, str]]:
+        """Files in mail order, and the file name for each Content-ID. An alternative's
+        copy of a file we already have is dropped, and clashing names are made unique so
+        a receiver saving by name loses nothing."""
+        have = {f.content for f, _ in self.files}
+        found = self.files + [(f, c) for f, c in self.alternative_files if f.content not in have]
         used: set[str] = set()
         unique = []
-        for number, file in enumerate(files, start=1):
-            name = (
-                file.file_name
-                or f"bilaga-{number}{_EXTENSION_BY_TYPE.get(file.content_type, '.bin')}"
-            )
-            name = _unique_name(name, used)
+        names_by_content: dict[bytes, str] = {}
+        for number, (file, _) in enumerate(found, start=1):
+            name = _unique_name(file.file_name or _default_name(file, number), used)
             used.add(name.casefold())
             unique.append(dataclasses.replace(file, file_name=name))
-        return tuple(unique)
+            names_by_content.setdefault(file.content, name)
+        names_by_cid = {
+            cid: names_by_content[f.content]
+            for f, cid in self.files + self.alternative_files
+            if cid and f.content in names_by_content
+        }
+        return tuple(unique), names_by_cid
 
 
-def _collect(part: EmailMessage, parts: _Parts, *, body: bool) -> None:
-    """Walk the MIME tree; `body` is false inside an alternative we did not choose."""
+def _default_name(file: ContentFile, number: int) -> str:
+    content_type = _base_type(file.content_type)
+    if content_type == "text/calendar":
+        return CALENDAR_FILE_NAME
+    fallback = ".txt" if content_type.startswith("text/") else ".bin"
+    return f"bilaga-{number}{_EXTENSION_BY_TYPE.get(content_type, fallback)}"
+
+
+def _collect(part: EmailMessage, parts: _Parts, *, body: bool, raw: bytes | None) -> None:
+    """Walk the MIME tree; `body` is false inside an alternative we did not choose, `raw`
+    is the part's bytes as received (None where they could not be told apart)."""
     content_type = part.get_content_type()
-    if content_type == "message/rfc822":
-        parts.add_file(part, alternative=not body)
-    elif part.is_multipart():
+    maintype = part.get_content_maintype()
+    alternative = not body
+    if part.is_multipart() and maintype == "multipart":
         subparts = cast(list[EmailMessage], list(part.iter_parts()))
+        boundary = part.get_boundary()
+        found = None
+        if raw is not None and boundary and _travels_as_received(part):
+            found = rawparts.subparts(raw, boundary)
+        raws: list[bytes | None] = list(found or ())
+        if len(raws) != len(subparts):
+            raws = [None] * len(subparts)
+        if content_type == "multipart/signed":  # whole, and its content read as usual
+            entity = part.as_bytes() if raw is None else raw
+            signed = ContentFile(SIGNED_FILE_NAME, "message/rfc822", entity)
+            parts.add_file(signed, part, alternative=alternative)
+            subparts, raws = subparts[:1], raws[:1]  # the signature is in the entity
         chosen = _choose_alternative(subparts) if content_type == "multipart/alternative" else None
-        for subpart in subparts:
-            _collect(subpart, parts, body=body and (chosen is None or subpart is chosen))
+        for subpart, subpart_raw in zip(subparts, raws, strict=True):
+            chosen_here = body and (chosen is None or subpart is chosen)
+            _collect(subpart, parts, body=chosen_here, raw=subpart_raw)
+    elif maintype == "message":
+        parts.add_file(_file_of(part, raw), part, alternative=alternative)
+    elif maintype == "multipart":  # no boundary found: its text is all there is
+        if body:
+            parts.texts.append(_plain_text(part))
     elif _is_body_text(part):
         if body:
             parts.texts.append(_body_text(part))
     else:
-        parts.add_file(part, alternative=not body)
+        file = _file_of(part, raw)
+        parts.add_file(file, part, alternative=alternative)
+        if _base_type(file.content_type) in _OPAQUE_SIGNED:
+            inner = opaque_content(file.content)
+            if inner is not None:
+                _collect(parse_mail(inner), parts, body=body, raw=inner)
+
+
+def _travels_as_received(part: EmailMessage) -> bool:
+    """Whether a part within is carried as its bytes (signed, message/*): only then are
+    a multipart's bytes cut into its parts' (a copy of each)."""
+    return any(
+        p.get_content_maintype() == "message" or p.get_content_type() == "multipart/signed"
+        for p in part.walk()
+        if p is not part
+    )
 
 
 def _is_body_text(part: EmailMessage) -> bool:
@@ -434,13 +562,24 @@ def _body_kinds(part: EmailMessage) -> set[str]:
 
 
 def _body_text(part: EmailMessage) -> str:
-    text = _decode(_payload_bytes(part), part.get_content_charset())
-    text = text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
     if part.get_content_type() == "text/html":
-        return _tidy(html_to_markdown(text))
+        return _tidy(html_to_markdown(_decoded_text(part)))
+    return _plain_text(part)
+
+
+def _plain_text(part: EmailMessage) -> str:
+    """Plain text as it was written, Outlook's "[cid:…]" image markers as `cid_mark`s."""
+    text = _decoded_text(part)
     if _content_type_param(part, "format") == "flowed":
         text = _unflow(text, delsp=_content_type_param(part, "delsp") == "yes")
-    return markdown.escape(_tidy(text, collapse=False))  # plain text: as it was written
+    text = _CID_MARKER.sub(lambda marker: cid_mark(marker[1]), text)
+    return markdown.escape(_tidy(text, collapse=False))
+
+
+def _decoded_text(part: EmailMessage) -> str:
+    text = _decode(_payload_bytes(part), part.get_content_charset())
+    text = text.replace("\r\n", "\n").replace("\r", "\n").lstrip("\ufeff")
+    return cid_marks_removed(text)
 
 
 def _decode(data: bytes, charset: str | None) -> str:
@@ -511,78 +650,70 @@ def _tidy(text: str, *, collapse: bool = True) -> str:
     return text.strip("\n").rstrip()
 
 
-class _MailMarkdown(MarkdownConverter):
-    """markdownify for mail: nothing invisible, no images, only links safe to follow."""
-
-    def convert_img(self, el: Any, text: str, parent_tags: set[str]) -> str:
-        return self.escape((el.get("alt") or "").strip(), parent_tags)
-
-    def convert_a(self, el: Any, text: str, parent_tags: set[str]) -> str:
-        href = (el.get("href") or "").strip()
-        if not _SAFE_LINK.match(href):
-            return text
-        el["href"] = href.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
-        return str(super().convert_a(el, text, parent_tags))
-
-    def _drop(self, el: Any, text: str, parent_tags: set[str]) -> str:
-        return ""
-
-    convert_head = convert_title = convert_script = convert_style = _drop
-    convert_noscript = convert_template = convert_iframe = convert_object = _drop
-    convert_svg = convert_canvas = _drop
-
-
-def html_to_markdown(html: str) -> str:
-    """HTML mail as B1.3.3's Markdown subset: # headings, * bullets, **bold**, *italic*."""
-    soup = BeautifulSoup(html, "html.parser")
-    _flatten_below(soup, MAX_HTML_DEPTH)
-    converter = _MailMarkdown(heading_style=ATX, bullets="*", strong_em_symbol="*")
-    return _tidy(str(converter.convert_soup(soup)))
-
-
-def _flatten_below(soup: BeautifulSoup, depth: int) -> None:
-    """Replace elements nested deeper than `depth` by their text, one line per string.
-
-    markdownify recurses once per level, and a long reply chain of quoted Outlook mail
-    (or a hostile one) nests deeper than Python's stack; the words matter more than the
-    formatting of the 100th quote. Replacing whole subtrees keeps this linear in size.
-    """
-    too_deep: list[Tag] = []
-    stack: list[tuple[Tag, int]] = [(soup, 0)]
-    while stack:
-        node, level = stack.pop()
-        for child in node.children:
-            if not isinstance(child, Tag):
-                continue
-            if level + 1 > depth:
-                too_deep.append(child)
-            else:
-                stack.append((child, level + 1))
-    for tag in too_deep:
-        tag.replace_with(tag.get_text("\n"))
-
-
 # ---------------------------------------------------------------------------------------
 # Files
 
 
-def _file_of(part: EmailMessage) -> ContentFile:
-    """A part as a ContentFile; an empty name is filled in by `_Parts.all_files`."""
+def _file_of(part: EmailMessage, raw: bytes | None) -> ContentFile:
+    """A part as a ContentFile; an empty name is filled in by `_Parts.all_files`. A
+    message/* part's content is its body as received (`raw`) where known."""
     content_type = part.get_content_type()
     name = _clean_file_name(part.get_filename() or "")
     if content_type == "message/rfc822":
-        content = _message_bytes(part)
+        content = _message_bytes(part) if raw is None else rawparts.body(raw)
         if not name:
             name = _name_from_subject(part)
         if name and not name.lower().endswith(".eml"):
             name += ".eml"
+        return ContentFile(name, content_type, content)
+    if content_type in _REFERENCE_ONLY:  # no content of its own: its headers, readable
+        return ContentFile(name or _REFERENCE_ONLY[content_type], "text/plain", _entity(part))
+    if part.get_content_maintype() == "message":  # delivery-status and the like
+        content = _message_body(part) if raw is None else rawparts.body(raw)
         return ContentFile(name, content_type, content)
     content = _payload_bytes(part)
     if not _CONTENT_TYPE.fullmatch(content_type):  # garbage in the header: a plain file
         content_type = "application/octet-stream"
     if content_type == "application/octet-stream" and "." in name:
         content_type = _TYPES_BY_EXTENSION.get(name[name.rfind(".") :].lower(), content_type)
-    return ContentFile(name, content_type, content)
+    return ContentFile(name, _with_parameters(content_type, part), content)
+
+
+def _with_parameters(content_type: str, part: EmailMessage) -> str:
+    """The type with the parameters a reader needs (`KEPT_PARAMETERS`): a text file's
+    charset, a meeting invite's method, an S/MIME object's smime-type."""
+    kept = []
+    for name in KEPT_PARAMETERS.get(content_type.partition("/")[0], ()) + KEPT_PARAMETERS.get(
+        content_type, ()
+    ):
+        value = _content_type_param(part, name)
+        if _TOKEN.fullmatch(value):
+            kept.append(f"; {name}={value.upper() if name == 'method' else value}")
+    return content_type + "".join(kept)
+
+
+def _base_type(content_type: str) -> str:
+    return content_type.partition(";")[0].strip()
+
+
+def _message_body(part: EmailMessage) -> bytes:
+    """The body of a message/* part other than rfc822, CRLF line ends. The parser reads
+    delivery-status and disposition-notification as blocks of header fields; they are
+    written back as such, the values as they came."""
+    payload = part.get_payload()
+    if not isinstance(payload, list):
+        data = part.get_payload(decode=True)
+        return data if isinstance(data, bytes) else b""
+    blocks = []
+    for block in payload:
+        fields = "".join(f"{name}: {value}\n" for name, value in block.raw_items())
+        blocks.append(re.sub(r"\r?\n", "\r\n", fields))
+    return "\r\n".join(blocks).encode("utf-8", "surrogateescape")
+
+
+def _entity(part: EmailMessage) -> bytes:
+    """The part, headers and body, as the email package writes it with CRLF line ends."""
+    return part.as_bytes(policy=_CRLF)
 
 
 def _payload_bytes(part: EmailMessage) -> bytes:
@@ -605,7 +736,7 @@ def _message_bytes(part: EmailMessage) -> bytes:
     payload = part.get_payload()
     if isinstance(payload, list) and payload:
         inner = cast(Message, payload[0])
-        return inner.as_bytes(policy=email.policy.default.clone(linesep="\r\n"))
+        return inner.as_bytes(policy=_CRLF)
     data = part.get_payload(decode=True)  # a message/rfc822 the parser did not open
     return data if isinstance(data, bytes) else b""
 

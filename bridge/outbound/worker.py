@@ -48,6 +48,9 @@ class OutboundSettings:
     batch: int = 16  # deliveries taken from the spool at a time
     poll: float = 1.0  # seconds between looks at the spool when idle
     secrecy_tags: tuple[str, ...] = ("[sekretess]",)
+    # Our functional addresses' own mailboxes (casefolded): mail written from one of them
+    # names no person as its writer.
+    shared_mailboxes: frozenset[str] = frozenset()
 
 
 class Worker:
@@ -153,7 +156,8 @@ class Worker:
     def _map(self, delivery: Delivery) -> msg.BusinessMessage:
         """The SDK message for one delivery (run in a thread)."""
         envelope = self.spool.envelope(delivery.message_id)
-        mail = parse_mail(self.spool.body(delivery.message_id))
+        body = self.spool.body(delivery.message_id)
+        mail = parse_mail(body)
         ref_to, conversation, returned, ours = self._thread(mail, delivery)
         recipient = delivery.recipient
         return to_business_message(
@@ -170,6 +174,8 @@ class Worker:
                 msg.Attention(recipient.functional_address, references=returned),
             ),
             secrecy_tags=self.settings.secrecy_tags,
+            shared_mailboxes=self.settings.shared_mailboxes,
+            raw=body,
         )
 
     def _thread(

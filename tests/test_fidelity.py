@@ -17,7 +17,6 @@ import email.policy
 import imaplib
 import re
 import smtplib
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,30 +52,15 @@ URL_ATTRIBUTES = {"src", "href", "srcset", "background", "action", "formaction",
 NAMES = mailcorpus.built_names() + (mailcorpus.corpus_names() or ["cpython-corpus"])
 
 
+dovecot_server = dovecot.dovecot_server  # one Dovecot for this module; conftest's sandbox
+
+
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+def bridges(sandbox: Sandbox, dovecot_server: Dovecot) -> Iterator[dict[str, Bridge]]:
     """A and B on SQLite, the access points on Domibus 5's current WS plugin interface."""
-    sandbox = Sandbox(tmp_path_factory.mktemp("federation"), 2, key_size=2048)
-    sandbox.start()
-    yield sandbox
-    sandbox.stop()
-
-
-@pytest.fixture(scope="module")
-def dovecot_server() -> Iterator[Dovecot]:
-    dovecot.require_dovecot()
-    with tempfile.TemporaryDirectory(prefix="dovecot-") as directory:
-        path = Path(directory)
-        path.chmod(0o755)  # Dovecot's unprivileged processes must reach the mail homes
-        with Dovecot(path) as server:
-            yield server
-
-
-@pytest.fixture(scope="module")
-def bridges(federation: Sandbox, dovecot_server: Dovecot) -> Iterator[dict[str, Bridge]]:
     running = {
-        "a": Bridge(federation, "a", dovecot_server, "alice", "INBOX"),
-        "b": Bridge(federation, "b", dovecot_server, "bob", B_FOLDER),
+        "a": Bridge(sandbox, "a", dovecot_server, "alice", "INBOX"),
+        "b": Bridge(sandbox, "b", dovecot_server, "bob", B_FOLDER),
     }
     try:
         for bridge in running.values():

@@ -838,17 +838,23 @@ def test_a_multipart_without_its_boundary_keeps_its_text() -> None:
     assert files_of(result) == ()
 
 
-def test_signed_mail_travels_whole_and_its_text_is_read(tmp_path: Path) -> None:
-    """S/MIME (detached and opaque) made by openssl, checked by openssl after mapping."""
+def signing_key(directory: Path) -> tuple[str, Path, Path]:
+    """openssl, and a throw-away key and self-signed certificate to sign S/MIME with."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is not installed")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    key, cert = directory / "key.pem", directory / "cert.pem"
     subprocess.run(
         [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
          "-subj", "/CN=Anna", "-days", "2"],
         check=True, capture_output=True,
     )  # fmt: skip
+    return openssl, key, cert
+
+
+def test_signed_mail_travels_whole_and_its_text_is_read(tmp_path: Path) -> None:
+    """S/MIME (detached and opaque) made by openssl, checked by openssl after mapping."""
+    openssl, key, cert = signing_key(tmp_path)
     content = tmp_path / "content.eml"
     content.write_bytes(
         b"Content-Type: multipart/mixed; boundary=in\r\n\r\n--in\r\n"
@@ -886,15 +892,7 @@ def test_signed_mail_travels_whole_and_its_text_is_read(tmp_path: Path) -> None:
 def test_opaque_signed_content_is_read_from_der_and_ber_and_garbage_is_left_alone(
     tmp_path: Path,
 ) -> None:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-         "-subj", "/CN=Anna", "-days", "2"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    openssl, key, cert = signing_key(tmp_path)
     content = b"Content-Type: text/plain\r\n\r\nSignerat.\r\n"
     (tmp_path / "content").write_bytes(content)
     for streamed in ([], ["-stream"]):  # -stream: BER, indefinite lengths, chunked octets

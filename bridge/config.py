@@ -86,6 +86,8 @@ class SMTPConfig:
     scanner: tuple[str, dict[str, Any]] | None  # plugin name and its settings
     max_recipients: int = 100  # per message; more get 452 4.5.3
     idle_timeout: float = 300.0  # seconds a silent client keeps its connection
+    max_connections: int = 500  # at once, all clients (and below the descriptor limit)
+    max_connections_per_client: int = 50  # at once, one address (IPv6: one /64)
 
 
 @dataclass(frozen=True)
@@ -328,6 +330,8 @@ def _smtp(node: _Node) -> SMTPConfig:
         "scanner",
         "max_recipients",
         "idle_timeout_seconds",
+        "max_connections",
+        "max_connections_per_client",
     )
     networks = []
     for item in fields["allowed_networks"].sequence() if "allowed_networks" in fields else ():
@@ -373,6 +377,12 @@ def _smtp(node: _Node) -> SMTPConfig:
         idle_timeout=float(_whole_number(fields["idle_timeout_seconds"]))
         if "idle_timeout_seconds" in fields
         else 300.0,
+        max_connections=_whole_number(fields["max_connections"])
+        if "max_connections" in fields
+        else 500,
+        max_connections_per_client=_whole_number(fields["max_connections_per_client"])
+        if "max_connections_per_client" in fields
+        else 50,
     )
 
 

@@ -8,9 +8,11 @@ own terms: everything a stage has done is written to the spool before the next o
 """
 
 import asyncio
+import contextlib
 import fcntl
 import multiprocessing
 import os
+import resource
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
@@ -32,6 +34,7 @@ from .inbound.intake import Intake
 from .inbound.mapping import SECRECY_PREFIX
 from .inbound.processing import Inbound, InboundSettings
 from .ingress.smtp import IngressHandler, IngressSettings, SenderRule, networks, serve, tls_context
+from .logging import loop_errors
 from .outbound.receipts import Receipts
 from .outbound.reports import DsnReporter
 from .outbound.transport import follow
@@ -43,6 +46,7 @@ from .spool import Spool
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_SECONDS = 30.0  # in-flight submissions may finish within this; the rest are retried
+FD_RESERVE = 256  # file descriptors kept from SMTP clients for everything else
 
 
 async def _take_in(
@@ -128,7 +132,21 @@ def _ingress_settings(config: Config) -> IngressSettings:
         secrecy_tags=smtp.secrecy_tags,
         max_recipients=smtp.max_recipients,
         idle_timeout=smtp.idle_timeout,
+        max_connections=min(smtp.max_connections, _connection_budget()),
+        max_connections_per_client=smtp.max_connections_per_client,
     )
+
+
+def _connection_budget() -> int:
+    """How many SMTP connections the process's file descriptors allow, the soft limit
+    raised to the hard one first: each takes a socket and, in DATA, a spool file, and
+    `FD_RESERVE` stay for the spool, the access point, the mailboxes and the admin port."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    return max(1, (soft - FD_RESERVE) // 2)
 
 
 def _inbound_settings(config: Config) -> InboundSettings:
@@ -310,6 +328,7 @@ async def run(config: Config, file: Path) -> None:
     SIGHUP reloads `file` (see _Reloadable), SIGUSR1 asks the access point at once."""
     _require(config)
     assert config.smtp and config.access_point and config.spool  # for the type checker
+    asyncio.get_running_loop().set_exception_handler(loop_errors())
     for warning in checks.certificate_warnings(config):
         log.warning(warning)
     memory.return_large_buffers()
@@ -326,6 +345,11 @@ async def run(config: Config, file: Path) -> None:
     scanner = plugins.load(plugins.SCANNERS, *smtp.scanner) if smtp.scanner else None
     tls = tls_context(str(smtp.tls_cert), str(smtp.tls_key)) if smtp.tls_cert else None
     ingress = IngressHandler(_ingress_settings(config), registry, spool, scanner)
+    if ingress.settings.max_connections < smtp.max_connections:
+        log.warning(
+            "smtp.max_connections lowered to what the file descriptor limit allows",
+            max_connections=ingress.settings.max_connections,
+        )
     servers = await serve(ingress, smtp.listen, smtp.listen_tls, tls)
     # RSA private-key work in other processes: the event loop never waits for it.
     crypto = ProcessPoolExecutor(

@@ -60,12 +60,13 @@ class LocalRun:
         organisations: int = 2,
         shared_access_point: bool | None = None,
         admin_plugin_users: bool | None = None,
+        log_json: bool = False,
     ) -> None:
         """`outbound`: more `outbound` settings per bridge label, for tests; `deliver_to`:
         the mailbox for every functional address of a label, instead of a Maildir;
         `spools`: a label's spool back end, as `Sandbox` takes it (SQLite if not given);
-        the rest as `Sandbox` takes them. Bridges run for A and B; a third organisation
-        has none."""
+        `log_json`: the bridges log JSON (`--log-json`); the rest as `Sandbox` takes them.
+        Bridges run for A and B; a third organisation has none."""
         self.directory = directory
         self.sandbox = Sandbox(
             directory / "sandbox",
@@ -80,6 +81,7 @@ class LocalRun:
         self.poll_seconds = poll_seconds
         self.outbound = outbound or {}
         self.deliver_to = deliver_to or {}
+        self.log_json = log_json
         # By instance name: the organisation's label for its first bridge.
         self.bridges: dict[str, RunningBridge] = {}
 
@@ -181,17 +183,18 @@ class LocalRun:
         config = self.config(name)
         config.write_text(yaml.safe_dump(settings, allow_unicode=True, sort_keys=False))
         log = self.directory / f"bridge-{name}.log"
-        process = start_bridge(config, log)
+        process = start_bridge(config, log, json=self.log_json)
         spool = self.sandbox.directory / state / "spool"
         return RunningBridge(label, process, port, log, spool)
 
 
-def start_bridge(config: Path, log: Path) -> subprocess.Popen[str]:
+def start_bridge(config: Path, log: Path, json: bool = False) -> subprocess.Popen[str]:
     """`sdk-bridge run -c config`, its log appended to `log` (a restarted bridge goes on in
     the same log), once it says it is ready; LocalRunFailed if it does not in time."""
+    options = ["--log-json"] if json else []
     with log.open("a") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "run", "-c", str(config)],
+            [sys.executable, "-m", "bridge.cli", *options, "run", "-c", str(config)],
             stdout=subprocess.PIPE,
             stderr=log_file,
             text=True,

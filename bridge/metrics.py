@@ -77,6 +77,11 @@ MAILBOX = Counter(
     ["outcome"],  # delivered, retry, failed
     registry=REGISTRY,
 )
+SMTP_CONNECTIONS_REFUSED = Counter(
+    "sdk_bridge_smtp_connections_refused",
+    "SMTP connections refused with 421 4.7.0: over the per-client or the total limit",
+    registry=REGISTRY,
+)
 SMTP_TLS = Counter(
     "sdk_bridge_smtp_tls_sessions",
     "SMTP sessions that completed a TLS handshake, by kind",

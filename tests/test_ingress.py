@@ -24,6 +24,7 @@ from test_sandbox import registry_for
 
 from bridge import metrics
 from bridge.ingress.smtp import (
+    JUNK_ALLOWANCE,
     IngressHandler,
     IngressSettings,
     SenderRule,
@@ -606,3 +607,72 @@ def test_every_refusal_is_in_the_readme_table() -> None:
     }
     assert len(replies) > 10
     assert replies <= documented, sorted(replies - documented)
+
+
+def greeting(source: str, port: int) -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    return sock, sock.recv(1000)
+
+
+@pytest.mark.hostile("SMTP abuse: connection floods")
+def test_connections_are_limited_per_client_and_in_all(make_ingress) -> None:
+    """Issue 16: one host cannot take every connection (421 4.7.0 over its share)."""
+    running, _ = make_ingress(max_connections_per_client=3, max_connections=5)
+    opened = [greeting("127.0.0.2", running.port) for _ in range(4)]
+    try:
+        assert [reply[:3] for _, reply in opened] == [b"220", b"220", b"220", b"421"]
+        assert opened[3][1].startswith(b"421 4.7.0 Too many connections from your address")
+        with client(running.port) as smtp:  # another address has its own share
+            assert smtp.noop()[0] == 250
+            opened.append(greeting("127.0.0.1", running.port))  # 3 + 2 open: all there is
+            assert opened[-1][1].startswith(b"220")
+            opened.append(greeting("127.0.0.3", running.port))
+            assert opened[-1][1].startswith(b"421 4.7.0 Too many connections;")
+    finally:
+        for sock, _ in opened:
+            sock.close()
+    deadline = time.monotonic() + 10  # closed connections give their slots back
+    while greeting("127.0.0.2", running.port)[1][:3] != b"220":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.hostile("SMTP abuse: slow or vanishing clients")
+def test_noop_keeps_a_session_alive_only_a_few_times(make_ingress) -> None:
+    running, _ = make_ingress(idle_timeout=1.0)
+    with client(running.port) as smtp:
+        started = time.monotonic()
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            while time.monotonic() - started < 10:  # the allowance, then the idle timeout
+                smtp.noop()
+                time.sleep(0.3)
+        assert time.monotonic() - started < 1.0 + 0.3 * (JUNK_ALLOWANCE + 2) + 1.0
+
+
+@pytest.mark.hostile("SMTP abuse: slow or vanishing clients")
+def test_a_slow_but_steady_data_is_accepted(make_ingress) -> None:
+    """DATA is timed by progress: lines keep coming for three times the idle timeout."""
+    running, _ = make_ingress(idle_timeout=1.0)
+    with client(running.port) as smtp:
+        smtp.ehlo()
+        smtp.mail(FROM)
+        smtp.rcpt(TO_B)
+        smtp.putcmd("DATA")
+        assert smtp.getreply()[0] == 354
+        raw = mail(body="rad\n" * 12).as_bytes().replace(b"\n", b"\r\n")
+        for line in raw.split(b"\r\n"):
+            smtp.send(line + b"\r\n")
+            time.sleep(0.15)
+        smtp.send(b".\r\n")
+        assert smtp.getreply()[0] == 250
+    with client(running.port) as smtp:  # the same, silent after a line: cut
+        smtp.ehlo()
+        smtp.mail(FROM)
+        smtp.rcpt(TO_B)
+        smtp.putcmd("DATA")
+        assert smtp.getreply()[0] == 354
+        smtp.send(b"Subject: tyst\r\n")
+        started = time.monotonic()
+        assert smtp.sock is not None
+        assert smtp.sock.recv(1000) == b""  # the server hung up
+        assert time.monotonic() - started < 3.0

@@ -120,3 +120,13 @@ def test_the_daemon_talks_to_systemd(sandbox: Sandbox, tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
         listener.close()
+
+
+def test_the_unit_bounds_its_resources() -> None:
+    """Issue 16: a flood meets the bridge's own limits, not the kernel's defaults."""
+    unit = (UNITS / "sdk-bridge.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[0] != "#"
+    )
+    assert int(settings["LimitNOFILE"]) >= 2 * 500 + 256  # smtp.max_connections' default fits
+    assert settings["MemoryMax"] and settings["TasksMax"]

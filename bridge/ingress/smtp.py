@@ -36,7 +36,7 @@ from ..registry.errors import NotFound, RegistryUnavailable
 from ..sdk import message as msg
 from ..spool import Envelope as SpoolEnvelope
 from ..spool import RecipientRecord, Spool, SpoolFull
-from . import dsnparams
+from . import dsnparams, limits
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +46,7 @@ log = structlog.get_logger(__name__)
 MAX_MESSAGE_BYTES = 30_000_000
 MAX_HEADER_LINES = 500
 MAX_HEADER_BYTES = 256 * 1024
+JUNK_ALLOWANCE = 10  # NOOP, RSET, VRFY, EXPN, HELP that move the idle timer between messages
 ALWAYS_ALLOWED_TYPES = frozenset({"application/pdf"})
 
 
@@ -72,6 +73,8 @@ class IngressSettings:
     idle_timeout: float = 300.0  # seconds a client may stay silent; then its slot is freed
     auth_failures: int = 5  # failed AUTH attempts from one address within auth_window ...
     auth_window: float = 600.0  # ... after which AUTH is refused there until it passes
+    max_connections: int = 500  # at once, all clients (the daemon keeps it below the fd limit)
+    max_connections_per_client: int = 50  # at once, one address or IPv6 /64
 
 
 _REPLY = re.compile(r"(\d{3})([ -])(.*)", re.DOTALL)
@@ -104,14 +107,84 @@ class _Refused(Exception):
 
 
 class BridgeSMTP(SMTP):
-    """aiosmtpd's SMTP, with two changes: RFC 3461 parameters are taken off MAIL and RCPT
-    before aiosmtpd parses them, and DATA streams to a file in the spool instead of
-    collecting the message in memory, refusing SMTP smuggling as it reads."""
+    """aiosmtpd's SMTP, with these changes: connections are counted per client and in all
+    (`limits`; over a limit the client gets 421 4.7.0 and nothing else); NOOP, RSET, VRFY,
+    EXPN and HELP keep a session alive only `JUNK_ALLOWANCE` times between messages; RFC
+    3461 parameters are taken off MAIL and RCPT before aiosmtpd parses them; DATA streams
+    to a file in the spool instead of collecting the message in memory, refusing SMTP
+    smuggling as it reads, timed by progress (silence for the idle timeout ends it, a slow
+    but steady sender is not cut)."""
+
+    _client: str | None = None  # the key this connection is counted under, once admitted
+    _refusal: str | None = None  # the 421 a connection over a limit gets
+    _junk = 0  # junk commands since the last message
+    _deadline = 0.0  # when the idle timer fires
+    _previous_deadline = 0.0  # when it would have fired before the last command
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is None and self._client is None and self._refusal is None:
+            peer = transport.get_extra_info("peername")
+            key = limits.client_key(str(peer[0]) if isinstance(peer, tuple) else "")
+            handler, settings = self.event_handler, self.event_handler.settings
+            self._refusal = handler.limits.admit(
+                key, per_client=settings.max_connections_per_client, total=settings.max_connections
+            )
+            if self._refusal is None:
+                self._client = key
+            else:
+                metrics.SMTP_CONNECTIONS_REFUSED.inc()
+                count = handler.limits.refusals_to_report()
+                if count:
+                    log.warning("SMTP connections refused", count=count, client=key)
         super().connection_made(transport)
         if transport.get_extra_info("ssl_object") is not None:  # the implicit TLS listener
             metrics.SMTP_TLS.labels("implicit").inc()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        if self._client is not None:
+            self.event_handler.limits.release(self._client)
+            self._client = None
+
+    async def _handle_client(self) -> None:
+        if self._refusal is not None:
+            await self.push(self._refusal)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super()._handle_client()  # type: ignore[misc]
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        self._previous_deadline = self._deadline
+        super()._reset_timeout(duration)  # type: ignore[misc]
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+
+    async def _junk_command(self) -> None:
+        """After the allowance a junk command no longer moves the idle timer: the timer
+        goes back to when it would have fired (Postfix's smtpd_junk_command_limit)."""
+        self._junk += 1
+        if self._junk > JUNK_ALLOWANCE:
+            self._reset_timeout(max(self._previous_deadline - self.loop.time(), 0.001))
+
+    async def smtp_NOOP(self, arg: str) -> None:
+        await self._junk_command()
+        await super().smtp_NOOP(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        await self._junk_command()
+        await super().smtp_RSET(arg)
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        await self._junk_command()
+        await super().smtp_VRFY(arg)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        await self._junk_command()
+        await super().smtp_EXPN(arg)
+
+    async def smtp_HELP(self, arg: str) -> None:
+        await self._junk_command()
+        await super().smtp_HELP(arg)
 
     event_handler: "IngressHandler"
     _plain_replies = False  # greeting and HELO/EHLO: no enhanced status codes (RFC 2034)
@@ -175,6 +248,7 @@ class BridgeSMTP(SMTP):
         finally:
             path.unlink(missing_ok=True)  # accepted messages were moved into the spool
         self._set_post_data_state()
+        self._junk = 0
         await self.push(status)
 
     async def _receive(self, file: BinaryIO) -> str | None:
@@ -184,6 +258,9 @@ class BridgeSMTP(SMTP):
         size, limit, problem = 0, self.data_size_limit, None
         inside_long_line = False  # what follows an over-long line's start is still that line
         while self.transport is not None:
+            since = self.loop.time() - self._deadline + self._timeout_duration
+            if since > min(1.0, self._timeout_duration / 10):
+                self._reset_timeout()  # progress; not for every line, as it costs a timer
             try:
                 line = await self._reader.readuntil(b"\r\n")
             except asyncio.LimitOverrunError as e:
@@ -256,6 +333,7 @@ class IngressHandler:
         self.scanner = scanner
         self.accepted = accepted  # told after each 250 (wakes the outbound worker)
         self.in_flight = 0
+        self.limits = limits.ConnectionLimits()
         self._auth_failures: dict[str, list[float]] = {}  # client address -> times
 
     async def handle_exception(self, error: Exception) -> str:

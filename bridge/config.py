@@ -95,7 +95,10 @@ class OutboundConfig:
     lifetime: timedelta = timedelta(days=5)  # retried this long, then the sender is told
     delay_warning: timedelta = timedelta(hours=4)  # no kvittens by then: a delay report
     smart_host: tuple[str, int] | None = None  # where DSNs go (the organisation's Exchange)
+    smart_host_cafile: Path | None = None  # its TLS certificate's CA, else the system's CAs
     postmaster: str | None = None  # the From of DSNs
+    # Domains DSNs may go to (and their subdomains); empty: those of the senders patterns.
+    report_domains: tuple[str, ...] = ()
     poll_seconds: float = 10.0  # how often the access point is asked for kvittens
 
 
@@ -424,7 +427,13 @@ def _plugin_choice(node: _Node) -> tuple[str, dict[str, Any]]:
 
 def _outbound(node: _Node) -> OutboundConfig:
     fields = node.mapping(
-        "lifetime_hours", "delay_warning_hours", "smart_host", "postmaster", "poll_seconds"
+        "lifetime_hours",
+        "delay_warning_hours",
+        "smart_host",
+        "smart_host_cafile",
+        "postmaster",
+        "poll_seconds",
+        "report_domains",
     )
 
     def number(name: str, default: float) -> float:
@@ -442,8 +451,14 @@ def _outbound(node: _Node) -> OutboundConfig:
         lifetime=timedelta(hours=number("lifetime_hours", 120)),
         delay_warning=timedelta(hours=number("delay_warning_hours", 4)),
         smart_host=_listen_one(fields["smart_host"]) if "smart_host" in fields else None,
+        smart_host_cafile=_existing_file(fields["smart_host_cafile"])
+        if "smart_host_cafile" in fields
+        else None,
         postmaster=fields["postmaster"].string() if "postmaster" in fields else None,
         poll_seconds=number("poll_seconds", 10),
+        report_domains=tuple(d.lower().strip(".") for d in _strings(fields["report_domains"]))
+        if "report_domains" in fields
+        else (),
     )
 
 

@@ -36,7 +36,7 @@ from .inbound.processing import Inbound, InboundSettings
 from .ingress.smtp import IngressHandler, IngressSettings, SenderRule, networks, serve, tls_context
 from .logging import loop_errors
 from .outbound.receipts import Receipts
-from .outbound.reports import DsnReporter
+from .outbound.reports import DsnReporter, sender_domains
 from .outbound.transport import follow
 from .outbound.worker import OutboundSettings, Worker
 from .registry.addressbook import AddressBook
@@ -363,6 +363,11 @@ async def run(config: Config, file: Path) -> None:
         config.outbound.postmaster or f"postmaster@{smtp.hostname}",
         smtp.hostname,
         config.outbound.lifetime,
+        report_domains=config.outbound.report_domains
+        or sender_domains(tuple(p for fa in config.functional_addresses for p in fa.senders)),
+        tls=ssl.create_default_context(cafile=config.outbound.smart_host_cafile)
+        if config.outbound.smart_host_cafile
+        else None,
     )
     receipts = Receipts(config.organisation_id, spool, registry, config.trust_anchors, reporter)
     inbound = Inbound(_inbound_settings(config), spool, registry, access_point, scanner, crypto)

@@ -2,6 +2,7 @@
 which reply, and what is stored before 250. Real SMTP clients (smtplib) over loopback."""
 
 import asyncio
+import base64
 import dataclasses
 import email.policy
 import errno
@@ -243,7 +244,7 @@ def test_relay_control_from_another_address(ingress, tls) -> None:
     with client(running.port, source="127.0.0.2") as smtp:
         smtp.starttls(context=tls[1])
         smtp.login("exchange", "s3cret")
-        assert smtp.send_message(mail(), "bounce@other.example", [TO_B]) == {}
+        assert smtp.send_message(mail(), FROM, [TO_B]) == {}
     assert handshakes("starttls") == before + 1  # counted for /metrics
     before = handshakes("implicit")
     with (
@@ -461,17 +462,36 @@ def test_the_same_recipient_twice_is_one_delivery(ingress) -> None:
     assert len(spool.deliveries()) == 1
 
 
-def test_an_authenticated_user_speaks_only_for_its_addresses(ingress, tls) -> None:
-    """exchange may send as a.registrator; a MAIL FROM of another address changes nothing."""
+def test_an_authenticated_user_may_use_only_its_own_senders(ingress, tls) -> None:
+    """Issue 16: MAIL FROM is bound to the login (Postfix's reject_sender_login_mismatch):
+    exchange may send as a.registrator, from the addresses a.registrator's senders allow."""
     running, spool = ingress
     with client(running.port, source="127.0.0.2") as smtp:
         smtp.starttls(context=tls[1])
         smtp.login("exchange", "s3cret")
-        assert smtp.send_message(mail(), "someone@soc.kommun-a.se", [TO_B]) == {}
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            smtp.send_message(mail(), "someone@soc.kommun-a.se", [TO_B])
+        assert refused.value.recipients[TO_B] == (
+            553,
+            b"5.7.1 someone@soc.kommun-a.se: not owned by user exchange",
+        )
+        assert smtp.send_message(mail(), "anna@kommun-a.se", [TO_B]) == {}
+        assert smtp.send_message(mail(), "", [TO_B]) == {}  # an auto-reply: MAIL FROM:<>
     with client(running.port) as smtp:  # unauthenticated: known by MAIL FROM
         assert smtp.send_message(mail(), "someone@soc.kommun-a.se", [TO_B]) == {}
     senders = [spool.envelope(d.message_id).sender_address for d in spool.deliveries()]
-    assert senders == ["a.registrator", "a.socialtjänsten"]
+    assert senders == ["a.registrator", "a.registrator", "a.socialtjänsten"]
+
+
+def test_addresses_that_are_not_utf8_are_refused_in_words_that_can_be_written(ingress) -> None:
+    running, _ = ingress
+    with client(running.port) as smtp:
+        smtp.ehlo()
+        assert smtp.docmd("MAIL FROM:<anna@kommun-a.se>")[0] == 250
+        smtp.send(b"RCPT TO:<registrator@b\xff.sandbox.test>\r\n")
+        assert smtp.getreply() == (553, b"5.1.3 The recipient address is not valid UTF-8")
+        smtp.send(b"MAIL FROM:<anna@kommun\xfe-a.se>\r\n")
+        assert smtp.getreply() == (553, b"5.1.7 The sender address is not valid UTF-8")
 
 
 def test_every_reply_has_an_enhanced_status_code(ingress) -> None:
@@ -563,22 +583,40 @@ def test_too_many_recipients(make_ingress) -> None:
         assert (code, text[:5]) == (452, b"4.5.3")
 
 
-@pytest.mark.hostile("SMTP abuse: AUTH guessing")
-def test_password_guessing_is_slowed_down(make_ingress, tls) -> None:
-    running, _ = make_ingress(auth_failures=3)
-    for _ in range(3):
-        with client(running.port, source="127.0.0.2") as smtp:
-            smtp.starttls(context=tls[1])
-            with pytest.raises(smtplib.SMTPAuthenticationError):
-                smtp.login("exchange", "guess")
-    with client(running.port, source="127.0.0.2") as smtp:
+def login_timed(port: int, tls: tuple[ssl.SSLContext, ssl.SSLContext], source: str,
+                password: str, user: str = "exchange") -> tuple[int, float]:  # fmt: skip
+    """AUTH PLAIN (mechanism in lower case, as RFC 4954 allows): the reply code and how
+    long the answer took."""
+    credentials = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+    with client(port, source=source) as smtp:
         smtp.starttls(context=tls[1])
         smtp.ehlo()
-        code, text = smtp.docmd("AUTH", "PLAIN AGV4Y2hhbmdlAHMzY3JldA==")  # the right one
-        assert (code, text[:5]) == (454, b"4.7.0")
-    with client(running.port, source="127.0.0.1") as smtp:  # another address is not blocked
+        started = time.monotonic()
+        code, _ = smtp.docmd("AUTH", f"plain {credentials}")
+        return code, time.monotonic() - started
+
+
+@pytest.mark.hostile("SMTP abuse: AUTH guessing")
+def test_password_guessing_is_slowed_down_never_locked_out(make_ingress, tls) -> None:
+    """Issue 16: failures are answered later and later, per address and per login; the
+    right password is never refused, whoever failed from the same address."""
+    running, _ = make_ingress()
+    with client(running.port) as smtp:
+        assert smtp.ehlo()[0] == 250
+        assert smtp.esmtp_features.get("auth") is None  # only offered under TLS
         smtp.starttls(context=tls[1])
-        smtp.login("exchange", "s3cret")
+        smtp.ehlo()
+        assert smtp.esmtp_features["auth"].split() == ["LOGIN", "PLAIN"]  # no "BLOCKED"
+    times = [login_timed(running.port, tls, "127.0.0.2", "guess") for _ in range(6)]
+    assert [code for code, _ in times] == [535] * 6
+    assert all(seconds < 0.4 for _, seconds in times[:3])
+    assert [round(seconds, 1) >= wanted for (_, seconds), wanted in zip(
+        times[3:], (0.5, 1.0, 2.0), strict=True)] == [True] * 3  # fmt: skip
+    assert login_timed(running.port, tls, "127.0.0.2", "s3cret")[0] == 235  # no lock-out
+    # The login's failures count from another address too (a guesser moving around).
+    code, seconds = login_timed(running.port, tls, "127.0.0.3", "guess")
+    assert (code, seconds >= 4.0) == (535, True)
+    assert login_timed(running.port, tls, "127.0.0.3", "other", user="nobody")[1] < 0.4
 
 
 @pytest.mark.hostile("SMTP abuse: slow or vanishing clients")

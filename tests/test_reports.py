@@ -14,7 +14,7 @@ from test_outbound import TO_B, new_mail
 
 from bridge.outbound import dsn
 from bridge.outbound.outcomes import Event, settle
-from bridge.outbound.reports import DsnReporter
+from bridge.outbound.reports import DsnReporter, inside, sender_domains
 from bridge.sandbox.sml import free_tcp_port
 from bridge.spool import Delivery, Envelope, SQLiteSpool, State
 
@@ -29,7 +29,12 @@ def test_a_report_waits_for_the_smart_host(tmp_path: Path) -> None:
     (delivery,) = spool.deliveries()
     port = free_tcp_port()  # nothing listens yet
     reporter = DsnReporter(
-        spool, ("127.0.0.1", port), "postmaster@a.se", "bridge.a.se", timedelta(days=5)
+        spool,
+        ("127.0.0.1", port),
+        "postmaster@a.se",
+        "bridge.a.se",
+        timedelta(days=5),
+        report_domains=("kommun-a.se",),
     )
     delivery = spool.transition(
         delivery.id,
@@ -64,7 +69,12 @@ def test_a_report_owed_while_another_is_sent_is_not_lost(tmp_path: Path) -> None
     )
     (delivery,) = spool.deliveries()
     reporter = DsnReporter(
-        spool, ("127.0.0.1", 1), "postmaster@a.se", "bridge.a.se", timedelta(days=5)
+        spool,
+        ("127.0.0.1", 1),
+        "postmaster@a.se",
+        "bridge.a.se",
+        timedelta(days=5),
+        report_domains=("kommun-a.se",),
     )
     sent: list[str] = []
 
@@ -102,7 +112,12 @@ def test_held_reports_wait_after_the_first_the_smart_host_does_not_take(
     for _ in range(3):
         spool.hold_report("anna@kommun-a.se", report)
     reporter = DsnReporter(
-        spool, ("127.0.0.1", 1), "postmaster@a.se", "bridge.a.se", timedelta(days=5)
+        spool,
+        ("127.0.0.1", 1),
+        "postmaster@a.se",
+        "bridge.a.se",
+        timedelta(days=5),
+        report_domains=("kommun-a.se",),
     )
     tried: list[str] = []
 
@@ -113,3 +128,42 @@ def test_held_reports_wait_after_the_first_the_smart_host_does_not_take(
     monkeypatch.setattr(dsn, "send", down)
     asyncio.run(reporter.resend_held())
     assert len(tried) == 1 and len(spool.held_reports()) == 3
+
+
+def test_reports_go_only_to_senders_inside_the_organisation(tmp_path: Path) -> None:
+    """Issue 16: a report carries what the other side said about a mail; it goes only to
+    the organisation's own senders, never out through the smart host to anyone else."""
+    assert sender_domains(("*@kommun-a.se", "*@*.kommun-a.se", "reg@soc.a.se", "*@*")) == (
+        "kommun-a.se",
+        "soc.a.se",
+    )
+    assert inside("anna@kommun-a.se", ("kommun-a.se",))
+    assert inside("<bo@skola.kommun-a.se>", ("kommun-a.se",))
+    assert not inside("mallory@evilkommun-a.se", ("kommun-a.se",))
+    spool = SQLiteSpool(tmp_path)
+    spool.accept(
+        Envelope("mallory@evil.example", sender_address="a.registrator"),
+        [TO_B],
+        new_mail("Rapport").as_bytes(policy=email.policy.SMTP),
+    )
+    (delivery,) = spool.deliveries()
+    sink = Sink()
+    try:
+        reporter = DsnReporter(
+            spool,
+            ("127.0.0.1", sink.port),
+            "postmaster@a.se",
+            "bridge.a.se",
+            timedelta(days=5),
+            report_domains=("kommun-a.se",),
+        )
+        delivery = spool.transition(
+            delivery.id,
+            {delivery.state},
+            notes={"report": {"event": Event.FAILED, "status": "5.1.1", "text": "no"}},
+        )
+        asyncio.run(reporter(delivery))
+    finally:
+        sink.stop()
+    assert sink.messages == [] and spool.held_reports() == []
+    assert "report" not in spool.delivery(delivery.id).notes

@@ -1,4 +1,5 @@
-"""How many SMTP connections at once: per client and in all, as Postfix's anvil counts them.
+"""Limits on SMTP clients: connections at once (`ConnectionLimits`) and password guessing
+(`AuthThrottle`), per client and in all, as Postfix's anvil counts them.
 
 One host must not be able to take every connection (Postfix's
 `smtpd_client_connection_count_limit`), and all clients together must stay below the
@@ -9,6 +10,7 @@ port keep theirs whatever the SMTP side does. A client is its IPv4 address, or i
 
 import ipaddress
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 TOO_MANY_FROM_CLIENT = "421 4.7.0 Too many connections from your address; try again later"
@@ -66,3 +68,54 @@ class ConnectionLimits:
             return 0
         count, self._refused, self._reported = self._refused, 0, now
         return count
+
+
+AUTH_FREE_FAILURES = 3  # failures within the window before failed replies slow down
+AUTH_MAX_DELAY = 30.0  # seconds a failed AUTH waits at most (per login, in turn)
+_MAX_REMEMBERED = 1000  # failure times kept per client or login
+
+
+class AuthThrottle:
+    """Password guessing, slowed as Postfix's error sleep and anvil's auth rate do it.
+
+    A failed AUTH is answered later the more failures there were within the window, from
+    the client (address, IPv6 /64) or for the login, whichever had more: half a second
+    after `AUTH_FREE_FAILURES`, doubling up to `AUTH_MAX_DELAY`. Failures for one login
+    are answered one at a time, so parallel connections do not multiply the guesses. A
+    right password is never delayed or refused: an Exchange server sharing its address
+    with a guesser still gets in (a rate limit, not a lock-out).
+    """
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}  # "client:…"/"login:…" -> times
+        self._next_reply: dict[str, float] = {}  # login -> when its next failure may answer
+        self._pruned = time.monotonic()
+
+    def failed(self, client: str, login: str) -> float:
+        """Record a failure; the seconds to wait before answering it."""
+        now = time.monotonic()
+        count = max(self._count(f"client:{client}", now), self._count(f"login:{login}", now))
+        delay = 0.0
+        if count > AUTH_FREE_FAILURES:
+            delay = min(0.5 * 2.0 ** min(count - AUTH_FREE_FAILURES - 1, 16), AUTH_MAX_DELAY)
+        reply_at = max(now, self._next_reply.get(login, now)) + delay
+        self._next_reply[login] = reply_at
+        if now - self._pruned > self.window / 10:
+            self._prune(now)
+        return reply_at - now
+
+    def _count(self, key: str, now: float) -> int:
+        times = self._failures.setdefault(key, deque(maxlen=_MAX_REMEMBERED))
+        times.append(now)
+        while times and times[0] < now - self.window:
+            times.popleft()
+        return len(times)
+
+    def _prune(self, now: float) -> None:
+        """Forget the quiet: the tables stay as small as the recent failures."""
+        self._failures = {
+            k: v for k, v in self._failures.items() if v and v[-1] > now - self.window
+        }
+        self._next_reply = {k: t for k, t in self._next_reply.items() if t > now}
+        self._pruned = now

@@ -17,7 +17,6 @@ import ipaddress
 import re
 import sqlite3
 import ssl
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,8 +70,7 @@ class IngressSettings:
     secrecy_tags: tuple[str, ...] = ("[sekretess]",)
     max_recipients: int = 100  # per message (RFC 5321 asks servers to take at least 100)
     idle_timeout: float = 300.0  # seconds a client may stay silent; then its slot is freed
-    auth_failures: int = 5  # failed AUTH attempts from one address within auth_window ...
-    auth_window: float = 600.0  # ... after which AUTH is refused there until it passes
+    auth_window: float = 600.0  # failed AUTH attempts this recent slow the next ones down
     max_connections: int = 500  # at once, all clients (the daemon keeps it below the fd limit)
     max_connections_per_client: int = 50  # at once, one address or IPv6 /64
 
@@ -189,18 +187,22 @@ class BridgeSMTP(SMTP):
     event_handler: "IngressHandler"
     _plain_replies = False  # greeting and HELO/EHLO: no enhanced status codes (RFC 2034)
 
+    async def smtp_AUTH(self, arg: str) -> None:
+        """Mechanism names in any case (RFC 4954 says they are case-insensitive)."""
+        mechanism, space, rest = (arg or "").partition(" ")
+        await super().smtp_AUTH(mechanism.upper() + space + rest if arg else arg)
+
     async def push(self, status: str | bytes) -> None:
-        """Every reply carries an enhanced status code, aiosmtpd's own ones too."""
+        """Every reply carries an enhanced status code, aiosmtpd's own ones too. A failed
+        AUTH is answered after the delay the handler set (`IngressHandler.authenticate`):
+        password guessing is slowed, never locked out."""
+        if isinstance(status, str) and status.startswith("535"):
+            delay = getattr(self.session, "auth_delay", 0.0)
+            if delay:
+                await asyncio.sleep(delay)
         if isinstance(status, str) and not self._plain_replies:
             status = with_enhanced_code(status)
         await super().push(status)
-
-    async def smtp_AUTH(self, arg: str) -> None:
-        """Refused for a while where passwords were guessed wrong too often."""
-        if self.event_handler.auth_blocked(self.session):
-            await self.push("454 4.7.0 Too many failed authentications; try again later")
-            return
-        await super().smtp_AUTH(arg)
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._plain_replies = True
@@ -295,11 +297,17 @@ class BridgeSMTP(SMTP):
         return "421 4.4.2 Connection lost"
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if not _utf8(arg):
+            await self.push("553 5.1.7 The sender address is not valid UTF-8")
+            return
         arg = await self._take(arg, dsnparams.MAIL_PARAMS, "dsn_mail")
         if arg is not None:
             await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
+        if not _utf8(arg):
+            await self.push("553 5.1.3 The recipient address is not valid UTF-8")
+            return
         arg = await self._take(arg, dsnparams.RCPT_PARAMS, "dsn_rcpt")
         if arg is not None:
             await super().smtp_RCPT(arg)
@@ -334,7 +342,8 @@ class IngressHandler:
         self.accepted = accepted  # told after each 250 (wakes the outbound worker)
         self.in_flight = 0
         self.limits = limits.ConnectionLimits()
-        self._auth_failures: dict[str, list[float]] = {}  # client address -> times
+        # Not named auth_…: aiosmtpd offers a handler's auth_* attributes as mechanisms.
+        self.guessing = limits.AuthThrottle(settings.auth_window)
 
     async def handle_exception(self, error: Exception) -> str:
         """An unexpected failure is never a 5xx: the client tries again later."""
@@ -348,32 +357,19 @@ class IngressHandler:
     def authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
     ) -> AuthResult:
+        """A right password always passes; a wrong one is answered late (`failure_delay`)."""
+        user = ""
         if isinstance(auth_data, LoginPassword):
             user = auth_data.login.decode("utf-8", "replace")
             expected = self.settings.users.get(user)
             given = auth_data.password.decode("utf-8", "replace")
             if expected is not None and _same(expected, given):
                 return AuthResult(success=True, auth_data=user)
-        self._auth_failed(session)
+        session.auth_delay = self.guessing.failed(
+            limits.client_key(_client_address(session)), user
+        )
+        log.warning("SMTP AUTH failed", client=_client_address(session), delay=session.auth_delay)
         return AuthResult(success=False, handled=False)
-
-    def auth_blocked(self, session: Session) -> bool:
-        """Too many failed AUTH attempts from this client's address lately (a password
-        guesser): AUTH is refused there until the oldest of them is out of the window."""
-        failures = self._recent_failures(_client_address(session))
-        return len(failures) >= self.settings.auth_failures
-
-    def _auth_failed(self, session: Session) -> None:
-        address = _client_address(session)
-        self._auth_failures[address] = [*self._recent_failures(address), time.monotonic()]
-        log.warning("SMTP AUTH failed", client=address)
-
-    def _recent_failures(self, address: str) -> list[float]:
-        horizon = time.monotonic() - self.settings.auth_window
-        failures = [t for t in self._auth_failures.pop(address, []) if t > horizon]
-        if failures:  # addresses with none are forgotten: the table cannot grow without end
-            self._auth_failures[address] = failures
-        return failures
 
     # --- the dialogue ----------------------------------------------------------------------
 
@@ -438,6 +434,7 @@ class IngressHandler:
         for the addresses that list it (by MAIL FROM among them, else the first); anyone
         else is known by MAIL FROM alone."""
         mail_from = (envelope.mail_from or "").lower()
+        mail_from = "" if mail_from == "<>" else mail_from  # the null sender
 
         def matches(rule: SenderRule) -> bool:
             return bool(mail_from) and any(
@@ -447,8 +444,12 @@ class IngressHandler:
         rules = self.settings.senders
         if session.authenticated:
             rules = tuple(r for r in rules if session.auth_data in r.auth_users)
-            if rules:
-                return next((r for r in rules if matches(r)), rules[0])
+            if rules and not mail_from:  # a bounce or an auto-reply: nobody's address
+                return rules[0]
+            if not any(matches(r) for r in rules):  # Postfix's reject_sender_login_mismatch
+                raise _Refused(
+                    f"553 5.7.1 {envelope.mail_from}: not owned by user {session.auth_data}"
+                )
         for rule in rules:
             if matches(rule):
                 return rule
@@ -612,6 +613,16 @@ def _one_line(error: Exception) -> str:
 
 def _client_address(session: Session) -> str:
     return str(session.peer[0]) if isinstance(session.peer, tuple) else ""
+
+
+def _utf8(text: str | None) -> bool:
+    """Whether `text` (aiosmtpd decodes with surrogateescape) was valid UTF-8, so that a
+    reply quoting it can be written."""
+    try:
+        (text or "").encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _same(a: str, b: str) -> bool:

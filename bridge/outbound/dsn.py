@@ -19,11 +19,10 @@ it to the organisation's smart host. Decisions:
 - **No loops**: no DSN to a null sender (`MAIL FROM:<>`), none about a message that is
   itself a DSN, and every DSN goes out with `MAIL FROM:<>` and `Auto-Submitted:
   auto-replied` (RFC 3834).
-- **What is returned** (part 3): the full message as `message/rfc822`, byte for byte, only
-  when RET=FULL, the report contains a failure, and the original is at most
-  `MAX_RETURNED_ORIGINAL` (1 MiB) — DSNs stay small, and mail up to SDK's 30 MB is never
-  mailed back whole. Otherwise (RET=HDRS, no RET, a delay or success report, or a large
-  original) `text/rfc822-headers` with the original's header block only.
+- **What is returned** (part 3): the original's header block only, `text/rfc822-headers`,
+  whatever RET asks: a report leaves through the smart host, and a mail refused by the
+  other side (content a phisher chose, or confidential text) must not travel back
+  whole. RFC 3461 lets a server return less than RET=FULL asks.
 - **Diagnostic-Code**: `smtp; <text>` for SMTP-style or access-point text (the default),
   `X-SDK; <code> <text>` for a kvittens reason (`DIAGNOSTIC_SDK`). Non-ASCII text becomes
   RFC 2047 encoded words there (the fields are 7-bit); the human-readable part carries it
@@ -41,20 +40,20 @@ import email.policy
 import email.utils
 import re
 import smtplib
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.header import Header
 from email.message import EmailMessage, Message, MIMEPart
-from email.parser import BytesHeaderParser, BytesParser
+from email.parser import BytesHeaderParser
 from enum import StrEnum
 
+from ..pluginsettings import is_loopback
 from ..spool import Envelope, RecipientRecord
 
 # email.policy.SMTP (CRLF, 8-bit allowed), but header lines of the returned original are
 # written as they came instead of being re-folded.
 POLICY = email.policy.SMTP.clone(refold_source="none")
-
-MAX_RETURNED_ORIGINAL = 1024 * 1024  # larger originals come back as headers only
 
 DIAGNOSTIC_SMTP = "smtp"  # an SMTP reply, or the access point's error text
 DIAGNOSTIC_SDK = "X-SDK"  # a kvittens reason: code and text
@@ -154,7 +153,6 @@ def build(
     arrival: datetime,
     from_address: str,
     now: datetime | None = None,
-    max_original: int = MAX_RETURNED_ORIGINAL,
 ) -> EmailMessage | None:
     """The DSN for `reports` (one message's recipients) to the envelope sender, or None when
     none is due: a null sender, a message that is itself a DSN, or nobody asked (NOTIFY)."""
@@ -200,12 +198,7 @@ def build(
     )
     dsn.attach(status)
 
-    full = (
-        (envelope.ret or "").upper() == "FULL"
-        and len(original) <= max_original
-        and any(r.action is Action.FAILED for r in chosen)
-    )
-    dsn.attach(_original_part(original, full=full, policy=policy))
+    dsn.attach(_original_headers(original, policy=policy))
     return dsn
 
 
@@ -223,29 +216,47 @@ async def send(
     *,
     smart_host: str,
     port: int,
+    tls: ssl.SSLContext | None = None,
     timeout: float = 30,
     local_hostname: str | None = None,
 ) -> None:
     """Hand the DSN to the smart host with `MAIL FROM:<>` (a DSN never causes another),
-    to the addresses in its To header. Raises `SendError` when it was not accepted."""
+    to the addresses in its To header, over STARTTLS (`tls`, else the system's CAs): a
+    smart host that does not offer it is used only on loopback, as the `smtp` mailbox
+    plugin does. Raises `SendError` when it was not accepted."""
     recipients = [address for _, address in email.utils.getaddresses(message.get_all("To", []))]
     if not recipients:
         raise SendError("the DSN has no recipient", permanent=True)
     data = message.as_bytes(policy=message.policy)
     if local_hostname is None:
         local_hostname = str(message.get("From", "")).rpartition("@")[2].strip(" >") or None
+    context = tls or ssl.create_default_context()
+    helo = local_hostname or "localhost"
+    required = not is_loopback(smart_host)
     await asyncio.to_thread(
-        _send, data, recipients, smart_host, port, timeout, local_hostname or "localhost"
+        _send, data, recipients, smart_host, port, context, required, timeout, helo
     )
 
 
 def _send(
-    data: bytes, recipients: list[str], host: str, port: int, timeout: float, helo: str
+    data: bytes,
+    recipients: list[str],
+    host: str,
+    port: int,
+    tls: ssl.SSLContext,
+    tls_required: bool,
+    timeout: float,
+    helo: str,
 ) -> None:
     where = f"smart host {host}:{port}"
     try:
         with smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout) as smtp:
             smtp.ehlo()
+            if smtp.has_extn("starttls"):
+                smtp.starttls(context=tls)
+                smtp.ehlo()
+            elif tls_required:  # kept and sent again: the smart host's set-up is to blame
+                raise SendError(f"{where} does not offer STARTTLS", permanent=False)
             options = []
             if not data.isascii():
                 if not smtp.has_extn("8bitmime"):
@@ -342,20 +353,13 @@ def _xtext_safe(value: str) -> str:
 # --- the original --------------------------------------------------------------------------
 
 
-def _original_part(original: bytes, *, full: bool, policy: email.policy.Policy) -> MIMEPart:
-    """Part 3. The original is written back as it came: its header lines are not re-folded
-    (POLICY) and 8-bit content stays 8-bit; line ends become CRLF."""
+def _original_headers(original: bytes, *, policy: email.policy.Policy) -> MIMEPart:
+    """Part 3: the original's header lines as they came (not re-folded: POLICY), CRLF."""
     part = MIMEPart(policy=policy)
-    if full:
-        data = _crlf(original)
-        part["Content-Type"] = "message/rfc822"
-        part["Content-Transfer-Encoding"] = "7bit" if data.isascii() else "8bit"
-        part.set_payload([BytesParser(policy=policy).parsebytes(data)])
-    else:
-        data = _crlf(_header_block(original))
-        part["Content-Type"] = "text/rfc822-headers" + ("" if data.isascii() else "; charset=utf-8")
-        part["Content-Transfer-Encoding"] = "7bit" if data.isascii() else "8bit"
-        part.set_payload(data.decode("ascii", "surrogateescape"))
+    data = _crlf(_header_block(original))
+    part["Content-Type"] = "text/rfc822-headers" + ("" if data.isascii() else "; charset=utf-8")
+    part["Content-Transfer-Encoding"] = "7bit" if data.isascii() else "8bit"
+    part.set_payload(data.decode("ascii", "surrogateescape"))
     return part
 
 

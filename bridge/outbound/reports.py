@@ -1,6 +1,7 @@
 """Telling senders: outcomes of deliveries become RFC 3464 DSNs through the smart host."""
 
 import asyncio
+import ssl
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -37,9 +38,16 @@ class DsnReporter:
         postmaster: str,
         reporting_mta: str,
         lifetime: timedelta,
+        *,
+        report_domains: tuple[str, ...],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`report_domains`: reports go only to senders in these domains (or subdomains),
+        inside the organisation; `tls`: how the smart host's certificate is checked."""
         self.spool = spool
         self.smart_host = smart_host
+        self.report_domains = report_domains
+        self.tls = tls
         self.postmaster = postmaster
         self.reporting_mta = reporting_mta
         self.lifetime = lifetime
@@ -94,6 +102,13 @@ class DsnReporter:
 
     async def _send(self, message: EmailMessage, delivery: Delivery) -> None:
         to = str(message["To"])
+        if not inside(to, self.report_domains):
+            log.warning(
+                "delivery report not sent: the sender is outside the organisation",
+                to=to,
+                **delivery.ids(),
+            )
+            return
         if self.smart_host is None:
             log.warning(
                 "no smart host configured: delivery report not sent",
@@ -102,7 +117,7 @@ class DsnReporter:
             )
             return
         try:
-            await dsn.send(message, smart_host=self.smart_host[0], port=self.smart_host[1])
+            await self._hand_over(message)
         except dsn.SendError as e:
             log.error(
                 "delivery report could not be sent",
@@ -116,6 +131,11 @@ class DsnReporter:
                 await asyncio.to_thread(self.spool.hold_report, to, data)
             return
         log.info("delivery report sent", to=to, **delivery.ids())
+
+    async def _hand_over(self, message: EmailMessage) -> None:
+        assert self.smart_host is not None
+        host, port = self.smart_host
+        await dsn.send(message, smart_host=host, port=port, tls=self.tls)
 
     async def send_owed(self) -> None:
         """Reports not sent yet: owed by a bridge that stopped before sending them, or
@@ -134,9 +154,26 @@ class DsnReporter:
             message = BytesParser(policy=dsn.POLICY).parsebytes(data)
             assert isinstance(message, EmailMessage)
             try:
-                await dsn.send(message, smart_host=self.smart_host[0], port=self.smart_host[1])
+                await self._hand_over(message)
             except dsn.SendError as e:
                 if not e.permanent:
                     return
                 log.error("held delivery report refused for good", to=recipient, error=str(e))
             await asyncio.to_thread(self.spool.drop_report, report_id)
+
+
+def inside(address: str, domains: tuple[str, ...]) -> bool:
+    """Whether `address` is in one of `domains` or a subdomain of one."""
+    domain = address.strip().strip("<>").rpartition("@")[2].lower().rstrip(".")
+    return any(domain == d or domain.endswith("." + d) for d in domains)
+
+
+def sender_domains(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """The domains of envelope sender patterns ("*@kommun.se", "*@*.kommun.se": kommun.se),
+    those with no wildcard left in them once a leading "*." is taken off."""
+    found = []
+    for pattern in patterns:
+        domain = pattern.rpartition("@")[2].lower().removeprefix("*.").strip(".")
+        if domain and not any(c in domain for c in "*?[]") and domain not in found:
+            found.append(domain)
+    return tuple(found)

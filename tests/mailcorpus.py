@@ -359,7 +359,7 @@ def _built(name: str, mail: EmailMessage | bytes, text: str | None = None, **mor
         shown = f"{writer.display_name} ({writer.addr_spec})" if writer.display_name else ""
         built.header_lines = [f"Från: {shown or writer.addr_spec}"]
         if writer.display_name:
-            built.display_name = f"{writer.display_name} via {A_AT_B_NAME}"
+            built.display_name = f"{A_AT_B_NAME}, {writer.display_name}"
     return built
 
 
@@ -420,7 +420,7 @@ def cc_mail() -> Mail:
             f"Kopia: {parsed['Cc']}",
             f"Svara till: {parsed['Reply-To']}",
         ],
-        display_name=f"Anna Andersson via {A_AT_B_NAME}",
+        display_name=f"{A_AT_B_NAME}, Anna Andersson",
         reply=True,
     )
 

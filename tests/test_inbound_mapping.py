@@ -259,7 +259,7 @@ def test_the_writer_and_the_context_open_the_text_and_replies_go_through_the_bri
     mail = mail_of(
         make_message(sender=sender, documents=(document,), recipient=make_message().recipient)
     )
-    assert mail["From"].addresses[0].display_name == "Anna Ek via A kommun – Registrator (SDK)"
+    assert mail["From"].addresses[0].display_name == "A kommun – Registrator (SDK), Anna Ek"
     assert mail["From"].addresses[0].addr_spec == SENDER  # a reply goes back through the bridge
     assert mail["Cc"] is None and mail["Reply-To"] is None
     body = mail.get_body(("plain",))
@@ -331,3 +331,17 @@ def test_headers_are_folded_and_message_ids_are_not_encoded() -> None:
     assert f"In-Reply-To: <{parent}@sdk.kommun.se>\r\n".encode() in data
     mail = email.message_from_bytes(data, policy=email.policy.default)
     assert mail["Subject"].startswith("[sekretess] Ärende Ärende")
+
+
+def test_indented_lines_and_very_long_text_render_as_written() -> None:
+    """Four spaces or a tab would make a code block, a nested list or a heading in a
+    renderer: the indentation travels as character references and comes back."""
+    text = "Rad\n    - punkt\n\t# rubrik\n    1. ett\nslut"
+    escaped = markdown.escape(text)
+    assert markdown.plain(escaped) == text
+    rendered = lxml.html.fragment_fromstring(markdown.render(escaped), create_parent="div")
+    assert {e.tag for e in rendered.iter()} <= {"div", "p", "br"}
+    long_text = markdown.escape("*Rad* [x](y)\n" * 60_000)
+    assert len(long_text) > markdown.MAX_RENDERED_CHARS
+    html = markdown.render(long_text)
+    assert "<em>" not in html and html.count("<p>") == 1 and "*Rad* [x](y)<br />" in html

@@ -714,3 +714,14 @@ def test_a_slow_but_steady_data_is_accepted(make_ingress) -> None:
         assert smtp.sock is not None
         assert smtp.sock.recv(1000) == b""  # the server hung up
         assert time.monotonic() - started < 3.0
+
+
+def test_a_mime_structure_the_parser_chokes_on_is_refused_for_good(ingress) -> None:
+    """CPython's parser raises on `charset*` with no value: 554, not a 451 forever."""
+    running, _ = ingress
+    with client(running.port) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            smtp.sendmail(
+                FROM, [TO_B], b"Subject: x\r\nContent-Type: text/plain; charset*\r\n\r\nx\r\n"
+            )
+        assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (554, b"5.6.0")

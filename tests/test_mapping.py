@@ -32,6 +32,7 @@ from bridge.outbound.htmltext import MAX_HTML_DEPTH
 from bridge.outbound.mapping import (
     DOCUMENT_ID,
     EMPTY_BODY,
+    MAX_MIME_DEPTH,
     SUBJECT_PREFIX,
     MappingError,
     cut_label,
@@ -867,7 +868,9 @@ def test_signed_mail_travels_whole_and_its_text_is_read(tmp_path: Path) -> None:
             [openssl, "smime", "-sign", "-in", content, "-signer", cert, "-inkey", key, *extra],
             check=True, capture_output=True,
         ).stdout  # fmt: skip
-        raw = b"Subject: Signerat\r\n" + signed.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        signed = signed.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        private = b"Received: from intern.a.se (10.0.0.1)\r\n\tby mx\r\nBcc: hemlig@a.se\r\n"
+        raw = private + b"Subject: Signerat\r\n" + signed
         result = mapped(parsed(raw), raw=raw)
         assert text_of(result) == "Signerad text."
         whole, pdf = files_of(result)
@@ -879,7 +882,11 @@ def test_signed_mail_travels_whole_and_its_text_is_read(tmp_path: Path) -> None:
             )
             verify = ["-inform", "DER"]
         else:
-            assert (whole.file_name, whole.content) == ("signerat-meddelande.eml", raw)
+            # Received lines and Bcc stay home; the signature does not cover them.
+            assert (whole.file_name, whole.content) == (
+                "signerat-meddelande.eml",
+                raw[len(private) :],
+            )
             verify = []
         (tmp_path / "got").write_bytes(whole.content)
         checked = subprocess.run(
@@ -906,3 +913,79 @@ def test_opaque_signed_content_is_read_from_der_and_ber_and_garbage_is_left_alon
             assert opaque_content(der[:cut]) is None
     assert opaque_content(b"0\x80" * 5000) is None  # nested past the stack
     assert opaque_content(b"") is None
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 15, after an independent review: hostile shapes, and what real mail does
+
+
+def test_html_text_is_escaped_and_pre_code_and_quotes_stay_text() -> None:
+    html = (
+        "<p>Klicka [här](https://evil.example/x) ![x](https://track.example/p.gif) "
+        "&lt;script&gt; KS_1 *a*</p><p># rubrik</p><p>1. punkt</p>"
+        "<pre>  kod *x*\n  rad två</pre><p>Se <code>a_b</code></p>"
+        "<blockquote><p>citerat</p><p>mer</p></blockquote>"
+    )
+    text = markdown_of(mapped(html_mail(html)))
+    rendered = markdown.render(text)
+    assert "<a" not in rendered and "<img" not in rendered and "<script" not in rendered
+    assert "<h1>" not in rendered and "<ol>" not in rendered and "<code>" not in rendered
+    assert markdown.plain(text) == (
+        "Klicka [här](https://evil.example/x) ![x](https://track.example/p.gif) "
+        "<script> KS_1 *a*\n\n# rubrik\n\n1. punkt\n\n  kod *x*\n  rad två\n\n"
+        "Se a_b\n\n> citerat\n>\n> mer"
+    )
+
+
+def test_nested_tables_give_each_cell_once() -> None:
+    html = (
+        "<table><tr><td>Avsändare<table><tr><td>Kalle</td><td>Anka</td></tr></table></td>"
+        '<td><a href="https://example.se/d">Datum</a></td></tr></table>'
+    )
+    assert text_of(mapped(html_mail(html))) == (
+        "* Avsändare · Datum (https://example.se/d)\n* Kalle · Anka"
+    )
+
+
+def test_an_empty_plain_alternative_leaves_the_text_to_the_html() -> None:
+    mail = MIMEMultipart("alternative")
+    mail.attach(MIMEText(" \n", "plain", "utf-8"))
+    mail.attach(MIMEText("<p>Viktig text</p>", "html", "utf-8"))
+    assert text_of(mapped(mail)) == "Viktig text"
+
+
+def test_inline_images_are_named_by_their_own_part() -> None:
+    png = b"\x89PNG\r\n\x1a\n"
+    mail = MIMEMultipart("related")
+    mail.attach(MIMEText("[cid:image_001.png@01DA*X] och [cid:i2]", "plain", "utf-8"))
+    for cid, name in (("image_001.png@01DA*X", "a.png"), ("i2", "b.png")):  # the same bytes
+        image = MIMEImage(png, "png")
+        image["Content-ID"] = f"<{cid}>"
+        image.add_header("Content-Disposition", "inline", filename=name)
+        mail.attach(image)
+    assert text_of(mapped(mail)) == "[bild: a.png] och [bild: b.png]"
+
+
+def test_raw_utf8_and_unreadable_addresses_keep_their_letters() -> None:
+    raw = (
+        "From: Åsa Öberg <åsa@a.example.se>\r\nCc: Örjan Ek <orjan@a.example.se>\r\n"
+        "Reply-To: Chef <chef@a.example.se>, =?utf-8?q?=0D=0AX=3A_y?= <z@a.example.se>\r\n"
+        "Subject: Hej\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nText\r\n"
+    ).encode()
+    result = mapped(parsed(raw), raw=raw)
+    assert result.sender == written_by("Åsa Öberg (åsa@a.example.se)")
+    lines = text_of(result).split("\n")
+    assert lines[0] == "Kopia: Örjan Ek <orjan@a.example.se>"
+    assert lines[1].startswith("Svara till: Chef <chef@a.example.se>")
+
+
+def test_hostile_nesting_is_refused_not_followed() -> None:
+    deep = b"Content-Type: text/plain\r\n\r\nInnerst\r\n"
+    for level in range(MAX_MIME_DEPTH + 2):
+        deep = (
+            f"Content-Type: multipart/mixed; boundary=b{level}\r\n\r\n--b{level}\r\n".encode()
+            + deep
+            + f"\r\n--b{level}--\r\n".encode()
+        )
+    with pytest.raises(MappingError, match="nested more than"):
+        mapped(parsed(deep), raw=deep)

@@ -8,9 +8,10 @@ Decisions:
 
 - **From** is the sender's functional address as its alias under our SDK domain with the
   display name "<organisation> – <functional address> (SDK)", so Reply goes back through
-  the bridge; a sender person (the writer) goes in front: "<name> via … (SDK)", and opens
-  the text as "Från: …". The "Kopia:", "Svara till:" lines outbound writes atop the text
-  join these header lines; they never become headers, so Reply All stays with the bridge.
+  the bridge; a sender person (the writer) follows: "… (SDK), <name>" (after the
+  organisation, so a name cannot pose as one), and opens the text as "Från: …". The
+  "Kopia:", "Svara till:" lines outbound writes atop the text join these header lines;
+  they never become headers, so Reply All stays with the bridge.
   **To** is the mailbox of our functional address.
 - **Subject** is the label; a label that outbound cut ("…") and whose full form opens
   the text as "Ämne: …" gets its full subject back, and that line leaves the text.
@@ -58,6 +59,7 @@ from bridge.outbound.mapping import (
     KEPT_PARAMETERS,
     REFERENCE_HEADER,
     SUBJECT_PREFIX,
+    cut_label,
     one_line,
 )
 from bridge.sdk import markdown
@@ -80,11 +82,14 @@ _TYPE = re.compile(r"([a-z0-9][a-z0-9!#$&^_.+-]*)/([a-z0-9][a-z0-9!#$&^_.+-]*)")
 _PARAMETER = re.compile(r"(?i)\s*([a-z0-9-]+)\s*=\s*\"?([A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,64})\"?\s*")
 _INVITE_METHOD = re.compile(rb"(?m)^METHOD:([A-Za-z-]{1,32})\r?$")
 _WRITER_ADDRESS = re.compile(r"^(.+?) \([^()\s]+@[^()\s]+\)$")  # the outbound side's label
+_NOT_IN_NAMES = re.compile(r'[<>@"]')
+MAX_WRITER_NAME = 64
 _INVITE_HEAD = 1 << 16  # METHOD comes first in a calendar; no need to search 30 MB
 # message/* files carried as themselves when their bytes allow it (`_seven_bit`).
 _MESSAGE_FILES = frozenset(
     {"message/rfc822", "message/delivery-status", "message/disposition-notification"}
 )
+_FIRST_SECTION_CHARS = 64 * 1024  # the "Ämne:" line and the "Kopia:" block are short
 _ID_HEADERS = frozenset({"message-id", "in-reply-to", "references"})
 
 
@@ -135,8 +140,8 @@ def to_email(
     text = markdown.plain(raw)
     writers = message.sender.attention.persons if message.sender.attention else ()
     shown_as = f"{sender_name} (SDK)"
-    if len(writers) == 1 and writers[0].label:
-        shown_as = f"{_name_of(writers[0].label)} via {shown_as}"
+    if len(writers) == 1 and writers[0].label:  # after the organisation: it cannot pose as one
+        shown_as = f"{shown_as}, {_name_of(writers[0].label)}"
     mail = EmailMessage(policy=_PARTS_POLICY)
     mail["From"] = Address(one_line(shown_as), addr_spec=sender)
     mail["To"] = Address(addr_spec=recipient)
@@ -192,7 +197,9 @@ def to_email(
 
 class _Generator(BytesGenerator):
     """The email package's generator, which also writes a message/delivery-status part
-    whose body is a placeholder (it expects parsed header blocks)."""
+    whose body is a placeholder (it expects parsed header blocks). It overrides the
+    generator's `_handle_*` dispatch, private but unchanged from CPython 3.8 to 3.13;
+    tests/test_inbound_mapping.py writes such a part."""
 
     def _handle_message_delivery_status(self, msg: EmailMessage) -> None:
         if isinstance(msg.get_payload(), str):
@@ -308,7 +315,7 @@ def _seven_bit(content: bytes) -> bool:
 
 def _subject(label: str, text: str) -> tuple[str, str]:
     """The label, or the full subject when outbound cut it and put it atop the text."""
-    first, _, rest = text.partition("\n\n")
+    first, rest = _first_section(text)
     first = markdown.plain(first)
     if label.endswith(ELLIPSIS) and first.startswith(SUBJECT_PREFIX):
         full = first.removeprefix(SUBJECT_PREFIX)
@@ -317,10 +324,19 @@ def _subject(label: str, text: str) -> tuple[str, str]:
     return label, text
 
 
+def _first_section(text: str) -> tuple[str, str]:
+    """The text's first paragraph and the rest after the blank line; ("", text) when the
+    first paragraph is longer than what outbound writes there (no need to read 30 MB)."""
+    first, found, _ = text[:_FIRST_SECTION_CHARS].partition("\n\n")
+    if found:
+        return first, text[len(first) + 2 :]
+    return (text, "") if len(text) <= _FIRST_SECTION_CHARS else ("", text)
+
+
 def _context(text: str) -> tuple[list[str], str]:
     """The lines outbound writes atop the text ("Kopia: …", `CONTEXT_HEADERS`), to join
     the header lines, and the rest of the text."""
-    first, _, rest = text.partition("\n\n")
+    first, rest = _first_section(text)
     lines = markdown.plain(first).split("\n")
     titles = tuple(f"{title}: " for _, title in CONTEXT_HEADERS)
     if first and all(line.startswith(titles) for line in lines):
@@ -343,9 +359,12 @@ def _person(person: Person) -> str:
 
 
 def _name_of(label: str) -> str:
-    """A writer's name without the address outbound puts after it: "Name (address)"."""
+    """A writer's name for the From display name: without the address outbound puts after
+    it ("Name (address)"), without what could pass for an address or for our "(SDK)" mark,
+    at most `MAX_WRITER_NAME` characters."""
     match = _WRITER_ADDRESS.fullmatch(label)
-    return match[1] if match else label
+    name = _NOT_IN_NAMES.sub("", (match[1] if match else label).replace("(SDK)", ""))
+    return cut_label(" ".join(name.split()), MAX_WRITER_NAME)
 
 
 def _reference(reference: Reference) -> str:

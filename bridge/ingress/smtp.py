@@ -544,7 +544,10 @@ class IngressHandler:
         header_block = content if end < 0 else content[:end]
         if len(header_block) > MAX_HEADER_BYTES or header_block.count(b"\r\n") > MAX_HEADER_LINES:
             raise _Refused("552 5.3.4 Too many or too large header lines")
-        mail = parse_mail(content)
+        try:
+            mail = parse_mail(content)
+        except (IndexError, ValueError, TypeError):  # the email package on hostile headers
+            raise _Refused("554 5.6.0 The message's MIME structure cannot be read") from None
         placeholder = msg.Party(self.settings.organisation_id, msg.Attention("placeholder"))
         message_id = str(uuid.uuid4())
         try:

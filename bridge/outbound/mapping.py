@@ -90,6 +90,13 @@ SUBJECT_PREFIX = "Ämne: "
 EMPTY_BODY = "(inget meddelande)"
 EMPTY_FILE_NOTE = "(Tom bilaga utelämnad: {name})"
 CALENDAR_FILE_NAME = "inbjudan.ics"  # a meeting invite's unnamed text/calendar part
+MAX_MIME_DEPTH = 50  # parts within parts; real mail stays far below
+MAX_FILE_BYTES = 64 * 1024 * 1024  # what a mail's parts may hold once read: twice SDK's 30 MB
+# The header fields a signed mail travels with (S/MIME checks From against the certificate).
+SIGNED_HEADERS = frozenset(
+    {b"mime-version", b"content-type", b"content-transfer-encoding", b"from", b"to", b"cc",
+     b"date", b"subject", b"message-id"}
+)  # fmt: skip
 ELLIPSIS = "…"
 REFERENCE_HEADER = "X-SDK-Reference"
 DEFAULT_REFERENCE_ROOT = "dnr"
@@ -201,7 +208,7 @@ def to_business_message(
     label = cut_label(subject) if subject else None
 
     parts = _Parts()
-    _collect(mail, parts, body=True, raw=raw)
+    _collect(mail, parts, body=True, raw=None if raw is None else rawparts.Slice.of(raw))
     files, names_by_cid = parts.all_files()
 
     sections = []
@@ -330,23 +337,39 @@ def references(mail: Message, root: str = DEFAULT_REFERENCE_ROOT) -> tuple[Refer
     return tuple(found)
 
 
-def writer(mail: Message) -> Address | None:
-    """The one address in From, None without one clear address."""
+def writer(mail: Message) -> tuple[str, str] | None:
+    """The one address in From as (name, address), None without one clear address."""
     addresses = _addresses(mail, "From")
-    if len(addresses) != 1 or not one_line(addresses[0].addr_spec):
+    if addresses is None or len(addresses) != 1 or not one_line(addresses[0].addr_spec):
         return None
-    return addresses[0]
+    return _text(addresses[0].display_name), _text(addresses[0].addr_spec)
 
 
 def context_lines(mail: Message) -> list[str]:
     """Who else got the mail and where answers should go, as lines atop the text (B1.3.3
-    has no field for them): "Till:" when the mail went to several, "Kopia:", "Svara till:"."""
+    has no field for them): "Till:" when the mail went to several, "Kopia:", "Svara till:".
+    A field the parser cannot read is shown as it came."""
     lines = []
     for header, title in CONTEXT_HEADERS:
-        addresses = [one_line(str(a)) for a in _addresses(mail, header) if a.addr_spec]
-        if addresses and (header != "To" or len(addresses) > 1):
-            lines.append(f"{title}: {', '.join(addresses)}")
+        addresses = _addresses(mail, header)
+        if addresses is None:
+            shown = [_text(v) for k, v in mail.raw_items() if k.lower() == header.lower()]
+        else:
+            shown = [_text(str(a)) for a in addresses if a.addr_spec]
+        if shown and (header != "To" or len(shown) > 1 or addresses is None):
+            lines.append(f"{title}: {', '.join(shown)}")
     return lines
+
+
+def _text(value: str) -> str:
+    """A header's text as one line, raw 8-bit bytes (SMTPUTF8 mail; the parser keeps them
+    as surrogates) read as UTF-8, else windows-1252."""
+    raw = value.encode("utf-8", "surrogateescape")
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        decoded = raw.decode("cp1252", "replace")
+    return one_line(decoded)
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,13 +390,13 @@ def one_line(value: str) -> str:
     return _WHITESPACE.sub(" ", _XML_ILLEGAL.sub("", value)).strip()
 
 
-def _addresses(mail: Message, header: str) -> list[Address]:
-    """The addresses of every `header` field; none where a field cannot be read."""
+def _addresses(mail: Message, header: str) -> list[Address] | None:
+    """The addresses of every `header` field; None where a field cannot be read."""
     try:
         values = mail.get_all(header) or ()
         return [a for value in values for a in getattr(value, "addresses", ())]
     except (IndexError, ValueError, TypeError, AttributeError):  # the parser on hostile input
-        return []
+        return None
 
 
 def _message_ids(value: str) -> list[str]:
@@ -393,14 +416,14 @@ def _creation_time(now: datetime | None) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
-def _with_writer(sender: Party, author: Address | None, shared: Collection[str]) -> Party:
+def _with_writer(sender: Party, author: tuple[str, str] | None, shared: Collection[str]) -> Party:
     """The sender with the writer as its attention's person (B1.3.3's field for who in
     the organisation sent it), labelled "Name (address)" or the address alone; not when
     the writer is a functional address's own mailbox (`shared`)."""
     attention = sender.attention
     if author is None or attention is None:
         return sender
-    address, name = one_line(author.addr_spec), one_line(author.display_name)
+    name, address = author
     if address.casefold() in shared:
         return sender
     person = Person(label=cut_label(f"{name} ({address})" if name else address))
@@ -429,42 +452,50 @@ def _with_references(recipient: Party, found: tuple[Reference, ...]) -> Party:
 @dataclass
 class _Parts:
     """What the walk found: body texts, and files with their Content-IDs, those of
-    alternatives we did not choose kept apart."""
+    alternatives we did not choose kept apart; and how many bytes the files hold, which
+    may not grow past `MAX_FILE_BYTES` (what is read out of parts, opaque S/MIME, adds up)."""
 
     texts: list[str] = field(default_factory=list)
     files: list[tuple[ContentFile, str]] = field(default_factory=list)
     alternative_files: list[tuple[ContentFile, str]] = field(default_factory=list)
     empty_files: list[str] = field(default_factory=list)
+    size: int = 0
 
-    def add_file(self, file: ContentFile, part: EmailMessage, *, alternative: bool) -> None:
+    def add_file(self, file: ContentFile, part: EmailMessage, *, unchosen: bool) -> None:
         content_id = str(part.get("Content-ID", "")).strip().strip("<>").casefold()
+        self.size += len(file.content)
+        if self.size > MAX_FILE_BYTES:
+            raise MappingError("its parts hold more than SDK's 30 MB")
         if not file.content:
             self.empty_files.append(file.file_name or "namnlös bilaga")
-        elif alternative:
+        elif unchosen:
             self.alternative_files.append((file, content_id))
         else:
             self.files.append((file, content_id))
 
     def all_files(self) -> tuple[tuple[ContentFile, ...], dict[str, str]]:
         """Files in mail order, and the file name for each Content-ID. An alternative's
-        copy of a file we already have is dropped, and clashing names are made unique so
-        a receiver saving by name loses nothing."""
-        have = {f.content for f, _ in self.files}
-        found = self.files + [(f, c) for f, c in self.alternative_files if f.content not in have]
+        copy of a file we already have is dropped (its Content-ID names the kept one), and
+        clashing names are made unique so a receiver saving by name loses nothing."""
+        have = {f.content: index for index, (f, _) in enumerate(self.files)}
+        found = list(self.files)
+        copies = []  # (Content-ID, index in found of the file it copies)
+        for file, cid in self.alternative_files:
+            if file.content in have:
+                copies.append((cid, have[file.content]))
+            else:
+                found.append((file, cid))
         used: set[str] = set()
         unique = []
-        names_by_content: dict[bytes, str] = {}
         for number, (file, _) in enumerate(found, start=1):
             name = _unique_name(file.file_name or _default_name(file, number), used)
             used.add(name.casefold())
             unique.append(dataclasses.replace(file, file_name=name))
-            names_by_content.setdefault(file.content, name)
-        names_by_cid = {
-            cid: names_by_content[f.content]
-            for f, cid in self.files + self.alternative_files
-            if cid and f.content in names_by_content
-        }
-        return tuple(unique), names_by_cid
+        names = {cid: unique[i].file_name for i, (_, cid) in enumerate(found) if cid}
+        for cid, index in copies:
+            if cid:
+                names.setdefault(cid, unique[index].file_name)
+        return tuple(unique), names
 
 
 def _default_name(file: ContentFile, number: int) -> str:
@@ -475,32 +506,42 @@ def _default_name(file: ContentFile, number: int) -> str:
     return f"bilaga-{number}{_EXTENSION_BY_TYPE.get(content_type, fallback)}"
 
 
-def _collect(part: EmailMessage, parts: _Parts, *, body: bool, raw: bytes | None) -> None:
+def _collect(
+    part: EmailMessage,
+    parts: _Parts,
+    *,
+    body: bool,
+    raw: rawparts.Slice | None,
+    depth: int = 0,
+    opaque: bool = True,
+) -> None:
     """Walk the MIME tree; `body` is false inside an alternative we did not choose, `raw`
-    is the part's bytes as received (None where they could not be told apart)."""
+    is the part's place in the bytes as received (None where it could not be told),
+    `opaque` whether an opaque S/MIME object's content is read (not inside another)."""
+    if depth > MAX_MIME_DEPTH:
+        raise MappingError(f"its MIME parts are nested more than {MAX_MIME_DEPTH} deep")
     content_type = part.get_content_type()
     maintype = part.get_content_maintype()
-    alternative = not body
+    unchosen = not body
     if part.is_multipart() and maintype == "multipart":
         subparts = cast(list[EmailMessage], list(part.iter_parts()))
         boundary = part.get_boundary()
-        found = None
-        if raw is not None and boundary and _travels_as_received(part):
-            found = rawparts.subparts(raw, boundary)
-        raws: list[bytes | None] = list(found or ())
+        found = raw.subparts(boundary) if raw is not None and boundary else None
+        raws: list[rawparts.Slice | None] = list(found or ())
         if len(raws) != len(subparts):
             raws = [None] * len(subparts)
         if content_type == "multipart/signed":  # whole, and its content read as usual
-            entity = part.as_bytes() if raw is None else raw
-            signed = ContentFile(SIGNED_FILE_NAME, "message/rfc822", entity)
-            parts.add_file(signed, part, alternative=alternative)
+            entity = part.as_bytes() if raw is None else _signed_entity(raw, depth)
+            parts.add_file(ContentFile(SIGNED_FILE_NAME, "message/rfc822", entity), part,
+                           unchosen=unchosen)  # fmt: skip
             subparts, raws = subparts[:1], raws[:1]  # the signature is in the entity
         chosen = _choose_alternative(subparts) if content_type == "multipart/alternative" else None
         for subpart, subpart_raw in zip(subparts, raws, strict=True):
             chosen_here = body and (chosen is None or subpart is chosen)
-            _collect(subpart, parts, body=chosen_here, raw=subpart_raw)
+            _collect(subpart, parts, body=chosen_here, raw=subpart_raw, depth=depth + 1,
+                     opaque=opaque)  # fmt: skip
     elif maintype == "message":
-        parts.add_file(_file_of(part, raw), part, alternative=alternative)
+        parts.add_file(_file_of(part, raw), part, unchosen=unchosen)
     elif maintype == "multipart":  # no boundary found: its text is all there is
         if body:
             parts.texts.append(_plain_text(part))
@@ -509,21 +550,24 @@ def _collect(part: EmailMessage, parts: _Parts, *, body: bool, raw: bytes | None
             parts.texts.append(_body_text(part))
     else:
         file = _file_of(part, raw)
-        parts.add_file(file, part, alternative=alternative)
-        if _base_type(file.content_type) in _OPAQUE_SIGNED:
-            inner = opaque_content(file.content)
-            if inner is not None:
-                _collect(parse_mail(inner), parts, body=body, raw=inner)
+        parts.add_file(file, part, unchosen=unchosen)
+        inner = opaque_content(file.content) if opaque and _opaque_signed(file) else None
+        if inner is not None:  # its text and files, once: not those of one inside it
+            inner_raw = rawparts.Slice.of(inner)
+            _collect(parse_mail(inner), parts, body=body, raw=inner_raw, depth=depth + 1,
+                     opaque=False)  # fmt: skip
 
 
-def _travels_as_received(part: EmailMessage) -> bool:
-    """Whether a part within is carried as its bytes (signed, message/*): only then are
-    a multipart's bytes cut into its parts' (a copy of each)."""
-    return any(
-        p.get_content_maintype() == "message" or p.get_content_type() == "multipart/signed"
-        for p in part.walk()
-        if p is not part
-    )
+def _signed_entity(raw: rawparts.Slice, depth: int) -> bytes:
+    """The signed entity as received. Where it is the whole mail, only the header fields
+    a verifier uses go with it: Received lines, Bcc and the like stay home (a signature
+    covers the body only)."""
+    entity = raw.bytes()
+    return rawparts.headers_kept(entity, SIGNED_HEADERS) if depth == 0 else entity
+
+
+def _opaque_signed(file: ContentFile) -> bool:
+    return _base_type(file.content_type) in _OPAQUE_SIGNED
 
 
 def _is_body_text(part: EmailMessage) -> bool:
@@ -554,7 +598,11 @@ def _body_kinds(part: EmailMessage) -> set[str]:
         return set()
     if part.is_multipart():
         return set().union(*(_body_kinds(p) for p in part.iter_parts()))  # type: ignore[arg-type]
-    return {part.get_content_type()} if _is_body_text(part) else set()
+    if not _is_body_text(part):
+        return set()
+    if part.get_content_type() == "text/plain" and not _decoded_text(part).strip():
+        return set()  # an empty plain alternative: the HTML has the text
+    return {part.get_content_type()}
 
 
 # ---------------------------------------------------------------------------------------
@@ -654,13 +702,13 @@ def _tidy(text: str, *, collapse: bool = True) -> str:
 # Files
 
 
-def _file_of(part: EmailMessage, raw: bytes | None) -> ContentFile:
+def _file_of(part: EmailMessage, raw: rawparts.Slice | None) -> ContentFile:
     """A part as a ContentFile; an empty name is filled in by `_Parts.all_files`. A
     message/* part's content is its body as received (`raw`) where known."""
     content_type = part.get_content_type()
     name = _clean_file_name(part.get_filename() or "")
     if content_type == "message/rfc822":
-        content = _message_bytes(part) if raw is None else rawparts.body(raw)
+        content = _message_bytes(part) if raw is None else raw.body().bytes()
         if not name:
             name = _name_from_subject(part)
         if name and not name.lower().endswith(".eml"):
@@ -669,7 +717,7 @@ def _file_of(part: EmailMessage, raw: bytes | None) -> ContentFile:
     if content_type in _REFERENCE_ONLY:  # no content of its own: its headers, readable
         return ContentFile(name or _REFERENCE_ONLY[content_type], "text/plain", _entity(part))
     if part.get_content_maintype() == "message":  # delivery-status and the like
-        content = _message_body(part) if raw is None else rawparts.body(raw)
+        content = _message_body(part) if raw is None else raw.body().bytes()
         return ContentFile(name, content_type, content)
     content = _payload_bytes(part)
     if not _CONTENT_TYPE.fullmatch(content_type):  # garbage in the header: a plain file

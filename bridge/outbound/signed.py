@@ -17,6 +17,9 @@ SIGNED_FILE_NAME: Final = "signerat-meddelande.eml"
 # ContentInfo's contentType for SignedData, 1.2.840.113549.1.7.2, DER-encoded.
 _SIGNED_DATA: Final = bytes.fromhex("06092a864886f70d010702")
 _MAX_NESTING: Final = 16  # constructed OCTET STRINGs in BER: chunks of chunks
+# Elements one indefinite-length or chunked element may hold: openssl streams 1 KB chunks
+# and more (30 MB: 30,000); a million one-byte chunks would be walked several times over.
+_MAX_ELEMENTS: Final = 100_000
 
 
 def opaque_content(der: bytes) -> bytes | None:
@@ -72,11 +75,12 @@ def _element(data: bytes, position: int, bound: int) -> _Element:
     if length == 0x80:  # indefinite: children up to the end-of-contents octets
         if not tag & 0x20:
             raise ValueError("a primitive element cannot have an indefinite length")
-        inner = start
+        inner, count = start, 0
         while data[inner : inner + 2] != b"\0\0":
             inner = _element(data, inner, bound).after
-            if inner >= bound:
-                raise ValueError("no end-of-contents")
+            count += 1
+            if inner >= bound or count > _MAX_ELEMENTS:
+                raise ValueError("no end-of-contents, or too many elements")
         return _Element(tag, position, start, inner, inner + 2)
     if length & 0x80:
         count = length & 0x7F
@@ -99,6 +103,8 @@ def _octets(data: bytes, element: _Element, depth: int) -> bytes:
     chunks = []
     position = element.start
     while position < element.end:
+        if len(chunks) >= _MAX_ELEMENTS:
+            raise ValueError("too many chunks")
         chunk = _element(data, position, element.end)
         chunks.append(_octets(data, chunk, depth + 1))
         position = chunk.after

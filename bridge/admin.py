@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import metrics
 from .checks import expiring
+from .inbound.intake import MIN_FREE_BYTES, spool_full
 from .spool import Spool
 
 log = structlog.get_logger(__name__)
@@ -47,6 +48,11 @@ class Health:
             self.spool.queue_depths()
         except Exception as e:  # any failure to read it means it is not usable
             found.append(f"spool: cannot be read ({type(e).__name__}: {e})")
+        if spool_full(self.spool):
+            found.append(
+                "spool: its disk is nearly full; nothing is taken from the access point until"
+                f" {MIN_FREE_BYTES // 1_000_000} MB are free"
+            )
         since = self.access_point_reached or self.started
         if now - since > self.access_point_grace:
             found.append(

@@ -1,7 +1,8 @@
 """What `check-config` checks beyond the file itself.
 
 `certificate_warnings` works offline: certificates that expire within the warning period
-(the daemon logs the same at start and on reload). `online` reaches every service the
+(the daemon logs the same at start and on reload); so does `exposure_warnings`: secret
+files others may read, an admin port off loopback. `online` reaches every service the
 bridge depends on and says for each whether it works: the address book (and our
 functional addresses in it), SMP (our registration for the message and the kvittens
 document ids), CertPub (the certificates published for us are ours, none revoked), the
@@ -10,17 +11,20 @@ access point (its credentials) and each functional address's mailbox.
 
 import asyncio
 import dataclasses
+import os
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from . import plugins
 from .config import Config
+from .pluginsettings import is_loopback
 from .registry.client import Registry
 from .registry.errors import RegistryError
 from .sdk.certs import CertificateProblem, issuer_among
@@ -69,6 +73,49 @@ def expiring(named: dict[str, x509.Certificate], within: timedelta) -> list[str]
                 else f"certificate {name}: expires {when} ({left.days} days left)"
             )
     return warnings
+
+
+SECRET_KEYS = frozenset({"key", "tls_key", "passphrase_file", "password_file"})
+
+
+def exposure_warnings(config: Config, file: Path) -> list[str]:
+    """Secrets others may read, and an admin port off loopback (plain HTTP, no login):
+    check-config prints them, the daemon logs them at start."""
+    warnings = []
+    for name, path in _secret_files(yaml.safe_load(file.read_text()), file.parent):
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue  # the loader said what is missing
+        if mode & 0o077:
+            warnings.append(
+                f"{name} {path} can be read or written by others (mode {mode & 0o777:04o}):"
+                f" chmod 600 {path}"
+            )
+    if config.admin is not None and not is_loopback(config.admin.listen[0]):
+        host, port = config.admin.listen
+        warnings.append(
+            f"admin.listen {host}:{port} is not on loopback: /metrics and /readyz are plain"
+            " HTTP without a login; keep it on 127.0.0.1 behind a proxy or a firewall"
+        )
+    return warnings
+
+
+def _secret_files(node: Any, directory: Path, key: str = "") -> list[tuple[str, Path]]:
+    """(setting, path) of every secret file the configuration names, wherever it is."""
+    found = []
+    if isinstance(node, dict):
+        for name, value in node.items():
+            where = f"{key}.{name}" if key else str(name)
+            if name in SECRET_KEYS and isinstance(value, str):
+                path = Path(os.path.expandvars(value))
+                found.append((where, path if path.is_absolute() else directory / path))
+            else:
+                found.extend(_secret_files(value, directory, where))
+    elif isinstance(node, list):
+        for number, item in enumerate(node):
+            found.extend(_secret_files(item, directory, f"{key}[{number}]"))
+    return found
 
 
 def online(config: Config) -> list[Finding]:

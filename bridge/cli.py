@@ -207,7 +207,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     for line in config.describe(loaded):
         print(line)
-    for warning in checks.certificate_warnings(loaded):
+    for warning in checks.certificate_warnings(loaded) + checks.exposure_warnings(
+        loaded, Path(args.config)
+    ):
         print(f"warning: {warning}")
     if not args.online:
         print(f"{args.config}: OK")
@@ -991,6 +993,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Whatever it writes (spool, mail, keys, the sandbox's passwords) is its owner's alone,
+    # as Postfix does it, also when started by hand from a shell with umask 022.
+    previous = os.umask(0o077)
     parser = build_parser()
     args = parser.parse_args(argv)
     bridge_logging.configure(args.log_level, args.log_json)
@@ -999,6 +1004,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args)
     except UsageError as e:
         parser.exit(2, f"sdk-bridge: error: {e}\n")
+    finally:
+        os.umask(previous)  # called in-process (tests), the caller's umask comes back
 
 
 if __name__ == "__main__":

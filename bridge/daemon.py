@@ -329,7 +329,7 @@ async def run(config: Config, file: Path) -> None:
     _require(config)
     assert config.smtp and config.access_point and config.spool  # for the type checker
     asyncio.get_running_loop().set_exception_handler(loop_errors())
-    for warning in checks.certificate_warnings(config):
+    for warning in checks.certificate_warnings(config) + checks.exposure_warnings(config, file):
         log.warning(warning)
     memory.return_large_buffers()
     smtp = config.smtp

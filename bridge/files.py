@@ -37,3 +37,11 @@ def sync_directory(path: Path) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner may read (0600), whatever the umask: keys, passwords."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        os.fchmod(file.fileno(), 0o600)  # an older file may have had another mode
+        file.write(data)

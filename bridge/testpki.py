@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
+from .files import write_private
+
 PASSPHRASE = b"secret"
 
 _KEY_USAGES = {"sign", "encrypt", "both"}
@@ -487,11 +489,11 @@ def _write(
 ) -> Identity:
     key_pem, cert_pem, p12, key_pem_encrypted = _paths(directory, name)
     pkcs8, pem = serialization.PrivateFormat.PKCS8, serialization.Encoding.PEM
-    key_pem.write_bytes(key.private_bytes(pem, pkcs8, serialization.NoEncryption()))
+    write_private(key_pem, key.private_bytes(pem, pkcs8, serialization.NoEncryption()))
     cert_pem.write_bytes(cert.public_bytes(pem))
     encryption = serialization.BestAvailableEncryption(PASSPHRASE)
-    key_pem_encrypted.write_bytes(key.private_bytes(pem, pkcs8, encryption))
-    p12.write_bytes(
-        pkcs12.serialize_key_and_certificates(name.encode(), key, cert, chain, encryption)
+    write_private(key_pem_encrypted, key.private_bytes(pem, pkcs8, encryption))
+    write_private(
+        p12, pkcs12.serialize_key_and_certificates(name.encode(), key, cert, chain, encryption)
     )
     return Identity(key, cert, key_pem, cert_pem, p12, key_pem_encrypted)

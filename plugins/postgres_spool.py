@@ -759,6 +759,11 @@ class PostgresSpool:
             ).fetchone()
         return row is not None
 
+    def free_bytes(self) -> int | None:
+        """None: the database server keeps the envelopes, on a disk not seen from here (a
+        full one refuses the write, and the access point keeps what was not stored)."""
+        return None
+
     def queue_depths(self) -> dict[tuple[str, str], tuple[int, datetime]]:
         """(queue, state) -> (how many, when the oldest came), for metrics and `queue`."""
         queries = {

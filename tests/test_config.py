@@ -13,6 +13,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"
 
 def write_config(tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity) -> Path:
     (tmp_path / "pass").write_bytes(PASSPHRASE + b"\n")
+    (tmp_path / "pass").chmod(0o600)
     path = tmp_path / "config.yaml"
     path.write_text(
         f"""\
@@ -430,3 +431,28 @@ def test_spool_on_postgresql(tmp_path: Path, pki: TestPKI, alice: Identity, bob:
         assert line.startswith(f"{leaf}:" if f"  {leaf}:" in changed else "backend:")
     path.write_text(text.split("spool:")[0] + "spool:\n  backend: sqlite\n  directory: spool\n")
     assert config.load(path).spool_plugin() == ("sqlite", {"directory": str(tmp_path / "spool")})
+
+
+def test_check_config_warns_of_exposed_secrets_and_an_open_admin_port(
+    tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 16: a password file others can read, an admin port off loopback."""
+    path = write_config(tmp_path, pki, alice, bob)
+    (tmp_path / "smtp.pass").write_text("s3cret\n")
+    (tmp_path / "smtp.pass").chmod(0o666)
+    path.write_text(
+        path.read_text()
+        + "smtp:\n  users:\n    - name: exchange\n      password_file: smtp.pass\n"
+        + "admin:\n  listen: 0.0.0.0:9025\n"
+    )
+    assert cli.main(["check-config", "-c", str(path)]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert any(
+        "smtp.users[0].password_file" in w and "mode 0666" in w and "chmod 600" in w
+        for w in warnings
+    ), warnings
+    assert any("admin.listen 0.0.0.0:9025 is not on loopback" in w for w in warnings), warnings
+    (tmp_path / "smtp.pass").chmod(0o600)
+    path.write_text(path.read_text().replace("0.0.0.0:9025", "127.0.0.1:9025"))
+    assert cli.main(["check-config", "-c", str(path)]) == 0
+    assert "warning" not in capsys.readouterr().out

@@ -7,7 +7,7 @@ from email.message import EmailMessage
 import lxml.html
 from conftest import make_message
 
-from bridge.inbound.mapping import to_email
+from bridge.inbound.mapping import MAX_FILE_NAME_BYTES, safe_file_name, to_email
 from bridge.outbound.mapping import cut_label, references
 from bridge.sdk import markdown
 from bridge.sdk import message as msg
@@ -345,3 +345,13 @@ def test_indented_lines_and_very_long_text_render_as_written() -> None:
     assert len(long_text) > markdown.MAX_RENDERED_CHARS
     html = markdown.render(long_text)
     assert "<em>" not in html and html.count("<p>") == 1 and "*Rad* [x](y)<br />" in html
+
+
+def test_received_file_names_are_safe_to_save() -> None:
+    """Issue 16: no path, no control characters, a length every file system takes."""
+    assert safe_file_name("../../../../tmp/x.html", 1) == "x.html"
+    assert safe_file_name("C:\\Windows\\evil.exe", 1) == "evil.exe"
+    assert safe_file_name("...dold", 1) == "dold"
+    assert safe_file_name("..", 4) == "bilaga-4"
+    long = safe_file_name("Å" * 300 + ".pdf", 1)
+    assert long.endswith("Å.pdf") and len(long.encode()) <= MAX_FILE_NAME_BYTES

@@ -2,11 +2,13 @@
 
 import asyncio
 import dataclasses
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from bridge.inbound.intake import Intake, recovered
+from bridge.admin import Health
+from bridge.inbound.intake import MIN_FREE_BYTES, Intake, recovered
 from bridge.plugins import (
     OversizedRetrieval,
     PermanentFailure,
@@ -231,3 +233,27 @@ def test_on_the_current_interface_a_listed_message_is_never_recorded_lost(tmp_pa
     gone.pending_ids = ["taken"]
     asyncio.run(Intake(gone, spool, OURS).fetch())
     assert spool.held_received() == [] and spool.note_retrieving([]) == []
+
+
+@pytest.mark.parametrize("keeps", [True, False], ids=["domibus-5", "deprecated"])
+def test_nothing_is_taken_while_the_spools_disk_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keeps: bool
+) -> None:
+    """Issue 16: a message the spool could not hold is never taken from the access point;
+    the intake waits, /readyz says why, and takes it once there is room."""
+    spool = SQLiteSpool(tmp_path)
+    point = KeepingAccessPoint()
+    point.pending_ids = ["mine"]
+    point.keeps_until_acknowledged = keeps
+    intake = Intake(point, spool, ["0203:a.se"])  # type: ignore[arg-type]
+    free = {"bytes": MIN_FREE_BYTES - 1}
+    monkeypatch.setattr(spool, "free_bytes", lambda: free["bytes"])
+    health = Health(spool, {}, timedelta(days=1), timedelta(hours=1))
+    assert asyncio.run(intake.fetch()) is None
+    assert intake.waiting_for_room
+    assert point.retrievals == []
+    assert any("disk is nearly full" in problem for problem in health.problems())
+    free["bytes"] = MIN_FREE_BYTES
+    assert asyncio.run(intake.fetch()) == 1
+    assert [r.id for r in spool.received()] == ["mine"]
+    assert not health.problems()

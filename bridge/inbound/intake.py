@@ -62,16 +62,27 @@ OVERSIZE_ACTION = "sdk-bridge:oversize"
 # deprecated interface gave it out and a crash took it): retrieved again if listed.
 LEFT_ALONE = frozenset({"left", "unreadable", "deleted"})
 RETRIEVE_AGAIN = frozenset({"lost"})
+# Room the spool's disk must have before an envelope is taken from the access point: the
+# largest envelope, and as much again for the mail it becomes.
+MIN_FREE_BYTES = 2 * MAX_ENVELOPE_BYTES
 # Failed attempts to mark one stored message downloaded before an alert says so.
 ACKNOWLEDGE_ALERT = 10
+
+
+def spool_full(spool: Spool) -> bool:
+    """Whether the spool's disk has less room than one more envelope needs (`/readyz` says
+    so as well); a spool that cannot tell is not judged here."""
+    free = spool.free_bytes()
+    return free is not None and free < MIN_FREE_BYTES
 
 
 class Intake:
     """Fetching from one access point into one spool, for the organisations `ours`.
 
-    On the deprecated interface, an envelope that cannot be stored once retrieved (a full
-    disk) is held in memory and stored first next round; nothing more is retrieved until
-    it is. On the current one nothing is held: the access point keeps it."""
+    Nothing is retrieved while the spool's disk has less room than `MIN_FREE_BYTES`: the
+    access point keeps it meanwhile. On the deprecated interface, an envelope that still
+    cannot be stored once retrieved is held in memory and stored first next round; nothing
+    more is retrieved until it is. On the current one nothing is held."""
 
     def __init__(self, access_point: AccessPoint, spool: Spool, ours: Collection[str]) -> None:
         self.access_point = access_point
@@ -79,6 +90,7 @@ class Intake:
         self.ours = frozenset(ours)
         self.unstored: dict[str, Received] = {}
         self.backlog = False  # the last look found more pending than one round takes
+        self.waiting_for_room = False  # the spool's disk is too full to take anything
         self._unacknowledged: dict[str, int] = {}  # failed marks, by MessageId
 
     @property
@@ -88,6 +100,16 @@ class Intake:
     async def fetch(self, limit: int = RETRIEVALS) -> int | None:
         """Retrieve up to `limit` pending envelopes into the spool; how many were new, or
         None when the access point could not be asked or the spool cannot take more."""
+        if await asyncio.to_thread(spool_full, self.spool):
+            if not self.waiting_for_room:
+                log.error(
+                    "alert: the spool's disk is nearly full; nothing is taken from the access"
+                    " point until there is room (it keeps the messages meanwhile)",
+                    needed_bytes=MIN_FREE_BYTES,
+                )
+            self.waiting_for_room = True
+            return None
+        self.waiting_for_room = False
         new = 0
         for item in list(self.unstored.values()):
             try:

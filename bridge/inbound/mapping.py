@@ -31,13 +31,14 @@ Decisions:
   of B1.3.3's Markdown subset and nothing else (`bridge.sdk.markdown.render`): raw HTML,
   links, images, code and quotes stay visible as text, so nothing in the mail can run or
   load remote content.
-- **Attachments**: every ContentFile, byte for byte, with its file name (control
-  characters become spaces; "bilaga-<n>" when empty), its type and the parameters outbound
-  keeps (charset, method, smime-type); application/octet-stream for a type not of the form
-  type/subtype, multipart/*, text/html, and a message/* whose bytes are not 7-bit lines
-  (RFC 2046 lets message/rfc822, delivery-status and disposition-notification travel only
-  as themselves). A meeting invite (text/calendar with a method) is also the last part of
-  the multipart/alternative, which is what makes Outlook show it as one. The mail is 7-bit
+- **Attachments**: every ContentFile, byte for byte, with its file name (`safe_file_name`:
+  no path, control characters as spaces, at most 200 bytes; "bilaga-<n>" when empty), its
+  type and the parameters outbound keeps (charset, method, smime-type);
+  application/octet-stream for a type not of the form type/subtype, multipart/*,
+  text/html, and a message/* whose bytes are not 7-bit lines (RFC 2046 lets
+  message/rfc822, delivery-status and disposition-notification travel only as
+  themselves). A meeting invite (text/calendar with a method) is also the last part of the
+  multipart/alternative, which is what makes Outlook show it as one. The mail is 7-bit
   (quoted-printable or base64 parts) with headers folded at 78 characters.
 """
 
@@ -90,6 +91,7 @@ _MESSAGE_FILES = frozenset(
     {"message/rfc822", "message/delivery-status", "message/disposition-notification"}
 )
 _FIRST_SECTION_CHARS = 64 * 1024  # the "Ämne:" line and the "Kopia:" block are short
+MAX_FILE_NAME_BYTES = 200  # below the 255 most file systems allow, room for " (2)"
 _ID_HEADERS = frozenset({"message-id", "in-reply-to", "references"})
 
 
@@ -185,9 +187,8 @@ def to_email(
         _fill(mail.get_payload()[-1], invite, placeholders)
     for number, file in enumerate(files, start=1):
         maintype, subtype = _attachment_type(file)
-        name = one_line("".join(c if c.isprintable() else " " for c in file.file_name))
         mail.add_attachment(
-            b"", maintype=maintype, subtype=subtype, filename=name or f"bilaga-{number}"
+            b"", maintype=maintype, subtype=subtype, filename=safe_file_name(file.file_name, number)
         )
         _fill(mail.get_payload()[-1], file, placeholders)
     template = io.BytesIO()
@@ -206,6 +207,21 @@ class _Generator(BytesGenerator):
             self._handle_text(msg)  # type: ignore[attr-defined]
         else:
             super()._handle_message_delivery_status(msg)  # type: ignore[misc]
+
+
+def safe_file_name(name: str, number: int) -> str:
+    """A received file name a mail client or a Maildir tool can save as it is: the last
+    path component, control characters as spaces, no leading dots, at most
+    `MAX_FILE_NAME_BYTES` of UTF-8 (the extension kept); "bilaga-<n>" when nothing is left."""
+    name = one_line("".join(c if c.isprintable() else " " for c in name))
+    name = name.replace("\\", "/").rsplit("/", 1)[-1].strip().lstrip(".").strip()
+    if len(name.encode()) > MAX_FILE_NAME_BYTES:
+        stem, dot, extension = name.rpartition(".")
+        extension = dot + extension if stem and len(extension) <= 16 else ""
+        stem = name[: len(name) - len(extension)] if extension else name
+        room = MAX_FILE_NAME_BYTES - len(extension.encode())
+        name = stem.encode()[:room].decode("utf-8", "ignore").rstrip() + extension
+    return name or f"bilaga-{number}"
 
 
 def _fill(

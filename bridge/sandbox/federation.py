@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from ..files import write_private
 from ..registry.addressbook import FunctionalAddress
 from ..registry.addresses import slug
 from ..sdk.keys import KeyPair
@@ -370,7 +371,7 @@ class Sandbox:
         secrets_file = self.directory / "orgs" / label / "ap.pass"
         if not secrets_file.exists():
             secrets_file.parent.mkdir(parents=True, exist_ok=True)
-            secrets_file.write_text(secrets.token_urlsafe(18) + "\n")
+            write_private(secrets_file, (secrets.token_urlsafe(18) + "\n").encode())
         published = self.state.setdefault("published", {}).setdefault(
             label, {"signing": [f"org-{label}-signing"], "encryption": [f"org-{label}-encryption"]}
         )

@@ -7,6 +7,7 @@ crash between the two leaves an orphan file that no row names; it is never deliv
 
 import hashlib
 import json
+import shutil
 import sqlite3
 import threading
 import uuid
@@ -756,6 +757,10 @@ class SQLiteSpool:
                 (sdk_message_id, sdk_message_id),
             ).fetchone()
         return row is not None
+
+    def free_bytes(self) -> int | None:
+        """Room left on the disk of the spool's directory, where everything is kept."""
+        return shutil.disk_usage(self.directory).free
 
     def queue_depths(self) -> dict[tuple[str, str], tuple[int, datetime]]:
         """(queue, state) -> (how many, when the oldest came), for metrics and `queue`."""

@@ -1,0 +1,53 @@
+"""Issue 16: every mail is confidential. Started by hand from a shell whose umask lets
+others read (022, as README's quick start runs it), the bridges still write every file of
+their spools and mailboxes for their owner alone."""
+
+import os
+import stat
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from bridge.local import LocalRun
+
+FROM_A = "registrator@a.sandbox.test"
+TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[LocalRun]:
+    previous = os.umask(0o022)  # the bridges inherit it
+    try:
+        run = LocalRun(tmp_path, key_size=2048, poll_seconds=0.3)
+        run.start()
+    finally:
+        os.umask(previous)
+    yield run
+    run.stop()
+
+
+def exposed(root: Path) -> list[str]:
+    """Files and directories under `root` that anyone but their owner may open."""
+    found = []
+    for path in [root, *root.rglob("*")]:
+        mode = path.lstat().st_mode
+        if not stat.S_ISLNK(mode) and mode & 0o077:
+            found.append(f"{path.relative_to(root)} {stat.filemode(mode)}")
+    return found
+
+
+def test_what_the_bridges_write_is_their_owners_alone(local: LocalRun) -> None:
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = FROM_A, TO_B, "Hemligt"
+    mail.set_content("Känsliga uppgifter.")
+    local.send("a", FROM_A, TO_B, mail)
+    deadline = time.monotonic() + 60
+    while not list((local.maildir("b") / "new").glob("*")):
+        assert time.monotonic() < deadline, "the mail did not arrive"
+        time.sleep(0.2)
+    for label in ("a", "b"):
+        assert exposed(local.bridges[label].spool) == []
+    assert exposed(local.maildir("b")) == []

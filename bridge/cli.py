@@ -996,14 +996,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Whatever it writes (spool, mail, keys, the sandbox's passwords) is its owner's alone,
     # as Postfix does it, also when started by hand from a shell with umask 022.
     previous = os.umask(0o077)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    bridge_logging.configure(args.log_level, args.log_json)
-    run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return run(args)
-    except UsageError as e:
-        parser.exit(2, f"sdk-bridge: error: {e}\n")
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        bridge_logging.configure(args.log_level, args.log_json)
+        run: Callable[[argparse.Namespace], int] = args.run
+        try:
+            return run(args)
+        except UsageError as e:
+            parser.exit(2, f"sdk-bridge: error: {e}\n")
     finally:
         os.umask(previous)  # called in-process (tests), the caller's umask comes back
 

@@ -579,3 +579,15 @@ def test_unusable_encryption_certificate_and_log_level_are_usage_errors(
     )
     assert code == 2
     assert "cannot read the passphrase" in err
+
+
+def test_the_callers_umask_comes_back_whatever_happens() -> None:
+    """main() writes under umask 077; called in-process, it leaves the caller's as it was,
+    also when argparse exits."""
+    previous = os.umask(0o022)
+    try:
+        with pytest.raises(SystemExit):
+            cli.main(["no-such-command"])
+        assert os.umask(0o022) == 0o022
+    finally:
+        os.umask(previous)

@@ -1,0 +1,92 @@
+"""Issue 16: a full disk loses nothing. B's spool lies on a small tmpfs, filled until less
+than the intake's minimum is free: B takes nothing from its access point (which keeps the
+messages), says why on /readyz, is killed in that state and restarted; once there is room
+it takes every message once. A meanwhile holds its mails as sent, and gets no false delay
+or failure report: every kvittens comes back ACCEPTED."""
+
+import contextlib
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from bridge.inbound.intake import MIN_FREE_BYTES
+from bridge.local import LocalRun
+from bridge.sandbox.federation import HOST
+
+FROM_A = "registrator@a.sandbox.test"
+TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
+MAILS = 5
+TMPFS_BYTES = MIN_FREE_BYTES + 64 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: int) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (root is needed): {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_for(probe: object, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while not probe():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.3)
+
+
+def test_a_full_disk_at_b_loses_nothing_and_reports_nothing_false(tmp_path: Path) -> None:
+    state = tmp_path / "sandbox" / "state" / "b"
+    with tmpfs(state, TMPFS_BYTES):
+        filler = state / "filler"
+        free = shutil.disk_usage(state).free
+        filler.write_bytes(b"\0" * (free - MIN_FREE_BYTES + 1024 * 1024))
+        local = LocalRun(tmp_path, key_size=2048, poll_seconds=0.3)
+        local.start()
+        try:
+            for number in range(MAILS):
+                mail = EmailMessage()
+                mail["From"], mail["To"] = FROM_A, TO_B
+                mail["Subject"] = f"Full disk {number}"
+                mail.set_content("Hej!")
+                local.send("a", FROM_A, TO_B, mail)
+            admin = local.sandbox.admin_port("b")
+            wait_for(lambda: "disk is nearly full" in readyz(admin)[1])
+            time.sleep(2)  # rounds of the intake: nothing may be taken
+            maildir = local.maildir("b") / "new"
+            assert not list(maildir.glob("*")) if maildir.exists() else True
+            local.kill("b")  # in that state; restarted at once
+            filler.unlink()
+            wait_for(lambda: len(list(maildir.glob("*"))) == MAILS)
+            wait_for(lambda: len(local.kvittens("a")) == MAILS)
+            assert set(local.kvittens("a").values()) == {"ACCEPTED"}
+            with local.spool("b") as spool:
+                assert spool.received("lost") == []
+            with local.spool("a") as spool:
+                notes = [d.notes for d in spool.deliveries()]
+            assert not any(n.get("delay_reported") or n.get("failure_reported") for n in notes)
+            assert readyz(admin)[0] == 200
+        finally:
+            local.stop()

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import metrics
 from .checks import expiring
-from .inbound.intake import MIN_FREE_BYTES, spool_full
+from .inbound.intake import room_needed, spool_full
 from .spool import Spool
 
 log = structlog.get_logger(__name__)
@@ -49,9 +49,11 @@ class Health:
         except Exception as e:  # any failure to read it means it is not usable
             found.append(f"spool: cannot be read ({type(e).__name__}: {e})")
         if spool_full(self.spool):
+            disk = self.spool.disk()
+            needed = room_needed(disk[1]) if disk else 0
             found.append(
                 "spool: its disk is nearly full; nothing is taken from the access point until"
-                f" {MIN_FREE_BYTES // 1_000_000} MB are free"
+                f" {needed // 1_000_000} MB are free"
             )
         since = self.access_point_reached or self.started
         if now - since > self.access_point_grace:

@@ -759,7 +759,7 @@ class PostgresSpool:
             ).fetchone()
         return row is not None
 
-    def free_bytes(self) -> int | None:
+    def disk(self) -> tuple[int, int] | None:
         """None: the database server keeps the envelopes, on a disk not seen from here (a
         full one refuses the write, and the access point keeps what was not stored)."""
         return None

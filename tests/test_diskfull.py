@@ -1,8 +1,8 @@
-"""Issue 16: a full disk loses nothing. B's spool lies on a small tmpfs, filled until less
-than the intake's minimum is free: B takes nothing from its access point (which keeps the
-messages), says why on /readyz, is killed in that state and restarted; once there is room
-it takes every message once. A meanwhile holds its mails as sent, and gets no false delay
-or failure report: every kvittens comes back ACCEPTED."""
+"""Issue 16: a full disk loses nothing. A bridge's spool lies on a small tmpfs, filled
+until less than the intake's minimum is free: it takes nothing from its access point
+(which keeps the messages or kvittens), says why on /readyz, is killed in that state and
+restarted; once there is room it takes everything once. Every mail arrives once, every
+kvittens comes back ACCEPTED, and the sender gets no false delay or failure report."""
 
 import contextlib
 import shutil
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.inbound.intake import MIN_FREE_BYTES
+from bridge.inbound.intake import MIN_FREE_BYTES, room_needed
 from bridge.local import LocalRun
 from bridge.sandbox.federation import HOST
 
@@ -57,33 +57,52 @@ def wait_for(probe: object, seconds: float = 90) -> None:
         time.sleep(0.3)
 
 
-def test_a_full_disk_at_b_loses_nothing_and_reports_nothing_false(tmp_path: Path) -> None:
-    state = tmp_path / "sandbox" / "state" / "b"
+def send_all(local: LocalRun) -> None:
+    for number in range(MAILS):
+        mail = EmailMessage()
+        mail["From"], mail["To"], mail["Subject"] = FROM_A, TO_B, f"Full disk {number}"
+        mail.set_content("Hej!")
+        local.send("a", FROM_A, TO_B, mail)
+
+
+def submitted(local: LocalRun) -> bool:
+    with local.spool("a") as spool:
+        return [d.state for d in spool.deliveries()] == ["submitted"] * MAILS
+
+
+@pytest.mark.parametrize("full", ["a", "b"])
+def test_a_full_disk_loses_nothing_and_reports_nothing_false(tmp_path: Path, full: str) -> None:
+    """B full: its messages wait at its access point. A full (after its mails went out):
+    the kvittens wait at A's. Either is killed while full and restarted."""
+    state = tmp_path / "sandbox" / "state" / full
     with tmpfs(state, TMPFS_BYTES):
         filler = state / "filler"
-        free = shutil.disk_usage(state).free
-        filler.write_bytes(b"\0" * (free - MIN_FREE_BYTES + 1024 * 1024))
         local = LocalRun(tmp_path, key_size=2048, poll_seconds=0.3)
         local.start()
         try:
-            for number in range(MAILS):
-                mail = EmailMessage()
-                mail["From"], mail["To"] = FROM_A, TO_B
-                mail["Subject"] = f"Full disk {number}"
-                mail.set_content("Hej!")
-                local.send("a", FROM_A, TO_B, mail)
-            admin = local.sandbox.admin_port("b")
+            if full == "a":  # A must take the mails first: a full A answers 452
+                send_all(local)
+                wait_for(lambda: submitted(local))
+            usage = shutil.disk_usage(state)
+            filler.write_bytes(b"\0" * (usage.free - room_needed(usage.total) + 1024 * 1024))
+            if full == "b":
+                send_all(local)
+            admin = local.sandbox.admin_port(full)
             wait_for(lambda: "disk is nearly full" in readyz(admin)[1])
             time.sleep(2)  # rounds of the intake: nothing may be taken
             maildir = local.maildir("b") / "new"
-            assert not list(maildir.glob("*")) if maildir.exists() else True
-            local.kill("b")  # in that state; restarted at once
+            if full == "b":
+                assert not maildir.exists() or not list(maildir.glob("*"))
+            else:
+                assert local.kvittens("a") == {}
+            local.kill(full)  # in that state; restarted at once
             filler.unlink()
             wait_for(lambda: len(list(maildir.glob("*"))) == MAILS)
             wait_for(lambda: len(local.kvittens("a")) == MAILS)
             assert set(local.kvittens("a").values()) == {"ACCEPTED"}
-            with local.spool("b") as spool:
-                assert spool.received("lost") == []
+            for label in ("a", "b"):
+                with local.spool(label) as spool:
+                    assert spool.received("lost") == []
             with local.spool("a") as spool:
                 notes = [d.notes for d in spool.deliveries()]
             assert not any(n.get("delay_reported") or n.get("failure_reported") for n in notes)

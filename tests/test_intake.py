@@ -247,7 +247,7 @@ def test_nothing_is_taken_while_the_spools_disk_is_full(
     point.keeps_until_acknowledged = keeps
     intake = Intake(point, spool, ["0203:a.se"])  # type: ignore[arg-type]
     free = {"bytes": MIN_FREE_BYTES - 1}
-    monkeypatch.setattr(spool, "free_bytes", lambda: free["bytes"])
+    monkeypatch.setattr(spool, "disk", lambda: (free["bytes"], 100 * MIN_FREE_BYTES))
     health = Health(spool, {}, timedelta(days=1), timedelta(hours=1))
     assert asyncio.run(intake.fetch()) is None
     assert intake.waiting_for_room

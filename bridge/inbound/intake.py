@@ -63,17 +63,23 @@ OVERSIZE_ACTION = "sdk-bridge:oversize"
 LEFT_ALONE = frozenset({"left", "unreadable", "deleted"})
 RETRIEVE_AGAIN = frozenset({"lost"})
 # Room the spool's disk must have before an envelope is taken from the access point: the
-# largest envelope, and as much again for the mail it becomes.
+# largest envelope, and as much again for the mail it becomes; on a disk too small for that
+# (a test's tmpfs), a quarter of it.
 MIN_FREE_BYTES = 2 * MAX_ENVELOPE_BYTES
 # Failed attempts to mark one stored message downloaded before an alert says so.
 ACKNOWLEDGE_ALERT = 10
 
 
+def room_needed(total: int) -> int:
+    """Free bytes a disk of `total` bytes must keep for the intake to take more."""
+    return min(MIN_FREE_BYTES, total // 4)
+
+
 def spool_full(spool: Spool) -> bool:
     """Whether the spool's disk has less room than one more envelope needs (`/readyz` says
     so as well); a spool that cannot tell is not judged here."""
-    free = spool.free_bytes()
-    return free is not None and free < MIN_FREE_BYTES
+    disk = spool.disk()
+    return disk is not None and disk[0] < room_needed(disk[1])
 
 
 class Intake:
@@ -105,7 +111,7 @@ class Intake:
                 log.error(
                     "alert: the spool's disk is nearly full; nothing is taken from the access"
                     " point until there is room (it keeps the messages meanwhile)",
-                    needed_bytes=MIN_FREE_BYTES,
+                    needed_bytes=room_needed(disk[1]) if (disk := self.spool.disk()) else None,
                 )
             self.waiting_for_room = True
             return None

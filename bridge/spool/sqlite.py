@@ -758,9 +758,10 @@ class SQLiteSpool:
             ).fetchone()
         return row is not None
 
-    def free_bytes(self) -> int | None:
-        """Room left on the disk of the spool's directory, where everything is kept."""
-        return shutil.disk_usage(self.directory).free
+    def disk(self) -> tuple[int, int] | None:
+        """(free, total) bytes of the disk of the spool's directory, where all is kept."""
+        usage = shutil.disk_usage(self.directory)
+        return usage.free, usage.total
 
     def queue_depths(self) -> dict[tuple[str, str], tuple[int, datetime]]:
         """(queue, state) -> (how many, when the oldest came), for metrics and `queue`."""

@@ -133,13 +133,16 @@ class ThrowawayPostfix:
                     f"the postfix user cannot reach {self.directory}: {parent} is not"
                     " searchable by others (set TMPDIR to a directory that is)"
                 )
+        # Postfix's own files are for its daemons to read: not under the bridge's umask 077.
         self.directory.chmod(0o755)
         for path in (self.config, self.queue, self.data):
             path.mkdir()
+            path.chmod(0o755)
         os.chown(self.data, owner.pw_uid, -1)
         self.port = _free_port()
-        (self.config / "main.cf").write_text(self._main_cf())
-        (self.config / "master.cf").write_text(self._master_cf())
+        for name, text in (("main.cf", self._main_cf()), ("master.cf", self._master_cf())):
+            (self.config / name).write_text(text)
+            (self.config / name).chmod(0o644)
         self.started = True  # from here on `stop` has something to do
         self._postfix("start")
         _wait_for_greeting(self.port, POSTFIX_TIMEOUT)
@@ -176,8 +179,8 @@ class ThrowawayPostfix:
     def _postfix(self, action: str) -> None:
         command = [str(SBIN / "postfix"), "-c", str(self.config), action]
         try:
-            result = subprocess.run(
-                command, capture_output=True, text=True, timeout=POSTFIX_TIMEOUT
+            result = subprocess.run(  # umask 022: the queue it makes is its daemons' too
+                command, capture_output=True, text=True, timeout=POSTFIX_TIMEOUT, umask=0o022
             )
         except subprocess.TimeoutExpired:
             raise AcceptBenchFailed(f"postfix {action} took over {POSTFIX_TIMEOUT:.0f} s") from None

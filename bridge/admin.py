@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import metrics
 from .checks import expiring
-from .inbound.intake import room_needed, spool_full
+from .inbound.intake import room_wanted
 from .spool import Spool
 
 log = structlog.get_logger(__name__)
@@ -48,9 +48,8 @@ class Health:
             self.spool.queue_depths()
         except Exception as e:  # any failure to read it means it is not usable
             found.append(f"spool: cannot be read ({type(e).__name__}: {e})")
-        if spool_full(self.spool):
-            disk = self.spool.disk()
-            needed = room_needed(disk[1]) if disk else 0
+        needed = room_wanted(self.spool)
+        if needed is not None:
             found.append(
                 "spool: its disk is nearly full; nothing is taken from the access point until"
                 f" {needed // 1_000_000} MB are free"

@@ -10,7 +10,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -50,9 +50,9 @@ def readyz(port: int) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def wait_for(probe: object, seconds: float = 90) -> None:
+def wait_for(probe: Callable[[], bool], seconds: float = 90) -> None:
     deadline = time.monotonic() + seconds
-    while not probe():  # type: ignore[operator]
+    while not probe():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.3)
 

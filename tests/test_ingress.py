@@ -687,16 +687,21 @@ def test_noop_keeps_a_session_alive_only_a_few_times(make_ingress) -> None:
         assert time.monotonic() - started < 1.0 + 0.3 * (JUNK_ALLOWANCE + 2) + 1.0
 
 
+def start_data(smtp: smtplib.SMTP) -> None:
+    """A mail from FROM to TO_B up to DATA's 354: the message itself is the caller's."""
+    smtp.ehlo()
+    smtp.mail(FROM)
+    smtp.rcpt(TO_B)
+    smtp.putcmd("DATA")
+    assert smtp.getreply()[0] == 354
+
+
 @pytest.mark.hostile("SMTP abuse: slow or vanishing clients")
 def test_a_slow_but_steady_data_is_accepted(make_ingress) -> None:
     """DATA is timed by progress: lines keep coming for three times the idle timeout."""
     running, _ = make_ingress(idle_timeout=1.0)
     with client(running.port) as smtp:
-        smtp.ehlo()
-        smtp.mail(FROM)
-        smtp.rcpt(TO_B)
-        smtp.putcmd("DATA")
-        assert smtp.getreply()[0] == 354
+        start_data(smtp)
         raw = mail(body="rad\n" * 12).as_bytes().replace(b"\n", b"\r\n")
         for line in raw.split(b"\r\n"):
             smtp.send(line + b"\r\n")
@@ -704,11 +709,7 @@ def test_a_slow_but_steady_data_is_accepted(make_ingress) -> None:
         smtp.send(b".\r\n")
         assert smtp.getreply()[0] == 250
     with client(running.port) as smtp:  # the same, silent after a line: cut
-        smtp.ehlo()
-        smtp.mail(FROM)
-        smtp.rcpt(TO_B)
-        smtp.putcmd("DATA")
-        assert smtp.getreply()[0] == 354
+        start_data(smtp)
         smtp.send(b"Subject: tyst\r\n")
         started = time.monotonic()
         assert smtp.sock is not None

@@ -19,6 +19,18 @@ from bridge.sandbox.sml import free_tcp_port
 from bridge.spool import Delivery, Envelope, SQLiteSpool, State
 
 
+def reporter_for(spool: SQLiteSpool, port: int) -> DsnReporter:
+    """A's reporter, its smart host on loopback at `port`, its senders in kommun-a.se."""
+    return DsnReporter(
+        spool,
+        ("127.0.0.1", port),
+        "postmaster@a.se",
+        "bridge.a.se",
+        timedelta(days=5),
+        report_domains=("kommun-a.se",),
+    )
+
+
 def test_a_report_waits_for_the_smart_host(tmp_path: Path) -> None:
     spool = SQLiteSpool(tmp_path)
     spool.accept(
@@ -28,14 +40,7 @@ def test_a_report_waits_for_the_smart_host(tmp_path: Path) -> None:
     )
     (delivery,) = spool.deliveries()
     port = free_tcp_port()  # nothing listens yet
-    reporter = DsnReporter(
-        spool,
-        ("127.0.0.1", port),
-        "postmaster@a.se",
-        "bridge.a.se",
-        timedelta(days=5),
-        report_domains=("kommun-a.se",),
-    )
+    reporter = reporter_for(spool, port)
     delivery = spool.transition(
         delivery.id,
         {delivery.state},
@@ -68,14 +73,7 @@ def test_a_report_owed_while_another_is_sent_is_not_lost(tmp_path: Path) -> None
         new_mail("Rapport").as_bytes(policy=email.policy.SMTP),
     )
     (delivery,) = spool.deliveries()
-    reporter = DsnReporter(
-        spool,
-        ("127.0.0.1", 1),
-        "postmaster@a.se",
-        "bridge.a.se",
-        timedelta(days=5),
-        report_domains=("kommun-a.se",),
-    )
+    reporter = reporter_for(spool, 1)
     sent: list[str] = []
 
     async def send(message: EmailMessage, about: Delivery) -> None:
@@ -111,14 +109,7 @@ def test_held_reports_wait_after_the_first_the_smart_host_does_not_take(
     report = new_mail("Rapport").as_bytes(policy=email.policy.SMTP)
     for _ in range(3):
         spool.hold_report("anna@kommun-a.se", report)
-    reporter = DsnReporter(
-        spool,
-        ("127.0.0.1", 1),
-        "postmaster@a.se",
-        "bridge.a.se",
-        timedelta(days=5),
-        report_domains=("kommun-a.se",),
-    )
+    reporter = reporter_for(spool, 1)
     tried: list[str] = []
 
     async def down(message: EmailMessage, **_: object) -> None:
@@ -149,14 +140,7 @@ def test_reports_go_only_to_senders_inside_the_organisation(tmp_path: Path) -> N
     (delivery,) = spool.deliveries()
     sink = Sink()
     try:
-        reporter = DsnReporter(
-            spool,
-            ("127.0.0.1", sink.port),
-            "postmaster@a.se",
-            "bridge.a.se",
-            timedelta(days=5),
-            report_domains=("kommun-a.se",),
-        )
+        reporter = reporter_for(spool, sink.port)
         delivery = spool.transition(
             delivery.id,
             {delivery.state},

@@ -63,23 +63,26 @@ OVERSIZE_ACTION = "sdk-bridge:oversize"
 LEFT_ALONE = frozenset({"left", "unreadable", "deleted"})
 RETRIEVE_AGAIN = frozenset({"lost"})
 # Room the spool's disk must have before an envelope is taken from the access point: the
-# largest envelope, and as much again for the mail it becomes; on a disk too small for that
-# (a test's tmpfs), a quarter of it.
+# largest envelope, and as much again for the mail it becomes (`room_wanted`).
 MIN_FREE_BYTES = 2 * MAX_ENVELOPE_BYTES
 # Failed attempts to mark one stored message downloaded before an alert says so.
 ACKNOWLEDGE_ALERT = 10
 
 
 def room_needed(total: int) -> int:
-    """Free bytes a disk of `total` bytes must keep for the intake to take more."""
+    """Free bytes a disk of `total` bytes must keep for the intake to take more:
+    `MIN_FREE_BYTES`, or a quarter of a disk too small for that (a test's tmpfs)."""
     return min(MIN_FREE_BYTES, total // 4)
 
 
-def spool_full(spool: Spool) -> bool:
-    """Whether the spool's disk has less room than one more envelope needs (`/readyz` says
-    so as well); a spool that cannot tell is not judged here."""
+def room_wanted(spool: Spool) -> int | None:
+    """The room the intake waits for while the spool's disk has less (`/readyz` says so
+    too); None while there is room, or where the spool cannot tell."""
     disk = spool.disk()
-    return disk is not None and disk[0] < room_needed(disk[1])
+    if disk is None:
+        return None
+    free, total = disk
+    return room_needed(total) if free < room_needed(total) else None
 
 
 class Intake:
@@ -106,12 +109,13 @@ class Intake:
     async def fetch(self, limit: int = RETRIEVALS) -> int | None:
         """Retrieve up to `limit` pending envelopes into the spool; how many were new, or
         None when the access point could not be asked or the spool cannot take more."""
-        if await asyncio.to_thread(spool_full, self.spool):
+        needed = await asyncio.to_thread(room_wanted, self.spool)
+        if needed is not None:
             if not self.waiting_for_room:
                 log.error(
                     "alert: the spool's disk is nearly full; nothing is taken from the access"
                     " point until there is room (it keeps the messages meanwhile)",
-                    needed_bytes=room_needed(disk[1]) if (disk := self.spool.disk()) else None,
+                    needed_bytes=needed,
                 )
             self.waiting_for_room = True
             return None

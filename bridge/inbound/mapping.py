@@ -57,10 +57,11 @@ from email.utils import format_datetime
 from bridge.outbound.mapping import (
     CONTEXT_HEADERS,
     ELLIPSIS,
-    KEPT_PARAMETERS,
     REFERENCE_HEADER,
     SUBJECT_PREFIX,
+    base_type,
     cut_label,
+    kept_parameters,
     one_line,
 )
 from bridge.sdk import markdown
@@ -277,7 +278,7 @@ def _attachment_type(file: ContentFile) -> tuple[str, str]:
     """The sender's type when it is a plain type/subtype that a mail client will only
     offer as a file; anything else (multipart/*, a message/* whose bytes cannot be carried
     as themselves, HTML a client might render, garbage) as a neutral type."""
-    match = _TYPE.fullmatch(_base_type(file.content_type))
+    match = _TYPE.fullmatch(base_type(file.content_type))
     if match is None or match[1] == "multipart" or match[0] == "text/html":
         return "application", "octet-stream"
     if match[1] == "message" and (match[0] not in _MESSAGE_FILES or not _seven_bit(file.content)):
@@ -289,11 +290,9 @@ def _kept_parameters(file: ContentFile, carried_as: str) -> list[tuple[str, str]
     """The sender's parameters that tell how to read the file (outbound's
     `KEPT_PARAMETERS`), where the file keeps its type; an invite's method from its
     content where the type did not say it."""
-    if _base_type(file.content_type) != carried_as:
+    if base_type(file.content_type) != carried_as:
         return []
-    allowed = KEPT_PARAMETERS.get(carried_as.partition("/")[0], ()) + KEPT_PARAMETERS.get(
-        carried_as, ()
-    )
+    allowed = kept_parameters(carried_as)
     _, _, given = file.content_type.partition(";")
     kept = []
     for parameter in given.split(";"):
@@ -309,13 +308,9 @@ def _kept_parameters(file: ContentFile, carried_as: str) -> list[tuple[str, str]
 
 def _is_invite(file: ContentFile) -> bool:
     """A calendar file with a method (REQUEST, CANCEL, REPLY…): a meeting message."""
-    return _base_type(file.content_type) == "text/calendar" and any(
+    return base_type(file.content_type) == "text/calendar" and any(
         name == "method" for name, _ in _kept_parameters(file, "text/calendar")
     )
-
-
-def _base_type(content_type: str) -> str:
-    return content_type.partition(";")[0].strip().lower()
 
 
 def _seven_bit(content: bytes) -> bool:

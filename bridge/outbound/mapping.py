@@ -499,7 +499,7 @@ class _Parts:
 
 
 def _default_name(file: ContentFile, number: int) -> str:
-    content_type = _base_type(file.content_type)
+    content_type = base_type(file.content_type)
     if content_type == "text/calendar":
         return CALENDAR_FILE_NAME
     fallback = ".txt" if content_type.startswith("text/") else ".bin"
@@ -567,7 +567,7 @@ def _signed_entity(raw: rawparts.Slice, depth: int) -> bytes:
 
 
 def _opaque_signed(file: ContentFile) -> bool:
-    return _base_type(file.content_type) in _OPAQUE_SIGNED
+    return base_type(file.content_type) in _OPAQUE_SIGNED
 
 
 def _is_body_text(part: EmailMessage) -> bool:
@@ -731,17 +731,22 @@ def _with_parameters(content_type: str, part: EmailMessage) -> str:
     """The type with the parameters a reader needs (`KEPT_PARAMETERS`): a text file's
     charset, a meeting invite's method, an S/MIME object's smime-type."""
     kept = []
-    for name in KEPT_PARAMETERS.get(content_type.partition("/")[0], ()) + KEPT_PARAMETERS.get(
-        content_type, ()
-    ):
+    for name in kept_parameters(content_type):
         value = _content_type_param(part, name)
         if _TOKEN.fullmatch(value):
             kept.append(f"; {name}={value.upper() if name == 'method' else value}")
     return content_type + "".join(kept)
 
 
-def _base_type(content_type: str) -> str:
-    return content_type.partition(";")[0].strip()
+def base_type(content_type: str) -> str:
+    """A content type without its parameters, lower case: "text/plain; charset=x" -> text/plain."""
+    return content_type.partition(";")[0].strip().lower()
+
+
+def kept_parameters(content_type: str) -> tuple[str, ...]:
+    """The parameters (`KEPT_PARAMETERS`) a file of `content_type` (no parameters) keeps."""
+    main = content_type.partition("/")[0]
+    return KEPT_PARAMETERS.get(main, ()) + KEPT_PARAMETERS.get(content_type, ())
 
 
 def _message_body(part: EmailMessage) -> bytes:

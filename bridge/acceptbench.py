@@ -38,6 +38,7 @@ from pathlib import Path
 from .bench import FROM, TO_B
 from .local import LocalRun
 from .sandbox.federation import HOST
+from .sandbox.ports import free_tcp_port
 
 PACKAGE = "postfix"  # the Debian package with smtp-source and Postfix itself
 SBIN = Path("/usr/sbin")
@@ -139,7 +140,7 @@ class ThrowawayPostfix:
             path.mkdir()
             path.chmod(0o755)
         os.chown(self.data, owner.pw_uid, -1)
-        self.port = _free_port()
+        self.port = free_tcp_port(HOST)
         for name, text in (("main.cf", self._main_cf()), ("master.cf", self._master_cf())):
             (self.config / name).write_text(text)
             (self.config / name).chmod(0o644)
@@ -371,12 +372,6 @@ def _spooled(database: Path) -> int:
     uri = f"file:{database}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as db:
         return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_for_greeting(port: int, seconds: float) -> None:

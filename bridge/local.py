@@ -26,7 +26,7 @@ import yaml
 
 from . import config
 from .sandbox.federation import HOST, Sandbox
-from .sandbox.sml import free_tcp_port
+from .sandbox.ports import free_tcp_port
 from .spool import Spool
 
 START_TIMEOUT = 30.0  # seconds for a bridge to say it is ready

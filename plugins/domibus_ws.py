@@ -880,8 +880,6 @@ def _header(user: etree._Element) -> _Header:
     )
 
 
-
-
 def _payload_bytes(value: etree._Element, answer: _Answer) -> bytes:
     """The payload of its `value` element: an MTOM part's bytes, or its base64 text
     decoded (from the answer's bytes when it was left apart)."""

@@ -28,7 +28,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port, stop_process
+from conftest import stop_process
+
+from bridge.sandbox.ports import free_tcp_port
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 SIGNATURE = "SDK-Bridge-Test.EICAR"
@@ -56,7 +58,7 @@ class Clamd:
     def __init__(self, directory: Path, stream_max_length: int = 32 * 1024 * 1024) -> None:
         self.directory = directory
         self.socket = str(directory / "clamd.sock")
-        self.port = free_port()
+        self.port = free_tcp_port()
         self.log = directory / "clamd.log"
         self.stream_max_length = stream_max_length
         self.process: subprocess.Popen[bytes] | None = None

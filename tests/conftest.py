@@ -2,7 +2,6 @@
 
 import collections
 import dataclasses
-import socket
 import subprocess
 import uuid
 from collections.abc import Generator, Iterator
@@ -54,13 +53,6 @@ def bob_next(pki: TestPKI) -> Identity:
 def mallory(pki: TestPKI) -> Identity:
     """A valid certificate from the same CA that belongs to neither A nor B."""
     return pki.issue("mallory.example.se")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on just now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
@@ -133,7 +125,7 @@ def postgres_server() -> Iterator["postgres.PostgreSQL"]:
     """The throw-away PostgreSQL of tests/postgres.py, started once for the session and
     only when a test asks for it. Defined here, not taken into each module, so that the
     modules share it instead of each starting a cluster of its own."""
-    import postgres  # here: it takes free_port and stop_process from this module
+    import postgres  # here: it takes stop_process from this module
 
     yield from postgres.session_cluster()
 

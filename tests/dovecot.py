@@ -30,9 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port, stop_process
+from conftest import stop_process
 
 from bridge import testpki
+from bridge.sandbox.ports import free_tcp_port
 
 USERS = {"alice": "alicepw", "bob": "bobpw"}
 MAIL_USER = "vmail"
@@ -55,7 +56,11 @@ class Dovecot:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.imap_port, self.imaps_port, self.lmtp_port = free_port(), free_port(), free_port()
+        self.imap_port, self.imaps_port, self.lmtp_port = (
+            free_tcp_port(),
+            free_tcp_port(),
+            free_tcp_port(),
+        )
         self.log = directory / "dovecot.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.homes = directory / "home"

@@ -26,7 +26,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import free_port, stop_process
+from conftest import stop_process
+
+from bridge.sandbox.ports import free_tcp_port
 
 SERVER_USER = "postgres"  # made by the Debian package; PostgreSQL will not run as root
 START_TIMEOUT = 30.0  # seconds
@@ -62,7 +64,7 @@ class PostgreSQL:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.data = directory / "data"
-        self.port = free_port()
+        self.port = free_tcp_port()
         self.log = directory / "postgres.log"
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -4,10 +4,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import admin, metrics
+from bridge.sandbox.ports import free_tcp_port
 from bridge.spool import Envelope, RecipientRecord, SQLiteSpool
 from bridge.testpki import TestPKI
 
@@ -24,7 +24,7 @@ async def get(port: int, path: str, request: bytes | None = None) -> tuple[int, 
 
 def run(health: admin.Health, *requests: tuple[str, bytes | None]) -> list[tuple[int, str]]:
     async def go() -> list[tuple[int, str]]:
-        port = free_port()
+        port = free_tcp_port()
         server = await admin.serve("127.0.0.1", port, health)
         try:
             return [await get(port, path, raw) for path, raw in requests]

@@ -221,7 +221,7 @@ class Sink:
     def __init__(self) -> None:
         from aiosmtpd.controller import Controller
 
-        from bridge.sandbox.sml import free_tcp_port
+        from bridge.sandbox.ports import free_tcp_port
 
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.port = free_tcp_port()

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from conftest import free_port
 
 from bridge.outbound import dsn
 from bridge.outbound.dsn import Action, Report, should_notify
+from bridge.sandbox.ports import free_tcp_port
 from bridge.spool import Envelope, RecipientRecord
 from bridge.testpki import make_pki
 
@@ -437,7 +437,7 @@ class Sink:
 @pytest.fixture
 def sink():  # type: ignore[no-untyped-def]
     handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller = Controller(handler, hostname="127.0.0.1", port=free_tcp_port())
     controller.start()
     try:
         yield handler, controller.port
@@ -468,7 +468,7 @@ def test_send_failures_raise_for_the_caller_to_retry() -> None:
     message = build([rejected()])
     assert message is not None
     handler = Sink(refuse="550 5.1.1 no such user")
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller = Controller(handler, hostname="127.0.0.1", port=free_tcp_port())
     controller.start()
     try:
         with pytest.raises(dsn.SendError, match="550") as refused:
@@ -478,7 +478,7 @@ def test_send_failures_raise_for_the_caller_to_retry() -> None:
         controller.stop()
 
     with pytest.raises(dsn.SendError, match="unreachable") as down:
-        asyncio.run(dsn.send(message, smart_host="127.0.0.1", port=free_port(), timeout=5))
+        asyncio.run(dsn.send(message, smart_host="127.0.0.1", port=free_tcp_port(), timeout=5))
     assert not down.value.permanent
 
 
@@ -489,7 +489,9 @@ def test_reports_go_over_starttls_and_only_loopback_may_do_without(tmp_path: Pat
     server_tls.load_cert_chain(identity.cert_pem, identity.key_pem)
     client_tls = ssl.create_default_context(cafile=str(pki.chain_pem))
     handler = Sink()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port(), tls_context=server_tls)
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=free_tcp_port(), tls_context=server_tls
+    )
     controller.start()
     try:
         message = build([rejected()])
@@ -500,7 +502,7 @@ def test_reports_go_over_starttls_and_only_loopback_may_do_without(tmp_path: Pat
             asyncio.run(dsn.send(message, smart_host="127.0.0.1", port=controller.port))
     finally:
         controller.stop()
-    plain = Controller(Sink(), hostname="127.0.0.1", port=free_port())
+    plain = Controller(Sink(), hostname="127.0.0.1", port=free_tcp_port())
     plain.start()
     try:
         data = message.as_bytes(policy=message.policy)

@@ -49,6 +49,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from bridge.local import LocalRun
 from bridge.outbound.receipts import KVITTENS_ACTION
 from bridge.sandbox.federation import HOST
+from bridge.sandbox.ports import free_tcp_port
 from plugins.postgres_spool import PostgresSpool
 
 pytestmark = pytest.mark.slow
@@ -161,12 +162,6 @@ class Faulty:
             pytest.skip(f"the spools are not on small tmpfs mounts: {self.tmpfs}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def mount_tmpfs(directory: Path) -> str | None:
     """A small tmpfs on `directory`; the reason it could not be mounted, or None."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -188,7 +183,7 @@ def faulty(
 ) -> Iterator[Faulty]:
     """Sandbox, smart host and both bridges, each spool on a small tmpfs where allowed."""
     host = SmartHost()
-    controller = Controller(host, hostname=HOST, port=free_port())
+    controller = Controller(host, hostname=HOST, port=free_tcp_port())
     controller.start()
     local = fault_run(tmp_path_factory.mktemp("faults"), controller.port, spool_backend)
     spools = [local.sandbox.directory / "state" / label / "spool" for label in ("a", "b")]

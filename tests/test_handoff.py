@@ -11,10 +11,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as Server
 from aiosmtpd.smtp import Envelope, Session
-from conftest import free_port
 from dovecot import Dovecot
 
 from bridge import plugins, testpki
+from bridge.sandbox.ports import free_tcp_port
 from plugins.handoff import LMTP, SMTP
 
 dovecot_server = dovecot.dovecot_server
@@ -75,7 +75,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext,
 def smtp_server(tls_files: tuple[ssl.SSLContext, Path]) -> Iterator[tuple[Recorder, int]]:
     recorder = Recorder()
     controller = Controller(
-        recorder, hostname="127.0.0.1", port=free_port(), tls_context=tls_files[0]
+        recorder, hostname="127.0.0.1", port=free_tcp_port(), tls_context=tls_files[0]
     )
     controller.start()
     try:
@@ -126,7 +126,7 @@ def test_an_odd_answer_to_quit_does_not_undo_a_delivery(
 
 def test_smtp_never_falls_back_to_plain_text(tls_files: tuple[ssl.SSLContext, Path]) -> None:
     recorder = Recorder()
-    controller = Controller(recorder, hostname="127.0.0.1", port=free_port())  # no STARTTLS
+    controller = Controller(recorder, hostname="127.0.0.1", port=free_tcp_port())  # no STARTTLS
     controller.start()
     try:
         with pytest.raises(plugins.TemporaryFailure, match="STARTTLS"):

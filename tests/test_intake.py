@@ -181,7 +181,7 @@ def test_stored_before_acknowledged_and_once_whatever_the_crash(
 
 
 class OversizedAccessPoint(KeepingAccessPoint):
-    """"big" is too large to take and its beginning says nothing of who sent it."""
+    """ "big" is too large to take and its beginning says nothing of who sent it."""
 
     def __init__(self, keeps: bool) -> None:
         super().__init__()

@@ -15,7 +15,7 @@ from test_outbound import TO_B, new_mail
 from bridge.outbound import dsn
 from bridge.outbound.outcomes import Event, settle
 from bridge.outbound.reports import DsnReporter, inside, sender_domains
-from bridge.sandbox.sml import free_tcp_port
+from bridge.sandbox.ports import free_tcp_port
 from bridge.spool import Delivery, Envelope, SQLiteSpool, State
 
 

@@ -525,9 +525,7 @@ class Inbound:
     async def _follow(self, owed: OwedKvittens) -> None:
         try:
             status = await self.access_point.status(owed.ebms_id)
-            errors = (
-                await self.access_point.errors(owed.ebms_id) if status == SEND_FAILURE else []
-            )
+            errors = await self.access_point.errors(owed.ebms_id) if status == SEND_FAILURE else []
         except TemporaryFailure as e:
             log.warning("access point: kvittens status unknown for now", id=owed.id, error=str(e))
             status, errors = "", []

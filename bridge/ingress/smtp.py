@@ -365,9 +365,7 @@ class IngressHandler:
             given = auth_data.password.decode("utf-8", "replace")
             if expected is not None and _same(expected, given):
                 return AuthResult(success=True, auth_data=user)
-        session.auth_delay = self.guessing.failed(
-            limits.client_key(_client_address(session)), user
-        )
+        session.auth_delay = self.guessing.failed(limits.client_key(_client_address(session)), user)
         log.warning("SMTP AUTH failed", client=_client_address(session), delay=session.auth_delay)
         return AuthResult(success=False, handled=False)
 

@@ -443,8 +443,7 @@ class AccessPoint:
         if etree.QName(request).namespace != ns or name not in _OPERATIONS[ns]:
             # CXF picks the operation by the body element (soapAction is empty).
             raise Fault(
-                f"Message part {request.tag} was not recognized.  (Does it exist in service"
-                " WSDL?)",
+                f"Message part {request.tag} was not recognized.  (Does it exist in service WSDL?)",
                 soap_code="Sender",
             )
         if name == "submitRequest":

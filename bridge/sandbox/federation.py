@@ -28,8 +28,9 @@ from ..sdk.keys import KeyPair
 from ..testpki import Identity, TestPKI, load_pki, make_pki
 from .accesspoint import AccessPoint, Generation, PluginUser
 from .addressbook import AddressBookAPI
+from .ports import free_tcp_port, free_udp_port
 from .revocation import RevocationApp, revocation_urls
-from .sml import SMLZone, free_tcp_port, free_udp_port
+from .sml import SMLZone
 from .smp import SMP, Registration
 from .web import Router, Server
 

@@ -4,7 +4,6 @@ records, so the registry's DNS path is tested the way it runs against Digg's SML
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 
@@ -15,18 +14,6 @@ from ..registry.smp import sml_name
 
 ZONE = "sml.sandbox.test"
 START_TIMEOUT = 10.0
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class SMLZone:

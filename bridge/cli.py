@@ -272,13 +272,29 @@ def _spool_config(config_file: str) -> config.Config:
     return loaded
 
 
-def _spool(config_file: str) -> Spool:
+def _spool(config_file: str, loaded: config.Config | None = None) -> Spool:
     from .plugins import PluginError
 
     try:
-        return config.open_spool(_spool_config(config_file))
+        return config.open_spool(loaded or _spool_config(config_file))
     except PluginError as e:
         raise UsageError(f"{config_file}: {e}") from None
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Apply the configuration's retention now, as the daemon does every minute."""
+    loaded = _spool_config(args.config)
+    spool = _spool(args.config, loaded)
+    try:
+        purged = spool.purge(loaded.retention)
+    finally:
+        spool.close()
+    if args.json:
+        print(json.dumps(purged.summary()))
+    else:
+        for name, count in purged.summary().items():
+            print(f"{name.replace('_', ' ')}: {count}")
+    return 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -307,6 +323,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     import dataclasses
 
     from . import queue
+    from .spool import ContentRemoved
 
     spool = _spool(args.config)
     try:
@@ -332,11 +349,14 @@ def cmd_queue(args: argparse.Namespace) -> int:
             for key, value in entry.details.items():
                 print(f"{key}: {value if value not in (None, '', [], {}) else '-'}")
             if args.body:
-                body = (
-                    spool.body(entry.details["spool_id"])
-                    if entry.direction == "out"
-                    else spool.inbound_mail(entry.id)
-                )
+                try:
+                    body = (
+                        spool.body(entry.details["spool_id"])
+                        if entry.direction == "out"
+                        else spool.inbound_mail(entry.id)
+                    )
+                except ContentRemoved as e:
+                    raise queue.QueueError(str(e)) from None
                 sys.stdout.write("\n" + body.decode("utf-8", "replace"))
             return 0
         if args.action == "retry" and args.all:
@@ -838,6 +858,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upgrade.add_argument("-c", "--config", required=True, metavar="FILE")
     upgrade.set_defaults(run=cmd_db_upgrade)
+
+    purge = commands.add_parser(
+        "purge",
+        help="remove now what the retention settings no longer keep",
+        description="The daemon does this every minute: mail content once delivered and its "
+        "kvittens settled, quarantined envelopes and reports after their time, records of "
+        "settled messages after records_days. Works while the daemon runs.",
+    )
+    purge.add_argument("-c", "--config", required=True, metavar="FILE")
+    purge.add_argument("--json", action="store_true", help="the counts as JSON")
+    purge.set_defaults(run=cmd_purge)
 
     run = commands.add_parser("run", help="run the bridge (the daemon)")
     run.add_argument("-c", "--config", required=True, metavar="FILE")

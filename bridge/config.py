@@ -18,7 +18,7 @@ from . import plugins
 from .registry.addresses import encoded, is_local_part
 from .sdk.keys import KeyError_, KeyPair, load_certificates, load_keypair, read_passphrase
 from .sdk.names import ORGANISATION_ID, SDK_FEDERATION
-from .spool import Spool
+from .spool import Retention, Spool
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # libpq's
 
@@ -145,6 +145,7 @@ class Config:
     spool_backend: tuple[str, dict[str, Any]] = field(default_factory=lambda: ("sqlite", {}))
     outbound: OutboundConfig = OutboundConfig()
     admin: AdminConfig | None = None  # no admin port unless configured
+    retention: Retention = field(default_factory=Retention)
 
     def spool_plugin(self) -> tuple[str, dict[str, Any]]:
         """The spool back end's name and its settings, the directory among them."""
@@ -263,6 +264,7 @@ def load(file: Path) -> Config:
         "spool",
         "outbound",
         "admin",
+        "retention",
     )
     organisation = _required(sections, root, "organisation")
     org = organisation.mapping("id", "federation", "sdk_domain")
@@ -299,6 +301,7 @@ def load(file: Path) -> Config:
         spool_backend=spool_backend,
         outbound=_outbound(sections["outbound"]) if "outbound" in sections else OutboundConfig(),
         admin=_admin(sections["admin"]) if "admin" in sections else None,
+        retention=_retention(sections["retention"]) if "retention" in sections else Retention(),
     )
 
 
@@ -460,6 +463,35 @@ def _outbound(node: _Node) -> OutboundConfig:
         if "report_domains" in fields
         else (),
     )
+
+
+def _retention(node: _Node) -> Retention:
+    fields = node.mapping("content_hours", "held_days", "reports_days", "records_days")
+    default = Retention()
+
+    def age(name: str, unit: timedelta, fallback: timedelta, minimum: float) -> timedelta:
+        if name not in fields:
+            return fallback
+        try:
+            value = float(fields[name].string())
+        except ValueError:
+            raise fields[name].error("expected a number") from None
+        if not minimum <= value < 100 * 365:
+            raise fields[name].error(f"expected a number of at least {minimum:g}")
+        return value * unit
+
+    hour, day = timedelta(hours=1), timedelta(days=1)
+    retention = Retention(
+        content=age("content_hours", hour, default.content, 0),
+        held=age("held_days", day, default.held, 1),
+        reports=age("reports_days", day, default.reports, 1),
+        records=age("records_days", day, default.records, 1),
+    )
+    if retention.records < max(retention.content, retention.held):
+        raise (fields.get("records_days") or node).error(
+            "records are kept at least as long as content_hours and held_days"
+        )
+    return retention
 
 
 def _spool(node: _Node) -> tuple[Path, tuple[str, dict[str, Any]]]:

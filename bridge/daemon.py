@@ -42,6 +42,7 @@ from .outbound.worker import OutboundSettings, Worker
 from .registry.addressbook import AddressBook
 from .registry.client import Registry
 from .spool import Spool
+from .spool.retention import keep_purging
 
 log = structlog.get_logger(__name__)
 
@@ -432,7 +433,8 @@ async def run(config: Config, file: Path) -> None:
         )
     )
     delivering = asyncio.create_task(delivery.run(stop))
-    stages = (working, taking, delivering)
+    purging = asyncio.create_task(keep_purging(spool, config.retention, stop))
+    stages = (working, taking, delivering, purging)
     listening = [
         f"{s.sockets[0].getsockname()[0]}:{s.sockets[0].getsockname()[1]}" for s in servers
     ]

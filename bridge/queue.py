@@ -61,6 +61,8 @@ def retry(spool: Spool, entry_id: str) -> str:
     mail = _inbox_entry(spool, entry_id)
     if mail.state is InboxState.DELIVERED:
         raise QueueError(f"{entry_id}: already delivered to its mailbox")
+    if mail.content_removed:
+        raise QueueError(f"{entry_id}: its mail was removed after the retention time")
     spool.update_inbound(mail.sdk_message_id, state=InboxState.DELIVERING, next_attempt_at=_now())
     return f"{entry_id}: will be put into its mailbox at once"
 
@@ -185,6 +187,7 @@ def _inbound(mail: InboundMail) -> Entry:
             "ebms_id": mail.received_id,
             "conversation_id": mail.conversation_id,
             "message_id": mail.mail_message_id,
+            "content_removed": mail.content_removed,
         },
     )
 

@@ -39,19 +39,28 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge.plugins import PluginError
 from bridge.spool import (
+    ContentRemoved,
     Delivery,
     DuplicateMessage,
     Envelope,
     InboundMail,
     InboxState,
     OwedKvittens,
+    Purged,
     Received,
     RecipientRecord,
+    Retention,
     SpoolFull,
     SpoolUnavailable,
     State,
 )
 from bridge.spool.batches import first_within
+from bridge.spool.retention import (
+    CONCLUDED_RECEIVED,
+    HELD_RECEIVED,
+    SETTLED_DELIVERIES,
+    TAKEN_KVITTENS,
+)
 from bridge.spool.sqlite import owed_kvittens_from, updatable
 
 # Each step must leave the previous version working (add, never drop or rename), so the
@@ -198,6 +207,20 @@ ALTER TABLE kvittens_out ADD COLUMN transport_id text,
 UPDATE kvittens_out SET state = 'handed-over' WHERE state = 'sent';
 """,
     ),
+    (
+        4,
+        "retention: when the content of a message was removed",
+        """
+ALTER TABLE messages ADD COLUMN content_removed_at timestamptz;
+ALTER TABLE received ADD COLUMN content_removed_at timestamptz;
+ALTER TABLE inbox ADD COLUMN content_removed_at timestamptz;
+ALTER TABLE kvittens_out ADD COLUMN content_removed_at timestamptz;
+CREATE INDEX messages_content ON messages (id) WHERE content_removed_at IS NULL;
+CREATE INDEX received_content ON received (state) WHERE content_removed_at IS NULL;
+CREATE INDEX inbox_content ON inbox (state) WHERE content_removed_at IS NULL;
+CREATE INDEX kvittens_content ON kvittens_out (state) WHERE content_removed_at IS NULL;
+""",
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]  # what this code needs
 
@@ -217,6 +240,7 @@ LEASES = (
     ("kvittens_out", "lease_until", "lease_owner"),
     ("reports", "lease_until", "lease_owner"),
 )
+PURGE_BATCH = 1000  # rows a purge changes in one transaction
 POOL_SIZE = 8  # connections per instance; the stages call the spool from worker threads
 CONNECT_SECONDS = 10  # libpq's connect_timeout, unless the DSN sets one
 POOL_WAIT_SECONDS = 30.0  # for a free connection
@@ -234,7 +258,7 @@ RECEIVED_COLUMNS = (
 INBOX_COLUMNS = (
     "sdk_message_id, received_id, functional_address, sender, conversation_id,"
     " mail_message_id, reply_references, our_references, state, attempts, last_error,"
-    " created_at"
+    " created_at, content_removed_at"
 )
 # Ends this instance's lease on a row, and only this instance's: an administrator's
 # `queue retry` must not hand a mail another instance is delivering to a third.
@@ -819,10 +843,13 @@ class PostgresSpool:
     def inbound_mail(self, sdk_message_id: str) -> bytes:
         with self._connection() as db:
             row = db.execute(
-                "SELECT mail FROM inbox WHERE sdk_message_id = %s", (sdk_message_id,), binary=True
+                "SELECT mail, content_removed_at FROM inbox WHERE sdk_message_id = %s",
+                (sdk_message_id,),
+                binary=True,
             ).fetchone()
         if row is None:
             raise KeyError(sdk_message_id)
+        _require_content(sdk_message_id, row)
         return bytes(row["mail"])
 
     def update_inbound(self, sdk_message_id: str, **changes: Any) -> None:
@@ -858,6 +885,102 @@ class PostgresSpool:
     def drop_report(self, report_id: int) -> None:
         with self._connection() as db:
             db.execute("DELETE FROM reports WHERE id = %s", (report_id,))
+
+    # --- retention -------------------------------------------------------------------------
+
+    def purge(self, retention: Retention) -> Purged:
+        """Remove what `retention` no longer keeps (bridge.spool.retention), by the
+        database's clock, in batches of PURGE_BATCH rows a transaction. Content columns
+        are emptied, their rows kept as records; what PostgreSQL keeps of the old values
+        (dead tuples until vacuumed, WAL, backups) is the database's to retain."""
+        purged = Purged()
+        settled = list(SETTLED_DELIVERIES)
+        purged.outbound_mails = self._batches(
+            "UPDATE messages SET body = ''::bytea, content_removed_at = now() WHERE id IN"
+            " (SELECT id FROM messages m WHERE content_removed_at IS NULL AND NOT EXISTS"
+            " (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND (d.state <> ALL(%s)"
+            " OR d.updated_at > now() - %s OR jsonb_typeof(d.notes -> 'report') = 'object'))"
+            " LIMIT %s)",
+            (settled, retention.content),
+        )
+        purged.received_envelopes = self._batches(
+            "UPDATE received SET payload = NULL, content_removed_at = now() WHERE id IN"
+            " (SELECT id FROM received WHERE content_removed_at IS NULL AND state = ANY(%s)"
+            " AND received_at <= now() - %s LIMIT %s)",
+            (list(CONCLUDED_RECEIVED), retention.content),
+        )
+        purged.held = self._batches(
+            "UPDATE received SET payload = NULL, state = 'deleted', content_removed_at = now()"
+            " WHERE id IN (SELECT id FROM received WHERE content_removed_at IS NULL"
+            " AND state = ANY(%s) AND received_at <= now() - %s LIMIT %s)",
+            (list(HELD_RECEIVED), retention.held),
+        )
+        inbox = (
+            "UPDATE inbox SET mail = ''::bytea, content_removed_at = now() WHERE sdk_message_id"
+            " IN (SELECT sdk_message_id FROM inbox WHERE content_removed_at IS NULL"
+            " AND state = %s AND updated_at <= now() - %s LIMIT %s)"
+        )
+        purged.inbound_mails = self._batches(inbox, (InboxState.DELIVERED, retention.content))
+        purged.held += self._batches(inbox, (InboxState.FAILED, retention.held))
+        purged.kvittens = self._batches(
+            "UPDATE kvittens_out SET payload = ''::bytea, content_removed_at = now() WHERE id IN"
+            " (SELECT id FROM kvittens_out WHERE content_removed_at IS NULL AND state = ANY(%s)"
+            " AND updated_at <= now() - %s LIMIT %s)",
+            (list(TAKEN_KVITTENS), retention.content),
+        )
+        purged.reports = self._batches(
+            "DELETE FROM reports WHERE id IN"
+            " (SELECT id FROM reports WHERE created_at <= now() - %s LIMIT %s)",
+            (retention.reports,),
+        )
+        purged.records = self._remove_records(retention.records)
+        return purged
+
+    def _batches(self, statement: str, arguments: tuple[Any, ...]) -> int:
+        """Run `statement` (its last parameter the batch size) until it changes fewer rows
+        than a batch; the rows changed."""
+        total = 0
+        while True:
+            with self._connection() as db:
+                changed = db.execute(statement, (*arguments, PURGE_BATCH)).rowcount
+            total += changed
+            if changed < PURGE_BATCH:
+                return total
+
+    def _remove_records(self, age: timedelta) -> int:
+        """Rows of settled messages whose content is gone and that have not changed for
+        `age`."""
+        old = (
+            "SELECT id FROM messages m WHERE content_removed_at IS NOT NULL AND NOT EXISTS"
+            " (SELECT 1 FROM deliveries d WHERE d.message_id = m.id"
+            " AND d.updated_at > now() - %s) LIMIT %s"
+        )
+        count = 0
+        while True:
+            with self._connection() as db:
+                ids = [row["id"] for row in db.execute(old, (age, PURGE_BATCH))]
+                db.execute(
+                    "DELETE FROM superseded WHERE delivery_id IN"
+                    " (SELECT id FROM deliveries WHERE message_id = ANY(%s))",
+                    (ids,),
+                )
+                count += db.execute(
+                    "DELETE FROM deliveries WHERE message_id = ANY(%s)", (ids,)
+                ).rowcount
+                count += db.execute("DELETE FROM messages WHERE id = ANY(%s)", (ids,)).rowcount
+            if len(ids) < PURGE_BATCH:
+                break
+        for table, key, when in (
+            ("received", "id", "received_at"),
+            ("inbox", "sdk_message_id", "updated_at"),
+            ("kvittens_out", "id", "updated_at"),
+        ):
+            count += self._batches(
+                f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table}"
+                f" WHERE content_removed_at IS NOT NULL AND {when} <= now() - %s LIMIT %s)",
+                (age,),
+            )
+        return count
 
     # --- the worker ------------------------------------------------------------------------
 
@@ -968,10 +1091,13 @@ class PostgresSpool:
     def body(self, message_id: str) -> bytes:
         with self._connection() as db:
             row = db.execute(
-                "SELECT body FROM messages WHERE id = %s", (message_id,), binary=True
+                "SELECT body, content_removed_at FROM messages WHERE id = %s",
+                (message_id,),
+                binary=True,
             ).fetchone()
         if row is None:
             raise KeyError(message_id)
+        _require_content(message_id, row)
         return bytes(row["body"])
 
     def envelope(self, message_id: str) -> Envelope:
@@ -1136,6 +1262,12 @@ def _delivery(row: DictRow) -> Delivery:
     )
 
 
+def _require_content(key: str, row: DictRow) -> None:
+    if row["content_removed_at"] is not None:
+        removed = row["content_removed_at"].isoformat()
+        raise ContentRemoved(f"{key}: its content was removed at {removed} (retention)")
+
+
 def _inbound(row: DictRow) -> InboundMail:
     return InboundMail(
         sdk_message_id=row["sdk_message_id"],
@@ -1150,4 +1282,5 @@ def _inbound(row: DictRow) -> InboundMail:
         attempts=row["attempts"],
         last_error=row["last_error"],
         created_at=row["created_at"].isoformat(),
+        content_removed=row["content_removed_at"] is not None,
     )

@@ -1,11 +1,13 @@
 """The configuration file: a good one loads; every mistake names the key and its line."""
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from bridge import cli, config
+from bridge.spool import Retention
 from bridge.testpki import PASSPHRASE, Identity, TestPKI
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"
@@ -456,3 +458,35 @@ def test_check_config_warns_of_exposed_secrets_and_an_open_admin_port(
     path.write_text(path.read_text().replace("0.0.0.0:9025", "127.0.0.1:9025"))
     assert cli.main(["check-config", "-c", str(path)]) == 0
     assert "warning" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "key", "problem"),
+    [
+        ("  content_hours: soon\n", 16, "retention.content_hours", "expected a number"),
+        ("  held_days: 0\n", 16, "retention.held_days", "at least 1"),
+        ("  records_days: 7\n  held_days: 30\n", 16, "retention.records_days", "at least as long"),
+        ("  keep: forever\n", 16, "retention.keep", "unknown key"),
+    ],
+)
+def test_retention(
+    tmp_path: Path,
+    pki: TestPKI,
+    alice: Identity,
+    bob: Identity,
+    section: str,
+    line: int,
+    key: str,
+    problem: str,
+) -> None:
+    path = write_config(tmp_path, pki, alice, bob)
+    assert config.load(path).retention == Retention()  # content at once, records 90 days
+    base = path.read_text()
+    path.write_text(base + "retention:\n  content_hours: 2.5\n  records_days: 30\n")
+    loaded = config.load(path).retention
+    assert (loaded.content, loaded.records) == (timedelta(hours=2.5), timedelta(days=30))
+    path.write_text(base + "retention:\n" + section)
+    with pytest.raises(config.ConfigError) as error:
+        config.load(path)
+    assert (error.value.line, error.value.key) == (line, key)
+    assert problem in error.value.problem

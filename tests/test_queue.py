@@ -79,3 +79,11 @@ def test_steering_the_queue(sandbox: Sandbox, bridge: Bridge) -> None:
     assert queue(sandbox, "retry", "--all").returncode == 0
     missing = queue(sandbox, "show", "999999")
     assert missing.returncode == 1 and "no such entry" in missing.stderr
+
+    # Deleted, the mail is settled: a purge removes its content, and `show --body` says so.
+    command = [sys.executable, "-m", "bridge.cli", "purge", "-c", str(sandbox.config_path("a"))]
+    purged = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=60)
+    assert purged.returncode == 0 and "outbound_mails" in json.loads(purged.stdout)
+    gone = queue(sandbox, "show", deleted["id"], "--body")
+    assert gone.returncode == 1 and "its content was removed at" in gone.stderr
+    assert "Innehåll för Hålls." in queue(sandbox, "show", held["id"], "--body").stdout

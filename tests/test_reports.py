@@ -16,7 +16,7 @@ from bridge.outbound import dsn
 from bridge.outbound.outcomes import Event, settle
 from bridge.outbound.reports import DsnReporter, inside, sender_domains
 from bridge.sandbox.ports import free_tcp_port
-from bridge.spool import Delivery, Envelope, SQLiteSpool, State
+from bridge.spool import Delivery, Envelope, Retention, SQLiteSpool, State
 
 
 def reporter_for(spool: SQLiteSpool, port: int) -> DsnReporter:
@@ -151,3 +151,33 @@ def test_reports_go_only_to_senders_inside_the_organisation(tmp_path: Path) -> N
         sink.stop()
     assert sink.messages == [] and spool.held_reports() == []
     assert "report" not in spool.delivery(delivery.id).notes
+
+
+def test_delivered_after_all_once_its_content_is_gone(tmp_path: Path) -> None:
+    """A failed mail's content goes once its failure report is sent; should its kvittens
+    ACCEPTED come after all, the sender still hears so, without the original's headers."""
+    spool = SQLiteSpool(tmp_path)
+    recipient = dataclasses.replace(TO_B, notify=("SUCCESS", "FAILURE"))
+    spool.accept(
+        Envelope("anna@kommun-a.se", sender_address="a.registrator"),
+        [recipient],
+        new_mail("Sent omsider").as_bytes(policy=email.policy.SMTP),
+    )
+    (delivery,) = spool.deliveries()
+    spool.update(delivery.id, state=State.FAILED)
+    assert spool.purge(Retention()).outbound_mails == 1
+    sink = Sink()
+    try:
+        reporter = reporter_for(spool, sink.port)
+        owed = {"event": Event.DELIVERED_AFTER_ALL, "status": "2.0.0", "text": "ACCEPTED"}
+        delivered = spool.transition(
+            delivery.id, {State.FAILED}, state=State.DELIVERED, notes={"report": owed}
+        )
+        assert delivered is not None
+        asyncio.run(reporter(delivered))
+    finally:
+        sink.stop()
+    ((_, recipients, content),) = sink.messages
+    report = message_from_bytes(content)
+    assert recipients == ["anna@kommun-a.se"] and report.get_content_type() == "multipart/report"
+    assert b"Sent omsider" not in content

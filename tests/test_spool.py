@@ -1,12 +1,16 @@
 """What is the SQLite spool's own: its journal mode and its files surviving a reopen. The
 behaviours every back end shares are in test_spool_contract.py, run on SQLite too."""
 
+import asyncio
+import os
 import sqlite3
+import time
 from pathlib import Path
 
-from test_spool_contract import ENVELOPE, RECIPIENTS
+from test_spool_contract import AT_ONCE, ENVELOPE, RECIPIENTS
 
-from bridge.spool import SQLiteSpool
+from bridge.spool import SQLiteSpool, State
+from bridge.spool.retention import Retention, keep_purging
 
 
 def test_the_queue_is_in_wal_mode(tmp_path: Path) -> None:
@@ -23,3 +27,62 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
     reopened = SQLiteSpool(tmp_path)
     assert reopened.deliveries() == before
     assert reopened.body(message_id) == b"body"
+
+
+def test_sqlite_forgets_deleted_rows_and_orphan_files(tmp_path: Path) -> None:
+    """What SQLite deletes is overwritten (secure_delete) and its WAL emptied; a body no
+    row names, left by a crash, goes once it is an hour old."""
+    spool = SQLiteSpool(tmp_path)
+    try:
+        spool.hold_report("anna@kommun.se", b"Subject: kvartalsrapporten" + b"x" * 10_000)
+        young = tmp_path / "messages" / "young.eml"
+        old = tmp_path / "messages" / "old.eml"
+        for orphan in (young, old):
+            orphan.write_bytes(b"kvartalsrapporten")
+        hours_ago = time.time() - 2 * 3600
+        os.utime(old, (hours_ago, hours_ago))
+        purged = spool.purge(AT_ONCE)
+        assert (purged.reports, purged.orphans) == (1, 1)
+        assert young.exists() and not old.exists()
+        young.unlink()
+        for file in tmp_path.rglob("*"):
+            assert not file.is_file() or b"kvartalsrapporten" not in file.read_bytes(), file
+    finally:
+        spool.close()
+
+
+def test_the_daemon_purges_from_the_start_until_stopped(tmp_path: Path) -> None:
+    spool = SQLiteSpool(tmp_path)
+    message_id = spool.accept(ENVELOPE, RECIPIENTS, b"Subject: x\r\n\r\nhemligt")
+    for delivery in spool.deliveries():
+        spool.update(delivery.id, state=State.DELIVERED)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        purging = asyncio.create_task(keep_purging(spool, Retention(), stop))
+        async with asyncio.timeout(10):
+            while (tmp_path / "messages" / f"{message_id}.eml").exists():
+                await asyncio.sleep(0.05)
+            stop.set()
+            await purging
+
+    try:
+        asyncio.run(run())
+    finally:
+        spool.close()
+
+
+def test_a_spool_from_before_retention_gets_its_columns(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "spool.sqlite3") as db:
+        db.execute(
+            "CREATE TABLE messages (id TEXT PRIMARY KEY, received_at TEXT NOT NULL,"
+            " mail_from TEXT NOT NULL, envelope TEXT NOT NULL, size INTEGER NOT NULL)"
+        )
+    spool = SQLiteSpool(tmp_path)
+    try:
+        spool.accept(ENVELOPE, RECIPIENTS, b"x")
+        for delivery in spool.deliveries():
+            spool.update(delivery.id, state=State.DELIVERED)
+        assert spool.purge(AT_ONCE).outbound_mails == 1
+    finally:
+        spool.close()

@@ -20,8 +20,9 @@ import psycopg
 import pytest
 from test_config import write_config
 
-from bridge import cli, config
+from bridge import cli, config, queue
 from bridge.spool import (
+    ContentRemoved,
     DuplicateMessage,
     Envelope,
     InboundMail,
@@ -29,6 +30,7 @@ from bridge.spool import (
     OwedKvittens,
     Received,
     RecipientRecord,
+    Retention,
     Spool,
     SQLiteSpool,
     State,
@@ -564,6 +566,112 @@ def test_partial_mail_is_discarded_at_start(spool: Spool) -> None:
     arriving.write_bytes(b"half a mail")
     spool.discard_partial()
     assert not arriving.exists()
+
+
+# --- retention --------------------------------------------------------------------------
+
+AT_ONCE = Retention(content=timedelta(0), held=timedelta(0), reports=timedelta(0))
+NOTHING_YET = Retention(content=timedelta(hours=1), held=timedelta(days=1))
+
+
+def test_outbound_content_goes_once_every_delivery_settled(spool: Spool) -> None:
+    """A mail's body stays while any recipient's delivery is on its way or owes its
+    sender a report; then it goes, and its records stay."""
+    message_id = spool.accept(ENVELOPE, RECIPIENTS, b"Subject: hemligt\r\n\r\nuppgifter\r\n")
+    first, second = spool.deliveries()
+    spool.update(first.id, state=State.DELIVERED)
+    spool.update(second.id, state=State.SUBMITTED)
+    assert not spool.purge(AT_ONCE)
+    report = {"event": "failed", "status": "5.0.0", "text": "nej"}
+    spool.update(second.id, state=State.FAILED, notes={"report": report})
+    assert not spool.purge(AT_ONCE)  # the report quotes its headers
+    spool.update(second.id, notes={})
+    assert not spool.purge(NOTHING_YET)  # settled a moment ago
+    assert spool.purge(AT_ONCE).outbound_mails == 1
+    with pytest.raises(ContentRemoved):
+        spool.body(message_id)
+    assert spool.envelope(message_id) == ENVELOPE
+    assert [d.state for d in spool.deliveries()] == [State.DELIVERED, State.FAILED]
+    assert not spool.purge(AT_ONCE)  # nothing twice
+
+
+def test_inbound_content_goes_once_in_its_mailbox(spool: Spool) -> None:
+    spool.store_received(received("e-1", b"<xhe>krypterat</xhe>"))
+    spool.store_received(received("e-2", b"<xhe>oklart</xhe>"))
+    spool.conclude_received(
+        "e-1",
+        "accepted",
+        kvittens=(kvittens("kv-1", "e-1"), b"<kvittens/>"),
+        mail=(inbound("sdk-1", "e-1"), b"From: b\r\n\r\nHej"),
+        sdk_message_id="sdk-1",
+    )
+    spool.conclude_received("e-2", "quarantined", "cannot decrypt")
+    purged = spool.purge(NOTHING_YET)
+    assert (purged.received_envelopes, purged.inbound_mails, purged.held) == (0, 0, 0)
+    assert spool.purge(AT_ONCE).received_envelopes == 1  # concluded: its mail is in the inbox
+    assert spool.received_payload("e-1") == b""
+    assert spool.inbound_mail("sdk-1") == b"From: b\r\n\r\nHej"  # still on its way
+    spool.update_inbound("sdk-1", state=InboxState.DELIVERED)
+    spool.update_kvittens("kv-1", state="delivered")
+    purged = spool.purge(AT_ONCE)
+    assert (purged.inbound_mails, purged.kvittens) == (1, 1)
+    with pytest.raises(ContentRemoved):
+        spool.inbound_mail("sdk-1")
+    assert spool.inbox()[0].content_removed
+    assert spool.inbound_by_mail_message_id("sdk-1@sdk.a.se") is not None  # replies thread
+    assert spool.known_inbound("sdk-1")  # and a copy is still a duplicate
+    # The quarantined one went at once too (held: 0): its record says so.
+    assert spool.held_received() == [] and spool.received_payload("e-2") == b""
+    assert spool.received_states(["e-2"]) == {"e-2": "deleted"}
+
+
+def test_held_envelopes_and_refused_mail_stay_their_time(spool: Spool) -> None:
+    spool.store_received(received("e-1", b"<xhe>oklart</xhe>"))
+    spool.conclude_received("e-1", "quarantined", "cannot decrypt")
+    spool.store_received(received("e-2"))
+    spool.conclude_received(
+        "e-2", "accepted", mail=(inbound("sdk-2", "e-2"), b"mail"), sdk_message_id="sdk-2"
+    )
+    spool.update_inbound("sdk-2", state=InboxState.FAILED, last_error="550 no such folder")
+    assert spool.purge(NOTHING_YET).held == 0
+    assert [r["id"] for r in spool.held_received()] == ["e-1"]
+    assert spool.inbound_mail("sdk-2") == b"mail"
+    assert spool.purge(dataclasses.replace(NOTHING_YET, held=timedelta(0))).held == 2
+    assert spool.held_received() == [] and spool.received_payload("e-1") == b""
+    assert spool.received_states(["e-1"]) == {"e-1": "deleted"}
+    with pytest.raises(ContentRemoved):
+        spool.inbound_mail("sdk-2")
+    with pytest.raises(queue.QueueError, match="removed after the retention time"):
+        queue.retry(spool, "sdk-2")
+
+
+def test_reports_the_smart_host_never_took_are_dropped(spool: Spool) -> None:
+    spool.hold_report("anna@kommun.se", b"report 1")
+    assert spool.purge(NOTHING_YET).reports == 0
+    assert spool.purge(AT_ONCE).reports == 1
+    assert spool.held_reports() == []
+
+
+def test_records_go_after_their_time(spool: Spool) -> None:
+    spool.accept(ENVELOPE, RECIPIENTS, b"x")
+    for delivery in spool.deliveries():
+        spool.update(delivery.id, state=State.DELIVERED)
+    spool.store_received(received("e-1"))
+    spool.conclude_received(
+        "e-1",
+        "accepted",
+        kvittens=(kvittens("kv-1", "e-1"), b"<kvittens/>"),
+        mail=(inbound("sdk-1", "e-1"), b"mail"),
+        sdk_message_id="sdk-1",
+    )
+    spool.update_inbound("sdk-1", state=InboxState.DELIVERED)
+    spool.update_kvittens("kv-1", state="delivered")
+    spool.purge(AT_ONCE)  # content first
+    assert spool.purge(AT_ONCE).records == 0  # records are kept records_days
+    assert spool.purge(dataclasses.replace(AT_ONCE, records=timedelta(0))).records == 6
+    assert spool.deliveries() == [] and spool.inbox() == []
+    assert spool.received_states(["e-1"]) == {} and not spool.known_inbound("sdk-1")
+    assert spool.queue_depths() == {}
 
 
 # --- several instances on one PostgreSQL database -------------------------------------------

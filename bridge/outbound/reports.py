@@ -8,7 +8,7 @@ from email.parser import BytesParser
 
 import structlog
 
-from ..spool import Delivery, Spool, State
+from ..spool import ContentRemoved, Delivery, Spool, State
 from . import dsn
 from .outcomes import Event
 
@@ -91,10 +91,14 @@ class DsnReporter:
         )
         if not dsn.wanted(envelope, [report]):
             return None  # most deliveries: the original (maybe 30 MB) is not even read
+        try:
+            original = self.spool.body(delivery.message_id)
+        except ContentRemoved:  # delivered after all, long after it failed: no headers
+            original = b""
         return dsn.build(
             envelope=envelope,
             reports=[report],
-            original=self.spool.body(delivery.message_id),
+            original=original,
             reporting_mta=self.reporting_mta,
             arrival=delivery.created_at,
             from_address=self.postmaster,

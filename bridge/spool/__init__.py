@@ -12,13 +12,13 @@ it until the lease runs out (its holder died). Within one instance each stage ta
 kind of work in rounds, so it may be given again what it holds itself.
 """
 
-import sqlite3
 from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import DuplicateMessage, SpoolFull, SpoolUnavailable
+from .errors import STORAGE_ERRORS, ContentRemoved, DuplicateMessage, SpoolFull, SpoolUnavailable
+from .retention import Purged, Retention
 from .sqlite import (
     Delivery,
     Envelope,
@@ -33,10 +33,6 @@ from .sqlite import (
 
 if TYPE_CHECKING:  # the registry's, kept in a shared spool
     from ..registry.cache import Cache
-
-# What the stages treat as "the spool cannot do it now": the SQLite default's own errors,
-# and what any other back end raises.
-STORAGE_ERRORS = (OSError, sqlite3.Error, SpoolUnavailable)
 
 
 class Spool(Protocol):
@@ -127,17 +123,23 @@ class Spool(Protocol):
     def inbound_mail(self, sdk_message_id: str) -> bytes: ...
     def update_inbound(self, sdk_message_id: str, **changes: Any) -> None: ...
 
+    # retention (bridge.spool.retention)
+    def purge(self, retention: Retention) -> Purged: ...
+
 
 __all__ = [
     "STORAGE_ERRORS",
+    "ContentRemoved",
     "Delivery",
     "DuplicateMessage",
     "Envelope",
     "InboundMail",
     "InboxState",
     "OwedKvittens",
+    "Purged",
     "Received",
     "RecipientRecord",
+    "Retention",
     "SQLiteSpool",
     "Spool",
     "SpoolFull",

@@ -1,5 +1,7 @@
 """What a spool back end raises for the stages to act on, whichever back end it is."""
 
+import sqlite3
+
 
 class SpoolUnavailable(Exception):
     """The store cannot be reached or written now (a database down, a disk full): what a
@@ -13,3 +15,13 @@ class SpoolFull(SpoolUnavailable):
 class DuplicateMessage(Exception):
     """The inbox already holds a message with this SDK messageId: a copy of it was judged
     at the same moment (by this instance or another). Nothing was recorded."""
+
+
+class ContentRemoved(LookupError):
+    """The mail's content is gone: its retention ran out after it settled. Its record
+    (ids, addresses, states) is still there."""
+
+
+# What the stages treat as "the spool cannot do it now": the SQLite default's own errors,
+# and what any other back end raises.
+STORAGE_ERRORS = (OSError, sqlite3.Error, SpoolUnavailable)

@@ -18,9 +18,18 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ..files import move_durably, write_atomic
+from ..files import move_durably, sync_directory, write_atomic
 from .batches import first_within
-from .errors import DuplicateMessage
+from .errors import ContentRemoved, DuplicateMessage
+from .retention import (
+    CONCLUDED_RECEIVED,
+    HELD_RECEIVED,
+    ORPHAN_AGE,
+    SETTLED_DELIVERIES,
+    TAKEN_KVITTENS,
+    Purged,
+    Retention,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -29,7 +38,8 @@ CREATE TABLE IF NOT EXISTS messages (
     mail_from TEXT NOT NULL,
     envelope TEXT NOT NULL,          -- JSON: client, helo, auth user, ENVID, RET, Message-ID
     size INTEGER NOT NULL,
-    body_sha256 TEXT                 -- to know the same mail sent again after a lost 250
+    body_sha256 TEXT,                -- to know the same mail sent again after a lost 250
+    content_removed_at TEXT          -- when retention removed its body (NULL: still kept)
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,7 +83,8 @@ CREATE TABLE IF NOT EXISTS received (
     note TEXT,
     sdk_message_id TEXT,             -- of a message judged after its signature verified
     attempts INTEGER NOT NULL DEFAULT 0,  -- rounds it waited (registry, scanner down)
-    next_attempt_at TEXT             -- NULL: now
+    next_attempt_at TEXT,            -- NULL: now
+    content_removed_at TEXT          -- when retention removed its payload
 );
 CREATE INDEX IF NOT EXISTS received_sdk_id ON received(sdk_message_id);
 CREATE INDEX IF NOT EXISTS deliveries_mail_id ON deliveries(mail_message_id);
@@ -95,7 +106,8 @@ CREATE TABLE IF NOT EXISTS inbox (     -- SDK messages accepted for us, on their
     next_attempt_at TEXT NOT NULL,
     last_error TEXT,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    content_removed_at TEXT          -- when retention removed its mail
 );
 CREATE INDEX IF NOT EXISTS inbox_due ON inbox(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS inbox_mail_id ON inbox(mail_message_id);
@@ -110,21 +122,37 @@ CREATE TABLE IF NOT EXISTS kvittens_out (  -- kvittens we owe senders, until the
     next_attempt_at TEXT NOT NULL,   -- pending: when to hand over; sent: when to ask
     last_error TEXT,
     created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    content_removed_at TEXT          -- when retention removed the sealed kvittens
 );
 CREATE INDEX IF NOT EXISTS kvittens_due ON kvittens_out(state, next_attempt_at);
+"""
+# After ADDED_COLUMNS: what retention still has to remove, found without a scan.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS messages_content ON messages(id) WHERE content_removed_at IS NULL;
+CREATE INDEX IF NOT EXISTS received_content ON received(id) WHERE content_removed_at IS NULL;
+CREATE INDEX IF NOT EXISTS inbox_content ON inbox(state) WHERE content_removed_at IS NULL;
+CREATE INDEX IF NOT EXISTS kvittens_content ON kvittens_out(state)
+    WHERE content_removed_at IS NULL;
+CREATE INDEX IF NOT EXISTS deliveries_message ON deliveries(message_id);
 """
 
 
 # Columns added after a table was first released, for `_add_missing_columns`.
 ADDED_COLUMNS = {
-    "messages": {"body_sha256": "TEXT"},
+    "messages": {"body_sha256": "TEXT", "content_removed_at": "TEXT"},
     "received": {
         "sdk_message_id": "TEXT",
         "attempts": "INTEGER NOT NULL DEFAULT 0",
         "next_attempt_at": "TEXT",
+        "content_removed_at": "TEXT",
     },
-    "kvittens_out": {"transport_id": "TEXT", "resends": "INTEGER NOT NULL DEFAULT 0"},
+    "inbox": {"content_removed_at": "TEXT"},
+    "kvittens_out": {
+        "transport_id": "TEXT",
+        "resends": "INTEGER NOT NULL DEFAULT 0",
+        "content_removed_at": "TEXT",
+    },
 }
 _UPDATABLE = frozenset({"state", "attempts", "next_attempt_at", "last_error"})
 _KVITTENS_UPDATABLE = _UPDATABLE | {"transport_id", "resends"}
@@ -232,6 +260,7 @@ class InboundMail:
     attempts: int = 0
     last_error: str | None = None
     created_at: str = ""  # when it was accepted (ISO 8601)
+    content_removed: bool = False  # its mail is gone (retention): nothing to deliver
 
     def ids(self) -> dict[str, Any]:
         """The ids a log event about it carries (see Delivery.ids)."""
@@ -291,6 +320,10 @@ def _sha256(body: bytes | Path) -> str:
     return digest.hexdigest()
 
 
+def _before(now: datetime, age: timedelta) -> str:
+    return (now - age).isoformat()
+
+
 def _safe_name(message_id: str) -> str:
     """A file name for an ebMS MessageId, which may hold any printable character."""
     return hashlib.sha256(message_id.encode()).hexdigest()
@@ -319,9 +352,11 @@ class SQLiteSpool:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA secure_delete=ON")  # what is deleted is overwritten
             self._db.executescript(SCHEMA)
             with self._db:
                 self._add_missing_columns()
+            self._db.executescript(INDEXES)
 
     def close(self) -> None:
         with self._lock:
@@ -821,7 +856,20 @@ class SQLiteSpool:
             ).fetchone()
         if row is None:
             raise KeyError(sdk_message_id)
-        return (self._inbox / f"{_safe_name(row['received_id'])}.eml").read_bytes()
+        try:
+            return (self._inbox / f"{_safe_name(row['received_id'])}.eml").read_bytes()
+        except FileNotFoundError:
+            self._content_removed("inbox", "sdk_message_id", sdk_message_id)
+            raise
+
+    def _content_removed(self, table: str, key: str, value: str) -> None:
+        """Raise ContentRemoved if retention removed the content of this row."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT content_removed_at FROM {table} WHERE {key} = ?", (value,)
+            ).fetchone()
+        if row is not None and row[0] is not None:
+            raise ContentRemoved(f"{value}: its content was removed at {row[0]} (retention)")
 
     def update_inbound(self, sdk_message_id: str, **changes: Any) -> None:
         """state, attempts, next_attempt_at, last_error of a mail on its way."""
@@ -853,6 +901,7 @@ class SQLiteSpool:
             attempts=row["attempts"],
             last_error=row["last_error"],
             created_at=row["created_at"],
+            content_removed=row["content_removed_at"] is not None,
         )
 
     # --- delivery reports waiting for the smart host -------------------------------------
@@ -874,6 +923,173 @@ class SQLiteSpool:
     def drop_report(self, report_id: int) -> None:
         with self._lock, self._db:
             self._db.execute("DELETE FROM reports WHERE id = ?", (report_id,))
+
+    # --- retention -------------------------------------------------------------------------
+
+    def purge(self, retention: Retention) -> Purged:
+        """Remove what `retention` no longer keeps (bridge.spool.retention). A file goes
+        before its record says so: killed in between, the next purge finds it again."""
+        now = _now()
+        content, held = _before(now, retention.content), _before(now, retention.held)
+        purged = Purged()
+        settled = ",".join("?" * len(SETTLED_DELIVERIES))
+        purged.outbound_mails = self._remove_content(
+            "messages",
+            "SELECT id FROM messages m WHERE content_removed_at IS NULL AND NOT EXISTS"
+            " (SELECT 1 FROM deliveries d WHERE d.message_id = m.id"
+            f" AND (d.state NOT IN ({settled}) OR d.updated_at > ?"
+            " OR json_extract(d.notes, '$.report') IS NOT NULL))",
+            (*SETTLED_DELIVERIES, content),
+            lambda row: self._bodies / f"{row[0]}.eml",
+        )
+        purged.received_envelopes = self._remove_content(
+            "received",
+            "SELECT id FROM received WHERE content_removed_at IS NULL"
+            f" AND state IN ({','.join('?' * len(CONCLUDED_RECEIVED))}) AND received_at <= ?",
+            (*CONCLUDED_RECEIVED, content),
+            lambda row: self._received / f"{_safe_name(row[0])}.xhe",
+        )
+        purged.held = self._remove_content(
+            "received",
+            "SELECT id FROM received WHERE content_removed_at IS NULL"
+            f" AND state IN ({','.join('?' * len(HELD_RECEIVED))}) AND received_at <= ?",
+            (*HELD_RECEIVED, held),
+            lambda row: self._received / f"{_safe_name(row[0])}.xhe",
+            state="deleted",
+        )
+        for state, before in ((InboxState.DELIVERED, content), (InboxState.FAILED, held)):
+            removed = self._remove_content(
+                "inbox",
+                "SELECT sdk_message_id, received_id FROM inbox WHERE content_removed_at IS NULL"
+                " AND state = ? AND updated_at <= ?",
+                (state, before),
+                lambda row: self._inbox / f"{_safe_name(row[1])}.eml",
+            )
+            if state is InboxState.DELIVERED:
+                purged.inbound_mails = removed
+            else:
+                purged.held += removed
+        purged.kvittens = self._remove_content(
+            "kvittens_out",
+            "SELECT id FROM kvittens_out WHERE content_removed_at IS NULL"
+            f" AND state IN ({','.join('?' * len(TAKEN_KVITTENS))}) AND updated_at <= ?",
+            (*TAKEN_KVITTENS, content),
+            lambda row: self._kvittens / f"{_safe_name(row[0])}.xhe",
+        )
+        with self._lock, self._db:
+            purged.reports = self._db.execute(
+                "DELETE FROM reports WHERE created_at <= ?", (_before(now, retention.reports),)
+            ).rowcount
+            purged.records = self._remove_records(_before(now, retention.records))
+        purged.orphans = self._remove_orphans(now)
+        if purged:  # the WAL, too, forgets what was deleted
+            with self._lock:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return purged
+
+    def _remove_content(
+        self,
+        table: str,
+        query: str,
+        arguments: tuple[str, ...],
+        path: Callable[[sqlite3.Row], Path],
+        state: str | None = None,
+    ) -> int:
+        """Remove the files of the rows `query` finds (its first column their key), then
+        mark the rows (and give them `state`); the number of files removed."""
+        with self._lock:
+            rows = self._db.execute(query, arguments).fetchall()
+        if not rows:
+            return 0
+        removed = 0
+        for row in rows:
+            file = path(row)
+            if file.exists():
+                file.unlink(missing_ok=True)
+                removed += 1
+        sync_directory(path(rows[0]).parent)
+        key = rows[0].keys()[0]
+        marks = "content_removed_at = ?" + (", state = ?" if state else "")
+        values = (_now().isoformat(), state) if state else (_now().isoformat(),)
+        with self._lock, self._db:
+            self._db.executemany(
+                f"UPDATE {table} SET {marks} WHERE {key} = ?", [(*values, row[0]) for row in rows]
+            )
+        return removed
+
+    def _remove_records(self, before: str) -> int:
+        """Rows of settled messages whose content is gone and that have not changed since
+        `before` (the caller holds the lock and the transaction)."""
+        old_messages = (
+            "SELECT id FROM messages m WHERE content_removed_at IS NOT NULL AND NOT EXISTS"
+            " (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.updated_at > ?)"
+        )
+        count = self._db.execute(
+            "DELETE FROM superseded WHERE delivery_id IN (SELECT id FROM deliveries"
+            f" WHERE message_id IN ({old_messages}))",
+            (before,),
+        ).rowcount
+        count += self._db.execute(
+            f"DELETE FROM deliveries WHERE message_id IN ({old_messages})", (before,)
+        ).rowcount
+        count += self._db.execute(
+            "DELETE FROM messages WHERE content_removed_at IS NOT NULL AND NOT EXISTS"
+            " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id)"
+        ).rowcount
+        for table, when in (
+            ("received", "received_at"),
+            ("inbox", "updated_at"),
+            ("kvittens_out", "updated_at"),
+        ):
+            count += self._db.execute(
+                f"DELETE FROM {table} WHERE content_removed_at IS NOT NULL AND {when} <= ?",
+                (before,),
+            ).rowcount
+        return int(count)
+
+    def _remove_orphans(self, now: datetime) -> int:
+        """Files no record keeps (a crash between writing one and committing its record),
+        once older than ORPHAN_AGE."""
+        with self._lock:
+            kept = {
+                self._bodies: {
+                    f"{row[0]}.eml"
+                    for row in self._db.execute(
+                        "SELECT id FROM messages WHERE content_removed_at IS NULL"
+                    )
+                },
+                self._received: {
+                    f"{_safe_name(row[0])}.xhe"
+                    for row in self._db.execute(
+                        "SELECT id FROM received WHERE content_removed_at IS NULL"
+                    )
+                },
+                self._inbox: {
+                    f"{_safe_name(row[0])}.eml"
+                    for row in self._db.execute(
+                        "SELECT received_id FROM inbox WHERE content_removed_at IS NULL"
+                    )
+                },
+                self._kvittens: {
+                    f"{_safe_name(row[0])}.xhe"
+                    for row in self._db.execute(
+                        "SELECT id FROM kvittens_out WHERE content_removed_at IS NULL"
+                    )
+                },
+            }
+        oldest = (now - ORPHAN_AGE).timestamp()
+        removed = 0
+        for directory, names in kept.items():
+            for file in directory.iterdir():
+                if file.name in names:
+                    continue
+                try:
+                    if file.stat().st_mtime <= oldest:
+                        file.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
 
     # --- the worker ------------------------------------------------------------------------
 
@@ -962,7 +1178,11 @@ class SQLiteSpool:
         )
 
     def body(self, message_id: str) -> bytes:
-        return (self._bodies / f"{message_id}.eml").read_bytes()
+        try:
+            return (self._bodies / f"{message_id}.eml").read_bytes()
+        except FileNotFoundError:
+            self._content_removed("messages", "id", message_id)
+            raise
 
     def envelope(self, message_id: str) -> Envelope:
         with self._lock:

@@ -75,14 +75,16 @@ def expiring(named: dict[str, x509.Certificate], within: timedelta) -> list[str]
     return warnings
 
 
-SECRET_KEYS = frozenset({"key", "tls_key", "passphrase_file", "password_file"})
+SECRET_KEYS = frozenset(
+    {"key", "tls_key", "client_key", "sslkey", "passphrase_file", "password_file"}
+)
 
 
 def exposure_warnings(config: Config, file: Path) -> list[str]:
     """Secrets others may read, and an admin port off loopback (plain HTTP, no login):
     check-config prints them, the daemon logs them at start."""
     warnings = []
-    for name, path in _secret_files(yaml.safe_load(file.read_text()), file.parent):
+    for name, path in secret_files(yaml.safe_load(file.read_text()), file.parent):
         try:
             mode = path.stat().st_mode
         except OSError:
@@ -101,7 +103,7 @@ def exposure_warnings(config: Config, file: Path) -> list[str]:
     return warnings
 
 
-def _secret_files(node: Any, directory: Path, key: str = "") -> list[tuple[str, Path]]:
+def secret_files(node: Any, directory: Path, key: str = "") -> list[tuple[str, Path]]:
     """(setting, path) of every secret file the configuration names, wherever it is."""
     found = []
     if isinstance(node, dict):
@@ -111,10 +113,10 @@ def _secret_files(node: Any, directory: Path, key: str = "") -> list[tuple[str, 
                 path = Path(os.path.expandvars(value))
                 found.append((where, path if path.is_absolute() else directory / path))
             else:
-                found.extend(_secret_files(value, directory, where))
+                found.extend(secret_files(value, directory, where))
     elif isinstance(node, list):
         for number, item in enumerate(node):
-            found.extend(_secret_files(item, directory, f"{key}[{number}]"))
+            found.extend(secret_files(item, directory, f"{key}[{number}]"))
     return found
 
 

@@ -5,8 +5,10 @@ into a PluginError, which the configuration loader reports with the file line.
 """
 
 import ipaddress
+import os
 import ssl
 from collections.abc import Mapping, Set
+from pathlib import Path
 from typing import Any
 
 
@@ -36,6 +38,23 @@ def port(value: Any) -> int:
     return value
 
 
+def file_path(settings: Mapping[str, Any], key: str) -> Path | None:
+    """`settings[key]`, a file's path, with environment variables expanded (under systemd a
+    secret is `$CREDENTIALS_DIRECTORY/<name>`); None when not set."""
+    value = settings.get(key)
+    if value is None:
+        return None
+    if not (isinstance(value, str) and value):
+        raise ValueError(f"`{key}` must be a path, not {value!r}")
+    expanded = os.path.expandvars(value)
+    if "$" in expanded:
+        raise ValueError(
+            f"`{key}` {expanded}: names an environment variable that is not set"
+            " ($CREDENTIALS_DIRECTORY is set by systemd's LoadCredential=)"
+        )
+    return Path(expanded)
+
+
 def is_loopback(host: Any) -> bool:
     """Whether `host` is "localhost" or a loopback address (127.0.0.0/8, ::1): the only
     places a plugin may talk without TLS."""
@@ -49,9 +68,7 @@ def is_loopback(host: Any) -> bool:
 
 def tls_client_context(settings: Mapping[str, Any]) -> ssl.SSLContext:
     """A verifying TLS 1.2+ client context; `cafile` (optional) replaces the system's CAs."""
-    cafile = settings.get("cafile")
-    if cafile is not None and not isinstance(cafile, str):
-        raise ValueError(f"`cafile` must be a path, not {cafile!r}")
+    cafile = file_path(settings, "cafile")
     context = ssl.create_default_context(cafile=cafile)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context

@@ -67,7 +67,7 @@ from bridge.plugins import (
     TemporaryFailure,
     UnreadableRetrieval,
 )
-from bridge.pluginsettings import only
+from bridge.pluginsettings import file_path, only
 from bridge.sdk.keys import read_passphrase
 from bridge.sdk.names import PARTY_SCHEME, PROCESS_ID, PROCESS_ID_SCHEME
 from bridge.sdk.sealing import MAX_ENVELOPE_BYTES
@@ -243,10 +243,6 @@ class _Settings:
                 raise ValueError(f"{name} must be a non-empty string")
             return value
 
-        def path(name: str) -> Path | None:
-            value = settings.get(name)
-            return None if value is None else Path(value)
-
         url = text("url")
         if not url or not url.startswith("https://"):
             # Basic auth and whole messages: never in clear text.
@@ -255,7 +251,7 @@ class _Settings:
         if not party_id:
             raise ValueError("party_id (this access point's PartyId, the ebMS From) is required")
         password = text("password")
-        password_file = path("password_file")
+        password_file = file_path(settings, "password_file")
         if password is not None and password_file is not None:
             raise ValueError("give password or password_file, not both")
         if password_file is not None:
@@ -263,7 +259,8 @@ class _Settings:
         username = text("username")
         if (username is None) != (password is None):
             raise ValueError("username and password go together")
-        client_cert, client_key = path("client_cert"), path("client_key")
+        client_cert = file_path(settings, "client_cert")
+        client_key = file_path(settings, "client_key")
         if client_key is not None and client_cert is None:
             raise ValueError("client_key needs client_cert")
         if username is None and client_cert is None:
@@ -281,7 +278,7 @@ class _Settings:
             url=url,
             username=username,
             password=password,
-            tls_trust=path("tls_trust"),
+            tls_trust=file_path(settings, "tls_trust"),
             client_cert=client_cert,
             client_key=client_key,
             party_id=party_id,

@@ -25,14 +25,13 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from aioimaplib import aioimaplib
 
 from bridge import mutf7
 from bridge.plugins import PermanentFailure, TemporaryFailure
-from bridge.pluginsettings import is_loopback, only, positive, tls_client_context
+from bridge.pluginsettings import file_path, is_loopback, only, positive, tls_client_context
 from bridge.pluginsettings import port as check_port
 from bridge.sdk.keys import KeyError_, read_passphrase
 
@@ -209,14 +208,12 @@ def _text(settings: Mapping[str, Any], key: str, default: str | None) -> str:
 
 
 def _password(settings: Mapping[str, Any]) -> str:
-    password, path = settings.get("password"), settings.get("password_file")
+    password, path = settings.get("password"), file_path(settings, "password_file")
     if (password is None) == (path is None):
         raise ValueError("set either `password` or `password_file`")
     if path is not None:
-        if not isinstance(path, str):
-            raise ValueError(f"`password_file` must be a path, not {path!r}")
         try:
-            password = read_passphrase(Path(path)).decode()
+            password = read_passphrase(path).decode()
         except (KeyError_, UnicodeDecodeError) as e:
             raise ValueError(f"`password_file`: {e}") from e
     if not (isinstance(password, str) and password):

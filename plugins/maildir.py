@@ -16,12 +16,16 @@ mailbox of 100,000 messages is not listed for every delivery.
 
 Settings: `path`, the Maildir (created with mode 0700 when missing); `folder`, optional,
 a Maildir++ subfolder such as "Ärenden/Inkommande" ("/" separates levels, stored as
-".&AMQ-renden.Inkommande" the way Dovecot names it).
+".&AMQ-renden.Inkommande" the way Dovecot names it); `group`, optional, the group of the
+server that reads the Maildir (Dovecot's `mail_gid`, say vmail) when it runs as another
+user than the bridge: then directories are made 2770 and mail files 0660 in that group
+(the bridge must be a member: systemd/maildir.conf), else 0700 and 0600, whatever the umask.
 """
 
 from __future__ import annotations
 
 import asyncio
+import grp
 import hashlib
 import os
 import socket
@@ -29,14 +33,14 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from bridge import mutf7
 from bridge.files import move_durably, sync_directory
 from bridge.plugins import TemporaryFailure
 from bridge.pluginsettings import only
 
-SETTINGS = {"path", "folder"}
+SETTINGS = {"path", "folder", "group"}
 
 
 class Maildir:
@@ -49,6 +53,7 @@ class Maildir:
             raise ValueError("`path` must name the Maildir directory")
         self.root = Path(path)
         self.directory = self.root / _subfolder(settings.get("folder"))
+        self.gid = _gid(settings.get("group"))  # None: the bridge's alone
         # Maildir's own escaping of the host part, so it never holds "/" or ":".
         self._host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
         self._listings = {sub: _Listing(self.directory / sub) for sub in ("new", "cur")}
@@ -83,7 +88,7 @@ class Maildir:
                 return
             name = f"{int(time.time())}.{key}.{self._host}"
             tmp = self.directory / "tmp" / name
-            with open(tmp, "xb") as f:
+            with self._new_file(tmp) as f:
                 f.write(message)
             move_durably(tmp, self.directory / "new" / name)
             self._listings["new"].added(key)
@@ -94,12 +99,36 @@ class Maildir:
     def _create(self) -> None:
         # cur/ is made last, so where it exists the Maildir is whole.
         if not (self.root / "cur").is_dir():
-            _make_maildir(self.root)
+            self._make_maildir(self.root)
         if self.directory != self.root and not (self.directory / "cur").is_dir():
-            _make_maildir(self.directory)
+            self._make_maildir(self.directory)
             # Maildir++ marks a subfolder so that readers do not take it for a mailbox root.
-            (self.directory / "maildirfolder").touch(mode=0o600)
+            with self._new_file(self.directory / "maildirfolder", exclusive=False):
+                pass
             sync_directory(self.root)
+
+    def _make_maildir(self, directory: Path) -> None:
+        """The directories missing (the administrator may have made the root, say 2770
+        vmail:vmail), each made ours and given its mode."""
+        for path in (directory, *(directory / sub for sub in ("tmp", "new", "cur"))):
+            if not path.is_dir():
+                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._own(path, 0o2770)
+        sync_directory(directory)
+
+    def _new_file(self, path: Path, exclusive: bool = True) -> BinaryIO:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else 0)
+        file = os.fdopen(os.open(path, flags, 0o600), "wb")
+        self._own(file.fileno(), 0o660)
+        return file
+
+    def _own(self, target: Path | int, shared_mode: int) -> None:
+        """Mail is private (0600, 0700), or shared with the reader's group (`group`)."""
+        if self.gid is None:
+            os.chmod(target, 0o700 if shared_mode & 0o100 else 0o600)
+            return
+        os.chown(target, -1, self.gid)
+        os.chmod(target, shared_mode)  # after chown, which clears the setgid bit
 
     def _holds(self, key: str) -> bool:
         """Whether a message with this key is in new/ or cur/; removes a half-written copy
@@ -161,8 +190,15 @@ def _subfolder(folder: Any) -> str:
     return "." + ".".join(mutf7.encode(level) for level in levels)
 
 
-def _make_maildir(directory: Path) -> None:
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # mail is private
-    for sub in ("tmp", "new", "cur"):
-        (directory / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-    sync_directory(directory)
+def _gid(group: Any) -> int | None:
+    """The group id `group` names (a name or a number), or None."""
+    if group is None:
+        return None
+    if isinstance(group, int) and not isinstance(group, bool) and group >= 0:
+        return group
+    if not (isinstance(group, str) and group):
+        raise ValueError(f"`group` must name a group, not {group!r}")
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"`group` {group!r}: there is no such group") from None

@@ -143,3 +143,27 @@ def test_a_big_mailbox_is_listed_again_only_when_it_changed(
     asyncio.run(box.deliver("burst-0@sdk.example.se", MAIL))  # found in cur/: no copy
     asyncio.run(box.deliver("first@sdk.example.se", MAIL))  # in new/: no copy
     assert len(files(tmp_path, "new")) == 10 and listed.count("cur") == 2
+
+
+def test_mail_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        box = Maildir({"path": str(tmp_path / "Maildir"), "folder": "Ärenden"})
+        asyncio.run(box.deliver("1b2c@sdk.example.se", MAIL))
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "Maildir").rglob("*"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
+
+
+@pytest.mark.parametrize(
+    ("group", "problem"),
+    [
+        ("no-such-group-here", "there is no such group"),
+        ("", "must name a group"),
+        (-1, "must name a group"),
+    ],
+)
+def test_the_group_must_exist(tmp_path: Path, group: object, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        Maildir({"path": str(tmp_path), "group": group})

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge import config
+from bridge import checks, config
 from bridge.sandbox.federation import Sandbox
 
 UNITS = Path(__file__).parent.parent / "systemd"
@@ -88,6 +88,72 @@ def test_keys_from_the_credentials_directory(
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     with pytest.raises(config.ConfigError, match="environment variable that is not set"):
         config.load(config_file)
+
+
+def through_credentials(node: object, base: Path, credentials: Path, key: str = "") -> list[str]:
+    """Put every secret file the settings name where systemd's LoadCredential= puts
+    /etc/sdk-bridge/secrets/<name> (as `secrets_<name>`), and name it there; the settings
+    moved."""
+    moved = []
+    if isinstance(node, dict):
+        for name, value in node.items():
+            where = f"{key}.{name}" if key else str(name)
+            if name in checks.SECRET_KEYS and isinstance(value, str):
+                target = "secrets_" + re.sub(r"[^a-z0-9_.]", "_", where)
+                shutil.copy(base / value, credentials / target)  # base / absolute: absolute
+                node[name] = f"$CREDENTIALS_DIRECTORY/{target}"
+                moved.append(where)
+            else:
+                moved += through_credentials(value, base, credentials, where)
+    elif isinstance(node, list):
+        for number, item in enumerate(node):
+            moved += through_credentials(item, base, credentials, f"{key}[{number}]")
+    return moved
+
+
+def test_every_secret_comes_as_a_credential(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The unit loads /etc/sdk-bridge/secrets as credentials: keys, passphrases, the
+    access point's and mailboxes' passwords, the SMTP TLS key; a bridge whose configuration
+    names them all under $CREDENTIALS_DIRECTORY starts, reading nothing else."""
+    unit = (UNITS / "sdk-bridge.service").read_text()
+    assert "\nLoadCredential=secrets:/etc/sdk-bridge/secrets\n" in unit
+    settings = yaml.safe_load(sandbox.config_path("a").read_text())
+    (tmp_path / "imap.pass").write_text("hemligt\n")
+    settings["functional_addresses"][0]["deliver_to"] = {
+        "plugin": "imap",
+        "host": "127.0.0.1",
+        "port": 993,
+        "user": "registrator",
+        "password_file": str(tmp_path / "imap.pass"),
+    }
+    settings["smtp"].update(tls_cert=str(sandbox.tls.cert_pem), tls_key=str(sandbox.tls.key_pem))
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    moved = through_credentials(settings, sandbox.directory, credentials)
+    assert {
+        "keys.signing.key",
+        "keys.decryption[0].key",
+        "access_point.password_file",
+        "smtp.tls_key",
+        "functional_addresses[0].deliver_to.password_file",
+    } <= set(moved)
+    config_file = sandbox.directory / "org-a-all-credentials.yaml"  # certificates: relative
+    config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "run", "-c", str(config_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)},
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        line = process.stdout.readline()
+        assert line.startswith("sdk-bridge ready"), process.stderr.read()
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)
+    assert process.returncode == 0
 
 
 def test_the_daemon_talks_to_systemd(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -283,10 +283,15 @@ def _spool(config_file: str, loaded: config.Config | None = None) -> Spool:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     """Apply the configuration's retention now, as the daemon does every minute."""
+    from .spool import STORAGE_ERRORS
+
     loaded = _spool_config(args.config)
     spool = _spool(args.config, loaded)
     try:
         purged = spool.purge(loaded.retention)
+    except STORAGE_ERRORS as e:
+        print(f"sdk-bridge: the spool could not be purged now: {e}", file=sys.stderr)
+        return 1
     finally:
         spool.close()
     if args.json:

@@ -108,18 +108,34 @@ class Maildir:
             sync_directory(self.root)
 
     def _make_maildir(self, directory: Path) -> None:
-        """The directories missing (the administrator may have made the root, say 2770
-        vmail:vmail), each made ours and given its mode."""
-        for path in (directory, *(directory / sub for sub in ("tmp", "new", "cur"))):
-            if not path.is_dir():
-                path.mkdir(mode=0o700, parents=True, exist_ok=True)
-                self._own(path, 0o2770)
+        """The directories missing, parents too, each given its mode and group; what
+        another made (the administrator the root, say 2770 vmail:vmail; Dovecot a
+        subfolder) is left as it is."""
+        missing = [p for p in (directory, *directory.parents) if not p.exists()][::-1]
+        for path in [*missing, *(directory / sub for sub in ("tmp", "new", "cur"))]:
+            try:
+                path.mkdir(mode=0o700)
+            except FileExistsError:
+                continue
+            self._own(path, 0o2770)
         sync_directory(directory)
 
     def _new_file(self, path: Path, exclusive: bool = True) -> BinaryIO:
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else 0)
-        file = os.fdopen(os.open(path, flags, 0o600), "wb")
-        self._own(file.fileno(), 0o660)
+        """A new file for writing, private or in the reader's group; an existing one (only
+        when not `exclusive`) is opened as it is."""
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            if exclusive:
+                raise
+            return os.fdopen(os.open(path, os.O_WRONLY), "wb")
+        file = os.fdopen(descriptor, "wb")
+        try:
+            self._own(file.fileno(), 0o660)
+        except OSError:
+            file.close()
+            path.unlink(missing_ok=True)
+            raise
         return file
 
     def _own(self, target: Path | int, shared_mode: int) -> None:

@@ -58,6 +58,7 @@ from bridge.spool.batches import first_within
 from bridge.spool.retention import (
     CONCLUDED_RECEIVED,
     HELD_RECEIVED,
+    LEFT_AT_ACCESS_POINT,
     SETTLED_DELIVERIES,
     TAKEN_KVITTENS,
 )
@@ -219,6 +220,10 @@ CREATE INDEX messages_content ON messages (id) WHERE content_removed_at IS NULL;
 CREATE INDEX received_content ON received (state) WHERE content_removed_at IS NULL;
 CREATE INDEX inbox_content ON inbox (state) WHERE content_removed_at IS NULL;
 CREATE INDEX kvittens_content ON kvittens_out (state) WHERE content_removed_at IS NULL;
+CREATE INDEX messages_received ON messages (received_at);
+CREATE INDEX received_at ON received (received_at);
+CREATE INDEX inbox_updated ON inbox (updated_at);
+CREATE INDEX kvittens_updated ON kvittens_out (updated_at);
 """,
     ),
 ]
@@ -471,7 +476,8 @@ class PostgresSpool:
                 " action = excluded.action, original_sender = excluded.original_sender,"
                 " final_recipient = excluded.final_recipient,"
                 " conversation_id = excluded.conversation_id, state = excluded.state,"
-                " note = NULL, payload = excluded.payload WHERE received.state = 'lost'",
+                " note = NULL, payload = excluded.payload, content_removed_at = NULL"
+                " WHERE received.state = 'lost'",
                 (*_received_fields(item), state, item.payload),
             ).rowcount
             db.execute("DELETE FROM retrieving WHERE id = %s", (item.id,))  # kept, either way
@@ -489,7 +495,7 @@ class PostgresSpool:
                 " final_recipient = excluded.final_recipient,"
                 " conversation_id = excluded.conversation_id, received_at = excluded.received_at,"
                 " state = 'new', note = NULL, sdk_message_id = NULL, attempts = 0,"
-                " next_attempt_at = NULL, payload = excluded.payload"
+                " next_attempt_at = NULL, payload = excluded.payload, content_removed_at = NULL"
                 " WHERE received.state = 'lost'",
                 (*_received_fields(item), item.payload),
             ).rowcount
@@ -894,39 +900,57 @@ class PostgresSpool:
         are emptied, their rows kept as records; what PostgreSQL keeps of the old values
         (dead tuples until vacuumed, WAL, backups) is the database's to retain."""
         purged = Purged()
-        settled = list(SETTLED_DELIVERIES)
+        # Each condition is repeated outside the subquery: a row another instance changed
+        # meanwhile (released, retried, recovered) is checked again once its lock is free.
+        settled = (
+            "content_removed_at IS NULL AND NOT EXISTS (SELECT 1 FROM deliveries d"
+            " WHERE d.message_id = messages.id AND (d.state <> ALL(%s)"
+            " OR d.updated_at > now() - %s OR jsonb_typeof(d.notes -> 'report') = 'object'))"
+        )
+        settled_values = (list(SETTLED_DELIVERIES), retention.content)
         purged.outbound_mails = self._batches(
             "UPDATE messages SET body = ''::bytea, content_removed_at = now() WHERE id IN"
-            " (SELECT id FROM messages m WHERE content_removed_at IS NULL AND NOT EXISTS"
-            " (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND (d.state <> ALL(%s)"
-            " OR d.updated_at > now() - %s OR jsonb_typeof(d.notes -> 'report') = 'object'))"
-            " LIMIT %s)",
-            (settled, retention.content),
+            f" (SELECT id FROM messages WHERE {settled} LIMIT %s) AND {settled}",
+            settled_values,
+            settled_values,
         )
+        judged = "content_removed_at IS NULL AND state = ANY(%s) AND received_at <= now() - %s"
+        concluded = (list(CONCLUDED_RECEIVED), retention.content)
         purged.received_envelopes = self._batches(
             "UPDATE received SET payload = NULL, content_removed_at = now() WHERE id IN"
-            " (SELECT id FROM received WHERE content_removed_at IS NULL AND state = ANY(%s)"
-            " AND received_at <= now() - %s LIMIT %s)",
-            (list(CONCLUDED_RECEIVED), retention.content),
+            f" (SELECT id FROM received WHERE {judged} LIMIT %s) AND {judged}",
+            concluded,
+            concluded,
         )
+        held = (list(HELD_RECEIVED), retention.held)
         purged.held = self._batches(
             "UPDATE received SET payload = NULL, state = 'deleted', content_removed_at = now()"
-            " WHERE id IN (SELECT id FROM received WHERE content_removed_at IS NULL"
-            " AND state = ANY(%s) AND received_at <= now() - %s LIMIT %s)",
-            (list(HELD_RECEIVED), retention.held),
+            f" WHERE id IN (SELECT id FROM received WHERE {judged} LIMIT %s) AND {judged}",
+            held,
+            held,
         )
-        inbox = (
-            "UPDATE inbox SET mail = ''::bytea, content_removed_at = now() WHERE sdk_message_id"
-            " IN (SELECT sdk_message_id FROM inbox WHERE content_removed_at IS NULL"
-            " AND state = %s AND updated_at <= now() - %s LIMIT %s)"
-        )
-        purged.inbound_mails = self._batches(inbox, (InboxState.DELIVERED, retention.content))
-        purged.held += self._batches(inbox, (InboxState.FAILED, retention.held))
+        inbox = "content_removed_at IS NULL AND state = %s AND updated_at <= now() - %s"
+        for state, age in (
+            (InboxState.DELIVERED, retention.content),
+            (InboxState.FAILED, retention.held),
+        ):
+            removed = self._batches(
+                "UPDATE inbox SET mail = ''::bytea, content_removed_at = now() WHERE sdk_message_id"
+                f" IN (SELECT sdk_message_id FROM inbox WHERE {inbox} LIMIT %s) AND {inbox}",
+                (state.value, age),
+                (state.value, age),
+            )
+            if state is InboxState.DELIVERED:
+                purged.inbound_mails = removed
+            else:
+                purged.held += removed
+        taken = "content_removed_at IS NULL AND state = ANY(%s) AND updated_at <= now() - %s"
+        taken_values = (list(TAKEN_KVITTENS), retention.content)
         purged.kvittens = self._batches(
             "UPDATE kvittens_out SET payload = ''::bytea, content_removed_at = now() WHERE id IN"
-            " (SELECT id FROM kvittens_out WHERE content_removed_at IS NULL AND state = ANY(%s)"
-            " AND updated_at <= now() - %s LIMIT %s)",
-            (list(TAKEN_KVITTENS), retention.content),
+            f" (SELECT id FROM kvittens_out WHERE {taken} LIMIT %s) AND {taken}",
+            taken_values,
+            taken_values,
         )
         purged.reports = self._batches(
             "DELETE FROM reports WHERE id IN"
@@ -936,13 +960,13 @@ class PostgresSpool:
         purged.records = self._remove_records(retention.records)
         return purged
 
-    def _batches(self, statement: str, arguments: tuple[Any, ...]) -> int:
-        """Run `statement` (its last parameter the batch size) until it changes fewer rows
-        than a batch; the rows changed."""
+    def _batches(self, statement: str, before: tuple[Any, ...], after: tuple[Any, ...] = ()) -> int:
+        """Run `statement`, its parameters `before`, the batch size and `after`, until it
+        changes fewer rows than a batch; the rows changed."""
         total = 0
         while True:
             with self._connection() as db:
-                changed = db.execute(statement, (*arguments, PURGE_BATCH)).rowcount
+                changed = db.execute(statement, (*before, PURGE_BATCH, *after)).rowcount
             total += changed
             if changed < PURGE_BATCH:
                 return total
@@ -951,14 +975,14 @@ class PostgresSpool:
         """Rows of settled messages whose content is gone and that have not changed for
         `age`."""
         old = (
-            "SELECT id FROM messages m WHERE content_removed_at IS NOT NULL AND NOT EXISTS"
-            " (SELECT 1 FROM deliveries d WHERE d.message_id = m.id"
-            " AND d.updated_at > now() - %s) LIMIT %s"
+            "SELECT id FROM messages m WHERE content_removed_at IS NOT NULL"
+            " AND received_at <= now() - %s AND NOT EXISTS (SELECT 1 FROM deliveries d"
+            " WHERE d.message_id = m.id AND d.updated_at > now() - %s) LIMIT %s"
         )
         count = 0
         while True:
             with self._connection() as db:
-                ids = [row["id"] for row in db.execute(old, (age, PURGE_BATCH))]
+                ids = [row["id"] for row in db.execute(old, (age, age, PURGE_BATCH))]
                 db.execute(
                     "DELETE FROM superseded WHERE delivery_id IN"
                     " (SELECT id FROM deliveries WHERE message_id = ANY(%s))",
@@ -970,14 +994,16 @@ class PostgresSpool:
                 count += db.execute("DELETE FROM messages WHERE id = ANY(%s)", (ids,)).rowcount
             if len(ids) < PURGE_BATCH:
                 break
-        for table, key, when in (
-            ("received", "id", "received_at"),
-            ("inbox", "sdk_message_id", "updated_at"),
-            ("kvittens_out", "id", "updated_at"),
-        ):
+        count += self._batches(  # envelopes the access point may still list keep theirs
+            "DELETE FROM received WHERE id IN (SELECT id FROM received"
+            " WHERE (content_removed_at IS NOT NULL OR state = 'lost')"
+            " AND state <> ALL(%s) AND received_at <= now() - %s LIMIT %s)",
+            (list(LEFT_AT_ACCESS_POINT), age),
+        )
+        for table, key in (("inbox", "sdk_message_id"), ("kvittens_out", "id")):
             count += self._batches(
                 f"DELETE FROM {table} WHERE {key} IN (SELECT {key} FROM {table}"
-                f" WHERE content_removed_at IS NOT NULL AND {when} <= now() - %s LIMIT %s)",
+                " WHERE content_removed_at IS NOT NULL AND updated_at <= now() - %s LIMIT %s)",
                 (age,),
             )
         return count

@@ -35,6 +35,7 @@ def test_sqlite_forgets_deleted_rows_and_orphan_files(tmp_path: Path) -> None:
     spool = SQLiteSpool(tmp_path)
     try:
         spool.hold_report("anna@kommun.se", b"Subject: kvartalsrapporten" + b"x" * 10_000)
+        (tmp_path / "messages" / "lost+found").mkdir()  # not a file: left alone
         young = tmp_path / "messages" / "young.eml"
         old = tmp_path / "messages" / "old.eml"
         for orphan in (young, old):
@@ -85,4 +86,25 @@ def test_a_spool_from_before_retention_gets_its_columns(tmp_path: Path) -> None:
             spool.update(delivery.id, state=State.DELIVERED)
         assert spool.purge(AT_ONCE).outbound_mails == 1
     finally:
+        spool.close()
+
+
+def test_the_wal_is_emptied_once_no_reader_holds_it(tmp_path: Path) -> None:
+    """A reader in another process (`sdk-bridge queue`, a backup) keeps the WAL from being
+    emptied: the purge does not wait for it, and empties it at a later round."""
+    spool = SQLiteSpool(tmp_path)
+    reader = sqlite3.connect(tmp_path / "spool.sqlite3")
+    try:
+        spool.hold_report("anna@kommun.se", b"Subject: kvartalsrapporten" + b"x" * 10_000)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM reports").fetchone()  # a read transaction
+        started = time.monotonic()
+        assert spool.purge(AT_ONCE).reports == 1
+        assert time.monotonic() - started < 2
+        assert b"kvartalsrapporten" in (tmp_path / "spool.sqlite3-wal").read_bytes()
+        reader.rollback()
+        spool.purge(AT_ONCE)  # nothing to remove, the WAL still to empty
+        assert (tmp_path / "spool.sqlite3-wal").stat().st_size == 0
+    finally:
+        reader.close()
         spool.close()

@@ -674,6 +674,30 @@ def test_records_go_after_their_time(spool: Spool) -> None:
     assert spool.queue_depths() == {}
 
 
+def test_records_of_envelopes_left_at_the_access_point_stay(spool: Spool) -> None:
+    """Left, unreadable and deleted envelopes may still be listed by the access point:
+    their records keep the bridge from retrieving them again. A lost one's goes."""
+    spool.store_received(received("e-left", b""), "left")
+    spool.store_received(received("e-junk", b"junk"), "unreadable")
+    spool.lost_retrieving("e-lost", "no longer given out")
+    everything = Retention(timedelta(0), timedelta(0), timedelta(0), timedelta(0))
+    spool.purge(everything)
+    spool.purge(everything)
+    states = spool.received_states(["e-left", "e-junk", "e-lost"])
+    assert states == {"e-left": "left", "e-junk": "deleted"}
+
+
+def test_a_lost_envelope_recovered_keeps_its_content(spool: Spool) -> None:
+    spool.lost_retrieving("e-1", "no longer given out")
+    spool.purge(AT_ONCE)
+    assert spool.import_received(received("e-1", b"<xhe>recovered</xhe>"))
+    spool.purge(AT_ONCE)
+    assert spool.received_payload("e-1") == b"<xhe>recovered</xhe>"  # new: to be judged
+    spool.conclude_received("e-1", "rejected", "not for us")
+    assert spool.purge(AT_ONCE).received_envelopes == 1
+    assert spool.received_payload("e-1") == b""
+
+
 # --- several instances on one PostgreSQL database -------------------------------------------
 
 

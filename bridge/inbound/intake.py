@@ -45,6 +45,7 @@ from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUME
 from ..sdk.sealing import MAX_ENVELOPE_BYTES
 from ..sdk.xmlsafe import UnsafeXML, parse
 from ..spool import STORAGE_ERRORS, Received, Spool
+from ..spool.retention import LEFT_AT_ACCESS_POINT
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +61,7 @@ OVERSIZE_ACTION = "sdk-bridge:oversize"
 # organisation's (or too large to say whose), unreadable, or deleted by an administrator:
 # never retrieved again, never marked downloaded, so the access point keeps it. Lost (the
 # deprecated interface gave it out and a crash took it): retrieved again if listed.
-LEFT_ALONE = frozenset({"left", "unreadable", "deleted"})
+LEFT_ALONE = frozenset(LEFT_AT_ACCESS_POINT)
 RETRIEVE_AGAIN = frozenset({"lost"})
 # Room the spool's disk must have before an envelope is taken from the access point: the
 # largest envelope, and as much again for the mail it becomes (`room_wanted`).

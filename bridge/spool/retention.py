@@ -28,8 +28,11 @@ ORPHAN_AGE = timedelta(hours=1)
 
 # The states in which a record's content is no longer needed (as each back end spells them).
 SETTLED_DELIVERIES = ("delivered", "failed", "deleted")  # and no report owed
-CONCLUDED_RECEIVED = ("done", "ignored", "accepted", "rejected", "deleted", "lost")
+CONCLUDED_RECEIVED = ("done", "ignored", "accepted", "rejected", "deleted")
 HELD_RECEIVED = ("quarantined", "unreadable")  # removed after `held`, then `deleted`
+# Received envelopes the access point may go on listing (left there, unreadable, deleted by
+# an administrator): their records stay, or the bridge would retrieve them again.
+LEFT_AT_ACCESS_POINT = ("left", "unreadable", "deleted")
 TAKEN_KVITTENS = ("delivered", "failed", "unconfirmed", "handed-over")
 
 

@@ -7,6 +7,7 @@ crash between the two leaves an orphan file that no row names; it is never deliv
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import threading
@@ -24,6 +25,7 @@ from .errors import ContentRemoved, DuplicateMessage
 from .retention import (
     CONCLUDED_RECEIVED,
     HELD_RECEIVED,
+    LEFT_AT_ACCESS_POINT,
     ORPHAN_AGE,
     SETTLED_DELIVERIES,
     TAKEN_KVITTENS,
@@ -135,6 +137,10 @@ CREATE INDEX IF NOT EXISTS inbox_content ON inbox(state) WHERE content_removed_a
 CREATE INDEX IF NOT EXISTS kvittens_content ON kvittens_out(state)
     WHERE content_removed_at IS NULL;
 CREATE INDEX IF NOT EXISTS deliveries_message ON deliveries(message_id);
+CREATE INDEX IF NOT EXISTS messages_received ON messages(received_at);
+CREATE INDEX IF NOT EXISTS received_at ON received(received_at);
+CREATE INDEX IF NOT EXISTS inbox_updated ON inbox(updated_at);
+CREATE INDEX IF NOT EXISTS kvittens_updated ON kvittens_out(updated_at);
 """
 
 
@@ -164,6 +170,8 @@ def updatable(table: str) -> frozenset[str]:
 
 
 RESEND_WINDOW = timedelta(hours=24)  # the same mail again within this is a resend
+BUSY_TIMEOUT_MS = 5000  # how long a statement waits for another process's write
+WAL_TRUNCATE_WAIT_MS = 100  # how long a purge waits for readers to let it empty the WAL
 LEASE = timedelta(minutes=10)  # a claimed delivery whose worker failed is due again after this
 
 
@@ -320,6 +328,10 @@ def _sha256(body: bytes | Path) -> str:
     return digest.hexdigest()
 
 
+def _marks(values: tuple[str, ...]) -> str:
+    return ",".join("?" * len(values))
+
+
 def _before(now: datetime, age: timedelta) -> str:
     return (now - age).isoformat()
 
@@ -346,7 +358,10 @@ class SQLiteSpool:
         self._kvittens.mkdir(parents=True, exist_ok=True)
         self._incoming = directory / "incoming"
         self._incoming.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(directory / "spool.sqlite3", check_same_thread=False)
+        self._db = sqlite3.connect(
+            directory / "spool.sqlite3", timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+        )
+        self._wal_holds_deleted = True  # until a purge empties it (a killed predecessor's)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         with self._lock:
@@ -923,6 +938,7 @@ class SQLiteSpool:
     def drop_report(self, report_id: int) -> None:
         with self._lock, self._db:
             self._db.execute("DELETE FROM reports WHERE id = ?", (report_id,))
+            self._wal_holds_deleted = True  # until the next purge empties the WAL
 
     # --- retention -------------------------------------------------------------------------
 
@@ -932,12 +948,11 @@ class SQLiteSpool:
         now = _now()
         content, held = _before(now, retention.content), _before(now, retention.held)
         purged = Purged()
-        settled = ",".join("?" * len(SETTLED_DELIVERIES))
         purged.outbound_mails = self._remove_content(
             "messages",
             "SELECT id FROM messages m WHERE content_removed_at IS NULL AND NOT EXISTS"
             " (SELECT 1 FROM deliveries d WHERE d.message_id = m.id"
-            f" AND (d.state NOT IN ({settled}) OR d.updated_at > ?"
+            f" AND (d.state NOT IN ({_marks(SETTLED_DELIVERIES)}) OR d.updated_at > ?"
             " OR json_extract(d.notes, '$.report') IS NOT NULL))",
             (*SETTLED_DELIVERIES, content),
             lambda row: self._bodies / f"{row[0]}.eml",
@@ -945,34 +960,38 @@ class SQLiteSpool:
         purged.received_envelopes = self._remove_content(
             "received",
             "SELECT id FROM received WHERE content_removed_at IS NULL"
-            f" AND state IN ({','.join('?' * len(CONCLUDED_RECEIVED))}) AND received_at <= ?",
+            f" AND state IN ({_marks(CONCLUDED_RECEIVED)}) AND received_at <= ?",
             (*CONCLUDED_RECEIVED, content),
             lambda row: self._received / f"{_safe_name(row[0])}.xhe",
         )
         purged.held = self._remove_content(
             "received",
             "SELECT id FROM received WHERE content_removed_at IS NULL"
-            f" AND state IN ({','.join('?' * len(HELD_RECEIVED))}) AND received_at <= ?",
+            f" AND state IN ({_marks(HELD_RECEIVED)}) AND received_at <= ?",
             (*HELD_RECEIVED, held),
             lambda row: self._received / f"{_safe_name(row[0])}.xhe",
             state="deleted",
         )
-        for state, before in ((InboxState.DELIVERED, content), (InboxState.FAILED, held)):
-            removed = self._remove_content(
-                "inbox",
-                "SELECT sdk_message_id, received_id FROM inbox WHERE content_removed_at IS NULL"
-                " AND state = ? AND updated_at <= ?",
-                (state, before),
-                lambda row: self._inbox / f"{_safe_name(row[1])}.eml",
-            )
-            if state is InboxState.DELIVERED:
-                purged.inbound_mails = removed
-            else:
-                purged.held += removed
+        inbox = (
+            "SELECT sdk_message_id, received_id FROM inbox WHERE content_removed_at IS NULL"
+            " AND state = ? AND updated_at <= ?"
+        )
+        purged.inbound_mails = self._remove_content(
+            "inbox",
+            inbox,
+            (InboxState.DELIVERED, content),
+            lambda row: self._inbox / f"{_safe_name(row[1])}.eml",
+        )
+        purged.held += self._remove_content(
+            "inbox",
+            inbox,
+            (InboxState.FAILED, held),
+            lambda row: self._inbox / f"{_safe_name(row[1])}.eml",
+        )
         purged.kvittens = self._remove_content(
             "kvittens_out",
             "SELECT id FROM kvittens_out WHERE content_removed_at IS NULL"
-            f" AND state IN ({','.join('?' * len(TAKEN_KVITTENS))}) AND updated_at <= ?",
+            f" AND state IN ({_marks(TAKEN_KVITTENS)}) AND updated_at <= ?",
             (*TAKEN_KVITTENS, content),
             lambda row: self._kvittens / f"{_safe_name(row[0])}.xhe",
         )
@@ -982,9 +1001,9 @@ class SQLiteSpool:
             ).rowcount
             purged.records = self._remove_records(_before(now, retention.records))
         purged.orphans = self._remove_orphans(now)
-        if purged:  # the WAL, too, forgets what was deleted
-            with self._lock:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._wal_holds_deleted = self._wal_holds_deleted or bool(purged)
+        if self._wal_holds_deleted:
+            self._truncate_wal()
         return purged
 
     def _remove_content(
@@ -995,54 +1014,66 @@ class SQLiteSpool:
         path: Callable[[sqlite3.Row], Path],
         state: str | None = None,
     ) -> int:
-        """Remove the files of the rows `query` finds (its first column their key), then
-        mark the rows (and give them `state`); the number of files removed."""
-        with self._lock:
-            rows = self._db.execute(query, arguments).fetchall()
-        if not rows:
-            return 0
+        """Remove the files of the rows `query` finds (its first column their key) and
+        mark the rows (giving them `state`), in one write transaction: nothing changes
+        them meanwhile (a release from quarantine, a retry, a recovered envelope). The
+        number of files removed."""
         removed = 0
-        for row in rows:
-            file = path(row)
-            if file.exists():
-                file.unlink(missing_ok=True)
-                removed += 1
-        sync_directory(path(rows[0]).parent)
-        key = rows[0].keys()[0]
-        marks = "content_removed_at = ?" + (", state = ?" if state else "")
-        values = (_now().isoformat(), state) if state else (_now().isoformat(),)
-        with self._lock, self._db:
-            self._db.executemany(
-                f"UPDATE {table} SET {marks} WHERE {key} = ?", [(*values, row[0]) for row in rows]
-            )
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._db.execute(query, arguments).fetchall()
+                for row in rows:
+                    try:
+                        path(row).unlink()
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+                if rows:
+                    sync_directory(path(rows[0]).parent)
+                    marks = "content_removed_at = ?" + (", state = ?" if state else "")
+                    values = (_now().isoformat(), state) if state else (_now().isoformat(),)
+                    self._db.executemany(
+                        f"UPDATE {table} SET {marks} WHERE {rows[0].keys()[0]} = ?",
+                        [(*values, row[0]) for row in rows],
+                    )
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
         return removed
 
     def _remove_records(self, before: str) -> int:
         """Rows of settled messages whose content is gone and that have not changed since
-        `before` (the caller holds the lock and the transaction)."""
+        `before` (the caller holds the lock and the transaction). Envelopes the access
+        point may still list keep theirs."""
         old_messages = (
-            "SELECT id FROM messages m WHERE content_removed_at IS NOT NULL AND NOT EXISTS"
-            " (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.updated_at > ?)"
+            "SELECT id FROM messages m WHERE content_removed_at IS NOT NULL AND received_at <= ?"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id"
+            " AND d.updated_at > ?)"
         )
         count = self._db.execute(
             "DELETE FROM superseded WHERE delivery_id IN (SELECT id FROM deliveries"
             f" WHERE message_id IN ({old_messages}))",
+            (before, before),
+        ).rowcount
+        count += self._db.execute(
+            f"DELETE FROM deliveries WHERE message_id IN ({old_messages})", (before, before)
+        ).rowcount
+        count += self._db.execute(
+            "DELETE FROM messages WHERE content_removed_at IS NOT NULL AND received_at <= ?"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id)",
             (before,),
         ).rowcount
         count += self._db.execute(
-            f"DELETE FROM deliveries WHERE message_id IN ({old_messages})", (before,)
+            "DELETE FROM received WHERE received_at <= ?"
+            " AND (content_removed_at IS NOT NULL OR state = 'lost')"
+            f" AND state NOT IN ({_marks(LEFT_AT_ACCESS_POINT)})",
+            (before, *LEFT_AT_ACCESS_POINT),
         ).rowcount
-        count += self._db.execute(
-            "DELETE FROM messages WHERE content_removed_at IS NOT NULL AND NOT EXISTS"
-            " (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id)"
-        ).rowcount
-        for table, when in (
-            ("received", "received_at"),
-            ("inbox", "updated_at"),
-            ("kvittens_out", "updated_at"),
-        ):
+        for table in ("inbox", "kvittens_out"):
             count += self._db.execute(
-                f"DELETE FROM {table} WHERE content_removed_at IS NOT NULL AND {when} <= ?",
+                f"DELETE FROM {table} WHERE updated_at <= ? AND content_removed_at IS NOT NULL",
                 (before,),
             ).rowcount
         return int(count)
@@ -1080,16 +1111,28 @@ class SQLiteSpool:
         oldest = (now - ORPHAN_AGE).timestamp()
         removed = 0
         for directory, names in kept.items():
-            for file in directory.iterdir():
-                if file.name in names:
+            for entry in os.scandir(directory):
+                if entry.name in names:
                     continue
                 try:
-                    if file.stat().st_mtime <= oldest:
-                        file.unlink()
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime <= oldest:
+                        os.unlink(entry.path)
                         removed += 1
-                except FileNotFoundError:
+                except OSError:  # gone meanwhile, or not ours to remove: the next file
                     continue
         return removed
+
+    def _truncate_wal(self) -> None:
+        """Empty the write-ahead log, which keeps old pages (a deleted report among them)
+        until then. A reader of another process (`sdk-bridge queue`, a backup) may keep
+        it from being done now: then at the next purge, not waiting for it meanwhile."""
+        with self._lock:
+            self._db.execute(f"PRAGMA busy_timeout = {WAL_TRUNCATE_WAIT_MS}")
+            try:
+                busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._wal_holds_deleted = bool(busy)
 
     # --- the worker ------------------------------------------------------------------------
 

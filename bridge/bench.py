@@ -173,7 +173,10 @@ def _on_local(
     load: _Load,
 ) -> dict[str, Any]:
     """The run on a sandbox and bridges started for it in `directory`, stopped after it."""
-    with _databases(postgres) if postgres else contextlib.nullcontext({}) as spools:
+    databases: contextlib.AbstractContextManager[dict[str, dict[str, str]]] = (
+        _databases(postgres) if postgres else contextlib.nullcontext({})
+    )
+    with databases as spools:
         local = LocalRun(
             directory,
             key_size,
@@ -290,7 +293,7 @@ def _measure(
     # The SMTP clients, and the sandbox (access points, address book, SMP) when it runs
     # here, share this process: CPU that in production is spent on other machines.
     own = "sandbox_and_clients" if sandbox_here else "clients"
-    measured = {
+    measured: dict[str, Any] = {
         "run_id": mails.tag,  # in every mail's Subject and Message-ID
         "mean_mail_bytes": sum(len(mail.as_bytes()) for mail in batch) // max(len(batch), 1),
         "wall_seconds": round(wall, 2),

@@ -68,7 +68,7 @@ def _read(path: str) -> bytes:
         raise UsageError(f"{path}: {e.strerror}") from None
 
 
-def _write(data: bytes, output: str | None) -> None:
+def _write(data: bytes | bytearray, output: str | None) -> None:
     if output:
         try:
             Path(output).write_bytes(data)

@@ -521,7 +521,7 @@ def _spool(node: _Node) -> tuple[Path, tuple[str, dict[str, Any]]]:
         if extra:
             raise fields[extra[0]].error("only for a database back end (backend: postgres)")
         return directory, ("sqlite", {})
-    settings = {"dsn": _required(fields, node, "dsn").string()}
+    settings: dict[str, Any] = {"dsn": _required(fields, node, "dsn").string()}
     if "password_file" in fields:
         try:
             settings["password"] = read_passphrase(fields["password_file"].path()).decode()

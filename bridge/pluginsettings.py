@@ -24,11 +24,11 @@ def positive(
 ) -> float:
     """`settings[key]` (or `default`): a number above zero; a whole number if `whole`."""
     value = settings.get(key, default)
-    types: tuple[type, ...] = (int,) if whole else (int, float)
-    if isinstance(value, bool) or not isinstance(value, types) or value <= 0:
+    allowed = isinstance(value, int) or (isinstance(value, float) and not whole)
+    if isinstance(value, bool) or not allowed or value <= 0:
         kind = "whole number" if whole else "number"
         raise ValueError(f"`{key}` must be a positive {kind}, not {value!r}")
-    return value
+    return value  # as given: 1 stays 1
 
 
 def port(value: Any) -> int:

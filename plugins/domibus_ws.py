@@ -353,9 +353,9 @@ class DomibusWS:
         """listPendingMessages: oldest first, as Domibus lists them. On the current
         interface asked once per organisation in `final_recipients` (the filter takes one);
         the deprecated one has no filter and lists whatever the plugin user may see."""
-        recipients: list[str | None] = sorted(set(final_recipients)) or [None]
-        if not self.keeps_until_acknowledged:
-            recipients = [None]
+        recipients: list[str | None] = [None]
+        if self.keeps_until_acknowledged and final_recipients:
+            recipients = [*sorted(set(final_recipients))]
         found: dict[str, None] = {}
         for recipient in recipients:
             fields = () if recipient is None else (("finalRecipient", recipient),)
@@ -719,7 +719,7 @@ async def _read_limited(response: httpx.Response) -> bytearray:
 
 
 def _parse_answer(
-    data: bytes | bytearray | memoryview, apart_at: str | None
+    data: bytes | bytearray, apart_at: str | None
 ) -> tuple[etree._Element, Apart | None]:
     """The answer's tree. With `apart_at`, the path of the one element whose text may be
     long, that text is left in `data` (`xmlsafe.parse_apart`): a 54 MB payload/value would

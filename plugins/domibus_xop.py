@@ -121,7 +121,7 @@ class Unpacked:
                 decoded = urllib.parse.unquote(written, encoding="utf-8", errors="strict")
             except UnicodeDecodeError:
                 raise XopError(f"{reference!r} is not a valid cid: URL (not UTF-8)") from None
-            candidates = (decoded, written)
+            candidates: tuple[str, ...] = (decoded, written)
         else:
             candidates = (_strip_brackets(reference),)
         for content_id in candidates:

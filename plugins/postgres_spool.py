@@ -293,7 +293,8 @@ def schema_version(connection: psycopg.Connection[Any]) -> int:
     cursor = connection.cursor(row_factory=scalar_row)
     if not cursor.execute("SELECT to_regclass('schema_version') IS NOT NULL").fetchone():
         return 0
-    return int(cursor.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone())
+    found = cursor.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    return int(found or 0)
 
 
 def upgrade(settings: Mapping[str, Any]) -> list[str]:

@@ -185,13 +185,13 @@ def to_email(
     invite = next((file for file in files if _is_invite(file)), None)
     if invite is not None:  # what makes Outlook show an invitation: an alternative part
         mail.add_alternative(b"", maintype="text", subtype="calendar")
-        _fill(mail.get_payload()[-1], invite, placeholders)
+        _fill(_last_part(mail), invite, placeholders)
     for number, file in enumerate(files, start=1):
         maintype, subtype = _attachment_type(file)
         mail.add_attachment(
             b"", maintype=maintype, subtype=subtype, filename=safe_file_name(file.file_name, number)
         )
-        _fill(mail.get_payload()[-1], file, placeholders)
+        _fill(_last_part(mail), file, placeholders)
     template = io.BytesIO()
     _Generator(template, mangle_from_=False, policy=_POLICY).flatten(mail)
     return _spliced(template.getvalue(), placeholders)
@@ -223,6 +223,13 @@ def safe_file_name(name: str, number: int) -> str:
         room = MAX_FILE_NAME_BYTES - len(extension.encode())
         name = stem.encode()[:room].decode("utf-8", "ignore").rstrip() + extension
     return name or f"bilaga-{number}"
+
+
+def _last_part(mail: EmailMessage) -> EmailMessage:
+    """The part just added to `mail`."""
+    *_, last = mail.iter_parts()
+    assert isinstance(last, EmailMessage)
+    return last
 
 
 def _fill(

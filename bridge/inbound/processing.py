@@ -249,9 +249,8 @@ class Inbound:
                 raise Rejected(
                     Reason.BV, Detail.DUPLICATE, "messageId has been received before", _MESSAGE_ID
                 )
-            if message.ref_to_message_id and await asyncio.to_thread(
-                self._refers_to_failed, message.ref_to_message_id
-            ):
+            refers_to = message.ref_to_message_id
+            if refers_to is not None and await asyncio.to_thread(self._refers_to_failed, refers_to):
                 raise Rejected(  # B1.3.3 §5.3 row 11
                     Reason.BV,
                     Detail.NOT_SUPPORTED,

@@ -104,6 +104,26 @@ class _Refused(Exception):
         self.reply = reply
 
 
+class BridgeSession(Session):
+    """aiosmtpd's Session, with what the bridge keeps on it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.auth_delay = 0.0  # seconds before the 535 of a failed AUTH
+        self.dsn_mail: dict[str, str] = {}  # RFC 3461 parameters of the last MAIL
+        self.dsn_rcpt: dict[str, str] = {}  # and of the last RCPT
+
+
+class BridgeEnvelope(Envelope):
+    """aiosmtpd's Envelope, with what the bridge keeps on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data_file: Path | None = None  # the message, once DATA has ended well
+        self.dsn_mail: dict[str, str] = {}  # RFC 3461 parameters of its MAIL
+        self.recipients: list[RecipientRecord] = []  # resolved, one per SDK recipient
+
+
 class BridgeSMTP(SMTP):
     """aiosmtpd's SMTP, with these changes: connections are counted per client and in all
     (`limits`; over a limit the client gets 421 4.7.0 and nothing else); NOOP, RSET, VRFY,
@@ -118,6 +138,12 @@ class BridgeSMTP(SMTP):
     _junk = 0  # junk commands since the last message
     _deadline = 0.0  # when the idle timer fires
     _previous_deadline = 0.0  # when it would have fired before the last command
+
+    def _create_session(self) -> BridgeSession:
+        return BridgeSession(self.loop)
+
+    def _create_envelope(self) -> BridgeEnvelope:
+        return BridgeEnvelope()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._original_transport is None and self._client is None and self._refusal is None:
@@ -150,11 +176,11 @@ class BridgeSMTP(SMTP):
             assert self.transport is not None
             self.transport.close()
             return
-        await super()._handle_client()  # type: ignore[misc]
+        await super()._handle_client()
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         self._previous_deadline = self._deadline
-        super()._reset_timeout(duration)  # type: ignore[misc]
+        super()._reset_timeout(duration)
         self._deadline = self.loop.time() + (duration or self._timeout_duration)
 
     async def _junk_command(self) -> None:
@@ -196,13 +222,17 @@ class BridgeSMTP(SMTP):
         """Every reply carries an enhanced status code, aiosmtpd's own ones too. A failed
         AUTH is answered after the delay the handler set (`IngressHandler.authenticate`):
         password guessing is slowed, never locked out."""
-        if isinstance(status, str) and status.startswith("535"):
-            delay = getattr(self.session, "auth_delay", 0.0)
-            if delay:
-                await asyncio.sleep(delay)
-        if isinstance(status, str) and not self._plain_replies:
-            status = with_enhanced_code(status)
-        await super().push(status)
+        session = self.session
+        if (
+            isinstance(status, str)
+            and status.startswith("535")
+            and isinstance(session, BridgeSession)
+        ):
+            await asyncio.sleep(session.auth_delay)
+        if isinstance(status, bytes):
+            await super().push(status)
+        else:
+            await super().push(status if self._plain_replies else with_enhanced_code(status))
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._plain_replies = True
@@ -242,7 +272,7 @@ class BridgeSMTP(SMTP):
             finally:
                 with contextlib.suppress(OSError):  # a failed flush was answered already
                     file.close()
-            if problem is None:
+            if problem is None and isinstance(self.envelope, BridgeEnvelope):
                 self.envelope.data_file = path
                 status = await self._call_handler_hook("DATA")
             else:
@@ -320,7 +350,8 @@ class BridgeSMTP(SMTP):
         except dsnparams.ParameterError as e:
             await self.push(f"501 5.5.4 {e}")
             return None
-        setattr(self.session, key, params)
+        if isinstance(self.session, BridgeSession):
+            setattr(self.session, key, params)
         return arg
 
 
@@ -365,8 +396,10 @@ class IngressHandler:
             given = auth_data.password.decode("utf-8", "replace")
             if expected is not None and _same(expected, given):
                 return AuthResult(success=True, auth_data=user)
-        session.auth_delay = self.guessing.failed(limits.client_key(_client_address(session)), user)
-        log.warning("SMTP AUTH failed", client=_client_address(session), delay=session.auth_delay)
+        delay = self.guessing.failed(limits.client_key(_client_address(session)), user)
+        if isinstance(session, BridgeSession):  # BridgeSMTP waits this long before the 535
+            session.auth_delay = delay
+        log.warning("SMTP AUTH failed", client=_client_address(session), delay=delay)
         return AuthResult(success=False, handled=False)
 
     # --- the dialogue ----------------------------------------------------------------------
@@ -374,8 +407,8 @@ class IngressHandler:
     async def handle_EHLO(
         self,
         server: SMTP,
-        session: Session,
-        envelope: Envelope,
+        session: BridgeSession,
+        envelope: BridgeEnvelope,
         hostname: str,
         responses: list[str],
     ) -> list[str]:
@@ -384,23 +417,33 @@ class IngressHandler:
         return [*responses[:-1], *extensions, "250 HELP"]
 
     async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: SMTP,
+        session: BridgeSession,
+        envelope: BridgeEnvelope,
+        address: str,
+        options: list[str],
     ) -> str:
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        envelope.dsn_mail = getattr(session, "dsn_mail", {})
+        envelope.dsn_mail = session.dsn_mail
         envelope.recipients = []
         return "250 2.1.0 OK"
 
     async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: SMTP,
+        session: BridgeSession,
+        envelope: BridgeEnvelope,
+        address: str,
+        options: list[str],
     ) -> str:
         if len(envelope.recipients) >= self.settings.max_recipients:
             return "452 4.5.3 Too many recipients; send the rest in another message"
         try:
             self._check_relay(session)
             self._sender(envelope, session)
-            record = await self._recipient(address, getattr(session, "dsn_rcpt", {}))
+            record = await self._recipient(address, session.dsn_rcpt)
         except _Refused as refused:
             log.info("recipient refused", recipient=address, reply=refused.reply)
             return refused.reply
@@ -412,7 +455,7 @@ class IngressHandler:
         envelope.recipients.append(record)
         return "250 2.1.5 OK"
 
-    def _check_relay(self, session: Session) -> None:
+    def _check_relay(self, session: BridgeSession) -> None:
         if session.authenticated:
             return
         host = session.peer[0] if isinstance(session.peer, tuple) else ""
@@ -427,7 +470,7 @@ class IngressHandler:
                 "554 5.7.1 Relaying denied: authenticate, or send from an allowed network"
             )
 
-    def _sender(self, envelope: Envelope, session: Session) -> SenderRule:
+    def _sender(self, envelope: BridgeEnvelope, session: BridgeSession) -> SenderRule:
         """The functional address this mail is sent as. An authenticated user may speak only
         for the addresses that list it (by MAIL FROM among them, else the first); anyone
         else is known by MAIL FROM alone."""
@@ -457,8 +500,10 @@ class IngressHandler:
         )
 
     async def _recipient(self, address: str, dsn: dict[str, str]) -> RecipientRecord:
+        addresses = self.registry.addresses
+        assert addresses is not None  # the daemon requires organisation.sdk_domain
         try:
-            recipient = await asyncio.to_thread(self.registry.addresses.resolve, address)
+            recipient = await asyncio.to_thread(addresses.resolve, address)
             organisation_id = recipient.organisation.id
             await asyncio.to_thread(self.registry.certpub.encryption_certificates, organisation_id)
         except NotFound as e:
@@ -477,7 +522,9 @@ class IngressHandler:
             notify=notify,
         )
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(
+        self, server: SMTP, session: BridgeSession, envelope: BridgeEnvelope
+    ) -> str:
         self.in_flight += 1  # a shutdown waits for these before closing the spool
         try:
             with metrics.LATENCY.labels("smtp_accept").time():
@@ -485,7 +532,9 @@ class IngressHandler:
         finally:
             self.in_flight -= 1
 
-    def handle_STARTTLS(self, server: SMTP, session: Session, envelope: Envelope) -> bool:
+    def handle_STARTTLS(
+        self, server: SMTP, session: BridgeSession, envelope: BridgeEnvelope
+    ) -> bool:
         """After a STARTTLS handshake: counted; no client certificate is asked for."""
         metrics.SMTP_TLS.labels("starttls").inc()
         return True
@@ -497,8 +546,9 @@ class IngressHandler:
             await asyncio.sleep(0.05)
         return not self.in_flight
 
-    async def _data(self, session: Session, envelope: Envelope) -> str:
-        path: Path = envelope.data_file
+    async def _data(self, session: BridgeSession, envelope: BridgeEnvelope) -> str:
+        path = envelope.data_file
+        assert path is not None  # DATA ended well: BridgeSMTP set it
         content = await asyncio.to_thread(path.read_bytes)
         try:
             mail = await asyncio.to_thread(self._check_content, content)

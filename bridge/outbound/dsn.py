@@ -47,6 +47,7 @@ from email.header import Header
 from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesHeaderParser
 from enum import StrEnum
+from typing import cast
 
 from ..pluginsettings import is_loopback
 from ..spool import Envelope, RecipientRecord
@@ -185,7 +186,7 @@ def build(
         cte="quoted-printable",
     )
     text["Content-Language"] = "sv, en"
-    dsn.attach(text)
+    _attach(dsn, text)
 
     status = MIMEPart(policy=policy)
     status["Content-Type"] = "message/delivery-status"
@@ -196,9 +197,9 @@ def build(
             *(_recipient_fields(r, policy) for r in chosen),
         ]
     )
-    dsn.attach(status)
+    _attach(dsn, status)
 
-    dsn.attach(_original_headers(original, policy=policy))
+    _attach(dsn, _original_headers(original, policy=policy))
     return dsn
 
 
@@ -348,6 +349,12 @@ def _xtext_safe(value: str) -> str:
         c if 0x21 <= ord(c) <= 0x7E else f"+{ord(c):02X}" if ord(c) < 0x100 else f"+{{{ord(c):X}}}"
         for c in value
     )
+
+
+def _attach(whole: EmailMessage, part: MIMEPart) -> None:
+    # typeshed lets a message attach only its own class; a part is a MIMEPart, no
+    # MIME-Version of its own.
+    whole.attach(cast(EmailMessage, part))
 
 
 # --- the original --------------------------------------------------------------------------

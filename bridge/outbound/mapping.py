@@ -380,9 +380,7 @@ def _as_email_message(mail: Message) -> EmailMessage:
     """The mail as an EmailMessage under policy.default: decoded headers and names."""
     if isinstance(mail, EmailMessage) and isinstance(mail.policy, EmailPolicy):
         return mail
-    return cast(
-        EmailMessage, email.message_from_bytes(mail.as_bytes(), policy=email.policy.default)
-    )
+    return email.message_from_bytes(mail.as_bytes(), policy=email.policy.default)
 
 
 def one_line(value: str) -> str:
@@ -759,6 +757,8 @@ def _message_body(part: EmailMessage) -> bytes:
         return data if isinstance(data, bytes) else b""
     blocks = []
     for block in payload:
+        if not isinstance(block, Message):
+            continue
         fields = "".join(f"{name}: {value}\n" for name, value in block.raw_items())
         blocks.append(re.sub(r"\r?\n", "\r\n", fields))
     return "\r\n".join(blocks).encode("utf-8", "surrogateescape")
@@ -797,7 +797,7 @@ def _message_bytes(part: EmailMessage) -> bytes:
 def _name_from_subject(part: EmailMessage) -> str:
     payload = part.get_payload()
     inner = payload[0] if isinstance(payload, list) and payload else None
-    subject = one_line(str(inner.get("Subject", ""))) if inner is not None else ""
+    subject = one_line(str(inner.get("Subject", ""))) if isinstance(inner, Message) else ""
     return _BAD_FILE_CHARS.sub("_", subject)[:100].strip() or "meddelande"
 
 

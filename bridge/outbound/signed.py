@@ -100,7 +100,7 @@ def _octets(data: bytes, element: _Element, depth: int) -> bytes:
         return data[element.start : element.end]
     if element.tag != 0x24 or depth > _MAX_NESTING:
         raise ValueError("not an OCTET STRING")
-    chunks = []
+    chunks: list[bytes] = []
     position = element.start
     while position < element.end:
         if len(chunks) >= _MAX_ELEMENTS:

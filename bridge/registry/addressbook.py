@@ -165,7 +165,8 @@ class AddressBook:
             organisations = self._organisations
         if self.stale:
             log.warning(
-                "answering from a stale address book", cached_at=self.refreshed_at.isoformat()
+                "answering from a stale address book",
+                cached_at=self.refreshed_at.isoformat() if self.refreshed_at else None,
             )
         return organisations
 

@@ -149,7 +149,8 @@ def _vcard_text(value: str) -> str:
 def _fold(line: str, limit: int = 75) -> str:
     """Lines longer than 75 octets continue on the next line after a space (never inside
     a UTF-8 sequence)."""
-    parts, current = [], ""
+    parts: list[str] = []
+    current = ""
     for char in line:
         room = limit if not parts else limit - 1
         if len((current + char).encode()) > room:

@@ -26,7 +26,7 @@ import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
@@ -34,6 +34,13 @@ from ..sdk.certs import CertificateProblem
 from .cache import Cache
 from .errors import RegistryUnavailable
 
+CRL_SIGNING_KEYS = (
+    rsa.RSAPublicKey,
+    ec.EllipticCurvePublicKey,
+    dsa.DSAPublicKey,
+    ed25519.Ed25519PublicKey,
+    ed448.Ed448PublicKey,
+)
 log = structlog.get_logger(__name__)
 
 
@@ -301,7 +308,8 @@ class RevocationChecker:
                 raise _Unusable("the issuer's key usage does not allow signing CRLs")
         except x509.ExtensionNotFound:
             pass
-        if not crl.is_signature_valid(issuer.public_key()):
+        key = issuer.public_key()
+        if not isinstance(key, CRL_SIGNING_KEYS) or not crl.is_signature_valid(key):
             raise _Unusable("CRL signature does not verify with the issuer's key")
         skew = self.policy.clock_skew
         if crl.last_update_utc > now + skew:

@@ -586,7 +586,7 @@ class AccessPoint:
             if self._intermediate_steps:
                 self._intermediate[message_id] = self._intermediate_steps
         log.info("submitted", party=self.party_id, message_id=message_id, to=target.party_id)
-        code = "EBMS:0004"
+        code, problem = "EBMS:0004", None
         try:
             if self._take_send_failure():
                 code, problem = "EBMS:0005", "ConnectionFailure: the receiving AP did not answer"

@@ -9,10 +9,11 @@ SOAP call costs a TLS handshake on both sides, which dominated the benchmark.
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import IO, Any, cast
+from wsgiref.headers import Headers
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -35,6 +36,8 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 class _Handler11(ServerHandler):
     http_version = "1.1"
     length_known = False  # only a response with a length lets the connection carry on
+    headers: Headers  # the response's, set by start_response
+    request_handler: "_QuietHandler"  # the connection it answers on
 
     def cleanup_headers(self) -> None:
         super().cleanup_headers()
@@ -64,6 +67,12 @@ class _BodyReader:
         self.left -= len(data)
         return data
 
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return list(self)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
 
 class _QuietHandler(WSGIRequestHandler):
     timeout = CONNECTION_TIMEOUT
@@ -84,7 +93,9 @@ class _QuietHandler(WSGIRequestHandler):
                 return
             environ = self.get_environ()
             body = _BodyReader(self.rfile, int(environ.get("CONTENT_LENGTH") or 0))
-            handler = _Handler11(body, self.wfile, self.get_stderr(), environ, multithread=True)
+            handler = _Handler11(
+                body, cast(IO[bytes], self.wfile), self.get_stderr(), environ, multithread=True
+            )
             handler.request_handler = self
             handler.run(self.server.get_app())  # type: ignore[attr-defined]
             if (

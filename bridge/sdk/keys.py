@@ -7,6 +7,7 @@ be handed to a process pool.
 
 import copyreg
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,10 @@ class KeyPair:
     cert: x509.Certificate
 
     def __post_init__(self) -> None:
-        if self.key.public_key().public_numbers() != self.cert.public_key().public_numbers():
+        public = self.cert.public_key()
+        if not isinstance(public, rsa.RSAPublicKey):
+            raise KeyError_("the certificate's key is not an RSA key")
+        if self.key.public_key().public_numbers() != public.public_numbers():
             raise KeyError_("the private key does not belong to the certificate")
 
     def __reduce__(self) -> tuple[object, tuple[bytes, x509.Certificate]]:
@@ -51,7 +55,9 @@ def _certificate_from_der(der: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
-def _reduce_certificate(cert: x509.Certificate) -> tuple[object, tuple[bytes]]:
+def _reduce_certificate(
+    cert: x509.Certificate,
+) -> tuple[Callable[[bytes], x509.Certificate], tuple[bytes]]:
     return _certificate_from_der, (cert.public_bytes(serialization.Encoding.DER),)
 
 

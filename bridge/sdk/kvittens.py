@@ -40,7 +40,7 @@ class Kvittens:
         """The kvittens a verdict calls for (never for NO-KVITTENS)."""
         if verdict.outcome is Outcome.NO_KVITTENS:
             raise ValueError("this verdict must not be answered with a kvittens")
-        lines = ()
+        lines: tuple[Line, ...] = ()
         if verdict.outcome is Outcome.REJECTED:
             assert verdict.reason is not None
             lines = (Line(verdict.reason, verdict.detail, verdict.text, verdict.path),)

@@ -25,7 +25,7 @@ from typing import IO
 import structlog
 from cryptography.hazmat.primitives import serialization
 
-from . import admin, checks, memory, metrics, plugins, systemd
+from . import admin, checks, memory, metrics, plugins, systemd, workers
 from .admin import Health
 from .config import Config, ConfigError, open_spool
 from .config import load as load_config
@@ -227,9 +227,7 @@ class _Reloadable:
         self.ingress.settings = _ingress_settings(new)
         self.inbound.reconfigure(_inbound_settings(new))
         self.worker.settings = _outbound_settings(new)
-        replaced, self.delivery.mailboxes = self.delivery.mailboxes, mailboxes
-        for mailbox in replaced.values():
-            await mailbox.close()
+        await self.delivery.replace(mailboxes)
         self.config = new
         log.info("configuration reloaded", file=str(self.file), needs_restart=restart or None)
         for warning in checks.certificate_warnings(new):
@@ -356,7 +354,8 @@ async def run(config: Config, file: Path) -> None:
     crypto = ProcessPoolExecutor(
         max_workers=os.cpu_count() or 2,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=memory.return_large_buffers,
+        initializer=workers.start,
+        initargs=(os.getpid(),),
     )
     reporter = DsnReporter(
         spool,
@@ -372,7 +371,6 @@ async def run(config: Config, file: Path) -> None:
     )
     receipts = Receipts(config.organisation_id, spool, registry, config.trust_anchors, reporter)
     inbound = Inbound(_inbound_settings(config), spool, registry, access_point, scanner, crypto)
-    mailboxes = _mailboxes(config)
     health, admin_server = None, None
     if config.admin is not None:
         health = Health(
@@ -383,7 +381,7 @@ async def run(config: Config, file: Path) -> None:
         )
         metrics.watch(spool, health.certificates, registry.book)
         admin_server = await admin.serve(*config.admin.listen, health)
-    delivery = MailboxDelivery(spool, mailboxes)
+    delivery = MailboxDelivery(spool, _mailboxes(config))
     worker = Worker(
         _outbound_settings(config),
         spool,
@@ -467,8 +465,7 @@ async def run(config: Config, file: Path) -> None:
             await watchdog
         crypto.shutdown(cancel_futures=True)
         await access_point.close()
-        for mailbox in mailboxes.values():
-            await mailbox.close()
+        await delivery.close()
         registry.close()
         spool.close()
         held.close()

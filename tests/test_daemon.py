@@ -283,3 +283,31 @@ def test_kvittens_outcomes_reach_the_sender_as_dsns(sandbox: Sandbox, tmp_path: 
         ] = text
     assert "X-SDK; REJECTED BV not-supported: file type not accepted" in reports["5.6.0"]
     assert "Action: delivered" in reports["2.0.0"]
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` now."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def test_a_killed_bridge_leaves_no_crypto_worker(sandbox: Sandbox) -> None:
+    """Its workers wait on a queue whose writing end they hold themselves: they notice the
+    bridge is gone and end, instead of waiting for ever (killed here as they start)."""
+    running = Bridge(sandbox)
+    running.start()
+    assert running.process is not None
+    pid = running.process.pid
+    with smtplib.SMTP("127.0.0.1", sandbox.smtp_port("a"), timeout=30) as smtp:
+        smtp.send_message(mail("Startar arbetarna"), FROM, [TO_B])  # sealing spawns them
+    wait_until(lambda: len(children(pid)) >= 2)
+    workers = children(pid)
+    running.stop(signal.SIGKILL)
+    wait_until(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 10)

@@ -16,6 +16,7 @@ class Mailbox:
     def __init__(self, failure: Exception | None = None) -> None:
         self.failure = failure
         self.delivered: list[tuple[str, bytes]] = []
+        self.closed = 0
 
     async def deliver(self, message_id: str, message: bytes) -> None:
         if self.failure is not None:
@@ -23,7 +24,7 @@ class Mailbox:
         self.delivered.append((message_id, message))
 
     async def close(self) -> None:
-        pass
+        self.closed += 1
 
 
 def accepted(spool: SQLiteSpool, sdk_id: str, address: str = "b.registrator") -> InboundMail:
@@ -103,3 +104,17 @@ def test_a_refused_mail_is_listed_and_sent_again_by_the_administrator(tmp_path: 
     assert [m for m, _ in mailbox.delivered] == ["m4@sdk"]
     with pytest.raises(queue.QueueError, match="already delivered"):
         queue.retry(spool, "m4")
+
+
+def test_each_mailbox_is_closed_once_the_reloaded_ones_at_shutdown(tmp_path: Path) -> None:
+    """A reload closes the mailboxes it replaces; shutdown closes those in use then."""
+    first, second = Mailbox(), Mailbox()
+
+    async def lifetime() -> None:
+        stage = MailboxDelivery(SQLiteSpool(tmp_path), {"b.registrator": first})
+        await stage.replace({"b.registrator": second})
+        assert (first.closed, second.closed) == (1, 0)
+        await stage.close()
+
+    asyncio.run(lifetime())
+    assert (first.closed, second.closed) == (1, 1)

@@ -44,6 +44,17 @@ class MailboxDelivery:
         self.settings = settings
         self._woken = asyncio.Event()
 
+    async def replace(self, mailboxes: Mapping[str, Mailbox]) -> None:
+        """New mailboxes, from a reloaded configuration; the ones they replace are closed."""
+        replaced, self.mailboxes = self.mailboxes, mailboxes
+        for mailbox in replaced.values():
+            await mailbox.close()
+
+    async def close(self) -> None:
+        """At shutdown: the mailboxes in use now, after any reload."""
+        for mailbox in self.mailboxes.values():
+            await mailbox.close()
+
     def wake(self) -> None:
         """New mail is in the spool: look now rather than at the next poll."""
         self._woken.set()

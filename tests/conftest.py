@@ -1,11 +1,16 @@
 """Shared fixtures: one test PKI per session, organisations A and B, a message factory."""
 
 import collections
+import contextlib
 import dataclasses
+import os
+import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Generator, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -162,6 +167,10 @@ def pytest_runtest_makereport(
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if LEFT_RUNNING:
+        terminalreporter.section("processes the tests left running (killed now)", red=True)
+        for line in LEFT_RUNNING:
+            terminalreporter.write_line(line)
     if not HOSTILE_CASES:
         return
     terminalreporter.section("hostile input")
@@ -169,3 +178,43 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(
             f"{case}: {counts['tried']} cases tried, {counts['handled']} handled"
         )
+
+
+# Every process the tests start inherits this mark in its environment: at the end of the
+# run none may be left (a bridge, its crypto workers, a Dovecot, a PostgreSQL, a clamd).
+RUN_MARK = "SDK_BRIDGE_TEST_RUN"
+LEFT_GRACE_SECONDS = 15.0  # for what was told to stop a moment ago
+LEFT_RUNNING: list[str] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    os.environ[RUN_MARK] = uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail a run that leaves any of its processes behind; they are killed."""
+    deadline = time.monotonic() + LEFT_GRACE_SECONDS
+    while (left := _ours_running()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid, command in left.items():
+        LEFT_RUNNING.append(f"{pid}: {command}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if left and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _ours_running() -> dict[int, str]:
+    """pid -> command line of the processes carrying this run's mark, but this one."""
+    mark = f"{RUN_MARK}={os.environ.get(RUN_MARK)}".encode()
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(proc.name) == os.getpid() or mark not in (proc / "environ").read_bytes():
+                continue
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        if command:  # a zombie has none: it is gone, its parent not yet told
+            found[int(proc.name)] = command.strip()[:200]
+    return found

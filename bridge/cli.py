@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from . import __version__, config
-from . import logging as bridge_logging
+from .runtime import logs as bridge_logging
 from .sdk import kvittens as kv
 from .sdk import sealing
 from .sdk.certs import CertificateProblem
@@ -203,7 +203,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except config.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    from . import checks
+    from .ops import checks
 
     for line in config.describe(loaded):
         print(line)
@@ -225,7 +225,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from . import plugins
+    from . import plugin
     from .daemon import ConfigurationMissing, SpoolInUse, StageFailed, run
 
     try:
@@ -234,7 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     try:
         asyncio.run(run(loaded, Path(args.config)))
-    except (ConfigurationMissing, SpoolInUse, plugins.PluginError) as e:
+    except (ConfigurationMissing, SpoolInUse, plugin.PluginError) as e:
         raise UsageError(f"{args.config}: {e}") from None
     except StageFailed as e:
         print(f"sdk-bridge: {e}", file=sys.stderr)
@@ -273,7 +273,7 @@ def _spool_config(config_file: str) -> config.Config:
 
 
 def _spool(config_file: str, loaded: config.Config | None = None) -> Spool:
-    from .plugins import PluginError
+    from .plugin import PluginError
 
     try:
         return config.open_spool(loaded or _spool_config(config_file))
@@ -304,16 +304,16 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Bring a database spool's schema up to date (a spool back end's `upgrade`)."""
-    from . import plugins
+    from . import plugin
 
     backend, settings = _spool_config(args.config).spool_plugin()
-    upgrade = getattr(plugins.factory(plugins.SPOOLS, backend), "upgrade", None)
+    upgrade = getattr(plugin.factory(plugin.SPOOLS, backend), "upgrade", None)
     if upgrade is None:
         print(f"the {backend} spool keeps its schema up to date itself: nothing to do")
         return 0
     try:
         applied = upgrade(settings)
-    except plugins.PluginError as e:
+    except plugin.PluginError as e:
         print(f"sdk-bridge: {e}", file=sys.stderr)
         return 1
     for step in applied:
@@ -327,7 +327,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     """The spool as postqueue and postsuper show and steer it."""
     import dataclasses
 
-    from . import queue
+    from .ops import queueadmin as queue
     from .spool import ContentRemoved
 
     spool = _spool(args.config)
@@ -464,7 +464,7 @@ def cmd_export_contacts(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from .lab import demo
 
     bridge_logging.configure("warning")  # the sandbox in this process: only its troubles
     directory = Path(args.dir) if args.dir else None
@@ -477,7 +477,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from .sandbox.federation import Sandbox
+    from .lab.sandbox.federation import Sandbox
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):  # before anything starts: always clean up
@@ -570,9 +570,9 @@ def _certificate_lines(cert: x509.Certificate) -> list[str]:
 def cmd_bench(args: argparse.Namespace) -> int:
     import imaplib
 
-    from . import bench
-    from .local import LocalRunFailed
-    from .running import Unusable
+    from .lab import bench
+    from .lab.local import LocalRunFailed
+    from .lab.running import Unusable
 
     bridge_logging.configure("warning")  # the sandbox in this process: only its troubles
     for option, given in (
@@ -629,8 +629,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_smtp_source(args: argparse.Namespace) -> int:
     """SMTP accept alone, measured with Postfix's smtp-source (and Postfix beside it)."""
-    from . import acceptbench
-    from .local import LocalRunFailed
+    from .lab import acceptbench
+    from .lab.local import LocalRunFailed
 
     sizes = {"10kb": 10_240, "1mb": 1_048_576}  # smtp-source sends one payload size
     if args.profile not in sizes:
@@ -652,7 +652,7 @@ def _bench_smtp_source(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_core(args: argparse.Namespace) -> int:
-    from .benchmark import format_table, run_core_benchmark
+    from .lab.benchmark import format_table, run_core_benchmark
 
     result = run_core_benchmark(seconds=args.seconds, key_size=args.key_size)
     if args.json:

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from cryptography import x509
 
-from . import plugins
+from . import plugin
 from .registry.addresses import encoded, is_local_part
 from .sdk.keys import KeyError_, KeyPair, load_certificates, load_keypair, read_passphrase
 from .sdk.names import ORGANISATION_ID, SDK_FEDERATION
@@ -155,10 +155,10 @@ class Config:
 
 def open_spool(config: Config) -> Spool:
     """The spool the configuration names, for the daemon and the admin commands alike.
-    Raises plugins.PluginError saying why it cannot be opened (say, a database whose schema
+    Raises plugin.PluginError saying why it cannot be opened (say, a database whose schema
     needs `sdk-bridge db upgrade`)."""
     assert config.spool is not None
-    spool: Spool = plugins.load(plugins.SPOOLS, *config.spool_plugin())
+    spool: Spool = plugin.load(plugin.SPOOLS, *config.spool_plugin())
     return spool
 
 
@@ -408,8 +408,8 @@ def _functional_address(node: _Node) -> FunctionalAddressConfig:
     if "deliver_to" in fields:
         deliver_to = _plugin_choice(fields["deliver_to"])
         try:  # builds the plugin once, so a bad setting is reported here with its line
-            plugins.load(plugins.MAILBOXES, *deliver_to)
-        except plugins.PluginError as e:
+            plugin.load(plugin.MAILBOXES, *deliver_to)
+        except plugin.PluginError as e:
             raise fields["deliver_to"].error(str(e)) from None
     return FunctionalAddressConfig(
         id=_required(fields, node, "id").string(),
@@ -512,8 +512,8 @@ def _spool(node: _Node) -> tuple[Path, tuple[str, dict[str, Any]]]:
     )
     backend = _required(fields, node, "backend")
     try:
-        plugins.factory(plugins.SPOOLS, backend.string())
-    except plugins.PluginError as e:
+        plugin.factory(plugin.SPOOLS, backend.string())
+    except plugin.PluginError as e:
         raise backend.error(str(e)) from None
     directory = _required(fields, node, "directory").path()
     if backend.string() == "sqlite":

@@ -25,8 +25,7 @@ from typing import IO
 import structlog
 from cryptography.hazmat.primitives import serialization
 
-from . import admin, checks, memory, metrics, plugins, systemd, workers
-from .admin import Health
+from . import plugin
 from .config import Config, ConfigError, open_spool
 from .config import load as load_config
 from .inbound.delivery import MailboxDelivery
@@ -34,13 +33,16 @@ from .inbound.intake import Intake
 from .inbound.mapping import SECRECY_PREFIX
 from .inbound.processing import Inbound, InboundSettings
 from .ingress.smtp import IngressHandler, IngressSettings, SenderRule, networks, serve, tls_context
-from .logging import loop_errors
+from .ops import admin, checks, metrics
+from .ops.admin import Health
 from .outbound.receipts import Receipts
 from .outbound.reports import DsnReporter, sender_domains
 from .outbound.transport import follow
 from .outbound.worker import OutboundSettings, Worker
 from .registry.addressbook import AddressBook
 from .registry.client import Registry
+from .runtime import memory, systemd, workers
+from .runtime.logs import loop_errors
 from .spool import Spool
 from .spool.retention import keep_purging
 
@@ -51,7 +53,7 @@ FD_RESERVE = 256  # file descriptors kept from SMTP clients for everything else
 
 
 async def _take_in(
-    access_point: plugins.AccessPoint,
+    access_point: plugin.AccessPoint,
     spool: Spool,
     inbound: Inbound,
     receipts: Receipts,
@@ -218,7 +220,7 @@ class _Reloadable:
                 assert new.smtp.tls_key is not None
                 await asyncio.to_thread(tls_context, str(new.smtp.tls_cert), str(new.smtp.tls_key))
             mailboxes = await asyncio.to_thread(_mailboxes, new)
-        except (ConfigError, ConfigurationMissing, plugins.PluginError, ssl.SSLError, OSError) as e:
+        except (ConfigError, ConfigurationMissing, plugin.PluginError, ssl.SSLError, OSError) as e:
             log.error("reload refused; the running configuration stays", reason=str(e))
             return
         restart = _needs_restart(self.config, new)
@@ -260,7 +262,7 @@ def _restart_sections(config: Config) -> dict[str, object]:
     }
 
 
-def _mailboxes(config: Config) -> dict[str, plugins.Mailbox]:
+def _mailboxes(config: Config) -> dict[str, plugin.Mailbox]:
     """Each functional address's mailbox; without `deliver_to`, a Maildir in the spool."""
     assert config.spool is not None
     mailboxes = {}
@@ -270,7 +272,7 @@ def _mailboxes(config: Config) -> dict[str, plugins.Mailbox]:
             path = config.spool / "mailboxes" / address.id
             log.warning("no deliver_to: incoming mail goes to a Maildir", id=address.id, path=path)
             choice = ("maildir", {"path": str(path)})
-        mailboxes[address.id] = plugins.load(plugins.MAILBOXES, *choice)
+        mailboxes[address.id] = plugin.load(plugin.MAILBOXES, *choice)
     return mailboxes
 
 
@@ -338,10 +340,10 @@ async def run(config: Config, file: Path) -> None:
     released = spool.release_leases()
     registry = Registry(config, spool.registry_cache())  # shared, on a database spool
     registry.start_background_refresh()
-    access_point = plugins.load(
-        plugins.ACCESS_POINTS, config.access_point.plugin, config.access_point.plugin_settings()
+    access_point = plugin.load(
+        plugin.ACCESS_POINTS, config.access_point.plugin, config.access_point.plugin_settings()
     )
-    scanner = plugins.load(plugins.SCANNERS, *smtp.scanner) if smtp.scanner else None
+    scanner = plugin.load(plugin.SCANNERS, *smtp.scanner) if smtp.scanner else None
     tls = tls_context(str(smtp.tls_cert), str(smtp.tls_key)) if smtp.tls_cert else None
     ingress = IngressHandler(_ingress_settings(config), registry, spool, scanner)
     if ingress.settings.max_connections < smtp.max_connections:

@@ -28,9 +28,9 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-from bridge.plugins import TemporaryFailure
-from bridge.pluginsettings import only, positive
-from bridge.pluginsettings import port as check_port
+from bridge.plugin import TemporaryFailure
+from bridge.plugin.settings import only, positive
+from bridge.plugin.settings import port as check_port
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -40,7 +40,7 @@ SETTINGS = {"socket", "host", "port", "timeout", "max_bytes"}
 
 
 class ClamAV:
-    """A `bridge.plugins.Scanner` backed by clamd."""
+    """A `bridge.plugin.Scanner` backed by clamd."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         only(settings, SETTINGS)

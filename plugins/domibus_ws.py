@@ -58,7 +58,7 @@ from typing import Any, Final, NamedTuple
 import httpx
 from lxml import etree
 
-from bridge.plugins import (
+from bridge.plugin import (
     DuplicateSubmission,
     OversizedRetrieval,
     PermanentFailure,
@@ -67,7 +67,7 @@ from bridge.plugins import (
     TemporaryFailure,
     UnreadableRetrieval,
 )
-from bridge.pluginsettings import file_path, only
+from bridge.plugin.settings import file_path, only
 from bridge.sdk.keys import read_passphrase
 from bridge.sdk.names import PARTY_SCHEME, PROCESS_ID, PROCESS_ID_SCHEME
 from bridge.sdk.sealing import MAX_ENVELOPE_BYTES
@@ -297,7 +297,7 @@ class _Settings:
 
 
 class DomibusWS:
-    """bridge.plugins.AccessPoint over Domibus's WS plugin; one instance per access point.
+    """bridge.plugin.AccessPoint over Domibus's WS plugin; one instance per access point.
 
     Safe to share between tasks: httpx.AsyncClient pools connections and every call is
     independent.

@@ -28,9 +28,9 @@ import smtplib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bridge.plugins import PermanentFailure, TemporaryFailure
-from bridge.pluginsettings import is_loopback, only, positive, tls_client_context
-from bridge.pluginsettings import port as check_port
+from bridge.plugin import PermanentFailure, TemporaryFailure
+from bridge.plugin.settings import is_loopback, only, positive, tls_client_context
+from bridge.plugin.settings import port as check_port
 
 COMMON = {"recipient", "sender", "timeout", "rate"}
 DEFAULT_TIMEOUT = 30.0
@@ -99,7 +99,7 @@ class _Handoff:
 
 
 class LMTP(_Handoff):
-    """A `bridge.plugins.Mailbox` handing mail over LMTP (RFC 2033)."""
+    """A `bridge.plugin.Mailbox` handing mail over LMTP (RFC 2033)."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings, {"socket", "host", "port"})
@@ -127,7 +127,7 @@ class LMTP(_Handoff):
 
 
 class SMTP(_Handoff):
-    """A `bridge.plugins.Mailbox` handing mail over SMTP, with TLS."""
+    """A `bridge.plugin.Mailbox` handing mail over SMTP, with TLS."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings, {"host", "port", "tls", "cafile"})

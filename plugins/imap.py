@@ -29,10 +29,9 @@ from typing import Any
 
 from aioimaplib import aioimaplib
 
-from bridge import mutf7
-from bridge.plugins import PermanentFailure, TemporaryFailure
-from bridge.pluginsettings import file_path, is_loopback, only, positive, tls_client_context
-from bridge.pluginsettings import port as check_port
+from bridge.plugin import PermanentFailure, TemporaryFailure, mutf7
+from bridge.plugin.settings import file_path, is_loopback, only, positive, tls_client_context
+from bridge.plugin.settings import port as check_port
 from bridge.sdk.keys import KeyError_, read_passphrase
 
 SETTINGS = {
@@ -44,7 +43,7 @@ DEFAULT_RATE = 1_000_000  # bytes per second assumed at worst for an APPEND
 
 
 class IMAP:
-    """A `bridge.plugins.Mailbox` appending to one IMAP account's folder."""
+    """A `bridge.plugin.Mailbox` appending to one IMAP account's folder."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         only(settings, SETTINGS)

@@ -35,16 +35,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from bridge import mutf7
-from bridge.files import move_durably, sync_directory
-from bridge.plugins import TemporaryFailure
-from bridge.pluginsettings import only
+from bridge.plugin import TemporaryFailure, mutf7
+from bridge.plugin.settings import only
+from bridge.runtime.files import move_durably, sync_directory
 
 SETTINGS = {"path", "folder", "group"}
 
 
 class Maildir:
-    """A `bridge.plugins.Mailbox` writing into a Maildir (or one of its ++ subfolders)."""
+    """A `bridge.plugin.Mailbox` writing into a Maildir (or one of its ++ subfolders)."""
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         only(settings, SETTINGS)

@@ -37,7 +37,7 @@ from psycopg.rows import DictRow, dict_row, scalar_row, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from bridge.plugins import PluginError
+from bridge.plugin import PluginError
 from bridge.spool import (
     ContentRemoved,
     Delivery,

@@ -1,5 +1,5 @@
 """The embedded SQLite spool (the default) as a spool plugin, so every back end is chosen
-the same way (bridge/plugins.py, group sdk_bridge.spools)."""
+the same way (bridge/plugin, group sdk_bridge.spools)."""
 
 from collections.abc import Mapping
 from pathlib import Path

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import postgres
 import pytest
 
-from bridge.sandbox.federation import Sandbox
+from bridge.lab.sandbox.federation import Sandbox
 from plugins import postgres_spool
 
 BACKENDS = ("sqlite", "postgres")  # each on Domibus 5's current WS plugin interface

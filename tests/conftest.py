@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bridge.sandbox.federation import Sandbox
+from bridge.lab.sandbox.federation import Sandbox
+from bridge.lab.testpki import Identity, TestPKI, make_pki
 from bridge.sdk import message as msg
 from bridge.sdk import xhe
 from bridge.sdk.keys import KeyPair
 from bridge.sdk.sealing import Receiver
-from bridge.testpki import Identity, TestPKI, make_pki
 
 if TYPE_CHECKING:
     import postgres

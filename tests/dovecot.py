@@ -32,8 +32,8 @@ from pathlib import Path
 import pytest
 from conftest import stop_process
 
-from bridge import testpki
-from bridge.sandbox.ports import free_tcp_port
+from bridge.lab import testpki
+from bridge.lab.sandbox.ports import free_tcp_port
 
 USERS = {"alice": "alicepw", "bob": "bobpw"}
 MAIL_USER = "vmail"

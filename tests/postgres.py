@@ -28,7 +28,7 @@ import psycopg
 import pytest
 from conftest import stop_process
 
-from bridge.sandbox.ports import free_tcp_port
+from bridge.lab.sandbox.ports import free_tcp_port
 
 SERVER_USER = "postgres"  # made by the Debian package; PostgreSQL will not run as root
 START_TIMEOUT = 30.0  # seconds

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import acceptbench
+from bridge.lab import acceptbench
 
 HAS_SMTP_SOURCE = bool(
     shutil.which("smtp-source") or shutil.which("smtp-source", path=str(acceptbench.SBIN))

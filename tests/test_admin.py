@@ -6,10 +6,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import admin, metrics
-from bridge.sandbox.ports import free_tcp_port
+from bridge.lab.sandbox.ports import free_tcp_port
+from bridge.lab.testpki import TestPKI
+from bridge.ops import admin, metrics
 from bridge.spool import Envelope, RecipientRecord, SQLiteSpool
-from bridge.testpki import TestPKI
 
 
 async def get(port: int, path: str, request: bytes | None = None) -> tuple[int, str]:

@@ -48,9 +48,9 @@ from lxml import etree
 from test_sandbox import registry_for
 
 from bridge.inbound.processing import KVITTENS_ACTION, MESSAGE_ACTION
+from bridge.lab.sandbox.federation import Sandbox
 from bridge.outbound.receipts import Receipts
-from bridge.plugins import SCANNERS, PermanentFailure, TemporaryFailure, load
-from bridge.sandbox.federation import Sandbox
+from bridge.plugin import SCANNERS, PermanentFailure, TemporaryFailure, load
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
 from bridge.sdk import xhe, xmldsig, xmlenc

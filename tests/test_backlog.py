@@ -8,8 +8,8 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
-from bridge.local import LocalRun
-from bridge.sandbox.federation import HOST
+from bridge.lab.local import LocalRun
+from bridge.lab.sandbox.federation import HOST
 
 FROM = "registrator@a.sandbox.test"
 TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"

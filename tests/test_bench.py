@@ -16,9 +16,9 @@ import pytest
 import yaml
 from dovecot import USERS, Dovecot
 
-from bridge.bench import FROM, TO_B
-from bridge.local import LocalRun
-from bridge.running import _config_argument
+from bridge.lab.bench import FROM, TO_B
+from bridge.lab.local import LocalRun
+from bridge.lab.running import _config_argument
 
 dovecot_server = dovecot.dovecot_server
 

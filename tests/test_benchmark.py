@@ -3,7 +3,7 @@
 import json
 
 from bridge import cli
-from bridge.benchmark import PROFILES, format_table, run_core_benchmark
+from bridge.lab.benchmark import PROFILES, format_table, run_core_benchmark
 
 
 def test_core_benchmark_reports_rates_for_each_profile() -> None:

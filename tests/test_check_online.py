@@ -9,8 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from bridge import checks, config
-from bridge.sandbox.federation import Sandbox
+from bridge import config
+from bridge.lab.sandbox.federation import Sandbox
+from bridge.ops import checks
 
 
 def check(config_file: Path) -> subprocess.CompletedProcess[str]:

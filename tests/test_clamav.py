@@ -15,8 +15,8 @@ import clamd
 import pytest
 from clamd import EICAR, REPORTED, Clamd
 
-from bridge import plugins
-from bridge.plugins import PluginError, TemporaryFailure
+from bridge import plugin
+from bridge.plugin import PluginError, TemporaryFailure
 from plugins.clamav import ClamAV
 
 clamd_server = clamd.clamd_server  # the session fixture
@@ -152,7 +152,7 @@ def test_nothing_listening_on_tcp_is_a_temporary_failure() -> None:
 
 
 def test_loads_through_the_plugin_interface(clamd_server: Clamd) -> None:
-    scanner = plugins.load(plugins.SCANNERS, "clamav", {"socket": clamd_server.socket})
+    scanner = plugin.load(plugin.SCANNERS, "clamav", {"socket": clamd_server.socket})
     assert isinstance(scanner, ClamAV)
     assert scan(scanner, EICAR) == REPORTED
 
@@ -172,7 +172,7 @@ def test_loads_through_the_plugin_interface(clamd_server: Clamd) -> None:
 )
 def test_bad_settings_are_refused(settings: dict[str, Any]) -> None:
     with pytest.raises(PluginError, match="clamav"):
-        plugins.load(plugins.SCANNERS, "clamav", settings)
+        plugin.load(plugin.SCANNERS, "clamav", settings)
 
 
 # --- fake clamds that misbehave -------------------------------------------------------------

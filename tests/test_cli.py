@@ -19,12 +19,12 @@ from conftest import ADDRESS_A, ORG_A, ORG_B, keypair, make_message
 from lxml import etree
 
 from bridge import cli
+from bridge.lab.testpki import PASSPHRASE, Identity, TestPKI
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
 from bridge.sdk import sealing
 from bridge.sdk.names import MSG_NS
 from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
-from bridge.testpki import PASSPHRASE, Identity, TestPKI
 
 # The message format keeps milliseconds only: a whole-millisecond time survives a round trip.
 CREATED = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from bridge import cli, config
+from bridge.lab.testpki import PASSPHRASE, Identity, TestPKI
 from bridge.spool import Retention
-from bridge.testpki import PASSPHRASE, Identity, TestPKI
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"
 

@@ -7,12 +7,12 @@ from conftest import ADDRESS_B, ORG_A, ORG_B, keypair, make_message
 from digg import schematron_failures, signed_vector, spec_file, xsd_errors
 from lxml import etree
 
+from bridge.lab.testpki import Identity
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
 from bridge.sdk import sealing
 from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
 from bridge.sdk.xmlsafe import parse as parse_xml
-from bridge.testpki import Identity
 
 KVITTENS_EXAMPLES = ("kvittens", "C3.2.4 Meddelandekvittens_exempel_v1.0")
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import ldif
 import vobject
 
+from bridge.lab.sandbox.federation import Sandbox
 from bridge.registry import contacts
 from bridge.registry.addressbook import FunctionalAddress, Organisation
 from bridge.registry.addresses import AddressMap
-from bridge.sandbox.federation import Sandbox
 
 EXPECTED = {
     "Sandbox kommun A – Registrator (SDK)": "registrator@a.sandbox.test.sdk.a.sandbox.test",

@@ -23,7 +23,7 @@ from pathlib import Path
 import backends
 import pytest
 
-from bridge.local import LocalRun
+from bridge.lab.local import LocalRun
 from bridge.outbound.receipts import KVITTENS_ACTION
 from bridge.outbound.worker import MESSAGE_ACTION
 

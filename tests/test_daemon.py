@@ -20,8 +20,8 @@ import backends
 import pytest
 from test_outbound import access_point, received_by_b
 
-from bridge.local import opened_spool
-from bridge.sandbox.federation import Sandbox
+from bridge.lab.local import opened_spool
+from bridge.lab.sandbox.federation import Sandbox
 from bridge.sdk import markdown
 from bridge.spool import State
 
@@ -221,7 +221,7 @@ class Sink:
     def __init__(self) -> None:
         from aiosmtpd.controller import Controller
 
-        from bridge.sandbox.ports import free_tcp_port
+        from bridge.lab.sandbox.ports import free_tcp_port
 
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.port = free_tcp_port()

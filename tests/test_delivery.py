@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bridge.inbound.delivery import MailboxDelivery
-from bridge.plugins import PermanentFailure, TemporaryFailure
+from bridge.plugin import PermanentFailure, TemporaryFailure
 from bridge.spool import InboundMail, InboxState, OwedKvittens, Received, SQLiteSpool
 
 
@@ -91,7 +91,7 @@ def test_the_kvittens_is_owed_until_sent(tmp_path: Path) -> None:
 
 
 def test_a_refused_mail_is_listed_and_sent_again_by_the_administrator(tmp_path: Path) -> None:
-    from bridge import queue
+    from bridge.ops import queueadmin as queue
 
     spool = SQLiteSpool(tmp_path)
     accepted(spool, "m4")

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from bridge.inbound.intake import MIN_FREE_BYTES, room_needed
-from bridge.local import LocalRun
-from bridge.sandbox.federation import HOST
+from bridge.lab.local import LocalRun
+from bridge.lab.sandbox.federation import HOST
 
 FROM_A = "registrator@a.sandbox.test"
 TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"

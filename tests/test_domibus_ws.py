@@ -28,7 +28,10 @@ from conftest import make_message
 from domibus_xsd import Watch
 from lxml import etree
 
-from bridge.plugins import (
+from bridge.lab.sandbox.federation import Sandbox
+from bridge.lab.sandbox.smp import Registration
+from bridge.lab.sandbox.web import Server
+from bridge.plugin import (
     ACCESS_POINTS,
     AccessPoint,
     DuplicateSubmission,
@@ -38,9 +41,6 @@ from bridge.plugins import (
     TemporaryFailure,
     load,
 )
-from bridge.sandbox.federation import Sandbox
-from bridge.sandbox.smp import Registration
-from bridge.sandbox.web import Server
 from bridge.sdk import message as msg
 from bridge.sdk import xhe, xmlsafe
 from bridge.sdk.keys import KeyPair

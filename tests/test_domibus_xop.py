@@ -1,5 +1,5 @@
 """MTOM/XOP answers: the bridge's reader (plugins/domibus_xop.py) against a CXF answer
-written out by hand, against the sandbox's independent writer (bridge/sandbox/mtom.py), and
+written out by hand, against the sandbox's independent writer (bridge/lab/sandbox/mtom.py), and
 against hostile packages; the writer checked by the standard library's MIME parser."""
 
 import contextlib
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from bridge.sandbox import mtom
+from bridge.lab.sandbox import mtom
 from bridge.sdk.xmlsafe import parse
 from plugins.domibus_xop import MAX_PART_HEADER_BYTES, XopError, resolve, unpack
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
+from bridge.lab.sandbox.ports import free_tcp_port
+from bridge.lab.testpki import make_pki
 from bridge.outbound import dsn
 from bridge.outbound.dsn import Action, Report, should_notify
-from bridge.sandbox.ports import free_tcp_port
 from bridge.spool import Envelope, RecipientRecord
-from bridge.testpki import make_pki
 
 MTA = "bridge.a.example.se"
 POSTMASTER = f"MAILER-DAEMON@{MTA}"

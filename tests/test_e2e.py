@@ -32,9 +32,9 @@ from lxml import etree
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import config
-from bridge.local import opened_spool
-from bridge.plugins import Submission
-from bridge.sandbox.federation import Sandbox
+from bridge.lab.local import opened_spool
+from bridge.lab.sandbox.federation import Sandbox
+from bridge.plugin import Submission
 from bridge.sdk import message as msg
 from bridge.sdk import xhe, xmldsig, xmlenc
 

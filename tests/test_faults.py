@@ -46,10 +46,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from bridge.local import LocalRun
+from bridge.lab.local import LocalRun
+from bridge.lab.sandbox.federation import HOST
+from bridge.lab.sandbox.ports import free_tcp_port
 from bridge.outbound.receipts import KVITTENS_ACTION
-from bridge.sandbox.federation import HOST
-from bridge.sandbox.ports import free_tcp_port
 from plugins.postgres_spool import PostgresSpool
 
 pytestmark = pytest.mark.slow

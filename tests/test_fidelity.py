@@ -33,7 +33,7 @@ from dovecot import Dovecot
 from mailcorpus import Attachment, Mail, RawPart, Signer, raw_tree
 from test_e2e import Bridge, wait_for
 
-from bridge.sandbox.federation import Sandbox
+from bridge.lab.sandbox.federation import Sandbox
 
 B_FOLDER = "SDK/Registrator"
 IMAP_B_FOLDER = "SDK.Registrator"  # as Dovecot's Maildir layout names it

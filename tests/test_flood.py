@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.local import LocalRun, send_mail
-from bridge.sandbox.federation import HOST
+from bridge.lab.local import LocalRun, send_mail
+from bridge.lab.sandbox.federation import HOST
 
 FLOOD_CONNECTIONS = 2000
 FLOOD_SOURCE = "127.0.0.2"

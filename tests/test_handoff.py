@@ -13,8 +13,9 @@ from aiosmtpd.smtp import SMTP as Server
 from aiosmtpd.smtp import Envelope, Session
 from dovecot import Dovecot
 
-from bridge import plugins, testpki
-from bridge.sandbox.ports import free_tcp_port
+from bridge import plugin
+from bridge.lab import testpki
+from bridge.lab.sandbox.ports import free_tcp_port
 from plugins.handoff import LMTP, SMTP
 
 dovecot_server = dovecot.dovecot_server
@@ -22,8 +23,8 @@ MAIL = "Message-ID: <h1@sdk.example.se>\r\nSubject: Hej\r\n\r\nÅ ä ö\r\n".enc
 
 
 def test_lmtp_into_dovecot(dovecot_server: Dovecot) -> None:
-    box = plugins.load(
-        plugins.MAILBOXES,
+    box = plugin.load(
+        plugin.MAILBOXES,
         "lmtp",
         {"host": "127.0.0.1", "port": dovecot_server.lmtp_port, "recipient": "alice@localhost"},
     )
@@ -38,7 +39,7 @@ def test_lmtp_into_dovecot(dovecot_server: Dovecot) -> None:
 
 def test_lmtp_unknown_mailbox_is_permanent(dovecot_server: Dovecot) -> None:
     box = LMTP({"host": "127.0.0.1", "port": dovecot_server.lmtp_port, "recipient": "x@localhost"})
-    with pytest.raises(plugins.PermanentFailure, match="refused for good: 550"):
+    with pytest.raises(plugin.PermanentFailure, match="refused for good: 550"):
         asyncio.run(box.deliver("h2@sdk.example.se", MAIL))
 
 
@@ -101,7 +102,7 @@ def test_smtp_with_starttls_and_null_sender(
 
 @pytest.mark.parametrize(
     ("answer", "failure"),
-    [("451 4.3.0 try later", plugins.TemporaryFailure), ("554 5.6.0 no", plugins.PermanentFailure)],
+    [("451 4.3.0 try later", plugin.TemporaryFailure), ("554 5.6.0 no", plugin.PermanentFailure)],
 )
 def test_smtp_replies_map_to_failures(
     smtp_server: tuple[Recorder, int],
@@ -129,7 +130,7 @@ def test_smtp_never_falls_back_to_plain_text(tls_files: tuple[ssl.SSLContext, Pa
     controller = Controller(recorder, hostname="127.0.0.1", port=free_tcp_port())  # no STARTTLS
     controller.start()
     try:
-        with pytest.raises(plugins.TemporaryFailure, match="STARTTLS"):
+        with pytest.raises(plugin.TemporaryFailure, match="STARTTLS"):
             asyncio.run(smtp(controller.port, tls_files[1]).deliver("h@x", MAIL))
         assert recorder.received == []
     finally:
@@ -149,5 +150,5 @@ def test_smtp_never_falls_back_to_plain_text(tls_files: tuple[ssl.SSLContext, Pa
     ],
 )
 def test_bad_settings_are_named(name: str, settings: dict[str, Any], error: str) -> None:
-    with pytest.raises(plugins.PluginError, match=error):
-        plugins.load(plugins.MAILBOXES, name, settings)
+    with pytest.raises(plugin.PluginError, match=error):
+        plugin.load(plugin.MAILBOXES, name, settings)

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bridge.inbound.mapping import to_email
+from bridge.lab.testpki import Identity
 from bridge.outbound.mapping import MappingError, to_business_message
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
@@ -32,7 +33,6 @@ from bridge.sdk import xhe
 from bridge.sdk.sealing import Receiver, open_envelope, seal_kvittens, seal_message
 from bridge.sdk.verdict import ACCEPTED, Outcome
 from bridge.sdk.xmlsafe import UnsafeXML, parse
-from bridge.testpki import Identity
 
 EXAMPLES = 150
 SETTINGS = settings(

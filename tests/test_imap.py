@@ -10,7 +10,7 @@ import dovecot
 import pytest
 from dovecot import Dovecot
 
-from bridge import plugins
+from bridge import plugin
 from plugins.imap import IMAP
 
 dovecot_server = dovecot.dovecot_server
@@ -42,7 +42,7 @@ def messages(server: Dovecot, folder: str, message_id: str) -> list[bytes]:
 
 
 def test_appends_once_over_imaps_into_inbox(dovecot_server: Dovecot) -> None:
-    box = plugins.load(plugins.MAILBOXES, "imap", settings(dovecot_server))
+    box = plugin.load(plugin.MAILBOXES, "imap", settings(dovecot_server))
     message = mail("inbox-1@sdk.example.se")
     for _ in range(3):  # the later calls stand for retries after a lost answer
         asyncio.run(box.deliver("inbox-1@sdk.example.se", message))
@@ -68,19 +68,19 @@ def test_wrong_password_and_no_server_are_temporary(
     dovecot_server: Dovecot, tmp_path: Path
 ) -> None:
     box = IMAP(settings(dovecot_server, password="wrong"))
-    with pytest.raises(plugins.TemporaryFailure, match="LOGIN answered NO"):
+    with pytest.raises(plugin.TemporaryFailure, match="LOGIN answered NO"):
         asyncio.run(box.deliver("x@sdk.example.se", mail("x@sdk.example.se")))
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
         box = IMAP(settings(dovecot_server, port=port, timeout=2))
-        with pytest.raises(plugins.TemporaryFailure, match="cannot connect"):
+        with pytest.raises(plugin.TemporaryFailure, match="cannot connect"):
             asyncio.run(box.deliver("x@sdk.example.se", mail("x@sdk.example.se")))
 
 
 def test_untrusted_certificate_is_refused(dovecot_server: Dovecot) -> None:
     box = IMAP(settings(dovecot_server, cafile=None))
-    with pytest.raises(plugins.TemporaryFailure, match="CERTIFICATE_VERIFY_FAILED"):
+    with pytest.raises(plugin.TemporaryFailure, match="CERTIFICATE_VERIFY_FAILED"):
         asyncio.run(box.deliver("x@sdk.example.se", mail("x@sdk.example.se")))
 
 
@@ -97,8 +97,8 @@ def test_untrusted_certificate_is_refused(dovecot_server: Dovecot) -> None:
 )
 def test_bad_settings_are_named(more: dict[str, Any], error: str) -> None:
     base = {"user": "bob", "password": "bobpw"}
-    with pytest.raises(plugins.PluginError, match=error):
-        plugins.load(plugins.MAILBOXES, "imap", base | more)
+    with pytest.raises(plugin.PluginError, match=error):
+        plugin.load(plugin.MAILBOXES, "imap", base | more)
 
 
 def test_folder_that_exists_but_cannot_be_selected_is_not_appended_to(
@@ -108,13 +108,13 @@ def test_folder_that_exists_but_cannot_be_selected_is_not_appended_to(
         IMAP(settings(dovecot_server, folder="Arkiv/Inkommande")).deliver("a@b", mail("a@b"))
     )
     parent = IMAP(settings(dovecot_server, folder="Arkiv"))  # \Noselect: holds only folders
-    with pytest.raises(plugins.TemporaryFailure, match="SELECT answered NO"):
+    with pytest.raises(plugin.TemporaryFailure, match="SELECT answered NO"):
         asyncio.run(parent.deliver("a@b", mail("a@b")))
 
 
 def test_a_folder_level_with_the_servers_separator_is_refused(dovecot_server: Dovecot) -> None:
     box = IMAP(settings(dovecot_server, folder="Arkiv/v.2"))
-    with pytest.raises(plugins.TemporaryFailure, match=r"holds the server's separator '\.'"):
+    with pytest.raises(plugin.TemporaryFailure, match=r"holds the server's separator '\.'"):
         asyncio.run(box.deliver("a@b", mail("a@b")))
 
 

@@ -22,8 +22,8 @@ from inbound_harness import MAILBOX_B, ORG_A, ORG_B, Harness, message, rejected
 from lxml import etree
 
 from bridge.inbound.processing import MESSAGE_ACTION
-from bridge.plugins import SCANNERS, TemporaryFailure, load
-from bridge.sandbox.federation import Sandbox
+from bridge.lab.sandbox.federation import Sandbox
+from bridge.plugin import SCANNERS, TemporaryFailure, load
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
 from bridge.sdk import xhe, xmldsig, xmlenc

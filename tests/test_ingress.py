@@ -23,7 +23,6 @@ import pytest
 from clamd import EICAR, clamd_server  # noqa: F401 - the fixture
 from test_sandbox import registry_for
 
-from bridge import metrics
 from bridge.ingress.smtp import (
     JUNK_ALLOWANCE,
     IngressHandler,
@@ -33,10 +32,11 @@ from bridge.ingress.smtp import (
     serve,
     tls_context,
 )
-from bridge.plugins import Scanner, load
+from bridge.lab.sandbox.federation import Sandbox
+from bridge.lab.sandbox.web import Faults
+from bridge.ops import metrics
+from bridge.plugin import Scanner, load
 from bridge.registry.client import Registry
-from bridge.sandbox.federation import Sandbox
-from bridge.sandbox.web import Faults
 from bridge.spool import SQLiteSpool, State
 
 ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"

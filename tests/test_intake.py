@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.admin import Health
 from bridge.inbound.intake import MIN_FREE_BYTES, Intake, recovered
-from bridge.plugins import (
+from bridge.ops.admin import Health
+from bridge.plugin import (
     OversizedRetrieval,
     PermanentFailure,
     Retrieved,

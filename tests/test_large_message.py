@@ -14,6 +14,7 @@ import pytest
 from conftest import keypair, make_message
 from lxml import etree
 
+from bridge.lab.testpki import Identity
 from bridge.outbound import mapping
 from bridge.outbound.mapping import parse_mail
 from bridge.sdk import message as msg
@@ -29,7 +30,6 @@ from bridge.sdk.xmlsafe import (
     parse,
     parse_apart,
 )
-from bridge.testpki import Identity
 
 
 def _with_files(*contents: bytes) -> msg.BusinessMessage:

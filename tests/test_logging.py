@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from bridge import logging as bridge_logging
+from bridge.runtime import logs as bridge_logging
 
 Captured = pytest.CaptureFixture[str]
 

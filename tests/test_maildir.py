@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge import mutf7, plugins
+from bridge import plugin
+from bridge.plugin import mutf7
 from plugins.maildir import Maildir
 
 MAIL = "From: a@example.se\r\nSubject: Hej\r\n\r\nÅ ä ö\r\n".encode()
@@ -34,7 +35,7 @@ def test_modified_utf7(name: str, encoded: str) -> None:
 
 def test_delivers_whole_message_into_new(tmp_path: Path) -> None:
     root = tmp_path / "Maildir"
-    box = plugins.load(plugins.MAILBOXES, "maildir", {"path": str(root)})
+    box = plugin.load(plugin.MAILBOXES, "maildir", {"path": str(root)})
     asyncio.run(box.deliver("1b2c@sdk.example.se", MAIL))
     [delivered] = files(root, "new")
     assert delivered.read_bytes() == MAIL
@@ -94,7 +95,7 @@ def test_unwritable_maildir_is_a_temporary_failure(tmp_path: Path) -> None:
     broken = tmp_path / "box" / "tmp"
     broken.rmdir()
     broken.write_bytes(b"")  # a file where tmp/ should be: fails even for root
-    with pytest.raises(plugins.TemporaryFailure, match="cannot write into"):
+    with pytest.raises(plugin.TemporaryFailure, match="cannot write into"):
         asyncio.run(box.deliver("second@sdk.example.se", MAIL))
     broken.unlink()
     broken.mkdir()
@@ -113,8 +114,8 @@ def test_unwritable_maildir_is_a_temporary_failure(tmp_path: Path) -> None:
     ],
 )
 def test_bad_settings_are_named(settings: dict[str, object], error: str) -> None:
-    with pytest.raises(plugins.PluginError, match=error):
-        plugins.load(plugins.MAILBOXES, "maildir", settings)
+    with pytest.raises(plugin.PluginError, match=error):
+        plugin.load(plugin.MAILBOXES, "maildir", settings)
 
 
 def test_a_big_mailbox_is_listed_again_only_when_it_changed(

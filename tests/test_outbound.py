@@ -10,10 +10,10 @@ from pathlib import Path
 from test_sandbox import registry_for
 
 from bridge import config
+from bridge.lab.sandbox.federation import Sandbox
 from bridge.outbound.mapping import SUBJECT_PREFIX
 from bridge.outbound.worker import OutboundSettings, Worker
-from bridge.plugins import ACCESS_POINTS, load
-from bridge.sandbox.federation import Sandbox
+from bridge.plugin import ACCESS_POINTS, load
 from bridge.sdk import markdown
 from bridge.sdk.sealing import Receiver, open_envelope
 from bridge.sdk.verdict import ACCEPTED
@@ -217,8 +217,8 @@ def test_unknown_recipient_at_the_access_point_fails_for_good(
 def test_not_serviced_at_the_receiving_access_point(sandbox: Sandbox, tmp_path: Path) -> None:
     """SMP points at B's access point, which does not serve the organisation: the access
     point ends SEND_FAILURE with NOT_SERVICED, and the sender is told (5.1.1)."""
+    from bridge.lab.sandbox.smp import Registration
     from bridge.outbound.transport import follow
-    from bridge.sandbox.smp import Registration
 
     stale = "0203:stale.sandbox.test"
     b = sandbox.smp.registrations[ORG_B]

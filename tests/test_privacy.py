@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.local import LocalRun
+from bridge.lab.local import LocalRun
 
 FROM_A = "registrator@a.sandbox.test"
 TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"

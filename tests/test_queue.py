@@ -11,7 +11,7 @@ import backends
 import pytest
 from test_daemon import FROM, TO_B, Bridge, mail, wait_until
 
-from bridge.sandbox.federation import Sandbox
+from bridge.lab.sandbox.federation import Sandbox
 
 # On SQLite, then again on PostgreSQL.
 spool_backend = backends.spool_backend

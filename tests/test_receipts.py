@@ -12,9 +12,9 @@ from test_sandbox import registry_for
 
 from bridge import config
 from bridge.inbound.intake import Intake
+from bridge.lab.sandbox.federation import Sandbox
 from bridge.outbound.receipts import KVITTENS_ACTION, Event, Receipts
-from bridge.plugins import Submission
-from bridge.sandbox.federation import Sandbox
+from bridge.plugin import Submission
 from bridge.sdk import kvittens as kv
 from bridge.sdk.keys import KeyPair
 from bridge.sdk.sealing import seal_kvittens

@@ -10,6 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bridge.lab.sandbox.addressbook import AddressBookAPI
+from bridge.lab.sandbox.web import Faults, Server
+from bridge.lab.testpki import TestPKI, make_pki
 from bridge.registry.addressbook import (
     AddressBook,
     FunctionalAddress,
@@ -24,9 +27,6 @@ from bridge.registry.errors import (
     UnknownFunctionalAddress,
     UnknownOrganisation,
 )
-from bridge.sandbox.addressbook import AddressBookAPI
-from bridge.sandbox.web import Faults, Server
-from bridge.testpki import TestPKI, make_pki
 
 HABO = "0203:habo.se"
 ENTRIES = [

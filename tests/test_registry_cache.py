@@ -18,6 +18,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from bridge.lab.sandbox.addressbook import AddressBookAPI
+from bridge.lab.sandbox.revocation import RevocationApp, revocation_urls
+from bridge.lab.testpki import Identity, TestPKI, make_pki
 from bridge.registry.addressbook import AddressBook, FunctionalAddress, JsonApiSource
 from bridge.registry.cache import Cache, FileCache
 from bridge.registry.client import ADDRESS_BOOK_NAME, REVOCATION_PREFIX
@@ -27,9 +30,6 @@ from bridge.registry.revocation import (
     RevocationUnknown,
     Revoked,
 )
-from bridge.sandbox.addressbook import AddressBookAPI
-from bridge.sandbox.revocation import RevocationApp, revocation_urls
-from bridge.testpki import Identity, TestPKI, make_pki
 
 HABO = "0203:habo.se"
 ENTRIES = [FunctionalAddress("sdk.habo.registrator", "Registrator", HABO, "Habo kommun")]

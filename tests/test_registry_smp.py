@@ -9,6 +9,9 @@ import pytest
 from conftest import ORG_B, keypair
 from lxml import etree
 
+from bridge.lab.sandbox.smp import SMP, Registration
+from bridge.lab.sandbox.web import Faults, Server
+from bridge.lab.testpki import Identity, TestPKI, make_pki
 from bridge.registry.errors import NotRegistered, RegistryUnavailable
 from bridge.registry.smp import (
     SMB_NS,
@@ -18,11 +21,8 @@ from bridge.registry.smp import (
     service_path,
     sml_name,
 )
-from bridge.sandbox.smp import SMP, Registration
-from bridge.sandbox.web import Faults, Server
 from bridge.sdk import xmldsig
 from bridge.sdk.names import KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
-from bridge.testpki import Identity, TestPKI, make_pki
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import yaml
 from cryptography import x509
 from test_daemon import FROM, TO_B, mail
 
-from bridge.local import start_bridge
-from bridge.sandbox.federation import Sandbox
+from bridge.lab.local import start_bridge
+from bridge.lab.sandbox.federation import Sandbox
 
 
 def wait_for_log(log: Path, text: str, count: int = 1, seconds: float = 30) -> None:

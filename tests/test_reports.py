@@ -12,10 +12,10 @@ import pytest
 from test_daemon import Sink
 from test_outbound import TO_B, new_mail
 
+from bridge.lab.sandbox.ports import free_tcp_port
 from bridge.outbound import dsn
 from bridge.outbound.outcomes import Event, settle
 from bridge.outbound.reports import DsnReporter, inside, sender_domains
-from bridge.sandbox.ports import free_tcp_port
 from bridge.spool import Delivery, Envelope, Retention, SQLiteSpool, State
 
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from test_privacy import exposed
 
-from bridge.local import LocalRun
+from bridge.lab.local import LocalRun
 
 spool_backend = backends.spool_backend
 

@@ -16,6 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from bridge.lab.sandbox.revocation import RevocationApp, revocation_urls
+from bridge.lab.sandbox.web import Server
+from bridge.lab.testpki import Identity, TestPKI, load_pki, make_pki
 from bridge.registry.cache import FileCache
 from bridge.registry.revocation import (
     RevocationChecker,
@@ -23,9 +26,6 @@ from bridge.registry.revocation import (
     RevocationUnknown,
     Revoked,
 )
-from bridge.sandbox.revocation import RevocationApp, revocation_urls
-from bridge.sandbox.web import Server
-from bridge.testpki import Identity, TestPKI, load_pki, make_pki
 
 
 class Tamper:

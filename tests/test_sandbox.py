@@ -21,6 +21,9 @@ from test_registry_cache import MemoryCache
 from wsplugin import Client
 
 from bridge import cli, config
+from bridge.lab.sandbox.accesspoint import WSPLUGIN_NS
+from bridge.lab.sandbox.federation import Sandbox
+from bridge.lab.sandbox.web import Faults
 from bridge.registry.client import Registry
 from bridge.registry.errors import (
     NotRegistered,
@@ -28,9 +31,6 @@ from bridge.registry.errors import (
     RegistryUnavailable,
     UnknownFunctionalAddress,
 )
-from bridge.sandbox.accesspoint import WSPLUGIN_NS
-from bridge.sandbox.federation import Sandbox
-from bridge.sandbox.web import Faults
 from bridge.sdk import message as msg
 from bridge.sdk.sealing import Receiver, open_envelope, seal_message
 from bridge.sdk.verdict import ACCEPTED

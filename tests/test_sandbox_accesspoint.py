@@ -32,8 +32,8 @@ from wsplugin import (
     submit_envelope,
 )
 
-from bridge.sandbox import accesspoint
-from bridge.sandbox.accesspoint import (
+from bridge.lab.sandbox import accesspoint
+from bridge.lab.sandbox.accesspoint import (
     BACKEND_NS,
     EBMS_NS,
     MAX_DELAY_SECONDS,
@@ -43,13 +43,13 @@ from bridge.sandbox.accesspoint import (
     PluginUser,
     Status,
 )
-from bridge.sandbox.web import Server
+from bridge.lab.sandbox.web import Server
+from bridge.lab.testpki import Identity, make_pki
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
 from bridge.sdk.names import DOCUMENT_ID_SCHEME, PARTY_SCHEME, PROCESS_ID, q
 from bridge.sdk.sealing import Receiver, open_envelope, seal_kvittens, seal_message
 from bridge.sdk.verdict import ACCEPTED, Outcome
-from bridge.testpki import Identity, make_pki
 from plugins.domibus_xop import resolve, unpack
 
 # Fixtures: module-wide HTTPS servers, fresh access points per test.

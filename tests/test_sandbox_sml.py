@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from bridge import config
+from bridge.lab.sandbox.federation import Sandbox
 from bridge.registry.client import Registry
 from bridge.registry.errors import NotRegistered, RegistryUnavailable
 from bridge.registry.smp import Locator
-from bridge.sandbox.federation import Sandbox
 
 if not shutil.which("dnsmasq", path="/usr/sbin:/usr/bin:/sbin:/bin"):
     pytest.skip("needs dnsmasq (Debian package dnsmasq-base)", allow_module_level=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from domibus_xsd import Watch
 
-from bridge.local import LocalRun
+from bridge.lab.local import LocalRun
 from bridge.outbound.worker import MESSAGE_ACTION
 
 MAILS = 12  # from each bridge to each other organisation

@@ -20,7 +20,9 @@ import psycopg
 import pytest
 from test_config import write_config
 
-from bridge import cli, config, queue
+from bridge import cli, config
+from bridge.lab.testpki import Identity, TestPKI
+from bridge.ops import queueadmin as queue
 from bridge.spool import (
     ContentRemoved,
     DuplicateMessage,
@@ -35,7 +37,6 @@ from bridge.spool import (
     SQLiteSpool,
     State,
 )
-from bridge.testpki import Identity, TestPKI
 from plugins import postgres_spool
 from plugins.postgres_spool import PostgresSpool
 

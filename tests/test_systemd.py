@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge import checks, config
-from bridge.sandbox.federation import Sandbox
+from bridge import config
+from bridge.lab.sandbox.federation import Sandbox
+from bridge.ops import checks
 
 UNITS = Path(__file__).parent.parent / "systemd"
 MAX_EXPOSURE = 2.0

@@ -27,10 +27,10 @@ import pytest
 from psycopg import sql
 from test_crash import FROM, TO_B, assert_each_once, in_mailbox, mail, recover_lost
 
-from bridge.local import LocalRun
+from bridge.lab.local import LocalRun
+from bridge.lab.sandbox.federation import HOST
 from bridge.outbound.receipts import KVITTENS_ACTION
 from bridge.outbound.worker import MESSAGE_ACTION
-from bridge.sandbox.federation import HOST
 from plugins.postgres_spool import PostgresSpool
 
 MAILS = 1000

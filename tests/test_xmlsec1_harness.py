@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from lxml import etree
 from xmlsec1 import DS, XENC, decrypt, encrypt_element, require_xmlsec1, sign_enveloped, verify
 
-from bridge.testpki import PASSPHRASE, Identity, TestPKI, make_pki
+from bridge.lab.testpki import PASSPHRASE, Identity, TestPKI, make_pki
 
 BIZ = "{urn:example:business}Letter"
 DOC = (

@@ -18,13 +18,13 @@ import xmlsec1
 from conftest import ADDRESS_B, ORG_A, ORG_B, keypair, make_message, message_header
 from lxml import etree
 
+from bridge.lab.testpki import Identity, TestPKI
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
 from bridge.sdk import sealing, xhe, xmldsig
 from bridge.sdk.names import APP_NS, DS_NS, MSG_NS, XENC_NS, XHB_NS, q
 from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
 from bridge.sdk.xmlsafe import parse, parse_apart
-from bridge.testpki import Identity, TestPKI
 
 PAYLOAD = q(MSG_NS, "messagePayload")
 # The message format keeps milliseconds only: a whole-millisecond time survives a round trip.

@@ -13,7 +13,13 @@ import httpx
 from conftest import ORG_A, ORG_B
 from lxml import etree
 
-from bridge.sandbox.accesspoint import AP_PARTY_TYPE, BACKEND_NS, EBMS_NS, SOAP12_NS, WSPLUGIN_NS
+from bridge.lab.sandbox.accesspoint import (
+    AP_PARTY_TYPE,
+    BACKEND_NS,
+    EBMS_NS,
+    SOAP12_NS,
+    WSPLUGIN_NS,
+)
 from bridge.sdk.names import (
     DOCUMENT_ID_SCHEME,
     KVITTENS_DOCUMENT_ID,

@@ -16,9 +16,9 @@ from typing import Any
 
 import structlog
 
-from .. import metrics
-from ..backoff import pause
-from ..plugins import Mailbox, PermanentFailure, TemporaryFailure
+from ..ops import metrics
+from ..plugin import Mailbox, PermanentFailure, TemporaryFailure
+from ..runtime.backoff import pause
 from ..spool import InboundMail, InboxState, Spool
 
 log = structlog.get_logger(__name__)

@@ -30,9 +30,8 @@ from typing import Any
 
 import structlog
 
-from .. import metrics
-from ..concurrently import each
-from ..plugins import (
+from ..ops import metrics
+from ..plugin import (
     AccessPoint,
     OversizedRetrieval,
     PermanentFailure,
@@ -40,6 +39,7 @@ from ..plugins import (
     TemporaryFailure,
     UnreadableRetrieval,
 )
+from ..runtime.concurrently import each
 from ..sdk import xhe
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
 from ..sdk.sealing import MAX_ENVELOPE_BYTES

@@ -14,9 +14,9 @@ from concurrent.futures import Executor
 
 import structlog
 
-from .. import memory
 from ..registry.client import Registry
 from ..registry.errors import NoValidCertificate, RegistryError, RegistryUnavailable
+from ..runtime import memory
 from ..sdk.sealing import Opened, Receiver, open_envelope
 from ..sdk.verdict import Quarantined, Verdict
 from ..spool import Received

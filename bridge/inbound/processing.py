@@ -27,10 +27,8 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from .. import metrics
-from ..backoff import pause
-from ..concurrently import each
-from ..plugins import (
+from ..ops import metrics
+from ..plugin import (
     DELIVERED_STATUSES,
     NOT_SERVICED,
     SEND_FAILURE,
@@ -44,6 +42,8 @@ from ..plugins import (
 )
 from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
+from ..runtime.backoff import pause
+from ..runtime.concurrently import each
 from ..sdk import kvittens as kv
 from ..sdk import message as msg
 from ..sdk import xhe

@@ -27,9 +27,9 @@ from typing import Any, BinaryIO
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from .. import metrics
+from ..ops import metrics
 from ..outbound.mapping import parse_mail, to_business_message
-from ..plugins import Scanner, TemporaryFailure
+from ..plugin import Scanner, TemporaryFailure
 from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
 from ..sdk import message as msg

@@ -49,7 +49,7 @@ from email.parser import BytesHeaderParser
 from enum import StrEnum
 from typing import cast
 
-from ..pluginsettings import is_loopback
+from ..plugin.settings import is_loopback
 from ..spool import Envelope, RecipientRecord
 
 # email.policy.SMTP (CRLF, 8-bit allowed), but header lines of the returned original are

@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from cryptography import x509
 
-from .. import metrics
-from ..concurrently import each
 from ..inbound.opening import open_received
+from ..ops import metrics
 from ..registry.client import Registry
 from ..registry.errors import RegistryUnavailable
+from ..runtime.concurrently import each
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID
 from ..sdk.sealing import Opened, Receiver
 from ..sdk.verdict import Outcome

@@ -14,8 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from ..concurrently import each
-from ..plugins import (
+from ..plugin import (
     ACKNOWLEDGED,
     DELIVERED_STATUSES,
     NOT_SERVICED,
@@ -24,6 +23,7 @@ from ..plugins import (
     TemporaryFailure,
     describe_errors,
 )
+from ..runtime.concurrently import each
 from ..spool import Delivery, Spool, State
 from .outcomes import Event, Notify, settle
 

@@ -15,9 +15,8 @@ from email.message import EmailMessage
 
 import structlog
 
-from .. import memory, metrics
-from ..backoff import pause
-from ..plugins import (
+from ..ops import metrics
+from ..plugin import (
     AccessPoint,
     DuplicateSubmission,
     PermanentFailure,
@@ -26,6 +25,8 @@ from ..plugins import (
 )
 from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
+from ..runtime import memory
+from ..runtime.backoff import pause
 from ..sdk import message as msg
 from ..sdk.keys import KeyPair
 from ..sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_DOCUMENT_ID

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from ..files import write_atomic
+from ..runtime.files import write_atomic
 
 
 class Cache(Protocol):

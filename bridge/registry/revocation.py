@@ -26,7 +26,7 @@ import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
@@ -34,13 +34,14 @@ from ..sdk.certs import CertificateProblem
 from .cache import Cache
 from .errors import RegistryUnavailable
 
+# The keys a CRL issuer may sign with (DSA, deprecated, is not among them).
 CRL_SIGNING_KEYS = (
     rsa.RSAPublicKey,
     ec.EllipticCurvePublicKey,
-    dsa.DSAPublicKey,
     ed25519.Ed25519PublicKey,
     ed448.Ed448PublicKey,
 )
+
 log = structlog.get_logger(__name__)
 
 

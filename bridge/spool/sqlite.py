@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from ..files import move_durably, sync_directory, write_atomic
+from ..runtime.files import move_durably, sync_directory, write_atomic
 from .batches import first_within
 from .errors import ContentRemoved, DuplicateMessage
 from .retention import (

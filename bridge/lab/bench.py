@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from . import plugins
+from .. import plugin
 from .benchmark import rate
 from .local import LocalRun, LocalRunFailed, opened_spool, send_mail
 from .running import Bridges, find_running
@@ -235,7 +235,7 @@ def _databases(dsn: str) -> Iterator[dict[str, dict[str, str]]]:
     that may CREATE DATABASE), upgraded as `sdk-bridge db upgrade` does it, and dropped
     after the run with whatever is still connected to it: `spools` for LocalRun."""
     names = {label: f"sdk_bridge_bench_{uuid.uuid4().hex[:12]}_{label}" for label in ("a", "b")}
-    upgrade = plugins.factory(plugins.SPOOLS, "postgres").upgrade
+    upgrade = plugin.factory(plugin.SPOOLS, "postgres").upgrade
     try:
         with psycopg.connect(dsn, autocommit=True) as admin:
             for name in names.values():
@@ -244,7 +244,7 @@ def _databases(dsn: str) -> Iterator[dict[str, dict[str, str]]]:
         for label, name in names.items():
             spools[label] = {"backend": "postgres", "dsn": make_conninfo(dsn, dbname=name)}
             upgrade(spools[label])
-    except (psycopg.Error, plugins.PluginError) as e:
+    except (psycopg.Error, plugin.PluginError) as e:
         raise LocalRunFailed(f"the spool databases could not be made: {e}") from e
     try:
         yield spools

@@ -22,13 +22,13 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from . import plugins
-from .config import Config
-from .pluginsettings import is_loopback
-from .registry.client import Registry
-from .registry.errors import RegistryError
-from .sdk.certs import CertificateProblem, issuer_among
-from .sdk.names import KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
+from .. import plugin
+from ..config import Config
+from ..plugin.settings import is_loopback
+from ..registry.client import Registry
+from ..registry.errors import RegistryError
+from ..sdk.certs import CertificateProblem, issuer_among
+from ..sdk.names import KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
 
 DEFAULT_WARNING = timedelta(days=30)
 
@@ -204,10 +204,10 @@ def _registry(config: Config, registry: Registry) -> list[Finding]:
 async def _access_point(config: Config) -> Finding:
     assert config.access_point is not None
     try:
-        access_point = plugins.load(
-            plugins.ACCESS_POINTS, config.access_point.plugin, config.access_point.plugin_settings()
+        access_point = plugin.load(
+            plugin.ACCESS_POINTS, config.access_point.plugin, config.access_point.plugin_settings()
         )
-    except plugins.PluginError as e:
+    except plugin.PluginError as e:
         return Finding(False, "access point", str(e))
     try:
         mismatch = await _interface_mismatch(access_point, config.access_point.interface)
@@ -215,7 +215,7 @@ async def _access_point(config: Config) -> Finding:
             return Finding(False, "access point", mismatch)
         waiting = await access_point.pending([config.organisation_id])
         return Finding(True, "access point", f"answers; {len(waiting)} messages waiting")
-    except (plugins.TemporaryFailure, plugins.PermanentFailure) as e:
+    except (plugin.TemporaryFailure, plugin.PermanentFailure) as e:
         return Finding(False, "access point", str(e))
     finally:
         await access_point.close()
@@ -237,16 +237,16 @@ async def _interface_mismatch(access_point: Any, configured: str) -> str | None:
     )
 
 
-async def _mailbox(address: str, plugin: str, settings: dict) -> Finding:
+async def _mailbox(address: str, name: str, settings: dict) -> Finding:
     what = f"mailbox of {address}"
     try:
-        mailbox = plugins.load(plugins.MAILBOXES, plugin, settings)
-    except plugins.PluginError as e:
+        mailbox = plugin.load(plugin.MAILBOXES, name, settings)
+    except plugin.PluginError as e:
         return Finding(False, what, str(e))
     try:
         await mailbox.check()
-        return Finding(True, what, f"{plugin}: reachable")
-    except (plugins.TemporaryFailure, plugins.PermanentFailure) as e:
+        return Finding(True, what, f"{name}: reachable")
+    except (plugin.TemporaryFailure, plugin.PermanentFailure) as e:
         return Finding(False, what, str(e))
     finally:
         await mailbox.close()

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .registry.addressbook import AddressBook
-from .spool import Spool
+from ..registry.addressbook import AddressBook
+from ..spool import Spool
 
 REGISTRY = CollectorRegistry()
 

@@ -16,7 +16,7 @@ from urllib.parse import unquote
 from cryptography import x509
 from lxml import etree
 
-from ..registry.smp import (
+from ...registry.smp import (
     AS4_TRANSPORT,
     CERTPUB_EXTENSION,
     ENCRYPTION_CERT,
@@ -26,10 +26,10 @@ from ..registry.smp import (
     SMP_NS,
     certificate_base64,
 )
-from ..sdk import xmldsig
-from ..sdk.keys import KeyPair
-from ..sdk.message import format_timestamp
-from ..sdk.names import (
+from ...sdk import xmldsig
+from ...sdk.keys import KeyPair
+from ...sdk.message import format_timestamp
+from ...sdk.names import (
     DOCUMENT_ID_SCHEME,
     KVITTENS_DOCUMENT_ID,
     MESSAGE_DOCUMENT_ID,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from ..registry.addressbook import FunctionalAddress
+from ...registry.addressbook import FunctionalAddress
 from .web import Faults, respond
 
 MAX_PAGE_SIZE = 500

@@ -15,10 +15,10 @@ import structlog
 from cryptography import x509
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..inbound.intake import room_wanted
+from ..spool import Spool
 from . import metrics
 from .checks import expiring
-from .inbound.intake import room_wanted
-from .spool import Spool
 
 log = structlog.get_logger(__name__)
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import yaml
 
-from . import config
+from .. import config
+from ..spool import Spool
 from .sandbox.federation import HOST, Sandbox
 from .sandbox.ports import free_tcp_port
-from .spool import Spool
 
 START_TIMEOUT = 30.0  # seconds for a bridge to say it is ready
 SEND_RETRY_SECONDS = 30.0  # how long a 4xx (the address book still loading) is retried

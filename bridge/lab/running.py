@@ -17,8 +17,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config, plugins
-from .registry.addresses import encoded, is_local_part
+from .. import config, plugin
+from ..registry.addresses import encoded, is_local_part
 
 SENDER_LOCAL_PART = "sdk-bridge-bench"  # put into a sender pattern's wildcard
 
@@ -156,7 +156,7 @@ def _maildir(b: config.Config, path: Path) -> Path:
             f"{path}: functional_addresses: deliver_to: B delivers {address.id}'s mail through"
             f" the {name} plugin; give --imap with the folder it ends in"
         )
-    maildir: Path = plugins.load(plugins.MAILBOXES, name, settings).directory
+    maildir: Path = plugin.load(plugin.MAILBOXES, name, settings).directory
     return maildir
 
 

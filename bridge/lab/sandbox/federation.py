@@ -21,10 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from ..files import write_private
-from ..registry.addressbook import FunctionalAddress
-from ..registry.addresses import slug
-from ..sdk.keys import KeyPair
+from ...registry.addressbook import FunctionalAddress
+from ...registry.addresses import slug
+from ...runtime.files import write_private
+from ...sdk.keys import KeyPair
 from ..testpki import Identity, TestPKI, load_pki, make_pki
 from .accesspoint import AccessPoint, Generation, PluginUser
 from .addressbook import AddressBookAPI

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .spool import Delivery, InboundMail, InboxState, Spool, State
+from ..spool import Delivery, InboundMail, InboxState, Spool, State
 
 WAITING = {State.QUEUED, State.HELD}  # not yet with the access point
 

@@ -10,7 +10,7 @@ import time
 import dns.exception
 import dns.resolver
 
-from ..registry.smp import sml_name
+from ...registry.smp import sml_name
 
 ZONE = "sml.sandbox.test"
 START_TIMEOUT = 10.0

@@ -6,7 +6,7 @@ the local federation; never for real traffic. RSA key generation dominates the c
 
 Given base URLs, certificates carry a CRL distribution point and an OCSP responder
 (authority information access) like SITHS certificates do, and the PKI can revoke,
-publish CRLs and answer OCSP requests; `bridge.sandbox.revocation` serves those.
+publish CRLs and answer OCSP requests; `bridge.lab.sandbox.revocation` serves those.
 Revocations and issued serial numbers are kept in files in the PKI directory, so a
 PKI reopened with load_pki() after a restart remembers them.
 """
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from .files import write_private
+from ..runtime.files import write_private
 
 PASSPHRASE = b"secret"
 

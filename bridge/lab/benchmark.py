@@ -18,9 +18,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from .sdk import message as msg
-from .sdk import sealing
-from .sdk.keys import KeyPair
+from ..sdk import message as msg
+from ..sdk import sealing
+from ..sdk.keys import KeyPair
 from .testpki import make_pki
 
 PROFILES = {"10KB": 10_000, "1MB": 1_000_000}

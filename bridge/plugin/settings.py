@@ -1,6 +1,6 @@
 """Checks for plugin settings, shared by the first-party plugins and open to any other.
 
-Each raises ValueError with a text that names the setting; `bridge.plugins.load` turns it
+Each raises ValueError with a text that names the setting; `bridge.plugin.load` turns it
 into a PluginError, which the configuration loader reports with the file line.
 """
 

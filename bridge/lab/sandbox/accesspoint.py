@@ -40,9 +40,9 @@ from typing import Any, Literal
 import structlog
 from lxml import etree
 
-from ..files import write_atomic
-from ..sdk import xhe
-from ..sdk.names import (
+from ...runtime.files import write_atomic
+from ...sdk import xhe
+from ...sdk.names import (
     DOCUMENT_ID_SCHEME,
     KVITTENS_DOCUMENT_ID,
     MESSAGE_DOCUMENT_ID,
@@ -51,10 +51,10 @@ from ..sdk.names import (
     PROCESS_ID_SCHEME,
     q,
 )
-from ..sdk.sealing import MAX_ENVELOPE_BYTES
-from ..sdk.verdict import Rejected
-from ..sdk.xmlsafe import UnsafeXML, base64_text
-from ..sdk.xmlsafe import parse as parse_xml
+from ...sdk.sealing import MAX_ENVELOPE_BYTES
+from ...sdk.verdict import Rejected
+from ...sdk.xmlsafe import UnsafeXML, base64_text
+from ...sdk.xmlsafe import parse as parse_xml
 from . import mtom
 from .web import read_body, respond
 

@@ -243,7 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_inbound_import(args: argparse.Namespace) -> int:
-    from .inbound.intake import recovered
+    from .retrieval.intake import recovered
 
     try:
         item = recovered(args.ebms_id, Path(args.envelope).read_bytes())
@@ -436,7 +436,6 @@ def _describe_envelope(payload: bytes) -> str:
 
 def cmd_export_contacts(args: argparse.Namespace) -> int:
     from .registry import contacts
-    from .registry.client import Registry
     from .registry.errors import RegistryUnavailable
 
     try:
@@ -445,7 +444,7 @@ def cmd_export_contacts(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if loaded.registry is None or loaded.sdk_domain is None:
         raise UsageError(f"{args.config}: needs a registry section and organisation.sdk_domain")
-    with Registry(loaded) as registry:
+    with config.open_registry(loaded) as registry:
         assert registry.addresses is not None
         try:
             registry.book.refresh_if_due()
@@ -512,7 +511,6 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
-    from .registry.client import Registry
     from .registry.errors import NotFound, RegistryUnavailable
 
     try:
@@ -521,7 +519,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if loaded.registry is None:
         raise UsageError(f"{args.config}: no registry section")
-    with Registry(loaded) as registry:
+    with config.open_registry(loaded) as registry:
         try:
             registry.book.refresh_if_due()
             found = registry.lookup(args.address)

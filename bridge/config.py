@@ -16,6 +16,9 @@ from cryptography import x509
 
 from . import plugin
 from .registry.addresses import encoded, is_local_part
+from .registry.cache import Cache
+from .registry.client import Registry
+from .registry.settings import RegistryConfig
 from .sdk.keys import KeyError_, KeyPair, load_certificates, load_keypair, read_passphrase
 from .sdk.names import ORGANISATION_ID, SDK_FEDERATION
 from .spool import Retention, Spool
@@ -28,20 +31,6 @@ class ConfigError(ValueError):
         where = f"{file}:{line}" if line else str(file)
         super().__init__(f"{where}: {key}: {problem}")
         self.file, self.line, self.key, self.problem = file, line, key, problem
-
-
-@dataclass(frozen=True)
-class RegistryConfig:
-    address_book_url: str
-    smp_url: str | None  # a fixed SMP, or
-    sml_zone: str | None  # the SML zone to find each organisation's SMP in (DNS)
-    sml_name_form: str  # how the SML hashes participant ids (see registry.smp.sml_name)
-    sml_nameservers: tuple[str, ...]  # IP addresses; empty: the system's resolver
-    sml_port: int
-    smp_trust_anchors: list[x509.Certificate]
-    tls_trust: Path | None  # CA bundle for HTTPS to the registry; None: the system's
-    cache_dir: Path
-    revocation_soft_fail: bool  # accept a certificate whose revocation status is unknown
 
 
 @dataclass(frozen=True)
@@ -151,6 +140,14 @@ class Config:
         """The spool back end's name and its settings, the directory among them."""
         name, settings = self.spool_backend
         return name, {**settings, "directory": str(self.spool)}
+
+
+def open_registry(config: Config, cache: Cache | None = None) -> Registry:
+    """The registry the configuration names, for the daemon and the commands alike;
+    `cache`: where it keeps what must survive a restart (None: its `cache_dir`)."""
+    if config.registry is None:
+        raise ValueError("the configuration has no registry section")
+    return Registry(config.registry, config.trust_anchors, config.sdk_domain, cache)
 
 
 def open_spool(config: Config) -> Spool:

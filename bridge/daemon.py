@@ -26,13 +26,12 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 
 from . import plugin
-from .config import Config, ConfigError, open_spool
+from .config import Config, ConfigError, open_registry, open_spool
 from .config import load as load_config
 from .inbound.delivery import MailboxDelivery
-from .inbound.intake import Intake
-from .inbound.mapping import SECRECY_PREFIX
 from .inbound.processing import Inbound, InboundSettings
 from .ingress.smtp import IngressHandler, IngressSettings, SenderRule, networks, serve, tls_context
+from .mapping.to_mail import SECRECY_PREFIX
 from .ops import admin, checks, metrics
 from .ops.admin import Health
 from .outbound.receipts import Receipts
@@ -40,7 +39,7 @@ from .outbound.reports import DsnReporter, sender_domains
 from .outbound.transport import follow
 from .outbound.worker import OutboundSettings, Worker
 from .registry.addressbook import AddressBook
-from .registry.client import Registry
+from .retrieval.intake import Intake
 from .runtime import memory, systemd, workers
 from .runtime.logs import loop_errors
 from .spool import Spool
@@ -338,7 +337,7 @@ async def run(config: Config, file: Path) -> None:
     spool = open_spool(config)
     spool.discard_partial()
     released = spool.release_leases()
-    registry = Registry(config, spool.registry_cache())  # shared, on a database spool
+    registry = open_registry(config, spool.registry_cache())  # shared, on a database spool
     registry.start_background_refresh()
     access_point = plugin.load(
         plugin.ACCESS_POINTS, config.access_point.plugin, config.access_point.plugin_settings()

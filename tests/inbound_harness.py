@@ -12,10 +12,10 @@ from test_outbound import access_point
 from test_sandbox import registry_for
 
 from bridge import config
-from bridge.inbound.intake import Intake
 from bridge.inbound.processing import KVITTENS_ACTION, MESSAGE_ACTION, Inbound, InboundSettings
 from bridge.lab.sandbox.federation import Sandbox
 from bridge.plugin import Scanner, Submission
+from bridge.retrieval.intake import Intake
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
 from bridge.sdk.keys import KeyPair

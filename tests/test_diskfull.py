@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.inbound.intake import MIN_FREE_BYTES, room_needed
 from bridge.lab.local import LocalRun
 from bridge.lab.sandbox.federation import HOST
+from bridge.spool.room import MIN_FREE_BYTES, room_needed
 
 FROM_A = "registrator@a.sandbox.test"
 TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"

@@ -24,9 +24,9 @@ from conftest import HOSTILE_CASES, ORG_A, ORG_B, keypair, make_message
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bridge.inbound.mapping import to_email
 from bridge.lab.testpki import Identity
-from bridge.outbound.mapping import MappingError, to_business_message
+from bridge.mapping.to_mail import to_email
+from bridge.mapping.to_sdk import MappingError, to_business_message
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
 from bridge.sdk import xhe

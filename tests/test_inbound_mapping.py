@@ -1,4 +1,4 @@
-"""SDK business message to mail (bridge.inbound.mapping)."""
+"""SDK business message to mail (bridge.mapping.to_mail)."""
 
 import email
 import email.policy
@@ -7,8 +7,8 @@ from email.message import EmailMessage
 import lxml.html
 from conftest import make_message
 
-from bridge.inbound.mapping import MAX_FILE_NAME_BYTES, safe_file_name, to_email
-from bridge.outbound.mapping import cut_label, references
+from bridge.mapping.to_mail import MAX_FILE_NAME_BYTES, safe_file_name, to_email
+from bridge.mapping.to_sdk import cut_label, references
 from bridge.sdk import markdown
 from bridge.sdk import message as msg
 

@@ -34,9 +34,9 @@ from bridge.ingress.smtp import (
 )
 from bridge.lab.sandbox.federation import Sandbox
 from bridge.lab.sandbox.web import Faults
-from bridge.ops import metrics
 from bridge.plugin import Scanner, load
 from bridge.registry.client import Registry
+from bridge.runtime import counters
 from bridge.spool import SQLiteSpool, State
 
 ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
@@ -235,7 +235,7 @@ def test_relay_control_from_another_address(ingress, tls) -> None:
         assert code == 538  # encryption required
 
     def handshakes(kind: str) -> float:
-        value = metrics.REGISTRY.get_sample_value(
+        value = counters.REGISTRY.get_sample_value(
             "sdk_bridge_smtp_tls_sessions_total", {"kind": kind}
         )
         return value or 0.0

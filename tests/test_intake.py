@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from bridge.inbound.intake import MIN_FREE_BYTES, Intake, recovered
 from bridge.ops.admin import Health
 from bridge.plugin import (
     OversizedRetrieval,
@@ -16,7 +15,9 @@ from bridge.plugin import (
     TemporaryFailure,
     UnreadableRetrieval,
 )
+from bridge.retrieval.intake import Intake, recovered
 from bridge.spool import Received, SQLiteSpool
+from bridge.spool.room import MIN_FREE_BYTES
 
 OURS = ["0203:a.se"]
 

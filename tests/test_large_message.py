@@ -15,8 +15,8 @@ from conftest import keypair, make_message
 from lxml import etree
 
 from bridge.lab.testpki import Identity
-from bridge.outbound import mapping
-from bridge.outbound.mapping import parse_mail
+from bridge.mapping import to_sdk as mapping
+from bridge.mapping.to_sdk import parse_mail
 from bridge.sdk import message as msg
 from bridge.sdk import sealing, xmldsig, xmlenc
 from bridge.sdk.names import DS_NS, MAX_MESSAGE_BYTES, XENC_NS, q

@@ -1,4 +1,4 @@
-"""Mail to SDK business message v3 (bridge.outbound.mapping).
+"""Mail to SDK business message v3 (bridge.mapping.to_sdk).
 
 Every mapped mail is also serialised with the core's `to_xml` (its XSD and schematron
 checks) and parsed back: the model must survive unchanged.
@@ -28,8 +28,9 @@ import pytest
 from conftest import ADDRESS_A, ADDRESS_B, ORG_A, ORG_B
 from digg import schematron_failures, xsd_errors
 
-from bridge.outbound.htmltext import MAX_HTML_DEPTH
-from bridge.outbound.mapping import (
+from bridge.mapping.htmltext import MAX_HTML_DEPTH
+from bridge.mapping.signed import opaque_content
+from bridge.mapping.to_sdk import (
     DOCUMENT_ID,
     EMPTY_BODY,
     MAX_MIME_DEPTH,
@@ -39,7 +40,6 @@ from bridge.outbound.mapping import (
     thread_ids,
     to_business_message,
 )
-from bridge.outbound.signed import opaque_content
 from bridge.sdk import markdown
 from bridge.sdk import message as msg
 

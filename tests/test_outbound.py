@@ -11,7 +11,7 @@ from test_sandbox import registry_for
 
 from bridge import config
 from bridge.lab.sandbox.federation import Sandbox
-from bridge.outbound.mapping import SUBJECT_PREFIX
+from bridge.mapping.to_sdk import SUBJECT_PREFIX
 from bridge.outbound.worker import OutboundSettings, Worker
 from bridge.plugin import ACCESS_POINTS, load
 from bridge.sdk import markdown

@@ -11,10 +11,10 @@ from test_outbound import access_point, new_mail, queue, run_worker
 from test_sandbox import registry_for
 
 from bridge import config
-from bridge.inbound.intake import Intake
 from bridge.lab.sandbox.federation import Sandbox
 from bridge.outbound.receipts import KVITTENS_ACTION, Event, Receipts
 from bridge.plugin import Submission
+from bridge.retrieval.intake import Intake
 from bridge.sdk import kvittens as kv
 from bridge.sdk.keys import KeyPair
 from bridge.sdk.sealing import seal_kvittens

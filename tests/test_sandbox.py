@@ -54,7 +54,7 @@ def registry_for(
     """An organisation's registry client, from the configuration the sandbox wrote."""
     loaded = config.load(sandbox.config_path(label))
     registry = dataclasses.replace(loaded.registry, cache_dir=cache)
-    return Registry(dataclasses.replace(loaded, registry=registry), shared)
+    return config.open_registry(dataclasses.replace(loaded, registry=registry), shared)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import pytest
 
 from bridge import config
 from bridge.lab.sandbox.federation import Sandbox
-from bridge.registry.client import Registry
 from bridge.registry.errors import NotRegistered, RegistryUnavailable
 from bridge.registry.smp import Locator
 
@@ -35,7 +34,7 @@ def test_smp_is_found_through_the_sml(sandbox: Sandbox) -> None:
 def test_registry_configured_for_the_sml(sandbox: Sandbox, tmp_path: Path) -> None:
     loaded = config.load(sandbox.config_path("a"))
     assert loaded.registry.smp_url is None and loaded.registry.sml_zone == sandbox.sml.zone
-    with Registry(loaded) as registry:
+    with config.open_registry(loaded) as registry:
         (found,) = registry.lookup("0203:b.sandbox.test")
         assert not found.problems
         assert found.encryption_certificates == (sandbox.organisations["b"].encryption[0].cert,)

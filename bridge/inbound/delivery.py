@@ -16,8 +16,8 @@ from typing import Any
 
 import structlog
 
-from ..ops import metrics
 from ..plugin import Mailbox, PermanentFailure, TemporaryFailure
+from ..runtime import counters
 from ..runtime.backoff import pause
 from ..spool import InboundMail, InboxState, Spool
 
@@ -80,11 +80,11 @@ class MailboxDelivery:
                     f"no mailbox is configured for functional address {mail.functional_address}"
                 )
             data = await asyncio.to_thread(self.spool.inbound_mail, mail.sdk_message_id)
-            with metrics.LATENCY.labels("mailbox").time():
+            with counters.LATENCY.labels("mailbox").time():
                 await mailbox.deliver(mail.mail_message_id, data)
         except PermanentFailure as e:
             log.error("mailbox refused the mail; kept in the spool", **ids, error=str(e))
-            metrics.MAILBOX.labels("failed").inc()
+            counters.MAILBOX.labels("failed").inc()
             await self._update(
                 mail, state=InboxState.FAILED, attempts=mail.attempts + 1, last_error=str(e)
             )
@@ -95,14 +95,14 @@ class MailboxDelivery:
             await self._retry(mail, f"internal error: {type(e).__name__}", ids)
         else:
             log.info("delivered to the mailbox", **ids, to=mail.functional_address)
-            metrics.MAILBOX.labels("delivered").inc()
+            counters.MAILBOX.labels("delivered").inc()
             await self._update(mail, state=InboxState.DELIVERED, attempts=mail.attempts + 1)
 
     async def _retry(self, mail: InboundMail, reason: str, ids: dict[str, Any]) -> None:
         attempts = mail.attempts + 1
         delay = pause(attempts, self.settings.first_retry, self.settings.max_retry)
         log.warning("mailbox delivery will be retried", **ids, attempts=attempts, reason=reason)
-        metrics.MAILBOX.labels("retry").inc()
+        counters.MAILBOX.labels("retry").inc()
         await self._update(
             mail,
             attempts=attempts,

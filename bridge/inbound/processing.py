@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from ..ops import metrics
+from ..mapping.to_mail import to_email
 from ..plugin import (
     DELIVERED_STATUSES,
     NOT_SERVICED,
@@ -42,6 +42,9 @@ from ..plugin import (
 )
 from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
+from ..retrieval.intake import OVERSIZE_ACTION
+from ..retrieval.opening import open_received
+from ..runtime import counters
 from ..runtime.backoff import pause
 from ..runtime.concurrently import each
 from ..sdk import kvittens as kv
@@ -61,9 +64,6 @@ from ..spool import (
     Spool,
     State,
 )
-from .intake import OVERSIZE_ACTION
-from .mapping import to_email
-from .opening import open_received
 
 log = structlog.get_logger(__name__)
 
@@ -167,7 +167,7 @@ class Inbound:
                 return
             if item.action != MESSAGE_ACTION:
                 raise _Unjudgeable("not an SDK message or kvittens document type")
-            with metrics.LATENCY.labels("inbound_judge").time():
+            with counters.LATENCY.labels("inbound_judge").time():
                 await self.process(item)
         except WAIT_ON as e:
             await self._postpone(item, e)
@@ -325,7 +325,7 @@ class Inbound:
                     sender=message.sender.organisation_id,
                     signature=found,
                 )
-                metrics.INCIDENTS.labels("malware").inc()
+                counters.INCIDENTS.labels("malware").inc()
                 raise Rejected(
                     Reason.BV,
                     Detail.FORBIDDEN,
@@ -348,7 +348,7 @@ class Inbound:
             sender=item.original_sender,
             reason=verdict.text,
         )
-        metrics.INBOUND.labels("quarantined", "-").inc()
+        counters.INBOUND.labels("quarantined", "-").inc()
 
     async def _reject(self, item: Received, opened: Opened, verdict: Verdict) -> None:
         owed = await self._kvittens(item, opened, verdict)
@@ -370,7 +370,7 @@ class Inbound:
             sender=item.original_sender,
             reason=verdict.line(),
         )
-        metrics.INBOUND.labels("rejected", f"{verdict.reason} {verdict.detail}").inc()
+        counters.INBOUND.labels("rejected", f"{verdict.reason} {verdict.detail}").inc()
 
     async def _accept(
         self,
@@ -411,7 +411,7 @@ class Inbound:
         if not concluded:
             _judged_elsewhere(item)
             return
-        metrics.INBOUND.labels("accepted", "-").inc()
+        counters.INBOUND.labels("accepted", "-").inc()
         log.info("inbound message accepted", **inbound.ids(), to=address, sender=inbound.sender)
 
     def _mail(self, message: msg.BusinessMessage, address: str, sender: tuple[str, str]) -> bytes:
@@ -508,7 +508,7 @@ class Inbound:
         )
         outcome = "ACCEPTED" if owed.accepted else "REJECTED"
         log.info("kvittens sent", id=owed.id, ebms_id=owed.answers, outcome=outcome)
-        metrics.KVITTENS_SENT.labels(outcome).inc()
+        counters.KVITTENS_SENT.labels(outcome).inc()
 
     # --- kvittens on their way -----------------------------------------------------------
 
@@ -561,7 +561,7 @@ class Inbound:
                 ebms_id=owed.ebms_id,
                 errors=details,
             )
-            metrics.KVITTENS_FAILED.inc()
+            counters.KVITTENS_FAILED.inc()
             await asyncio.to_thread(
                 self.spool.update_kvittens, owed.id, state="failed", last_error=details
             )

@@ -27,11 +27,11 @@ from typing import Any, BinaryIO
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from ..ops import metrics
-from ..outbound.mapping import parse_mail, to_business_message
+from ..mapping.to_sdk import parse_mail, to_business_message
 from ..plugin import Scanner, TemporaryFailure
 from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
+from ..runtime import counters
 from ..sdk import message as msg
 from ..spool import Envelope as SpoolEnvelope
 from ..spool import RecipientRecord, Spool, SpoolFull
@@ -156,13 +156,13 @@ class BridgeSMTP(SMTP):
             if self._refusal is None:
                 self._client = key
             else:
-                metrics.SMTP_CONNECTIONS_REFUSED.inc()
+                counters.SMTP_CONNECTIONS_REFUSED.inc()
                 count = handler.limits.refusals_to_report()
                 if count:
                     log.warning("SMTP connections refused", count=count, client=key)
         super().connection_made(transport)
         if transport.get_extra_info("ssl_object") is not None:  # the implicit TLS listener
-            metrics.SMTP_TLS.labels("implicit").inc()
+            counters.SMTP_TLS.labels("implicit").inc()
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
@@ -509,7 +509,7 @@ class IngressHandler:
         except NotFound as e:
             raise _Refused(f"550 5.1.1 {_one_line(e)}") from None
         except RegistryUnavailable as e:
-            metrics.SMTP_REGISTRY_DEFERRALS.inc()
+            counters.SMTP_REGISTRY_DEFERRALS.inc()
             raise _Refused(
                 f"451 4.4.3 SDK registry unavailable, try again later: {_one_line(e)}"
             ) from None
@@ -527,7 +527,7 @@ class IngressHandler:
     ) -> str:
         self.in_flight += 1  # a shutdown waits for these before closing the spool
         try:
-            with metrics.LATENCY.labels("smtp_accept").time():
+            with counters.LATENCY.labels("smtp_accept").time():
                 return await self._data(session, envelope)
         finally:
             self.in_flight -= 1
@@ -536,7 +536,7 @@ class IngressHandler:
         self, server: SMTP, session: BridgeSession, envelope: BridgeEnvelope
     ) -> bool:
         """After a STARTTLS handshake: counted; no client certificate is asked for."""
-        metrics.SMTP_TLS.labels("starttls").inc()
+        counters.SMTP_TLS.labels("starttls").inc()
         return True
 
     async def drained(self, timeout: float) -> bool:
@@ -580,7 +580,7 @@ class IngressHandler:
             message_id=spool_envelope.mail_message_id,
             recipients=len(envelope.recipients),
         )
-        metrics.SMTP_ACCEPTED.inc()
+        counters.SMTP_ACCEPTED.inc()
         if self.accepted is not None:
             self.accepted()
         return f"250 2.0.0 OK queued as {spool_id}"

@@ -15,8 +15,8 @@ import structlog
 from cryptography import x509
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..inbound.intake import room_wanted
 from ..spool import Spool
+from ..spool.room import room_wanted
 from . import metrics
 from .checks import expiring
 

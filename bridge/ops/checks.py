@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .. import plugin
-from ..config import Config
+from ..config import Config, open_registry
 from ..plugin.settings import is_loopback
 from ..registry.client import Registry
 from ..registry.errors import RegistryError
@@ -128,7 +128,7 @@ def online(config: Config) -> list[Finding]:
         # answer), and nothing written into the running daemon's cache.
         with tempfile.TemporaryDirectory(prefix="sdk-bridge-check-") as cache:
             fresh = dataclasses.replace(config.registry, cache_dir=Path(cache))
-            with Registry(dataclasses.replace(config, registry=fresh)) as registry:
+            with open_registry(dataclasses.replace(config, registry=fresh)) as registry:
                 findings += _registry(config, registry)
     if config.access_point is not None:
         findings.append(asyncio.run(_access_point(config)))

@@ -15,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from cryptography import x509
 
-from ..inbound.opening import open_received
-from ..ops import metrics
 from ..registry.client import Registry
 from ..registry.errors import RegistryUnavailable
+from ..retrieval.opening import open_received
+from ..runtime import counters
 from ..runtime.concurrently import each
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID
 from ..sdk.sealing import Opened, Receiver
@@ -118,7 +118,7 @@ class Receipts:
         )
         if settled:
             log.info("delivered", **delivery.ids(), outcome=str(event))
-            metrics.OUTBOUND.labels("delivered").inc()
+            counters.OUTBOUND.labels("delivered").inc()
 
     async def _rejected(self, delivery: Delivery, code: str, text: str) -> None:
         reason = f"{code}: {text}"
@@ -136,8 +136,8 @@ class Receipts:
         )
         if settled:
             log.warning("rejected by the receiver", **delivery.ids(), reason=reason)
-            metrics.OUTBOUND.labels("rejected").inc()
-            metrics.OUTBOUND_REJECTED.labels(code).inc()
+            counters.OUTBOUND.labels("rejected").inc()
+            counters.OUTBOUND_REJECTED.labels(code).inc()
 
     async def sweep(self, delay_warning: timedelta, lifetime: timedelta) -> None:
         """Deliveries that take long: one delay report each; submitted ones without a

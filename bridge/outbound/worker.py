@@ -15,7 +15,7 @@ from email.message import EmailMessage
 
 import structlog
 
-from ..ops import metrics
+from ..mapping.to_sdk import parse_mail, thread_ids, to_business_message
 from ..plugin import (
     AccessPoint,
     DuplicateSubmission,
@@ -25,14 +25,13 @@ from ..plugin import (
 )
 from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
-from ..runtime import memory
+from ..runtime import counters, memory
 from ..runtime.backoff import pause
 from ..sdk import message as msg
 from ..sdk.keys import KeyPair
 from ..sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_DOCUMENT_ID
 from ..sdk.sealing import seal_message
 from ..spool import Delivery, Spool, State
-from .mapping import parse_mail, thread_ids, to_business_message
 from .outcomes import Event, Notify, settle
 
 log = structlog.get_logger(__name__)
@@ -108,22 +107,22 @@ class Worker:
         except NotFound as e:
             await self._fail(delivery, _text(e), "5.1.1")
         except PermanentFailure as e:
-            metrics.ACCESS_POINT_ERRORS.labels("submit").inc()
+            counters.ACCESS_POINT_ERRORS.labels("submit").inc()
             await self._fail(delivery, _text(e), "5.4.4")
         except msg.InvalidMessage as e:
             await self._fail(delivery, _text(e), "5.6.0")
         except (TemporaryFailure, RegistryUnavailable, OSError) as e:
             if isinstance(e, TemporaryFailure):
-                metrics.ACCESS_POINT_ERRORS.labels("submit").inc()
+                counters.ACCESS_POINT_ERRORS.labels("submit").inc()
             await self._retry(delivery, _text(e))
         except Exception as e:  # a bug: keep the mail, say so loudly, try again later
             log.exception("delivery attempt failed unexpectedly", **delivery.ids())
             await self._retry(delivery, f"internal error: {type(e).__name__}")
         else:
             log.info("submitted", **{**delivery.ids(), "ebms_id": submitted_id})
-            metrics.OUTBOUND.labels("submitted").inc()
+            counters.OUTBOUND.labels("submitted").inc()
             waited = (datetime.now(UTC) - delivery.created_at).total_seconds()
-            metrics.LATENCY.labels("submit").observe(waited)
+            counters.LATENCY.labels("submit").observe(waited)
             await self._submitted(delivery)
 
     async def _attempt(self, delivery: Delivery) -> str:
@@ -234,7 +233,7 @@ class Worker:
 
     async def _fail(self, delivery: Delivery, reason: str, status: str) -> None:
         log.warning("delivery failed", **delivery.ids(), reason=reason)
-        metrics.OUTBOUND.labels("failed").inc()
+        counters.OUTBOUND.labels("failed").inc()
         await settle(
             self.spool,
             self.notify,

@@ -16,7 +16,6 @@ from datetime import timedelta
 import httpx
 from cryptography import x509
 
-from ..config import Config
 from ..sdk.names import MESSAGE_DOCUMENT_ID, ORGANISATION_ID
 from .addressbook import AddressBook, JsonApiSource, Organisation
 from .addresses import AddressMap
@@ -24,6 +23,7 @@ from .cache import Cache, FileCache
 from .certpub import CertPub
 from .errors import RegistryError, RegistryUnavailable, UnknownOrganisation
 from .revocation import RevocationChecker, RevocationPolicy
+from .settings import RegistryConfig
 from .smp import Endpoint, Locator, SMPClient
 
 HTTP_TIMEOUT = 10.0
@@ -47,10 +47,15 @@ class Found:
 
 
 class Registry:
-    def __init__(self, config: Config, cache: Cache | None = None) -> None:
-        if config.registry is None:
-            raise ValueError("the configuration has no registry section")
-        settings = config.registry
+    def __init__(
+        self,
+        settings: RegistryConfig,
+        trust_anchors: list[x509.Certificate],
+        sdk_domain: str | None,
+        cache: Cache | None = None,
+    ) -> None:
+        """`trust_anchors`: the federation's roots, for CertPub's certificates;
+        `sdk_domain`: our SDK mail domain, to map e-mail addresses (None: no mapping)."""
         if cache is None:
             cache = FileCache(settings.cache_dir)
         verify: ssl.SSLContext | bool = True
@@ -63,7 +68,7 @@ class Registry:
             ADDRESS_BOOK_NAME,
             ADDRESS_BOOK_MAX_AGE,
         )
-        self.addresses = AddressMap(config.sdk_domain, self.book) if config.sdk_domain else None
+        self.addresses = AddressMap(sdk_domain, self.book) if sdk_domain else None
         locator = Locator(
             base_url=settings.smp_url,
             sml_zone=settings.sml_zone,
@@ -81,7 +86,7 @@ class Registry:
             client=self._revocation_http,
         )
         self.smp = SMPClient(self._http, locator, settings.smp_trust_anchors, self.revocation)
-        self.certpub = CertPub(self.smp, config.trust_anchors, self.revocation)
+        self.certpub = CertPub(self.smp, trust_anchors, self.revocation)
 
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None

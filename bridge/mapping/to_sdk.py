@@ -22,7 +22,7 @@ Decisions, in the order of the table:
   (`context_lines`; B1.3.3 has no field for them).
 - **Body.** The text/plain part wins (the text/plain alternative of a
   multipart/alternative; format=flowed is unwrapped). HTML-only mail is converted to the
-  Markdown subset of B1.3.3 (`bridge.outbound.htmltext`: links, tables and images as
+  Markdown subset of B1.3.3 (`bridge.mapping.htmltext`: links, tables and images as
   readable text). Text is decoded by its declared charset (iso-8859-1 read as its
   superset windows-1252), falling back to UTF-8, windows-1252 and latin-1; line endings
   become "\\n"; characters XML cannot carry are removed; several body parts (mixed) are
@@ -44,7 +44,7 @@ Decisions, in the order of the table:
   text/calendar of an invite). message/rfc822 parts become ``.eml`` files (CRLF), other
   message/* parts files of their body; message/external-body and message/partial, which
   only point elsewhere, text files of their header lines. Signed mail travels whole as
-  well (`bridge.outbound.signed`). Zero-byte files cannot be carried (an empty element);
+  well (`bridge.mapping.signed`). Zero-byte files cannot be carried (an empty element);
   they are left out and named in a note at the end of the text.
 - **One document**: documentID and documentName ``SDK-Meddelande``, index ``1``.
 - **References.** Each ``X-SDK-Reference`` header (repeatable, one reference each) is a
@@ -199,7 +199,7 @@ def to_business_message(
     classes) is re-read with it so that headers and names are decoded the same way.
     `shared_mailboxes` are our functional addresses' own mailboxes (casefolded): mail
     written from one of them names no person. `raw` is the mail's bytes as received,
-    from which signed parts are cut byte for byte (`bridge.outbound.signed`). The result
+    from which signed parts are cut byte for byte (`bridge.mapping.signed`). The result
     has not been validated: `bridge.sdk.message.to_xml` does that.
     """
     mail = _as_email_message(mail)

@@ -30,7 +30,6 @@ from typing import Any
 
 import structlog
 
-from ..ops import metrics
 from ..plugin import (
     AccessPoint,
     OversizedRetrieval,
@@ -39,6 +38,7 @@ from ..plugin import (
     TemporaryFailure,
     UnreadableRetrieval,
 )
+from ..runtime import counters
 from ..runtime.concurrently import each
 from ..sdk import xhe
 from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
@@ -46,6 +46,7 @@ from ..sdk.sealing import MAX_ENVELOPE_BYTES
 from ..sdk.xmlsafe import UnsafeXML, parse
 from ..spool import STORAGE_ERRORS, Received, Spool
 from ..spool.retention import LEFT_AT_ACCESS_POINT
+from ..spool.room import room_wanted
 
 log = structlog.get_logger(__name__)
 
@@ -63,33 +64,14 @@ OVERSIZE_ACTION = "sdk-bridge:oversize"
 # deprecated interface gave it out and a crash took it): retrieved again if listed.
 LEFT_ALONE = frozenset(LEFT_AT_ACCESS_POINT)
 RETRIEVE_AGAIN = frozenset({"lost"})
-# Room the spool's disk must have before an envelope is taken from the access point: the
-# largest envelope, and as much again for the mail it becomes (`room_wanted`).
-MIN_FREE_BYTES = 2 * MAX_ENVELOPE_BYTES
 # Failed attempts to mark one stored message downloaded before an alert says so.
 ACKNOWLEDGE_ALERT = 10
-
-
-def room_needed(total: int) -> int:
-    """Free bytes a disk of `total` bytes must keep for the intake to take more:
-    `MIN_FREE_BYTES`, or a quarter of a disk too small for that (a test's tmpfs)."""
-    return min(MIN_FREE_BYTES, total // 4)
-
-
-def room_wanted(spool: Spool) -> int | None:
-    """The room the intake waits for while the spool's disk has less (`/readyz` says so
-    too); None while there is room, or where the spool cannot tell."""
-    disk = spool.disk()
-    if disk is None:
-        return None
-    free, total = disk
-    return room_needed(total) if free < room_needed(total) else None
 
 
 class Intake:
     """Fetching from one access point into one spool, for the organisations `ours`.
 
-    Nothing is retrieved while the spool's disk has less room than `MIN_FREE_BYTES`: the
+    Nothing is retrieved while the spool's disk has less room than `spool.room` asks: the
     access point keeps it meanwhile. On the deprecated interface, an envelope that still
     cannot be stored once retrieved is held in memory and stored first next round; nothing
     more is retrieved until it is. On the current one nothing is held."""
@@ -136,7 +118,7 @@ class Intake:
             listed = await self.access_point.pending(self.ours)
         except TemporaryFailure as e:
             log.warning("access point: cannot list pending messages", error=str(e))
-            metrics.ACCESS_POINT_ERRORS.labels("pending").inc()
+            counters.ACCESS_POINT_ERRORS.labels("pending").inc()
             return None
         states = await asyncio.to_thread(self.spool.received_states, listed) if listed else {}
         fresh = [i for i in listed if i not in states or states[i] in RETRIEVE_AGAIN]
@@ -161,7 +143,7 @@ class Intake:
             log.warning(
                 "access point: retrieve failed, will try again", id=message_id, error=str(e)
             )
-            metrics.ACCESS_POINT_ERRORS.labels("retrieve").inc()
+            counters.ACCESS_POINT_ERRORS.labels("retrieve").inc()
             return False
         except OversizedRetrieval as e:
             return await self._oversized(message_id, e)
@@ -190,13 +172,13 @@ class Intake:
                 ebms_id=message_id,
                 error=str(e),
             )
-            metrics.LOST.inc()
+            counters.LOST.inc()
             note = f"the access point no longer gives it out: {e}"
             await asyncio.to_thread(self.spool.lost_retrieving, message_id, note)
             return False
         if self._keeps and item.final_recipient not in self.ours:
             await self._leave(item, f"for another organisation, {item.final_recipient}")
-            metrics.FOREIGN.inc()
+            counters.FOREIGN.inc()
             log.error(
                 "a message for another organisation is listed to us; left at the access"
                 " point. Give the bridge's plugin user ROLE_USER and our organisation id as"
@@ -236,7 +218,7 @@ class Intake:
         inbound stage to answer REJECTED BV too-long; one whose ids cannot be learnt stays
         at the access point (or, on the deprecated interface, is recorded lost), with an
         alert either way."""
-        metrics.OVERSIZED.inc()
+        counters.OVERSIZED.inc()
         item = e.retrieved
         if item is None:
             log.error(
@@ -285,7 +267,7 @@ class Intake:
                 failures=failures,
                 error=str(e),
             )
-            metrics.ACCESS_POINT_ERRORS.labels("acknowledge").inc()
+            counters.ACCESS_POINT_ERRORS.labels("acknowledge").inc()
             return
         self._unacknowledged.pop(message_id, None)
 

@@ -54,7 +54,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from bridge.outbound.mapping import (
+from bridge.mapping.to_sdk import (
     CONTEXT_HEADERS,
     ELLIPSIS,
     REFERENCE_HEADER,

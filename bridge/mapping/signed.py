@@ -6,7 +6,7 @@ more file (`SIGNED_FILE_NAME`, message/rfc822), which `openssl smime -verify` or
 verifies at the other side; its text and files are also read as usual, for the reader.
 
 - multipart/signed (S/MIME detached, PGP/MIME): the part's bytes as received
-  (`bridge.outbound.rawparts`), the whole mail when it is the signed part.
+  (`bridge.mapping.rawparts`), the whole mail when it is the signed part.
 - application/pkcs7-mime signed-data (S/MIME opaque, "smime.p7m"): the file is itself
   the signed entity; `opaque_content` reads the signed MIME entity out of it.
 """

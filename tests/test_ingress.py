@@ -10,7 +10,6 @@ import os
 import re
 import smtplib
 import socket
-import sqlite3
 import ssl
 import threading
 import time
@@ -37,7 +36,7 @@ from bridge.lab.sandbox.web import Faults
 from bridge.plugin import Scanner, load
 from bridge.registry.client import Registry
 from bridge.runtime import counters
-from bridge.spool import SQLiteSpool, State
+from bridge.spool import SpoolFull, SQLiteSpool, State
 
 ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
 TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
@@ -406,7 +405,7 @@ def test_too_large_once_mapped_is_refused_at_data(ingress) -> None:
     ("error", "reply"),
     [
         (OSError(errno.ENOSPC, "No space left on device"), (452, b"4.3.1")),
-        (sqlite3.OperationalError("database or disk is full"), (452, b"4.3.1")),
+        (SpoolFull("the spool database has no room"), (452, b"4.3.1")),
         (OSError(errno.EIO, "Input/output error"), (451, b"4.3.0")),
     ],
 )

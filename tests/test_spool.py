@@ -2,14 +2,16 @@
 behaviours every back end shares are in test_spool_contract.py, run on SQLite too."""
 
 import asyncio
+import errno
 import os
 import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from test_spool_contract import AT_ONCE, ENVELOPE, RECIPIENTS
 
-from bridge.spool import SQLiteSpool, State
+from bridge.spool import SpoolFull, SQLiteSpool, State
 from bridge.spool.retention import Retention, keep_purging
 
 
@@ -108,3 +110,22 @@ def test_the_wal_is_emptied_once_no_reader_holds_it(tmp_path: Path) -> None:
     finally:
         reader.close()
         spool.close()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [sqlite3.OperationalError("database or disk is full"), OSError(errno.ENOSPC, "No space")],
+)
+def test_a_full_disk_is_spool_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """What SMTP answers 452 4.3.1 for, whichever layer noticed the disk is full."""
+    spool = SQLiteSpool(tmp_path)
+
+    def full(*_: object) -> str:
+        raise error
+
+    monkeypatch.setattr(spool, "_accept", full)
+    with pytest.raises(SpoolFull):
+        spool.accept(ENVELOPE, RECIPIENTS, b"x")
+    spool.close()

@@ -569,6 +569,25 @@ def test_partial_mail_is_discarded_at_start(spool: Spool) -> None:
     assert not arriving.exists()
 
 
+def test_unknown_ids_are_said_alike(spool: Spool) -> None:
+    """Every back end answers the same for an id it does not have: KeyError from a
+    lookup, False from a change that needs the record, nothing from a listing."""
+    for lookup in (spool.body, spool.envelope, spool.inbound_mail):
+        with pytest.raises(KeyError):
+            lookup("no-such-id")
+    with pytest.raises(KeyError):
+        spool.delivery(424242)
+    assert spool.by_sdk_message_id("no-such-id") is None
+    assert spool.by_mail_message_id("no-such-id") is None
+    assert spool.inbound_by_mail_message_id("no-such-id") is None
+    assert spool.received_payload("no-such-id") == b""
+    assert spool.received_states(["no-such-id"]) == {}
+    assert not spool.conclude_received("no-such-id", "accepted")
+    assert not spool.release_received("no-such-id")
+    assert not spool.delete_received("no-such-id")
+    assert spool.transition(424242, set(State), state=State.DELIVERED) is None
+
+
 # --- retention --------------------------------------------------------------------------
 
 AT_ONCE = Retention(content=timedelta(0), held=timedelta(0), reports=timedelta(0))

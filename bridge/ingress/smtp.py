@@ -15,7 +15,6 @@ import fnmatch
 import hmac
 import ipaddress
 import re
-import sqlite3
 import ssl
 import uuid
 from collections.abc import Callable, Sequence
@@ -651,7 +650,6 @@ def storage_reply(error: Exception) -> str:
     full = (
         isinstance(error, SpoolFull)
         or (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT))
-        or (isinstance(error, sqlite3.OperationalError) and "full" in str(error))
     )
     if full:
         return "452 4.3.1 Insufficient system storage; try again later"

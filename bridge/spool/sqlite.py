@@ -5,6 +5,7 @@ commit is durable before `accept` returns: a power cut after SMTP's 250 loses no
 crash between the two leaves an orphan file that no row names; it is never delivered.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from typing import Any
 
 from ..runtime.files import move_durably, sync_directory, write_atomic
 from .batches import first_within
-from .errors import ContentRemoved, DuplicateMessage
+from .errors import ContentRemoved, DuplicateMessage, SpoolFull
 from .retention import (
     CONCLUDED_RECEIVED,
     HELD_RECEIVED,
@@ -412,7 +413,22 @@ class SQLiteSpool:
         """Store one message for its recipients, durably; return its spool id.
 
         `body` is the message, or a file from `incoming()` holding it (moved, not copied).
+        SpoolFull when the disk has no room for it.
         """
+        try:
+            return self._accept(envelope, recipients, body)
+        except sqlite3.OperationalError as e:
+            if "full" in str(e):  # "database or disk is full"
+                raise SpoolFull(f"the spool's disk is full: {e}") from e
+            raise
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFull(f"the spool's disk is full: {e}") from e
+            raise
+
+    def _accept(
+        self, envelope: Envelope, recipients: list[RecipientRecord], body: bytes | Path
+    ) -> str:
         digest = _sha256(body)
         earlier = self._resent(envelope, recipients, digest)
         if earlier is not None:  # the client did not see our 250 (we were killed): once only
@@ -702,7 +718,8 @@ class SQLiteSpool:
         with this SDK messageId (a copy judged at the same moment)."""
         with self._lock:
             row = self._db.execute("SELECT state FROM received WHERE id = ?", (received_id,))
-            if row.fetchone()["state"] != "new":
+            found = row.fetchone()
+            if found is None or found["state"] != "new":
                 return False  # before writing: its mail file is the accepted mail's name
         written = []
         if kvittens is not None:
@@ -875,7 +892,7 @@ class SQLiteSpool:
             return (self._inbox / f"{_safe_name(row['received_id'])}.eml").read_bytes()
         except FileNotFoundError:
             self._content_removed("inbox", "sdk_message_id", sdk_message_id)
-            raise
+            raise KeyError(sdk_message_id) from None
 
     def _content_removed(self, table: str, key: str, value: str) -> None:
         """Raise ContentRemoved if retention removed the content of this row."""
@@ -1221,17 +1238,20 @@ class SQLiteSpool:
         )
 
     def body(self, message_id: str) -> bytes:
+        """KeyError: no such message; ContentRemoved: retention removed it."""
         try:
             return (self._bodies / f"{message_id}.eml").read_bytes()
         except FileNotFoundError:
             self._content_removed("messages", "id", message_id)
-            raise
+            raise KeyError(message_id) from None
 
     def envelope(self, message_id: str) -> Envelope:
         with self._lock:
             row = self._db.execute(
                 "SELECT envelope FROM messages WHERE id = ?", (message_id,)
             ).fetchone()
+        if row is None:
+            raise KeyError(message_id)
         return Envelope(**json.loads(row["envelope"]))
 
     def delivery(self, delivery_id: int) -> Delivery:

@@ -647,9 +647,8 @@ class IngressHandler:
 def storage_reply(error: Exception) -> str:
     """The reply when a message cannot be stored: full disk or quota is the standard
     452 4.3.1, so the client knows to try later; anything else a 451."""
-    full = (
-        isinstance(error, SpoolFull)
-        or (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT))
+    full = isinstance(error, SpoolFull) or (
+        isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
     )
     if full:
         return "452 4.3.1 Insufficient system storage; try again later"

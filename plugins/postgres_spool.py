@@ -55,6 +55,7 @@ from bridge.spool import (
     State,
 )
 from bridge.spool.batches import first_within
+from bridge.spool.records import owed_kvittens_from, updatable
 from bridge.spool.retention import (
     CONCLUDED_RECEIVED,
     HELD_RECEIVED,
@@ -62,7 +63,6 @@ from bridge.spool.retention import (
     SETTLED_DELIVERIES,
     TAKEN_KVITTENS,
 )
-from bridge.spool.sqlite import owed_kvittens_from, updatable
 
 # Each step must leave the previous version working (add, never drop or rename), so the
 # instances of a rolling upgrade can run on the upgraded database one after the other.

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import STORAGE_ERRORS, ContentRemoved, DuplicateMessage, SpoolFull, SpoolUnavailable
-from .retention import Purged, Retention
-from .sqlite import (
+from .records import (
     Delivery,
     Envelope,
     InboundMail,
@@ -27,9 +26,10 @@ from .sqlite import (
     OwedKvittens,
     Received,
     RecipientRecord,
-    SQLiteSpool,
     State,
 )
+from .retention import Purged, Retention
+from .sqlite import SQLiteSpool
 
 if TYPE_CHECKING:  # the registry's, kept in a shared spool
     from ..registry.cache import Cache

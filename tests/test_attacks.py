@@ -14,7 +14,7 @@ on its own.
 
 Entity attacks read a canary file (standing in for /etc/passwd: its content is known, so
 a leak can be looked for) and an external DTD served on loopback that counts requests.
-The counts of cases tried and handled appear in the test summary (conftest.HOSTILE_CASES).
+The counts of cases tried and handled appear in the test summary (support.hostile.HOSTILE_CASES).
 """
 
 import asyncio
@@ -35,16 +35,15 @@ from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import clamd
-import inbound_harness
 import pytest
-from clamd import EICAR, Clamd
-from conftest import HOSTILE_CASES
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from inbound_harness import ORG_A, ORG_B, Harness, message, rejected
 from lxml import etree
+from support import clamd, inbound_harness
+from support.clamd import EICAR, Clamd
+from support.hostile import HOSTILE_CASES
+from support.inbound_harness import ORG_A, ORG_B, Harness, message, rejected
 from test_sandbox import registry_for
 
 from bridge.inbound.processing import KVITTENS_ACTION, MESSAGE_ACTION

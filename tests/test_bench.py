@@ -9,12 +9,11 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
-import dovecot
-import postgres
 import psycopg
 import pytest
 import yaml
-from dovecot import USERS, Dovecot
+from support import dovecot, postgres
+from support.dovecot import USERS, Dovecot
 
 from bridge.lab.bench import FROM, TO_B
 from bridge.lab.local import LocalRun

@@ -11,9 +11,9 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
 
-import clamd
 import pytest
-from clamd import EICAR, REPORTED, Clamd
+from support import clamd
+from support.clamd import EICAR, REPORTED, Clamd
 
 from bridge import plugin
 from bridge.plugin import PluginError, TemporaryFailure

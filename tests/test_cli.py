@@ -13,10 +13,10 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import digg
 import pytest
-from conftest import ADDRESS_A, ORG_A, ORG_B, keypair, make_message
 from lxml import etree
+from support import digg
+from support.parties import ADDRESS_A, ORG_A, ORG_B, keypair, make_message
 
 from bridge import cli
 from bridge.lab.testpki import PASSPHRASE, Identity, TestPKI

@@ -3,9 +3,9 @@
 import re
 
 import pytest
-from conftest import ADDRESS_B, ORG_A, ORG_B, keypair, make_message
-from digg import schematron_failures, signed_vector, spec_file, xsd_errors
 from lxml import etree
+from support.digg import schematron_failures, signed_vector, spec_file, xsd_errors
+from support.parties import ADDRESS_B, ORG_A, ORG_B, keypair, make_message
 
 from bridge.lab.testpki import Identity
 from bridge.sdk import kvittens as kv

@@ -20,8 +20,8 @@ from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
-import backends
 import pytest
+from support import backends
 
 from bridge.lab.local import LocalRun
 from bridge.outbound.receipts import KVITTENS_ACTION

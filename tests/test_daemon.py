@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
-import backends
 import pytest
+from support import backends
 from test_outbound import access_point, received_by_b
 
 from bridge.lab.local import opened_spool

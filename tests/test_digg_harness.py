@@ -9,9 +9,9 @@ from __future__ import annotations
 import base64
 import copy
 
-import digg
 import pytest
 from lxml import etree
+from support import digg
 
 MESSAGE = ("message-v3", "sdk-meddelande-v3.1")
 EXAMPLE = (*MESSAGE, "example")

@@ -8,7 +8,7 @@ import random
 from datetime import UTC, datetime
 
 import pytest
-from digg import signed_vector, spec_file
+from support.digg import signed_vector, spec_file
 
 from bridge.sdk import sealing
 from bridge.sdk.keys import load_certificates

@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
-from conftest import make_message
-from domibus_xsd import Watch
 from lxml import etree
+from support.domibus_xsd import Watch
+from support.parties import make_message
 
 from bridge.lab.sandbox.federation import Sandbox
 from bridge.lab.sandbox.smp import Registration

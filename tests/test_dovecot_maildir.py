@@ -7,8 +7,8 @@ import pwd
 import stat
 from pathlib import Path
 
-import dovecot
-from dovecot import Dovecot
+from support import dovecot
+from support.dovecot import Dovecot
 
 from plugins.maildir import Maildir
 

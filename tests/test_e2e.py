@@ -23,13 +23,12 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 
-import backends
-import dovecot
 import pytest
 import yaml
-from dovecot import Dovecot
 from lxml import etree
 from prometheus_client.parser import text_string_to_metric_families
+from support import backends, dovecot
+from support.dovecot import Dovecot
 
 from bridge import config
 from bridge.lab.local import opened_spool

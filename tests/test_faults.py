@@ -41,10 +41,10 @@ from email.parser import BytesHeaderParser, BytesParser
 from pathlib import Path
 from typing import Any
 
-import backends
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from support import backends
 
 from bridge.lab.local import LocalRun
 from bridge.lab.sandbox.federation import HOST

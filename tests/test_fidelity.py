@@ -26,11 +26,10 @@ from email.parser import BytesParser
 from html.parser import HTMLParser
 from pathlib import Path
 
-import dovecot
-import mailcorpus
 import pytest
-from dovecot import Dovecot
-from mailcorpus import Attachment, Mail, RawPart, Signer, raw_tree
+from support import dovecot, mailcorpus
+from support.dovecot import Dovecot
+from support.mailcorpus import Attachment, Mail, RawPart, Signer, raw_tree
 from test_e2e import Bridge, wait_for
 
 from bridge.lab.sandbox.federation import Sandbox
@@ -52,7 +51,7 @@ URL_ATTRIBUTES = {"src", "href", "srcset", "background", "action", "formaction",
 NAMES = mailcorpus.built_names() + (mailcorpus.corpus_names() or ["cpython-corpus"])
 
 
-dovecot_server = dovecot.dovecot_server  # one Dovecot for this module; conftest's sandbox
+dovecot_server = dovecot.dovecot_server  # one Dovecot for this module; the plugin's sandbox
 
 
 @pytest.fixture(scope="module")

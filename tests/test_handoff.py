@@ -6,12 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import dovecot
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as Server
 from aiosmtpd.smtp import Envelope, Session
-from dovecot import Dovecot
+from support import dovecot
+from support.dovecot import Dovecot
 
 from bridge import plugin
 from bridge.lab import testpki

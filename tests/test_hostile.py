@@ -20,9 +20,10 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 
 import pytest
-from conftest import HOSTILE_CASES, ORG_A, ORG_B, keypair, make_message
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support.hostile import HOSTILE_CASES
+from support.parties import ORG_A, ORG_B, keypair, make_message
 
 from bridge.lab.testpki import Identity
 from bridge.mapping.to_mail import to_email

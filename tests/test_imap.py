@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import aioimaplib
-import dovecot
 import pytest
-from dovecot import Dovecot
+from support import dovecot
+from support.dovecot import Dovecot
 
 from bridge import plugin
 from plugins.imap import IMAP

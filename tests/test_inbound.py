@@ -13,13 +13,12 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 
-import clamd
-import inbound_harness
 import pytest
 import yaml
-from clamd import EICAR, Clamd
-from inbound_harness import MAILBOX_B, ORG_A, ORG_B, Harness, message, rejected
 from lxml import etree
+from support import clamd, inbound_harness
+from support.clamd import EICAR, Clamd
+from support.inbound_harness import MAILBOX_B, ORG_A, ORG_B, Harness, message, rejected
 
 from bridge.inbound.processing import MESSAGE_ACTION
 from bridge.lab.sandbox.federation import Sandbox

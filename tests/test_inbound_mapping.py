@@ -5,7 +5,7 @@ import email.policy
 from email.message import EmailMessage
 
 import lxml.html
-from conftest import make_message
+from support.parties import make_message
 
 from bridge.mapping.to_mail import MAX_FILE_NAME_BYTES, safe_file_name, to_email
 from bridge.mapping.to_sdk import cut_label, references

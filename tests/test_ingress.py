@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clamd import EICAR, clamd_server  # noqa: F401 - the fixture
+from support.clamd import EICAR, clamd_server  # noqa: F401 - the fixture
 from test_sandbox import registry_for
 
 from bridge.ingress.smtp import (

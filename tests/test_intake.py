@@ -116,7 +116,7 @@ def test_a_second_copy_does_not_replace_the_first(tmp_path: Path) -> None:
 
 @pytest.fixture
 def sandbox_envelope(alice, bob) -> bytes:
-    from conftest import keypair, make_message
+    from support.parties import keypair, make_message
 
     from bridge.sdk.sealing import seal_message
 

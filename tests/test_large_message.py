@@ -11,8 +11,8 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 
 import pytest
-from conftest import keypair, make_message
 from lxml import etree
+from support.parties import keypair, make_message
 
 from bridge.lab.testpki import Identity
 from bridge.mapping import to_sdk as mapping

@@ -25,8 +25,8 @@ from email.mime.text import MIMEText
 from pathlib import Path
 
 import pytest
-from conftest import ADDRESS_A, ADDRESS_B, ORG_A, ORG_B
-from digg import schematron_failures, xsd_errors
+from support.digg import schematron_failures, xsd_errors
+from support.parties import ADDRESS_A, ADDRESS_B, ORG_A, ORG_B
 
 from bridge.mapping.htmltext import MAX_HTML_DEPTH
 from bridge.mapping.signed import opaque_content

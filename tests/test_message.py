@@ -4,9 +4,9 @@ import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from conftest import ORG_A, make_message
-from digg import schematron_failures, spec_file, xsd_errors
 from lxml import etree
+from support.digg import schematron_failures, spec_file, xsd_errors
+from support.parties import ORG_A, make_message
 
 from bridge.sdk import message as msg
 from bridge.sdk.names import MAX_MESSAGE_BYTES, MSG_NS

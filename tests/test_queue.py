@@ -7,8 +7,8 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-import backends
 import pytest
+from support import backends
 from test_daemon import FROM, TO_B, Bridge, mail, wait_until
 
 from bridge.lab.sandbox.federation import Sandbox

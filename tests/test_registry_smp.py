@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from conftest import ORG_B, keypair
 from lxml import etree
+from support.parties import ORG_B, keypair
 
 from bridge.lab.sandbox.smp import SMP, Registration
 from bridge.lab.sandbox.web import Faults, Server

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
-import backends
 import psycopg
 import pytest
 import yaml
+from support import backends
 from test_privacy import exposed
 
 from bridge.lab.local import LocalRun

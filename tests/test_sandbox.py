@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import make_message
+from support.parties import make_message
+from support.wsplugin import Client
 from test_registry_cache import MemoryCache
-from wsplugin import Client
 
 from bridge import cli, config
 from bridge.lab.sandbox.accesspoint import WSPLUGIN_NS

@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ADDRESS_B, ORG_A, ORG_B, keypair, make_message
-from domibus_xsd import Watch
 from lxml import etree
-from wsplugin import (
+from support.domibus_xsd import Watch
+from support.parties import ADDRESS_B, ORG_A, ORG_B, keypair, make_message
+from support.wsplugin import (
     KVITTENS_ACTION,
     MESSAGE_ACTION,
     PARTY_A,

@@ -11,9 +11,9 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import ADDRESS_B, ORG_A, ORG_B, keypair, make_message, message_header
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
+from support.parties import ADDRESS_B, ORG_A, ORG_B, keypair, make_message, message_header
 
 from bridge.lab.testpki import PASSPHRASE, Identity, TestPKI
 from bridge.sdk import kvittens as kv

@@ -13,7 +13,7 @@ from email.parser import BytesHeaderParser
 from pathlib import Path
 
 import pytest
-from domibus_xsd import Watch
+from support.domibus_xsd import Watch
 
 from bridge.lab.local import LocalRun
 from bridge.outbound.worker import MESSAGE_ACTION

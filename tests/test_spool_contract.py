@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import postgres
 import psycopg
 import pytest
+from support import postgres
 from test_config import write_config
 
 from bridge import cli, config

@@ -20,11 +20,10 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
-import backends
-import postgres
 import psycopg
 import pytest
 from psycopg import sql
+from support import backends, postgres
 from test_crash import FROM, TO_B, assert_each_once, in_mailbox, mail, recover_lost
 
 from bridge.lab.local import LocalRun

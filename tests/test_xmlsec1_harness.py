@@ -11,7 +11,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from lxml import etree
-from xmlsec1 import DS, XENC, decrypt, encrypt_element, require_xmlsec1, sign_enveloped, verify
+from support.xmlsec1 import (
+    DS,
+    XENC,
+    decrypt,
+    encrypt_element,
+    require_xmlsec1,
+    sign_enveloped,
+    verify,
+)
 
 from bridge.lab.testpki import PASSPHRASE, Identity, TestPKI, make_pki
 

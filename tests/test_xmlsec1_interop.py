@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import xmlsec1
-from conftest import ADDRESS_B, ORG_A, ORG_B, keypair, make_message, message_header
 from lxml import etree
+from support import xmlsec1
+from support.parties import ADDRESS_B, ORG_A, ORG_B, keypair, make_message, message_header
 
 from bridge.lab.testpki import Identity, TestPKI
 from bridge.sdk import kvittens as kv

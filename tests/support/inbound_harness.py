@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_message
 from test_outbound import access_point
 from test_sandbox import registry_for
 
@@ -21,6 +20,7 @@ from bridge.sdk import message as msg
 from bridge.sdk.keys import KeyPair
 from bridge.sdk.sealing import Receiver, open_envelope, seal_message
 from bridge.spool import SQLiteSpool
+from support.parties import make_message
 
 ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
 MAILBOX_B = "registrator@b.sandbox.test"

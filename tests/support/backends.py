@@ -3,9 +3,9 @@ PostgreSQL, each organisation in a fresh database of the session's throw-away cl
 on Domibus 5's current WS plugin interface; and SQLite again on the deprecated interface.
 
 A module takes the parametrized fixture with `spool_backend = backends.spool_backend`
-(PostgreSQL's cluster, conftest's `postgres_server`, is started only for its turn), then
+(PostgreSQL's cluster, the plugin's `postgres_server`, is started only for its turn), then
 passes `spool_backend.spools()` to `Sandbox` or `LocalRun`. Modules that use the
-shared `sandbox` fixture take `sandbox = backends.sandbox` instead of conftest's, to run
+shared `sandbox` fixture take `sandbox = backends.sandbox` instead of the plugin's, to run
 on both. The fixtures are module-scoped, so pytest runs a module through on SQLite, then
 again on PostgreSQL.
 """
@@ -13,11 +13,11 @@ again on PostgreSQL.
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import postgres
 import pytest
 
 from bridge.lab.sandbox.federation import Sandbox
 from plugins import postgres_spool
+from support import postgres
 
 BACKENDS = ("sqlite", "postgres")  # each on Domibus 5's current WS plugin interface
 # The end-to-end, crash and fault tests run once more: SQLite on Domibus 4.x's deprecated
@@ -70,7 +70,7 @@ def _setup(request: pytest.FixtureRequest) -> SpoolBackend:
 def sandbox(
     tmp_path_factory: pytest.TempPathFactory, spool_backend: SpoolBackend
 ) -> Iterator[Sandbox]:
-    """conftest's `sandbox`, its bridges' configurations naming the module's back end."""
+    """The plugin's `sandbox`, its bridges' configurations naming the module's back end."""
     federation = Sandbox(
         tmp_path_factory.mktemp("sandbox"),
         2,

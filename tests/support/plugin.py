@@ -1,15 +1,14 @@
-"""Shared fixtures: one test PKI per session, organisations A and B, a message factory."""
+"""The suite's pytest plugin (`-p support.plugin`, pyproject.toml): the shared fixtures
+(one test PKI per session, A's and B's identities, a sandbox per module, one PostgreSQL
+per session), the attack catalogue's count, and the check that a run leaves no process of
+its own behind."""
 
-import collections
 import contextlib
-import dataclasses
 import os
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Generator, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,18 +16,12 @@ import pytest
 
 from bridge.lab.sandbox.federation import Sandbox
 from bridge.lab.testpki import Identity, TestPKI, make_pki
-from bridge.sdk import message as msg
-from bridge.sdk import xhe
-from bridge.sdk.keys import KeyPair
 from bridge.sdk.sealing import Receiver
+from support.hostile import HOSTILE_CASES
+from support.parties import ADDRESS_B, ORG_B, keypair
 
 if TYPE_CHECKING:
-    import postgres
-
-ORG_A = "0203:a.example.se"
-ORG_B = "0203:b.example.se"
-ADDRESS_A = "registrator.a"
-ADDRESS_B = "registrator.b"
+    from support import postgres
 
 
 @pytest.fixture(scope="session")
@@ -60,62 +53,6 @@ def mallory(pki: TestPKI) -> Identity:
     return pki.issue("mallory.example.se")
 
 
-def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after `timeout` seconds; nothing if it is not running."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout)
-
-
-def keypair(identity: Identity) -> KeyPair:
-    return KeyPair(identity.key, identity.cert)
-
-
-def make_message(**changes: object) -> msg.BusinessMessage:
-    """A message from A to B with every header field set; `changes` override fields."""
-    message_id = str(uuid.uuid4())
-    fields: dict[str, object] = dict(
-        message_id=message_id,
-        conversation_id=message_id,
-        created=datetime.now(UTC),
-        confidential=True,
-        label="Ansökan om bygglov",
-        generating_system=msg.Identifier("urn:sdk-bridge", "sdk-bridge test"),
-        recipient=msg.Party(
-            ORG_B,
-            msg.Attention(
-                ADDRESS_B,
-                "Registrator",
-                persons=(msg.Person(msg.Identifier("1.2.752.129.2.1.3.1", "191212121212")),),
-                references=(msg.Reference(msg.Identifier("diarienummer", "KS 2026/123")),),
-            ),
-            label="B kommun",
-        ),
-        sender=msg.Party(ORG_A, msg.Attention(ADDRESS_A, "Registrator"), label="A kommun"),
-        documents=(
-            msg.Document(
-                "SDK-Meddelande",
-                texts=("Hej!\n\nHär kommer **underlaget**.",),
-                files=(msg.ContentFile("underlag.pdf", "application/pdf", b"%PDF-1.7\n..."),),
-                name="SDK-Meddelande",
-                index="1",
-            ),
-        ),
-    )
-    fields.update(changes)
-    return msg.BusinessMessage(**fields)  # type: ignore[arg-type]
-
-
-def message_header(message: msg.BusinessMessage, **changes: object) -> xhe.Header:
-    """The envelope header our sealing would write for `message`, with `changes`."""
-    return dataclasses.replace(xhe.message_header(message), **changes)
-
-
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """A running local federation (two organisations, 2048-bit keys for speed), per module."""
@@ -130,7 +67,7 @@ def postgres_server() -> Iterator["postgres.PostgreSQL"]:
     """The throw-away PostgreSQL of tests/postgres.py, started once for the session and
     only when a test asks for it. Defined here, not taken into each module, so that the
     modules share it instead of each starting a cluster of its own."""
-    import postgres  # here: it takes stop_process from this module
+    from support import postgres
 
     yield from postgres.session_cluster()
 
@@ -145,12 +82,6 @@ def receiver_b(pki: TestPKI, alice: Identity, bob: Identity) -> Receiver:
         our_parties={ORG_B},
         our_functional_addresses={ADDRESS_B},
     )
-
-
-# Hostile-input tests count the cases they tried and handled; the summary shows them.
-HOSTILE_CASES: collections.defaultdict[str, collections.Counter[str]] = collections.defaultdict(
-    collections.Counter
-)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -18,7 +18,7 @@ from lxml import etree
 REFERENCE = Path(
     os.environ.get(
         "DOMIBUS_WS_PLUGIN_DIR",
-        Path(__file__).resolve().parents[2] / "shared" / "reference" / "domibus-ws-plugin",
+        Path(__file__).resolve().parents[3] / "shared" / "reference" / "domibus-ws-plugin",
     )
 )
 SCHEMAS = REFERENCE / "domibus-5.2" / "schemas"

@@ -8,7 +8,7 @@ as root, so as root (CI) the server runs as the system user `postgres` that the 
 package creates, and `directory` is handed to it. Starting skips the test with the reason
 when the server binaries are missing (scripts/install-system-packages installs them).
 
-The session fixture `postgres_server` (in conftest.py, so that every module shares the one
+The session fixture `postgres_server` (in support/plugin.py, so that every module shares the one
 cluster `session_cluster()` starts) serves every test; `database()` makes a fresh database.
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import stop_process
 
 from bridge.lab.sandbox.ports import free_tcp_port
+from support.processes import stop_process
 
 SERVER_USER = "postgres"  # made by the Debian package; PostgreSQL will not run as root
 START_TIMEOUT = 30.0  # seconds

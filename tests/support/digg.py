@@ -22,7 +22,7 @@ from lxml import etree, isoschematron
 if TYPE_CHECKING:  # saxonche is imported lazily: XSD-only tests do not need it
     from saxonche import PySaxonProcessor, PyXsltExecutable
 
-_DEFAULT_SPEC_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "sdk-spec"
+_DEFAULT_SPEC_DIR = Path(__file__).resolve().parents[3] / "shared" / "sdk-spec"
 
 
 def _spec_dir_candidate() -> Path:

@@ -30,10 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import stop_process
 
 from bridge.lab import testpki
 from bridge.lab.sandbox.ports import free_tcp_port
+from support.processes import stop_process
 
 USERS = {"alice": "alicepw", "bob": "bobpw"}
 MAIL_USER = "vmail"

@@ -10,7 +10,6 @@ import uuid
 from typing import Any
 
 import httpx
-from conftest import ORG_A, ORG_B
 from lxml import etree
 
 from bridge.lab.sandbox.accesspoint import (
@@ -29,6 +28,7 @@ from bridge.sdk.names import (
     PROCESS_ID_SCHEME,
     q,
 )
+from support.parties import ORG_A, ORG_B
 
 MESSAGE_ACTION = f"{DOCUMENT_ID_SCHEME}::{MESSAGE_DOCUMENT_ID}"
 KVITTENS_ACTION = f"{DOCUMENT_ID_SCHEME}::{KVITTENS_DOCUMENT_ID}"

@@ -44,7 +44,7 @@ from support import clamd, inbound_harness
 from support.clamd import EICAR, Clamd
 from support.hostile import HOSTILE_CASES
 from support.inbound_harness import ORG_A, ORG_B, Harness, message, rejected
-from test_sandbox import registry_for
+from support.registries import registry_for
 
 from bridge.inbound.processing import KVITTENS_ACTION, MESSAGE_ACTION
 from bridge.lab.sandbox.federation import Sandbox

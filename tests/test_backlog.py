@@ -8,11 +8,12 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
+from support.sandboxed import FROM_A as FROM
+from support.sandboxed import TO_B
+
 from bridge.lab.local import LocalRun
 from bridge.lab.sandbox.federation import HOST
 
-FROM = "registrator@a.sandbox.test"
-TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
 MAILS = 130  # more than a round retrieves (100) and judges (50)
 DEADLINE = 90.0
 

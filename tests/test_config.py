@@ -5,38 +5,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from support.configs import write_config
 
 from bridge import cli, config
-from bridge.lab.testpki import PASSPHRASE, Identity, TestPKI
+from bridge.lab.testpki import Identity, TestPKI
 from bridge.spool import Retention
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"
-
-
-def write_config(tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity) -> Path:
-    (tmp_path / "pass").write_bytes(PASSPHRASE + b"\n")
-    (tmp_path / "pass").chmod(0o600)
-    path = tmp_path / "config.yaml"
-    path.write_text(
-        f"""\
-organisation:
-  id: "0203:a.example.se"
-keys:
-  signing:
-    key: {alice.p12}
-    passphrase_file: pass
-  decryption:
-    - key: {alice.key_pem}
-      cert: {alice.cert_pem}
-    - key: {bob.key_pem_encrypted}
-      cert: {bob.cert_pem}
-      passphrase_file: pass
-  trust_anchors:
-    - {pki.chain_pem}
-""",
-        encoding="utf-8",
-    )
-    return path
 
 
 def test_good_config_loads(tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity) -> None:

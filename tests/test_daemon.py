@@ -3,7 +3,6 @@ smtplib and swaks arrives at B's access point, SIGTERM stops it cleanly, and SIG
 random moments loses nothing and sends nothing twice."""
 
 import asyncio
-import os
 import random
 import shutil
 import signal
@@ -13,12 +12,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 from support import backends
-from test_outbound import access_point, received_by_b
+from support.daemon import FROM, TO_B, Bridge, Sink, mail, wait_until
+from support.outbound import access_point, received_by_b
 
 from bridge.lab.local import opened_spool
 from bridge.lab.sandbox.federation import Sandbox
@@ -29,45 +28,6 @@ from bridge.spool import State
 spool_backend = backends.spool_backend
 sandbox = backends.sandbox
 
-TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
-FROM = "registrator@a.sandbox.test"
-START_TIMEOUT = 60.0
-
-
-class Bridge:
-    """One `sdk-bridge run -c org-a.yaml` process."""
-
-    def __init__(self, sandbox: Sandbox) -> None:
-        self.sandbox = sandbox
-        self.config = sandbox.config_path("a")
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "bridge.cli",
-            "--log-level",
-            "warning",
-            "run",
-            "-c",
-            str(self.config),
-        ]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        line = self.process.stdout.readline()
-        assert line.startswith("sdk-bridge ready"), line
-        assert time.monotonic() < deadline
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        assert self.process is not None
-        self.process.send_signal(signum)
-        code = self.process.wait(timeout=60)
-        self.process = None
-        return code
-
 
 @pytest.fixture
 def bridge(sandbox: Sandbox) -> Iterator[Bridge]:
@@ -76,20 +36,6 @@ def bridge(sandbox: Sandbox) -> Iterator[Bridge]:
     yield running
     if running.process is not None:
         assert running.stop() == 0
-
-
-def mail(subject: str) -> EmailMessage:
-    message = EmailMessage()
-    message["From"], message["To"], message["Subject"] = FROM, TO_B, subject
-    message.set_content(f"Innehåll för {subject}.")
-    return message
-
-
-def wait_until(predicate, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def pending_at_b(sandbox: Sandbox) -> int:
@@ -215,31 +161,10 @@ def test_sigkill_at_random_moments_loses_nothing(sandbox: Sandbox, tmp_path: Pat
     assert set(acknowledged) <= labels
 
 
-class Sink:
-    """The organisation's smart host, as far as DSNs go: collects what it is given."""
-
-    def __init__(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        from bridge.lab.sandbox.ports import free_tcp_port
-
-        self.messages: list[tuple[str, list[str], bytes]] = []
-        self.port = free_tcp_port()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-
-    async def handle_DATA(self, server, session, envelope) -> str:
-        self.messages.append((envelope.mail_from, envelope.rcpt_tos, envelope.original_content))
-        return "250 OK"
-
-    def stop(self) -> None:
-        self.controller.stop()
-
-
 def test_kvittens_outcomes_reach_the_sender_as_dsns(sandbox: Sandbox, tmp_path: Path) -> None:
     from email import message_from_bytes, policy
 
-    from test_receipts import REJECTED, send_kvittens
+    from support.kvittens import REJECTED, send_kvittens
 
     from bridge.sdk.verdict import ACCEPTED
 

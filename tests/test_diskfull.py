@@ -15,13 +15,12 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from support.sandboxed import FROM_A, TO_B
 
 from bridge.lab.local import LocalRun
 from bridge.lab.sandbox.federation import HOST
 from bridge.spool.room import MIN_FREE_BYTES, room_needed
 
-FROM_A = "registrator@a.sandbox.test"
-TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
 MAILS = 5
 TMPFS_BYTES = MIN_FREE_BYTES + 64 * 1024 * 1024
 

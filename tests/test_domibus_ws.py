@@ -27,6 +27,7 @@ import yaml
 from lxml import etree
 from support.domibus_xsd import Watch
 from support.parties import make_message
+from support.sandboxed import ORG_A, ORG_B
 
 from bridge.lab.sandbox.federation import Sandbox
 from bridge.lab.sandbox.smp import Registration
@@ -51,7 +52,6 @@ from bridge.sdk.xmlsafe import parse
 from plugins import domibus_ws
 from plugins.domibus_ws import MessageNotFound, UnreadableMessage
 
-ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
 STALE_ORG = "0203:stale.sandbox.test"  # the SMP names B's access point, which does not serve it
 MESSAGE_ACTION = f"{DOCUMENT_ID_SCHEME}::{MESSAGE_DOCUMENT_ID}"
 DIGG_EXAMPLE = Path(

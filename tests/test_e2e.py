@@ -7,7 +7,6 @@ import asyncio
 import email.policy
 import imaplib
 import json
-import os
 import random
 import signal
 import smtplib
@@ -18,17 +17,18 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
-import yaml
 from lxml import etree
 from prometheus_client.parser import text_string_to_metric_families
 from support import backends, dovecot
 from support.dovecot import Dovecot
+from support.e2e import Bridge, wait_for
+from support.sandboxed import FROM_A, FROM_B, TO_B
 
 from bridge import config
 from bridge.lab.local import opened_spool
@@ -40,12 +40,8 @@ from bridge.sdk import xhe, xmldsig, xmlenc
 # The whole module runs on SQLite, on PostgreSQL, and on SQLite with the deprecated interface.
 spool_backend = backends.bridge_setup
 
-FROM_A = "registrator@a.sandbox.test"
-TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
-FROM_B = "registrator@b.sandbox.test"
 B_FOLDER = "SDK/Registrator"
 IMAP_B_FOLDER = "SDK.Registrator"  # as Dovecot's Maildir layout names it
-START_TIMEOUT = 60.0
 PDF = b"%PDF-1.7\n" + bytes(range(256)) * 300
 
 
@@ -76,50 +72,6 @@ def federation(
     sandbox.start()
     yield sandbox
     sandbox.stop()
-
-
-class Bridge:
-    """One organisation's `sdk-bridge run`, delivering its registrator's mail over IMAPS."""
-
-    def __init__(self, sandbox: Sandbox, label: str, server: Dovecot, user: str, folder: str):
-        self.label = label
-        self.port = sandbox.smtp_port(label)
-        settings = yaml.safe_load(sandbox.config_path(label).read_text())
-        settings["functional_addresses"][0]["deliver_to"] = {
-            "plugin": "imap",
-            "port": server.imaps_port,
-            "cafile": str(server.cafile),
-            "user": user,
-            "password": dovecot.USERS[user],
-            "folder": folder,
-        }
-        settings["outbound"] = {"poll_seconds": 0.3}
-        self.config = sandbox.directory / f"e2e-{label}.yaml"
-        self.config.write_text(yaml.safe_dump(settings, allow_unicode=True))
-        self.log = sandbox.directory / f"e2e-{label}.log"
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        with self.log.open("a") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "bridge.cli", "run", "-c", str(self.config)],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        assert line.startswith("sdk-bridge ready"), self.log.read_text()[-3000:]
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        assert self.process is not None
-        self.process.send_signal(signum)
-        code = self.process.wait(timeout=START_TIMEOUT)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-        self.process = None
-        return code
 
 
 @pytest.fixture(scope="module")
@@ -168,13 +120,6 @@ def mailbox(server: Dovecot, user: str, folder: str) -> list[EmailMessage]:
             return mails
     except (imaplib.IMAP4.error, OSError):
         return []
-
-
-def wait_for(probe: Callable[[], bool], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not probe():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.3)
 
 
 def by_subject(mails: list[EmailMessage], subject: str) -> list[EmailMessage]:
@@ -333,8 +278,10 @@ def test_an_undecryptable_message_waits_in_quarantine(
 ) -> None:
     """Encrypted to the wrong key: B sends no kvittens, and its administrator finds the
     message with `sdk-bridge quarantine` while B runs."""
-    from test_inbound import MESSAGE_ACTION, message
-    from test_outbound import access_point
+    from support.inbound_harness import message
+    from support.outbound import access_point
+
+    from bridge.inbound.processing import MESSAGE_ACTION
 
     a = config.load(federation.config_path("a"))
     business = message()

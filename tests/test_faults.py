@@ -45,6 +45,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from support import backends
+from support.sandboxed import FROM_A, FROM_B
 
 from bridge.lab.local import LocalRun
 from bridge.lab.sandbox.federation import HOST
@@ -55,9 +56,7 @@ from plugins.postgres_spool import PostgresSpool
 pytestmark = pytest.mark.slow
 spool_backend = backends.bridge_setup
 
-FROM_A = "registrator@a.sandbox.test"
 TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"  # B's registrator, as A's users write it
-FROM_B = "registrator@b.sandbox.test"
 TO_A = "registrator@a.sandbox.test.sdk.b.sandbox.test"
 POLL_SECONDS = 0.2
 A_LIFETIME_SECONDS = 18.0  # shorter than the worker's first retry (24-36 s): one retry decides

@@ -29,14 +29,14 @@ from pathlib import Path
 import pytest
 from support import dovecot, mailcorpus
 from support.dovecot import Dovecot
+from support.e2e import Bridge, wait_for
 from support.mailcorpus import Attachment, Mail, RawPart, Signer, raw_tree
-from test_e2e import Bridge, wait_for
+from support.sandboxed import FROM_B
 
 from bridge.lab.sandbox.federation import Sandbox
 
 B_FOLDER = "SDK/Registrator"
 IMAP_B_FOLDER = "SDK.Registrator"  # as Dovecot's Maildir layout names it
-FROM_B = "registrator@b.sandbox.test"
 A_AT_B = "registrator@a.sandbox.test.sdk.b.sandbox.test"  # A's functional address at B
 ARRIVAL_SECONDS = 75.0  # for the whole corpus to arrive at B
 MARKER = re.compile(r"\[fid-([A-Za-z0-9_.-]+)\]")

@@ -17,6 +17,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from support.sandboxed import FROM_A, TO_B
 
 from bridge.lab.local import LocalRun, send_mail
 from bridge.lab.sandbox.federation import HOST
@@ -26,8 +27,6 @@ FLOOD_SOURCE = "127.0.0.2"
 NOOP_SECONDS = 3.0  # an admitted flood connection says NOOP this often
 RETRY_SECONDS = 5.0  # a refused one comes back after this
 MAILS = 200
-FROM_A = "registrator@a.sandbox.test"
-TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
 MAX_LOG_BYTES = 2_000_000
 
 

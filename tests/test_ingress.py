@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 from support.clamd import EICAR, clamd_server  # noqa: F401 - the fixture
-from test_sandbox import registry_for
+from support.registries import registry_for
+from support.sandboxed import ORG_A, ORG_B, TO_B
 
 from bridge.ingress.smtp import (
     JUNK_ALLOWANCE,
@@ -38,8 +39,6 @@ from bridge.registry.client import Registry
 from bridge.runtime import counters
 from bridge.spool import SpoolFull, SQLiteSpool, State
 
-ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
-TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
 FROM = "anna@kommun-a.se"
 
 

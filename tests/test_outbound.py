@@ -4,87 +4,18 @@ access point as an SDK message that B's key opens, with every mapped field equal
 import asyncio
 import dataclasses
 import email.policy
-from email.message import EmailMessage
 from pathlib import Path
 
-from test_sandbox import registry_for
+from support.outbound import TO_B, access_point, new_mail, queue, received_by_b, run_worker
+from support.registries import registry_for
+from support.sandboxed import ORG_A, ORG_B
 
 from bridge import config
 from bridge.lab.sandbox.federation import Sandbox
 from bridge.mapping.to_sdk import SUBJECT_PREFIX
 from bridge.outbound.worker import OutboundSettings, Worker
-from bridge.plugin import ACCESS_POINTS, load
 from bridge.sdk import markdown
-from bridge.sdk.sealing import Receiver, open_envelope
-from bridge.sdk.verdict import ACCEPTED
-from bridge.spool import Envelope, RecipientRecord, SQLiteSpool, State
-
-ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
-TO_B = RecipientRecord("registrator@b.sandbox.test.sdk.a.sandbox.test", ORG_B, "b.registrator")
-
-
-def access_point(sandbox: Sandbox, label: str):
-    loaded = config.load(sandbox.config_path(label))
-    return load(ACCESS_POINTS, "domibus-ws", loaded.access_point.plugin_settings())
-
-
-def run_worker(sandbox: Sandbox, spool: SQLiteSpool, cache: Path) -> None:
-    """One pass of A's worker over everything due."""
-    a = config.load(sandbox.config_path("a"))
-
-    async def once() -> None:
-        ap = access_point(sandbox, "a")
-        with registry_for(sandbox, "a", cache) as registry:
-            worker = Worker(OutboundSettings(ORG_A), spool, registry, ap, a.signing)
-            for delivery in spool.claim_due(100):
-                await worker.deliver(delivery)
-        await ap.close()
-
-    asyncio.run(once())
-
-
-def received_by_b(sandbox: Sandbox, cache: Path) -> list:
-    """B retrieves everything pending and opens it with its own key."""
-    b = config.load(sandbox.config_path("b"))
-
-    async def fetch() -> list[bytes]:
-        ap = access_point(sandbox, "b")
-        payloads = []
-        for message_id in await ap.pending():
-            payloads.append((await ap.retrieve(message_id)).payload)
-            await ap.acknowledge(message_id)  # taken: no longer pending
-        await ap.close()
-        return payloads
-
-    with registry_for(sandbox, "b", cache) as registry:
-        receiver = Receiver(
-            decryption_keys=b.decryption,
-            sender_signing_certs=list(registry.certpub.signing_certificates(ORG_A)),
-            trust_anchors=b.trust_anchors,
-            our_parties={ORG_B},
-        )
-    opened = [open_envelope(p, receiver) for p in asyncio.run(fetch())]
-    assert all(o.verdict == ACCEPTED for o in opened), [o.verdict.line() for o in opened]
-    return [o.message for o in opened]
-
-
-def queue(spool: SQLiteSpool, mail: EmailMessage) -> None:
-    envelope = Envelope(
-        mail_from="anna@kommun-a.se",
-        sender_address="a.registrator",
-        mail_message_id=(mail["Message-ID"] or "").strip("<>") or None,
-    )
-    spool.accept(envelope, [TO_B], mail.as_bytes(policy=email.policy.SMTP))
-
-
-def new_mail(subject: str, text: str | None = "Hej!", **headers: str) -> EmailMessage:
-    mail = EmailMessage()
-    mail["From"], mail["To"], mail["Subject"] = "anna@kommun-a.se", TO_B.address, subject
-    for name, value in headers.items():
-        mail[name.replace("_", "-")] = value
-    if text is not None:
-        mail.set_content(text)
-    return mail
+from bridge.spool import Envelope, SQLiteSpool, State
 
 
 def test_mails_arrive_at_b_with_every_field(sandbox: Sandbox, tmp_path: Path) -> None:

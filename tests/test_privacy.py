@@ -3,18 +3,16 @@ others read (022, as README's quick start runs it), the bridges still write ever
 their spools and mailboxes for their owner alone."""
 
 import os
-import stat
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from support.files import exposed
+from support.sandboxed import FROM_A, TO_B
 
 from bridge.lab.local import LocalRun
-
-FROM_A = "registrator@a.sandbox.test"
-TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
 
 
 @pytest.fixture
@@ -27,16 +25,6 @@ def local(tmp_path: Path) -> Iterator[LocalRun]:
         os.umask(previous)
     yield run
     run.stop()
-
-
-def exposed(root: Path) -> list[str]:
-    """Files and directories under `root` that anyone but their owner may open."""
-    found = []
-    for path in [root, *root.rglob("*")]:
-        mode = path.lstat().st_mode
-        if not stat.S_ISLNK(mode) and mode & 0o077:
-            found.append(f"{path.relative_to(root)} {stat.filemode(mode)}")
-    return found
 
 
 def test_what_the_bridges_write_is_their_owners_alone(local: LocalRun) -> None:

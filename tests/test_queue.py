@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from support import backends
-from test_daemon import FROM, TO_B, Bridge, mail, wait_until
+from support.daemon import FROM, TO_B, Bridge, mail, wait_until
 
 from bridge.lab.sandbox.federation import Sandbox
 

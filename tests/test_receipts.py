@@ -7,43 +7,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from test_outbound import access_point, new_mail, queue, run_worker
-from test_sandbox import registry_for
+from support.kvittens import REJECTED, send_kvittens
+from support.outbound import access_point, new_mail, queue, run_worker
+from support.registries import registry_for
+from support.sandboxed import ORG_A, ORG_B
 
 from bridge import config
 from bridge.lab.sandbox.federation import Sandbox
 from bridge.outbound.receipts import KVITTENS_ACTION, Event, Receipts
-from bridge.plugin import Submission
 from bridge.retrieval.intake import Intake
-from bridge.sdk import kvittens as kv
 from bridge.sdk.keys import KeyPair
-from bridge.sdk.sealing import seal_kvittens
 from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
 from bridge.spool import Received, SQLiteSpool, State
-
-ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
-
-
-def send_kvittens(
-    sandbox: Sandbox,
-    verdict: Verdict,
-    refers_to: str,
-    signer: KeyPair | None = None,
-    handling_service_id: str = "b.registrator",
-) -> None:
-    """What B's bridge would send back: a signed kvittens through B's access point."""
-    b = config.load(sandbox.config_path("b"))
-    kvittens = kv.Kvittens.answering(verdict, refers_to=refers_to, sender=ORG_B, receiver=ORG_A)
-    sealed = seal_kvittens(
-        kvittens, signer=signer or b.signing, handling_service_id=handling_service_id
-    )
-
-    async def submit() -> None:
-        ap = access_point(sandbox, "b")
-        await ap.submit(Submission(kvittens.id, sealed, KVITTENS_ACTION, ORG_B, ORG_A, refers_to))
-        await ap.close()
-
-    asyncio.run(submit())
 
 
 class Harness:
@@ -93,9 +68,6 @@ class Harness:
 @pytest.fixture
 def harness(sandbox: Sandbox, tmp_path: Path) -> Harness:
     return Harness(sandbox, tmp_path)
-
-
-REJECTED = Verdict(Outcome.REJECTED, Reason.BV, Detail.NOT_SUPPORTED, "file type not accepted")
 
 
 def test_accepted_delivers(harness: Harness) -> None:

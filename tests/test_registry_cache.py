@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
+from support.registries import MemoryCache
 
 from bridge.lab.sandbox.addressbook import AddressBookAPI
 from bridge.lab.sandbox.revocation import RevocationApp, revocation_urls
@@ -34,19 +35,6 @@ from bridge.registry.revocation import (
 HABO = "0203:habo.se"
 ENTRIES = [FunctionalAddress("sdk.habo.registrator", "Registrator", HABO, "Habo kommun")]
 BOOK_URL = "http://addressbook.test" + AddressBookAPI.PATH
-
-
-class MemoryCache:
-    """A `Cache` in a dict, as a database table would hold it."""
-
-    def __init__(self) -> None:
-        self.blobs: dict[str, tuple[bytes, datetime]] = {}
-
-    def get(self, name: str) -> tuple[bytes, datetime] | None:
-        return self.blobs.get(name)
-
-    def put(self, name: str, data: bytes) -> None:
-        self.blobs[name] = (data, datetime.now(UTC))
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 from cryptography import x509
-from test_daemon import FROM, TO_B, mail
+from support.daemon import FROM, TO_B, mail
 
 from bridge.lab.local import start_bridge
 from bridge.lab.sandbox.federation import Sandbox

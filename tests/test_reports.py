@@ -9,8 +9,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from test_daemon import Sink
-from test_outbound import TO_B, new_mail
+from support.daemon import Sink
+from support.outbound import TO_B, new_mail
 
 from bridge.lab.sandbox.ports import free_tcp_port
 from bridge.outbound import dsn

@@ -18,14 +18,13 @@ import psycopg
 import pytest
 import yaml
 from support import backends
-from test_privacy import exposed
+from support.files import exposed
+from support.sandboxed import FROM_A, TO_B
 
 from bridge.lab.local import LocalRun
 
 spool_backend = backends.spool_backend
 
-FROM_A = "registrator@a.sandbox.test"
-TO_B = "registrator@b.sandbox.test.sdk.a.sandbox.test"
 ARRIVAL_SECONDS = 90.0
 
 

@@ -3,7 +3,6 @@ address book, SMP and CertPub, revocation by OCSP and by CRL, a certificate roll
 message from A's access point to B's.
 """
 
-import dataclasses
 import os
 import signal
 import socket
@@ -17,8 +16,9 @@ from pathlib import Path
 
 import pytest
 from support.parties import make_message
+from support.registries import MemoryCache, registry_for
+from support.sandboxed import ORG_A, ORG_B
 from support.wsplugin import Client
-from test_registry_cache import MemoryCache
 
 from bridge import cli, config
 from bridge.lab.sandbox.accesspoint import WSPLUGIN_NS
@@ -35,7 +35,6 @@ from bridge.sdk import message as msg
 from bridge.sdk.sealing import Receiver, open_envelope, seal_message
 from bridge.sdk.verdict import ACCEPTED
 
-ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
 B_REGISTRATOR = "registrator@b.sandbox.test.sdk.a.sandbox.test"
 
 
@@ -46,15 +45,6 @@ def _switches_off(sandbox: Sandbox) -> None:
     for app in sandbox.revocation.values():
         app.fail("crl", None)
         app.fail("ocsp", None)
-
-
-def registry_for(
-    sandbox: Sandbox, label: str, cache: Path, shared: MemoryCache | None = None
-) -> Registry:
-    """An organisation's registry client, from the configuration the sandbox wrote."""
-    loaded = config.load(sandbox.config_path(label))
-    registry = dataclasses.replace(loaded.registry, cache_dir=cache)
-    return config.open_registry(dataclasses.replace(loaded, registry=registry), shared)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_spool_contract import AT_ONCE, ENVELOPE, RECIPIENTS
+from support.spools import AT_ONCE, ENVELOPE, RECIPIENTS
 
 from bridge.spool import SpoolFull, SQLiteSpool, State
 from bridge.spool.retention import Retention, keep_purging

@@ -18,7 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from support import postgres
-from test_config import write_config
+from support.configs import write_config
+from support.spools import AT_ONCE, ENVELOPE, NOTHING_YET, RECIPIENTS
 
 from bridge import cli, config
 from bridge.lab.testpki import Identity, TestPKI
@@ -40,21 +41,6 @@ from bridge.spool import (
 from plugins import postgres_spool
 from plugins.postgres_spool import PostgresSpool
 
-ENVELOPE = Envelope(
-    mail_from="anna@kommun.se",
-    client="127.0.0.1:50000",
-    helo="exchange.kommun.se",
-    envid="ENV-1",
-    ret="HDRS",
-    mail_message_id="abc@kommun.se",
-    sender_address="a.registrator",
-)
-RECIPIENTS = [
-    RecipientRecord(
-        "registrator@b.se.sdk.kommun.se", "0203:b.se", "b.registrator", None, ("SUCCESS", "FAILURE")
-    ),
-    RecipientRecord("ekonomi@c.se.sdk.kommun.se", "0203:c.se", "c.ekonomi"),
-]
 LEASE = timedelta(minutes=5)
 EXPIRED = timedelta(seconds=-1)  # the lease of an instance that died
 
@@ -589,9 +575,6 @@ def test_unknown_ids_are_said_alike(spool: Spool) -> None:
 
 
 # --- retention --------------------------------------------------------------------------
-
-AT_ONCE = Retention(content=timedelta(0), held=timedelta(0), reports=timedelta(0))
-NOTHING_YET = Retention(content=timedelta(hours=1), held=timedelta(days=1))
 
 
 def test_outbound_content_goes_once_every_delivery_settled(spool: Spool) -> None:

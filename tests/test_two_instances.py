@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from support import backends, postgres
-from test_crash import FROM, TO_B, assert_each_once, in_mailbox, mail, recover_lost
+from support.localruns import FROM, TO_B, assert_each_once, in_mailbox, mail, recover_lost
 
 from bridge.lab.local import LocalRun
 from bridge.lab.sandbox.federation import HOST

@@ -7,8 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_outbound import access_point
-from test_sandbox import registry_for
 
 from bridge import config
 from bridge.inbound.processing import KVITTENS_ACTION, MESSAGE_ACTION, Inbound, InboundSettings
@@ -20,9 +18,11 @@ from bridge.sdk import message as msg
 from bridge.sdk.keys import KeyPair
 from bridge.sdk.sealing import Receiver, open_envelope, seal_message
 from bridge.spool import SQLiteSpool
+from support.outbound import access_point
 from support.parties import make_message
+from support.registries import registry_for
+from support.sandboxed import ORG_A, ORG_B
 
-ORG_A, ORG_B = "0203:a.sandbox.test", "0203:b.sandbox.test"
 MAILBOX_B = "registrator@b.sandbox.test"
 
 

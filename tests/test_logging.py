@@ -5,6 +5,7 @@ JSON, and rate-limited where a client can cause the lines."""
 import asyncio
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +24,7 @@ def json_log(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixtu
     saved = (root.handlers[:], root.level, logging.getLogger("mail.log").level)
     bridge_logging.configure("info", json=True)
     yield capsys
+    logging.captureWarnings(False)
     root.handlers, root.level = saved[0], saved[1]
     logging.getLogger("mail.log").setLevel(saved[2])
     structlog.configure(**saved_config)
@@ -64,3 +66,12 @@ def test_event_loop_errors_are_one_json_line_each(json_log: Captured) -> None:
     assert len(found) == bridge_logging.LINES_PER_MINUTE
     assert found[0]["message"] == "accept failed"
     assert "Too many" in str(found[0]["error"])
+
+
+def test_a_librarys_warning_is_a_json_line(json_log: Captured) -> None:
+    """Not loose text on stderr: a deprecation a library prints must not break the log."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("this is deprecated", UserWarning, stacklevel=1)
+    (line,) = lines(json_log)
+    assert line["logger"] == "py.warnings" and "this is deprecated" in str(line["event"])

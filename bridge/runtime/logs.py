@@ -50,6 +50,7 @@ def configure(level: str = "info", json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers = [_ToStructlog()]
     root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # a library's warning is a log line too, not loose text
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -26,6 +26,9 @@ from .spool import Retention, Spool
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # libpq's
 
 
+MAX_NUMBER = 1_000_000  # hours, days or seconds: far above any setting's sense
+
+
 class ConfigError(ValueError):
     def __init__(self, file: Path, line: int | None, key: str, problem: str) -> None:
         where = f"{file}:{line}" if line else str(file)
@@ -200,6 +203,19 @@ class _Node:
         if not isinstance(self.node, yaml.ScalarNode) or not str(self.node.value).strip():
             raise self.error("expected a non-empty text")
         return str(self.node.value)
+
+    def number(self, minimum: float = 0, *, above: float | None = None) -> float:
+        """A number of at least `minimum` (or more than `above`), and at most MAX_NUMBER:
+        no setting needs more, and `inf` or `nan` would break the timers."""
+        try:
+            value = float(self.string())
+        except ValueError:
+            raise self.error("expected a number") from None
+        low_enough = value > above if above is not None else value >= minimum
+        if not (low_enough and value <= MAX_NUMBER):  # also false for nan
+            least = f"above {above:g}" if above is not None else f"of at least {minimum:g}"
+            raise self.error(f"expected a number {least} and at most {MAX_NUMBER:g}")
+        return value
 
     def path(self) -> Path:
         """A file path; relative ones from the configuration file's directory. Environment
@@ -437,15 +453,7 @@ def _outbound(node: _Node) -> OutboundConfig:
     )
 
     def number(name: str, default: float) -> float:
-        if name not in fields:
-            return default
-        try:
-            value = float(fields[name].string())
-        except ValueError:
-            raise fields[name].error("expected a number") from None
-        if value <= 0:
-            raise fields[name].error("expected a positive number")
-        return value
+        return fields[name].number(above=0) if name in fields else default
 
     return OutboundConfig(
         lifetime=timedelta(hours=number("lifetime_hours", 120)),
@@ -467,15 +475,7 @@ def _retention(node: _Node) -> Retention:
     default = Retention()
 
     def age(name: str, unit: timedelta, fallback: timedelta, minimum: float) -> timedelta:
-        if name not in fields:
-            return fallback
-        try:
-            value = float(fields[name].string())
-        except ValueError:
-            raise fields[name].error("expected a number") from None
-        if not minimum <= value < 100 * 365:
-            raise fields[name].error(f"expected a number of at least {minimum:g}")
-        return value * unit
+        return fields[name].number(minimum) * unit if name in fields else fallback
 
     hour, day = timedelta(hours=1), timedelta(days=1)
     retention = Retention(

@@ -901,57 +901,51 @@ class PostgresSpool:
         are emptied, their rows kept as records; what PostgreSQL keeps of the old values
         (dead tuples until vacuumed, WAL, backups) is the database's to retain."""
         purged = Purged()
-        # Each condition is repeated outside the subquery: a row another instance changed
-        # meanwhile (released, retried, recovered) is checked again once its lock is free.
-        settled = (
+        purged.outbound_mails = self._empty(
+            "messages",
+            "id",
+            "body = ''::bytea",
             "content_removed_at IS NULL AND NOT EXISTS (SELECT 1 FROM deliveries d"
             " WHERE d.message_id = messages.id AND (d.state <> ALL(%s)"
-            " OR d.updated_at > now() - %s OR jsonb_typeof(d.notes -> 'report') = 'object'))"
-        )
-        settled_values = (list(SETTLED_DELIVERIES), retention.content)
-        purged.outbound_mails = self._batches(
-            "UPDATE messages SET body = ''::bytea, content_removed_at = now() WHERE id IN"
-            f" (SELECT id FROM messages WHERE {settled} LIMIT %s) AND {settled}",
-            settled_values,
-            settled_values,
+            " OR d.updated_at > now() - %s OR jsonb_typeof(d.notes -> 'report') = 'object'))",
+            (list(SETTLED_DELIVERIES), retention.content),
         )
         judged = "content_removed_at IS NULL AND state = ANY(%s) AND received_at <= now() - %s"
-        concluded = (list(CONCLUDED_RECEIVED), retention.content)
-        purged.received_envelopes = self._batches(
-            "UPDATE received SET payload = NULL, content_removed_at = now() WHERE id IN"
-            f" (SELECT id FROM received WHERE {judged} LIMIT %s) AND {judged}",
-            concluded,
-            concluded,
+        purged.received_envelopes = self._empty(
+            "received",
+            "id",
+            "payload = NULL",
+            judged,
+            (list(CONCLUDED_RECEIVED), retention.content),
         )
-        held = (list(HELD_RECEIVED), retention.held)
-        purged.held = self._batches(
-            "UPDATE received SET payload = NULL, state = 'deleted', content_removed_at = now()"
-            f" WHERE id IN (SELECT id FROM received WHERE {judged} LIMIT %s) AND {judged}",
-            held,
-            held,
+        purged.held = self._empty(
+            "received",
+            "id",
+            "payload = NULL, state = 'deleted'",
+            judged,
+            (list(HELD_RECEIVED), retention.held),
         )
-        inbox = "content_removed_at IS NULL AND state = %s AND updated_at <= now() - %s"
-        for state, age in (
-            (InboxState.DELIVERED, retention.content),
-            (InboxState.FAILED, retention.held),
-        ):
-            removed = self._batches(
-                "UPDATE inbox SET mail = ''::bytea, content_removed_at = now() WHERE sdk_message_id"
-                f" IN (SELECT sdk_message_id FROM inbox WHERE {inbox} LIMIT %s) AND {inbox}",
-                (state.value, age),
-                (state.value, age),
-            )
-            if state is InboxState.DELIVERED:
-                purged.inbound_mails = removed
-            else:
-                purged.held += removed
-        taken = "content_removed_at IS NULL AND state = ANY(%s) AND updated_at <= now() - %s"
-        taken_values = (list(TAKEN_KVITTENS), retention.content)
-        purged.kvittens = self._batches(
-            "UPDATE kvittens_out SET payload = ''::bytea, content_removed_at = now() WHERE id IN"
-            f" (SELECT id FROM kvittens_out WHERE {taken} LIMIT %s) AND {taken}",
-            taken_values,
-            taken_values,
+        settled_mail = "content_removed_at IS NULL AND state = %s AND updated_at <= now() - %s"
+        purged.inbound_mails = self._empty(
+            "inbox",
+            "sdk_message_id",
+            "mail = ''::bytea",
+            settled_mail,
+            (InboxState.DELIVERED.value, retention.content),
+        )
+        purged.held += self._empty(
+            "inbox",
+            "sdk_message_id",
+            "mail = ''::bytea",
+            settled_mail,
+            (InboxState.FAILED.value, retention.held),
+        )
+        purged.kvittens = self._empty(
+            "kvittens_out",
+            "id",
+            "payload = ''::bytea",
+            "content_removed_at IS NULL AND state = ANY(%s) AND updated_at <= now() - %s",
+            (list(TAKEN_KVITTENS), retention.content),
         )
         purged.reports = self._batches(
             "DELETE FROM reports WHERE id IN"
@@ -960,6 +954,20 @@ class PostgresSpool:
         )
         purged.records = self._remove_records(retention.records)
         return purged
+
+    def _empty(
+        self, table: str, key: str, emptied: str, condition: str, values: tuple[Any, ...]
+    ) -> int:
+        """Set `emptied` (the content columns) and mark the rows `condition` finds, batch by
+        batch. The condition is checked again outside the subquery: a row another instance
+        changed meanwhile (released, retried, recovered) is looked at anew once its lock
+        is free."""
+        return self._batches(
+            f"UPDATE {table} SET {emptied}, content_removed_at = now() WHERE {key} IN"
+            f" (SELECT {key} FROM {table} WHERE {condition} LIMIT %s) AND {condition}",
+            values,
+            values,
+        )
 
     def _batches(self, statement: str, before: tuple[Any, ...], after: tuple[Any, ...] = ()) -> int:
         """Run `statement`, its parameters `before`, the batch size and `after`, until it

@@ -442,6 +442,8 @@ def test_check_config_warns_of_exposed_secrets_and_an_open_admin_port(
         ("  held_days: 0\n", 16, "retention.held_days", "at least 1"),
         ("  records_days: 7\n  held_days: 30\n", 16, "retention.records_days", "at least as long"),
         ("  keep: forever\n", 16, "retention.keep", "unknown key"),
+        ("  records_days: inf\n", 16, "retention.records_days", "at most 1e+06"),
+        ("  reports_days: nan\n", 16, "retention.reports_days", "of at least 1"),
     ],
 )
 def test_retention(

@@ -16,7 +16,7 @@ from bridge.lab.sandbox.ports import free_tcp_port
 from bridge.outbound import dsn
 from bridge.outbound.outcomes import Event, settle
 from bridge.outbound.reports import DsnReporter, inside, sender_domains
-from bridge.spool import Delivery, Envelope, Retention, SQLiteSpool, State
+from bridge.spool import Delivery, Envelope, RecipientRecord, Retention, SQLiteSpool, State
 
 
 def reporter_for(spool: SQLiteSpool, port: int) -> DsnReporter:
@@ -31,13 +31,18 @@ def reporter_for(spool: SQLiteSpool, port: int) -> DsnReporter:
     )
 
 
-def test_a_report_waits_for_the_smart_host(tmp_path: Path) -> None:
-    spool = SQLiteSpool(tmp_path)
+def anna_sends(spool: SQLiteSpool, recipient: RecipientRecord, subject: str) -> None:
+    """A mail from anna@kommun-a.se, inside the organisation, accepted for `recipient`."""
     spool.accept(
         Envelope("anna@kommun-a.se", sender_address="a.registrator"),
-        [TO_B],
-        new_mail("Rapport").as_bytes(policy=email.policy.SMTP),
+        [recipient],
+        new_mail(subject).as_bytes(policy=email.policy.SMTP),
     )
+
+
+def test_a_report_waits_for_the_smart_host(tmp_path: Path) -> None:
+    spool = SQLiteSpool(tmp_path)
+    anna_sends(spool, TO_B, "Rapport")
     (delivery,) = spool.deliveries()
     port = free_tcp_port()  # nothing listens yet
     reporter = reporter_for(spool, port)
@@ -67,11 +72,7 @@ def test_a_report_owed_while_another_is_sent_is_not_lost(tmp_path: Path) -> None
     report stays owed (the delay report's clearing leaves it) and goes out next round."""
     spool = SQLiteSpool(tmp_path)
     recipient = dataclasses.replace(TO_B, notify=("DELAY", "FAILURE"))
-    spool.accept(
-        Envelope("anna@kommun-a.se", sender_address="a.registrator"),
-        [recipient],
-        new_mail("Rapport").as_bytes(policy=email.policy.SMTP),
-    )
+    anna_sends(spool, recipient, "Rapport")
     (delivery,) = spool.deliveries()
     reporter = reporter_for(spool, 1)
     sent: list[str] = []
@@ -158,11 +159,7 @@ def test_delivered_after_all_once_its_content_is_gone(tmp_path: Path) -> None:
     ACCEPTED come after all, the sender still hears so, without the original's headers."""
     spool = SQLiteSpool(tmp_path)
     recipient = dataclasses.replace(TO_B, notify=("SUCCESS", "FAILURE"))
-    spool.accept(
-        Envelope("anna@kommun-a.se", sender_address="a.registrator"),
-        [recipient],
-        new_mail("Sent omsider").as_bytes(policy=email.policy.SMTP),
-    )
+    anna_sends(spool, recipient, "Sent omsider")
     (delivery,) = spool.deliveries()
     spool.update(delivery.id, state=State.FAILED)
     assert spool.purge(Retention()).outbound_mails == 1

@@ -138,6 +138,17 @@ def kvittens(kvittens_id: str, answers: str) -> OwedKvittens:
     return OwedKvittens(kvittens_id, answers, "0203:b.se", "conv-1", accepted=True)
 
 
+def accept_e1(spool: Spool) -> None:
+    """Received envelope e-1 accepted: its kvittens kv-1 owed, its mail sdk-1 on its way."""
+    spool.conclude_received(
+        "e-1",
+        "accepted",
+        kvittens=(kvittens("kv-1", "e-1"), b"<kvittens/>"),
+        mail=(inbound("sdk-1", "e-1"), b"From: b\r\n\r\nHej"),
+        sdk_message_id="sdk-1",
+    )
+
+
 # --- outbound: accept, claim, lease, transition ---------------------------------------------
 
 
@@ -393,13 +404,7 @@ def test_quarantine_release_and_delete(spool: Spool) -> None:
 def test_conclude_stores_state_kvittens_and_mail_together(spool: Spool) -> None:
     spool.store_received(received("e-1"))
     assert not spool.known_inbound("sdk-1")
-    spool.conclude_received(
-        "e-1",
-        "accepted",
-        kvittens=(kvittens("kv-1", "e-1"), b"<kvittens/>"),
-        mail=(inbound("sdk-1", "e-1"), b"From: b\r\n\r\nHej"),
-        sdk_message_id="sdk-1",
-    )
+    accept_e1(spool)
     assert spool.received("accepted")[0].id == "e-1"
     assert spool.known_inbound("sdk-1") and not spool.rejected_inbound("sdk-1")
     assert spool.owed_kvittens() == [(kvittens("kv-1", "e-1"), b"<kvittens/>")]
@@ -601,13 +606,7 @@ def test_outbound_content_goes_once_every_delivery_settled(spool: Spool) -> None
 def test_inbound_content_goes_once_in_its_mailbox(spool: Spool) -> None:
     spool.store_received(received("e-1", b"<xhe>krypterat</xhe>"))
     spool.store_received(received("e-2", b"<xhe>oklart</xhe>"))
-    spool.conclude_received(
-        "e-1",
-        "accepted",
-        kvittens=(kvittens("kv-1", "e-1"), b"<kvittens/>"),
-        mail=(inbound("sdk-1", "e-1"), b"From: b\r\n\r\nHej"),
-        sdk_message_id="sdk-1",
-    )
+    accept_e1(spool)
     spool.conclude_received("e-2", "quarantined", "cannot decrypt")
     purged = spool.purge(NOTHING_YET)
     assert (purged.received_envelopes, purged.inbound_mails, purged.held) == (0, 0, 0)
@@ -660,13 +659,7 @@ def test_records_go_after_their_time(spool: Spool) -> None:
     for delivery in spool.deliveries():
         spool.update(delivery.id, state=State.DELIVERED)
     spool.store_received(received("e-1"))
-    spool.conclude_received(
-        "e-1",
-        "accepted",
-        kvittens=(kvittens("kv-1", "e-1"), b"<kvittens/>"),
-        mail=(inbound("sdk-1", "e-1"), b"mail"),
-        sdk_message_id="sdk-1",
-    )
+    accept_e1(spool)
     spool.update_inbound("sdk-1", state=InboxState.DELIVERED)
     spool.update_kvittens("kv-1", state="delivered")
     spool.purge(AT_ONCE)  # content first

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 from support import backends
-from support.daemon import FROM, TO_B, Bridge, Sink, mail, wait_until
+from support.daemon import FROM, TO_B, Bridge, Sink, mail
 from support.outbound import access_point, received_by_b
+from support.waiting import eventually
 
 from bridge.lab.local import opened_spool
 from bridge.lab.sandbox.federation import Sandbox
@@ -34,8 +35,9 @@ def bridge(sandbox: Sandbox) -> Iterator[Bridge]:
     running = Bridge(sandbox)
     running.start()
     yield running
-    if running.process is not None:
-        assert running.stop() == 0
+    code = running.stop() if running.process is not None else 0
+    running.close()
+    assert code == 0
 
 
 def pending_at_b(sandbox: Sandbox) -> int:
@@ -84,7 +86,7 @@ def test_mail_through_the_daemon(bridge: Bridge, sandbox: Sandbox, tmp_path: Pat
         )
         assert result.returncode == 0, result.stdout + result.stderr
     expected = 3 if shutil.which("swaks") else 2
-    wait_until(lambda: pending_at_b(sandbox) >= expected)
+    eventually(lambda: pending_at_b(sandbox) >= expected)
     by_label = {m.label: m for m in received_by_b(sandbox, tmp_path / "cache-b")}
     assert set(by_label) == {"Via smtplib", "Åtgärd för Örebro – ärende 7", "Via swaks"} - (
         set() if shutil.which("swaks") else {"Via swaks"}
@@ -151,7 +153,7 @@ def test_sigkill_at_random_moments_loses_nothing(sandbox: Sandbox, tmp_path: Pat
         running.start()
     thread.join(300)
     assert len(acknowledged) == 200
-    wait_until(lambda: all(d.state is State.SUBMITTED for d in spooled()), 120)
+    eventually(lambda: all(d.state is State.SUBMITTED for d in spooled()), 120)
     assert running.stop() == 0
     arrived = received_by_b(sandbox, tmp_path / "cache-b")
     ids = [m.message_id for m in arrived]
@@ -186,12 +188,12 @@ def test_kvittens_outcomes_reach_the_sender_as_dsns(sandbox: Sandbox, tmp_path: 
                 smtp.send_message(
                     mail(subject), FROM, [TO_B], rcpt_options=["NOTIFY=SUCCESS,FAILURE"]
                 )
-        wait_until(lambda: pending_at_b(sandbox) >= 2)
+        eventually(lambda: pending_at_b(sandbox) >= 2)
         for message in received_by_b(sandbox, tmp_path / "cache-b"):
             sent[message.label] = message.message_id
         send_kvittens(sandbox, REJECTED, sent["Avvisas"])
         send_kvittens(sandbox, ACCEPTED, sent["Tas emot"])
-        wait_until(lambda: len(sink.messages) >= 2, 60)
+        eventually(lambda: len(sink.messages) >= 2, 60)
     finally:
         assert running.stop() == 0
         sink.stop()
@@ -232,7 +234,10 @@ def test_a_killed_bridge_leaves_no_crypto_worker(sandbox: Sandbox) -> None:
     pid = running.process.pid
     with smtplib.SMTP("127.0.0.1", sandbox.smtp_port("a"), timeout=30) as smtp:
         smtp.send_message(mail("Startar arbetarna"), FROM, [TO_B])  # sealing spawns them
-    wait_until(lambda: len(children(pid)) >= 2)
+    eventually(lambda: len(children(pid)) >= 2)
     workers = children(pid)
     running.stop(signal.SIGKILL)
-    wait_until(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 10)
+    try:
+        eventually(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 10)
+    finally:
+        running.close()

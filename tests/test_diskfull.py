@@ -10,17 +10,19 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 from support.sandboxed import FROM_A, TO_B
+from support.waiting import eventually
 
 from bridge.lab.local import LocalRun
 from bridge.lab.sandbox.federation import HOST
 from bridge.spool.room import MIN_FREE_BYTES, room_needed
 
+WAIT_SECONDS = 90  # for a tmpfs filled and freed, a bridge killed and restarted
 MAILS = 5
 TMPFS_BYTES = MIN_FREE_BYTES + 64 * 1024 * 1024
 
@@ -49,13 +51,6 @@ def readyz(port: int) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def wait_for(probe: Callable[[], bool], seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while not probe():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.3)
-
-
 def send_all(local: LocalRun) -> None:
     for number in range(MAILS):
         mail = EmailMessage()
@@ -81,13 +76,13 @@ def test_a_full_disk_loses_nothing_and_reports_nothing_false(tmp_path: Path, ful
         try:
             if full == "a":  # A must take the mails first: a full A answers 452
                 send_all(local)
-                wait_for(lambda: submitted(local))
+                eventually(lambda: submitted(local), WAIT_SECONDS)
             usage = shutil.disk_usage(state)
             filler.write_bytes(b"\0" * (usage.free - room_needed(usage.total) + 1024 * 1024))
             if full == "b":
                 send_all(local)
             admin = local.sandbox.admin_port(full)
-            wait_for(lambda: "disk is nearly full" in readyz(admin)[1])
+            eventually(lambda: "disk is nearly full" in readyz(admin)[1], WAIT_SECONDS)
             time.sleep(2)  # rounds of the intake: nothing may be taken
             maildir = local.maildir("b") / "new"
             if full == "b":
@@ -96,8 +91,8 @@ def test_a_full_disk_loses_nothing_and_reports_nothing_false(tmp_path: Path, ful
                 assert local.kvittens("a") == {}
             local.kill(full)  # in that state; restarted at once
             filler.unlink()
-            wait_for(lambda: len(list(maildir.glob("*"))) == MAILS)
-            wait_for(lambda: len(local.kvittens("a")) == MAILS)
+            eventually(lambda: len(list(maildir.glob("*"))) == MAILS, WAIT_SECONDS)
+            eventually(lambda: len(local.kvittens("a")) == MAILS, WAIT_SECONDS)
             assert set(local.kvittens("a").values()) == {"ACCEPTED"}
             for label in ("a", "b"):
                 with local.spool(label) as spool:

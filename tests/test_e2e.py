@@ -27,8 +27,9 @@ from lxml import etree
 from prometheus_client.parser import text_string_to_metric_families
 from support import backends, dovecot
 from support.dovecot import Dovecot
-from support.e2e import Bridge, wait_for
+from support.e2e import Bridge
 from support.sandboxed import FROM_A, FROM_B, TO_B
+from support.waiting import eventually
 
 from bridge import config
 from bridge.lab.local import opened_spool
@@ -84,8 +85,9 @@ def bridges(federation: Sandbox, dovecot_server: Dovecot) -> Iterator[dict[str, 
         bridge.start()
     yield running
     for bridge in running.values():
-        if bridge.process is not None:
-            assert bridge.stop() == 0, bridge.log.read_text()[-3000:]
+        code = bridge.stop() if bridge.process is not None else 0
+        bridge.close()
+        assert code == 0, bridge.log.read_text()[-3000:]
 
 
 def send(bridge: Bridge, mail: EmailMessage, sender: str, recipient: str) -> None:
@@ -157,7 +159,7 @@ def test_a_mail_arrives_in_imap_fully_mapped_and_the_reply_threads_back(
         found = mailbox(dovecot_server, "bob", IMAP_B_FOLDER)
         return len(by_subject(found, first["Subject"]) + by_subject(found, "Bara HTML")) == 2
 
-    wait_for(arrived)
+    eventually(arrived)
     found = mailbox(dovecot_server, "bob", IMAP_B_FOLDER)
     (mail,) = by_subject(found, first["Subject"])
     assert mail["From"].addresses[0].addr_spec == "registrator@a.sandbox.test.sdk.b.sandbox.test"
@@ -193,7 +195,7 @@ def test_a_mail_arrives_in_imap_fully_mapped_and_the_reply_threads_back(
     send(bridges["b"], reply, FROM_B, mail["From"].addresses[0].addr_spec)
     # The secrecy tag in a subject marks the reply confidential; B shows it in front.
     subject = "[sekretess] Sv: Ärende om förhandsbesked – Älvdalen"
-    wait_for(lambda: bool(by_subject(mailbox(dovecot_server, "alice", "INBOX"), subject)))
+    eventually(lambda: bool(by_subject(mailbox(dovecot_server, "alice", "INBOX"), subject)))
     (answer,) = by_subject(mailbox(dovecot_server, "alice", "INBOX"), subject)
     assert answer["X-SDK-Confidentiality"] == "true"
     assert answer["In-Reply-To"] == first["Message-ID"]  # threads under A's own mail
@@ -227,11 +229,11 @@ def test_mail_waits_while_dovecot_is_down_and_arrives_once(
         for mail in mails:
             send(bridges["a"], mail, FROM_A, TO_B)
         log = bridges["b"].log
-        wait_for(lambda: log.read_text().count("mailbox delivery will be retried") >= 3)
+        eventually(lambda: log.read_text().count("mailbox delivery will be retried") >= 3)
     finally:
         dovecot_server.start()
     wanted = sorted(str(m["Subject"]) for m in mails)
-    wait_for(lambda: subjects(dovecot_server, "Under driftstopp") == wanted, 90)
+    eventually(lambda: subjects(dovecot_server, "Under driftstopp") == wanted, 90)
     time.sleep(2)  # a late duplicate would show up now
     assert subjects(dovecot_server, "Under driftstopp") == wanted
 
@@ -313,7 +315,7 @@ def test_an_undecryptable_message_waits_in_quarantine(
         )
         return [e for e in json.loads(listed.stdout) if e["id"] == ebms_id]
 
-    wait_for(lambda: bool(held()))
+    eventually(lambda: bool(held()))
     (entry,) = held()
     assert entry["state"] == "quarantined"
     assert entry["note"].startswith("payload cannot be decrypted")
@@ -356,6 +358,6 @@ def test_sigkill_of_the_receiving_bridge_loses_and_doubles_nothing(
         command += ["-c", str(bridges["b"].config), "--ebms-id", ebms_id, str(envelope)]
         subprocess.run(command, check=True, capture_output=True, timeout=60)
     wanted = sorted(str(m["Subject"]) for m in mails)
-    wait_for(lambda: subjects(dovecot_server, "Avbrott") == wanted, 120)
+    eventually(lambda: subjects(dovecot_server, "Avbrott") == wanted, 120)
     time.sleep(2)
     assert subjects(dovecot_server, "Avbrott") == wanted

@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser, BytesParser
@@ -46,6 +46,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from support import backends
 from support.sandboxed import FROM_A, FROM_B
+from support.waiting import eventually
 
 from bridge.lab.local import LocalRun
 from bridge.lab.sandbox.federation import HOST
@@ -274,23 +275,16 @@ def kvittens(local: LocalRun, label: str, message: EmailMessage) -> list[str | N
 
 def acknowledged(local: LocalRun, label: str, messages: list[EmailMessage], seconds: float) -> None:
     """Every one of `messages` sent through `label` is answered by a kvittens ACCEPTED."""
-    wait_until(
+    eventually(
         lambda: all(kvittens(local, label, m) == ["ACCEPTED"] for m in messages),
         seconds,
         f"kvittens ACCEPTED at {label.upper()} for {[str(m['Subject']) for m in messages]}",
     )
 
 
-def wait_until(probe: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not probe():
-        assert time.monotonic() < deadline, f"not within {seconds:.0f} s: {what}"
-        time.sleep(0.2)
-
-
 def delivered_once(local: LocalRun, label: str, subjects: list[str], seconds: float) -> None:
     """Every one of `subjects` reaches `label`'s Maildir, and none twice."""
-    wait_until(
+    eventually(
         lambda: all(in_maildir(local, label)[s] for s in subjects),
         seconds,
         f"{subjects} in {label.upper()}'s Maildir",
@@ -336,13 +330,13 @@ def test_an_access_point_refusing_delays_mail_and_one_refusing_too_long_bounces_
         accepted(local, "a", too_long)  # SMTP does not wait for the access point
         for message in for_a_while:
             accepted(local, "b", message)
-        wait_until(
+        eventually(
             lambda: all(r for r in about(host, subjects).values()),
             DELAY_WARNING_SECONDS + 10,
             "a delay DSN for each",
         )
         ap_b.clear_fault_switches()  # B's access point is back; A's still refuses
-        wait_until(
+        eventually(
             lambda: any(r.action == "failed" for r in about(host, subjects)[subjects[0]]),
             40,
             "A's mail bounced",
@@ -381,7 +375,7 @@ def test_a_kvittens_the_access_point_could_not_send_is_sent_again(faulty: Faulty
         accepted(local, "a", message)
         delivered_once(local, "b", [str(message["Subject"])], 60)
         [entry] = outbound(local, "a", message)
-        wait_until(
+        eventually(
             lambda: local.kvittens("a").get(entry["sdk_message_id"]) == "ACCEPTED",
             60,
             "A has B's ACCEPTED",
@@ -391,7 +385,7 @@ def test_a_kvittens_the_access_point_could_not_send_is_sent_again(faulty: Faulty
     sent = [e.message_id for e in ap_b.submitted(KVITTENS_ACTION)]
     resent = [i for i in sent if i.endswith("-resend-1")]
     assert len(resent) == 1 and resent[0].removesuffix("-resend-1") in sent
-    wait_until(  # B asked through the statuses on the way until the resend was sent
+    eventually(  # B asked through the statuses on the way until the resend was sent
         lambda: ("kvittens", "sent") not in spool_depths(local, "b"), 30, "B's kvittens followed"
     )
     assert ("kvittens", "failed") not in spool_depths(local, "b")

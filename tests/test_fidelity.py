@@ -29,9 +29,10 @@ from pathlib import Path
 import pytest
 from support import dovecot, mailcorpus
 from support.dovecot import Dovecot
-from support.e2e import Bridge, wait_for
+from support.e2e import Bridge
 from support.mailcorpus import Attachment, Mail, RawPart, Signer, raw_tree
 from support.sandboxed import FROM_B
+from support.waiting import eventually
 
 from bridge.lab.sandbox.federation import Sandbox
 
@@ -67,8 +68,9 @@ def bridges(sandbox: Sandbox, dovecot_server: Dovecot) -> Iterator[dict[str, Bri
         yield running
     finally:
         for bridge in running.values():
-            if bridge.process is not None:
-                assert bridge.stop() == 0, bridge.log.read_text()[-3000:]
+            code = bridge.stop() if bridge.process is not None else 0
+            bridge.close()
+            assert code == 0, bridge.log.read_text()[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -551,5 +553,5 @@ def test_the_reply_to_a_persons_mail_goes_back_through_the_bridge(
         headers = fetch(dovecot_server, "alice", "INBOX", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]")
         return "cc" in markers(headers)
 
-    wait_for(answered, 60)
+    eventually(answered, 60)
     assert mail.marker in str(received["Subject"])

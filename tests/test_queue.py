@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 from support import backends
-from support.daemon import FROM, TO_B, Bridge, mail, wait_until
+from support.daemon import FROM, TO_B, Bridge, mail
+from support.waiting import eventually
 
 from bridge.lab.sandbox.federation import Sandbox
 
@@ -24,8 +25,9 @@ def bridge(sandbox: Sandbox) -> Iterator[Bridge]:
     running.start()
     yield running
     sandbox.access_points["a"].clear_fault_switches()
-    if running.process is not None:
-        assert running.stop() == 0
+    code = running.stop() if running.process is not None else 0
+    running.close()
+    assert code == 0
 
 
 def queue(sandbox: Sandbox, *arguments: str) -> subprocess.CompletedProcess[str]:
@@ -50,7 +52,7 @@ def test_steering_the_queue(sandbox: Sandbox, bridge: Bridge) -> None:
         new = [e for i, e in listed(sandbox).items() if i not in before]
         return [e for e in new if e["state"] == "queued" and e["attempts"] >= 1]
 
-    wait_until(lambda: len(waiting()) == 3)
+    eventually(lambda: len(waiting()) == 3)
     held, deleted, bounced = sorted(waiting(), key=lambda e: int(e["id"]))
 
     shown = queue(sandbox, "show", held["id"]).stdout
@@ -74,7 +76,7 @@ def test_steering_the_queue(sandbox: Sandbox, bridge: Bridge) -> None:
 
     sandbox.access_points["a"].clear_fault_switches()
     assert queue(sandbox, "release", held["id"]).returncode == 0
-    wait_until(lambda: listed(sandbox)[held["id"]]["state"] == "submitted", 30)
+    eventually(lambda: listed(sandbox)[held["id"]]["state"] == "submitted", 30)
     assert listed(sandbox)[deleted["id"]]["state"] == "deleted"  # never sent
     assert queue(sandbox, "retry", "--all").returncode == 0
     missing = queue(sandbox, "show", "999999")

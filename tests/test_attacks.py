@@ -40,7 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from lxml import etree
-from support import clamd, inbound_harness
+from support import inbound_harness
 from support.clamd import EICAR, Clamd
 from support.hostile import HOSTILE_CASES
 from support.inbound_harness import ORG_A, ORG_B, Harness, message, rejected
@@ -59,7 +59,6 @@ from bridge.sdk.sealing import seal_kvittens
 from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
 from bridge.spool import Received
 
-clamd_server = clamd.clamd_server  # the session fixture
 harness = inbound_harness.harness
 
 GROUP = "attack catalogue, end to end: "

@@ -12,14 +12,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from support import clamd
 from support.clamd import EICAR, REPORTED, Clamd
 
 from bridge import plugin
 from bridge.plugin import PluginError, TemporaryFailure
 from plugins.clamav import ClamAV
-
-clamd_server = clamd.clamd_server  # the session fixture
 
 WAIT = 20.0  # seconds: the most any test waits for one scan
 T = TypeVar("T")

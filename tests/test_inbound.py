@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from lxml import etree
-from support import clamd, inbound_harness
+from support import inbound_harness
 from support.clamd import EICAR, Clamd
 from support.inbound_harness import MAILBOX_B, ORG_A, ORG_B, Harness, message, rejected
 
@@ -31,7 +31,6 @@ from bridge.sdk.sealing import seal_kvittens
 from bridge.sdk.verdict import ACCEPTED
 from bridge.spool import InboxState, Received
 
-clamd_server = clamd.clamd_server
 harness = inbound_harness.harness
 
 

@@ -12,8 +12,8 @@ PING until PONG. `stop()` sends SIGTERM and waits, then SIGKILL. Starting skips 
 with the reason when clamd is not installed (scripts/install-system-packages installs
 clamav-daemon in CI) or does not answer in time.
 
-The session fixture `clamd_server` is one such clamd for every test; a test module takes it
-with `clamd_server = clamd.clamd_server` (an import would trip ruff's F401/F811).
+The session fixture `clamd_server` (support.plugin) is one such clamd for the whole run,
+started when a test first asks for it.
 """
 
 from __future__ import annotations
@@ -125,9 +125,9 @@ class Clamd:
         self.stop()
 
 
-@pytest.fixture(scope="session")
-def clamd_server() -> Iterator[Clamd]:
-    """One clamd for the session, in a short temporary directory (socket paths are short)."""
+def session_clamd() -> Iterator[Clamd]:
+    """One clamd, in a short temporary directory (socket paths are short): the plugin's
+    session fixture `clamd_server`."""
     require_clamd()
     with tempfile.TemporaryDirectory(prefix="clamd-") as directory, Clamd(Path(directory)) as c:
         yield c

@@ -21,7 +21,7 @@ from support.hostile import HOSTILE_CASES
 from support.parties import ADDRESS_B, ORG_B, keypair
 
 if TYPE_CHECKING:
-    from support import postgres
+    from support import clamd, postgres
 
 
 @pytest.fixture(scope="session")
@@ -70,6 +70,15 @@ def postgres_server() -> Iterator["postgres.PostgreSQL"]:
     from support import postgres
 
     yield from postgres.session_cluster()
+
+
+@pytest.fixture(scope="session")
+def clamd_server() -> Iterator["clamd.Clamd"]:
+    """One clamd for the whole run, started when a test first asks for it (its signature
+    database takes seconds to load)."""
+    from support import clamd
+
+    yield from clamd.session_clamd()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 
 from . import plugin
-from .config import Config, ConfigError, open_registry, open_spool
+from .config import AccessPointConfig, Config, ConfigError, SMTPConfig, open_registry, open_spool
 from .config import load as load_config
 from .inbound.delivery import MailboxDelivery
 from .inbound.processing import Inbound, InboundSettings
@@ -49,6 +49,50 @@ log = structlog.get_logger(__name__)
 
 SHUTDOWN_SECONDS = 30.0  # in-flight submissions may finish within this; the rest are retried
 FD_RESERVE = 256  # file descriptors kept from SMTP clients for everything else
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """A configuration the daemon can run on: the sections it needs are there."""
+
+    config: Config
+    smtp: SMTPConfig
+    access_point: AccessPointConfig
+    spool: Path
+    sdk_domain: str
+
+
+def required(config: Config) -> DaemonConfig:
+    """`config` with the sections the daemon needs; ConfigurationMissing names those not
+    there."""
+    smtp, access_point, spool, domain = (
+        config.smtp,
+        config.access_point,
+        config.spool,
+        config.sdk_domain,
+    )
+    if (
+        config.registry is None
+        or smtp is None
+        or access_point is None
+        or spool is None
+        or not domain
+    ):
+        missing = [
+            name
+            for name, value in (
+                ("registry", config.registry),
+                ("access_point", access_point),
+                ("smtp", smtp),
+                ("spool", spool),
+                ("organisation.sdk_domain", domain),
+            )
+            if value is None
+        ]
+        raise ConfigurationMissing(f"the daemon needs these sections: {', '.join(missing)}")
+    if not config.functional_addresses:
+        raise ConfigurationMissing("functional_addresses: at least one is needed to send")
+    return DaemonConfig(config, smtp, access_point, spool, domain)
 
 
 async def _take_in(
@@ -119,9 +163,8 @@ async def _first_of(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
         task.cancel()
 
 
-def _ingress_settings(config: Config) -> IngressSettings:
-    assert config.smtp is not None
-    smtp = config.smtp
+def _ingress_settings(running: DaemonConfig) -> IngressSettings:
+    config, smtp = running.config, running.smtp
     return IngressSettings(
         organisation_id=config.organisation_id,
         hostname=smtp.hostname,
@@ -151,36 +194,32 @@ def _connection_budget() -> int:
     return max(1, (soft - FD_RESERVE) // 2)
 
 
-def _inbound_settings(config: Config) -> InboundSettings:
-    assert config.smtp is not None and config.sdk_domain is not None
-    tags = config.smtp.secrecy_tags
+def _inbound_settings(running: DaemonConfig) -> InboundSettings:
+    config, domain = running.config, running.sdk_domain
+    tags = running.smtp.secrecy_tags
     return InboundSettings(
         organisation_id=config.organisation_id,
-        sdk_domain=config.sdk_domain,
-        mailbox_addresses={
-            fa.id: fa.mailbox_address(config.sdk_domain) for fa in config.functional_addresses
-        },
+        sdk_domain=domain,
+        mailbox_addresses={fa.id: fa.mailbox_address(domain) for fa in config.functional_addresses},
         decryption_keys=config.decryption,
         signer=config.signing,
         trust_anchors=config.trust_anchors,
         federation=config.federation,
-        forbidden_types=config.smtp.forbidden_types,
+        forbidden_types=running.smtp.forbidden_types,
         # With no tags configured, secrecy still shows: Digg requires clients to show it.
         secrecy_prefix=f"{tags[0]} " if tags else SECRECY_PREFIX,
         first_look=timedelta(seconds=config.outbound.poll_seconds),
     )
 
 
-def _outbound_settings(config: Config) -> OutboundSettings:
-    assert config.smtp is not None
+def _outbound_settings(running: DaemonConfig) -> OutboundSettings:
+    config = running.config
     return OutboundSettings(
         config.organisation_id,
         lifetime=config.outbound.lifetime,
-        secrecy_tags=config.smtp.secrecy_tags,
+        secrecy_tags=running.smtp.secrecy_tags,
         shared_mailboxes=frozenset(
-            fa.mailbox_address(config.sdk_domain).casefold()
-            for fa in config.functional_addresses
-            if config.sdk_domain is not None
+            fa.mailbox_address(running.sdk_domain).casefold() for fa in config.functional_addresses
         ),
     )
 
@@ -194,7 +233,7 @@ class _Reloadable:
     restart. A configuration that does not load is refused and the running one kept."""
 
     file: Path
-    config: Config
+    running: DaemonConfig
     ingress: IngressHandler
     tls: ssl.SSLContext | None
     inbound: Inbound
@@ -212,41 +251,39 @@ class _Reloadable:
 
     async def _reload(self) -> None:
         try:
-            new = await asyncio.to_thread(load_config, self.file)
-            _require(new)
-            assert new.smtp is not None
-            if new.smtp.tls_cert is not None:  # a certificate that does not load is refused
-                assert new.smtp.tls_key is not None
-                await asyncio.to_thread(tls_context, str(new.smtp.tls_cert), str(new.smtp.tls_key))
+            new = required(await asyncio.to_thread(load_config, self.file))
+            smtp = new.smtp
+            if smtp.tls_cert is not None and smtp.tls_key is not None:  # one that fails is refused
+                await asyncio.to_thread(tls_context, str(smtp.tls_cert), str(smtp.tls_key))
             mailboxes = await asyncio.to_thread(_mailboxes, new)
         except (ConfigError, ConfigurationMissing, plugin.PluginError, ssl.SSLError, OSError) as e:
             log.error("reload refused; the running configuration stays", reason=str(e))
             return
-        restart = _needs_restart(self.config, new)
-        if self.tls is not None and new.smtp.tls_cert is not None and new.smtp.tls_key is not None:
-            self.tls.load_cert_chain(str(new.smtp.tls_cert), str(new.smtp.tls_key))
+        restart = _needs_restart(self.running, new)
+        if self.tls is not None and smtp.tls_cert is not None and smtp.tls_key is not None:
+            self.tls.load_cert_chain(str(smtp.tls_cert), str(smtp.tls_key))
         self.ingress.settings = _ingress_settings(new)
         self.inbound.reconfigure(_inbound_settings(new))
         self.worker.settings = _outbound_settings(new)
         await self.delivery.replace(mailboxes)
-        self.config = new
+        self.running = new
         log.info("configuration reloaded", file=str(self.file), needs_restart=restart or None)
-        for warning in checks.certificate_warnings(new):
+        for warning in checks.certificate_warnings(new.config):
             log.warning(warning)
         if self.health is not None:  # a new TLS certificate, say
-            self.health.certificates = checks.certificates(new)
+            self.health.certificates = checks.certificates(new.config)
             metrics.watch(self.health.spool, self.health.certificates, self.book)
 
 
-def _needs_restart(old: Config, new: Config) -> list[str]:
+def _needs_restart(old: DaemonConfig, new: DaemonConfig) -> list[str]:
     """The sections that changed but only take effect after a restart."""
     before, after = _restart_sections(old), _restart_sections(new)
     return [name for name in before if before[name] != after[name]]
 
 
-def _restart_sections(config: Config) -> dict[str, object]:
+def _restart_sections(running: DaemonConfig) -> dict[str, object]:
     """What a reload cannot change, comparably (certificates, not key objects)."""
-    assert config.smtp is not None
+    config, smtp = running.config, running.smtp
     pairs = [config.signing, *config.decryption]
     return {
         "organisation": (config.organisation_id, config.sdk_domain, config.federation),
@@ -254,21 +291,20 @@ def _restart_sections(config: Config) -> dict[str, object]:
         "registry": config.registry,
         "access_point": config.access_point,
         "spool": (config.spool, config.spool_backend),
-        "smtp.listen": (config.smtp.listen, config.smtp.listen_tls, config.smtp.tls_cert is None),
-        "smtp.scanner": config.smtp.scanner,
+        "smtp.listen": (smtp.listen, smtp.listen_tls, smtp.tls_cert is None),
+        "smtp.scanner": smtp.scanner,
         "outbound": config.outbound,
         "admin": config.admin,
     }
 
 
-def _mailboxes(config: Config) -> dict[str, plugin.Mailbox]:
+def _mailboxes(running: DaemonConfig) -> dict[str, plugin.Mailbox]:
     """Each functional address's mailbox; without `deliver_to`, a Maildir in the spool."""
-    assert config.spool is not None
     mailboxes = {}
-    for address in config.functional_addresses:
+    for address in running.config.functional_addresses:
         choice = address.deliver_to
         if choice is None:
-            path = config.spool / "mailboxes" / address.id
+            path = running.spool / "mailboxes" / address.id
             log.warning("no deliver_to: incoming mail goes to a Maildir", id=address.id, path=path)
             choice = ("maildir", {"path": str(path)})
         mailboxes[address.id] = plugin.load(plugin.MAILBOXES, *choice)
@@ -305,46 +341,27 @@ def _hold_spool_directory(directory: Path) -> IO[bytes]:
     return handle
 
 
-def _require(config: Config) -> None:
-    missing = [
-        name
-        for name, value in (
-            ("registry", config.registry),
-            ("access_point", config.access_point),
-            ("smtp", config.smtp),
-            ("spool", config.spool),
-            ("organisation.sdk_domain", config.sdk_domain),
-        )
-        if value is None
-    ]
-    if missing:
-        raise ConfigurationMissing(f"the daemon needs these sections: {', '.join(missing)}")
-    if not config.functional_addresses:
-        raise ConfigurationMissing("functional_addresses: at least one is needed to send")
-
-
 async def run(config: Config, file: Path) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting and finish in-flight work;
     SIGHUP reloads `file` (see _Reloadable), SIGUSR1 asks the access point at once."""
-    _require(config)
-    assert config.smtp and config.access_point and config.spool  # for the type checker
+    running = required(config)
     asyncio.get_running_loop().set_exception_handler(loop_errors())
     for warning in checks.certificate_warnings(config) + checks.exposure_warnings(config, file):
         log.warning(warning)
     memory.return_large_buffers()
-    smtp = config.smtp
-    held = _hold_spool_directory(config.spool)
+    smtp = running.smtp
+    held = _hold_spool_directory(running.spool)
     spool = open_spool(config)
     spool.discard_partial()
     released = spool.release_leases()
     registry = open_registry(config, spool.registry_cache())  # shared, on a database spool
     registry.start_background_refresh()
     access_point = plugin.load(
-        plugin.ACCESS_POINTS, config.access_point.plugin, config.access_point.plugin_settings()
+        plugin.ACCESS_POINTS, running.access_point.plugin, running.access_point.plugin_settings()
     )
     scanner = plugin.load(plugin.SCANNERS, *smtp.scanner) if smtp.scanner else None
     tls = tls_context(str(smtp.tls_cert), str(smtp.tls_key)) if smtp.tls_cert else None
-    ingress = IngressHandler(_ingress_settings(config), registry, spool, scanner)
+    ingress = IngressHandler(_ingress_settings(running), registry, spool, scanner)
     if ingress.settings.max_connections < smtp.max_connections:
         log.warning(
             "smtp.max_connections lowered to what the file descriptor limit allows",
@@ -371,7 +388,7 @@ async def run(config: Config, file: Path) -> None:
         else None,
     )
     receipts = Receipts(config.organisation_id, spool, registry, config.trust_anchors, reporter)
-    inbound = Inbound(_inbound_settings(config), spool, registry, access_point, scanner, crypto)
+    inbound = Inbound(_inbound_settings(running), spool, registry, access_point, scanner, crypto)
     health, admin_server = None, None
     if config.admin is not None:
         health = Health(
@@ -382,9 +399,9 @@ async def run(config: Config, file: Path) -> None:
         )
         metrics.watch(spool, health.certificates, registry.book)
         admin_server = await admin.serve(*config.admin.listen, health)
-    delivery = MailboxDelivery(spool, _mailboxes(config))
+    delivery = MailboxDelivery(spool, _mailboxes(running))
     worker = Worker(
-        _outbound_settings(config),
+        _outbound_settings(running),
         spool,
         registry,
         access_point,
@@ -400,7 +417,7 @@ async def run(config: Config, file: Path) -> None:
     fetch_now = asyncio.Event()
     loop.add_signal_handler(signal.SIGUSR1, fetch_now.set)
     reloadable = _Reloadable(
-        file, config, ingress, tls, inbound, worker, delivery, health, registry.book
+        file, running, ingress, tls, inbound, worker, delivery, health, registry.book
     )
     reloads: set[asyncio.Task[None]] = set()
     one_at_a_time = asyncio.Lock()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 from support import digg
+from support.configs import write_config
 from support.parties import ADDRESS_A, ORG_A, ORG_B, keypair, make_message
 
 from bridge import cli
@@ -591,3 +592,17 @@ def test_the_callers_umask_comes_back_whatever_happens() -> None:
         assert os.umask(0o022) == 0o022
     finally:
         os.umask(previous)
+
+
+def test_run_names_the_sections_the_daemon_needs(
+    tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A configuration with keys only is good for `xhe` and `lookup`, not for the daemon."""
+    config_file = write_config(tmp_path, pki, alice, bob)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "-c", str(config_file)])
+    assert exit_.value.code == 2
+    assert (
+        "the daemon needs these sections: registry, access_point, smtp, spool,"
+        " organisation.sdk_domain" in capsys.readouterr().err
+    )

@@ -156,8 +156,11 @@ def _maildir(b: config.Config, path: Path) -> Path:
             f"{path}: functional_addresses: deliver_to: B delivers {address.id}'s mail through"
             f" the {name} plugin; give --imap with the folder it ends in"
         )
-    maildir: Path = plugin.load(plugin.MAILBOXES, name, settings).directory
-    return maildir
+    from plugins.maildir import Maildir  # the first-party plugin, whose layout this reads
+
+    box = plugin.load(plugin.MAILBOXES, name, settings)
+    assert isinstance(box, Maildir)
+    return box.directory
 
 
 def _bridge_pid(config_file: Path) -> int:

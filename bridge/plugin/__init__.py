@@ -11,15 +11,15 @@ the settings mapping from its section of the configuration file; first-party plu
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any, Final, Literal, Protocol, overload
 
-SCANNERS = "sdk_bridge.scanners"
-ACCESS_POINTS = "sdk_bridge.access_points"
-MAILBOXES = "sdk_bridge.mailboxes"
+SCANNERS: Final = "sdk_bridge.scanners"
+ACCESS_POINTS: Final = "sdk_bridge.access_points"
+MAILBOXES: Final = "sdk_bridge.mailboxes"
 # Spool back ends: built with the spool settings (`directory`, and a server's `dsn`, …), they
 # offer bridge.spool.Spool. One whose schema needs migrating has `upgrade(settings)`, which
 # `sdk-bridge db upgrade` calls, returning what it applied.
-SPOOLS = "sdk_bridge.spools"
+SPOOLS: Final = "sdk_bridge.spools"
 
 
 class PluginError(Exception):
@@ -183,8 +183,28 @@ def factory(group: str, name: str) -> Any:
         raise PluginError(f"{group} plugin {name!r} could not be loaded: {e}") from e
 
 
+@overload
+def load(
+    group: Literal["sdk_bridge.scanners"], name: str, settings: Mapping[str, Any]
+) -> Scanner: ...
+@overload
+def load(
+    group: Literal["sdk_bridge.access_points"], name: str, settings: Mapping[str, Any]
+) -> AccessPoint: ...
+@overload
+def load(
+    group: Literal["sdk_bridge.mailboxes"], name: str, settings: Mapping[str, Any]
+) -> Mailbox: ...
+@overload
+def load(group: str, name: str, settings: Mapping[str, Any]) -> Any: ...  # a spool: its
+
+
+# protocol (bridge.spool.Spool) lives in the layer above
+
+
 def load(group: str, name: str, settings: Mapping[str, Any]) -> Any:
-    """Build the plugin `name` of `group` with its settings."""
+    """Build the plugin `name` of `group` with its settings: a Scanner, AccessPoint or
+    Mailbox (the type checker knows which), or a spool."""
     make = factory(group, name)
     try:
         return make(settings)

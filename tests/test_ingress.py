@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.clamd import EICAR, clamd_server  # noqa: F401 - the fixture
+from support.clamd import EICAR
 from support.registries import registry_for
 from support.sandboxed import ORG_A, ORG_B, TO_B
 
@@ -319,7 +319,7 @@ def test_too_large_for_sdk(ingress) -> None:
     assert code == 552
 
 
-def test_malware_is_refused_at_data(make_ingress, clamd_server) -> None:  # noqa: F811
+def test_malware_is_refused_at_data(make_ingress, clamd_server) -> None:
     scanner = load("sdk_bridge.scanners", "clamav", {"socket": str(clamd_server.socket)})
     running, spool = make_ingress(scanner)
     infected = mail()

@@ -13,6 +13,8 @@ import pytest
 
 from bridge.lab import acceptbench
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 HAS_SMTP_SOURCE = bool(
     shutil.which("smtp-source") or shutil.which("smtp-source", path=str(acceptbench.SBIN))
 )

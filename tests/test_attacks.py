@@ -59,6 +59,8 @@ from bridge.sdk.sealing import seal_kvittens
 from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
 from bridge.spool import Received
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 harness = inbound_harness.harness
 
 GROUP = "attack catalogue, end to end: "

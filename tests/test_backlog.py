@@ -8,11 +8,14 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
 from support.sandboxed import FROM_A as FROM
 from support.sandboxed import TO_B
 
 from bridge.lab.local import LocalRun
 from bridge.lab.sandbox.federation import HOST
+
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 
 MAILS = 130  # more than a round retrieves (100) and judges (50)
 DEADLINE = 90.0

@@ -19,6 +19,8 @@ from bridge.lab.bench import FROM, TO_B
 from bridge.lab.local import LocalRun
 from bridge.lab.running import _config_argument
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 dovecot_server = dovecot.dovecot_server
 
 

@@ -22,6 +22,8 @@ from bridge.lab.local import LocalRun
 from bridge.outbound.receipts import KVITTENS_ACTION
 from bridge.outbound.worker import MESSAGE_ACTION
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 MAILS = 500
 KILLS = 10
 

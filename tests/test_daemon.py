@@ -25,6 +25,8 @@ from bridge.lab.sandbox.federation import Sandbox
 from bridge.sdk import markdown
 from bridge.spool import State
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 # Every test here runs on SQLite, then again on PostgreSQL.
 spool_backend = backends.spool_backend
 sandbox = backends.sandbox

@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 
 def test_the_demo_verifies_every_step(tmp_path: Path) -> None:
     result = subprocess.run(

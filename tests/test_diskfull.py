@@ -22,6 +22,8 @@ from bridge.lab.local import LocalRun
 from bridge.lab.sandbox.federation import HOST
 from bridge.spool.room import MIN_FREE_BYTES, room_needed
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 WAIT_SECONDS = 90  # for a tmpfs filled and freed, a bridge killed and restarted
 MAILS = 5
 TMPFS_BYTES = MIN_FREE_BYTES + 64 * 1024 * 1024

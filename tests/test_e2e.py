@@ -38,6 +38,8 @@ from bridge.plugin import Submission
 from bridge.sdk import message as msg
 from bridge.sdk import xhe, xmldsig, xmlenc
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 # The whole module runs on SQLite, on PostgreSQL, and on SQLite with the deprecated interface.
 spool_backend = backends.bridge_setup
 

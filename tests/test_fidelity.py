@@ -36,6 +36,8 @@ from support.waiting import eventually
 
 from bridge.lab.sandbox.federation import Sandbox
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 B_FOLDER = "SDK/Registrator"
 IMAP_B_FOLDER = "SDK.Registrator"  # as Dovecot's Maildir layout names it
 A_AT_B = "registrator@a.sandbox.test.sdk.b.sandbox.test"  # A's functional address at B

@@ -22,6 +22,8 @@ from support.sandboxed import FROM_A, TO_B
 from bridge.lab.local import LocalRun, send_mail
 from bridge.lab.sandbox.federation import HOST
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 FLOOD_CONNECTIONS = 2000
 FLOOD_SOURCE = "127.0.0.2"
 NOOP_SECONDS = 3.0  # an admitted flood connection says NOOP this often

@@ -31,6 +31,8 @@ from bridge.sdk.sealing import seal_kvittens
 from bridge.sdk.verdict import ACCEPTED
 from bridge.spool import InboxState, Received
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 harness = inbound_harness.harness
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import email.policy
 from pathlib import Path
 
+import pytest
 from support.outbound import TO_B, access_point, new_mail, queue, received_by_b, run_worker
 from support.registries import registry_for
 from support.sandboxed import ORG_A, ORG_B
@@ -16,6 +17,8 @@ from bridge.mapping.to_sdk import SUBJECT_PREFIX
 from bridge.outbound.worker import OutboundSettings, Worker
 from bridge.sdk import markdown
 from bridge.spool import Envelope, SQLiteSpool, State
+
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 
 
 def test_mails_arrive_at_b_with_every_field(sandbox: Sandbox, tmp_path: Path) -> None:

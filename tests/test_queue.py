@@ -14,6 +14,8 @@ from support.waiting import eventually
 
 from bridge.lab.sandbox.federation import Sandbox
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 # On SQLite, then again on PostgreSQL.
 spool_backend = backends.spool_backend
 sandbox = backends.sandbox

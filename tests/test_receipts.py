@@ -20,6 +20,8 @@ from bridge.sdk.keys import KeyPair
 from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
 from bridge.spool import Received, SQLiteSpool, State
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 
 class Harness:
     def __init__(self, sandbox: Sandbox, tmp_path: Path) -> None:

@@ -28,6 +28,8 @@ from bridge.registry.errors import (
     UnknownOrganisation,
 )
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 HABO = "0203:habo.se"
 ENTRIES = [
     FunctionalAddress("sdk.habo.registrator", "Registrator", HABO, "Habo kommun"),

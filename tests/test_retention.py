@@ -23,6 +23,8 @@ from support.sandboxed import FROM_A, TO_B
 
 from bridge.lab.local import LocalRun
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 spool_backend = backends.spool_backend
 
 ARRIVAL_SECONDS = 90.0

@@ -35,6 +35,8 @@ from bridge.sdk import message as msg
 from bridge.sdk.sealing import Receiver, open_envelope, seal_message
 from bridge.sdk.verdict import ACCEPTED
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 B_REGISTRATOR = "registrator@b.sandbox.test.sdk.a.sandbox.test"
 
 

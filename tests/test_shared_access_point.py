@@ -18,6 +18,8 @@ from support.domibus_xsd import Watch
 from bridge.lab.local import LocalRun
 from bridge.outbound.worker import MESSAGE_ACTION
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 MAILS = 12  # from each bridge to each other organisation
 SENDERS = {"a": "registrator@a.sandbox.test", "b": "registrator@b.sandbox.test"}
 

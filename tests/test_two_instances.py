@@ -32,6 +32,8 @@ from bridge.outbound.receipts import KVITTENS_ACTION
 from bridge.outbound.worker import MESSAGE_ACTION
 from plugins.postgres_spool import PostgresSpool
 
+pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
+
 MAILS = 1000
 SESSIONS = 4  # SMTP sessions per instance
 KILL_AFTER = 400  # mails with their 250, from both instances, before the kill

@@ -1,4 +1,4 @@
-"""The ClamAV scanner plugin against a real clamd (tests/clamd.py) and a few fake ones."""
+"""The ClamAV scanner plugin against a real clamd (tests/support/clamd.py) and a few fake ones."""
 
 from __future__ import annotations
 

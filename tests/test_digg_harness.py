@@ -1,4 +1,4 @@
-"""Self-test of tests/digg.py against Digg's own examples and error test data.
+"""Self-test of tests/support/digg.py against Digg's own examples and error test data.
 
 If these fail, the harness (not the bridge) is wrong: every other test that validates
 against Digg's XSDs or schematrons relies on it.

@@ -1,5 +1,5 @@
 """Issue 15's acceptance: mail reads the same on the other side. Every mail of
-tests/mailcorpus.py (CPython's own e-mail test corpus, and what Outlook, S/MIME, PGP/MIME and
+support/mailcorpus.py (CPython's own e-mail test corpus, and what Outlook, S/MIME, PGP/MIME and
 a person with a Cc list send) goes over SMTP into A's running bridge, through the sandbox
 federation, out of B's bridge into B's IMAP folder (a real Dovecot), and each is checked
 there: its text equal line for line below B's header block (only trailing whitespace

@@ -64,7 +64,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator["postgres.PostgreSQL"]:
-    """The throw-away PostgreSQL of tests/postgres.py, started once for the session and
+    """The throw-away PostgreSQL of tests/support/postgres.py, started once for the session and
     only when a test asks for it. Defined here, not taken into each module, so that the
     modules share it instead of each starting a cluster of its own."""
     from support import postgres

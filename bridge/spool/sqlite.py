@@ -263,6 +263,22 @@ class SQLiteSpool:
         for leftover in self._incoming.glob("*.part"):
             leftover.unlink()
 
+    # Where each kind of content lies, for every reader and writer, the purge and the sweep.
+
+    def _body_file(self, message_id: str) -> Path:
+        return self._bodies / f"{message_id}.eml"
+
+    def _received_file(self, received_id: str) -> Path:
+        return self._received / f"{_safe_name(received_id)}.xhe"
+
+    def _inbox_file(self, received_id: str) -> Path:
+        """Named by the ebMS MessageId, so a copy judged at the same moment never writes
+        over the accepted mail."""
+        return self._inbox / f"{_safe_name(received_id)}.eml"
+
+    def _kvittens_file(self, kvittens_id: str) -> Path:
+        return self._kvittens / f"{_safe_name(kvittens_id)}.xhe"
+
     # --- ingress ---------------------------------------------------------------------------
 
     def incoming(self) -> Path:
@@ -298,7 +314,7 @@ class SQLiteSpool:
                 body.unlink()
             return earlier
         message_id = uuid.uuid4().hex
-        target = self._bodies / f"{message_id}.eml"
+        target = self._body_file(message_id)
         if isinstance(body, Path):
             size = body.stat().st_size
             move_durably(body, target)
@@ -384,7 +400,7 @@ class SQLiteSpool:
         return True
 
     def _keep_received(self, item: Received, state: str) -> None:
-        write_atomic(self._received / f"{_safe_name(item.id)}.xhe", item.payload)
+        write_atomic(self._received_file(item.id), item.payload)
         with self._lock, self._db:
             self._db.execute("DELETE FROM retrieving WHERE id = ?", (item.id,))
             self._db.execute(
@@ -489,7 +505,7 @@ class SQLiteSpool:
 
     def _received_size(self, received_id: str) -> int:
         try:
-            return (self._received / f"{_safe_name(received_id)}.xhe").stat().st_size
+            return self._received_file(received_id).stat().st_size
         except FileNotFoundError:
             return 0
 
@@ -506,7 +522,7 @@ class SQLiteSpool:
 
     def received_payload(self, received_id: str) -> bytes:
         try:
-            return (self._received / f"{_safe_name(received_id)}.xhe").read_bytes()
+            return self._received_file(received_id).read_bytes()
         except FileNotFoundError:  # damaged spool: judged as the broken envelope it now is
             return b""
 
@@ -544,7 +560,7 @@ class SQLiteSpool:
                 (received_id,),
             ).rowcount
         if changed:
-            (self._received / f"{_safe_name(received_id)}.xhe").unlink(missing_ok=True)
+            self._received_file(received_id).unlink(missing_ok=True)
         return changed == 1
 
     def postpone_received(self, received_id: str, until: datetime) -> None:
@@ -585,10 +601,10 @@ class SQLiteSpool:
                 return False  # before writing: its mail file is the accepted mail's name
         written = []
         if kvittens is not None:
-            written.append(self._kvittens / f"{_safe_name(kvittens[0].id)}.xhe")
+            written.append(self._kvittens_file(kvittens[0].id))
             write_atomic(written[-1], kvittens[1])
         if mail is not None:
-            written.append(self._inbox / f"{_safe_name(received_id)}.eml")
+            written.append(self._inbox_file(received_id))
             write_atomic(written[-1], mail[1])
         try:
             self._conclude(received_id, state, note, kvittens, mail, sdk_message_id)
@@ -652,7 +668,7 @@ class SQLiteSpool:
         return [
             (
                 owed_kvittens_from(row),
-                (self._kvittens / f"{_safe_name(row['id'])}.xhe").read_bytes(),
+                self._kvittens_file(row["id"]).read_bytes(),
             )
             for row in rows
         ]
@@ -751,7 +767,7 @@ class SQLiteSpool:
         if row is None:
             raise KeyError(sdk_message_id)
         try:
-            return (self._inbox / f"{_safe_name(row['received_id'])}.eml").read_bytes()
+            return self._inbox_file(row["received_id"]).read_bytes()
         except FileNotFoundError:
             self._content_removed("inbox", "sdk_message_id", sdk_message_id)
             raise KeyError(sdk_message_id) from None
@@ -829,50 +845,32 @@ class SQLiteSpool:
         purged = Purged()
         purged.outbound_mails = self._remove_content(
             "messages",
-            "SELECT id FROM messages m WHERE content_removed_at IS NULL AND NOT EXISTS"
-            " (SELECT 1 FROM deliveries d WHERE d.message_id = m.id"
+            "id",
+            "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = messages.id"
             f" AND (d.state NOT IN ({_marks(SETTLED_DELIVERIES)}) OR d.updated_at > ?"
             " OR json_extract(d.notes, '$.report') IS NOT NULL))",
             (*SETTLED_DELIVERIES, content),
-            lambda row: self._bodies / f"{row[0]}.eml",
         )
+        judged = f"received_at <= ? AND state IN ({_marks(CONCLUDED_RECEIVED)})"
         purged.received_envelopes = self._remove_content(
-            "received",
-            "SELECT id FROM received WHERE content_removed_at IS NULL"
-            f" AND state IN ({_marks(CONCLUDED_RECEIVED)}) AND received_at <= ?",
-            (*CONCLUDED_RECEIVED, content),
-            lambda row: self._received / f"{_safe_name(row[0])}.xhe",
+            "received", "id", judged, (content, *CONCLUDED_RECEIVED)
         )
+        held_ones = f"received_at <= ? AND state IN ({_marks(HELD_RECEIVED)})"
         purged.held = self._remove_content(
-            "received",
-            "SELECT id FROM received WHERE content_removed_at IS NULL"
-            f" AND state IN ({_marks(HELD_RECEIVED)}) AND received_at <= ?",
-            (*HELD_RECEIVED, held),
-            lambda row: self._received / f"{_safe_name(row[0])}.xhe",
-            state="deleted",
+            "received", "id", held_ones, (held, *HELD_RECEIVED), state="deleted"
         )
-        inbox = (
-            "SELECT sdk_message_id, received_id FROM inbox WHERE content_removed_at IS NULL"
-            " AND state = ? AND updated_at <= ?"
-        )
+        settled_mail = "state = ? AND updated_at <= ?"
         purged.inbound_mails = self._remove_content(
-            "inbox",
-            inbox,
-            (InboxState.DELIVERED, content),
-            lambda row: self._inbox / f"{_safe_name(row[1])}.eml",
+            "inbox", "sdk_message_id", settled_mail, (InboxState.DELIVERED, content)
         )
         purged.held += self._remove_content(
-            "inbox",
-            inbox,
-            (InboxState.FAILED, held),
-            lambda row: self._inbox / f"{_safe_name(row[1])}.eml",
+            "inbox", "sdk_message_id", settled_mail, (InboxState.FAILED, held)
         )
         purged.kvittens = self._remove_content(
             "kvittens_out",
-            "SELECT id FROM kvittens_out WHERE content_removed_at IS NULL"
-            f" AND state IN ({_marks(TAKEN_KVITTENS)}) AND updated_at <= ?",
+            "id",
+            f"state IN ({_marks(TAKEN_KVITTENS)}) AND updated_at <= ?",
             (*TAKEN_KVITTENS, content),
-            lambda row: self._kvittens / f"{_safe_name(row[0])}.xhe",
         )
         with self._lock, self._db:
             purged.reports = self._db.execute(
@@ -885,35 +883,50 @@ class SQLiteSpool:
             self._truncate_wal()
         return purged
 
+    def _content(self, table: str) -> tuple[str, Callable[[str], Path], Path]:
+        """The column that names a row's file in `table`, where that file lies, and the
+        directory of them all."""
+        return {
+            "messages": ("id", self._body_file, self._bodies),
+            "received": ("id", self._received_file, self._received),
+            "inbox": ("received_id", self._inbox_file, self._inbox),
+            "kvittens_out": ("id", self._kvittens_file, self._kvittens),
+        }[table]
+
     def _remove_content(
         self,
         table: str,
-        query: str,
+        key: str,
+        condition: str,
         arguments: tuple[str, ...],
-        path: Callable[[sqlite3.Row], Path],
         state: str | None = None,
     ) -> int:
-        """Remove the files of the rows `query` finds (its first column their key) and
-        mark the rows (giving them `state`), in one write transaction: nothing changes
-        them meanwhile (a release from quarantine, a retry, a recovered envelope). The
-        number of files removed."""
+        """Remove the files of the rows of `table` whose content is still there and that
+        `condition` finds, and mark the rows (giving them `state`), in one write
+        transaction: nothing changes them meanwhile (a release from quarantine, a retry, a
+        recovered envelope). The number of files removed."""
+        column, file, directory = self._content(table)
         removed = 0
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                rows = self._db.execute(query, arguments).fetchall()
+                rows = self._db.execute(
+                    f"SELECT {key}, {column} FROM {table}"
+                    f" WHERE content_removed_at IS NULL AND {condition}",
+                    arguments,
+                ).fetchall()
                 for row in rows:
                     try:
-                        path(row).unlink()
+                        file(row[1]).unlink()
                         removed += 1
                     except FileNotFoundError:
                         pass
                 if rows:
-                    sync_directory(path(rows[0]).parent)
+                    sync_directory(directory)
                     marks = "content_removed_at = ?" + (", state = ?" if state else "")
                     values = (_now().isoformat(), state) if state else (_now().isoformat(),)
                     self._db.executemany(
-                        f"UPDATE {table} SET {marks} WHERE {rows[0].keys()[0]} = ?",
+                        f"UPDATE {table} SET {marks} WHERE {key} = ?",
                         [(*values, row[0]) for row in rows],
                     )
                 self._db.commit()
@@ -960,33 +973,14 @@ class SQLiteSpool:
     def _remove_orphans(self, now: datetime) -> int:
         """Files no record keeps (a crash between writing one and committing its record),
         once older than ORPHAN_AGE."""
+        kept: dict[Path, set[str]] = {}
         with self._lock:
-            kept = {
-                self._bodies: {
-                    f"{row[0]}.eml"
-                    for row in self._db.execute(
-                        "SELECT id FROM messages WHERE content_removed_at IS NULL"
-                    )
-                },
-                self._received: {
-                    f"{_safe_name(row[0])}.xhe"
-                    for row in self._db.execute(
-                        "SELECT id FROM received WHERE content_removed_at IS NULL"
-                    )
-                },
-                self._inbox: {
-                    f"{_safe_name(row[0])}.eml"
-                    for row in self._db.execute(
-                        "SELECT received_id FROM inbox WHERE content_removed_at IS NULL"
-                    )
-                },
-                self._kvittens: {
-                    f"{_safe_name(row[0])}.xhe"
-                    for row in self._db.execute(
-                        "SELECT id FROM kvittens_out WHERE content_removed_at IS NULL"
-                    )
-                },
-            }
+            for table in ("messages", "received", "inbox", "kvittens_out"):
+                column, file, directory = self._content(table)
+                rows = self._db.execute(
+                    f"SELECT {column} FROM {table} WHERE content_removed_at IS NULL"
+                ).fetchall()
+                kept[directory] = {file(row[0]).name for row in rows}
         oldest = (now - ORPHAN_AGE).timestamp()
         removed = 0
         for directory, names in kept.items():
@@ -1102,7 +1096,7 @@ class SQLiteSpool:
     def body(self, message_id: str) -> bytes:
         """KeyError: no such message; ContentRemoved: retention removed it."""
         try:
-            return (self._bodies / f"{message_id}.eml").read_bytes()
+            return self._body_file(message_id).read_bytes()
         except FileNotFoundError:
             self._content_removed("messages", "id", message_id)
             raise KeyError(message_id) from None

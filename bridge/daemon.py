@@ -15,9 +15,8 @@ import os
 import resource
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import IO
@@ -42,13 +41,15 @@ from .registry.addressbook import AddressBook
 from .retrieval.intake import Intake
 from .runtime import memory, systemd, workers
 from .runtime.logs import loop_errors
-from .spool import Spool
-from .spool.retention import keep_purging
+from .runtime.stages import Stage
+from .spool import Delivery, Spool, retention
+from .spool.retention import PURGE_INTERVAL
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_SECONDS = 30.0  # in-flight submissions may finish within this; the rest are retried
 FD_RESERVE = 256  # file descriptors kept from SMTP clients for everything else
+SPOOL_LOOK = 1.0  # seconds between a spool-fed stage's looks when nothing woke it
 
 
 @dataclass(frozen=True)
@@ -95,72 +96,74 @@ def required(config: Config) -> DaemonConfig:
     return DaemonConfig(config, smtp, access_point, spool, domain)
 
 
-async def _take_in(
-    access_point: plugin.AccessPoint,
+@dataclass
+class _Stages:
+    """The daemon's jobs (`runtime.stages`), and who wakes whom: mail accepted wakes
+    submit; retrieve wakes judge and settle; judge wakes answer and deliver; a delivery
+    settled wakes report. The rest look every `poll_seconds`; SIGUSR1 wakes them all."""
+
+    submit: Stage  # queued mail to the access point (outbound.worker)
+    retrieve: Stage  # messages and kvittens from the access point (retrieval.intake)
+    judge: Stage  # messages retrieved: verified, opened, accepted or refused
+    answer: Stage  # the kvittens owed, to the access point, and followed there
+    deliver: Stage  # accepted mail into its mailbox (inbound.delivery)
+    settle: Stage  # kvittens retrieved: deliveries delivered or rejected (outbound.receipts)
+    follow: Stage  # submission status at the access point (outbound.transport)
+    sweep: Stage  # delay warnings and expiry of deliveries with no kvittens
+    report: Stage  # delivery reports through the smart host (outbound.reports)
+    purge: Stage  # what retention no longer allows (spool.retention)
+
+    def all(self) -> list[Stage]:
+        return [getattr(self, f.name) for f in fields(self)]
+
+
+def _stages(
+    config: Config,
     spool: Spool,
+    access_point: plugin.AccessPoint,
+    intake: Intake,
     inbound: Inbound,
     receipts: Receipts,
-    reporter: DsnReporter,
-    config: Config,
-    stop: asyncio.Event,
-    fetch_now: asyncio.Event,
-    delivered: Callable[[], None],
+    report: Stage,
+    worker: Worker,
+    delivery: MailboxDelivery,
     health: Health | None,
-) -> None:
-    """Messages and kvittens from the access point, and the deliveries waiting for one:
-    every `poll_seconds`, at once when `fetch_now` is set (SIGUSR1), and round after round
-    without a pause while a backlog lasts (more pending than one round takes)."""
+) -> _Stages:
+    poll, outbound = config.outbound.poll_seconds, config.outbound
+    answer = Stage("answer", inbound.answer, poll)
+    deliver = Stage("deliver", delivery.round, SPOOL_LOOK)
 
-    intake = Intake(access_point, spool, [config.organisation_id])
-    backlog = False
-
-    async def fetch() -> None:
+    async def retrieve_round() -> bool:
         if await intake.fetch() is not None and health is not None:
             health.reached_access_point()
+        judge.wake()
+        settle.wake()
+        return intake.backlog  # more pending than one round takes: again at once
 
-    async def judge() -> None:
-        nonlocal backlog
-        backlog = await inbound.process_pending() or intake.backlog
+    async def judge_round() -> bool:
+        more = await inbound.judge_pending()
+        answer.wake()
+        deliver.wake()
+        return more
 
-    while not stop.is_set():
-        fetch_now.clear()
-        backlog = False
-        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
-            ("fetch from the access point", fetch),
-            ("inbound messages", judge),
-            ("kvittens", receipts.process_pending),
-            (
-                "submission status",
-                lambda: follow(access_point, spool, receipts.notify, config.outbound.lifetime),
-            ),
-            (
-                "delay and expiry",
-                lambda: receipts.sweep(config.outbound.delay_warning, config.outbound.lifetime),
-            ),
-            ("delivery reports", reporter.send_owed),
-            ("held delivery reports", reporter.resend_held),
-        ]
-        for name, step in steps:
-            try:  # one step failing (a bug) must not hold up the others, nor stop the bridge
-                await step()
-            except Exception:
-                log.exception("a step of the intake failed; trying again next round", step=name)
-        delivered()  # the mailbox stage takes what was accepted without waiting
-        if not backlog:
-            await _first_of(stop, fetch_now, config.outbound.poll_seconds)
-    if intake.unstored:
-        log.error(
-            "alert: stopping with retrieved messages that could not be stored; recover them"
-            " at the access point and run `sdk-bridge inbound import`",
-            ebms_ids=sorted(intake.unstored),
-        )
-
-
-async def _first_of(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
-    waiting = [asyncio.create_task(a.wait()), asyncio.create_task(b.wait())]
-    await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    for task in waiting:
-        task.cancel()
+    judge = Stage("judge", judge_round, poll)
+    settle = Stage("settle", receipts.process_pending, poll)
+    return _Stages(
+        submit=Stage("submit", worker.round, SPOOL_LOOK),
+        retrieve=Stage("retrieve", retrieve_round, poll),
+        judge=judge,
+        answer=answer,
+        deliver=deliver,
+        settle=settle,
+        follow=Stage(
+            "follow", lambda: follow(access_point, spool, worker.notify, outbound.lifetime), poll
+        ),
+        sweep=Stage(
+            "sweep", lambda: receipts.sweep(outbound.delay_warning, outbound.lifetime), poll
+        ),
+        report=report,
+        purge=Stage("purge", lambda: retention.purge(spool, config.retention), PURGE_INTERVAL),
+    )
 
 
 def _ingress_settings(running: DaemonConfig) -> IngressSettings:
@@ -387,7 +390,12 @@ async def run(config: Config, file: Path) -> None:
         if config.outbound.smart_host_cafile
         else None,
     )
-    receipts = Receipts(config.organisation_id, spool, registry, config.trust_anchors, reporter)
+    report = Stage("report", reporter.round, config.outbound.poll_seconds, interruptible=True)
+
+    def owed(_: Delivery) -> None:  # settling a delivery never waits for the smart host
+        report.wake()
+
+    receipts = Receipts(config.organisation_id, spool, registry, config.trust_anchors, owed)
     inbound = Inbound(_inbound_settings(running), spool, registry, access_point, scanner, crypto)
     health, admin_server = None, None
     if config.admin is not None:
@@ -407,15 +415,32 @@ async def run(config: Config, file: Path) -> None:
         access_point,
         config.signing,
         crypto,
-        notify=reporter,
+        notify=owed,
     )
-    ingress.accepted = worker.wake  # mail just accepted goes out without waiting for a poll
+    intake = Intake(access_point, spool, [config.organisation_id])
+    stages = _stages(
+        config,
+        spool,
+        access_point,
+        intake,
+        inbound,
+        receipts,
+        report,
+        worker,
+        delivery,
+        health,
+    )
+    ingress.accepted = stages.submit.wake  # mail just accepted goes out without a poll
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    fetch_now = asyncio.Event()
-    loop.add_signal_handler(signal.SIGUSR1, fetch_now.set)
+
+    def look_now() -> None:
+        for stage in stages.all():
+            stage.wake()
+
+    loop.add_signal_handler(signal.SIGUSR1, look_now)
     reloadable = _Reloadable(
         file, running, ingress, tls, inbound, worker, delivery, health, registry.book
     )
@@ -433,24 +458,7 @@ async def run(config: Config, file: Path) -> None:
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     failed: list[asyncio.Task[None]] = []
-    working = asyncio.create_task(worker.run(stop))
-    taking = asyncio.create_task(
-        _take_in(
-            access_point,
-            spool,
-            inbound,
-            receipts,
-            reporter,
-            config,
-            stop,
-            fetch_now,
-            delivery.wake,
-            health,
-        )
-    )
-    delivering = asyncio.create_task(delivery.run(stop))
-    purging = asyncio.create_task(keep_purging(spool, config.retention, stop))
-    stages = (working, taking, delivering, purging)
+    running_stages = {asyncio.create_task(stage.run(stop)): stage for stage in stages.all()}
     listening = [
         f"{s.sockets[0].getsockname()[0]}:{s.sockets[0].getsockname()[1]}" for s in servers
     ]
@@ -458,7 +466,7 @@ async def run(config: Config, file: Path) -> None:
     log.info("sdk-bridge ready", smtp=listening, admin=admin_at, released_leases=released)
     print(f"sdk-bridge ready: SMTP on {', '.join(listening)}", flush=True)
     systemd.notify("READY=1")
-    for task in stages:  # if a stage dies, the whole bridge stops (and restarts)
+    for task in running_stages:  # if a stage dies, the whole bridge stops (and restarts)
         task.add_done_callback(lambda _: stop.set())
     pulse = systemd.watchdog_interval()
     watchdog = asyncio.create_task(systemd.feed_watchdog(pulse, stop)) if pulse else None
@@ -472,13 +480,22 @@ async def run(config: Config, file: Path) -> None:
         if admin_server is not None:
             admin_server.close()
         stop.set()
+        for task, stage in running_stages.items():
+            if stage.interruptible:  # a smart host that hangs does not hold up the stop
+                task.cancel()
         if not await ingress.drained(SHUTDOWN_SECONDS):
             log.warning("messages still arriving at shutdown; their senders will retry")
-        done, pending = await asyncio.wait(stages, timeout=SHUTDOWN_SECONDS)
+        done, pending = await asyncio.wait(running_stages, timeout=SHUTDOWN_SECONDS)
         for task in pending:
             log.warning("in-flight work did not finish in time; it will be retried")
             task.cancel()
         failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+        if intake.unstored:
+            log.error(
+                "alert: stopping with retrieved messages that could not be stored; recover"
+                " them at the access point and run `sdk-bridge inbound import`",
+                ebms_ids=sorted(intake.unstored),
+            )
         if watchdog is not None:
             await watchdog
         crypto.shutdown(cancel_futures=True)

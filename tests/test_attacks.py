@@ -660,7 +660,7 @@ def receipts_at_b(harness: Harness) -> list[str]:
     """B's kvittens intake over what B's round stored; the deliveries it reported on."""
     reported: list[str] = []
 
-    async def notify(delivery: object) -> None:
+    def notify(delivery: object) -> None:
         reported.append(str(delivery))
 
     async def run() -> None:

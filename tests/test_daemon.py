@@ -23,7 +23,7 @@ from support.waiting import eventually
 from bridge.lab.local import opened_spool
 from bridge.lab.sandbox.federation import Sandbox
 from bridge.sdk import markdown
-from bridge.spool import State
+from bridge.spool import Delivery, State
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 
@@ -212,6 +212,63 @@ def test_kvittens_outcomes_reach_the_sender_as_dsns(sandbox: Sandbox, tmp_path: 
         ] = text
     assert "X-SDK; REJECTED BV not-supported: file type not accepted" in reports["5.6.0"]
     assert "Action: delivered" in reports["2.0.0"]
+
+
+def test_a_smart_host_that_hangs_delays_no_kvittens(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Issue 17: the report stage alone talks to the smart host. One that takes the
+    connection and never answers holds up the rejected mail's report for its timeout
+    (30 s), while the next mail's ACCEPTED kvittens is retrieved and settled at once."""
+    import socket
+
+    from support.kvittens import REJECTED, send_kvittens
+
+    from bridge.sdk.verdict import ACCEPTED
+
+    silent = socket.create_server(("127.0.0.1", 0))  # connections queue, never answered
+    config_file = sandbox.directory / "org-a-hanging.yaml"
+    config_file.write_text(
+        sandbox.config_path("a").read_text()
+        + f"outbound:\n  smart_host: 127.0.0.1:{silent.getsockname()[1]}\n"
+        + "  postmaster: postmaster@a.sandbox.test\n  poll_seconds: 0.3\n"
+    )
+    running = Bridge(sandbox)
+    running.config = config_file
+    running.start()
+
+    def delivery(sdk_message_id: str) -> Delivery:
+        with opened_spool(config_file) as spool:
+            return spool.by_sdk_message_id(sdk_message_id)
+
+    def send(subject: str) -> str:
+        earlier = set(sent_to_b())
+        with smtplib.SMTP("127.0.0.1", sandbox.smtp_port("a"), timeout=30) as smtp:
+            smtp.send_message(mail(subject), FROM, [TO_B], rcpt_options=["NOTIFY=FAILURE"])
+        eventually(lambda: set(sent_to_b()) - earlier)
+        return next(
+            m for m in received_by_b(sandbox, tmp_path / "b") if m.label == subject
+        ).message_id
+
+    def sent_to_b() -> list[str]:
+        with opened_spool(config_file) as spool:
+            return [d.sdk_message_id for d in spool.deliveries(State.SUBMITTED)]
+
+    try:
+        refused = send("Värden tiger: avvisas")
+        send_kvittens(sandbox, REJECTED, refused)
+        eventually(lambda: delivery(refused).state is State.FAILED)
+        settled_at = time.monotonic()
+        taken = send("Värden tiger: tas emot")
+        send_kvittens(sandbox, ACCEPTED, taken)
+        eventually(lambda: delivery(taken).state is State.DELIVERED)
+        assert time.monotonic() - settled_at < 20  # the report's 30 s have not run out
+        assert "report" in delivery(refused).notes  # still on its way to the smart host
+    finally:
+        stopping = time.monotonic()
+        code = running.stop()
+        stopped_in = time.monotonic() - stopping
+        silent.close()
+    assert code == 0 and stopped_in < 10  # the report is dropped midway, and stays owed
+    assert "report" in delivery(refused).notes
 
 
 def children(pid: int) -> set[int]:

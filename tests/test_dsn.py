@@ -3,7 +3,9 @@
 import asyncio
 import email.policy
 import email.utils
+import socket
 import ssl
+import time
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -14,7 +16,7 @@ from aiosmtpd.controller import Controller
 
 from bridge.lab.sandbox.ports import free_tcp_port
 from bridge.lab.testpki import make_pki
-from bridge.outbound import dsn
+from bridge.outbound import dsn, smarthost
 from bridge.outbound.dsn import Action, Report, should_notify
 from bridge.spool import Envelope, RecipientRecord
 
@@ -449,7 +451,7 @@ def test_send_hands_the_dsn_to_the_smart_host_with_a_null_sender(sink) -> None: 
     handler, port = sink
     message = build([rejected()], env=envelope(ret="FULL"), mail=original(utf8=True))
     assert message is not None
-    asyncio.run(dsn.send(message, smart_host="127.0.0.1", port=port, timeout=10))
+    asyncio.run(smarthost.send(message, smart_host="127.0.0.1", port=port, timeout=10))
 
     ((mail_from, rcpt_tos, content, options),) = handler.received
     assert mail_from == "<>"  # MAIL FROM:<> (aiosmtpd reports the null path so)
@@ -471,18 +473,22 @@ def test_send_failures_raise_for_the_caller_to_retry() -> None:
     controller = Controller(handler, hostname="127.0.0.1", port=free_tcp_port())
     controller.start()
     try:
-        with pytest.raises(dsn.SendError, match="550") as refused:
-            asyncio.run(dsn.send(message, smart_host="127.0.0.1", port=controller.port))
+        with pytest.raises(smarthost.SendError, match="550") as refused:
+            asyncio.run(smarthost.send(message, smart_host="127.0.0.1", port=controller.port))
         assert refused.value.permanent
     finally:
         controller.stop()
 
-    with pytest.raises(dsn.SendError, match="unreachable") as down:
-        asyncio.run(dsn.send(message, smart_host="127.0.0.1", port=free_tcp_port(), timeout=5))
+    with pytest.raises(smarthost.SendError, match="unreachable") as down:
+        asyncio.run(
+            smarthost.send(message, smart_host="127.0.0.1", port=free_tcp_port(), timeout=5)
+        )
     assert not down.value.permanent
 
 
-def test_reports_go_over_starttls_and_only_loopback_may_do_without(tmp_path: Path) -> None:
+def test_reports_go_over_starttls_and_only_loopback_may_do_without(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pki = make_pki(tmp_path, key_size=2048)
     identity = pki.issue("smarthost", key_usage="sign", hosts=["127.0.0.1"])
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -496,18 +502,46 @@ def test_reports_go_over_starttls_and_only_loopback_may_do_without(tmp_path: Pat
     try:
         message = build([rejected()])
         assert message is not None
-        asyncio.run(dsn.send(message, smart_host="127.0.0.1", port=controller.port, tls=client_tls))
+        asyncio.run(
+            smarthost.send(message, smart_host="127.0.0.1", port=controller.port, tls=client_tls)
+        )
         assert handler.encrypted == [True]
-        with pytest.raises(dsn.SendError, match="certificate verify failed"):  # not its CA
-            asyncio.run(dsn.send(message, smart_host="127.0.0.1", port=controller.port))
+        with pytest.raises(smarthost.SendError, match="certificate verify failed"):  # not its CA
+            asyncio.run(smarthost.send(message, smart_host="127.0.0.1", port=controller.port))
     finally:
         controller.stop()
     plain = Controller(Sink(), hostname="127.0.0.1", port=free_tcp_port())
     plain.start()
     try:
-        data = message.as_bytes(policy=message.policy)
-        with pytest.raises(dsn.SendError, match="does not offer STARTTLS") as refused:
-            dsn._send(data, [SENDER], "127.0.0.1", plain.port, client_tls, True, 10, "a.se")
+        monkeypatch.setattr(smarthost, "is_loopback", lambda host: False)  # as if elsewhere
+        with pytest.raises(smarthost.SendError, match="does not offer STARTTLS") as refused:
+            asyncio.run(smarthost.send(message, smart_host="127.0.0.1", port=plain.port))
         assert not refused.value.permanent  # held, and sent once the smart host is set up
     finally:
         plain.stop()
+
+
+def test_a_smart_host_that_never_answers_costs_one_timeout() -> None:
+    """It takes the connection and says nothing: a temporary failure after `timeout`."""
+    message = build([rejected()])
+    assert message is not None
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        started = time.monotonic()
+        with pytest.raises(smarthost.SendError, match="timed out") as hung:
+            asyncio.run(
+                smarthost.send(
+                    message, smart_host="127.0.0.1", port=silent.getsockname()[1], timeout=0.5
+                )
+            )
+    assert not hung.value.permanent and time.monotonic() - started < 5
+
+
+def test_lines_that_begin_with_a_dot_arrive_as_written(sink) -> None:  # type: ignore[no-untyped-def]
+    handler, port = sink
+    message = EmailMessage(policy=email.policy.SMTP)
+    message["From"], message["To"], message["Subject"] = "postmaster@a.se", SENDER, "Punkter"
+    message.set_content(".\n..två\n.tre\nslut utan radslut", cte="8bit")
+    asyncio.run(smarthost.send(message, smart_host="127.0.0.1", port=port, timeout=10))
+    ((_, _, content, _),) = handler.received
+    body = BytesParser(policy=email.policy.default).parsebytes(content).get_content()
+    assert body.replace("\r\n", "\n") == ".\n..två\n.tre\nslut utan radslut\n"

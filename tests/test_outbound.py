@@ -133,7 +133,7 @@ def test_unknown_recipient_at_the_access_point_fails_for_good(
         ap = access_point(sandbox, "a")
         with registry_for(sandbox, "a", tmp_path / "cache") as registry:
 
-            async def notify(delivery) -> None:
+            def notify(delivery) -> None:
                 failures.append(tuple(delivery.notes["report"].values()))
 
             worker = Worker(OutboundSettings(ORG_A), spool, registry, ap, a.signing, notify=notify)
@@ -168,7 +168,7 @@ def test_not_serviced_at_the_receiving_access_point(sandbox: Sandbox, tmp_path: 
     )
     events = []
 
-    async def notify(delivery) -> None:
+    def notify(delivery) -> None:
         events.append(tuple(delivery.notes["report"].values()))
 
     try:

@@ -50,7 +50,7 @@ class Harness:
         """A's intake: retrieve from the access point, then process the kvittens."""
         a = config.load(self.sandbox.config_path("a"))
 
-        async def notify(delivery) -> None:
+        def notify(delivery) -> None:
             self.events.append((delivery.sdk_message_id, *delivery.notes["report"].values()))
 
         async def run() -> None:
@@ -134,7 +134,7 @@ def test_no_kvittens_in_time(harness: Harness) -> None:
     a = config.load(harness.sandbox.config_path("a"))
 
     async def sweep(delay: timedelta, lifetime: timedelta) -> None:
-        async def notify(delivery) -> None:
+        def notify(delivery) -> None:
             harness.events.append((delivery.sdk_message_id, *delivery.notes["report"].values()))
 
         with registry_for(harness.sandbox, "a", harness.tmp_path / "cache") as registry:
@@ -165,7 +165,7 @@ def test_a_queued_delivery_gets_one_delay_report(harness: Harness) -> None:
     a = config.load(harness.sandbox.config_path("a"))
 
     async def sweep() -> None:
-        async def notify(delivery) -> None:
+        def notify(delivery) -> None:
             harness.events.append((delivery.sdk_message_id, *delivery.notes["report"].values()))
 
         with registry_for(harness.sandbox, "a", harness.tmp_path / "cache") as registry:

@@ -13,7 +13,7 @@ from support.daemon import Sink
 from support.outbound import TO_B, new_mail
 
 from bridge.lab.sandbox.ports import free_tcp_port
-from bridge.outbound import dsn
+from bridge.outbound import smarthost
 from bridge.outbound.outcomes import Event, settle
 from bridge.outbound.reports import DsnReporter, inside, sender_domains
 from bridge.spool import Delivery, Envelope, RecipientRecord, Retention, SQLiteSpool, State
@@ -51,7 +51,7 @@ def test_a_report_waits_for_the_smart_host(tmp_path: Path) -> None:
         {delivery.state},
         notes={"report": {"event": Event.FAILED, "status": "5.1.1", "text": "no such address"}},
     )
-    asyncio.run(reporter(delivery))
+    asyncio.run(reporter.report(delivery))
     assert "report" not in spool.delivery(delivery.id).notes  # sent, or held: not owed
     ((_, recipient, _),) = spool.held_reports()
     assert recipient == "anna@kommun-a.se"
@@ -76,13 +76,17 @@ def test_a_report_owed_while_another_is_sent_is_not_lost(tmp_path: Path) -> None
     (delivery,) = spool.deliveries()
     reporter = reporter_for(spool, 1)
     sent: list[str] = []
+    woken: list[int] = []
+
+    def owed(delivery: Delivery) -> None:
+        woken.append(delivery.id)
 
     async def send(message: EmailMessage, about: Delivery) -> None:
         sent.append(str(message["Subject"]))
         if len(sent) == 1:  # meanwhile the worker gives up on it
             await settle(
                 spool,
-                reporter,
+                owed,
                 about,
                 {State.QUEUED},
                 Event.FAILED,
@@ -92,14 +96,15 @@ def test_a_report_owed_while_another_is_sent_is_not_lost(tmp_path: Path) -> None
             )
 
     reporter._send = send  # type: ignore[method-assign]
-    asyncio.run(
-        settle(spool, reporter, delivery, {State.QUEUED}, Event.DELAYED, "4.4.1", "waiting")
-    )
-    assert len(sent) == 1
+    asyncio.run(settle(spool, owed, delivery, {State.QUEUED}, Event.DELAYED, "4.4.1", "waiting"))
+    assert sent == [] and woken == [delivery.id]  # settling waits for no smart host
+    assert asyncio.run(reporter.round()) is True
+    assert len(sent) == 1 and woken == [delivery.id] * 2
     assert spool.delivery(delivery.id).notes["report"]["event"] == Event.FAILED
-    asyncio.run(reporter.send_owed())
+    asyncio.run(reporter.round())
     assert len(sent) == 2 and sent[0] != sent[1]
     assert "report" not in spool.delivery(delivery.id).notes
+    assert asyncio.run(reporter.round()) is False
 
 
 def test_held_reports_wait_after_the_first_the_smart_host_does_not_take(
@@ -115,9 +120,9 @@ def test_held_reports_wait_after_the_first_the_smart_host_does_not_take(
 
     async def down(message: EmailMessage, **_: object) -> None:
         tried.append(str(message["Subject"]))
-        raise dsn.SendError("timed out", permanent=False)
+        raise smarthost.SendError("timed out", permanent=False)
 
-    monkeypatch.setattr(dsn, "send", down)
+    monkeypatch.setattr(smarthost, "send", down)
     asyncio.run(reporter.resend_held())
     assert len(tried) == 1 and len(spool.held_reports()) == 3
 
@@ -147,7 +152,7 @@ def test_reports_go_only_to_senders_inside_the_organisation(tmp_path: Path) -> N
             {delivery.state},
             notes={"report": {"event": Event.FAILED, "status": "5.1.1", "text": "no"}},
         )
-        asyncio.run(reporter(delivery))
+        asyncio.run(reporter.report(delivery))
     finally:
         sink.stop()
     assert sink.messages == [] and spool.held_reports() == []
@@ -171,7 +176,7 @@ def test_delivered_after_all_once_its_content_is_gone(tmp_path: Path) -> None:
             delivery.id, {State.FAILED}, state=State.DELIVERED, notes={"report": owed}
         )
         assert delivered is not None
-        asyncio.run(reporter(delivered))
+        asyncio.run(reporter.report(delivered))
     finally:
         sink.stop()
     ((_, recipients, content),) = sink.messages

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from support.spools import AT_ONCE, ENVELOPE, RECIPIENTS
 
+from bridge.runtime.stages import Stage
 from bridge.spool import SpoolFull, SQLiteSpool, State
-from bridge.spool.retention import Retention, keep_purging
+from bridge.spool.retention import PURGE_INTERVAL, Retention, purge
 
 
 def test_the_queue_is_in_wal_mode(tmp_path: Path) -> None:
@@ -62,7 +63,8 @@ def test_the_daemon_purges_from_the_start_until_stopped(tmp_path: Path) -> None:
 
     async def run() -> None:
         stop = asyncio.Event()
-        purging = asyncio.create_task(keep_purging(spool, Retention(), stop))
+        stage = Stage("purge", lambda: purge(spool, Retention()), PURGE_INTERVAL)
+        purging = asyncio.create_task(stage.run(stop))
         async with asyncio.timeout(10):
             while (tmp_path / "messages" / f"{message_id}.eml").exists():
                 await asyncio.sleep(0.05)

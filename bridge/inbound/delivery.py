@@ -8,7 +8,6 @@ spool (`inbox/`), logged as an error for an administrator.
 """
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +28,6 @@ class DeliverySettings:
     first_retry: timedelta = timedelta(seconds=10)
     max_retry: timedelta = timedelta(minutes=15)
     batch: int = 16  # mails taken from the spool at a time
-    poll: float = 1.0  # seconds between looks at the spool when idle
 
 
 class MailboxDelivery:
@@ -42,7 +40,6 @@ class MailboxDelivery:
         self.spool = spool
         self.mailboxes = mailboxes  # functional address -> its mailbox
         self.settings = settings
-        self._woken = asyncio.Event()
 
     async def replace(self, mailboxes: Mapping[str, Mailbox]) -> None:
         """New mailboxes, from a reloaded configuration; the ones they replace are closed."""
@@ -55,20 +52,11 @@ class MailboxDelivery:
         for mailbox in self.mailboxes.values():
             await mailbox.close()
 
-    def wake(self) -> None:
-        """New mail is in the spool: look now rather than at the next poll."""
-        self._woken.set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set; what is in flight finishes, the rest waits."""
-        while not stop.is_set():
-            self._woken.clear()
-            due = await asyncio.to_thread(self.spool.inbox_due, self.settings.batch)
-            if due:
-                await asyncio.gather(*(self.deliver(mail) for mail in due))
-                continue
-            with contextlib.suppress(TimeoutError):  # `stop` ends this wait via its poll
-                await asyncio.wait_for(self._woken.wait(), self.settings.poll)
+    async def round(self) -> bool:
+        """Deliver what is due, a batch at a time; whether any was (more may be waiting)."""
+        due = await asyncio.to_thread(self.spool.inbox_due, self.settings.batch)
+        await asyncio.gather(*(self.deliver(mail) for mail in due))
+        return bool(due)
 
     async def deliver(self, mail: InboundMail) -> None:
         """One attempt; its outcome is written back to the spool."""

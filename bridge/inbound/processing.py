@@ -143,22 +143,26 @@ class Inbound:
             federation=settings.federation,
         )
 
-    async def process_pending(self) -> bool:
-        """The stored messages not yet decided, oldest first; then the kvittens owed.
-        Whether any was taken: more may be waiting, so the caller looks again at once.
+    async def judge_pending(self) -> bool:
+        """The judge stage's round: stored messages not yet decided, oldest first, a batch
+        at a time; whether any was taken (more may be waiting).
 
         Kvittens are left for `outbound.receipts`. A message that cannot be judged now
         (registry, scanner, disk or crypto workers failing) waits with growing pauses;
         another document type, or a message that trips a bug, is quarantined: one bad
-        envelope never holds up the others."""
+        envelope never holds up the others. Each message judged leaves "new" or waits
+        until later, so rounds that return True end."""
         items = await asyncio.to_thread(
             self.spool.claim_received, BATCH, other_than=KVITTENS_ACTION, max_bytes=BATCH_BYTES
         )
         await each(items, self._process_safely)
+        return bool(items)
+
+    async def answer(self) -> None:
+        """The answer stage's round: the kvittens owed are handed to the access point,
+        and those it took are asked after."""
         await self.send_owed()
         await self.follow_sent()
-        # Each message judged leaves "new" or waits until later, so this loop ends.
-        return bool(items)
 
     async def _process_safely(self, item: Received) -> None:
         try:

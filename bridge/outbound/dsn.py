@@ -5,8 +5,8 @@ the one that must tell the sender: a delay warning, a failure (the kvittens said
 the recipient turned out unknown, the message expired), a success when asked for, and a
 follow-up when a kvittens ACCEPTED arrives after a failure DSN went out.
 
-`build` makes the `multipart/report; report-type=delivery-status` message and `send` hands
-it to the organisation's smart host. Decisions:
+`build` makes the `multipart/report; report-type=delivery-status` message, which
+`smarthost.send` hands to the organisation's smart host. Decisions:
 
 - **Who is told**: `should_notify` follows RFC 3461: NEVER silences everything; without
   NOTIFY the default is FAILURE and DELAY, never SUCCESS.
@@ -35,12 +35,9 @@ it to the organisation's smart host. Decisions:
   one line, so nothing a sender or a receiving organisation writes can add header lines.
 """
 
-import asyncio
 import email.policy
 import email.utils
 import re
-import smtplib
-import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.header import Header
@@ -49,7 +46,6 @@ from email.parser import BytesHeaderParser
 from enum import StrEnum
 from typing import cast
 
-from ..plugin.settings import is_loopback
 from ..spool import Envelope, RecipientRecord
 
 # email.policy.SMTP (CRLF, 8-bit allowed), but header lines of the returned original are
@@ -201,94 +197,6 @@ def build(
 
     _attach(dsn, _original_headers(original, policy=policy))
     return dsn
-
-
-class SendError(Exception):
-    """The smart host did not take the DSN. `permanent` (a 5xx reply): retrying the same
-    DSN will not help; otherwise try again later."""
-
-    def __init__(self, message: str, *, permanent: bool) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
-async def send(
-    message: EmailMessage,
-    *,
-    smart_host: str,
-    port: int,
-    tls: ssl.SSLContext | None = None,
-    timeout: float = 30,
-    local_hostname: str | None = None,
-) -> None:
-    """Hand the DSN to the smart host with `MAIL FROM:<>` (a DSN never causes another),
-    to the addresses in its To header, over STARTTLS (`tls`, else the system's CAs): a
-    smart host that does not offer it is used only on loopback, as the `smtp` mailbox
-    plugin does. Raises `SendError` when it was not accepted."""
-    recipients = [address for _, address in email.utils.getaddresses(message.get_all("To", []))]
-    if not recipients:
-        raise SendError("the DSN has no recipient", permanent=True)
-    data = message.as_bytes(policy=message.policy)
-    if local_hostname is None:
-        local_hostname = str(message.get("From", "")).rpartition("@")[2].strip(" >") or None
-    context = tls or ssl.create_default_context()
-    helo = local_hostname or "localhost"
-    required = not is_loopback(smart_host)
-    await asyncio.to_thread(
-        _send, data, recipients, smart_host, port, context, required, timeout, helo
-    )
-
-
-def _send(
-    data: bytes,
-    recipients: list[str],
-    host: str,
-    port: int,
-    tls: ssl.SSLContext,
-    tls_required: bool,
-    timeout: float,
-    helo: str,
-) -> None:
-    where = f"smart host {host}:{port}"
-    try:
-        with smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout) as smtp:
-            smtp.ehlo()
-            if smtp.has_extn("starttls"):
-                smtp.starttls(context=tls)
-                smtp.ehlo()
-            elif tls_required:  # kept and sent again: the smart host's set-up is to blame
-                raise SendError(f"{where} does not offer STARTTLS", permanent=False)
-            options = []
-            if not data.isascii():
-                if not smtp.has_extn("8bitmime"):
-                    raise SendError(f"{where} does not offer 8BITMIME", permanent=True)
-                options.append("BODY=8BITMIME")
-            if not all(r.isascii() for r in recipients):
-                if not smtp.has_extn("smtputf8"):
-                    raise SendError(f"{where} does not offer SMTPUTF8", permanent=True)
-                options.append("SMTPUTF8")
-            smtp.sendmail("", recipients, data, mail_options=options)
-    except SendError:
-        raise
-    except smtplib.SMTPRecipientsRefused as e:
-        replies = list(e.recipients.values())
-        raise SendError(
-            f"{where} refused the recipient: {_reply_text(*replies[0])}",
-            permanent=all(500 <= code < 600 for code, _ in replies),
-        ) from e
-    except smtplib.SMTPResponseException as e:
-        raise SendError(
-            f"{where} refused the DSN: {_reply_text(e.smtp_code, e.smtp_error)}",
-            permanent=500 <= e.smtp_code < 600,
-        ) from e
-    except (smtplib.SMTPException, OSError) as e:
-        raise SendError(f"{where} unreachable: {e}", permanent=False) from e
-
-
-def _reply_text(code: int, text: bytes | str) -> str:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    return f"{code} {_one_line(text)}"
 
 
 # --- the delivery-status part ------------------------------------------------------------

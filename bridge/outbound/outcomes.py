@@ -3,12 +3,13 @@
 Every outcome (delivered, failed, rejected, delayed) moves the delivery and records the
 report the sender is owed in the same spool transaction, and only from the states it may
 come from, so two outcomes racing (a duplicate ACCEPTED, a REJECTED after expiry) never
-report twice. The report is sent afterwards and its note cleared; a bridge killed in
-between sends it after the restart (`Notify` is asked again for every owed report).
+report twice. The report stage sends it afterwards and clears the note (`Notify` wakes
+it); a bridge killed in between sends it after the restart. Settling never waits for the
+smart host.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from enum import StrEnum
 from typing import Any
 
@@ -25,8 +26,8 @@ class Event(StrEnum):
     DELAYED = "delayed"
 
 
-# Sends the report a delivery's notes say is owed, then clears that note.
-Notify = Callable[[Delivery], Awaitable[None]]
+# Told of a delivery whose notes now owe its sender a report (wakes the report stage).
+Notify = Callable[[Delivery], None]
 
 
 async def settle(
@@ -51,5 +52,5 @@ async def settle(
         spool.transition, delivery.id, from_states, notes=notes, **changes
     )
     if updated is not None and notify is not None:
-        await notify(updated)
+        notify(updated)
     return updated

@@ -9,7 +9,7 @@ from email.parser import BytesParser
 import structlog
 
 from ..spool import ContentRemoved, Delivery, Spool, State
-from . import dsn
+from . import dsn, smarthost
 from .outcomes import Event
 
 log = structlog.get_logger(__name__)
@@ -24,12 +24,11 @@ _ACTIONS = {
 
 
 class DsnReporter:
-    """The `Notify` of the worker and the kvittens intake: sends the report a delivery is
-    owed, then clears the note. A report the smart host does not take now is kept in the
-    spool and sent again (`resend_held`); one owed when the bridge died is sent after the
-    restart (`send_owed`). A report being sent (the stage that settled the delivery sends
-    it at once) is not sent again by `send_owed` meanwhile; other instances are kept off it
-    by the spool's lease."""
+    """The report stage: sends the reports deliveries are owed (their notes say so), then
+    clears each note. A report the smart host does not take now is kept in the spool and
+    sent again (`resend_held`); one owed when the bridge died is sent after the restart.
+    Only this stage talks to the smart host, so one that hangs delays nothing else; other
+    instances are kept off a report by the spool's lease."""
 
     def __init__(
         self,
@@ -51,26 +50,28 @@ class DsnReporter:
         self.postmaster = postmaster
         self.reporting_mta = reporting_mta
         self.lifetime = lifetime
-        self._sending: set[int] = set()  # delivery ids
 
-    async def __call__(self, delivery: Delivery) -> None:
+    async def round(self) -> bool:
+        """Owed reports, then held ones; whether any was owed (more may be waiting)."""
+        owed = await self.send_owed()
+        await self.resend_held()
+        return owed
+
+    async def report(self, delivery: Delivery) -> None:
+        """Send the report `delivery`'s notes say it is owed, then clear that note."""
         owed = delivery.notes.get("report")
-        if not owed or delivery.id in self._sending:
+        if not owed:
             return
-        self._sending.add(delivery.id)
-        try:
-            message = await asyncio.to_thread(self._build, delivery, owed)  # maybe 30 MB
-            if message is not None:
-                await self._send(message, delivery)
-            await asyncio.to_thread(  # unless another was owed meanwhile: sent next round
-                self.spool.transition,
-                delivery.id,
-                set(State),
-                when=lambda now: now.notes.get("report") == owed,
-                notes={"report": None},
-            )
-        finally:
-            self._sending.discard(delivery.id)
+        message = await asyncio.to_thread(self._build, delivery, owed)  # maybe 30 MB
+        if message is not None:
+            await self._send(message, delivery)
+        await asyncio.to_thread(  # unless another was owed meanwhile: sent next round
+            self.spool.transition,
+            delivery.id,
+            set(State),
+            when=lambda now: now.notes.get("report") == owed,
+            notes={"report": None},
+        )
 
     def _build(self, delivery: Delivery, owed: dict[str, str]) -> EmailMessage | None:
         event = Event(owed["event"])
@@ -122,7 +123,7 @@ class DsnReporter:
             return
         try:
             await self._hand_over(message)
-        except dsn.SendError as e:
+        except smarthost.SendError as e:
             log.error(
                 "delivery report could not be sent",
                 to=to,
@@ -139,14 +140,17 @@ class DsnReporter:
     async def _hand_over(self, message: EmailMessage) -> None:
         assert self.smart_host is not None
         host, port = self.smart_host
-        await dsn.send(message, smart_host=host, port=port, tls=self.tls)
+        await smarthost.send(message, smart_host=host, port=port, tls=self.tls)
 
-    async def send_owed(self) -> None:
-        """Reports not sent yet: owed by a bridge that stopped before sending them, or
-        asked for by `sdk-bridge queue bounce`. A few a round, one after another, so that
-        a round stays well within the spool's lease even when the smart host hangs."""
-        for delivery in await asyncio.to_thread(self.spool.owing_reports):
-            await self(delivery)
+    async def send_owed(self) -> bool:
+        """Reports not sent yet: owed by a settled delivery, by a bridge that stopped
+        before sending them, or asked for by `sdk-bridge queue bounce`. A few a round, one
+        after another, so that a round stays well within the spool's lease even when the
+        smart host hangs; whether there were any."""
+        owed = await asyncio.to_thread(self.spool.owing_reports)
+        for delivery in owed:
+            await self.report(delivery)
+        return bool(owed)
 
     async def resend_held(self) -> None:
         """Reports kept because the smart host did not take them: try each once more, and
@@ -159,7 +163,7 @@ class DsnReporter:
             assert isinstance(message, EmailMessage)
             try:
                 await self._hand_over(message)
-            except dsn.SendError as e:
+            except smarthost.SendError as e:
                 if not e.permanent:
                     return
                 log.error("held delivery report refused for good", to=recipient, error=str(e))

@@ -7,7 +7,6 @@ off the event loop.
 """
 
 import asyncio
-import contextlib
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,7 +45,6 @@ class OutboundSettings:
     first_retry: timedelta = timedelta(seconds=30)
     max_retry: timedelta = timedelta(hours=1)
     batch: int = 16  # deliveries taken from the spool at a time
-    poll: float = 1.0  # seconds between looks at the spool when idle
     secrecy_tags: tuple[str, ...] = ("[sekretess]",)
     # Our functional addresses' own mailboxes (casefolded): mail written from one of them
     # names no person as its writer.
@@ -71,31 +69,15 @@ class Worker:
         self.signer = signer
         self.crypto = crypto
         self.notify = notify  # tells the sender (a DSN)
-        self._woken = asyncio.Event()
 
-    def wake(self) -> None:
-        """New mail is in the spool: look now rather than at the next poll."""
-        self._woken.set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Work until `stop` is set; in-flight deliveries finish, the rest stay queued."""
-        while not stop.is_set():
-            self._woken.clear()
-            due = await asyncio.to_thread(self.spool.claim_due, self.settings.batch)
-            if due:
-                results = await asyncio.gather(
-                    *(self.deliver(d) for d in due), return_exceptions=True
-                )
-                for delivery, result in zip(due, results, strict=True):
-                    if isinstance(result, Exception):  # a bug; its lease makes it due again
-                        log.error(
-                            "delivery attempt crashed",
-                            **delivery.ids(),
-                            error=repr(result),
-                        )
-                continue
-            with contextlib.suppress(TimeoutError):  # `stop` ends this wait via its poll
-                await asyncio.wait_for(self._woken.wait(), self.settings.poll)
+    async def round(self) -> bool:
+        """Deliver what is due, a batch at a time; whether any was (more may be waiting)."""
+        due = await asyncio.to_thread(self.spool.claim_due, self.settings.batch)
+        results = await asyncio.gather(*(self.deliver(d) for d in due), return_exceptions=True)
+        for delivery, result in zip(due, results, strict=True):
+            if isinstance(result, Exception):  # a bug; its lease makes it due again
+                log.error("delivery attempt crashed", **delivery.ids(), error=repr(result))
+        return bool(due)
 
     async def deliver(self, delivery: Delivery) -> None:
         """One attempt; every outcome is written back to the spool."""

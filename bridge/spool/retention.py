@@ -6,7 +6,6 @@ duplicates and reply threading. Each back end's `purge` applies a `Retention`; t
 runs it every PURGE_INTERVAL, `sdk-bridge purge` at once."""
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -72,16 +71,13 @@ class Purged:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-async def keep_purging(spool: "Spool", retention: Retention, stop: asyncio.Event) -> None:
-    """The daemon's purge, every PURGE_INTERVAL until `stop`; a spool that cannot be
+async def purge(spool: "Spool", retention: Retention) -> None:
+    """One round of the daemon's purge (every PURGE_INTERVAL); a spool that cannot be
     reached now is purged next time."""
-    while not stop.is_set():
-        try:
-            purged = await asyncio.to_thread(spool.purge, retention)
-        except STORAGE_ERRORS as e:
-            log.warning("spool not purged this time", error=str(e))
-        else:
-            if purged:
-                log.info("spool purged", **purged.summary())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), PURGE_INTERVAL)
+    try:
+        purged = await asyncio.to_thread(spool.purge, retention)
+    except STORAGE_ERRORS as e:
+        log.warning("spool not purged this time", error=str(e))
+        return
+    if purged:
+        log.info("spool purged", **purged.summary())

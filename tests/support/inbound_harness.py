@@ -99,7 +99,8 @@ class Harness:
                         forbidden_types=forbidden_types,
                     )
                     inbound = Inbound(settings, self.spool, registry, ap, self.scanner)
-                    await inbound.process_pending()
+                    await inbound.judge_pending()
+                    await inbound.answer()
             finally:
                 await ap.close()
 

@@ -46,7 +46,6 @@ from support.hostile import HOSTILE_CASES
 from support.inbound_harness import ORG_A, ORG_B, Harness, message, rejected
 from support.registries import registry_for
 
-from bridge.inbound.processing import KVITTENS_ACTION, MESSAGE_ACTION
 from bridge.lab.sandbox.federation import Sandbox
 from bridge.outbound.receipts import Receipts
 from bridge.plugin import SCANNERS, PermanentFailure, TemporaryFailure, load
@@ -54,7 +53,17 @@ from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
 from bridge.sdk import xhe, xmldsig, xmlenc
 from bridge.sdk.keys import KeyPair
-from bridge.sdk.names import C14N, DS_NS, EXC_C14N, RSA_SHA256, XHA_NS, XHB_NS, q
+from bridge.sdk.names import (
+    C14N,
+    DS_NS,
+    EXC_C14N,
+    KVITTENS_ACTION,
+    MESSAGE_ACTION,
+    RSA_SHA256,
+    XHA_NS,
+    XHB_NS,
+    q,
+)
 from bridge.sdk.sealing import seal_kvittens
 from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
 from bridge.spool import Received

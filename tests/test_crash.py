@@ -19,8 +19,7 @@ from support import backends
 from support.localruns import FROM, TO_B, assert_each_once, in_mailbox, mail, recover_lost
 
 from bridge.lab.local import LocalRun
-from bridge.outbound.receipts import KVITTENS_ACTION
-from bridge.outbound.worker import MESSAGE_ACTION
+from bridge.sdk.names import KVITTENS_ACTION, MESSAGE_ACTION
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 

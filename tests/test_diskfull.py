@@ -101,7 +101,7 @@ def test_a_full_disk_loses_nothing_and_reports_nothing_false(tmp_path: Path, ful
                     assert spool.received("lost") == []
             with local.spool("a") as spool:
                 notes = [d.notes for d in spool.deliveries()]
-            assert not any(n.get("delay_reported") or n.get("failure_reported") for n in notes)
+            assert not any(n.delay_reported or n.failure_reported for n in notes)
             assert readyz(admin)[0] == 200
         finally:
             local.stop()

@@ -45,7 +45,7 @@ from bridge.plugin import (
 from bridge.sdk import message as msg
 from bridge.sdk import xhe, xmlsafe
 from bridge.sdk.keys import KeyPair
-from bridge.sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_DOCUMENT_ID
+from bridge.sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_ACTION
 from bridge.sdk.sealing import Receiver, open_envelope, seal_message
 from bridge.sdk.verdict import ACCEPTED
 from bridge.sdk.xmlsafe import parse
@@ -53,7 +53,6 @@ from plugins import domibus_ws
 from plugins.domibus_ws import MessageNotFound, UnreadableMessage
 
 STALE_ORG = "0203:stale.sandbox.test"  # the SMP names B's access point, which does not serve it
-MESSAGE_ACTION = f"{DOCUMENT_ID_SCHEME}::{MESSAGE_DOCUMENT_ID}"
 DIGG_EXAMPLE = Path(
     "/work/shared/sdk-spec/message-v3/sdk-meddelande-v3.1/example/as4_xhe_encrypted.xml"
 )

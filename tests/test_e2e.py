@@ -285,7 +285,7 @@ def test_an_undecryptable_message_waits_in_quarantine(
     from support.inbound_harness import message
     from support.outbound import access_point
 
-    from bridge.inbound.processing import MESSAGE_ACTION
+    from bridge.sdk.names import MESSAGE_ACTION
 
     a = config.load(federation.config_path("a"))
     business = message()

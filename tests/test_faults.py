@@ -51,7 +51,7 @@ from support.waiting import eventually
 from bridge.lab.local import LocalRun
 from bridge.lab.sandbox.federation import HOST
 from bridge.lab.sandbox.ports import free_tcp_port
-from bridge.outbound.receipts import KVITTENS_ACTION
+from bridge.sdk.names import KVITTENS_ACTION
 from plugins.postgres_spool import PostgresSpool
 
 pytestmark = pytest.mark.slow
@@ -270,7 +270,7 @@ def kvittens(local: LocalRun, label: str, message: EmailMessage) -> list[str | N
     message_id = str(message["Message-ID"]).strip("<>")
     with local.spool(label) as spool:
         deliveries = spool.deliveries()
-    return [d.notes.get("kvittens") for d in deliveries if d.mail_message_id == message_id]
+    return [d.notes.kvittens for d in deliveries if d.mail_message_id == message_id]
 
 
 def acknowledged(local: LocalRun, label: str, messages: list[EmailMessage], seconds: float) -> None:

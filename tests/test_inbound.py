@@ -20,13 +20,13 @@ from support import inbound_harness
 from support.clamd import EICAR, Clamd
 from support.inbound_harness import MAILBOX_B, ORG_A, ORG_B, Harness, message, rejected
 
-from bridge.inbound.processing import MESSAGE_ACTION
 from bridge.lab.sandbox.federation import Sandbox
 from bridge.plugin import SCANNERS, TemporaryFailure, load
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
 from bridge.sdk import xhe, xmldsig, xmlenc
 from bridge.sdk.keys import KeyPair
+from bridge.sdk.names import MESSAGE_ACTION
 from bridge.sdk.sealing import seal_kvittens
 from bridge.sdk.verdict import ACCEPTED
 from bridge.spool import InboxState, Received

@@ -4,6 +4,7 @@ access point as an SDK message that B's key opens, with every mapped field equal
 import asyncio
 import dataclasses
 import email.policy
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -134,7 +135,7 @@ def test_unknown_recipient_at_the_access_point_fails_for_good(
         with registry_for(sandbox, "a", tmp_path / "cache") as registry:
 
             def notify(delivery) -> None:
-                failures.append(tuple(delivery.notes["report"].values()))
+                failures.append(astuple(delivery.notes.report))
 
             worker = Worker(OutboundSettings(ORG_A), spool, registry, ap, a.signing, notify=notify)
             for delivery in spool.claim_due(10):
@@ -169,7 +170,7 @@ def test_not_serviced_at_the_receiving_access_point(sandbox: Sandbox, tmp_path: 
     events = []
 
     def notify(delivery) -> None:
-        events.append(tuple(delivery.notes["report"].values()))
+        events.append(astuple(delivery.notes.report))
 
     try:
         run_worker(sandbox, spool, tmp_path / "cache")
@@ -202,7 +203,7 @@ def test_acknowledged_submissions_are_noted(sandbox: Sandbox, tmp_path: Path) ->
 
     asyncio.run(check())
     (delivery,) = spool.deliveries()
-    assert delivery.state is State.SUBMITTED and delivery.notes["transport"] == "ACKNOWLEDGED"
+    assert delivery.state is State.SUBMITTED and delivery.notes.transport == "ACKNOWLEDGED"
     received_by_b(sandbox, tmp_path / "cache-b")  # leave B's access point empty
 
 
@@ -235,7 +236,7 @@ def test_send_failure_is_sent_again_as_a_new_sdk_message(sandbox: Sandbox, tmp_p
     finally:
         sandbox.access_points["a"].clear_fault_switches()
     (done,) = spool.deliveries()
-    assert done.state is State.SUBMITTED and done.notes["transport"] == "ACKNOWLEDGED"
-    assert done.notes["resends"] == 1
+    assert done.state is State.SUBMITTED and done.notes.transport == "ACKNOWLEDGED"
+    assert done.notes.resends == 1
     (arrived,) = received_by_b(sandbox, tmp_path / "cache-b")
     assert arrived.message_id == done.sdk_message_id

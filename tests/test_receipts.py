@@ -3,6 +3,7 @@ keys; A retrieves them from its access point, verifies them and settles the deli
 
 import asyncio
 import uuid
+from dataclasses import astuple
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from support.sandboxed import ORG_A, ORG_B
 
 from bridge import config
 from bridge.lab.sandbox.federation import Sandbox
-from bridge.outbound.receipts import KVITTENS_ACTION, Event, Receipts
+from bridge.outbound.receipts import Event, Receipts
 from bridge.retrieval.intake import Intake
 from bridge.sdk.keys import KeyPair
+from bridge.sdk.names import KVITTENS_ACTION
 from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
 from bridge.spool import Received, SQLiteSpool, State
 
@@ -51,7 +53,7 @@ class Harness:
         a = config.load(self.sandbox.config_path("a"))
 
         def notify(delivery) -> None:
-            self.events.append((delivery.sdk_message_id, *delivery.notes["report"].values()))
+            self.events.append((delivery.sdk_message_id, *astuple(delivery.notes.report)))
 
         async def run() -> None:
             ap = access_point(self.sandbox, "a")
@@ -108,7 +110,9 @@ def test_rejected_never_overrides_accepted(harness: Harness) -> None:
 def test_accepted_after_a_failure_report(harness: Harness) -> None:
     sent = harness.sent()
     delivery = harness.spool.by_sdk_message_id(sent)
-    harness.spool.update(delivery.id, state=State.FAILED, notes={"failure_reported": True})
+    harness.spool.transition(
+        delivery.id, set(State), state=State.FAILED, notes={"failure_reported": True}
+    )
     send_kvittens(harness.sandbox, ACCEPTED, sent)
     harness.settle()
     assert harness.state(sent) is State.DELIVERED
@@ -135,7 +139,7 @@ def test_no_kvittens_in_time(harness: Harness) -> None:
 
     async def sweep(delay: timedelta, lifetime: timedelta) -> None:
         def notify(delivery) -> None:
-            harness.events.append((delivery.sdk_message_id, *delivery.notes["report"].values()))
+            harness.events.append((delivery.sdk_message_id, *astuple(delivery.notes.report)))
 
         with registry_for(harness.sandbox, "a", harness.tmp_path / "cache") as registry:
             await Receipts(ORG_A, harness.spool, registry, a.trust_anchors, notify).sweep(
@@ -166,7 +170,7 @@ def test_a_queued_delivery_gets_one_delay_report(harness: Harness) -> None:
 
     async def sweep() -> None:
         def notify(delivery) -> None:
-            harness.events.append((delivery.sdk_message_id, *delivery.notes["report"].values()))
+            harness.events.append((delivery.sdk_message_id, *astuple(delivery.notes.report)))
 
         with registry_for(harness.sandbox, "a", harness.tmp_path / "cache") as registry:
             receipts = Receipts(ORG_A, harness.spool, registry, a.trust_anchors, notify)

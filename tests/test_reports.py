@@ -16,7 +16,15 @@ from bridge.lab.sandbox.ports import free_tcp_port
 from bridge.outbound import smarthost
 from bridge.outbound.outcomes import Event, settle
 from bridge.outbound.reports import DsnReporter, inside, sender_domains
-from bridge.spool import Delivery, Envelope, RecipientRecord, Retention, SQLiteSpool, State
+from bridge.spool import (
+    Delivery,
+    Envelope,
+    OwedReport,
+    RecipientRecord,
+    Retention,
+    SQLiteSpool,
+    State,
+)
 
 
 def reporter_for(spool: SQLiteSpool, port: int) -> DsnReporter:
@@ -49,10 +57,10 @@ def test_a_report_waits_for_the_smart_host(tmp_path: Path) -> None:
     delivery = spool.transition(
         delivery.id,
         {delivery.state},
-        notes={"report": {"event": Event.FAILED, "status": "5.1.1", "text": "no such address"}},
+        notes={"report": OwedReport(Event.FAILED, "5.1.1", "no such address")},
     )
     asyncio.run(reporter.report(delivery))
-    assert "report" not in spool.delivery(delivery.id).notes  # sent, or held: not owed
+    assert spool.delivery(delivery.id).notes.report is None  # sent, or held: not owed
     ((_, recipient, _),) = spool.held_reports()
     assert recipient == "anna@kommun-a.se"
     sink = Sink()
@@ -100,10 +108,10 @@ def test_a_report_owed_while_another_is_sent_is_not_lost(tmp_path: Path) -> None
     assert sent == [] and woken == [delivery.id]  # settling waits for no smart host
     assert asyncio.run(reporter.round()) is True
     assert len(sent) == 1 and woken == [delivery.id] * 2
-    assert spool.delivery(delivery.id).notes["report"]["event"] == Event.FAILED
+    assert spool.delivery(delivery.id).notes.report.event == Event.FAILED
     asyncio.run(reporter.round())
     assert len(sent) == 2 and sent[0] != sent[1]
-    assert "report" not in spool.delivery(delivery.id).notes
+    assert spool.delivery(delivery.id).notes.report is None
     assert asyncio.run(reporter.round()) is False
 
 
@@ -150,13 +158,13 @@ def test_reports_go_only_to_senders_inside_the_organisation(tmp_path: Path) -> N
         delivery = spool.transition(
             delivery.id,
             {delivery.state},
-            notes={"report": {"event": Event.FAILED, "status": "5.1.1", "text": "no"}},
+            notes={"report": OwedReport(Event.FAILED, "5.1.1", "no")},
         )
         asyncio.run(reporter.report(delivery))
     finally:
         sink.stop()
     assert sink.messages == [] and spool.held_reports() == []
-    assert "report" not in spool.delivery(delivery.id).notes
+    assert spool.delivery(delivery.id).notes.report is None
 
 
 def test_delivered_after_all_once_its_content_is_gone(tmp_path: Path) -> None:
@@ -171,7 +179,7 @@ def test_delivered_after_all_once_its_content_is_gone(tmp_path: Path) -> None:
     sink = Sink()
     try:
         reporter = reporter_for(spool, sink.port)
-        owed = {"event": Event.DELIVERED_AFTER_ALL, "status": "2.0.0", "text": "ACCEPTED"}
+        owed = OwedReport(Event.DELIVERED_AFTER_ALL, "2.0.0", "ACCEPTED")
         delivered = spool.transition(
             delivery.id, {State.FAILED}, state=State.DELIVERED, notes={"report": owed}
         )

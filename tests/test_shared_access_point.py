@@ -16,7 +16,7 @@ import pytest
 from support.domibus_xsd import Watch
 
 from bridge.lab.local import LocalRun
-from bridge.outbound.worker import MESSAGE_ACTION
+from bridge.sdk.names import MESSAGE_ACTION
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 

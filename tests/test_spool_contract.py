@@ -24,13 +24,16 @@ from support.spools import AT_ONCE, ENVELOPE, NOTHING_YET, RECIPIENTS
 from bridge import cli, config
 from bridge.lab.testpki import Identity, TestPKI
 from bridge.ops import queueadmin as queue
+from bridge.sdk.names import KVITTENS_ACTION
 from bridge.spool import (
     ContentRemoved,
     DuplicateMessage,
     Envelope,
     InboundMail,
     InboxState,
+    Notes,
     OwedKvittens,
+    OwedReport,
     Received,
     RecipientRecord,
     Retention,
@@ -163,7 +166,7 @@ def test_accept_stores_body_and_one_delivery_per_recipient(spool: Spool) -> None
     deliveries = spool.deliveries()
     assert [d.recipient for d in deliveries] == RECIPIENTS
     assert all(d.state is State.QUEUED and d.attempts == 0 for d in deliveries)
-    assert all(d.message_id == message_id and d.notes == {} for d in deliveries)
+    assert all(d.message_id == message_id and d.notes == Notes() for d in deliveries)
     assert len({d.sdk_message_id for d in deliveries}) == 2  # one SDK message per recipient
     assert spool.by_mail_message_id("abc@kommun.se").id == deliveries[-1].id
     assert spool.by_sdk_message_id(deliveries[0].sdk_message_id) == deliveries[0]
@@ -190,11 +193,12 @@ def test_claims_are_leased_and_updates_written(spool: Spool) -> None:
     assert spool.claim_due(10) == []  # not due before `later`
     spool.update(first.id, next_attempt_at=datetime.now(UTC) - timedelta(seconds=1))
     assert [d.id for d in spool.claim_due(10)] == [first.id]  # a new state ended
-    spool.update(first.id, state=State.SUBMITTED, notes={"kvittens": "pending"})  # the lease
-    assert spool.delivery(first.id).notes == {"kvittens": "pending"}
+    spool.update(first.id, state=State.SUBMITTED)  # the lease
+
     assert [d.id for d in spool.deliveries(State.SUBMITTED)] == [first.id]
-    with pytest.raises(ValueError, match="cannot update"):
-        spool.update(first.id, sdk_message_id="x")
+    for other in ({"sdk_message_id": "x"}, {"notes": {}}):  # notes go with a transition
+        with pytest.raises(ValueError, match="cannot update"):
+            spool.update(first.id, **other)
 
 
 def test_an_expired_lease_makes_it_due_again(open_spool: OpenSpool) -> None:
@@ -223,12 +227,21 @@ def test_transitions_only_from_the_given_states(spool: Spool) -> None:
     assert spool.transition(delivery.id, {State.SUBMITTED}, state=State.DELIVERED) is None
     assert spool.delivery(delivery.id).state is State.QUEUED
     moved = spool.transition(
-        delivery.id, {State.QUEUED}, state=State.SUBMITTED, notes={"a": 1, "b": 2}
+        delivery.id,
+        {State.QUEUED},
+        state=State.SUBMITTED,
+        notes={"transport": "ACKNOWLEDGED", "resends": 2},
     )
-    assert moved is not None and moved.state is State.SUBMITTED and moved.notes == {"a": 1, "b": 2}
-    merged = spool.transition(delivery.id, set(State), notes={"a": None, "c": "3"})
-    assert merged is not None and merged.notes == {"b": 2, "c": "3"}
+    assert moved is not None and moved.state is State.SUBMITTED
+    assert moved.notes == Notes(transport="ACKNOWLEDGED", resends=2)
+    merged = spool.transition(
+        delivery.id, set(State), notes={"transport": None, "kvittens": "ACCEPTED"}
+    )
+    assert merged is not None and merged.notes == Notes(kvittens="ACCEPTED", resends=2)
     assert merged.state is State.SUBMITTED  # notes alone keep the state
+    with pytest.raises(TypeError):  # no note but those Notes knows
+        spool.transition(delivery.id, set(State), notes={"typo": True})  # type: ignore[typeddict-unknown-key]
+    assert spool.delivery(delivery.id).notes == merged.notes
     resent = spool.transition(
         delivery.id, {State.SUBMITTED}, new_sdk_message_id=True, state=State.QUEUED
     )
@@ -246,19 +259,20 @@ def test_a_transition_only_when_the_delivery_is_as_expected(spool: Spool) -> Non
     report is cleared only if no other was owed meanwhile."""
     spool.accept(ENVELOPE, RECIPIENTS[:1], b"x")
     (delivery,) = spool.deliveries()
-    once: dict = {"when": lambda now: not now.notes.get("delay_reported")}
-    once["notes"] = {"delay_reported": True, "report": {"event": "delayed"}}
+    delayed = OwedReport("delayed", "4.4.1", "waiting")
+    once: dict = {"when": lambda now: not now.notes.delay_reported}
+    once["notes"] = {"delay_reported": True, "report": delayed}
     assert spool.transition(delivery.id, {State.QUEUED}, **once) is not None
     assert spool.transition(delivery.id, {State.QUEUED}, **once) is None
-    failed = {"event": "failed"}
+    failed = OwedReport("failed", "5.4.7", "expired")
     spool.transition(delivery.id, {State.QUEUED}, state=State.FAILED, notes={"report": failed})
     sent = spool.transition(
         delivery.id,
         set(State),
-        when=lambda now: now.notes.get("report") == {"event": "delayed"},
+        when=lambda now: now.notes.report == delayed,
         notes={"report": None},
     )
-    assert sent is None and spool.delivery(delivery.id).notes["report"] == failed
+    assert sent is None and spool.delivery(delivery.id).notes.report == failed
 
 
 def test_the_same_mail_sent_again_within_a_day_is_kept_once(spool: Spool) -> None:
@@ -344,12 +358,12 @@ def test_a_retrieval_recorded_lost_is_stored_after_all(spool: Spool) -> None:
 
 def test_received_envelopes_are_claimed_by_kind(spool: Spool) -> None:
     for ebms_id in ("e-1", "k-1", "e-2"):
-        spool.store_received(received(ebms_id, action="kvittens" if ebms_id[0] == "k" else "msg"))
-    assert [r.id for r in spool.claim_received(other_than="kvittens")] == ["e-1", "e-2"]
-    assert [r.id for r in spool.claim_received(1, other_than="kvittens")] == ["e-1"]  # again
-    assert [r.id for r in spool.claim_received(action="kvittens")] == ["k-1"]
+        spool.store_received(received(ebms_id, action=KVITTENS_ACTION if "k" in ebms_id else "msg"))
+    assert [r.id for r in spool.claim_received()] == ["e-1", "e-2"]
+    assert [r.id for r in spool.claim_received(1)] == ["e-1"]  # again
+    assert [r.id for r in spool.claim_received(kvittens=True)] == ["k-1"]
     spool.postpone_received("e-1", datetime.now(UTC) + timedelta(hours=1))
-    (item,) = spool.claim_received(other_than="kvittens")
+    (item,) = spool.claim_received()
     assert item == received("e-2", action="msg")
 
 
@@ -531,13 +545,13 @@ def test_only_deliveries_owing_a_report_are_listed(spool: Spool) -> None:
     spool.accept(ENVELOPE, RECIPIENTS, b"x")
     first, second = spool.deliveries()
     assert spool.owing_reports() == []
-    report = {"event": "failed", "status": "5.0.0", "text": "nej"}
-    spool.update(first.id, notes={"report": report, "kvittens": "REJECTED"})
+    report = OwedReport("failed", "5.0.0", "nej")
+    spool.transition(first.id, set(State), notes={"report": report, "kvittens": "REJECTED"})
     assert [d.id for d in spool.owing_reports()] == [first.id]
-    spool.update(second.id, notes={"report": report})
+    spool.transition(second.id, set(State), notes={"report": report})
     assert [d.id for d in spool.owing_reports(limit=1)] == [first.id]  # a few a round
-    spool.update(first.id, notes={"report": None})  # sent
-    spool.update(second.id, notes={"delay_reported": True})
+    spool.transition(first.id, set(State), notes={"report": None})  # sent
+    spool.transition(second.id, set(State), notes={"report": None, "delay_reported": True})
     assert spool.owing_reports() == []
 
 
@@ -590,10 +604,10 @@ def test_outbound_content_goes_once_every_delivery_settled(spool: Spool) -> None
     spool.update(first.id, state=State.DELIVERED)
     spool.update(second.id, state=State.SUBMITTED)
     assert not spool.purge(AT_ONCE)
-    report = {"event": "failed", "status": "5.0.0", "text": "nej"}
-    spool.update(second.id, state=State.FAILED, notes={"report": report})
+    report = OwedReport("failed", "5.0.0", "nej")
+    spool.transition(second.id, set(State), state=State.FAILED, notes={"report": report})
     assert not spool.purge(AT_ONCE)  # the report quotes its headers
-    spool.update(second.id, notes={})
+    spool.transition(second.id, set(State), notes={"report": None})
     assert not spool.purge(NOTHING_YET)  # settled a moment ago
     assert spool.purge(AT_ONCE).outbound_mails == 1
     with pytest.raises(ContentRemoved):
@@ -754,12 +768,12 @@ def test_two_instances_never_take_the_same_inbound_work(open_instance: OpenSpool
     successor releases it (or its lease runs out); the holder may take it again."""
     a, b = open_instance("a"), open_instance("b")
     for ebms_id in ("e-1", "e-2", "e-3", "k-1"):
-        a.store_received(received(ebms_id, action="kvittens" if ebms_id[0] == "k" else "msg"))
-    assert [r.id for r in a.claim_received(2, other_than="kvittens")] == ["e-1", "e-2"]
-    assert [r.id for r in b.claim_received(other_than="kvittens")] == ["e-3"]
-    assert [r.id for r in a.claim_received(other_than="kvittens")] == ["e-1", "e-2"]
-    assert [r.id for r in b.claim_received(action="kvittens")] == ["k-1"]
-    assert a.claim_received(action="kvittens") == []
+        a.store_received(received(ebms_id, action=KVITTENS_ACTION if "k" in ebms_id else "msg"))
+    assert [r.id for r in a.claim_received(2)] == ["e-1", "e-2"]
+    assert [r.id for r in b.claim_received()] == ["e-3"]
+    assert [r.id for r in a.claim_received()] == ["e-1", "e-2"]
+    assert [r.id for r in b.claim_received(kvittens=True)] == ["k-1"]
+    assert a.claim_received(kvittens=True) == []
     assert a.note_retrieving(["m-1", "m-2"]) == ["m-1", "m-2"]
     assert b.note_retrieving(["m-1", "m-2", "m-3"]) == ["m-3"]
     a.conclude_received(
@@ -775,7 +789,7 @@ def test_two_instances_never_take_the_same_inbound_work(open_instance: OpenSpool
     assert b.inbox_due() == []  # a is delivering it: only a ends its own lease
     a.accept(ENVELOPE, RECIPIENTS[:1], b"x")
     (delivery,) = a.deliveries()
-    report = {"event": "failed", "status": "5.4.7", "text": "expired"}
+    report = OwedReport("failed", "5.4.7", "expired")
     assert a.transition(delivery.id, {State.QUEUED}, notes={"report": report}) is not None
     assert b.owing_reports() == []  # a, which recorded it, sends it now
     assert [d.id for d in a.owing_reports()] == [delivery.id]
@@ -789,7 +803,7 @@ def test_two_instances_never_take_the_same_inbound_work(open_instance: OpenSpool
     assert len(a.held_reports()) == 1 and b.held_reports() == []
     a.close()
     assert open_instance("a").release_leases() > 0  # a's successor, after a crash
-    assert [r.id for r in b.claim_received(other_than="kvittens")] == ["e-2", "e-3"]
+    assert [r.id for r in b.claim_received()] == ["e-2", "e-3"]
     assert b.note_retrieving([]) == ["m-1", "m-2", "m-3"]
     assert [k.id for k, _ in b.owed_kvittens()] == ["kv-1"]
     assert [m.sdk_message_id for m in b.inbox_due()] == ["sdk-1"]

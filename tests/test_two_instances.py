@@ -28,8 +28,7 @@ from support.localruns import FROM, TO_B, assert_each_once, in_mailbox, mail, re
 
 from bridge.lab.local import LocalRun
 from bridge.lab.sandbox.federation import HOST
-from bridge.outbound.receipts import KVITTENS_ACTION
-from bridge.outbound.worker import MESSAGE_ACTION
+from bridge.sdk.names import KVITTENS_ACTION, MESSAGE_ACTION
 from plugins.postgres_spool import PostgresSpool
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out

@@ -18,7 +18,8 @@ import structlog
 from ..plugin import Mailbox, PermanentFailure, TemporaryFailure
 from ..runtime import counters
 from ..runtime.backoff import pause
-from ..spool import InboundMail, InboxState, Spool
+from ..spool import InboundMail, InboxState
+from ..spool.contract import Inbox
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +34,7 @@ class DeliverySettings:
 class MailboxDelivery:
     def __init__(
         self,
-        spool: Spool,
+        spool: Inbox,
         mailboxes: Mapping[str, Mailbox],
         settings: DeliverySettings = DeliverySettings(),
     ) -> None:

@@ -51,7 +51,7 @@ from ..sdk import kvittens as kv
 from ..sdk import message as msg
 from ..sdk import xhe
 from ..sdk.keys import KeyPair
-from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
+from ..sdk.names import KVITTENS_ACTION, MESSAGE_ACTION
 from ..sdk.sealing import Opened, Receiver, seal_kvittens
 from ..sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Rejected, Verdict
 from ..sdk.xmlsafe import UnsafeXML, parse_beginning
@@ -67,8 +67,6 @@ from ..spool import (
 
 log = structlog.get_logger(__name__)
 
-MESSAGE_ACTION = f"{DOCUMENT_ID_SCHEME}::{MESSAGE_DOCUMENT_ID}"
-KVITTENS_ACTION = f"{DOCUMENT_ID_SCHEME}::{KVITTENS_DOCUMENT_ID}"
 ALWAYS_ACCEPTED_TYPES = frozenset({"application/pdf"})  # B1.3.3: PDF must be supported
 NO_REPLY_LOCAL_PART = "no-reply"  # From of a message whose sender names no functional address
 
@@ -152,9 +150,7 @@ class Inbound:
         another document type, or a message that trips a bug, is quarantined: one bad
         envelope never holds up the others. Each message judged leaves "new" or waits
         until later, so rounds that return True end."""
-        items = await asyncio.to_thread(
-            self.spool.claim_received, BATCH, other_than=KVITTENS_ACTION, max_bytes=BATCH_BYTES
-        )
+        items = await asyncio.to_thread(self.spool.claim_received, BATCH, max_bytes=BATCH_BYTES)
         await each(items, self._process_safely)
         return bool(items)
 

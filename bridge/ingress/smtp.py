@@ -33,7 +33,8 @@ from ..registry.errors import NotFound, RegistryUnavailable
 from ..runtime import counters
 from ..sdk import message as msg
 from ..spool import Envelope as SpoolEnvelope
-from ..spool import RecipientRecord, Spool, SpoolFull
+from ..spool import RecipientRecord, SpoolFull
+from ..spool.contract import IngressQueue
 from . import dsnparams, limits
 
 log = structlog.get_logger(__name__)
@@ -361,7 +362,7 @@ class IngressHandler:
         self,
         settings: IngressSettings,
         registry: Registry,
-        spool: Spool,
+        spool: IngressQueue,
         scanner: Scanner | None = None,
         accepted: Callable[[], None] | None = None,
     ) -> None:

@@ -626,7 +626,7 @@ def _kvittens(config_a: Path, tag: str) -> list[str]:
             deliveries = spool.deliveries()
     except sqlite3.OperationalError:  # busy: look again
         return []
-    outcomes = [d.notes.get("kvittens") for d in deliveries if tag in (d.mail_message_id or "")]
+    outcomes = [d.notes.kvittens for d in deliveries if tag in (d.mail_message_id or "")]
     return [outcome for outcome in outcomes if outcome]
 
 

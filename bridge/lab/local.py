@@ -148,7 +148,7 @@ class LocalRun:
                 deliveries = spool.deliveries()
         except sqlite3.OperationalError:  # busy: look again
             return {}
-        outcomes = {d.sdk_message_id: d.notes.get("kvittens") for d in deliveries}
+        outcomes = {d.sdk_message_id: d.notes.kvittens for d in deliveries}
         return {sdk_id: outcome for sdk_id, outcome in outcomes.items() if outcome}
 
     def spool(self, name: str) -> contextlib.AbstractContextManager[Spool]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..spool import Delivery, InboundMail, InboxState, Spool, State
+from ..spool import Delivery, InboundMail, InboxState, NoteChanges, OwedReport, Spool, State
 
 WAITING = {State.QUEUED, State.HELD}  # not yet with the access point
 
@@ -98,10 +98,7 @@ def delete(spool: Spool, entry_id: str) -> str:
 def bounce(spool: Spool, entry_id: str) -> str:
     """Fail a delivery and owe its sender a failure report (sent by the running daemon)."""
     reason = "returned to the sender by the administrator"
-    notes = {
-        "report": {"event": "failed", "status": "5.0.0", "text": reason},
-        "failure_reported": True,
-    }
+    notes = NoteChanges(report=OwedReport("failed", "5.0.0", reason), failure_reported=True)
     _change(
         spool,
         entry_id,
@@ -148,7 +145,7 @@ def _outbound(delivery: Delivery, spool: Spool) -> Entry:
         "functional_address": delivery.recipient.functional_address,
         "notify": list(delivery.recipient.notify),
         "next_attempt_at": delivery.next_attempt_at.isoformat(timespec="seconds"),
-        "notes": delivery.notes,
+        "notes": delivery.notes.to_json(),
     }
     envelope = spool.envelope(delivery.message_id)
     details.update(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection
 from enum import StrEnum
 from typing import Any
 
-from ..spool import Delivery, Spool, State
+from ..spool import Delivery, NoteChanges, OwedReport, Spool, State
 
 
 class Event(StrEnum):
@@ -41,13 +41,13 @@ async def settle(
     **changes: Any,
 ) -> Delivery | None:
     """Move `delivery` and owe its sender a report; None if it had already moved on."""
-    notes = dict(changes.pop("notes", {}))
-    notes["report"] = {"event": str(event), "status": status, "text": text}
+    notes = NoteChanges(**changes.pop("notes", {}))
+    notes["report"] = OwedReport(str(event), status, text)
     if event in (Event.FAILED, Event.REJECTED):
         notes["failure_reported"] = True
     if event is Event.DELAYED:  # once, whichever instance sweeps first
         notes["delay_reported"] = True
-        changes["when"] = lambda now: not now.notes.get("delay_reported")
+        changes["when"] = lambda now: not now.notes.delay_reported
     updated = await asyncio.to_thread(
         spool.transition, delivery.id, from_states, notes=notes, **changes
     )

@@ -20,15 +20,12 @@ from ..registry.errors import RegistryUnavailable
 from ..retrieval.opening import open_received
 from ..runtime import counters
 from ..runtime.concurrently import each
-from ..sdk.names import DOCUMENT_ID_SCHEME, KVITTENS_DOCUMENT_ID
 from ..sdk.sealing import Opened, Receiver
 from ..sdk.verdict import Outcome
 from ..spool import Delivery, Received, Spool, State
 from .outcomes import Event, Notify, settle
 
 log = structlog.get_logger(__name__)
-
-KVITTENS_ACTION = f"{DOCUMENT_ID_SCHEME}::{KVITTENS_DOCUMENT_ID}"
 
 
 class Receipts:
@@ -52,7 +49,7 @@ class Receipts:
         their order to chance), then settled the ACCEPTED ones first: an ACCEPTED and a
         duplicate's REJECTED for one message must leave it delivered, with no failure
         report sent in between."""
-        items = await asyncio.to_thread(self.spool.claim_received, action=KVITTENS_ACTION)
+        items = await asyncio.to_thread(self.spool.claim_received, kvittens=True)
         opened: dict[str, Opened] = {}
 
         async def verify(item: Received) -> None:
@@ -103,7 +100,7 @@ class Receipts:
         return delivery, ""
 
     async def _accepted(self, delivery: Delivery) -> None:
-        after_failure = delivery.notes.get("failure_reported")
+        after_failure = delivery.notes.failure_reported
         event = Event.DELIVERED_AFTER_ALL if after_failure else Event.DELIVERED
         settled = await settle(
             self.spool,
@@ -159,7 +156,7 @@ class Receipts:
                         state=State.FAILED,
                         last_error=reason,
                     )
-                elif age > delay_warning and not delivery.notes.get("delay_reported"):
+                elif age > delay_warning and not delivery.notes.delay_reported:
                     waiting = delivery.last_error or "waiting"
                     reason = (
                         "no kvittens from the receiving organisation yet"

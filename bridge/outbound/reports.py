@@ -8,7 +8,7 @@ from email.parser import BytesParser
 
 import structlog
 
-from ..spool import ContentRemoved, Delivery, Spool, State
+from ..spool import ContentRemoved, Delivery, OwedReport, Spool, State
 from . import dsn, smarthost
 from .outcomes import Event
 
@@ -59,8 +59,8 @@ class DsnReporter:
 
     async def report(self, delivery: Delivery) -> None:
         """Send the report `delivery`'s notes say it is owed, then clear that note."""
-        owed = delivery.notes.get("report")
-        if not owed:
+        owed = delivery.notes.report
+        if owed is None:
             return
         message = await asyncio.to_thread(self._build, delivery, owed)  # maybe 30 MB
         if message is not None:
@@ -69,12 +69,12 @@ class DsnReporter:
             self.spool.transition,
             delivery.id,
             set(State),
-            when=lambda now: now.notes.get("report") == owed,
+            when=lambda now: now.notes.report == owed,
             notes={"report": None},
         )
 
-    def _build(self, delivery: Delivery, owed: dict[str, str]) -> EmailMessage | None:
-        event = Event(owed["event"])
+    def _build(self, delivery: Delivery, owed: OwedReport) -> EmailMessage | None:
+        event = Event(owed.event)
         envelope = self.spool.envelope(delivery.message_id)
         action = _ACTIONS[event]
         extra: dict[str, object] = {}
@@ -83,8 +83,8 @@ class DsnReporter:
         report = dsn.Report.for_recipient(
             delivery.recipient,
             action,
-            owed["status"],
-            diagnostic=owed["text"],
+            owed.status,
+            diagnostic=owed.text,
             diagnostic_type=dsn.DIAGNOSTIC_SDK if event is Event.REJECTED else dsn.DIAGNOSTIC_SMTP,
             last_attempt=datetime.now(UTC),
             after_failure=event is Event.DELIVERED_AFTER_ALL,

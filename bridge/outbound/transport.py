@@ -43,7 +43,7 @@ async def follow(
     waiting = [
         delivery
         for delivery in await asyncio.to_thread(spool.deliveries, State.SUBMITTED)
-        if delivery.notes.get("transport") != ACKNOWLEDGED
+        if delivery.notes.transport != ACKNOWLEDGED
     ]
     await each(
         waiting,
@@ -83,7 +83,7 @@ async def _follow_one(
         return
     details = describe_errors(errors)
     not_serviced = NOT_SERVICED in details
-    resends = int(delivery.notes.get("resends", 0))
+    resends = delivery.notes.resends
     young = datetime.now(UTC) - delivery.created_at < lifetime
     if not not_serviced and resends < MAX_RESENDS and young:
         resent = await asyncio.to_thread(

@@ -28,14 +28,12 @@ from ..runtime import counters, memory
 from ..runtime.backoff import pause
 from ..sdk import message as msg
 from ..sdk.keys import KeyPair
-from ..sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_DOCUMENT_ID
+from ..sdk.names import MESSAGE_ACTION
 from ..sdk.sealing import seal_message
 from ..spool import Delivery, Spool, State
 from .outcomes import Event, Notify, settle
 
 log = structlog.get_logger(__name__)
-
-MESSAGE_ACTION = f"{DOCUMENT_ID_SCHEME}::{MESSAGE_DOCUMENT_ID}"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ KVITTENS_DOCUMENT_ID: Final = (
     "##fdc:digg.se:edelivery:messagetype:response:1::2.1::tm-base-ext-sigenc"
 )
 DOCUMENT_ID_SCHEME: Final = "busdox-docid-qns"
+# The ebMS Action of each document type: how an envelope at the access point says what it is.
+MESSAGE_ACTION: Final = f"{DOCUMENT_ID_SCHEME}::{MESSAGE_DOCUMENT_ID}"
+KVITTENS_ACTION: Final = f"{DOCUMENT_ID_SCHEME}::{KVITTENS_DOCUMENT_ID}"
 PROCESS_ID: Final = "bdx:noprocess"
 PROCESS_ID_SCHEME: Final = "urn:fdc:digg.se:edelivery:process"
 SDK_FEDERATION: Final = "urn:fdc:digg.se:edelivery:federation:sdk"

@@ -1,27 +1,16 @@
 """What the spool keeps, as the stages see it, whichever back end keeps it: the records of
 mail on its way out (`Envelope`, `RecipientRecord`, `Delivery` and its `State`), of what
 the access point handed over (`Received`), of mail on its way to a mailbox (`InboundMail`,
-`InboxState`) and of kvittens we owe (`OwedKvittens`)."""
+`InboxState`), of what became of a received message (`Conclusion`) and of kvittens we owe
+(`OwedKvittens`). A delivery's `Notes` say what its sender is owed or was told and what
+the access point said, beside its state."""
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
-
-
-class Row(Protocol):
-    """A database row of either back end (sqlite3.Row, psycopg's dict row), by column."""
-
-    def __getitem__(self, column: str) -> Any: ...
-
-
-_UPDATABLE = frozenset({"state", "attempts", "next_attempt_at", "last_error"})
-_KVITTENS_UPDATABLE = _UPDATABLE | {"transport_id", "resends"}
-
-
-def updatable(table: str) -> frozenset[str]:
-    """The columns the `update_*` methods may change in `table` (both back ends)."""
-    return _KVITTENS_UPDATABLE if table == "kvittens_out" else _UPDATABLE
+from typing import Any, TypedDict
 
 
 class State(StrEnum):
@@ -67,7 +56,7 @@ class Delivery:
     conversation_id: str | None
     mail_message_id: str | None
     created_at: datetime
-    notes: dict[str, Any] = field(default_factory=dict)
+    notes: "Notes" = field(default_factory=lambda: Notes())
 
     def ids(self) -> dict[str, Any]:
         """The ids a log event about it carries, so one message can be followed: the queue
@@ -78,6 +67,69 @@ class Delivery:
             "ebms_id": self.sdk_message_id,
             "message_id": self.mail_message_id,
         }
+
+
+@dataclass(frozen=True)
+class OwedReport:
+    """A delivery report the sender is owed and has not been sent yet."""
+
+    event: str  # outbound.outcomes.Event: delivered, failed, rejected, delayed, …
+    status: str  # RFC 3463, "5.1.1"
+    text: str  # the diagnostic
+
+
+class NoteChanges(TypedDict, total=False):
+    """Notes to change, merged into a delivery's (None clears one): see `Notes`."""
+
+    report: OwedReport | None
+    failure_reported: bool | None
+    delay_reported: bool | None
+    kvittens: str | None
+    transport: str | None
+    resends: int | None
+
+
+@dataclass(frozen=True)
+class Notes:
+    """What happened to a delivery besides its state, kept with it (as JSON), changed only
+    with the state it goes with (`Spool.transition`)."""
+
+    report: OwedReport | None = None  # owed to the sender; cleared once the report is sent
+    failure_reported: bool = False  # a failure report went out: a later ACCEPTED says so
+    delay_reported: bool = False  # one delay warning, whichever instance sweeps first
+    kvittens: str | None = None  # ACCEPTED or REJECTED, once one came
+    transport: str | None = None  # what the access point last said: ACKNOWLEDGED, …
+    resends: int = 0  # times sent again under a new SDK messageId after a SEND_FAILURE
+
+    def merged(self, changes: NoteChanges) -> "Notes":
+        """These notes with `changes`; a None puts a note back to its default."""
+        defaults = Notes()
+        values: dict[str, Any] = {
+            name: getattr(defaults, name) if value is None else value
+            for name, value in changes.items()
+        }
+        return dataclasses.replace(self, **values)  # an unknown name raises TypeError
+
+    def to_json(self) -> dict[str, Any]:
+        """The notes that differ from the defaults, as stored."""
+        stored = {}
+        for note in dataclasses.fields(self):
+            value = getattr(self, note.name)
+            if value != note.default:
+                stored[note.name] = dataclasses.asdict(value) if note.name == "report" else value
+        return stored
+
+    @classmethod
+    def from_json(cls, stored: Mapping[str, Any]) -> "Notes":
+        report = stored.get("report")
+        return cls(
+            report=OwedReport(**report) if report else None,
+            failure_reported=bool(stored.get("failure_reported")),
+            delay_reported=bool(stored.get("delay_reported")),
+            kvittens=stored.get("kvittens"),
+            transport=stored.get("transport"),
+            resends=int(stored.get("resends", 0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -129,6 +181,17 @@ class InboundMail:
 
 
 @dataclass(frozen=True)
+class Conclusion:
+    """What became of a received message, recorded at once (`Spool.conclude_received`)."""
+
+    state: str  # accepted, rejected, quarantined
+    note: str | None = None
+    kvittens: "tuple[OwedKvittens, bytes] | None" = None  # owed, sealed
+    mail: "tuple[InboundMail, bytes] | None" = None  # for its mailbox
+    sdk_message_id: str | None = None  # a later message with it is a duplicate
+
+
+@dataclass(frozen=True)
 class OwedKvittens:
     """A sealed kvittens for the access point; kept until it has taken it."""
 
@@ -147,17 +210,3 @@ class OwedKvittens:
     @property
     def ebms_id(self) -> str:
         return self.transport_id or self.id
-
-
-def owed_kvittens_from(row: Row) -> OwedKvittens:
-    """An OwedKvittens from a kvittens_out row of either back end."""
-    return OwedKvittens(
-        id=row["id"],
-        answers=row["answers"],
-        receiver=row["receiver"],
-        conversation_id=row["conversation_id"],
-        accepted=bool(row["accepted"]),
-        attempts=row["attempts"],
-        transport_id=row["transport_id"],
-        resends=row["resends"],
-    )

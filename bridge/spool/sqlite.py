@@ -13,15 +13,19 @@ import shutil
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from ..runtime.files import move_durably, sync_directory, write_atomic
+from ..sdk.names import KVITTENS_ACTION
+from . import tables
 from .batches import first_within
+from .contract import Decide, Spool
 from .errors import ContentRemoved, DuplicateMessage, SpoolFull
 from .records import (
+    Conclusion,
     Delivery,
     Envelope,
     InboundMail,
@@ -30,8 +34,6 @@ from .records import (
     Received,
     RecipientRecord,
     State,
-    owed_kvittens_from,
-    updatable,
 )
 from .retention import (
     CONCLUDED_RECEIVED,
@@ -204,7 +206,7 @@ def _safe_name(message_id: str) -> str:
     return hashlib.sha256(message_id.encode()).hexdigest()
 
 
-class SQLiteSpool:
+class SQLiteSpool(Spool):
     """The spool of one instance: its claims need no leases against others, so only the
     worker's deliveries carry one (a delivery whose worker failed is due again after it)."""
 
@@ -355,8 +357,6 @@ class SQLiteSpool:
         address and user it was sent as, recipients) accepted within RESEND_WINDOW: a
         client that lost our 250 sends it again, and SMTP cannot tell."""
         since = (_now() - RESEND_WINDOW).isoformat()
-        wanted = sorted(r.address for r in recipients)
-        sent_as = (envelope.sender_address, envelope.auth_user)
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, envelope FROM messages WHERE body_sha256 = ? AND mail_from = ?"
@@ -364,22 +364,17 @@ class SQLiteSpool:
                 (digest, envelope.mail_from, since),
             ).fetchall()
             for row in rows:
-                earlier = json.loads(row["envelope"])
-                if (earlier.get("sender_address"), earlier.get("auth_user")) != sent_as:
-                    continue
                 addresses = self._db.execute(
                     "SELECT recipient FROM deliveries WHERE message_id = ?", (row["id"],)
                 ).fetchall()
-                if sorted(a["recipient"] for a in addresses) == wanted:
+                earlier = (a["recipient"] for a in addresses)
+                if tables.same_mail(row["envelope"], earlier, envelope, recipients):
                     return str(row["id"])
         return None
 
     # --- from the access point ----------------------------------------------------------
 
     def store_received(self, item: Received, state: str = "new") -> bool:
-        """Keep what the access point handed over, durably, before anything else is done
-        with it (Digg's P-Mode deletes it there once retrieved). False: already kept (the
-        first copy stays as it was); a `lost` record of it is replaced."""
         with self._lock:
             known = self._db.execute("SELECT state FROM received WHERE id = ?", (item.id,))
             found = known.fetchone()
@@ -467,8 +462,6 @@ class SQLiteSpool:
     def received(
         self, state: str = "new", action: str | None = None, *, limit: int | None = None
     ) -> list[Received]:
-        """What the access point handed over, in `state` (and of one `action`), oldest
-        first; of those waiting for another attempt, only the ones due."""
         query = "SELECT * FROM received WHERE state = ? AND (next_attempt_at IS NULL"
         query += " OR next_attempt_at <= ?)" + (" AND action = ?" if action else "")
         query += " ORDER BY received_at" + (f" LIMIT {int(limit)}" if limit else "")
@@ -478,27 +471,14 @@ class SQLiteSpool:
         return [self._received_item(row) for row in rows]
 
     def claim_received(
-        self,
-        limit: int | None = None,
-        *,
-        action: str | None = None,
-        other_than: str | None = None,
-        max_bytes: int | None = None,
+        self, limit: int | None = None, *, kvittens: bool = False, max_bytes: int | None = None
     ) -> list[Received]:
-        """The new ones due, of one `action` or of all but `other_than`, oldest first; with
-        `max_bytes`, no more than fit in it (but at least one)."""
         query = "SELECT * FROM received WHERE state = 'new'"
         query += " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
-        arguments: list[Any] = [_now().isoformat()]
-        if action:
-            query += " AND action = ?"
-            arguments.append(action)
-        if other_than:
-            query += " AND action != ?"
-            arguments.append(other_than)
-        query += " ORDER BY received_at" + (f" LIMIT {int(limit)}" if limit else "")
+        query += f" AND action {'=' if kvittens else '!='} ? ORDER BY received_at"
+        query += f" LIMIT {int(limit)}" if limit else ""
         with self._lock:
-            rows = self._db.execute(query, arguments).fetchall()
+            rows = self._db.execute(query, (_now().isoformat(), KVITTENS_ACTION)).fetchall()
         if max_bytes is not None:
             rows = first_within(((row, self._received_size(row["id"])) for row in rows), max_bytes)
         return [self._received_item(row) for row in rows]
@@ -510,15 +490,7 @@ class SQLiteSpool:
             return 0
 
     def _received_item(self, row: sqlite3.Row) -> Received:
-        return Received(
-            id=row["id"],
-            action=row["action"],
-            original_sender=row["original_sender"],
-            final_recipient=row["final_recipient"],
-            conversation_id=row["conversation_id"],
-            payload=self.received_payload(row["id"]),
-            attempts=row["attempts"],
-        )
+        return tables.received_from(row, self.received_payload(row["id"]))
 
     def received_payload(self, received_id: str) -> bytes:
         try:
@@ -577,87 +549,47 @@ class SQLiteSpool:
                 "UPDATE received SET state = ?, note = ? WHERE id = ?", (state, note, received_id)
             )
 
-    def conclude_received(
-        self,
-        received_id: str,
-        state: str,
-        note: str | None = None,
-        *,
-        kvittens: tuple[OwedKvittens, bytes] | None = None,
-        mail: tuple[InboundMail, bytes] | None = None,
-        sdk_message_id: str | None = None,
-    ) -> bool:
-        """Record what became of a received message in one transaction: its state, the
-        kvittens it is owed, the mail for its mailbox (files written durably first) and
-        its SDK messageId, which makes a later message with that id a duplicate. False,
-        recording nothing, when it was concluded before (it is no longer new).
-
-        Raise DuplicateMessage, recording nothing, when the inbox already holds a message
-        with this SDK messageId (a copy judged at the same moment)."""
+    def _conclude_received(self, received_id: str, conclusion: Conclusion) -> bool:
         with self._lock:
             row = self._db.execute("SELECT state FROM received WHERE id = ?", (received_id,))
             found = row.fetchone()
             if found is None or found["state"] != "new":
                 return False  # before writing: its mail file is the accepted mail's name
         written = []
-        if kvittens is not None:
-            written.append(self._kvittens_file(kvittens[0].id))
-            write_atomic(written[-1], kvittens[1])
-        if mail is not None:
+        if conclusion.kvittens is not None:
+            written.append(self._kvittens_file(conclusion.kvittens[0].id))
+            write_atomic(written[-1], conclusion.kvittens[1])
+        if conclusion.mail is not None:
             written.append(self._inbox_file(received_id))
-            write_atomic(written[-1], mail[1])
+            write_atomic(written[-1], conclusion.mail[1])
         try:
-            self._conclude(received_id, state, note, kvittens, mail, sdk_message_id)
+            self._conclude(received_id, conclusion)
         except sqlite3.IntegrityError as e:
             for path in written:
                 path.unlink(missing_ok=True)
             raise DuplicateMessage(str(e)) from e
         return True
 
-    def _conclude(
-        self,
-        received_id: str,
-        state: str,
-        note: str | None,
-        kvittens: tuple[OwedKvittens, bytes] | None,
-        mail: tuple[InboundMail, bytes] | None,
-        sdk_message_id: str | None,
-    ) -> None:
+    def _conclude(self, received_id: str, conclusion: Conclusion) -> None:
         now = _now().isoformat()
         with self._lock, self._db:
-            if kvittens is not None:
-                k = kvittens[0]
+            if conclusion.kvittens is not None:
+                k = conclusion.kvittens[0]
                 self._db.execute(
                     "INSERT OR IGNORE INTO kvittens_out (id, answers, receiver, conversation_id,"
                     " accepted, state, next_attempt_at, created_at, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                     (k.id, k.answers, k.receiver, k.conversation_id, k.accepted, now, now, now),
                 )
-            if mail is not None:
-                m = mail[0]
+            if conclusion.mail is not None:
                 self._db.execute(
-                    "INSERT INTO inbox (sdk_message_id, received_id, functional_address, sender,"
-                    " conversation_id, mail_message_id, reply_references, our_references, state,"
-                    " next_attempt_at, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        m.sdk_message_id,
-                        m.received_id,
-                        m.functional_address,
-                        m.sender,
-                        m.conversation_id,
-                        m.mail_message_id,
-                        json.dumps(m.reply_references),
-                        json.dumps(m.our_references),
-                        InboxState.DELIVERING,
-                        now,
-                        now,
-                        now,
-                    ),
+                    f"INSERT INTO inbox ({tables.INBOX_COLUMNS}, next_attempt_at, created_at,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*tables.inbox_values(conclusion.mail[0], json.dumps), now, now, now),
                 )
             self._db.execute(
                 "UPDATE received SET state = ?, note = ?, sdk_message_id = ? WHERE id = ?",
-                (state, note, sdk_message_id, received_id),
+                (conclusion.state, conclusion.note, conclusion.sdk_message_id, received_id),
             )
 
     # --- kvittens we send ----------------------------------------------------------------
@@ -667,7 +599,7 @@ class SQLiteSpool:
         rows = self._kvittens_rows("pending", limit)
         return [
             (
-                owed_kvittens_from(row),
+                tables.owed_kvittens_from(row),
                 self._kvittens_file(row["id"]).read_bytes(),
             )
             for row in rows
@@ -675,7 +607,7 @@ class SQLiteSpool:
 
     def sent_kvittens(self, limit: int = 100) -> list[OwedKvittens]:
         """Kvittens the access point took and has not yet confirmed sent, due a look."""
-        return [owed_kvittens_from(row) for row in self._kvittens_rows("sent", limit)]
+        return [tables.owed_kvittens_from(row) for row in self._kvittens_rows("sent", limit)]
 
     def _kvittens_rows(self, state: str, limit: int) -> list[sqlite3.Row]:
         with self._lock:
@@ -685,16 +617,9 @@ class SQLiteSpool:
                 (state, _now().isoformat(), limit),
             ).fetchall()
 
-    def update_kvittens(self, kvittens_id: str, **changes: Any) -> None:
-        """state, attempts, next_attempt_at, last_error, transport_id, resends of a
-        kvittens we owe."""
-        self._update_row("kvittens_out", "id", kvittens_id, changes)
-
     # --- the inbox: mail on its way to a mailbox -------------------------------------------
 
     def known_inbound(self, sdk_message_id: str) -> bool:
-        """Whether a message with this SDK messageId was judged before (accepted or
-        rejected)."""
         with self._lock:
             row = self._db.execute(
                 "SELECT 1 FROM received WHERE sdk_message_id = ?"
@@ -739,7 +664,7 @@ class SQLiteSpool:
                 " ORDER BY next_attempt_at LIMIT ?",
                 (InboxState.DELIVERING, _now().isoformat(), limit),
             ).fetchall()
-        return [self._inbound(row) for row in rows]
+        return [tables.inbound_mail_from(row) for row in rows]
 
     def inbox(self, state: InboxState | None = None) -> list[InboundMail]:
         with self._lock:
@@ -747,7 +672,7 @@ class SQLiteSpool:
                 "SELECT * FROM inbox" + (" WHERE state = ?" if state else "") + " ORDER BY rowid",
                 (state,) if state else (),
             ).fetchall()
-        return [self._inbound(row) for row in rows]
+        return [tables.inbound_mail_from(row) for row in rows]
 
     def inbound_by_mail_message_id(self, mail_message_id: str) -> InboundMail | None:
         """The received message a reply answers, found by the Message-ID its mail had."""
@@ -755,7 +680,7 @@ class SQLiteSpool:
             row = self._db.execute(
                 "SELECT * FROM inbox WHERE mail_message_id = ?", (mail_message_id,)
             ).fetchone()
-        return self._inbound(row) if row else None
+        return tables.inbound_mail_from(row) if row else None
 
     def inbound_mail(self, sdk_message_id: str) -> bytes:
         """The mail of an accepted message (its file is named by the ebMS MessageId, so
@@ -781,13 +706,7 @@ class SQLiteSpool:
         if row is not None and row[0] is not None:
             raise ContentRemoved(f"{value}: its content was removed at {row[0]} (retention)")
 
-    def update_inbound(self, sdk_message_id: str, **changes: Any) -> None:
-        """state, attempts, next_attempt_at, last_error of a mail on its way."""
-        self._update_row("inbox", "sdk_message_id", sdk_message_id, changes)
-
     def _update_row(self, table: str, key: str, value: str, changes: dict[str, Any]) -> None:
-        if not changes.keys() <= updatable(table):
-            raise ValueError(f"cannot update {sorted(changes)}")
         values = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in changes.items()}
         values["updated_at"] = _now().isoformat()
         assignments = ", ".join(f"{k} = ?" for k in values)
@@ -795,24 +714,6 @@ class SQLiteSpool:
             self._db.execute(
                 f"UPDATE {table} SET {assignments} WHERE {key} = ?", (*values.values(), value)
             )
-
-    @staticmethod
-    def _inbound(row: sqlite3.Row) -> InboundMail:
-        return InboundMail(
-            sdk_message_id=row["sdk_message_id"],
-            received_id=row["received_id"],
-            functional_address=row["functional_address"],
-            sender=row["sender"],
-            conversation_id=row["conversation_id"],
-            mail_message_id=row["mail_message_id"],
-            reply_references=tuple(tuple(r) for r in json.loads(row["reply_references"])),
-            our_references=tuple(tuple(r) for r in json.loads(row["our_references"])),
-            state=InboxState(row["state"]),
-            attempts=row["attempts"],
-            last_error=row["last_error"],
-            created_at=row["created_at"],
-            content_removed=row["content_removed_at"] is not None,
-        )
 
     # --- delivery reports waiting for the smart host -------------------------------------
 
@@ -1024,7 +925,7 @@ class SQLiteSpool:
                 "UPDATE deliveries SET lease_until = ? WHERE id = ?",
                 [(until, row["id"]) for row in rows],
             )
-        return [self._delivery(row) for row in rows]
+        return [tables.delivery_from(row) for row in rows]
 
     def release_leases(self) -> int:
         """At start-up of the only worker: leases held by a killed predecessor end now."""
@@ -1033,27 +934,15 @@ class SQLiteSpool:
                 "UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL"
             ).rowcount
 
-    def transition(
-        self,
-        delivery_id: int,
-        from_states: Collection[State],
-        *,
-        new_sdk_message_id: bool = False,
-        when: Callable[[Delivery], bool] | None = None,
-        **changes: Any,
+    def _transition(
+        self, delivery_id: int, decide: Decide, new_sdk_message_id: bool, report: bool | None
     ) -> Delivery | None:
-        """Apply `changes` only if the delivery is still in one of `from_states` (and, as it
-        is now, satisfies `when`), in one transaction; None when it was not (someone else
-        moved it first). `notes` are merged into the stored ones (a None value removes a
-        note). `new_sdk_message_id` gives it a new SDK messageId (so a new XHE ID and ebMS
-        MessageId) for sending it again; the old one still finds it."""
         with self._lock, self._db:
             row = self._db.execute(
                 "SELECT * FROM deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
-            if row is None or State(row["state"]) not in from_states:
-                return None
-            if when is not None and not when(self._delivery(row)):
+            changes = None if row is None else decide(row)
+            if row is None or changes is None:
                 return None
             if new_sdk_message_id:
                 self._db.execute(
@@ -1063,24 +952,19 @@ class SQLiteSpool:
                     "UPDATE deliveries SET sdk_message_id = ? WHERE id = ?",
                     (str(uuid.uuid4()), delivery_id),
                 )
-            if "notes" in changes:
-                notes = {**json.loads(row["notes"]), **changes["notes"]}
-                changes["notes"] = {k: v for k, v in notes.items() if v is not None}
-            self._write(delivery_id, changes)
+            self._write(delivery_id, changes, tables.TRANSITION_CHANGES)
             row = self._db.execute(
                 "SELECT * FROM deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
-        return self._delivery(row)
+        return tables.delivery_from(row)
 
     def update(self, delivery_id: int, **changes: Any) -> None:
         """Write back what happened to a delivery (state, attempts, last_error, …)."""
         with self._lock, self._db:
-            self._write(delivery_id, changes)
+            self._write(delivery_id, changes, tables.DELIVERY_UPDATABLE)
 
-    def _write(self, delivery_id: int, changes: dict[str, Any]) -> None:
-        allowed = {"state", "attempts", "next_attempt_at", "last_error", "conversation_id", "notes"}
-        if not changes.keys() <= allowed:
-            raise ValueError(f"cannot update {sorted(changes.keys() - allowed)}")
+    def _write(self, delivery_id: int, changes: dict[str, Any], allowed: frozenset[str]) -> None:
+        tables.check_updatable(allowed, changes)
         values = {
             k: v.isoformat() if isinstance(v, datetime) else json.dumps(v) if k == "notes" else v
             for k, v in changes.items()
@@ -1114,7 +998,6 @@ class SQLiteSpool:
         return self._one("SELECT * FROM deliveries WHERE id = ?", delivery_id)
 
     def by_sdk_message_id(self, sdk_message_id: str) -> Delivery | None:
-        """The delivery with this SDK messageId, now or before a resend."""
         return self._maybe(
             "SELECT * FROM deliveries WHERE sdk_message_id = ? OR id ="
             " (SELECT delivery_id FROM superseded WHERE sdk_message_id = ?)",
@@ -1123,7 +1006,6 @@ class SQLiteSpool:
         )
 
     def by_mail_message_id(self, mail_message_id: str) -> Delivery | None:
-        """The delivery a reply refers to (the newest, for a mail with several recipients)."""
         return self._maybe(
             "SELECT * FROM deliveries WHERE mail_message_id = ? ORDER BY id DESC LIMIT 1",
             mail_message_id,
@@ -1135,7 +1017,7 @@ class SQLiteSpool:
                 "SELECT * FROM deliveries" + (" WHERE state = ?" if state else "") + " ORDER BY id",
                 (state,) if state else (),
             ).fetchall()
-        return [self._delivery(row) for row in rows]
+        return [tables.delivery_from(row) for row in rows]
 
     def owing_reports(self, limit: int = 10) -> list[Delivery]:
         """Deliveries whose sender is owed a delivery report, through an index: every
@@ -1146,34 +1028,15 @@ class SQLiteSpool:
                 " ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [self._delivery(row) for row in rows]
+        return [tables.delivery_from(row) for row in rows]
 
     def _maybe(self, query: str, *args: Any) -> Delivery | None:
         with self._lock:
             row = self._db.execute(query, args).fetchone()
-        return self._delivery(row) if row else None
+        return tables.delivery_from(row) if row else None
 
     def _one(self, query: str, *args: Any) -> Delivery:
         delivery = self._maybe(query, *args)
         if delivery is None:
             raise KeyError(args)
         return delivery
-
-    @staticmethod
-    def _delivery(row: sqlite3.Row) -> Delivery:
-        details = json.loads(row["details"])
-        details["notify"] = tuple(details.get("notify", ()))
-        return Delivery(
-            id=row["id"],
-            message_id=row["message_id"],
-            recipient=RecipientRecord(**details),
-            state=State(row["state"]),
-            attempts=row["attempts"],
-            next_attempt_at=datetime.fromisoformat(row["next_attempt_at"]),
-            last_error=row["last_error"],
-            sdk_message_id=row["sdk_message_id"],
-            conversation_id=row["conversation_id"],
-            mail_message_id=row["mail_message_id"],
-            created_at=datetime.fromisoformat(row["created_at"]),
-            notes=json.loads(row["notes"]),
-        )

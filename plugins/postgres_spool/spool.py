@@ -4,7 +4,7 @@ import contextlib
 import hashlib
 import socket
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,9 @@ from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from bridge.sdk.names import KVITTENS_ACTION
 from bridge.spool import (
+    Conclusion,
     ContentRemoved,
     Delivery,
     DuplicateMessage,
@@ -29,9 +31,10 @@ from bridge.spool import (
     SpoolFull,
     SpoolUnavailable,
     State,
+    tables,
 )
 from bridge.spool.batches import first_within
-from bridge.spool.records import owed_kvittens_from, updatable
+from bridge.spool.contract import Decide, Spool
 from bridge.spool.retention import (
     CONCLUDED_RECEIVED,
     HELD_RECEIVED,
@@ -99,7 +102,7 @@ RECEIVED_COLUMNS = (
 )
 
 
-INBOX_COLUMNS = (
+INBOX_READ = (  # what an InboundMail is made from
     "sdk_message_id, received_id, functional_address, sender, conversation_id,"
     " mail_message_id, reply_references, our_references, state, attempts, last_error,"
     " created_at, content_removed_at"
@@ -119,7 +122,7 @@ def _instance(directory: Path) -> str:
     return f"{socket.gethostname()}:{directory.resolve()}"
 
 
-class PostgresSpool:
+class PostgresSpool(Spool):
     """The Spool protocol (bridge.spool) on a PostgreSQL database shared by instances."""
 
     upgrade = staticmethod(upgrade)  # `sdk-bridge db upgrade` finds it on the factory
@@ -242,23 +245,16 @@ class PostgresSpool:
             " GROUP BY m.id",
             (digest, envelope.mail_from, RESEND_WINDOW),
         ).fetchall()
-        sent_as = (envelope.sender_address, envelope.auth_user)
-        wanted = sorted(r.address for r in recipients)
         for row in rows:
-            earlier = row["envelope"]
-            if (earlier.get("sender_address"), earlier.get("auth_user")) != sent_as:
-                continue
-            if sorted(row["recipients"]) == wanted:
+            if tables.same_mail(row["envelope"], row["recipients"], envelope, recipients):
                 return str(row["id"])
         return None
 
     # --- from the access point ----------------------------------------------------------
 
     def store_received(self, item: Received, state: str = "new") -> bool:
-        """Keep what the access point handed over, durably, before anything else is done
-        with it. False: already kept (by this instance or another; the first copy stays).
-        A `lost` record of it is replaced: an instance that outlived its lease on the
-        retrieval may store it after another found it no longer given out."""
+        # By this instance or another. A `lost` record is replaced: an instance that outlived
+        # its lease on the retrieval may store it after another found it no longer given out.
         with self._connection() as db:
             stored = db.execute(
                 "INSERT INTO received (id, action, original_sender, final_recipient,"
@@ -343,8 +339,6 @@ class PostgresSpool:
     def received(
         self, state: str = "new", action: str | None = None, *, limit: int | None = None
     ) -> list[Received]:
-        """What the access point handed over, in `state` (and of one `action`), oldest
-        first; of those waiting for another attempt, only the ones due."""
         query = (
             f"SELECT {RECEIVED_COLUMNS} FROM received WHERE state = %s"
             " AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
@@ -359,27 +353,15 @@ class PostgresSpool:
             arguments.append(limit)
         with self._connection() as db:
             rows = db.execute(query, arguments, binary=True).fetchall()
-        return [_received(row) for row in rows]
+        return [tables.received_from(row, bytes(row["payload"] or b"")) for row in rows]
 
     def claim_received(
-        self,
-        limit: int | None = None,
-        *,
-        action: str | None = None,
-        other_than: str | None = None,
-        max_bytes: int | None = None,
+        self, limit: int | None = None, *, kvittens: bool = False, max_bytes: int | None = None
     ) -> list[Received]:
-        """The new ones due, of one `action` or of all but `other_than`, oldest first,
-        leased to this instance for judging; with `max_bytes`, no more than fit in it (but
-        at least one): their payloads come along."""
+        """Leased to this instance for judging; their payloads come along."""
         condition = "state = 'new' AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
-        arguments: list[Any] = []
-        if action:
-            condition += " AND action = %s"
-            arguments.append(action)
-        if other_than:
-            condition += " AND action != %s"
-            arguments.append(other_than)
+        condition += f" AND action {'=' if kvittens else '!='} %s"
+        arguments: list[Any] = [KVITTENS_ACTION]
         with self._connection() as db:
             if max_bytes is not None:  # first which, by size; locked until the claim below
                 sized = db.execute(
@@ -402,7 +384,7 @@ class PostgresSpool:
                 f"{RECEIVED_COLUMNS}, received_at, seq",
             )
         rows.sort(key=lambda row: (row["received_at"], row["seq"]))
-        return [_received(row) for row in rows]
+        return [tables.received_from(row, bytes(row["payload"] or b"")) for row in rows]
 
     def received_payload(self, received_id: str) -> bytes:
         with self._connection() as db:
@@ -460,31 +442,15 @@ class PostgresSpool:
                 (state, note, received_id),
             )
 
-    def conclude_received(
-        self,
-        received_id: str,
-        state: str,
-        note: str | None = None,
-        *,
-        kvittens: tuple[OwedKvittens, bytes] | None = None,
-        mail: tuple[InboundMail, bytes] | None = None,
-        sdk_message_id: str | None = None,
-    ) -> bool:
-        """Record what became of a received message in one transaction: its state, the
-        kvittens it is owed, the mail for its mailbox and its SDK messageId. False,
-        recording nothing, when it was concluded before (by an instance that took it over
-        from a slower one, say).
-
-        Raise DuplicateMessage, recording nothing, when the inbox already holds a message
-        with this SDK messageId, whichever instance judged the copy."""
+    def _conclude_received(self, received_id: str, conclusion: Conclusion) -> bool:
         with self._connection() as db:
             row = db.execute(
                 "SELECT state FROM received WHERE id = %s FOR UPDATE", (received_id,)
             ).fetchone()
             if row is None or row["state"] != "new":
                 return False
-            if kvittens is not None:
-                k, payload = kvittens
+            if conclusion.kvittens is not None:
+                k, payload = conclusion.kvittens
                 db.execute(
                     "INSERT INTO kvittens_out (id, answers, receiver, conversation_id, accepted,"
                     " state, next_attempt_at, created_at, updated_at, payload)"
@@ -492,33 +458,21 @@ class PostgresSpool:
                     " ON CONFLICT (id) DO NOTHING",
                     (k.id, k.answers, k.receiver, k.conversation_id, k.accepted, payload),
                 )
-            if mail is not None:
-                m, data = mail
+            if conclusion.mail is not None:
+                inbound, data = conclusion.mail
                 try:
                     db.execute(
-                        "INSERT INTO inbox (sdk_message_id, received_id, functional_address,"
-                        " sender, conversation_id, mail_message_id, reply_references,"
-                        " our_references, state, next_attempt_at, created_at, updated_at, mail)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now(), now(), now(), %b)",
-                        (
-                            m.sdk_message_id,
-                            m.received_id,
-                            m.functional_address,
-                            m.sender,
-                            m.conversation_id,
-                            m.mail_message_id,
-                            Jsonb(m.reply_references),
-                            Jsonb(m.our_references),
-                            InboxState.DELIVERING.value,
-                            data,
-                        ),
+                        f"INSERT INTO inbox ({tables.INBOX_COLUMNS}, next_attempt_at, created_at,"
+                        " updated_at, mail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now(),"
+                        " now(), now(), %b)",
+                        (*tables.inbox_values(inbound, Jsonb), data),
                     )
                 except psycopg.errors.UniqueViolation as e:
                     raise DuplicateMessage(str(e)) from e
             db.execute(
                 "UPDATE received SET state = %s, note = %s, sdk_message_id = %s,"
                 " lease_until = NULL, lease_owner = NULL WHERE id = %s",
-                (state, note, sdk_message_id, received_id),
+                (conclusion.state, conclusion.note, conclusion.sdk_message_id, received_id),
             )
         return True
 
@@ -529,13 +483,15 @@ class PostgresSpool:
         instance for handing over."""
         with self._connection() as db:
             rows = self._kvittens_rows(db, "pending", limit, ", payload")
-        return [(owed_kvittens_from(row), bytes(row["payload"])) for row in rows]
+        return [(tables.owed_kvittens_from(row), bytes(row["payload"])) for row in rows]
 
     def sent_kvittens(self, limit: int = 100) -> list[OwedKvittens]:
         """Kvittens the access point took and has not yet confirmed sent, due a look,
         leased to this instance for asking."""
         with self._connection() as db:
-            return [owed_kvittens_from(row) for row in self._kvittens_rows(db, "sent", limit, "")]
+            return [
+                tables.owed_kvittens_from(row) for row in self._kvittens_rows(db, "sent", limit, "")
+            ]
 
     def _kvittens_rows(
         self, db: psycopg.Connection[DictRow], state: str, limit: int, more: str
@@ -554,15 +510,9 @@ class PostgresSpool:
         rows.sort(key=lambda row: row["next_attempt_at"])
         return rows
 
-    def update_kvittens(self, kvittens_id: str, **changes: Any) -> None:
-        """state, attempts, next_attempt_at, last_error of a kvittens we owe."""
-        self._update_row("kvittens_out", "id", kvittens_id, changes)
-
     # --- the inbox: mail on its way to a mailbox -------------------------------------------
 
     def known_inbound(self, sdk_message_id: str) -> bool:
-        """Whether a message with this SDK messageId was judged before (accepted or
-        rejected), by any instance."""
         with self._connection() as db:
             row = db.execute(
                 "SELECT EXISTS (SELECT 1 FROM received WHERE sdk_message_id = %s)"
@@ -612,30 +562,29 @@ class PostgresSpool:
                 (InboxState.DELIVERING.value,),
                 "next_attempt_at",
                 limit,
-                f"{INBOX_COLUMNS}, next_attempt_at",
+                f"{INBOX_READ}, next_attempt_at",
             )
         rows.sort(key=lambda row: row["next_attempt_at"])
-        return [_inbound(row) for row in rows]
+        return [tables.inbound_mail_from(row) for row in rows]
 
     def inbox(self, state: InboxState | None = None) -> list[InboundMail]:
         with self._connection() as db:
             rows = db.execute(
-                f"SELECT {INBOX_COLUMNS} FROM inbox"
+                f"SELECT {INBOX_READ} FROM inbox"
                 + (" WHERE state = %s" if state else "")
                 + " ORDER BY seq",
                 (state.value,) if state else (),
             ).fetchall()
-        return [_inbound(row) for row in rows]
+        return [tables.inbound_mail_from(row) for row in rows]
 
     def inbound_by_mail_message_id(self, mail_message_id: str) -> InboundMail | None:
         """The received message a reply answers, found by the Message-ID its mail had."""
         with self._connection() as db:
             row = db.execute(
-                f"SELECT {INBOX_COLUMNS} FROM inbox WHERE mail_message_id = %s ORDER BY seq"
-                " LIMIT 1",
+                f"SELECT {INBOX_READ} FROM inbox WHERE mail_message_id = %s ORDER BY seq LIMIT 1",
                 (mail_message_id,),
             ).fetchone()
-        return _inbound(row) if row else None
+        return tables.inbound_mail_from(row) if row else None
 
     def inbound_mail(self, sdk_message_id: str) -> bytes:
         with self._connection() as db:
@@ -649,13 +598,7 @@ class PostgresSpool:
         _require_content(sdk_message_id, row)
         return bytes(row["mail"])
 
-    def update_inbound(self, sdk_message_id: str, **changes: Any) -> None:
-        """state, attempts, next_attempt_at, last_error of a mail on its way."""
-        self._update_row("inbox", "sdk_message_id", sdk_message_id, changes)
-
     def _update_row(self, table: str, key: str, value: str, changes: dict[str, Any]) -> None:
-        if not changes.keys() <= updatable(table):
-            raise ValueError(f"cannot update {sorted(changes)}")
         assignments = "".join(f"{name} = %s, " for name in changes)
         with self._connection() as db:  # this round's attempt is over: so is its lease
             db.execute(
@@ -822,7 +765,7 @@ class PostgresSpool:
                 f" RETURNING {DELIVERY_COLUMNS}",
                 (self.lease, self.instance, State.QUEUED.value, limit),
             ).fetchall()
-        claimed = [_delivery(row) for row in rows]
+        claimed = [tables.delivery_from(row) for row in rows]
         return sorted(claimed, key=lambda d: (d.next_attempt_at, d.id))
 
     def release_leases(self) -> int:
@@ -863,36 +806,22 @@ class PostgresSpool:
             binary=True,
         ).fetchall()
 
-    def transition(
-        self,
-        delivery_id: int,
-        from_states: Collection[State],
-        *,
-        new_sdk_message_id: bool = False,
-        when: Callable[[Delivery], bool] | None = None,
-        **changes: Any,
+    def _transition(
+        self, delivery_id: int, decide: Decide, new_sdk_message_id: bool, report: bool | None
     ) -> Delivery | None:
-        """Apply `changes` only if the delivery is still in one of `from_states` (and, as it
-        is now, satisfies `when`), with the row locked; None when it was not (another stage
-        or instance moved it first). `notes` are merged into the stored ones (a None value
-        removes a note); a report owed is leased to this instance, which sends it next.
-        `new_sdk_message_id` gives it a new SDK messageId for sending it again; the old one
-        still finds it."""
         with self._connection() as db:
             row = db.execute(
                 f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = %s FOR UPDATE",
                 (delivery_id,),
             ).fetchone()
-            if row is None or State(row["state"]) not in from_states:
+            changes = None if row is None else decide(row)
+            if row is None or changes is None:
                 return None
-            if when is not None and not when(_delivery(row)):
-                return None
-            if "report" in changes.get("notes", {}):  # owed: this instance sends it; or sent
-                owed = changes["notes"]["report"] is not None
+            if report is not None:  # owed: this instance sends it next; or sent
                 db.execute(
                     "UPDATE deliveries SET report_lease_until = CASE WHEN %s THEN now() + %s END,"
                     " report_lease_owner = CASE WHEN %s THEN %s END WHERE id = %s",
-                    (owed, self.lease, owed, self.instance, delivery_id),
+                    (report, self.lease, report, self.instance, delivery_id),
                 )
             if new_sdk_message_id:
                 db.execute(
@@ -903,15 +832,12 @@ class PostgresSpool:
                     "UPDATE deliveries SET sdk_message_id = %s WHERE id = %s",
                     (str(uuid.uuid4()), delivery_id),
                 )
-            if "notes" in changes:
-                notes = {**row["notes"], **changes["notes"]}
-                changes["notes"] = {k: v for k, v in notes.items() if v is not None}
-            return _write(db, delivery_id, changes)
+            return _write(db, delivery_id, changes, tables.TRANSITION_CHANGES)
 
     def update(self, delivery_id: int, **changes: Any) -> None:
         """Write back what happened to a delivery (state, attempts, last_error, …)."""
         with self._connection() as db:
-            _write(db, delivery_id, changes)
+            _write(db, delivery_id, changes, tables.DELIVERY_UPDATABLE)
 
     def body(self, message_id: str) -> bytes:
         with self._connection() as db:
@@ -941,7 +867,6 @@ class PostgresSpool:
         return found
 
     def by_sdk_message_id(self, sdk_message_id: str) -> Delivery | None:
-        """The delivery with this SDK messageId, now or before a resend."""
         return self._maybe(
             "sdk_message_id = %s OR id ="
             " (SELECT delivery_id FROM superseded WHERE sdk_message_id = %s)",
@@ -950,7 +875,6 @@ class PostgresSpool:
         )
 
     def by_mail_message_id(self, mail_message_id: str) -> Delivery | None:
-        """The delivery a reply refers to (the newest, for a mail with several recipients)."""
         return self._maybe("mail_message_id = %s ORDER BY id DESC LIMIT 1", mail_message_id)
 
     def deliveries(self, state: State | None = None) -> list[Delivery]:
@@ -961,7 +885,7 @@ class PostgresSpool:
                 + " ORDER BY id",
                 (state.value,) if state else (),
             ).fetchall()
-        return [_delivery(row) for row in rows]
+        return [tables.delivery_from(row) for row in rows]
 
     def owing_reports(self, limit: int = 10) -> list[Delivery]:
         """Deliveries whose report is owed and not being sent by another instance (the one
@@ -978,14 +902,14 @@ class PostgresSpool:
                 DELIVERY_COLUMNS,
                 lease="report_lease",
             )
-        return sorted((_delivery(row) for row in rows), key=lambda d: d.id)
+        return sorted((tables.delivery_from(row) for row in rows), key=lambda d: d.id)
 
     def _maybe(self, condition: str, *args: Any) -> Delivery | None:
         with self._connection() as db:
             row = db.execute(
                 f"SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {condition}", args
             ).fetchone()
-        return _delivery(row) if row else None
+        return tables.delivery_from(row) if row else None
 
 
 def _configure(connection: psycopg.Connection[DictRow]) -> None:
@@ -1000,26 +924,17 @@ def _configure(connection: psycopg.Connection[DictRow]) -> None:
     connection.commit()
 
 
-def _received(row: DictRow) -> Received:
-    return Received(
-        id=row["id"],
-        action=row["action"],
-        original_sender=row["original_sender"],
-        final_recipient=row["final_recipient"],
-        conversation_id=row["conversation_id"],
-        payload=bytes(row["payload"] or b""),
-        attempts=row["attempts"],
-    )
-
-
 def _received_fields(item: Received) -> tuple[str, str, str, str, str | None]:
     return (item.id, item.action, item.original_sender, item.final_recipient, item.conversation_id)
 
 
-def _write(db: psycopg.Connection[DictRow], delivery_id: int, changes: dict[str, Any]) -> Delivery:
-    allowed = {"state", "attempts", "next_attempt_at", "last_error", "conversation_id", "notes"}
-    if not changes.keys() <= allowed:
-        raise ValueError(f"cannot update {sorted(changes.keys() - allowed)}")
+def _write(
+    db: psycopg.Connection[DictRow],
+    delivery_id: int,
+    changes: dict[str, Any],
+    allowed: frozenset[str],
+) -> Delivery:
+    tables.check_updatable(allowed, changes)
     values = {k: Jsonb(v) if k == "notes" else v for k, v in changes.items()}
     assignments = "".join(f"{name} = %s, " for name in values)
     if "state" in changes:  # a new state: whoever held it is done with it
@@ -1031,47 +946,10 @@ def _write(db: psycopg.Connection[DictRow], delivery_id: int, changes: dict[str,
     ).fetchone()
     if row is None:
         raise KeyError(delivery_id)
-    return _delivery(row)
-
-
-def _delivery(row: DictRow) -> Delivery:
-    details = dict(row["details"])
-    details["notify"] = tuple(details.get("notify", ()))
-    return Delivery(
-        id=row["id"],
-        message_id=row["message_id"],
-        recipient=RecipientRecord(**details),
-        state=State(row["state"]),
-        attempts=row["attempts"],
-        next_attempt_at=row["next_attempt_at"],
-        last_error=row["last_error"],
-        sdk_message_id=row["sdk_message_id"],
-        conversation_id=row["conversation_id"],
-        mail_message_id=row["mail_message_id"],
-        created_at=row["created_at"],
-        notes=row["notes"],
-    )
+    return tables.delivery_from(row)
 
 
 def _require_content(key: str, row: DictRow) -> None:
     if row["content_removed_at"] is not None:
         removed = row["content_removed_at"].isoformat()
         raise ContentRemoved(f"{key}: its content was removed at {removed} (retention)")
-
-
-def _inbound(row: DictRow) -> InboundMail:
-    return InboundMail(
-        sdk_message_id=row["sdk_message_id"],
-        received_id=row["received_id"],
-        functional_address=row["functional_address"],
-        sender=row["sender"],
-        conversation_id=row["conversation_id"],
-        mail_message_id=row["mail_message_id"],
-        reply_references=tuple(tuple(r) for r in row["reply_references"]),
-        our_references=tuple(tuple(r) for r in row["our_references"]),
-        state=InboxState(row["state"]),
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-        created_at=row["created_at"].isoformat(),
-        content_removed=row["content_removed_at"] is not None,
-    )

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 
 from bridge import config
-from bridge.inbound.processing import KVITTENS_ACTION, MESSAGE_ACTION, Inbound, InboundSettings
+from bridge.inbound.processing import Inbound, InboundSettings
 from bridge.lab.sandbox.federation import Sandbox
 from bridge.plugin import Scanner, Submission
 from bridge.retrieval.intake import Intake
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
 from bridge.sdk.keys import KeyPair
+from bridge.sdk.names import KVITTENS_ACTION, MESSAGE_ACTION
 from bridge.sdk.sealing import Receiver, open_envelope, seal_message
 from bridge.spool import SQLiteSpool
 from support.outbound import access_point

@@ -4,10 +4,10 @@ import asyncio
 
 from bridge import config
 from bridge.lab.sandbox.federation import Sandbox
-from bridge.outbound.receipts import KVITTENS_ACTION
 from bridge.plugin import Submission
 from bridge.sdk import kvittens as kv
 from bridge.sdk.keys import KeyPair
+from bridge.sdk.names import KVITTENS_ACTION
 from bridge.sdk.sealing import seal_kvittens
 from bridge.sdk.verdict import Detail, Outcome, Reason, Verdict
 from support.outbound import access_point

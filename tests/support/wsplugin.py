@@ -20,9 +20,7 @@ from bridge.lab.sandbox.accesspoint import (
     WSPLUGIN_NS,
 )
 from bridge.sdk.names import (
-    DOCUMENT_ID_SCHEME,
-    KVITTENS_DOCUMENT_ID,
-    MESSAGE_DOCUMENT_ID,
+    MESSAGE_ACTION,
     PARTY_SCHEME,
     PROCESS_ID,
     PROCESS_ID_SCHEME,
@@ -30,8 +28,6 @@ from bridge.sdk.names import (
 )
 from support.parties import ORG_A, ORG_B
 
-MESSAGE_ACTION = f"{DOCUMENT_ID_SCHEME}::{MESSAGE_DOCUMENT_ID}"
-KVITTENS_ACTION = f"{DOCUMENT_ID_SCHEME}::{KVITTENS_DOCUMENT_ID}"
 XMLMIME_NS = "http://www.w3.org/2005/05/xmlmime"
 SOAP_CONTENT_TYPE = "application/soap+xml; charset=UTF-8"
 PARTY_A, PARTY_B = "AP-A-SANDBOX", "AP-B-SANDBOX"

@@ -44,8 +44,8 @@ from ...runtime.files import write_atomic
 from ...sdk import xhe
 from ...sdk.names import (
     DOCUMENT_ID_SCHEME,
-    KVITTENS_DOCUMENT_ID,
-    MESSAGE_DOCUMENT_ID,
+    KVITTENS_ACTION,
+    MESSAGE_ACTION,
     PARTY_SCHEME,
     PROCESS_ID,
     PROCESS_ID_SCHEME,
@@ -76,8 +76,8 @@ RESPONDER_ROLE = EBMS_NS + "responder"
 PAYLOAD_HREF = "cid:message"
 PAYLOAD_MIME_TYPE = "text/xml"
 ACTIONS = {
-    f"{DOCUMENT_ID_SCHEME}::{MESSAGE_DOCUMENT_ID}": xhe.PayloadKind.MESSAGE,
-    f"{DOCUMENT_ID_SCHEME}::{KVITTENS_DOCUMENT_ID}": xhe.PayloadKind.KVITTENS,
+    MESSAGE_ACTION: xhe.PayloadKind.MESSAGE,
+    KVITTENS_ACTION: xhe.PayloadKind.KVITTENS,
 }
 NOT_SERVICED = "NOT_SERVICED"  # C3.2.1 §2.5 c: the receiving AP does not serve the recipient
 

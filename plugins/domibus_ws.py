@@ -67,18 +67,20 @@ from bridge.plugin import (
     TemporaryFailure,
     UnreadableRetrieval,
 )
-from bridge.plugin.settings import file_path, only
-from bridge.sdk.keys import read_passphrase
-from bridge.sdk.names import PARTY_SCHEME, PROCESS_ID, PROCESS_ID_SCHEME
-from bridge.sdk.sealing import MAX_ENVELOPE_BYTES
-from bridge.sdk.xmlsafe import (
+from bridge.plugin.kit import (
+    MAX_ENVELOPE_BYTES,
+    PARTY_SCHEME,
+    PROCESS_ID,
+    PROCESS_ID_SCHEME,
     Apart,
     UnsafeXML,
     decode_base64,
     parse,
     parse_apart,
     parse_beginning,
+    read_passphrase,
 )
+from bridge.plugin.settings import file_path, only
 
 from .domibus_xop import Unpacked, XopError, resolve, unpack
 

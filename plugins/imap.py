@@ -30,9 +30,9 @@ from typing import Any
 from aioimaplib import aioimaplib
 
 from bridge.plugin import PermanentFailure, TemporaryFailure, mutf7
+from bridge.plugin.kit import KeyError_, read_passphrase
 from bridge.plugin.settings import file_path, is_loopback, only, positive, tls_client_context
 from bridge.plugin.settings import port as check_port
-from bridge.sdk.keys import KeyError_, read_passphrase
 
 SETTINGS = {
     "host", "port", "tls", "cafile", "user", "password", "password_file", "folder",

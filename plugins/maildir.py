@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from bridge.plugin import TemporaryFailure, mutf7
+from bridge.plugin.kit import move_durably, sync_directory
 from bridge.plugin.settings import only
-from bridge.runtime.files import move_durably, sync_directory
 
 SETTINGS = {"path", "folder", "group"}
 

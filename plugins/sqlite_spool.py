@@ -5,7 +5,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bridge.spool import SQLiteSpool
+from bridge.plugin.spools import SQLiteSpool
 
 
 def sqlite(settings: Mapping[str, Any]) -> SQLiteSpool:

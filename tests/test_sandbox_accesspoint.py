@@ -21,8 +21,6 @@ from lxml import etree
 from support.domibus_xsd import Watch
 from support.parties import ADDRESS_B, ORG_A, ORG_B, keypair, make_message
 from support.wsplugin import (
-    KVITTENS_ACTION,
-    MESSAGE_ACTION,
     PARTY_A,
     PARTY_B,
     STALE_ORG,
@@ -47,7 +45,14 @@ from bridge.lab.sandbox.web import Server
 from bridge.lab.testpki import Identity, make_pki
 from bridge.sdk import kvittens as kv
 from bridge.sdk import message as msg
-from bridge.sdk.names import DOCUMENT_ID_SCHEME, PARTY_SCHEME, PROCESS_ID, q
+from bridge.sdk.names import (
+    DOCUMENT_ID_SCHEME,
+    KVITTENS_ACTION,
+    MESSAGE_ACTION,
+    PARTY_SCHEME,
+    PROCESS_ID,
+    q,
+)
 from bridge.sdk.sealing import Receiver, open_envelope, seal_kvittens, seal_message
 from bridge.sdk.verdict import ACCEPTED, Outcome
 from plugins.domibus_xop import resolve, unpack

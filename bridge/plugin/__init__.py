@@ -2,7 +2,10 @@
 
 A plugin is a factory registered under one of the entry point groups below, called with
 the settings mapping from its section of the configuration file; first-party plugins in
-`plugins/` are registered exactly as a third party's would be (see pyproject.toml).
+`plugins/` are registered exactly as a third party's would be (see pyproject.toml). A
+plugin imports nothing of the bridge but this package: its interface here, `settings`
+to check its settings, `mutf7`, `kit` (what the bridge lends it) and, for spool back
+ends, `spools`.
 
     [project.entry-points."sdk_bridge.scanners"]
     clamav = "plugins.clamav:ClamAV"
@@ -13,12 +16,15 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Final, Literal, Protocol, overload
 
+from ..spool import Spool
+
 SCANNERS: Final = "sdk_bridge.scanners"
 ACCESS_POINTS: Final = "sdk_bridge.access_points"
 MAILBOXES: Final = "sdk_bridge.mailboxes"
 # Spool back ends: built with the spool settings (`directory`, and a server's `dsn`, …), they
-# offer bridge.spool.Spool. One whose schema needs migrating has `upgrade(settings)`, which
-# `sdk-bridge db upgrade` calls, returning what it applied.
+# subclass bridge.spool.Spool (`spools` offers what they need). One whose schema needs
+# migrating has `upgrade(settings)`, which `sdk-bridge db upgrade` calls, returning what it
+# applied.
 SPOOLS: Final = "sdk_bridge.spools"
 
 
@@ -196,15 +202,10 @@ def load(
     group: Literal["sdk_bridge.mailboxes"], name: str, settings: Mapping[str, Any]
 ) -> Mailbox: ...
 @overload
-def load(group: str, name: str, settings: Mapping[str, Any]) -> Any: ...  # a spool: its
-
-
-# protocol (bridge.spool.Spool) lives in the layer above
-
-
+def load(group: Literal["sdk_bridge.spools"], name: str, settings: Mapping[str, Any]) -> Spool: ...
 def load(group: str, name: str, settings: Mapping[str, Any]) -> Any:
-    """Build the plugin `name` of `group` with its settings: a Scanner, AccessPoint or
-    Mailbox (the type checker knows which), or a spool."""
+    """Build the plugin `name` of `group` with its settings: a Scanner, AccessPoint,
+    Mailbox or Spool (the type checker knows which)."""
     make = factory(group, name)
     try:
         return make(settings)

@@ -1,16 +1,11 @@
 """The registry's cache, kept in the spool database for every instance."""
 
 from datetime import datetime
-
-# Each step must leave the previous version working (add, never drop or rename), so the
-# instances of a rolling upgrade can run on the upgraded database one after the other.
 from typing import TYPE_CHECKING
 
 import psycopg
 
-from bridge.spool import (
-    SpoolUnavailable,
-)
+from bridge.plugin.spools import SpoolUnavailable
 
 if TYPE_CHECKING:
     from .spool import PostgresSpool

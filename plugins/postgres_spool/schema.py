@@ -12,9 +12,6 @@ from bridge.plugin import PluginError
 
 # Each step must leave the previous version working (add, never drop or rename), so the
 # instances of a rolling upgrade can run on the upgraded database one after the other.
-
-# Each step must leave the previous version working (add, never drop or rename), so the
-# instances of a rolling upgrade can run on the upgraded database one after the other.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,

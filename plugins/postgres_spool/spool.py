@@ -14,10 +14,16 @@ from psycopg.rows import DictRow, dict_row, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from bridge.sdk.names import KVITTENS_ACTION
-from bridge.spool import (
+from bridge.plugin.kit import KVITTENS_ACTION
+from bridge.plugin.spools import (
+    CONCLUDED_RECEIVED,
+    HELD_RECEIVED,
+    LEFT_AT_ACCESS_POINT,
+    SETTLED_DELIVERIES,
+    TAKEN_KVITTENS,
     Conclusion,
     ContentRemoved,
+    Decide,
     Delivery,
     DuplicateMessage,
     Envelope,
@@ -28,23 +34,14 @@ from bridge.spool import (
     Received,
     RecipientRecord,
     Retention,
+    Spool,
     SpoolFull,
     SpoolUnavailable,
     State,
+    first_within,
     tables,
 )
-from bridge.spool.batches import first_within
-from bridge.spool.contract import Decide, Spool
-from bridge.spool.retention import (
-    CONCLUDED_RECEIVED,
-    HELD_RECEIVED,
-    LEFT_AT_ACCESS_POINT,
-    SETTLED_DELIVERIES,
-    TAKEN_KVITTENS,
-)
 
-# Each step must leave the previous version working (add, never drop or rename), so the
-# instances of a rolling upgrade can run on the upgraded database one after the other.
 from .cache import SharedRegistryCache
 from .schema import (
     CONNECT_SECONDS,

@@ -165,6 +165,20 @@ def test_sigkill_at_random_moments_loses_nothing(sandbox: Sandbox, tmp_path: Pat
     assert set(acknowledged) <= labels
 
 
+def reporting_bridge(sandbox: Sandbox, smart_host_port: int) -> Bridge:
+    """A's bridge, started, sending its delivery reports to `smart_host_port`."""
+    config_file = sandbox.directory / f"org-a-reports-{smart_host_port}.yaml"
+    config_file.write_text(
+        sandbox.config_path("a").read_text()
+        + f"outbound:\n  smart_host: 127.0.0.1:{smart_host_port}\n"
+        + "  postmaster: postmaster@a.sandbox.test\n  poll_seconds: 0.3\n"
+    )
+    running = Bridge(sandbox)
+    running.config = config_file
+    running.start()
+    return running
+
+
 def test_kvittens_outcomes_reach_the_sender_as_dsns(sandbox: Sandbox, tmp_path: Path) -> None:
     from email import message_from_bytes, policy
 
@@ -173,15 +187,7 @@ def test_kvittens_outcomes_reach_the_sender_as_dsns(sandbox: Sandbox, tmp_path: 
     from bridge.sdk.verdict import ACCEPTED
 
     sink = Sink()
-    config_file = sandbox.directory / "org-a-dsn.yaml"
-    config_file.write_text(
-        sandbox.config_path("a").read_text()
-        + f"outbound:\n  smart_host: 127.0.0.1:{sink.port}\n"
-        + "  postmaster: postmaster@a.sandbox.test\n  poll_seconds: 0.3\n"
-    )
-    running = Bridge(sandbox)
-    running.config = config_file
-    running.start()
+    running = reporting_bridge(sandbox, sink.port)
     try:
         port = sandbox.smtp_port("a")
         sent = {}
@@ -225,15 +231,8 @@ def test_a_smart_host_that_hangs_delays_no_kvittens(sandbox: Sandbox, tmp_path: 
     from bridge.sdk.verdict import ACCEPTED
 
     silent = socket.create_server(("127.0.0.1", 0))  # connections queue, never answered
-    config_file = sandbox.directory / "org-a-hanging.yaml"
-    config_file.write_text(
-        sandbox.config_path("a").read_text()
-        + f"outbound:\n  smart_host: 127.0.0.1:{silent.getsockname()[1]}\n"
-        + "  postmaster: postmaster@a.sandbox.test\n  poll_seconds: 0.3\n"
-    )
-    running = Bridge(sandbox)
-    running.config = config_file
-    running.start()
+    running = reporting_bridge(sandbox, silent.getsockname()[1])
+    config_file = running.config
 
     def delivery(sdk_message_id: str) -> Delivery:
         with opened_spool(config_file) as spool:

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import socket
 import ssl
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
@@ -326,6 +327,11 @@ class SpoolInUse(ValueError):
     """Another bridge runs on this spool directory."""
 
 
+def _address(listening: socket.socket) -> str:
+    host, port = listening.getsockname()[:2]
+    return f"{host}:{port}"
+
+
 def _hold_spool_directory(directory: Path) -> IO[bytes]:
     """One bridge per spool directory: two would discard each other's mail still arriving
     and, on a shared database, carry one name on their leases and take each other's work.
@@ -459,12 +465,12 @@ async def run(config: Config, file: Path) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload)
     failed: list[asyncio.Task[None]] = []
     running_stages = {asyncio.create_task(stage.run(stop)): stage for stage in stages.all()}
-    listening = [
-        f"{s.sockets[0].getsockname()[0]}:{s.sockets[0].getsockname()[1]}" for s in servers
-    ]
-    admin_at = f"{config.admin.listen[0]}:{config.admin.listen[1]}" if config.admin else None
+    listening = [_address(s.sockets[0]) for s in servers]
+    admin_at = _address(admin_server.sockets[0]) if admin_server is not None else None
     log.info("sdk-bridge ready", smtp=listening, admin=admin_at, released_leases=released)
-    print(f"sdk-bridge ready: SMTP on {', '.join(listening)}", flush=True)
+    # Where it listens, also on port 0 (the kernel's choice): lab.launch reads this line.
+    admin_on = f"; admin on {admin_at}" if admin_at else ""
+    print(f"sdk-bridge ready: SMTP on {', '.join(listening)}{admin_on}", flush=True)
     systemd.notify("READY=1")
     for task in running_stages:  # if a stage dies, the whole bridge stops (and restarts)
         task.add_done_callback(lambda _: stop.set())

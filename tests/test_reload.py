@@ -11,7 +11,7 @@ import yaml
 from cryptography import x509
 from support.daemon import FROM, TO_B, mail
 
-from bridge.lab.local import start_bridge
+from bridge.lab.launch import BridgeProcess
 from bridge.lab.sandbox.federation import Sandbox
 
 
@@ -27,7 +27,10 @@ def test_sighup_reloads_or_refuses(sandbox: Sandbox, tmp_path: Path) -> None:
     config_file = sandbox.directory / "org-a-reload.yaml"
     config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
     log = tmp_path / "bridge.log"
-    process = start_bridge(config_file, log)
+    bridge = BridgeProcess(config_file, log)
+    bridge.start()
+    process = bridge.process
+    assert process is not None
     try:
         port = sandbox.smtp_port("a")
         open_session = smtplib.SMTP("127.0.0.1", port, timeout=30)
@@ -63,11 +66,9 @@ def test_sighup_reloads_or_refuses(sandbox: Sandbox, tmp_path: Path) -> None:
         wait_for_log(log, "configuration reloaded", count=2)
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
             assert smtp.send_message(mail("Efter omläsning"), FROM, [TO_B]) == {}
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
+        assert bridge.stop() == 0
     finally:
-        if process.poll() is None:
-            process.kill()
+        bridge.close()
 
 
 def test_sighup_takes_a_new_tls_certificate(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -90,7 +91,10 @@ def test_sighup_takes_a_new_tls_certificate(sandbox: Sandbox, tmp_path: Path) ->
         return x509.load_der_x509_certificate(der).serial_number
 
     log = tmp_path / "bridge.log"
-    process = start_bridge(config_file, log)
+    bridge = BridgeProcess(config_file, log)
+    bridge.start()
+    process = bridge.process
+    assert process is not None
     try:
         assert served_serial() == first.cert.serial_number
         cert.write_bytes(second.cert_pem.read_bytes())
@@ -98,8 +102,6 @@ def test_sighup_takes_a_new_tls_certificate(sandbox: Sandbox, tmp_path: Path) ->
         process.send_signal(signal.SIGHUP)
         wait_for_log(log, "configuration reloaded")
         assert served_serial() == second.cert.serial_number
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
+        assert bridge.stop() == 0
     finally:
-        if process.poll() is None:
-            process.kill()
+        bridge.close()

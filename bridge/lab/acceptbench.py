@@ -336,9 +336,7 @@ def _measure_bridge(
     local = LocalRun(directory, key_size, poll_seconds=0.2)
     local.start()
     try:
-        b = local.bridges["b"].process
-        b.send_signal(signal.SIGTERM)  # not on the path measured; LocalRun.stop copes
-        b.wait(POSTFIX_TIMEOUT)
+        local.bridges["b"].stop()  # not on the path measured; LocalRun.stop copes
         warm_up = EmailMessage()
         warm_up["From"], warm_up["To"], warm_up["Subject"] = FROM, TO_B, "warm-up"
         warm_up.set_content("The address book and certificates are fetched now.")

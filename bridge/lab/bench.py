@@ -193,7 +193,7 @@ def _on_local(
                 sender=FROM,
                 recipient=TO_B,
                 config_a=local.config("a"),
-                pids={name: bridge.process.pid for name, bridge in local.bridges.items()},
+                pids={name: bridge.pid for name, bridge in local.bridges.items()},
             )
             watch = mailbox.watch if mailbox else _maildir_watch(local.maildir("b"))
             measured = _measure(bridges, watch, load, sandbox_here=True)

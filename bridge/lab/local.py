@@ -8,16 +8,11 @@ get more instances (`start_instance`), as a region runs several gateways on one 
 """
 
 import contextlib
-import os
-import select
-import signal
 import smtplib
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -26,10 +21,9 @@ import yaml
 
 from .. import config
 from ..spool import Spool
+from .launch import BridgeDidNotStart, BridgeProcess
 from .sandbox.federation import HOST, Sandbox
-from .sandbox.ports import free_tcp_port
 
-START_TIMEOUT = 30.0  # seconds for a bridge to say it is ready
 SEND_RETRY_SECONDS = 30.0  # how long a 4xx (the address book still loading) is retried
 
 
@@ -37,13 +31,16 @@ class LocalRunFailed(Exception):
     """Something did not start or answer; the text says what."""
 
 
-@dataclass
-class RunningBridge:
-    label: str  # the organisation
-    process: subprocess.Popen[str]
-    port: int  # SMTP
-    log: Path
-    spool: Path
+class RunningBridge(BridgeProcess):
+    """One of the run's bridges: organisation `label`'s, its spool directory `spool`."""
+
+    def __init__(self, label: str, config: Path, log: Path, spool: Path, json: bool) -> None:
+        super().__init__(config, log, ["--log-json"] if json else [])
+        self.label, self.spool = label, spool
+
+    @property
+    def port(self) -> int:  # SMTP
+        return self.smtp_port
 
 
 class LocalRun:
@@ -97,15 +94,10 @@ class LocalRun:
 
     def stop(self) -> None:
         for bridge in self.bridges.values():
-            if bridge.process.poll() is None:
-                bridge.process.send_signal(signal.SIGTERM)
-                try:
-                    bridge.process.wait(START_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    bridge.process.kill()
-                    bridge.process.wait()
-            if bridge.process.stdout is not None:
-                bridge.process.stdout.close()
+            if bridge.running():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    bridge.stop()
+            bridge.close()
         self.sandbox.stop()
 
     def start_instance(self, label: str, name: str) -> RunningBridge:
@@ -126,10 +118,7 @@ class LocalRun:
         """SIGKILL the bridge `name` and start it again, as systemd would restart it (or,
         without `restart`, leave it dead, as a machine that went down)."""
         bridge = self.bridges[name]
-        bridge.process.kill()
-        bridge.process.wait()
-        if bridge.process.stdout is not None:
-            bridge.process.stdout.close()
+        bridge.close()
         if restart:
             self.bridges[name] = self._start_bridge(bridge.label, name)
 
@@ -172,43 +161,23 @@ class LocalRun:
         """The bridge `name` of organisation `label`: its first (the sandbox's ports and
         directories) when `name` is the label, else another instance."""
         settings = self._settings(label)
-        port = self.sandbox.smtp_port(label)
         state = Path("state") / label
-        if name != label:
-            port, state = free_tcp_port(), Path("state") / f"{label}-{name}"
-            settings["smtp"]["listen"] = [f"{HOST}:{port}"]
-            settings["admin"]["listen"] = f"{HOST}:{free_tcp_port()}"
+        if name != label:  # its ports are the kernel's choice: it says which when ready
+            state = Path("state") / f"{label}-{name}"
+            settings["smtp"]["listen"] = [f"{HOST}:0"]
+            settings["admin"]["listen"] = f"{HOST}:0"
             settings["registry"]["cache_dir"] = str(state)
             settings["spool"]["directory"] = str(state / "spool")  # its name on its leases
         config = self.config(name)
         config.write_text(yaml.safe_dump(settings, allow_unicode=True, sort_keys=False))
         log = self.directory / f"bridge-{name}.log"
-        process = start_bridge(config, log, json=self.log_json)
         spool = self.sandbox.directory / state / "spool"
-        return RunningBridge(label, process, port, log, spool)
-
-
-def start_bridge(config: Path, log: Path, json: bool = False) -> subprocess.Popen[str]:
-    """`sdk-bridge run -c config`, its log appended to `log` (a restarted bridge goes on in
-    the same log), once it says it is ready; LocalRunFailed if it does not in time."""
-    options = ["--log-json"] if json else []
-    with log.open("a") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", *options, "run", "-c", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    assert process.stdout is not None
-    # The daemon prints one line once it listens; a bridge that hangs must not hang us.
-    ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
-    line = process.stdout.readline() if ready else ""
-    if not line.startswith("sdk-bridge ready"):
-        process.kill()
-        process.wait()
-        raise LocalRunFailed(f"{config} did not start a bridge (see {log})")
-    return process
+        bridge = RunningBridge(label, config, log, spool, self.log_json)
+        try:
+            bridge.start()
+        except BridgeDidNotStart as e:
+            raise LocalRunFailed(f"{config} did not start a bridge (see {log})") from e
+        return bridge
 
 
 def send_mail(

@@ -2,8 +2,8 @@
 
 from email.message import EmailMessage
 
+from bridge.lab.launch import BridgeProcess
 from bridge.lab.sandbox.federation import Sandbox
-from support.bridges import BridgeProcess
 from support.sandboxed import FROM_A as FROM
 from support.sandboxed import TO_B
 

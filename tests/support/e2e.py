@@ -2,9 +2,9 @@
 
 import yaml
 
+from bridge.lab.launch import BridgeProcess
 from bridge.lab.sandbox.federation import Sandbox
 from support import dovecot
-from support.bridges import BridgeProcess
 from support.dovecot import Dovecot
 
 

@@ -54,7 +54,7 @@ def pending_at_b(sandbox: Sandbox) -> int:
 
 
 def test_mail_through_the_daemon(bridge: Bridge, sandbox: Sandbox, tmp_path: Path) -> None:
-    port = sandbox.smtp_port("a")
+    port = bridge.smtp_port
     rich = mail("[sekretess] Åtgärd för Örebro – ärende 7")
     rich.add_attachment(
         b"%PDF-1.7\n" + bytes(range(256)) * 4000,
@@ -127,7 +127,7 @@ def test_sigkill_at_random_moments_loses_nothing(sandbox: Sandbox, tmp_path: Pat
     earlier = {d.sdk_message_id for d in spooled()}  # from the other tests of this module
     running = Bridge(sandbox)
     running.start()
-    port = sandbox.smtp_port("a")
+    port = running.smtp_port
     acknowledged: list[str] = []
     done = threading.Event()
 
@@ -167,14 +167,12 @@ def test_sigkill_at_random_moments_loses_nothing(sandbox: Sandbox, tmp_path: Pat
 
 def reporting_bridge(sandbox: Sandbox, smart_host_port: int) -> Bridge:
     """A's bridge, started, sending its delivery reports to `smart_host_port`."""
-    config_file = sandbox.directory / f"org-a-reports-{smart_host_port}.yaml"
-    config_file.write_text(
-        sandbox.config_path("a").read_text()
-        + f"outbound:\n  smart_host: 127.0.0.1:{smart_host_port}\n"
-        + "  postmaster: postmaster@a.sandbox.test\n  poll_seconds: 0.3\n"
-    )
-    running = Bridge(sandbox)
-    running.config = config_file
+    outbound = {
+        "smart_host": f"127.0.0.1:{smart_host_port}",
+        "postmaster": "postmaster@a.sandbox.test",
+        "poll_seconds": 0.3,
+    }
+    running = Bridge(sandbox, f"reports-{smart_host_port}", outbound=outbound)
     running.start()
     return running
 
@@ -189,7 +187,7 @@ def test_kvittens_outcomes_reach_the_sender_as_dsns(sandbox: Sandbox, tmp_path: 
     sink = Sink()
     running = reporting_bridge(sandbox, sink.port)
     try:
-        port = sandbox.smtp_port("a")
+        port = running.smtp_port
         sent = {}
         for subject in ("Avvisas", "Tas emot"):
             with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
@@ -240,7 +238,7 @@ def test_a_smart_host_that_hangs_delays_no_kvittens(sandbox: Sandbox, tmp_path: 
 
     def send(subject: str) -> str:
         earlier = set(sent_to_b())
-        with smtplib.SMTP("127.0.0.1", sandbox.smtp_port("a"), timeout=30) as smtp:
+        with smtplib.SMTP("127.0.0.1", running.smtp_port, timeout=30) as smtp:
             smtp.send_message(mail(subject), FROM, [TO_B], rcpt_options=["NOTIFY=FAILURE"])
         eventually(lambda: set(sent_to_b()) - earlier)
         return next(
@@ -290,7 +288,7 @@ def test_a_killed_bridge_leaves_no_crypto_worker(sandbox: Sandbox) -> None:
     running.start()
     assert running.process is not None
     pid = running.process.pid
-    with smtplib.SMTP("127.0.0.1", sandbox.smtp_port("a"), timeout=30) as smtp:
+    with smtplib.SMTP("127.0.0.1", running.smtp_port, timeout=30) as smtp:
         smtp.send_message(mail("Startar arbetarna"), FROM, [TO_B])  # sealing spawns them
     eventually(lambda: len(children(pid)) >= 2)
     workers = children(pid)

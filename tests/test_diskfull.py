@@ -83,7 +83,7 @@ def test_a_full_disk_loses_nothing_and_reports_nothing_false(tmp_path: Path, ful
             filler.write_bytes(b"\0" * (usage.free - room_needed(usage.total) + 1024 * 1024))
             if full == "b":
                 send_all(local)
-            admin = local.sandbox.admin_port(full)
+            admin = local.bridges[full].admin_port
             eventually(lambda: "disk is nearly full" in readyz(admin)[1], WAIT_SECONDS)
             time.sleep(2)  # rounds of the intake: nothing may be taken
             maildir = local.maildir("b") / "new"

@@ -97,7 +97,7 @@ def send(bridge: Bridge, mail: EmailMessage, sender: str, recipient: str) -> Non
     deadline = time.monotonic() + 30
     while True:
         try:
-            with smtplib.SMTP("127.0.0.1", bridge.port, timeout=30) as smtp:
+            with smtplib.SMTP("127.0.0.1", bridge.smtp_port, timeout=30) as smtp:
                 smtp.send_message(mail, sender, [recipient])
             return
         except (smtplib.SMTPRecipientsRefused, smtplib.SMTPServerDisconnected, OSError) as e:
@@ -250,7 +250,7 @@ def scrape(port: int, path: str) -> tuple[int, str]:
 
 def test_the_admin_port_after_traffic(federation: Sandbox, bridges: dict[str, Bridge]) -> None:
     """B's numbers after the tests above (it has not been restarted yet)."""
-    port = federation.admin_port("b")
+    port = bridges["b"].admin_port
     assert scrape(port, "/healthz") == (200, "ok\n")
     assert scrape(port, "/readyz") == (200, "ready\n")
     status, text = scrape(port, "/metrics")

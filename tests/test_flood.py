@@ -107,7 +107,7 @@ def local(tmp_path: Path) -> Iterator[LocalRun]:
 @pytest.mark.hostile("SMTP abuse: connection floods")
 def test_a_flood_of_idle_connections_does_not_stop_the_bridge(local: LocalRun) -> None:
     a = local.bridges["a"]
-    admin = local.sandbox.admin_port("a")
+    admin = local.bridges["a"].admin_port
     latencies, ready = [], []
     with Flood(a.port) as flood:
         time.sleep(3)  # the flood is in place

@@ -46,7 +46,7 @@ def test_steering_the_queue(sandbox: Sandbox, bridge: Bridge) -> None:
     before = set(listed(sandbox))
     sandbox.access_points["a"].refuse_submissions(how="unavailable")
     subjects = ["Hålls", "Tas bort", "Studsar"]
-    with smtplib.SMTP("127.0.0.1", sandbox.smtp_port("a"), timeout=30) as smtp:
+    with smtplib.SMTP("127.0.0.1", bridge.smtp_port, timeout=30) as smtp:
         for subject in subjects:
             smtp.send_message(mail(subject), FROM, [TO_B])
 

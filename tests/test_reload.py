@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 from cryptography import x509
-from support.daemon import FROM, TO_B, mail
+from support.daemon import FROM, TO_B, mail, on_any_port
 
 from bridge.lab.launch import BridgeProcess
 from bridge.lab.sandbox.federation import Sandbox
@@ -23,7 +23,7 @@ def wait_for_log(log: Path, text: str, count: int = 1, seconds: float = 30) -> N
 
 
 def test_sighup_reloads_or_refuses(sandbox: Sandbox, tmp_path: Path) -> None:
-    settings = yaml.safe_load(sandbox.config_path("a").read_text())
+    settings = on_any_port(sandbox.config_path("a"))
     config_file = sandbox.directory / "org-a-reload.yaml"
     config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
     log = tmp_path / "bridge.log"
@@ -32,7 +32,7 @@ def test_sighup_reloads_or_refuses(sandbox: Sandbox, tmp_path: Path) -> None:
     process = bridge.process
     assert process is not None
     try:
-        port = sandbox.smtp_port("a")
+        port = bridge.smtp_port
         open_session = smtplib.SMTP("127.0.0.1", port, timeout=30)
         open_session.ehlo()
 
@@ -78,14 +78,14 @@ def test_sighup_takes_a_new_tls_certificate(sandbox: Sandbox, tmp_path: Path) ->
     cert, key = tmp_path / "smtp.pem", tmp_path / "smtp.key"
     cert.write_bytes(first.cert_pem.read_bytes())
     key.write_bytes(first.key_pem.read_bytes())
-    settings = yaml.safe_load(sandbox.config_path("a").read_text())
+    settings = on_any_port(sandbox.config_path("a"))
     settings["smtp"].update(tls_cert=str(cert), tls_key=str(key))
     config_file = sandbox.directory / "org-a-tls.yaml"
     config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
     trust = ssl.create_default_context(cafile=str(sandbox.tls_pki.chain_pem))
 
     def served_serial() -> int:
-        with smtplib.SMTP("127.0.0.1", sandbox.smtp_port("a"), timeout=30) as smtp:
+        with smtplib.SMTP("127.0.0.1", bridge.smtp_port, timeout=30) as smtp:
             smtp.starttls(context=trust)
             der = smtp.sock.getpeercert(binary_form=True)
         return x509.load_der_x509_certificate(der).serial_number

@@ -42,6 +42,11 @@ class BridgeProcess:
         return self.smtp[0][1]
 
     @property
+    def admin_port(self) -> int:
+        assert self.admin is not None, "it serves no admin port"
+        return self.admin[1]
+
+    @property
     def pid(self) -> int:
         assert self.process is not None, "not running"
         return self.process.pid

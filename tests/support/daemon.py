@@ -1,6 +1,10 @@
 """One `sdk-bridge run` of organisation A on a sandbox, and what the tests send it."""
 
 from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import yaml
 
 from bridge.lab.launch import BridgeProcess
 from bridge.lab.sandbox.federation import Sandbox
@@ -8,11 +12,25 @@ from support.sandboxed import FROM_A as FROM
 from support.sandboxed import TO_B
 
 
-class Bridge(BridgeProcess):
-    """One `sdk-bridge run -c org-a.yaml` process."""
+def on_any_port(config: Path, **sections: object) -> dict[str, Any]:
+    """The settings of `config` with `sections` changed, listening where the kernel
+    chooses (the bridge says where when it is ready)."""
+    settings: dict[str, Any] = yaml.safe_load(config.read_text())
+    settings.update(sections)
+    settings["smtp"]["listen"] = ["127.0.0.1:0"]
+    if "admin" in settings:
+        settings["admin"]["listen"] = "127.0.0.1:0"
+    return settings
 
-    def __init__(self, sandbox: Sandbox) -> None:
-        super().__init__(sandbox.config_path("a"), options=("--log-level", "warning"))
+
+class Bridge(BridgeProcess):
+    """One `sdk-bridge run` of organisation A's configuration, with `sections` changed."""
+
+    def __init__(self, sandbox: Sandbox, name: str = "daemon", **sections: object) -> None:
+        config = sandbox.directory / f"org-a-{name}.yaml"
+        settings = on_any_port(sandbox.config_path("a"), **sections)
+        config.write_text(yaml.safe_dump(settings, allow_unicode=True))
+        super().__init__(config, options=("--log-level", "warning"))
         self.sandbox = sandbox
 
 

@@ -5,6 +5,7 @@ import yaml
 from bridge.lab.launch import BridgeProcess
 from bridge.lab.sandbox.federation import Sandbox
 from support import dovecot
+from support.daemon import on_any_port
 from support.dovecot import Dovecot
 
 
@@ -13,8 +14,7 @@ class Bridge(BridgeProcess):
 
     def __init__(self, sandbox: Sandbox, label: str, server: Dovecot, user: str, folder: str):
         self.label = label
-        self.port = sandbox.smtp_port(label)
-        settings = yaml.safe_load(sandbox.config_path(label).read_text())
+        settings = on_any_port(sandbox.config_path(label))
         settings["functional_addresses"][0]["deliver_to"] = {
             "plugin": "imap",
             "port": server.imaps_port,

@@ -322,7 +322,7 @@ class Sandbox:
                 for address in organisation.addresses
             ],
             "spool": self._spool(organisation.label),
-            "admin": {"listen": f"{HOST}:{self.admin_port(organisation.label)}"},
+            "admin": {"listen": f"{HOST}:{self.state['admin_ports'][organisation.label]}"},
         }
 
     def _spool(self, label: str) -> str | dict[str, str]:
@@ -346,14 +346,6 @@ class Sandbox:
     def access_point(self, label: str) -> AccessPoint:
         """Organisation `label`'s access point (the shared one, in a shared sandbox)."""
         return self.access_points[self.ap_label(label)]
-
-    def admin_port(self, label: str) -> int:
-        """Where organisation `label`'s bridge serves /metrics, /healthz and /readyz."""
-        return int(self.state["admin_ports"][label])
-
-    def smtp_port(self, label: str) -> int:
-        """Where organisation `label`'s bridge listens, as its configuration says."""
-        return int(self.state["smtp_ports"][label])
 
     # --- state ----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.lab import acceptbench
+from sdk_bridge.lab import acceptbench
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 
@@ -29,7 +29,7 @@ needs_smtp_source = pytest.mark.skipif(
 @pytest.mark.skipif(not HAS_POSTFIX, reason="no Postfix: Debian package postfix not installed")
 @pytest.mark.skipif(os.geteuid() != 0, reason="a throw-away Postfix needs root")
 def test_a_small_run_against_the_bridge_and_postfix(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "bridge.cli", "bench", "--smtp-source", "--postfix"]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "bench", "--smtp-source", "--postfix"]
     command += ["--messages", "50", "--concurrency", "4", "--key-size", "2048", "--json"]
     command += ["--dir", str(tmp_path)]
     postfix_directories = Path(tempfile.gettempdir()).glob("sdk-bridge-postfix-*")
@@ -72,7 +72,7 @@ def test_without_smtp_source_the_error_names_the_package(
 
 
 def test_postfix_only_with_smtp_source(capsys: pytest.CaptureFixture[str]) -> None:
-    from bridge.cli import main
+    from sdk_bridge.cli import main
 
     with pytest.raises(SystemExit) as exited:
         main(["bench", "--postfix"])

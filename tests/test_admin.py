@@ -6,10 +6,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.lab.sandbox.ports import free_tcp_port
-from bridge.lab.testpki import TestPKI
-from bridge.ops import admin, metrics
-from bridge.spool import Envelope, RecipientRecord, SQLiteSpool
+from sdk_bridge.lab.sandbox.ports import free_tcp_port
+from sdk_bridge.lab.testpki import TestPKI
+from sdk_bridge.ops import admin, metrics
+from sdk_bridge.spool import Envelope, RecipientRecord, SQLiteSpool
 
 
 async def get(port: int, path: str, request: bytes | None = None) -> tuple[int, str]:

@@ -46,14 +46,14 @@ from support.hostile import HOSTILE_CASES
 from support.inbound_harness import ORG_A, ORG_B, Harness, message, rejected
 from support.registries import registry_for
 
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.outbound.receipts import Receipts
-from bridge.plugin import SCANNERS, PermanentFailure, TemporaryFailure, load
-from bridge.sdk import kvittens as kv
-from bridge.sdk import message as msg
-from bridge.sdk import xhe, xmldsig, xmlenc
-from bridge.sdk.keys import KeyPair
-from bridge.sdk.names import (
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.outbound.receipts import Receipts
+from sdk_bridge.plugin import SCANNERS, PermanentFailure, TemporaryFailure, load
+from sdk_bridge.sdk import kvittens as kv
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk import xhe, xmldsig, xmlenc
+from sdk_bridge.sdk.keys import KeyPair
+from sdk_bridge.sdk.names import (
     C14N,
     DS_NS,
     EXC_C14N,
@@ -64,9 +64,9 @@ from bridge.sdk.names import (
     XHB_NS,
     q,
 )
-from bridge.sdk.sealing import seal_kvittens
-from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
-from bridge.spool import Received
+from sdk_bridge.sdk.sealing import seal_kvittens
+from sdk_bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
+from sdk_bridge.spool import Received
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 

@@ -12,8 +12,8 @@ import pytest
 from support.sandboxed import FROM_A as FROM
 from support.sandboxed import TO_B
 
-from bridge.lab.local import LocalRun
-from bridge.lab.sandbox.federation import HOST
+from sdk_bridge.lab.local import LocalRun
+from sdk_bridge.lab.sandbox.federation import HOST
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 

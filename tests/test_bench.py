@@ -15,9 +15,9 @@ import yaml
 from support import dovecot, postgres
 from support.dovecot import USERS, Dovecot
 
-from bridge.lab.bench import FROM, TO_B
-from bridge.lab.local import LocalRun
-from bridge.lab.running import _config_argument
+from sdk_bridge.lab.bench import FROM, TO_B
+from sdk_bridge.lab.local import LocalRun
+from sdk_bridge.lab.running import _config_argument
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 
@@ -25,7 +25,7 @@ dovecot_server = dovecot.dovecot_server
 
 
 def test_a_small_run(tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "bridge.cli", "bench", "--messages", "12"]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "bench", "--messages", "12"]
     command += ["--concurrency", "3", "--key-size", "2048", "--json", "--dir", str(tmp_path)]
     command += ["--rate", "20"]  # 12 mails offered over 0.55 s at least
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -54,7 +54,7 @@ def test_a_small_run(tmp_path: Path) -> None:
 def test_a_run_into_a_running_dovecot(tmp_path: Path, dovecot_server: Dovecot) -> None:
     """--imap: B delivers into a real Dovecot's INBOX and the run watches it there."""
     url = f"imap://bob:{USERS['bob']}@127.0.0.1:{dovecot_server.imap_port}/INBOX"
-    command = [sys.executable, "-m", "bridge.cli", "bench", "--messages", "6", "--imap", url]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "bench", "--messages", "6", "--imap", url]
     command += ["--concurrency", "2", "--key-size", "2048", "--json", "--dir", str(tmp_path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -70,7 +70,7 @@ def test_a_run_into_a_running_dovecot(tmp_path: Path, dovecot_server: Dovecot) -
 
 
 def test_a_bad_imap_url_is_a_usage_error() -> None:
-    command = [sys.executable, "-m", "bridge.cli", "bench", "--imap", "imap://127.0.0.1/INBOX"]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "bench", "--imap", "imap://127.0.0.1/INBOX"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "user:password" in result.stderr
 
@@ -80,7 +80,7 @@ def test_a_run_with_two_instances_on_postgres(
 ) -> None:
     """--postgres --instances 2: both spools in databases made for the run (and dropped
     after it), two bridges of A sharing the sessions, each in the report."""
-    command = [sys.executable, "-m", "bridge.cli", "bench", "--messages", "8", "--json"]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "bench", "--messages", "8", "--json"]
     command += ["--concurrency", "4", "--key-size", "2048", "--dir", str(tmp_path)]
     command += ["--postgres", postgres_server.dsn(), "--instances", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -99,7 +99,7 @@ def test_a_run_with_two_instances_on_postgres(
 
 
 def test_two_instances_need_postgres() -> None:
-    command = [sys.executable, "-m", "bridge.cli", "bench", "--instances", "2"]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "bench", "--instances", "2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--postgres" in result.stderr
 
@@ -121,7 +121,7 @@ def running_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRun]
 
 
 def bench_running(config_a: Path, config_b: Path, *options: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "bridge.cli", "bench", "--running", str(config_a)]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "bench", "--running", str(config_a)]
     command += [str(config_b), "--json", *options]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
@@ -199,10 +199,10 @@ def test_running_takes_no_options_of_a_local_run(tmp_path: Path) -> None:
     ("argv", "found"),
     [
         (["/usr/bin/python3", "/usr/bin/sdk-bridge", "run", "-c", "/etc/b.yaml"], "/etc/b.yaml"),
-        (["python", "-m", "bridge.cli", "run", "--config=b.yaml"], "b.yaml"),
-        (["python", "-m", "bridge.cli", "run", "-cb.yaml"], "b.yaml"),
+        (["python", "-m", "sdk_bridge.cli", "run", "--config=b.yaml"], "b.yaml"),
+        (["python", "-m", "sdk_bridge.cli", "run", "-cb.yaml"], "b.yaml"),
         (["sdk-bridge", "check-config", "-c", "b.yaml"], None),
-        (["python", "-m", "bridge.cli", "bench", "--running", "a.yaml", "b.yaml"], None),
+        (["python", "-m", "sdk_bridge.cli", "bench", "--running", "a.yaml", "b.yaml"], None),
         (["python", "-c", "from multiprocessing.spawn import spawn_main"], None),
     ],
 )

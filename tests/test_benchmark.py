@@ -2,8 +2,8 @@
 
 import json
 
-from bridge import cli
-from bridge.lab.benchmark import PROFILES, format_table, run_core_benchmark
+from sdk_bridge import cli
+from sdk_bridge.lab.benchmark import PROFILES, format_table, run_core_benchmark
 
 
 def test_core_benchmark_reports_rates_for_each_profile() -> None:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import yaml
 
-from bridge import config
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.ops import checks
+from sdk_bridge import config
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.ops import checks
 
 
 def check(config_file: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "bridge.cli", "check-config", "-c", str(config_file)]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "check-config", "-c", str(config_file)]
     return subprocess.run([*command, "--online"], capture_output=True, text=True, timeout=120)
 
 

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 import pytest
 from support.clamd import EICAR, REPORTED, Clamd
 
-from bridge import plugin
-from bridge.plugin import PluginError, TemporaryFailure
-from plugins.clamav import ClamAV
+from sdk_bridge import plugin
+from sdk_bridge.plugin import PluginError, TemporaryFailure
+from sdk_bridge_plugins.clamav import ClamAV
 
 WAIT = 20.0  # seconds: the most any test waits for one scan
 T = TypeVar("T")

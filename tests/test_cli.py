@@ -1,6 +1,6 @@
 """The `sdk-bridge` command as an administrator uses it.
 
-Most cases call `bridge.cli.main` in-process; one runs the installed console script to
+Most cases call `sdk_bridge.cli.main` in-process; one runs the installed console script to
 prove it is wired. Exit codes: 0 success / valid, 1 not valid, 2 usage error.
 """
 
@@ -19,13 +19,13 @@ from support import digg
 from support.configs import write_config
 from support.parties import ADDRESS_A, ORG_A, ORG_B, keypair, make_message
 
-from bridge import cli
-from bridge.lab.testpki import PASSPHRASE, Identity, TestPKI
-from bridge.sdk import kvittens as kv
-from bridge.sdk import message as msg
-from bridge.sdk import sealing
-from bridge.sdk.names import MSG_NS
-from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
+from sdk_bridge import cli
+from sdk_bridge.lab.testpki import PASSPHRASE, Identity, TestPKI
+from sdk_bridge.sdk import kvittens as kv
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk import sealing
+from sdk_bridge.sdk.names import MSG_NS
+from sdk_bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
 
 # The message format keeps milliseconds only: a whole-millisecond time survives a round trip.
 CREATED = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)

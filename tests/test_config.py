@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from support.configs import write_config
 
-from bridge import cli, config
-from bridge.lab.testpki import Identity, TestPKI
-from bridge.spool import Retention
+from sdk_bridge import cli, config
+from sdk_bridge.lab.testpki import Identity, TestPKI
+from sdk_bridge.spool import Retention
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.yaml"
 
@@ -343,7 +343,7 @@ outbound:
 def test_the_example_documents_every_key() -> None:
     """Every key the loader knows appears in config.example.yaml (set or in a comment)."""
     root = Path(__file__).parent.parent
-    source = (root / "bridge" / "config" / "loading.py").read_text()
+    source = (root / "sdk_bridge" / "config" / "loading.py").read_text()
     keys = {
         key
         for call in re.finditer(r"\.mapping\(([^)]*)\)", source, re.S)

@@ -7,12 +7,12 @@ from lxml import etree
 from support.digg import schematron_failures, signed_vector, spec_file, xsd_errors
 from support.parties import ADDRESS_B, ORG_A, ORG_B, keypair, make_message
 
-from bridge.lab.testpki import Identity
-from bridge.sdk import kvittens as kv
-from bridge.sdk import message as msg
-from bridge.sdk import sealing
-from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
-from bridge.sdk.xmlsafe import parse as parse_xml
+from sdk_bridge.lab.testpki import Identity
+from sdk_bridge.sdk import kvittens as kv
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk import sealing
+from sdk_bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
+from sdk_bridge.sdk.xmlsafe import parse as parse_xml
 
 KVITTENS_EXAMPLES = ("kvittens", "C3.2.4 Meddelandekvittens_exempel_v1.0")
 

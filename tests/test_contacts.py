@@ -11,10 +11,10 @@ from pathlib import Path
 import ldif
 import vobject
 
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.registry import contacts
-from bridge.registry.addressbook import FunctionalAddress, Organisation
-from bridge.registry.addresses import AddressMap
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.registry import contacts
+from sdk_bridge.registry.addressbook import FunctionalAddress, Organisation
+from sdk_bridge.registry.addresses import AddressMap
 
 EXPECTED = {
     "Sandbox kommun A – Registrator (SDK)": "registrator@a.sandbox.test.sdk.a.sandbox.test",
@@ -26,7 +26,7 @@ EXPECTED = {
 
 def export(sandbox: Sandbox, tmp_path: Path, form: str, *more: str) -> bytes:
     out = tmp_path / f"contacts.{form}"
-    command = [sys.executable, "-m", "bridge.cli", "export-contacts"]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "export-contacts"]
     command += ["-c", str(sandbox.config_path("a")), "--format", form, "-o", str(out), *more]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -18,8 +18,8 @@ import pytest
 from support import backends
 from support.localruns import FROM, TO_B, assert_each_once, in_mailbox, mail, recover_lost
 
-from bridge.lab.local import LocalRun
-from bridge.sdk.names import KVITTENS_ACTION, MESSAGE_ACTION
+from sdk_bridge.lab.local import LocalRun
+from sdk_bridge.sdk.names import KVITTENS_ACTION, MESSAGE_ACTION
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 

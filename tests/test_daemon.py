@@ -20,10 +20,10 @@ from support.daemon import FROM, TO_B, Bridge, Sink, mail
 from support.outbound import access_point, received_by_b
 from support.waiting import eventually
 
-from bridge.lab.local import opened_spool
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.sdk import markdown
-from bridge.spool import Delivery, State
+from sdk_bridge.lab.local import opened_spool
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.sdk import markdown
+from sdk_bridge.spool import Delivery, State
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 
@@ -107,7 +107,7 @@ def test_mail_through_the_daemon(bridge: Bridge, sandbox: Sandbox, tmp_path: Pat
 def test_a_second_bridge_on_the_same_spool_directory_is_refused(bridge: Bridge) -> None:
     """Two bridges on one directory would discard each other's arriving mail and, on a
     shared database, take each other's work under one name."""
-    command = [sys.executable, "-m", "bridge.cli", "run", "-c", str(bridge.config)]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "run", "-c", str(bridge.config)]
     second = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert second.returncode == 2
     assert "another sdk-bridge runs on the spool directory" in second.stderr
@@ -182,7 +182,7 @@ def test_kvittens_outcomes_reach_the_sender_as_dsns(sandbox: Sandbox, tmp_path: 
 
     from support.kvittens import REJECTED, send_kvittens
 
-    from bridge.sdk.verdict import ACCEPTED
+    from sdk_bridge.sdk.verdict import ACCEPTED
 
     sink = Sink()
     running = reporting_bridge(sandbox, sink.port)
@@ -226,7 +226,7 @@ def test_a_smart_host_that_hangs_delays_no_kvittens(sandbox: Sandbox, tmp_path: 
 
     from support.kvittens import REJECTED, send_kvittens
 
-    from bridge.sdk.verdict import ACCEPTED
+    from sdk_bridge.sdk.verdict import ACCEPTED
 
     silent = socket.create_server(("127.0.0.1", 0))  # connections queue, never answered
     running = reporting_bridge(sandbox, silent.getsockname()[1])

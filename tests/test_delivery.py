@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.inbound.delivery import MailboxDelivery
-from bridge.plugin import PermanentFailure, TemporaryFailure
-from bridge.spool import InboundMail, InboxState, OwedKvittens, Received, SQLiteSpool
+from sdk_bridge.inbound.delivery import MailboxDelivery
+from sdk_bridge.plugin import PermanentFailure, TemporaryFailure
+from sdk_bridge.spool import InboundMail, InboxState, OwedKvittens, Received, SQLiteSpool
 
 
 class Mailbox:
@@ -91,7 +91,7 @@ def test_the_kvittens_is_owed_until_sent(tmp_path: Path) -> None:
 
 
 def test_a_refused_mail_is_listed_and_sent_again_by_the_administrator(tmp_path: Path) -> None:
-    from bridge.ops import queueadmin as queue
+    from sdk_bridge.ops import queueadmin as queue
 
     spool = SQLiteSpool(tmp_path)
     accepted(spool, "m4")

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` le
 
 def test_the_demo_verifies_every_step(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "demo", "--dir", str(tmp_path / "demo")],
+        [sys.executable, "-m", "sdk_bridge.cli", "demo", "--dir", str(tmp_path / "demo")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -28,7 +28,7 @@ def test_the_demo_verifies_every_step(tmp_path: Path) -> None:
 def test_the_demo_refuses_a_used_directory(tmp_path: Path) -> None:
     (tmp_path / "something").write_text("x")
     result = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "demo", "--dir", str(tmp_path)],
+        [sys.executable, "-m", "sdk_bridge.cli", "demo", "--dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -10,9 +10,9 @@ from datetime import UTC, datetime
 import pytest
 from support.digg import signed_vector, spec_file
 
-from bridge.sdk import sealing
-from bridge.sdk.keys import load_certificates
-from bridge.sdk.verdict import ACCEPTED
+from sdk_bridge.sdk import sealing
+from sdk_bridge.sdk.keys import load_certificates
+from sdk_bridge.sdk.verdict import ACCEPTED
 
 INSIDE_VALIDITY = datetime(2022, 10, 14, 12, 0, tzinfo=UTC)
 O2O = ("certificate-chains", "Certifikatkedjor OpenTest", "CAs", "Certifikatskedjor O2O")

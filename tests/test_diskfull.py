@@ -18,9 +18,9 @@ import pytest
 from support.sandboxed import FROM_A, TO_B
 from support.waiting import eventually
 
-from bridge.lab.local import LocalRun
-from bridge.lab.sandbox.federation import HOST
-from bridge.spool.room import MIN_FREE_BYTES, room_needed
+from sdk_bridge.lab.local import LocalRun
+from sdk_bridge.lab.sandbox.federation import HOST
+from sdk_bridge.spool.room import MIN_FREE_BYTES, room_needed
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 

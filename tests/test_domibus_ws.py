@@ -5,7 +5,7 @@ entry point, and driven with `asyncio.run` (no pytest-asyncio). One sandbox fede
 with two organisations serves the whole module; a few answers no access point gives on
 request (a proxy's 502, a corrupt payload) come from an httpx mock transport.
 
-Fault mapping under test (plugins/domibus_ws.py explains why):
+Fault mapping under test (sdk_bridge_plugins/domibus_ws.py explains why):
 duplicate MessageId → DuplicateSubmission; no SMP metadata or a header the P-Mode refuses →
 PermanentFailure; 503, an unrecognised EBMS:0004 fault ("the access point is refusing
 submissions"), a wrong password, a stopped server, a timeout → TemporaryFailure.
@@ -29,10 +29,10 @@ from support.domibus_xsd import Watch
 from support.parties import make_message
 from support.sandboxed import ORG_A, ORG_B
 
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.lab.sandbox.smp import Registration
-from bridge.lab.sandbox.web import Server
-from bridge.plugin import (
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.lab.sandbox.smp import Registration
+from sdk_bridge.lab.sandbox.web import Server
+from sdk_bridge.plugin import (
     ACCESS_POINTS,
     AccessPoint,
     DuplicateSubmission,
@@ -42,15 +42,15 @@ from bridge.plugin import (
     TemporaryFailure,
     load,
 )
-from bridge.sdk import message as msg
-from bridge.sdk import xhe, xmlsafe
-from bridge.sdk.keys import KeyPair
-from bridge.sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_ACTION
-from bridge.sdk.sealing import Receiver, open_envelope, seal_message
-from bridge.sdk.verdict import ACCEPTED
-from bridge.sdk.xmlsafe import parse
-from plugins import domibus_ws
-from plugins.domibus_ws import MessageNotFound, UnreadableMessage
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk import xhe, xmlsafe
+from sdk_bridge.sdk.keys import KeyPair
+from sdk_bridge.sdk.names import DOCUMENT_ID_SCHEME, MESSAGE_ACTION
+from sdk_bridge.sdk.sealing import Receiver, open_envelope, seal_message
+from sdk_bridge.sdk.verdict import ACCEPTED
+from sdk_bridge.sdk.xmlsafe import parse
+from sdk_bridge_plugins import domibus_ws
+from sdk_bridge_plugins.domibus_ws import MessageNotFound, UnreadableMessage
 
 STALE_ORG = "0203:stale.sandbox.test"  # the SMP names B's access point, which does not serve it
 DIGG_EXAMPLE = Path(

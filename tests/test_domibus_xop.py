@@ -1,5 +1,5 @@
-"""MTOM/XOP answers: the bridge's reader (plugins/domibus_xop.py) against a CXF answer
-written out by hand, against the sandbox's independent writer (bridge/lab/sandbox/mtom.py), and
+"""MTOM/XOP answers: the bridge's reader (sdk_bridge_plugins/domibus_xop.py) against a CXF answer
+written out by hand, against the sandbox's independent writer (sdk_bridge/lab/sandbox/mtom.py), and
 against hostile packages; the writer checked by the standard library's MIME parser."""
 
 import contextlib
@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from bridge.lab.sandbox import mtom
-from bridge.sdk.xmlsafe import parse
-from plugins.domibus_xop import MAX_PART_HEADER_BYTES, XopError, resolve, unpack
+from sdk_bridge.lab.sandbox import mtom
+from sdk_bridge.sdk.xmlsafe import parse
+from sdk_bridge_plugins.domibus_xop import MAX_PART_HEADER_BYTES, XopError, resolve, unpack
 
 SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
 BACKEND_NS = "http://org.ecodex.backend/1_1/"

@@ -10,7 +10,7 @@ from pathlib import Path
 from support import dovecot
 from support.dovecot import Dovecot
 
-from plugins.maildir import Maildir
+from sdk_bridge_plugins.maildir import Maildir
 
 dovecot_server = dovecot.dovecot_server
 

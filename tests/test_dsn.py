@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from bridge.lab.sandbox.ports import free_tcp_port
-from bridge.lab.testpki import make_pki
-from bridge.outbound import dsn, smarthost
-from bridge.outbound.dsn import Action, Report, should_notify
-from bridge.spool import Envelope, RecipientRecord
+from sdk_bridge.lab.sandbox.ports import free_tcp_port
+from sdk_bridge.lab.testpki import make_pki
+from sdk_bridge.outbound import dsn, smarthost
+from sdk_bridge.outbound.dsn import Action, Report, should_notify
+from sdk_bridge.spool import Envelope, RecipientRecord
 
 MTA = "bridge.a.example.se"
 POSTMASTER = f"MAILER-DAEMON@{MTA}"

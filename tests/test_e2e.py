@@ -31,12 +31,12 @@ from support.e2e import Bridge
 from support.sandboxed import FROM_A, FROM_B, TO_B
 from support.waiting import eventually
 
-from bridge import config
-from bridge.lab.local import opened_spool
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.plugin import Submission
-from bridge.sdk import message as msg
-from bridge.sdk import xhe, xmldsig, xmlenc
+from sdk_bridge import config
+from sdk_bridge.lab.local import opened_spool
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.plugin import Submission
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk import xhe, xmldsig, xmlenc
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 
@@ -285,7 +285,7 @@ def test_an_undecryptable_message_waits_in_quarantine(
     from support.inbound_harness import message
     from support.outbound import access_point
 
-    from bridge.sdk.names import MESSAGE_ACTION
+    from sdk_bridge.sdk.names import MESSAGE_ACTION
 
     a = config.load(federation.config_path("a"))
     business = message()
@@ -308,7 +308,7 @@ def test_an_undecryptable_message_waits_in_quarantine(
             await ap.close()
 
     asyncio.run(submit())
-    command = [sys.executable, "-m", "bridge.cli", "quarantine"]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "quarantine"]
     options = ["-c", str(bridges["b"].config)]
 
     def held() -> list[dict]:
@@ -356,7 +356,7 @@ def test_sigkill_of_the_receiving_bridge_loses_and_doubles_nothing(
         assert payload is not None
         envelope = federation.directory / "recovered.xml"
         envelope.write_bytes(payload)
-        command = [sys.executable, "-m", "bridge.cli", "inbound", "import"]
+        command = [sys.executable, "-m", "sdk_bridge.cli", "inbound", "import"]
         command += ["-c", str(bridges["b"].config), "--ebms-id", ebms_id, str(envelope)]
         subprocess.run(command, check=True, capture_output=True, timeout=60)
     wanted = sorted(str(m["Subject"]) for m in mails)

@@ -48,11 +48,11 @@ from support import backends
 from support.sandboxed import FROM_A, FROM_B
 from support.waiting import eventually
 
-from bridge.lab.local import LocalRun
-from bridge.lab.sandbox.federation import HOST
-from bridge.lab.sandbox.ports import free_tcp_port
-from bridge.sdk.names import KVITTENS_ACTION
-from plugins.postgres_spool import PostgresSpool
+from sdk_bridge.lab.local import LocalRun
+from sdk_bridge.lab.sandbox.federation import HOST
+from sdk_bridge.lab.sandbox.ports import free_tcp_port
+from sdk_bridge.sdk.names import KVITTENS_ACTION
+from sdk_bridge_plugins.postgres_spool import PostgresSpool
 
 pytestmark = pytest.mark.slow
 spool_backend = backends.bridge_setup
@@ -245,7 +245,7 @@ def in_maildir(local: LocalRun, label: str) -> Counter[str]:
 
 def queue(local: LocalRun, label: str) -> list[dict[str, Any]]:
     """`sdk-bridge queue list --json`: the spool as an administrator sees it."""
-    command = [sys.executable, "-m", "bridge.cli", "queue", "list", "--json"]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "queue", "list", "--json"]
     result = subprocess.run(
         [*command, "-c", str(local.config(label))],
         capture_output=True,

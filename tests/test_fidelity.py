@@ -34,7 +34,7 @@ from support.mailcorpus import Attachment, Mail, RawPart, Signer, raw_tree
 from support.sandboxed import FROM_B
 from support.waiting import eventually
 
-from bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.lab.sandbox.federation import Sandbox
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from support.sandboxed import FROM_A, TO_B
 
-from bridge.lab.local import LocalRun, send_mail
-from bridge.lab.sandbox.federation import HOST
+from sdk_bridge.lab.local import LocalRun, send_mail
+from sdk_bridge.lab.sandbox.federation import HOST
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 

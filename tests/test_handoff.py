@@ -13,10 +13,10 @@ from aiosmtpd.smtp import Envelope, Session
 from support import dovecot
 from support.dovecot import Dovecot
 
-from bridge import plugin
-from bridge.lab import testpki
-from bridge.lab.sandbox.ports import free_tcp_port
-from plugins.handoff import LMTP, SMTP
+from sdk_bridge import plugin
+from sdk_bridge.lab import testpki
+from sdk_bridge.lab.sandbox.ports import free_tcp_port
+from sdk_bridge_plugins.handoff import LMTP, SMTP
 
 dovecot_server = dovecot.dovecot_server
 MAIL = "Message-ID: <h1@sdk.example.se>\r\nSubject: Hej\r\n\r\nÅ ä ö\r\n".encode()

@@ -25,15 +25,15 @@ from hypothesis import strategies as st
 from support.hostile import HOSTILE_CASES
 from support.parties import ORG_A, ORG_B, keypair, make_message
 
-from bridge.lab.testpki import Identity
-from bridge.mapping.to_mail import to_email
-from bridge.mapping.to_sdk import MappingError, to_business_message
-from bridge.sdk import kvittens as kv
-from bridge.sdk import message as msg
-from bridge.sdk import xhe
-from bridge.sdk.sealing import Receiver, open_envelope, seal_kvittens, seal_message
-from bridge.sdk.verdict import ACCEPTED, Outcome
-from bridge.sdk.xmlsafe import UnsafeXML, parse
+from sdk_bridge.lab.testpki import Identity
+from sdk_bridge.mapping.to_mail import to_email
+from sdk_bridge.mapping.to_sdk import MappingError, to_business_message
+from sdk_bridge.sdk import kvittens as kv
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk import xhe
+from sdk_bridge.sdk.sealing import Receiver, open_envelope, seal_kvittens, seal_message
+from sdk_bridge.sdk.verdict import ACCEPTED, Outcome
+from sdk_bridge.sdk.xmlsafe import UnsafeXML, parse
 
 EXAMPLES = 150
 SETTINGS = settings(

@@ -10,8 +10,8 @@ import pytest
 from support import dovecot
 from support.dovecot import Dovecot
 
-from bridge import plugin
-from plugins.imap import IMAP
+from sdk_bridge import plugin
+from sdk_bridge_plugins.imap import IMAP
 
 dovecot_server = dovecot.dovecot_server
 

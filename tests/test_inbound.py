@@ -20,16 +20,16 @@ from support import inbound_harness
 from support.clamd import EICAR, Clamd
 from support.inbound_harness import MAILBOX_B, ORG_A, ORG_B, Harness, message, rejected
 
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.plugin import SCANNERS, TemporaryFailure, load
-from bridge.sdk import kvittens as kv
-from bridge.sdk import message as msg
-from bridge.sdk import xhe, xmldsig, xmlenc
-from bridge.sdk.keys import KeyPair
-from bridge.sdk.names import MESSAGE_ACTION
-from bridge.sdk.sealing import seal_kvittens
-from bridge.sdk.verdict import ACCEPTED
-from bridge.spool import InboxState, Received
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.plugin import SCANNERS, TemporaryFailure, load
+from sdk_bridge.sdk import kvittens as kv
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk import xhe, xmldsig, xmlenc
+from sdk_bridge.sdk.keys import KeyPair
+from sdk_bridge.sdk.names import MESSAGE_ACTION
+from sdk_bridge.sdk.sealing import seal_kvittens
+from sdk_bridge.sdk.verdict import ACCEPTED
+from sdk_bridge.spool import InboxState, Received
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 
@@ -235,7 +235,7 @@ def config_for(harness: Harness, sandbox: Sandbox) -> Path:
 
 
 def sdk_bridge(*arguments: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "bridge.cli", *arguments]
+    command = [sys.executable, "-m", "sdk_bridge.cli", *arguments]
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
@@ -280,7 +280,7 @@ def test_a_lost_message_recovered_by_the_administrator(
     harness.spool.lost_retrieving(ebms_id, "the access point no longer gives it out")
     config_file = config_for(harness, sandbox)
     (tmp_path / "recovered.xml").write_bytes(sealed)
-    command = [sys.executable, "-m", "bridge.cli", "inbound", "import"]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "inbound", "import"]
     command += ["-c", str(config_file), "--ebms-id", ebms_id]
     result = subprocess.run(
         [*command, str(tmp_path / "recovered.xml")], capture_output=True, text=True, timeout=60
@@ -388,7 +388,7 @@ def test_a_message_too_large_to_take_is_answered_rejected_too_long(
     """An answer past the connector's limit (made small here): B reads only its beginning,
     learns who sent it, and answers REJECTED BV too-long (B1.3.3 §5.3); the message is
     marked downloaded at the access point, not recorded lost, and judged once."""
-    from plugins import domibus_ws
+    from sdk_bridge_plugins import domibus_ws
 
     monkeypatch.setattr(domibus_ws, "MAX_RESPONSE_BYTES", 20_000)
     monkeypatch.setattr(domibus_ws, "HEAD_BYTES", 8_192)

@@ -1,4 +1,4 @@
-"""SDK business message to mail (bridge.mapping.to_mail)."""
+"""SDK business message to mail (sdk_bridge.mapping.to_mail)."""
 
 import email
 import email.policy
@@ -7,10 +7,10 @@ from email.message import EmailMessage
 import lxml.html
 from support.parties import make_message
 
-from bridge.mapping.to_mail import MAX_FILE_NAME_BYTES, safe_file_name, to_email
-from bridge.mapping.to_sdk import cut_label, references
-from bridge.sdk import markdown
-from bridge.sdk import message as msg
+from sdk_bridge.mapping.to_mail import MAX_FILE_NAME_BYTES, safe_file_name, to_email
+from sdk_bridge.mapping.to_sdk import cut_label, references
+from sdk_bridge.sdk import markdown
+from sdk_bridge.sdk import message as msg
 
 SENDER = "registrator@a.example.se.sdk.kommun.se"
 

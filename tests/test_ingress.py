@@ -23,7 +23,7 @@ from support.clamd import EICAR
 from support.registries import registry_for
 from support.sandboxed import ORG_A, ORG_B, TO_B
 
-from bridge.ingress.smtp import (
+from sdk_bridge.ingress.smtp import (
     JUNK_ALLOWANCE,
     IngressHandler,
     IngressSettings,
@@ -32,12 +32,12 @@ from bridge.ingress.smtp import (
     serve,
     tls_context,
 )
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.lab.sandbox.web import Faults
-from bridge.plugin import Scanner, load
-from bridge.registry.client import Registry
-from bridge.runtime import counters
-from bridge.spool import SpoolFull, SQLiteSpool, State
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.lab.sandbox.web import Faults
+from sdk_bridge.plugin import Scanner, load
+from sdk_bridge.registry.client import Registry
+from sdk_bridge.runtime import counters
+from sdk_bridge.spool import SpoolFull, SQLiteSpool, State
 
 FROM = "anna@kommun-a.se"
 
@@ -633,7 +633,7 @@ def test_a_silent_client_loses_its_slot(make_ingress) -> None:
 def test_every_refusal_is_in_the_readme_table() -> None:
     """An administrator looks a reply code up in README's table (issue 15: 500 5.5.6)."""
     root = Path(__file__).parent.parent
-    code = "\n".join(p.read_text() for p in (root / "bridge" / "ingress").glob("*.py"))
+    code = "\n".join(p.read_text() for p in (root / "sdk_bridge" / "ingress").glob("*.py"))
     replies = set(re.findall(r"\"([45]\d\d [45]\.\d{1,3}\.\d{1,3})", code))
     table = [
         line for line in (root / "README.md").read_text().splitlines() if line.startswith("| `")

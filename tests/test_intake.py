@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from bridge.ops.admin import Health
-from bridge.plugin import (
+from sdk_bridge.ops.admin import Health
+from sdk_bridge.plugin import (
     OversizedRetrieval,
     PermanentFailure,
     Retrieved,
     TemporaryFailure,
     UnreadableRetrieval,
 )
-from bridge.retrieval.intake import Intake, recovered
-from bridge.spool import Received, SQLiteSpool
-from bridge.spool.room import MIN_FREE_BYTES
+from sdk_bridge.retrieval.intake import Intake, recovered
+from sdk_bridge.spool import Received, SQLiteSpool
+from sdk_bridge.spool.room import MIN_FREE_BYTES
 
 OURS = ["0203:a.se"]
 
@@ -118,7 +118,7 @@ def test_a_second_copy_does_not_replace_the_first(tmp_path: Path) -> None:
 def sandbox_envelope(alice, bob) -> bytes:
     from support.parties import keypair, make_message
 
-    from bridge.sdk.sealing import seal_message
+    from sdk_bridge.sdk.sealing import seal_message
 
     return seal_message(make_message(), signer=keypair(alice), recipient_cert=bob.cert)
 

@@ -14,15 +14,15 @@ import pytest
 from lxml import etree
 from support.parties import keypair, make_message
 
-from bridge.lab.testpki import Identity
-from bridge.mapping import to_sdk as mapping
-from bridge.mapping.to_sdk import parse_mail
-from bridge.sdk import message as msg
-from bridge.sdk import sealing, xmldsig, xmlenc
-from bridge.sdk.names import DS_NS, MAX_MESSAGE_BYTES, XENC_NS, q
-from bridge.sdk.sealing import Receiver, open_envelope, seal_message
-from bridge.sdk.verdict import ACCEPTED
-from bridge.sdk.xmlsafe import (
+from sdk_bridge.lab.testpki import Identity
+from sdk_bridge.mapping import to_sdk as mapping
+from sdk_bridge.mapping.to_sdk import parse_mail
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk import sealing, xmldsig, xmlenc
+from sdk_bridge.sdk.names import DS_NS, MAX_MESSAGE_BYTES, XENC_NS, q
+from sdk_bridge.sdk.sealing import Receiver, open_envelope, seal_message
+from sdk_bridge.sdk.verdict import ACCEPTED
+from sdk_bridge.sdk.xmlsafe import (
     Apart,
     UnsafeXML,
     decode_base64,

@@ -7,23 +7,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # From the bottom up; units in one layer do not import each other.
 LAYERS = [
-    {"bridge", "bridge.sdk", "bridge.runtime"},
-    {"bridge.registry"},
-    {"bridge.spool"},
-    {"bridge.plugin"},  # the door for plugins, lending them what they may use from below
-    {"bridge.mapping", "bridge.retrieval"},
-    {"bridge.ingress", "bridge.outbound", "bridge.inbound"},
-    {"bridge.config"},
-    {"bridge.ops"},
-    {"bridge.daemon"},
-    {"bridge.lab"},
-    {"bridge.cli"},
+    {"sdk_bridge", "sdk_bridge.sdk", "sdk_bridge.runtime"},
+    {"sdk_bridge.registry"},
+    {"sdk_bridge.spool"},
+    {"sdk_bridge.plugin"},  # the door for plugins, lending them what they may use from below
+    {"sdk_bridge.mapping", "sdk_bridge.retrieval"},
+    {"sdk_bridge.ingress", "sdk_bridge.outbound", "sdk_bridge.inbound"},
+    {"sdk_bridge.config"},
+    {"sdk_bridge.ops"},
+    {"sdk_bridge.daemon"},
+    {"sdk_bridge.lab"},
+    {"sdk_bridge.cli"},
 ]
 
 
 def unit(module: str) -> str:
     parts = module.split(".")
-    return ".".join(parts[:2]) if parts[0] == "bridge" and len(parts) > 1 else parts[0]
+    return ".".join(parts[:2]) if parts[0] == "sdk_bridge" and len(parts) > 1 else parts[0]
 
 
 def is_module(name: str) -> bool:
@@ -44,7 +44,7 @@ def imports(path: Path) -> set[str]:
             candidates = [a.name for a in node.names]
         else:
             continue
-        found.update(c for c in candidates if c.split(".")[0] == "bridge" and is_module(c))
+        found.update(c for c in candidates if c.split(".")[0] == "sdk_bridge" and is_module(c))
     return found
 
 
@@ -53,13 +53,13 @@ def layer(name: str) -> int:
 
 
 def test_every_package_has_its_layer() -> None:
-    names = {p.stem for p in (ROOT / "bridge").iterdir() if p.name[0] != "_"}
-    assert {f"bridge.{name}" for name in names} <= set().union(*LAYERS)
+    names = {p.stem for p in (ROOT / "sdk_bridge").iterdir() if p.name[0] != "_"}
+    assert {f"sdk_bridge.{name}" for name in names} <= set().union(*LAYERS)
 
 
 def test_imports_go_only_down() -> None:
     wrong = []
-    for path in sorted((ROOT / "bridge").rglob("*.py")):
+    for path in sorted((ROOT / "sdk_bridge").rglob("*.py")):
         here = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         for target in imports(path):
             if unit(target) != unit(here) and layer(target) >= layer(here):
@@ -68,11 +68,11 @@ def test_imports_go_only_down() -> None:
 
 
 def test_plugins_use_only_what_a_third_party_may() -> None:
-    """Their door, `bridge.plugin`, and nothing else of the bridge."""
+    """Their door, `sdk_bridge.plugin`, and nothing else of the bridge."""
     wrong = [
         f"{path.relative_to(ROOT)} -> {target}"
-        for path in sorted((ROOT / "plugins").rglob("*.py"))
+        for path in sorted((ROOT / "sdk_bridge_plugins").rglob("*.py"))
         for target in imports(path)
-        if unit(target) != "bridge.plugin"
+        if unit(target) != "sdk_bridge.plugin"
     ]
     assert wrong == []

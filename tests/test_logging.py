@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from bridge.runtime import logs as bridge_logging
+from sdk_bridge.runtime import logs as bridge_logging
 
 Captured = pytest.CaptureFixture[str]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge import plugin
-from bridge.plugin import mutf7
-from plugins.maildir import Maildir
+from sdk_bridge import plugin
+from sdk_bridge.plugin import mutf7
+from sdk_bridge_plugins.maildir import Maildir
 
 MAIL = "From: a@example.se\r\nSubject: Hej\r\n\r\nÅ ä ö\r\n".encode()
 

@@ -1,4 +1,4 @@
-"""Mail to SDK business message v3 (bridge.mapping.to_sdk).
+"""Mail to SDK business message v3 (sdk_bridge.mapping.to_sdk).
 
 Every mapped mail is also serialised with the core's `to_xml` (its XSD and schematron
 checks) and parsed back: the model must survive unchanged.
@@ -28,9 +28,9 @@ import pytest
 from support.digg import schematron_failures, xsd_errors
 from support.parties import ADDRESS_A, ADDRESS_B, ORG_A, ORG_B
 
-from bridge.mapping.htmltext import MAX_HTML_DEPTH
-from bridge.mapping.signed import opaque_content
-from bridge.mapping.to_sdk import (
+from sdk_bridge.mapping.htmltext import MAX_HTML_DEPTH
+from sdk_bridge.mapping.signed import opaque_content
+from sdk_bridge.mapping.to_sdk import (
     DOCUMENT_ID,
     EMPTY_BODY,
     MAX_MIME_DEPTH,
@@ -40,8 +40,8 @@ from bridge.mapping.to_sdk import (
     thread_ids,
     to_business_message,
 )
-from bridge.sdk import markdown
-from bridge.sdk import message as msg
+from sdk_bridge.sdk import markdown
+from sdk_bridge.sdk import message as msg
 
 SENDER = msg.Party(ORG_A, msg.Attention(ADDRESS_A, "Registrator"), label="A kommun")
 RECIPIENT = msg.Party(ORG_B, msg.Attention(ADDRESS_B, "Registrator"), label="B kommun")

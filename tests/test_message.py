@@ -8,9 +8,9 @@ from lxml import etree
 from support.digg import schematron_failures, spec_file, xsd_errors
 from support.parties import ORG_A, make_message
 
-from bridge.sdk import message as msg
-from bridge.sdk.names import MAX_MESSAGE_BYTES, MSG_NS
-from bridge.sdk.verdict import Detail, Reason, Rejected
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk.names import MAX_MESSAGE_BYTES, MSG_NS
+from sdk_bridge.sdk.verdict import Detail, Reason, Rejected
 
 EXAMPLE = ("message-v3", "sdk-meddelande-v3.1", "example", "messageWithAttachments3.xml")
 FELHANTERING = ("message-v3", "sdk-meddelande-testdata-v3.1", "felhantering")

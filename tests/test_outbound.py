@@ -12,12 +12,12 @@ from support.outbound import TO_B, access_point, new_mail, queue, received_by_b,
 from support.registries import registry_for
 from support.sandboxed import ORG_A, ORG_B
 
-from bridge import config
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.mapping.to_sdk import SUBJECT_PREFIX
-from bridge.outbound.worker import OutboundSettings, Worker
-from bridge.sdk import markdown
-from bridge.spool import Envelope, SQLiteSpool, State
+from sdk_bridge import config
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.mapping.to_sdk import SUBJECT_PREFIX
+from sdk_bridge.outbound.worker import OutboundSettings, Worker
+from sdk_bridge.sdk import markdown
+from sdk_bridge.spool import Envelope, SQLiteSpool, State
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 
@@ -152,8 +152,8 @@ def test_unknown_recipient_at_the_access_point_fails_for_good(
 def test_not_serviced_at_the_receiving_access_point(sandbox: Sandbox, tmp_path: Path) -> None:
     """SMP points at B's access point, which does not serve the organisation: the access
     point ends SEND_FAILURE with NOT_SERVICED, and the sender is told (5.1.1)."""
-    from bridge.lab.sandbox.smp import Registration
-    from bridge.outbound.transport import follow
+    from sdk_bridge.lab.sandbox.smp import Registration
+    from sdk_bridge.outbound.transport import follow
 
     stale = "0203:stale.sandbox.test"
     b = sandbox.smp.registrations[ORG_B]
@@ -190,7 +190,7 @@ def test_not_serviced_at_the_receiving_access_point(sandbox: Sandbox, tmp_path: 
 
 
 def test_acknowledged_submissions_are_noted(sandbox: Sandbox, tmp_path: Path) -> None:
-    from bridge.outbound.transport import follow
+    from sdk_bridge.outbound.transport import follow
 
     spool = SQLiteSpool(tmp_path / "spool")
     queue(spool, new_mail("Kvitto", "Text."))
@@ -213,7 +213,7 @@ def test_send_failure_is_sent_again_as_a_new_sdk_message(sandbox: Sandbox, tmp_p
     CertPub lookup); the old id still finds the delivery, for a late kvittens."""
     from datetime import timedelta
 
-    from bridge.outbound.transport import follow
+    from sdk_bridge.outbound.transport import follow
 
     spool = SQLiteSpool(tmp_path / "spool")
     queue(spool, new_mail("Igen", "Andra försöket."))

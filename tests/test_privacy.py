@@ -12,7 +12,7 @@ import pytest
 from support.files import exposed
 from support.sandboxed import FROM_A, TO_B
 
-from bridge.lab.local import LocalRun
+from sdk_bridge.lab.local import LocalRun
 
 
 @pytest.fixture

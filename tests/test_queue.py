@@ -12,7 +12,7 @@ from support import backends
 from support.daemon import FROM, TO_B, Bridge, mail
 from support.waiting import eventually
 
-from bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.lab.sandbox.federation import Sandbox
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 
@@ -33,7 +33,7 @@ def bridge(sandbox: Sandbox) -> Iterator[Bridge]:
 
 
 def queue(sandbox: Sandbox, *arguments: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "bridge.cli", "queue", arguments[0]]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "queue", arguments[0]]
     command += ["-c", str(sandbox.config_path("a")), *arguments[1:]]
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
@@ -85,7 +85,7 @@ def test_steering_the_queue(sandbox: Sandbox, bridge: Bridge) -> None:
     assert missing.returncode == 1 and "no such entry" in missing.stderr
 
     # Deleted, the mail is settled: a purge removes its content, and `show --body` says so.
-    command = [sys.executable, "-m", "bridge.cli", "purge", "-c", str(sandbox.config_path("a"))]
+    command = [sys.executable, "-m", "sdk_bridge.cli", "purge", "-c", str(sandbox.config_path("a"))]
     purged = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=60)
     assert purged.returncode == 0 and "outbound_mails" in json.loads(purged.stdout)
     gone = queue(sandbox, "show", deleted["id"], "--body")

@@ -13,14 +13,14 @@ from support.outbound import access_point, new_mail, queue, run_worker
 from support.registries import registry_for
 from support.sandboxed import ORG_A, ORG_B
 
-from bridge import config
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.outbound.receipts import Event, Receipts
-from bridge.retrieval.intake import Intake
-from bridge.sdk.keys import KeyPair
-from bridge.sdk.names import KVITTENS_ACTION
-from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
-from bridge.spool import Received, SQLiteSpool, State
+from sdk_bridge import config
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.outbound.receipts import Event, Receipts
+from sdk_bridge.retrieval.intake import Intake
+from sdk_bridge.sdk.keys import KeyPair
+from sdk_bridge.sdk.names import KVITTENS_ACTION
+from sdk_bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
+from sdk_bridge.spool import Received, SQLiteSpool, State
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 

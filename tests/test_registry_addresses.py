@@ -10,18 +10,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bridge.lab.sandbox.addressbook import AddressBookAPI
-from bridge.lab.sandbox.web import Faults, Server
-from bridge.lab.testpki import TestPKI, make_pki
-from bridge.registry.addressbook import (
+from sdk_bridge.lab.sandbox.addressbook import AddressBookAPI
+from sdk_bridge.lab.sandbox.web import Faults, Server
+from sdk_bridge.lab.testpki import TestPKI, make_pki
+from sdk_bridge.registry.addressbook import (
     AddressBook,
     FunctionalAddress,
     JsonApiSource,
     Organisation,
 )
-from bridge.registry.addresses import AddressMap, aliases, encoded, slug
-from bridge.registry.cache import FileCache
-from bridge.registry.errors import (
+from sdk_bridge.registry.addresses import AddressMap, aliases, encoded, slug
+from sdk_bridge.registry.cache import FileCache
+from sdk_bridge.registry.errors import (
     AmbiguousAlias,
     RegistryUnavailable,
     UnknownFunctionalAddress,

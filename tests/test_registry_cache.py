@@ -19,13 +19,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 from support.registries import MemoryCache
 
-from bridge.lab.sandbox.addressbook import AddressBookAPI
-from bridge.lab.sandbox.revocation import RevocationApp, revocation_urls
-from bridge.lab.testpki import Identity, TestPKI, make_pki
-from bridge.registry.addressbook import AddressBook, FunctionalAddress, JsonApiSource
-from bridge.registry.cache import Cache, FileCache
-from bridge.registry.client import ADDRESS_BOOK_NAME, REVOCATION_PREFIX
-from bridge.registry.revocation import (
+from sdk_bridge.lab.sandbox.addressbook import AddressBookAPI
+from sdk_bridge.lab.sandbox.revocation import RevocationApp, revocation_urls
+from sdk_bridge.lab.testpki import Identity, TestPKI, make_pki
+from sdk_bridge.registry.addressbook import AddressBook, FunctionalAddress, JsonApiSource
+from sdk_bridge.registry.cache import Cache, FileCache
+from sdk_bridge.registry.client import ADDRESS_BOOK_NAME, REVOCATION_PREFIX
+from sdk_bridge.registry.revocation import (
     RevocationChecker,
     RevocationPolicy,
     RevocationUnknown,

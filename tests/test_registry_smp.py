@@ -9,11 +9,11 @@ import pytest
 from lxml import etree
 from support.parties import ORG_B, keypair
 
-from bridge.lab.sandbox.smp import SMP, Registration
-from bridge.lab.sandbox.web import Faults, Server
-from bridge.lab.testpki import Identity, TestPKI, make_pki
-from bridge.registry.errors import NotRegistered, RegistryUnavailable
-from bridge.registry.smp import (
+from sdk_bridge.lab.sandbox.smp import SMP, Registration
+from sdk_bridge.lab.sandbox.web import Faults, Server
+from sdk_bridge.lab.testpki import Identity, TestPKI, make_pki
+from sdk_bridge.registry.errors import NotRegistered, RegistryUnavailable
+from sdk_bridge.registry.smp import (
     SMB_NS,
     Locator,
     SMPClient,
@@ -21,8 +21,8 @@ from bridge.registry.smp import (
     service_path,
     sml_name,
 )
-from bridge.sdk import xmldsig
-from bridge.sdk.names import KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
+from sdk_bridge.sdk import xmldsig
+from sdk_bridge.sdk.names import KVITTENS_DOCUMENT_ID, MESSAGE_DOCUMENT_ID
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import yaml
 from cryptography import x509
 from support.daemon import FROM, TO_B, mail, on_any_port
 
-from bridge.lab.launch import BridgeProcess
-from bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.lab.launch import BridgeProcess
+from sdk_bridge.lab.sandbox.federation import Sandbox
 
 
 def wait_for_log(log: Path, text: str, count: int = 1, seconds: float = 30) -> None:

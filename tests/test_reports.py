@@ -12,11 +12,11 @@ import pytest
 from support.daemon import Sink
 from support.outbound import TO_B, new_mail
 
-from bridge.lab.sandbox.ports import free_tcp_port
-from bridge.outbound import smarthost
-from bridge.outbound.outcomes import Event, settle
-from bridge.outbound.reports import DsnReporter, inside, sender_domains
-from bridge.spool import (
+from sdk_bridge.lab.sandbox.ports import free_tcp_port
+from sdk_bridge.outbound import smarthost
+from sdk_bridge.outbound.outcomes import Event, settle
+from sdk_bridge.outbound.reports import DsnReporter, inside, sender_domains
+from sdk_bridge.spool import (
     Delivery,
     Envelope,
     OwedReport,

@@ -21,7 +21,7 @@ from support import backends
 from support.files import exposed
 from support.sandboxed import FROM_A, TO_B
 
-from bridge.lab.local import LocalRun
+from sdk_bridge.lab.local import LocalRun
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 
@@ -117,7 +117,14 @@ def test_no_word_of_a_delivered_mail_is_kept(local: LocalRun) -> None:
     previous = os.umask(0o022)
     try:
         for label in ("a", "b"):
-            purge = [sys.executable, "-m", "bridge.cli", "purge", "-c", str(local.config(label))]
+            purge = [
+                sys.executable,
+                "-m",
+                "sdk_bridge.cli",
+                "purge",
+                "-c",
+                str(local.config(label)),
+            ]
             subprocess.run(purge, check=True, capture_output=True, timeout=60)
     finally:
         os.umask(previous)

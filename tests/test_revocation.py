@@ -16,11 +16,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from bridge.lab.sandbox.revocation import RevocationApp, revocation_urls
-from bridge.lab.sandbox.web import Server
-from bridge.lab.testpki import Identity, TestPKI, load_pki, make_pki
-from bridge.registry.cache import FileCache
-from bridge.registry.revocation import (
+from sdk_bridge.lab.sandbox.revocation import RevocationApp, revocation_urls
+from sdk_bridge.lab.sandbox.web import Server
+from sdk_bridge.lab.testpki import Identity, TestPKI, load_pki, make_pki
+from sdk_bridge.registry.cache import FileCache
+from sdk_bridge.registry.revocation import (
     RevocationChecker,
     RevocationPolicy,
     RevocationUnknown,
@@ -166,8 +166,8 @@ def test_nothing_answers_is_unknown_when_hard_fail_and_accepted_when_soft_fail(
 
 
 def test_unknown_is_also_a_temporary_registry_failure(tmp_path: Path) -> None:
-    from bridge.registry.errors import RegistryUnavailable
-    from bridge.sdk.certs import CertificateProblem
+    from sdk_bridge.registry.errors import RegistryUnavailable
+    from sdk_bridge.sdk.certs import CertificateProblem
 
     assert issubclass(RevocationUnknown, RegistryUnavailable)
     assert issubclass(Revoked, CertificateProblem)

@@ -20,20 +20,20 @@ from support.registries import MemoryCache, registry_for
 from support.sandboxed import ORG_A, ORG_B
 from support.wsplugin import Client
 
-from bridge import cli, config
-from bridge.lab.sandbox.accesspoint import WSPLUGIN_NS
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.lab.sandbox.web import Faults
-from bridge.registry.client import Registry
-from bridge.registry.errors import (
+from sdk_bridge import cli, config
+from sdk_bridge.lab.sandbox.accesspoint import WSPLUGIN_NS
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.lab.sandbox.web import Faults
+from sdk_bridge.registry.client import Registry
+from sdk_bridge.registry.errors import (
     NotRegistered,
     NoValidCertificate,
     RegistryUnavailable,
     UnknownFunctionalAddress,
 )
-from bridge.sdk import message as msg
-from bridge.sdk.sealing import Receiver, open_envelope, seal_message
-from bridge.sdk.verdict import ACCEPTED
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk.sealing import Receiver, open_envelope, seal_message
+from sdk_bridge.sdk.verdict import ACCEPTED
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 
@@ -217,7 +217,7 @@ def test_sandbox_command_and_lookup_command(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "bridge.cli",
+        "sdk_bridge.cli",
         "sandbox",
         "--dir",
         str(tmp_path),
@@ -236,7 +236,7 @@ def test_sandbox_command_and_lookup_command(tmp_path: Path) -> None:
                 [
                     sys.executable,
                     "-m",
-                    "bridge.cli",
+                    "sdk_bridge.cli",
                     "lookup",
                     "-c",
                     str(tmp_path / "org-a.yaml"),
@@ -253,7 +253,7 @@ def test_sandbox_command_and_lookup_command(tmp_path: Path) -> None:
                 [
                     sys.executable,
                     "-m",
-                    "bridge.cli",
+                    "sdk_bridge.cli",
                     "lookup",
                     "-c",
                     str(tmp_path / "org-a.yaml"),

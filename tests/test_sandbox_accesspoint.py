@@ -30,8 +30,8 @@ from support.wsplugin import (
     submit_envelope,
 )
 
-from bridge.lab.sandbox import accesspoint
-from bridge.lab.sandbox.accesspoint import (
+from sdk_bridge.lab.sandbox import accesspoint
+from sdk_bridge.lab.sandbox.accesspoint import (
     BACKEND_NS,
     EBMS_NS,
     MAX_DELAY_SECONDS,
@@ -41,11 +41,11 @@ from bridge.lab.sandbox.accesspoint import (
     PluginUser,
     Status,
 )
-from bridge.lab.sandbox.web import Server
-from bridge.lab.testpki import Identity, make_pki
-from bridge.sdk import kvittens as kv
-from bridge.sdk import message as msg
-from bridge.sdk.names import (
+from sdk_bridge.lab.sandbox.web import Server
+from sdk_bridge.lab.testpki import Identity, make_pki
+from sdk_bridge.sdk import kvittens as kv
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk.names import (
     DOCUMENT_ID_SCHEME,
     KVITTENS_ACTION,
     MESSAGE_ACTION,
@@ -53,9 +53,9 @@ from bridge.sdk.names import (
     PROCESS_ID,
     q,
 )
-from bridge.sdk.sealing import Receiver, open_envelope, seal_kvittens, seal_message
-from bridge.sdk.verdict import ACCEPTED, Outcome
-from plugins.domibus_xop import resolve, unpack
+from sdk_bridge.sdk.sealing import Receiver, open_envelope, seal_kvittens, seal_message
+from sdk_bridge.sdk.verdict import ACCEPTED, Outcome
+from sdk_bridge_plugins.domibus_xop import resolve, unpack
 
 # Fixtures: module-wide HTTPS servers, fresh access points per test.
 

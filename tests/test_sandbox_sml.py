@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge import config
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.registry.errors import NotRegistered, RegistryUnavailable
-from bridge.registry.smp import Locator
+from sdk_bridge import config
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.registry.errors import NotRegistered, RegistryUnavailable
+from sdk_bridge.registry.smp import Locator
 
 if not shutil.which("dnsmasq", path="/usr/sbin:/usr/bin:/sbin:/bin"):
     pytest.skip("needs dnsmasq (Debian package dnsmasq-base)", allow_module_level=True)

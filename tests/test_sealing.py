@@ -15,14 +15,14 @@ from cryptography.hazmat.primitives import serialization
 from lxml import etree
 from support.parties import ADDRESS_B, ORG_A, ORG_B, keypair, make_message, message_header
 
-from bridge.lab.testpki import PASSPHRASE, Identity, TestPKI
-from bridge.sdk import kvittens as kv
-from bridge.sdk import message as msg
-from bridge.sdk import sealing, xhe, xmldsig, xmlenc
-from bridge.sdk.keys import load_keypair
-from bridge.sdk.names import MAX_MESSAGE_BYTES, XENC_NS
-from bridge.sdk.sealing import Receiver, open_envelope, seal_message
-from bridge.sdk.verdict import ACCEPTED, Outcome, Verdict
+from sdk_bridge.lab.testpki import PASSPHRASE, Identity, TestPKI
+from sdk_bridge.sdk import kvittens as kv
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk import sealing, xhe, xmldsig, xmlenc
+from sdk_bridge.sdk.keys import load_keypair
+from sdk_bridge.sdk.names import MAX_MESSAGE_BYTES, XENC_NS
+from sdk_bridge.sdk.sealing import Receiver, open_envelope, seal_message
+from sdk_bridge.sdk.verdict import ACCEPTED, Outcome, Verdict
 
 
 def seal(alice: Identity, bob: Identity, **changes: object) -> bytes:
@@ -159,7 +159,7 @@ def test_signer_not_published_by_sender(
 def test_signer_outside_trust_anchors(
     tmp_path_factory: pytest.TempPathFactory, alice: Identity, bob: Identity, receiver_b: Receiver
 ) -> None:
-    from bridge.lab.testpki import make_pki
+    from sdk_bridge.lab.testpki import make_pki
 
     other = make_pki(tmp_path_factory.mktemp("other-pki"), key_size=2048).issue("a.example.se")
     receiver = dataclasses.replace(receiver_b, sender_signing_certs=None)
@@ -600,8 +600,8 @@ def test_signer_issued_by_a_non_ca_is_refused(
     pki: TestPKI, alice: Identity, bob: Identity, receiver_b: Receiver
 ) -> None:
     """A leaf certificate listed as a trust anchor cannot issue signing certificates."""
-    from bridge.lab.testpki import Identity as Leaf
-    from bridge.lab.testpki import TestPKI as PKI
+    from sdk_bridge.lab.testpki import Identity as Leaf
+    from sdk_bridge.lab.testpki import TestPKI as PKI
 
     rogue_pki = PKI(pki.root, alice, pki.root_pem, pki.chain_pem, pki.directory, 2048)
     rogue: Leaf = rogue_pki.issue("rogue.a.example.se")
@@ -709,7 +709,7 @@ def test_malformed_signer_certificate_is_rejected_sig(
 def test_sealing_to_an_unusable_certificate_is_refused(
     pki: TestPKI, alice: Identity, bob: Identity
 ) -> None:
-    from bridge.sdk.certs import CertificateProblem
+    from sdk_bridge.sdk.certs import CertificateProblem
 
     sign_only = pki.issue("sign-only.b.example.se", key_size=2048, key_usage="sign")
     with pytest.raises(CertificateProblem, match="not for key encipherment"):

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from support.domibus_xsd import Watch
 
-from bridge.lab.local import LocalRun
-from bridge.sdk.names import MESSAGE_ACTION
+from sdk_bridge.lab.local import LocalRun
+from sdk_bridge.sdk.names import MESSAGE_ACTION
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from support.spools import AT_ONCE, ENVELOPE, RECIPIENTS
 
-from bridge.runtime.stages import Stage
-from bridge.spool import SpoolFull, SQLiteSpool, State
-from bridge.spool.retention import PURGE_INTERVAL, Retention, purge
+from sdk_bridge.runtime.stages import Stage
+from sdk_bridge.spool import SpoolFull, SQLiteSpool, State
+from sdk_bridge.spool.retention import PURGE_INTERVAL, Retention, purge
 
 
 def test_the_queue_is_in_wal_mode(tmp_path: Path) -> None:

@@ -21,11 +21,11 @@ from support import postgres
 from support.configs import write_config
 from support.spools import AT_ONCE, ENVELOPE, NOTHING_YET, RECIPIENTS
 
-from bridge import cli, config
-from bridge.lab.testpki import Identity, TestPKI
-from bridge.ops import queueadmin as queue
-from bridge.sdk.names import KVITTENS_ACTION
-from bridge.spool import (
+from sdk_bridge import cli, config
+from sdk_bridge.lab.testpki import Identity, TestPKI
+from sdk_bridge.ops import queueadmin as queue
+from sdk_bridge.sdk.names import KVITTENS_ACTION
+from sdk_bridge.spool import (
     ContentRemoved,
     DuplicateMessage,
     Envelope,
@@ -41,8 +41,8 @@ from bridge.spool import (
     SQLiteSpool,
     State,
 )
-from plugins import postgres_spool
-from plugins.postgres_spool import PostgresSpool
+from sdk_bridge_plugins import postgres_spool
+from sdk_bridge_plugins.postgres_spool import PostgresSpool
 
 LEASE = timedelta(minutes=5)
 EXPIRED = timedelta(seconds=-1)  # the lease of an instance that died

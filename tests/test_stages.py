@@ -3,7 +3,7 @@ round that fails is logged and the stage goes on."""
 
 import asyncio
 
-from bridge.runtime.stages import Stage
+from sdk_bridge.runtime.stages import Stage
 
 
 def test_a_stage_rounds_when_woken_while_more_waits_and_after_a_failure() -> None:

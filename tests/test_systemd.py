@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge import config
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.ops import checks
+from sdk_bridge import config
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.ops import checks
 
 UNITS = Path(__file__).parent.parent / "systemd"
 MAX_EXPOSURE = 2.0
@@ -141,7 +141,7 @@ def test_every_secret_comes_as_a_credential(sandbox: Sandbox, tmp_path: Path) ->
     config_file = sandbox.directory / "org-a-all-credentials.yaml"  # certificates: relative
     config_file.write_text(yaml.safe_dump(settings, allow_unicode=True))
     process = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "run", "-c", str(config_file)],
+        [sys.executable, "-m", "sdk_bridge.cli", "run", "-c", str(config_file)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -167,7 +167,7 @@ def test_the_daemon_talks_to_systemd(sandbox: Sandbox, tmp_path: Path) -> None:
         "WATCHDOG_USEC": "1000000",  # one pulse every half second
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "run", "-c", str(sandbox.config_path("a"))],
+        [sys.executable, "-m", "sdk_bridge.cli", "run", "-c", str(sandbox.config_path("a"))],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=environment,

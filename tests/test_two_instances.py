@@ -26,10 +26,10 @@ from psycopg import sql
 from support import backends, postgres
 from support.localruns import FROM, TO_B, assert_each_once, in_mailbox, mail, recover_lost
 
-from bridge.lab.local import LocalRun
-from bridge.lab.sandbox.federation import HOST
-from bridge.sdk.names import KVITTENS_ACTION, MESSAGE_ACTION
-from plugins.postgres_spool import PostgresSpool
+from sdk_bridge.lab.local import LocalRun
+from sdk_bridge.lab.sandbox.federation import HOST
+from sdk_bridge.sdk.names import KVITTENS_ACTION, MESSAGE_ACTION
+from sdk_bridge_plugins.postgres_spool import PostgresSpool
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 

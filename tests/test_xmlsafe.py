@@ -3,7 +3,7 @@
 import pytest
 from lxml import etree
 
-from bridge.sdk.xmlsafe import MAX_DEPTH, UnsafeXML, parse
+from sdk_bridge.sdk.xmlsafe import MAX_DEPTH, UnsafeXML, parse
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from support.xmlsec1 import (
     verify,
 )
 
-from bridge.lab.testpki import PASSPHRASE, Identity, TestPKI, make_pki
+from sdk_bridge.lab.testpki import PASSPHRASE, Identity, TestPKI, make_pki
 
 BIZ = "{urn:example:business}Letter"
 DOC = (

@@ -18,13 +18,13 @@ from lxml import etree
 from support import xmlsec1
 from support.parties import ADDRESS_B, ORG_A, ORG_B, keypair, make_message, message_header
 
-from bridge.lab.testpki import Identity, TestPKI
-from bridge.sdk import kvittens as kv
-from bridge.sdk import message as msg
-from bridge.sdk import sealing, xhe, xmldsig
-from bridge.sdk.names import APP_NS, DS_NS, MSG_NS, XENC_NS, XHB_NS, q
-from bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
-from bridge.sdk.xmlsafe import parse, parse_apart
+from sdk_bridge.lab.testpki import Identity, TestPKI
+from sdk_bridge.sdk import kvittens as kv
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk import sealing, xhe, xmldsig
+from sdk_bridge.sdk.names import APP_NS, DS_NS, MSG_NS, XENC_NS, XHB_NS, q
+from sdk_bridge.sdk.verdict import ACCEPTED, Detail, Outcome, Reason, Verdict
+from sdk_bridge.sdk.xmlsafe import parse, parse_apart
 
 PAYLOAD = q(MSG_NS, "messagePayload")
 # The message format keeps milliseconds only: a whole-millisecond time survives a round trip.
@@ -259,7 +259,7 @@ def test_we_reject_tampered_copy_of_xmlsec1s(
 
 # --- the canonicalizations XHE allows besides c14n 1.0 ------------------------------------
 # C3.2.2 §3.5.2.1: any XMLDSig 1.1 makes REQUIRED, as CanonicalizationMethod and as the
-# Reference's transform after enveloped-signature (see bridge/sdk/xmldsig.py).
+# Reference's transform after enveloped-signature (see sdk_bridge/sdk/xmldsig.py).
 
 EXC, C14N11 = xmlsec1.EXC_C14N, xmlsec1.C14N11
 # Prefixes the envelope declares on its root (its default namespace is XHB's) that

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from bridge.lab.sandbox.federation import Sandbox
-from plugins import postgres_spool
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge_plugins import postgres_spool
 from support import postgres
 
 BACKENDS = ("sqlite", "postgres")  # each on Domibus 5's current WS plugin interface

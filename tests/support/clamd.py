@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.lab.sandbox.ports import free_tcp_port
+from sdk_bridge.lab.sandbox.ports import free_tcp_port
 from support.processes import stop_process
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from bridge.lab.testpki import PASSPHRASE, Identity, TestPKI
+from sdk_bridge.lab.testpki import PASSPHRASE, Identity, TestPKI
 
 
 def write_config(tmp_path: Path, pki: TestPKI, alice: Identity, bob: Identity) -> Path:

@@ -6,8 +6,8 @@ from typing import Any
 
 import yaml
 
-from bridge.lab.launch import BridgeProcess
-from bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.lab.launch import BridgeProcess
+from sdk_bridge.lab.sandbox.federation import Sandbox
 from support.sandboxed import FROM_A as FROM
 from support.sandboxed import TO_B
 
@@ -47,7 +47,7 @@ class Sink:
     def __init__(self) -> None:
         from aiosmtpd.controller import Controller
 
-        from bridge.lab.sandbox.ports import free_tcp_port
+        from sdk_bridge.lab.sandbox.ports import free_tcp_port
 
         self.messages: list[tuple[str, list[str], bytes]] = []
         self.port = free_tcp_port()

@@ -93,7 +93,7 @@ class Watch:
     def __call__(self, direction: str, body: bytes, content_type: str) -> None:
         media_type = content_type.split(";")[0].strip().lower()
         if media_type == "multipart/related":  # validated as its XOP infoset: parts inline
-            from plugins.domibus_xop import resolve, unpack
+            from sdk_bridge_plugins.domibus_xop import resolve, unpack
 
             unpacked = unpack(content_type, body)
             root = etree.fromstring(unpacked.root)

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.lab import testpki
-from bridge.lab.sandbox.ports import free_tcp_port
+from sdk_bridge.lab import testpki
+from sdk_bridge.lab.sandbox.ports import free_tcp_port
 from support.processes import stop_process
 
 USERS = {"alice": "alicepw", "bob": "bobpw"}

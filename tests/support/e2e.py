@@ -2,8 +2,8 @@
 
 import yaml
 
-from bridge.lab.launch import BridgeProcess
-from bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.lab.launch import BridgeProcess
+from sdk_bridge.lab.sandbox.federation import Sandbox
 from support import dovecot
 from support.daemon import on_any_port
 from support.dovecot import Dovecot

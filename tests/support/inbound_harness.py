@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from bridge import config
-from bridge.inbound.processing import Inbound, InboundSettings
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.plugin import Scanner, Submission
-from bridge.retrieval.intake import Intake
-from bridge.sdk import kvittens as kv
-from bridge.sdk import message as msg
-from bridge.sdk.keys import KeyPair
-from bridge.sdk.names import KVITTENS_ACTION, MESSAGE_ACTION
-from bridge.sdk.sealing import Receiver, open_envelope, seal_message
-from bridge.spool import SQLiteSpool
+from sdk_bridge import config
+from sdk_bridge.inbound.processing import Inbound, InboundSettings
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.plugin import Scanner, Submission
+from sdk_bridge.retrieval.intake import Intake
+from sdk_bridge.sdk import kvittens as kv
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk.keys import KeyPair
+from sdk_bridge.sdk.names import KVITTENS_ACTION, MESSAGE_ACTION
+from sdk_bridge.sdk.sealing import Receiver, open_envelope, seal_message
+from sdk_bridge.spool import SQLiteSpool
 from support.outbound import access_point
 from support.parties import make_message
 from support.registries import registry_for

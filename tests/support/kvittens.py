@@ -2,14 +2,14 @@
 
 import asyncio
 
-from bridge import config
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.plugin import Submission
-from bridge.sdk import kvittens as kv
-from bridge.sdk.keys import KeyPair
-from bridge.sdk.names import KVITTENS_ACTION
-from bridge.sdk.sealing import seal_kvittens
-from bridge.sdk.verdict import Detail, Outcome, Reason, Verdict
+from sdk_bridge import config
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.plugin import Submission
+from sdk_bridge.sdk import kvittens as kv
+from sdk_bridge.sdk.keys import KeyPair
+from sdk_bridge.sdk.names import KVITTENS_ACTION
+from sdk_bridge.sdk.sealing import seal_kvittens
+from sdk_bridge.sdk.verdict import Detail, Outcome, Reason, Verdict
 from support.outbound import access_point
 from support.sandboxed import ORG_A, ORG_B
 

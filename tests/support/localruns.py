@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 
-from bridge.lab.local import LocalRun
+from sdk_bridge.lab.local import LocalRun
 from support.sandboxed import FROM_A as FROM
 from support.sandboxed import TO_B
 
@@ -57,7 +57,15 @@ def recover_lost(local: LocalRun) -> int:
             assert payload is not None, f"{ebms_id} is gone from the access point"
             envelope = local.directory / f"recovered-{ebms_id}.xml"
             envelope.write_bytes(payload)
-            command = [sys.executable, "-m", "bridge.cli", "inbound", "import", "-c", str(config)]
+            command = [
+                sys.executable,
+                "-m",
+                "sdk_bridge.cli",
+                "inbound",
+                "import",
+                "-c",
+                str(config),
+            ]
             subprocess.run([*command, "--ebms-id", ebms_id, str(envelope)], check=True, timeout=60)
             recovered += 1
     return recovered

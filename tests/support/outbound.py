@@ -6,13 +6,13 @@ import email.policy
 from email.message import EmailMessage
 from pathlib import Path
 
-from bridge import config
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.outbound.worker import OutboundSettings, Worker
-from bridge.plugin import ACCESS_POINTS, load
-from bridge.sdk.sealing import Receiver, open_envelope
-from bridge.sdk.verdict import ACCEPTED
-from bridge.spool import Envelope, RecipientRecord, SQLiteSpool
+from sdk_bridge import config
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.outbound.worker import OutboundSettings, Worker
+from sdk_bridge.plugin import ACCESS_POINTS, load
+from sdk_bridge.sdk.sealing import Receiver, open_envelope
+from sdk_bridge.sdk.verdict import ACCEPTED
+from sdk_bridge.spool import Envelope, RecipientRecord, SQLiteSpool
 from support.registries import registry_for
 from support.sandboxed import ORG_A, ORG_B
 

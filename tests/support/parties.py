@@ -4,10 +4,10 @@ import dataclasses
 import uuid
 from datetime import UTC, datetime
 
-from bridge.lab.testpki import Identity
-from bridge.sdk import message as msg
-from bridge.sdk import xhe
-from bridge.sdk.keys import KeyPair
+from sdk_bridge.lab.testpki import Identity
+from sdk_bridge.sdk import message as msg
+from sdk_bridge.sdk import xhe
+from sdk_bridge.sdk.keys import KeyPair
 
 ORG_A = "0203:a.example.se"
 ORG_B = "0203:b.example.se"

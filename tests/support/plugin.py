@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.lab.testpki import Identity, TestPKI, make_pki
-from bridge.sdk.sealing import Receiver
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.lab.testpki import Identity, TestPKI, make_pki
+from sdk_bridge.sdk.sealing import Receiver
 from support.hostile import HOSTILE_CASES
 from support.parties import ADDRESS_B, ORG_B, keypair
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bridge.lab.sandbox.ports import free_tcp_port
+from sdk_bridge.lab.sandbox.ports import free_tcp_port
 from support.processes import stop_process
 
 SERVER_USER = "postgres"  # made by the Debian package; PostgreSQL will not run as root

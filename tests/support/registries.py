@@ -4,9 +4,9 @@ import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bridge import config
-from bridge.lab.sandbox.federation import Sandbox
-from bridge.registry.client import Registry
+from sdk_bridge import config
+from sdk_bridge.lab.sandbox.federation import Sandbox
+from sdk_bridge.registry.client import Registry
 
 
 class MemoryCache:

@@ -1,4 +1,4 @@
-"""The sandbox's organisations as the tests address them (bridge.lab.sandbox.federation
+"""The sandbox's organisations as the tests address them (sdk_bridge.lab.sandbox.federation
 names them so): their ids, A's registrator sending, and B's registrator as A's mail
 reaches it."""
 

@@ -2,7 +2,7 @@
 
 from datetime import timedelta
 
-from bridge.spool import (
+from sdk_bridge.spool import (
     Envelope,
     RecipientRecord,
     Retention,

@@ -12,14 +12,14 @@ from typing import Any
 import httpx
 from lxml import etree
 
-from bridge.lab.sandbox.accesspoint import (
+from sdk_bridge.lab.sandbox.accesspoint import (
     AP_PARTY_TYPE,
     BACKEND_NS,
     EBMS_NS,
     SOAP12_NS,
     WSPLUGIN_NS,
 )
-from bridge.sdk.names import (
+from sdk_bridge.sdk.names import (
     MESSAGE_ACTION,
     PARTY_SCHEME,
     PROCESS_ID,

@@ -1,7 +1,0 @@
-"""`python -m bridge.cli`: the `sdk-bridge` command."""
-
-import sys
-
-from . import main
-
-sys.exit(main())

@@ -1,0 +1,403 @@
+"""SDK business message v3 to mail: the inbound half of PRODUCT.md's mapping table.
+
+Pure functions without I/O. The caller resolves the addresses (the sender's reply-able
+alias and display name, the mailbox of our functional address) and the Message-ID that
+refToMessageId names, since only its store knows them.
+
+Decisions:
+
+- **From** is the sender's functional address as its alias under our SDK domain with the
+  display name "<organisation> – <functional address> (SDK)", so Reply goes back through
+  the bridge; a sender person (the writer) follows: "… (SDK), <name>" (after the
+  organisation, so a name cannot pose as one), and opens the text as "Från: …". The
+  "Kopia:", "Svara till:" lines outbound writes atop the text join these header lines;
+  they never become headers, so Reply All stays with the bridge.
+  **To** is the mailbox of our functional address.
+- **Subject** is the label; a label that outbound cut ("…") and whose full form opens
+  the text as "Ämne: …" gets its full subject back, and that line leaves the text.
+  With confidentiality=true the subject starts with the secrecy prefix ("[sekretess] ")
+  and the mail has `Sensitivity: Company-Confidential`; `X-SDK-Confidentiality` is
+  always there (true or false), so rules in Outlook or Exchange can sort on it.
+- **Ids**: `Message-ID: <messageId@sdk-domain>`; `In-Reply-To` and `References` name the
+  mail that refToMessageId points at. `X-SDK-Message-ID` and `X-SDK-Conversation-ID` carry
+  the SDK ids for administrators and for tracing a reply.
+- **References and persons** from the recipient's attention are kept as `X-SDK-Reference`
+  headers in the very form the outbound side reads ("root=extension"), as `X-SDK-Person`
+  headers, and as lines at the top of the text, so a reader sees them without looking at
+  headers. The sender's own reference ids become `X-SDK-Sender-Reference` headers and
+  "Avsändarens referens" lines (a reply returns them; the inbox stores them for that).
+- **Body**: the ContentText (several joined by a blank line) as text/plain that reads like
+  the original (`sdk_bridge.sdk.markdown.plain`: no escapes, no hard-break marks), and as HTML
+  of B1.3.3's Markdown subset and nothing else (`sdk_bridge.sdk.markdown.render`): raw HTML,
+  links, images, code and quotes stay visible as text, so nothing in the mail can run or
+  load remote content.
+- **Attachments**: every ContentFile, byte for byte, with its file name (`safe_file_name`:
+  no path, control characters as spaces, at most 200 bytes; "bilaga-<n>" when empty), its
+  type and the parameters outbound keeps (charset, method, smime-type);
+  application/octet-stream for a type not of the form type/subtype, multipart/*,
+  text/html, and a message/* whose bytes are not 7-bit lines (RFC 2046 lets
+  message/rfc822, delivery-status and disposition-notification travel only as
+  themselves). A meeting invite (text/calendar with a method) is also the last part of the
+  multipart/alternative, which is what makes Outlook show it as one. The mail is 7-bit
+  (quoted-printable or base64 parts) with headers folded at 78 characters.
+"""
+
+import binascii
+import email.policy
+import html
+import io
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from email.generator import BytesGenerator
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+from sdk_bridge.mapping.to_sdk import (
+    CONTEXT_HEADERS,
+    ELLIPSIS,
+    REFERENCE_HEADER,
+    SUBJECT_PREFIX,
+    base_type,
+    cut_label,
+    kept_parameters,
+    one_line,
+)
+from sdk_bridge.sdk import markdown
+from sdk_bridge.sdk.message import (
+    Attention,
+    BusinessMessage,
+    ContentFile,
+    Identifier,
+    Person,
+    Reference,
+)
+
+SECRECY_PREFIX = "[sekretess] "
+CONFIDENTIALITY_HEADER = "X-SDK-Confidentiality"
+PERSON_HEADER = "X-SDK-Person"
+SENDER_REFERENCE_HEADER = "X-SDK-Sender-Reference"
+SDK_MESSAGE_ID_HEADER = "X-SDK-Message-ID"
+SDK_CONVERSATION_HEADER = "X-SDK-Conversation-ID"
+_TYPE = re.compile(r"([a-z0-9][a-z0-9!#$&^_.+-]*)/([a-z0-9][a-z0-9!#$&^_.+-]*)")
+_PARAMETER = re.compile(r"(?i)\s*([a-z0-9-]+)\s*=\s*\"?([A-Za-z0-9!#$%&'*+.^_`{|}~-]{1,64})\"?\s*")
+_INVITE_METHOD = re.compile(rb"(?m)^METHOD:([A-Za-z-]{1,32})\r?$")
+_WRITER_ADDRESS = re.compile(r"^(.+?) \([^()\s]+@[^()\s]+\)$")  # the outbound side's label
+_NOT_IN_NAMES = re.compile(r'[<>@"]')
+MAX_WRITER_NAME = 64
+_INVITE_HEAD = 1 << 16  # METHOD comes first in a calendar; no need to search 30 MB
+# message/* files carried as themselves when their bytes allow it (`_seven_bit`).
+_MESSAGE_FILES = frozenset(
+    {"message/rfc822", "message/delivery-status", "message/disposition-notification"}
+)
+_FIRST_SECTION_CHARS = 64 * 1024  # the "Ämne:" line and the "Kopia:" block are short
+MAX_FILE_NAME_BYTES = 200  # below the 255 most file systems allow, room for " (2)"
+_ID_HEADERS = frozenset({"message-id", "in-reply-to", "references"})
+
+
+class _MailPolicy(email.policy.EmailPolicy):
+    """7bit (Swedish text goes out quoted-printable, so a server without 8BITMIME takes it
+    too), headers folded at 78 characters (RFC 5322), except message ids: folding would
+    encode a long one (RFC 2047), and then no client threads on it."""
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if name.lower() in _ID_HEADERS:
+            return _UNFOLDED.fold_binary(name, value)
+        return super().fold_binary(name, value)
+
+    def fold(self, name: str, value: str) -> str:
+        if name.lower() in _ID_HEADERS:
+            return _UNFOLDED.fold(name, value)
+        return super().fold(name, value)
+
+
+_UNFOLDED = email.policy.SMTP.clone(cte_type="7bit", max_line_length=998)
+_POLICY = _MailPolicy(linesep="\r\n", cte_type="7bit", max_line_length=78)
+# The parts are encoded in lines of 76 characters, as RFC 2045 asks of quoted-printable and
+# base64; the mail is then written with _POLICY, which only folds the headers.
+_PARTS_POLICY = _POLICY.clone(max_line_length=76)
+_BASE64_LINE = 57  # bytes a 76-character base64 line holds
+_BASE64_CHUNK = _BASE64_LINE * 1024
+
+
+def to_email(
+    message: BusinessMessage,
+    *,
+    sender: str,
+    sender_name: str,
+    recipient: str,
+    sdk_domain: str,
+    replying_to: str | None = None,
+    secrecy_prefix: str = SECRECY_PREFIX,
+) -> bytes:
+    """The mail for `message`, CRLF line ends, ready for any mailbox plugin.
+
+    `sender` is the reply-able alias of the sender's functional address and
+    `sender_name` its address-book name; `replying_to` the Message-ID (without angle
+    brackets) of the mail that refToMessageId names, by default `<ref@sdk_domain>`.
+    """
+    raw = "\n\n".join(t for d in message.documents for t in d.texts)
+    subject, raw = _subject(message.label or "", raw)
+    context, raw = _context(raw)
+    text = markdown.plain(raw)
+    writers = message.sender.attention.persons if message.sender.attention else ()
+    shown_as = f"{sender_name} (SDK)"
+    if len(writers) == 1 and writers[0].label:  # after the organisation: it cannot pose as one
+        shown_as = f"{shown_as}, {_name_of(writers[0].label)}"
+    mail = EmailMessage(policy=_PARTS_POLICY)
+    mail["From"] = Address(one_line(shown_as), addr_spec=sender)
+    mail["To"] = Address(addr_spec=recipient)
+    mail["Subject"] = one_line((secrecy_prefix if message.confidential else "") + subject)
+    mail["Date"] = format_datetime(message.created)
+    mail["Message-ID"] = f"<{message.message_id}@{sdk_domain}>"
+    if message.ref_to_message_id is not None:
+        parent = replying_to or f"{message.ref_to_message_id}@{sdk_domain}"
+        mail["In-Reply-To"] = f"<{parent}>"
+        mail["References"] = f"<{parent}>"
+    if message.confidential:
+        mail["Sensitivity"] = "Company-Confidential"
+    mail[CONFIDENTIALITY_HEADER] = "true" if message.confidential else "false"
+    mail[SDK_MESSAGE_ID_HEADER] = message.message_id
+    mail[SDK_CONVERSATION_HEADER] = message.conversation_id
+    attention = message.recipient.attention
+    sender_attention = message.sender.attention
+    sender_references = sender_attention.references if sender_attention else ()
+    lines = (
+        [f"Från: {_person(person)}" for person in writers]
+        + context
+        + _attention_lines(attention)
+        + [f"Avsändarens referens: {_reference(reference)}" for reference in sender_references]
+    )
+    for reference in sender_references:
+        mail[SENDER_REFERENCE_HEADER] = one_line(_identifier(reference.id))
+    if attention is not None:
+        for reference in attention.references:
+            mail[REFERENCE_HEADER] = one_line(_identifier(reference.id))
+        for person in attention.persons:
+            if person.id is not None:
+                mail[PERSON_HEADER] = one_line(_identifier(person.id))
+    body = "\n".join(lines) + ("\n\n" if lines and text else "") + text
+    mail.set_content(body or " ")
+    mail.add_alternative(_html(lines, raw), subtype="html")
+    files = [file for document in message.documents for file in document.files]
+    placeholders: list[tuple[bytes, bytes, bool]] = []  # (placeholder, content, as base64)
+    invite = next((file for file in files if _is_invite(file)), None)
+    if invite is not None:  # what makes Outlook show an invitation: an alternative part
+        mail.add_alternative(b"", maintype="text", subtype="calendar")
+        _fill(_last_part(mail), invite, placeholders)
+    for number, file in enumerate(files, start=1):
+        maintype, subtype = _attachment_type(file)
+        mail.add_attachment(
+            b"", maintype=maintype, subtype=subtype, filename=safe_file_name(file.file_name, number)
+        )
+        _fill(_last_part(mail), file, placeholders)
+    template = io.BytesIO()
+    _Generator(template, mangle_from_=False, policy=_POLICY).flatten(mail)
+    return _spliced(template.getvalue(), placeholders)
+
+
+class _Generator(BytesGenerator):
+    """The email package's generator, which also writes a message/delivery-status part
+    whose body is a placeholder (it expects parsed header blocks). It overrides the
+    generator's `_handle_*` dispatch, private but unchanged from CPython 3.8 to 3.13;
+    tests/test_inbound_mapping.py writes such a part."""
+
+    def _handle_message_delivery_status(self, msg: EmailMessage) -> None:
+        if isinstance(msg.get_payload(), str):
+            self._handle_text(msg)  # type: ignore[attr-defined]
+        else:
+            super()._handle_message_delivery_status(msg)  # type: ignore[misc]
+
+
+def safe_file_name(name: str, number: int) -> str:
+    """A received file name a mail client or a Maildir tool can save as it is: the last
+    path component, control characters as spaces, no leading dots, at most
+    `MAX_FILE_NAME_BYTES` of UTF-8 (the extension kept); "bilaga-<n>" when nothing is left."""
+    name = one_line("".join(c if c.isprintable() else " " for c in name))
+    name = name.replace("\\", "/").rsplit("/", 1)[-1].strip().lstrip(".").strip()
+    if len(name.encode()) > MAX_FILE_NAME_BYTES:
+        stem, dot, extension = name.rpartition(".")
+        extension = dot + extension if stem and len(extension) <= 16 else ""
+        stem = name[: len(name) - len(extension)] if extension else name
+        room = MAX_FILE_NAME_BYTES - len(extension.encode())
+        name = stem.encode()[:room].decode("utf-8", "ignore").rstrip() + extension
+    return name or f"bilaga-{number}"
+
+
+def _last_part(mail: EmailMessage) -> EmailMessage:
+    """The part just added to `mail`."""
+    *_, last = mail.iter_parts()
+    assert isinstance(last, EmailMessage)
+    return last
+
+
+def _fill(
+    part: EmailMessage, file: ContentFile, placeholders: list[tuple[bytes, bytes, bool]]
+) -> None:
+    """Give `part` the parameters a reader needs and a placeholder for `file`'s content,
+    which `_spliced` replaces: base64, or the bytes themselves for a message/* part."""
+    for name, value in _kept_parameters(file, part.get_content_type()):
+        part.set_param(name, value)
+    if not file.content:
+        return
+    placeholder = uuid.uuid4().hex  # random: nothing else in the mail can equal it
+    part.set_payload(placeholder)
+    as_itself = part.get_content_maintype() == "message"
+    if as_itself:
+        part.replace_header("Content-Transfer-Encoding", "7bit")
+    placeholders.append((placeholder.encode(), file.content, not as_itself))
+
+
+def _spliced(template: bytes, placeholders: list[tuple[bytes, bytes, bool]]) -> bytes:
+    """The mail with each placeholder replaced by its file's base64, made here a piece at a
+    time: the email package would hold a 30 MB attachment several times over (its lines,
+    their join, the generator's buffer). Each piece goes into one buffer as it is made,
+    whose bytes `getvalue` hands over without copying them: pieces kept to be joined at the
+    end would hold the mail twice."""
+    mail, rest = io.BytesIO(), template
+    for placeholder, content, base64 in placeholders:
+        head, rest = rest.split(placeholder, 1)
+        mail.write(head)
+        if not base64:
+            mail.write(content)
+            continue
+        for piece in _base64_lines(content):
+            mail.write(piece)
+    mail.write(rest)
+    return mail.getvalue()
+
+
+def _base64_lines(content: bytes) -> Iterator[bytes]:
+    """`content` in base64 lines of 76 characters, CRLF between them (not after the last)."""
+    view = memoryview(content)
+    for start in range(0, len(view), _BASE64_CHUNK):
+        if start:
+            yield b"\r\n"
+        chunk = view[start : start + _BASE64_CHUNK]
+        yield b"\r\n".join(
+            binascii.b2a_base64(chunk[at : at + _BASE64_LINE], newline=False)
+            for at in range(0, len(chunk), _BASE64_LINE)
+        )
+
+
+def _attachment_type(file: ContentFile) -> tuple[str, str]:
+    """The sender's type when it is a plain type/subtype that a mail client will only
+    offer as a file; anything else (multipart/*, a message/* whose bytes cannot be carried
+    as themselves, HTML a client might render, garbage) as a neutral type."""
+    match = _TYPE.fullmatch(base_type(file.content_type))
+    if match is None or match[1] == "multipart" or match[0] == "text/html":
+        return "application", "octet-stream"
+    if match[1] == "message" and (match[0] not in _MESSAGE_FILES or not _seven_bit(file.content)):
+        return "application", "octet-stream"
+    return match[1], match[2]
+
+
+def _kept_parameters(file: ContentFile, carried_as: str) -> list[tuple[str, str]]:
+    """The sender's parameters that tell how to read the file (outbound's
+    `KEPT_PARAMETERS`), where the file keeps its type; an invite's method from its
+    content where the type did not say it."""
+    if base_type(file.content_type) != carried_as:
+        return []
+    allowed = kept_parameters(carried_as)
+    _, _, given = file.content_type.partition(";")
+    kept = []
+    for parameter in given.split(";"):
+        match = _PARAMETER.fullmatch(parameter)
+        if match and match[1].lower() in allowed:
+            kept.append((match[1].lower(), match[2]))
+    if carried_as == "text/calendar" and "method" not in dict(kept):
+        found = _INVITE_METHOD.search(file.content[:_INVITE_HEAD])
+        if found:
+            kept.append(("method", found[1].decode().upper()))
+    return kept
+
+
+def _is_invite(file: ContentFile) -> bool:
+    """A calendar file with a method (REQUEST, CANCEL, REPLY…): a meeting message."""
+    return base_type(file.content_type) == "text/calendar" and any(
+        name == "method" for name, _ in _kept_parameters(file, "text/calendar")
+    )
+
+
+def _seven_bit(content: bytes) -> bool:
+    """ASCII in CRLF lines of at most 998 characters: a body RFC 2046 lets a message/*
+    part carry as itself."""
+    if not content.isascii() or b"\0" in content:
+        return False
+    pairs = content.count(b"\r\n")
+    if content.count(b"\r") != pairs or content.count(b"\n") != pairs:  # a bare CR or LF
+        return False
+    return max(map(len, content.split(b"\r\n"))) <= 998
+
+
+def _subject(label: str, text: str) -> tuple[str, str]:
+    """The label, or the full subject when outbound cut it and put it atop the text."""
+    first, rest = _first_section(text)
+    first = markdown.plain(first)
+    if label.endswith(ELLIPSIS) and first.startswith(SUBJECT_PREFIX):
+        full = first.removeprefix(SUBJECT_PREFIX)
+        if full.startswith(label.removesuffix(ELLIPSIS).rstrip()):
+            return full, rest
+    return label, text
+
+
+def _first_section(text: str) -> tuple[str, str]:
+    """The text's first paragraph and the rest after the blank line; ("", text) when the
+    first paragraph is longer than what outbound writes there (no need to read 30 MB)."""
+    first, found, _ = text[:_FIRST_SECTION_CHARS].partition("\n\n")
+    if found:
+        return first, text[len(first) + 2 :]
+    return (text, "") if len(text) <= _FIRST_SECTION_CHARS else ("", text)
+
+
+def _context(text: str) -> tuple[list[str], str]:
+    """The lines outbound writes atop the text ("Kopia: …", `CONTEXT_HEADERS`), to join
+    the header lines, and the rest of the text."""
+    first, rest = _first_section(text)
+    lines = markdown.plain(first).split("\n")
+    titles = tuple(f"{title}: " for _, title in CONTEXT_HEADERS)
+    if first and all(line.startswith(titles) for line in lines):
+        return lines, rest
+    return [], text
+
+
+def _attention_lines(attention: Attention | None) -> list[str]:
+    if attention is None:
+        return []
+    lines = [f"Referens: {_reference(reference)}" for reference in attention.references]
+    for person in attention.persons:
+        lines.append(f"Person: {_person(person)}")
+    return lines
+
+
+def _person(person: Person) -> str:
+    identified = f"{person.id.extension} ({person.id.root})" if person.id else ""
+    return " ".join(part for part in (person.label or "", identified) if part)
+
+
+def _name_of(label: str) -> str:
+    """A writer's name for the From display name: without the address outbound puts after
+    it ("Name (address)"), without what could pass for an address or for our "(SDK)" mark,
+    at most `MAX_WRITER_NAME` characters."""
+    match = _WRITER_ADDRESS.fullmatch(label)
+    name = _NOT_IN_NAMES.sub("", (match[1] if match else label).replace("(SDK)", ""))
+    return cut_label(" ".join(name.split()), MAX_WRITER_NAME)
+
+
+def _reference(reference: Reference) -> str:
+    label = f"{reference.label} " if reference.label else ""
+    return f"{label}{reference.id.extension} ({reference.id.root})"
+
+
+def _identifier(identifier: Identifier) -> str:
+    return f"{identifier.root}={identifier.extension}"
+
+
+def _html(lines: Sequence[str], text: str) -> str:
+    header = "".join(f"<p>{html.escape(line)}</p>\n" for line in lines)
+    separator = "<hr>\n" if lines and text else ""
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body>\n'
+        f"{header}{separator}{markdown.render(text)}</body></html>\n"
+    )

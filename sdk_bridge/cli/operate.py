@@ -112,12 +112,12 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from .. import plugin
 
     backend, settings = _spool_config(args.config).spool_plugin()
-    upgrade = getattr(plugin.factory(plugin.SPOOLS, backend), "upgrade", None)
-    if upgrade is None:
+    spool = plugin.migrations(backend)
+    if spool is None:
         print(f"the {backend} spool keeps its schema up to date itself: nothing to do")
         return 0
     try:
-        applied = upgrade(settings)
+        applied = spool.upgrade(settings)
     except plugin.PluginError as e:
         print(f"sdk-bridge: {e}", file=sys.stderr)
         return 1

@@ -235,7 +235,8 @@ def _databases(dsn: str) -> Iterator[dict[str, dict[str, str]]]:
     that may CREATE DATABASE), upgraded as `sdk-bridge db upgrade` does it, and dropped
     after the run with whatever is still connected to it: `spools` for LocalRun."""
     names = {label: f"sdk_bridge_bench_{uuid.uuid4().hex[:12]}_{label}" for label in ("a", "b")}
-    upgrade = plugin.factory(plugin.SPOOLS, "postgres").upgrade
+    postgres = plugin.migrations("postgres")
+    assert postgres is not None
     try:
         with psycopg.connect(dsn, autocommit=True) as admin:
             for name in names.values():
@@ -243,7 +244,7 @@ def _databases(dsn: str) -> Iterator[dict[str, dict[str, str]]]:
         spools = {}
         for label, name in names.items():
             spools[label] = {"backend": "postgres", "dsn": make_conninfo(dsn, dbname=name)}
-            upgrade(spools[label])
+            postgres.upgrade(spools[label])
     except (psycopg.Error, plugin.PluginError) as e:
         raise LocalRunFailed(f"the spool databases could not be made: {e}") from e
     try:

@@ -14,7 +14,7 @@ ends, `spools`.
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Final, Literal, Protocol, overload
+from typing import Any, Final, Literal, Protocol, overload, runtime_checkable
 
 from ..spool import Spool
 
@@ -23,8 +23,7 @@ ACCESS_POINTS: Final = "sdk_bridge.access_points"
 MAILBOXES: Final = "sdk_bridge.mailboxes"
 # Spool back ends: built with the spool settings (`directory`, and a server's `dsn`, …), they
 # subclass sdk_bridge.spool.Spool (`spools` offers what they need). One whose schema needs
-# migrating has `upgrade(settings)`, which `sdk-bridge db upgrade` calls, returning what it
-# applied.
+# migrating is also `Migrating`.
 SPOOLS: Final = "sdk_bridge.spools"
 
 
@@ -187,6 +186,21 @@ def factory(group: str, name: str) -> Any:
         return found[0].load()
     except Exception as e:
         raise PluginError(f"{group} plugin {name!r} could not be loaded: {e}") from e
+
+
+@runtime_checkable
+class Migrating(Protocol):
+    """A spool back end's factory that keeps a schema: `sdk-bridge db upgrade` migrates it."""
+
+    def upgrade(self, settings: Mapping[str, Any]) -> list[str]:
+        """Apply the migrations the database lacks; the steps applied, "N: description"."""
+        ...
+
+
+def migrations(name: str) -> Migrating | None:
+    """Spool back end `name`, if it keeps a schema to migrate (None: it needs none)."""
+    made = factory(SPOOLS, name)
+    return made if isinstance(made, Migrating) else None
 
 
 @overload

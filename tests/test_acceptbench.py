@@ -71,10 +71,33 @@ def test_without_smtp_source_the_error_names_the_package(
         acceptbench.run(1, 1)
 
 
-def test_postfix_only_with_smtp_source(capsys: pytest.CaptureFixture[str]) -> None:
+def test_postfix_takes_a_profile_of_one_size(capsys: pytest.CaptureFixture[str]) -> None:
     from sdk_bridge.cli import main
 
     with pytest.raises(SystemExit) as exited:
-        main(["bench", "--postfix"])
+        main(["bench", "--postfix", "--profile", "mixed"])
     assert exited.value.code == 2
-    assert "--postfix goes with --smtp-source" in capsys.readouterr().err
+    assert "--postfix takes --profile 10kb or 1mb" in capsys.readouterr().err
+
+
+@needs_smtp_source
+@pytest.mark.skipif(not HAS_POSTFIX, reason="no Postfix: Debian package postfix not installed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="a throw-away Postfix needs root")
+def test_the_bridges_cpu_beside_postfix_relaying_to_postfix(tmp_path: Path) -> None:
+    """Issue 18: one run reports each bridge's CPU per message, Postfix's on each side of a
+    relay, their ratios and the SMTP accept ratio, at the top of the JSON."""
+    command = [sys.executable, "-m", "sdk_bridge.cli", "bench", "--postfix", "--json"]
+    command += ["--messages", "30", "--concurrency", "4", "--key-size", "2048"]
+    command += ["--dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    for key in ("postfix_send_cpu_ms_per_msg", "postfix_receive_cpu_ms_per_msg"):
+        assert 0 < report[key] < 100, report[key]
+    for key in ("a_cpu_vs_postfix", "b_cpu_vs_postfix", "smtp_accept_vs_postfix"):
+        assert report[key] > 0, report[key]
+    assert report["a_cpu_vs_postfix"] == round(
+        report["bridges"]["a"]["cpu_ms_per_message"] / report["postfix_send_cpu_ms_per_msg"], 2
+    )
+    assert report["postfix_relay"]["messages"] == 30 and report["postfix_relay"]["version"]
+    assert list(Path(tempfile.gettempdir()).glob("sdk-bridge-relay-*")) == []

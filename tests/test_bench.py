@@ -15,7 +15,8 @@ import yaml
 from support import dovecot, postgres
 from support.dovecot import USERS, Dovecot
 
-from sdk_bridge.lab.bench import FROM, TO_B
+from sdk_bridge.lab.sandbox.federation import FROM_A as FROM
+from sdk_bridge.lab.sandbox.federation import TO_B
 from sdk_bridge.lab.local import LocalRun
 from sdk_bridge.lab.running import _config_argument
 
@@ -147,10 +148,10 @@ def test_a_run_on_running_bridges(running_pair: LocalRun) -> None:
     assert report["bridges"].keys() == {"a", "b"}
     for label in ("a", "b"):
         usage = report["bridges"][label]
-        assert usage["pid"] == local.bridges[label].process.pid
+        assert usage["pid"] == local.bridges[label].pid
         assert usage["peak_rss_mb"] > 20 and usage["processes"] >= 2
         assert usage["cpu_ms_per_message"] > 0
-        assert local.bridges[label].process.poll() is None  # left running
+        assert local.bridges[label].running()  # left running
     subjects = [
         str(BytesHeaderParser().parsebytes(path.read_bytes())["Subject"])
         for path in (local.maildir("b") / "new").iterdir()

@@ -67,6 +67,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import imaplib
 
     from ..lab import bench
+    from ..lab.acceptbench import AcceptBenchFailed
     from ..lab.local import LocalRunFailed
     from ..lab.running import Unusable
 
@@ -77,6 +78,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         ("--postgres", args.postgres),
         ("--instances", args.instances != 1),
         ("--smtp-source", args.smtp_source),
+        ("--postfix", args.postfix),
     ):
         if args.running and given:
             raise UsageError(f"{option} is not for --running: those bridges are set up already")
@@ -98,8 +100,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.postgres:
             raise UsageError("--smtp-source measures the SQLite spool; not with --postgres")
         return _bench_smtp_source(args)
-    if args.postfix:
-        raise UsageError("--postfix goes with --smtp-source")
+    if args.postfix and args.profile not in bench.SIZES:
+        raise UsageError("--postfix takes --profile 10kb or 1mb (Postfix's one payload size)")
     try:
         result = bench.run(
             args.messages,
@@ -113,10 +115,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             postgres=args.postgres,
             instances=args.instances,
             running=(Path(args.running[0]), Path(args.running[1])) if args.running else None,
+            postfix=args.postfix,
         )
     except Unusable as e:
         raise UsageError(str(e)) from None
-    except (LocalRunFailed, OSError, imaplib.IMAP4.error) as e:  # IMAP: --imap's server
+    except (LocalRunFailed, AcceptBenchFailed, OSError, imaplib.IMAP4.error) as e:
         print(f"sdk-bridge bench: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2) if args.json else bench.format_table(result))
@@ -280,7 +283,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     load.add_argument(
         "--postfix",
         action="store_true",
-        help="with --smtp-source: the same run against a throw-away Postfix (needs root)",
+        help="beside the run, throw-away Postfixes (needs root): Postfix relaying as many mails"
+        " to Postfix, and SMTP accept beside Postfix; each bridge's CPU over Postfix's."
+        " With --smtp-source: the accept run against Postfix alone",
     )
     load.add_argument("--dir", help="where to keep the run's files (default: a temporary one)")
     load.add_argument("--json", action="store_true", help="print JSON")

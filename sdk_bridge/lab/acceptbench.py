@@ -30,14 +30,13 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
-from .bench import FROM, TO_B
 from .local import LocalRun
-from .sandbox.federation import HOST
+from .sandbox.federation import FROM_A, HOST, TO_B
 from .sandbox.ports import free_tcp_port
 
 PACKAGE = "postfix"  # the Debian package with smtp-source and Postfix itself
@@ -80,7 +79,7 @@ def smtp_source_arguments(messages: int, sessions: int, size: int) -> list[str]:
     """The same arguments for both servers; only the port differs."""
     return [
         *("-4", "-d", "-M", "localhost", "-m", str(messages), "-s", str(sessions)),
-        *("-l", str(size), "-r", "1", "-S", SUBJECT, "-f", FROM, "-t", TO_B),
+        *("-l", str(size), "-r", "1", "-S", SUBJECT, "-f", FROM_A, "-t", TO_B),
     ]
 
 
@@ -104,10 +103,25 @@ def run_smtp_source(
     return wall
 
 
+# Accept, queue durably, and keep: nothing is relayed.
+HOLD_EVERYTHING = (
+    "smtpd_recipient_restrictions = check_client_access static:HOLD",
+    "defer_transports = smtp relay",  # in case anything left the hold queue
+)
+
+
 class ThrowawayPostfix:
     """A Postfix of its own on loopback in `directory`, stopped and removed by `stop`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        settings: Sequence[str] = HOLD_EVERYTHING,
+        services: Sequence[str] = (),
+    ) -> None:
+        """`settings`: main.cf lines beyond the defaults below (what it does with mail);
+        `services`: master.cf lines beyond those an SMTP accept needs."""
+        self.settings, self.services = settings, services
         self.directory = directory
         self.config = directory / "config"
         self.queue = directory / "queue"
@@ -152,7 +166,7 @@ class ThrowawayPostfix:
         """Stop the master (bounded; killed if it does not go) and remove the directory."""
         try:
             if self.started:
-                pid = self._master_pid()
+                pid = self.master_pid()
                 with contextlib.suppress(AcceptBenchFailed):
                     self._postfix("stop")
                 if pid is not None:
@@ -191,7 +205,7 @@ class ThrowawayPostfix:
             problem = " | ".join([result.stderr.strip()[-400:], *lines]).strip(" |")
             raise AcceptBenchFailed(f"postfix {action} failed: {problem}")
 
-    def _master_pid(self) -> int | None:
+    def master_pid(self) -> int | None:
         """The pid of this instance's master, checked by its working directory (the queue
         directory), so that a pid taken by another process since is never signalled."""
         try:
@@ -205,7 +219,7 @@ class ThrowawayPostfix:
     def _wait_for_exit(self, pid: int) -> None:
         deadline = time.monotonic() + STOP_WAIT
         while time.monotonic() < deadline:
-            if self._master_pid() != pid:
+            if self.master_pid() != pid:
                 return
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError):
@@ -213,7 +227,7 @@ class ThrowawayPostfix:
 
     def _main_cf(self) -> str:
         """Production defaults but for: loopback only, everything under `directory`, and
-        every mail held after it is queued."""
+        `settings`."""
         return "\n".join(
             [
                 "compatibility_level = 3.6",
@@ -227,8 +241,7 @@ class ThrowawayPostfix:
                 "inet_interfaces = loopback-only",
                 "inet_protocols = ipv4",
                 "mynetworks = 127.0.0.0/8",
-                "smtpd_recipient_restrictions = check_client_access static:HOLD",
-                "defer_transports = smtp relay",  # in case anything left the hold queue
+                *self.settings,
                 "",
             ]
         )
@@ -256,6 +269,7 @@ class ThrowawayPostfix:
             "anvil unix - - n - 1 anvil",
             "scache unix - - n - 1 scache",
             "postlog unix-dgram n - n - 1 postlogd",
+            *self.services,
         ]
         return "\n".join([*services, ""])
 
@@ -338,9 +352,9 @@ def _measure_bridge(
     try:
         local.bridges["b"].stop()  # not on the path measured; LocalRun.stop copes
         warm_up = EmailMessage()
-        warm_up["From"], warm_up["To"], warm_up["Subject"] = FROM, TO_B, "warm-up"
+        warm_up["From"], warm_up["To"], warm_up["Subject"] = FROM_A, TO_B, "warm-up"
         warm_up.set_content("The address book and certificates are fetched now.")
-        local.send("a", FROM, TO_B, warm_up)  # tries again while the address book loads
+        local.send("a", FROM_A, TO_B, warm_up)  # tries again while the address book loads
         spool = local.bridges["a"].spool / "spool.sqlite3"
         return _measure(
             local.bridges["a"].port, lambda: _spooled(spool), messages, concurrency, size

@@ -49,15 +49,15 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from .. import plugin
+from . import acceptbench, postfixrelay
 from .benchmark import rate
 from .local import LocalRun, LocalRunFailed, opened_spool, send_mail
 from .running import Bridges, find_running
-from .sandbox.federation import DOMAIN, HOST
+from .sandbox.federation import FROM_A, HOST, TO_B
 from .testpki import make_pki
 
-FROM = f"registrator@a.{DOMAIN}"
-TO_B = f"registrator@b.{DOMAIN}.sdk.a.{DOMAIN}"
 PROFILES = ("10kb", "1mb", "max", "mixed")
+SIZES = {"10kb": 10_240, "1mb": 1_048_576}  # the profiles of one payload size
 # The largest PDF whose mail (base64 with line breaks) stays within SMTP's 30 MB: in the SDK
 # message (base64 without them) it comes to about 29 MB.
 MAX_ATTACHMENT = 21_500_000
@@ -122,6 +122,7 @@ def run(
     postgres: str | None = None,
     instances: int = 1,
     running: tuple[Path, Path] | None = None,
+    postfix: bool = False,
 ) -> dict[str, Any]:
     """`imap`: `imap://user:password@host:port/folder` (plain IMAP, loopback only) or
     `imaps://...[?cafile=PATH]`, a running IMAP server that B delivers into instead of its
@@ -130,7 +131,8 @@ def run(
     the SMTP sessions, all on A's database (more than one needs `postgres`). `running`:
     the configuration files of A and B, bridges already running that the run measures
     instead of starting its own (`key_size`, `directory`, `postgres` and `instances` do not
-    apply; running.Unusable if they cannot be measured)."""
+    apply; running.Unusable if they cannot be measured). `postfix`: then Postfix relaying
+    the same number of mails to Postfix, and SMTP accept beside Postfix (`postfix_beside`)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (choose {', '.join(PROFILES)})")
     if instances < 1 or (instances > 1 and not postgres):
@@ -151,6 +153,9 @@ def run(
         if mailbox:
             mailbox.close()
     crypto_limit = _crypto_limit(setup["key_size"])  # A's, in a running pair
+    beside = (
+        postfix_beside(setup, messages, concurrency, SIZES[profile], key_size) if postfix else {}
+    )
     return {
         "profile": profile,
         "messages": messages,
@@ -161,6 +166,32 @@ def run(
         **setup,
         "crypto_limit_msgs_per_s": round(crypto_limit, 1),
         "share_of_crypto_limit": round(messages / setup["wall_seconds"] / crypto_limit, 3),
+        **beside,
+    }
+
+
+def postfix_beside(
+    measured: dict[str, Any], messages: int, concurrency: int, size: int, key_size: int
+) -> dict[str, Any]:
+    """The bar for the bridges' CPU, measured after their run on the same machine: Postfix
+    relaying as many mails to Postfix (`postfixrelay`), and SMTP accept by bridge A beside
+    Postfix (`acceptbench`); each bridge's CPU per message over Postfix's for its side."""
+    relayed = postfixrelay.run(messages, concurrency, size).report()
+    accept = acceptbench.run(messages, concurrency, size, postfix=True, key_size=key_size)
+    bridges = measured["bridges"]
+
+    def ratio(name: str, postfix_ms: object) -> float | None:
+        ms = bridges[name]["cpu_ms_per_message"]
+        return None if ms is None else round(ms / float(str(postfix_ms)), 2)
+
+    return {
+        "postfix_send_cpu_ms_per_msg": relayed["send_cpu_ms_per_msg"],
+        "postfix_receive_cpu_ms_per_msg": relayed["receive_cpu_ms_per_msg"],
+        "a_cpu_vs_postfix": ratio("a", relayed["send_cpu_ms_per_msg"]),
+        "b_cpu_vs_postfix": ratio("b", relayed["receive_cpu_ms_per_msg"]),
+        "smtp_accept_vs_postfix": accept["bridge_over_postfix"],
+        "postfix_relay": relayed,
+        "smtp_accept": accept,
     }
 
 
@@ -190,7 +221,7 @@ def _on_local(
                 local.start_instance("a", f"a{number}")
             bridges = Bridges(
                 smtp={name: (HOST, b.port) for name, b in local.bridges.items() if b.label == "a"},
-                sender=FROM,
+                sender=FROM_A,
                 recipient=TO_B,
                 config_a=local.config("a"),
                 pids={name: bridge.pid for name, bridge in local.bridges.items()},
@@ -402,6 +433,17 @@ def format_table(result: dict[str, Any]) -> str:
         f"  {own.replace('_', ' '):<21}{result[f'{own}_cpu_ms_per_message']} ms CPU per"
         f" message; machine busy {result['machine_cpu_busy_share']:.0%} of the run"
     )
+    if "postfix_relay" in result:
+        relay = result["postfix_relay"]
+        lines += [
+            f"  Postfix {relay['version']} relaying to Postfix: {relay['msgs_per_s']} msgs/s,"
+            f" {result['postfix_send_cpu_ms_per_msg']} ms CPU per message sending,"
+            f" {result['postfix_receive_cpu_ms_per_msg']} ms receiving",
+            f"  CPU over Postfix's   A {result['a_cpu_vs_postfix']}x (goal: at most 3),"
+            f" B {result['b_cpu_vs_postfix']}x (goal: at most 4)",
+            f"  SMTP accept          {result['smtp_accept_vs_postfix']} of Postfix's"
+            " (goal: at least 0.5)",
+        ]
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .local import LocalRun, LocalRunFailed
-from .sandbox.federation import DOMAIN, HOST
+from .sandbox.federation import DOMAIN, FROM_A, HOST, TO_B
 
 STEP_TIMEOUT = 30.0  # seconds any one step may take
 KEY_SIZE = 2048  # the demo's own keys: quick to make (the product takes 3072 and more)
@@ -55,8 +55,7 @@ def run(directory: Path | None = None, out: Callable[[str], None] = print) -> in
 
 
 def _loop(local: LocalRun, out: Callable[[str], None]) -> None:
-    to_b = f"registrator@b.{DOMAIN}.sdk.a.{DOMAIN}"
-    from_a = f"registrator@a.{DOMAIN}"
+    to_b, from_a = TO_B, FROM_A
     first = EmailMessage()
     first["From"] = f"Registrator A <{from_a}>"
     first["To"] = to_b

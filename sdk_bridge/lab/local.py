@@ -161,11 +161,11 @@ class LocalRun:
         """The bridge `name` of organisation `label`: its first (the sandbox's ports and
         directories) when `name` is the label, else another instance."""
         settings = self._settings(label)
-        settings["smtp"]["listen"] = [f"{HOST}:0"]  # the kernel's choice: it says which
-        settings["admin"]["listen"] = f"{HOST}:0"
         state = Path("state") / label
-        if name != label:
+        if name != label:  # its ports are the kernel's choice: it says which when ready
             state = Path("state") / f"{label}-{name}"
+            settings["smtp"]["listen"] = [f"{HOST}:0"]
+            settings["admin"]["listen"] = f"{HOST}:0"
             settings["registry"]["cache_dir"] = str(state)
             settings["spool"]["directory"] = str(state / "spool")  # its name on its leases
         config = self.config(name)

@@ -7,9 +7,15 @@ organisation: a permanent failure. Any other SEND_FAILURE (the receiving access 
 not answer) is sent again, after a fresh SMP/CertPub lookup, as a new SDK message: the
 access point refuses its MessageId for good, and the ebMS MessageId is the XHE ID is the
 SDK messageId. The old id stays findable, so a kvittens for it still counts.
+
+The status is asked only of messages whose kvittens has not come: first when the worker
+said (`OutboundSettings.first_look`, in the delivery's `next_attempt_at`), then with pauses
+that grow with its age, up to MAX_WAIT. A busy bridge does not ask the access point about
+every message every round.
 """
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -30,6 +36,7 @@ from .outcomes import Event, Notify, settle
 log = structlog.get_logger(__name__)
 
 MAX_RESENDS = 3
+MAX_WAIT = timedelta(minutes=15)  # between two looks at one submitted message
 
 
 async def follow(
@@ -39,11 +46,13 @@ async def follow(
     lifetime: timedelta = timedelta(days=5),
     resend_after: timedelta = timedelta(seconds=30),
 ) -> None:
-    """Ask the access point about every submitted delivery it has not confirmed yet."""
+    """Ask the access point about the submitted deliveries it has not confirmed yet
+    whose look is due."""
+    now = datetime.now(UTC)
     waiting = [
         delivery
         for delivery in await asyncio.to_thread(spool.deliveries, State.SUBMITTED)
-        if delivery.notes.transport != ACKNOWLEDGED
+        if delivery.notes.transport != ACKNOWLEDGED and delivery.next_attempt_at <= now
     ]
     await each(
         waiting,
@@ -76,10 +85,12 @@ async def _follow_one(
             )
             return
         if status != SEND_FAILURE:
-            return  # still on its way
+            await _look_later(spool, delivery, still)  # still on its way
+            return
         errors = await access_point.errors(delivery.sdk_message_id)
     except TemporaryFailure as e:
         log.warning("access point: status unknown for now", **delivery.ids(), error=str(e))
+        await _look_later(spool, delivery, still)
         return
     details = describe_errors(errors)
     not_serviced = NOT_SERVICED in details
@@ -122,4 +133,13 @@ async def _follow_one(
         last_error=reason,
         when=still,
         notes={"transport": SEND_FAILURE},
+    )
+
+
+async def _look_later(spool: Spool, delivery: Delivery, still: Callable[[Delivery], bool]) -> None:
+    """The next look after a pause as long as the message is old, up to MAX_WAIT."""
+    now = datetime.now(UTC)
+    pause = min(MAX_WAIT, max(now - delivery.created_at, timedelta(seconds=1)))
+    await asyncio.to_thread(
+        spool.transition, delivery.id, {State.SUBMITTED}, when=still, next_attempt_at=now + pause
     )

@@ -43,6 +43,9 @@ class OutboundSettings:
     first_retry: timedelta = timedelta(seconds=30)
     max_retry: timedelta = timedelta(hours=1)
     batch: int = 16  # deliveries taken from the spool at a time
+    # A submitted message's status is first asked this long after (transport.follow): a
+    # kvittens usually comes first, and proves more.
+    first_look: timedelta = timedelta(0)
     secrecy_tags: tuple[str, ...] = ("[sekretess]",)
     # Our functional addresses' own mailboxes (casefolded): mail written from one of them
     # names no person as its writer.
@@ -209,6 +212,7 @@ class Worker:
             {State.QUEUED},
             state=State.SUBMITTED,
             attempts=delivery.attempts + 1,
+            next_attempt_at=datetime.now(UTC) + self.settings.first_look,  # a status look
         )
 
     async def _fail(self, delivery: Delivery, reason: str, status: str) -> None:

@@ -38,6 +38,9 @@ STATE_FILE = "sandbox.json"
 READY_FILE = "ready"
 DOMAIN = "sandbox.test"
 HOST = "127.0.0.1"
+# A's registrator, and B's as A's people write to it (B's address under A's SDK domain).
+FROM_A = f"registrator@a.{DOMAIN}"
+TO_B = f"registrator@b.{DOMAIN}.sdk.a.{DOMAIN}"
 FUNCTIONS = ("Registrator", "Socialtjänsten")
 SHARED = "shared"  # the label of the one access point of a shared sandbox
 INTERFACE_PATHS = {"wsplugin": "/services/wsplugin", "backend": "/services/backend"}

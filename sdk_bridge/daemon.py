@@ -379,12 +379,15 @@ async def run(config: Config, file: Path) -> None:
         )
     servers = await serve(ingress, smtp.listen, smtp.listen_tls, tls)
     # RSA private-key work in other processes: the event loop never waits for it.
+    crypto_workers = os.cpu_count() or 2
     crypto = ProcessPoolExecutor(
-        max_workers=os.cpu_count() or 2,
+        max_workers=crypto_workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=workers.start,
         initargs=(os.getpid(),),
     )
+    for _ in range(crypto_workers):  # started now, while nothing waits for them
+        crypto.submit(workers.ready)
     reporter = DsnReporter(
         spool,
         config.outbound.smart_host,

@@ -69,7 +69,7 @@ class Book:
 def test_metrics_count_the_queues(tmp_path: Path) -> None:
     spool = SQLiteSpool(tmp_path)
     spool.accept(Envelope("a@kommun.se"), [RecipientRecord("x@y", "0203:b.se", "b.r")], b"x")
-    metrics.watch(spool, {}, Book())
+    metrics.watch(spool, {}, Book())  # type: ignore[arg-type]
     health = admin.Health(spool, {}, timedelta(0), timedelta(hours=1))
     ((status, text),) = run(health, ("/metrics", None))
     assert status == 200

@@ -388,8 +388,8 @@ def resigned(
         unsigned = copy.deepcopy(root)
         unsigned.remove(unsigned.find("ds:Signature", _XHE))
         canonical = etree.tostring(unsigned, method="c14n", exclusive=True)
-        value = base64.b64encode(hashlib.sha256(canonical).digest()).decode()
-        signed_info.find("ds:Reference/ds:DigestValue", _XHE).text = value
+        digest_value = base64.b64encode(hashlib.sha256(canonical).digest()).decode()
+        signed_info.find("ds:Reference/ds:DigestValue", _XHE).text = digest_value
     canonical = etree.tostring(signed_info, method="c14n", exclusive=exclusive)
     key = kit.harness.a.signing.key
     value = key.sign(canonical, padding.PKCS1v15(), digest or hashes.SHA256())

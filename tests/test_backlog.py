@@ -38,7 +38,9 @@ def test_one_fetch_works_off_the_whole_backlog(tmp_path: Path) -> None:
         while len(access_point.pending()) < MAILS and time.monotonic() < deadline:
             time.sleep(0.2)
         assert len(access_point.pending()) == MAILS, "A did not send them all"
-        local.bridges["b"].process.send_signal(signal.SIGUSR1)  # B's one look
+        process = local.bridges["b"].process
+        assert process is not None
+        process.send_signal(signal.SIGUSR1)  # B's one look
         new = local.maildir("b") / "new"
         while time.monotonic() < deadline:
             arrived = len(list(new.iterdir())) if new.is_dir() else 0

@@ -15,10 +15,10 @@ import yaml
 from support import dovecot, postgres
 from support.dovecot import USERS, Dovecot
 
-from sdk_bridge.lab.sandbox.federation import FROM_A as FROM
-from sdk_bridge.lab.sandbox.federation import TO_B
 from sdk_bridge.lab.local import LocalRun
 from sdk_bridge.lab.running import _config_argument
+from sdk_bridge.lab.sandbox.federation import FROM_A as FROM
+from sdk_bridge.lab.sandbox.federation import TO_B
 
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 

@@ -1,13 +1,14 @@
 """The micro-benchmark runs and reports what it promises (its numbers are not judged here)."""
 
 import json
+from typing import Any
 
 from sdk_bridge import cli
 from sdk_bridge.lab.benchmark import PROFILES, format_table, run_core_benchmark
 
 
 def test_core_benchmark_reports_rates_for_each_profile() -> None:
-    result = run_core_benchmark(seconds=0.05, key_size=2048)
+    result: dict[str, Any] = run_core_benchmark(seconds=0.05, key_size=2048)
     assert result["key_size"] == 2048
     assert result["rsa_sign_per_s"] > 0
     for name, size in PROFILES.items():

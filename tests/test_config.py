@@ -136,6 +136,7 @@ def test_example_config_documents_every_key_the_loader_knows() -> None:
     with pytest.raises(config.ConfigError) as error:
         config.load(EXAMPLE)
     assert error.value.key == "keys.signing.passphrase_file"
+    assert error.value.line is not None
     line = EXAMPLE.read_text().splitlines()[error.value.line - 1]
     assert line.strip().startswith("passphrase_file:")
 
@@ -176,6 +177,7 @@ access_point:
 """
     )
     loaded = config.load(path)
+    assert loaded.registry is not None and loaded.access_point is not None
     assert loaded.sdk_domain == "sdk.kommun.se"
     assert loaded.registry.smp_url == "https://127.0.0.1:8443/smp"
     assert loaded.registry.sml_zone is None
@@ -206,8 +208,10 @@ access_point:
         try:
             loaded = config.load(path)
             assert key is None, key
+            assert loaded.registry is not None
             assert loaded.registry.sml_zone == "sml.example"
         except config.ConfigError as error:
+            assert problem is not None
             assert error.key == key and problem in error.problem
         path.write_text(path.read_text().replace(new, old))
 
@@ -250,6 +254,7 @@ registry:
             config.load(path)
         return
     loaded = config.load(path)
+    assert loaded.registry is not None
     assert (loaded.registry.sml_nameservers, loaded.registry.sml_port) == (hosts, port)
 
 
@@ -304,6 +309,7 @@ outbound:
     )
     path.write_text(text)
     loaded = config.load(path)
+    assert loaded.smtp is not None
     assert loaded.smtp.listen == (("127.0.0.1", 2525),)
     assert loaded.smtp.listen_tls == (("127.0.0.1", 4650),)
     assert loaded.smtp.users == {"exchange": "pw"}
@@ -337,6 +343,7 @@ outbound:
     path.write_text(text.replace("folder: Inkommande}", "folder: In.kommande}"))
     with pytest.raises(config.ConfigError, match=r"without '\.'") as error:
         config.load(path)
+    assert error.value.line is not None
     assert path.read_text().splitlines()[error.value.line - 1].strip().startswith("deliver_to:")
 
 
@@ -402,6 +409,7 @@ def test_spool_on_postgresql(tmp_path: Path, pki: TestPKI, alice: Identity, bob:
         with pytest.raises(config.ConfigError, match=problem) as error:
             config.load(path)
         assert error.value.key == key
+        assert error.value.line is not None
         line = changed.splitlines()[error.value.line - 1].strip()
         leaf = key.rpartition(".")[2]
         # a key that is there: its own line; one missing, or the section: the section's

@@ -138,7 +138,9 @@ def test_digg_vector_payload_types_are_what_we_build(alice: Identity, bob: Ident
     )
     for code in (b"DocumentTypeCode", b"ContentTypeCode", b"CustomizationID", b"XHEVersionID"):
         pattern = rb"<(?:\w+:)?" + code + rb">([^<]+)<"
-        assert re.search(pattern, vector)[1] == re.search(pattern, ours)[1]
+        theirs, own = re.search(pattern, vector), re.search(pattern, ours)
+        assert theirs is not None and own is not None
+        assert theirs[1] == own[1]
 
 
 @pytest.mark.parametrize(

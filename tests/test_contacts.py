@@ -89,7 +89,8 @@ def test_names_and_aliases_stay_unique_and_short() -> None:
         )
         for label in ("x", "y")
     ]
-    found = contacts.contacts(organisations, AddressMap("sdk.example.se", Book(organisations)))
+    addresses = AddressMap("sdk.example.se", Book(organisations))  # type: ignore[arg-type]
+    found = contacts.contacts(organisations, addresses)
     assert len({c.name.casefold() for c in found}) == len(found) == 6
     assert all(len(c.name) <= 64 and len(c.alias) <= 64 for c in found)
     assert len({c.alias for c in found}) == 6

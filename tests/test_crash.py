@@ -62,7 +62,7 @@ def test_either_bridge_killed_ten_times_loses_and_doubles_nothing(
         thread = threading.Thread(target=sender)
         thread.start()
         chance = random.Random(20261129)
-        kills = Counter()
+        kills: Counter[str] = Counter()
         for _ in range(KILLS):
             time.sleep(chance.uniform(0.5, 2.5))
             victim = chance.choice("ab")
@@ -115,9 +115,12 @@ def test_receiving_bridge_killed_ten_times_on_domibus_5_loses_nothing(tmp_path: 
     local = LocalRun(tmp_path, key_size=2048, retention_minutes=0, interface="wsplugin")
     local.start()
     try:
-        sender = threading.Thread(
-            target=lambda: [local.send("a", FROM, TO_B, mail(n)) for n in range(RECEIVED_MAILS)]
-        )
+
+        def send_all() -> None:
+            for number in range(RECEIVED_MAILS):
+                local.send("a", FROM, TO_B, mail(number))
+
+        sender = threading.Thread(target=send_all)
         sender.start()  # A keeps sending while B is killed
         subjects = [f"Krasch {number:04d}" for number in range(RECEIVED_MAILS)]
         chance = random.Random(20261206)

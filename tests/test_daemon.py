@@ -127,7 +127,6 @@ def test_sigkill_at_random_moments_loses_nothing(sandbox: Sandbox, tmp_path: Pat
     earlier = {d.sdk_message_id for d in spooled()}  # from the other tests of this module
     running = Bridge(sandbox)
     running.start()
-    port = running.smtp_port
     acknowledged: list[str] = []
     done = threading.Event()
 
@@ -137,7 +136,8 @@ def test_sigkill_at_random_moments_loses_nothing(sandbox: Sandbox, tmp_path: Pat
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:  # retry until 250, as an MTA would
                 try:
-                    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+                    # a restarted bridge listens on a port of its own (port 0)
+                    with smtplib.SMTP("127.0.0.1", running.smtp_port, timeout=30) as smtp:
                         if smtp.send_message(mail(subject), FROM, [TO_B]) == {}:
                             acknowledged.append(subject)
                             break
@@ -208,7 +208,7 @@ def test_kvittens_outcomes_reach_the_sender_as_dsns(sandbox: Sandbox, tmp_path: 
         assert mail_from in ("", "<>") and recipients == [FROM]
         report = message_from_bytes(content, policy=policy.default)
         assert report.get_content_type() == "multipart/report"
-        status = report.get_payload()[1]
+        status = list(report.iter_parts())[1]
         assert status.get_content_type() == "message/delivery-status"
         text = status.as_string()
         reports[
@@ -234,7 +234,9 @@ def test_a_smart_host_that_hangs_delays_no_kvittens(sandbox: Sandbox, tmp_path: 
 
     def delivery(sdk_message_id: str) -> Delivery:
         with opened_spool(config_file) as spool:
-            return spool.by_sdk_message_id(sdk_message_id)
+            found = spool.by_sdk_message_id(sdk_message_id)
+        assert found is not None
+        return found
 
     def send(subject: str) -> str:
         earlier = set(sent_to_b())

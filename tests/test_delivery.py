@@ -23,6 +23,9 @@ class Mailbox:
             raise self.failure
         self.delivered.append((message_id, message))
 
+    async def check(self) -> None:
+        pass
+
     async def close(self) -> None:
         self.closed += 1
 

@@ -36,6 +36,7 @@ def test_vector_verifies_at_a_time_inside_validity(vector: bytes, opentest_o2o: 
     receiver = sealing.Receiver(trust_anchors=opentest_o2o, at=INSIDE_VALIDITY)
     opened = sealing.open_envelope(vector, receiver, decrypt=False)
     assert opened.verdict == ACCEPTED
+    assert opened.header is not None and opened.signer is not None
     assert opened.header.id == "70c5ea37-f4a9-4771-b0c7-09becd024bda"
     assert opened.header.handling_service_id == "sdk.testbed.0203:testa.testbed.inera.se"
     assert "testb.e2e.inera.se" in opened.signer.subject.rfc4514_string()

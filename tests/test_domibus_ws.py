@@ -34,7 +34,6 @@ from sdk_bridge.lab.sandbox.smp import Registration
 from sdk_bridge.lab.sandbox.web import Server
 from sdk_bridge.plugin import (
     ACCESS_POINTS,
-    AccessPoint,
     DuplicateSubmission,
     PermanentFailure,
     PluginError,
@@ -79,11 +78,12 @@ def settings(sandbox: Sandbox, label: str, **changes: Any) -> dict[str, Any]:
     return {k: v for k, v in config.items() if v is not None}
 
 
-def run(config: dict[str, Any], use: Callable[[AccessPoint], Awaitable[T]]) -> T:
+def run(config: dict[str, Any], use: Callable[[domibus_ws.DomibusWS], Awaitable[T]]) -> T:
     """Load the connector as the bridge does, use it in a fresh event loop, close it."""
 
     async def main() -> T:
         ap = load(ACCESS_POINTS, "domibus-ws", config)
+        assert isinstance(ap, domibus_ws.DomibusWS)
         try:
             return await use(ap)
         finally:
@@ -433,7 +433,7 @@ def soap_response(body: str, status: int = 200) -> httpx.Response:
 def mocked(
     sandbox: Sandbox,
     handler: Callable[[httpx.Request], httpx.Response],
-    use: Callable[[Any], Awaitable[T]],
+    use: Callable[[domibus_ws.DomibusWS], Awaitable[T]],
     interface: str = "backend",
 ) -> T:
     """`use` the connector with `handler` answering (as the deprecated interface, unless
@@ -441,6 +441,7 @@ def mocked(
 
     async def main() -> T:
         ap = load(ACCESS_POINTS, "domibus-ws", settings(sandbox, "a", interface=interface))
+        assert isinstance(ap, domibus_ws.DomibusWS)
         await ap._http.aclose()
         ap._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
         try:

@@ -263,7 +263,7 @@ def test_the_standard_librarys_mime_parser_reads_what_the_writer_writes() -> Non
     assert message.get_param("type") == "application/xop+xml"
     assert message.get_param("start") == "<root.message@cxf.apache.org>"
     assert message.get_param("start-info") == "application/soap+xml"
-    root, attachment = message.get_payload()
+    root, attachment = message.iter_parts()
     assert not root.defects and not attachment.defects
     assert root.get_content_type() == "application/xop+xml"
     assert root.get_param("charset") == "UTF-8" and root.get_param("type") == "application/soap+xml"

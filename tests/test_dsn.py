@@ -6,10 +6,12 @@ import email.utils
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage, Message
+from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesParser
 from pathlib import Path
+from typing import cast
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -84,26 +86,32 @@ def parse(message: EmailMessage | None) -> EmailMessage:
     return parsed
 
 
-def parts(parsed: EmailMessage) -> list[Message]:
+def parts(parsed: EmailMessage) -> list[MIMEPart]:
     assert parsed.get_content_type() == "multipart/report"
     assert parsed.get_param("report-type") == "delivery-status"
-    payload = parsed.get_payload()
-    assert isinstance(payload, list) and len(payload) == 3
+    payload = list(parsed.iter_parts())
+    assert len(payload) == 3
     return payload
+
+
+def header_blocks(part: Message) -> list[Message]:
+    """The header blocks of a message/delivery-status part."""
+    blocks = part.get_payload()
+    assert isinstance(blocks, list)
+    return cast(list[Message], blocks)
 
 
 def status_blocks(parsed: EmailMessage) -> tuple[Message, list[Message]]:
     part = parts(parsed)[1]
     assert part.get_content_type() == "message/delivery-status"
-    blocks = part.get_payload()
-    assert isinstance(blocks, list)
+    blocks = header_blocks(part)
     return blocks[0], blocks[1:]
 
 
 def human(parsed: EmailMessage) -> str:
     part = parts(parsed)[0]
     assert part.get_content_type() == "text/plain"
-    text = part.get_content()  # type: ignore[attr-defined]
+    text = part.get_content()
     assert isinstance(text, str)
     return text
 
@@ -417,13 +425,13 @@ class Sink:
         self.received: list[tuple[str, list[str], bytes, list[str]]] = []
         self.encrypted: list[bool] = []
 
-    async def handle_RCPT(self, server, session, envelope, address, options):  # type: ignore[no-untyped-def]
+    async def handle_RCPT(self, server, session, envelope, address, options):
         if self.refuse:
             return self.refuse
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+    async def handle_DATA(self, server, session, envelope):
         self.encrypted.append(session.ssl is not None)
         self.received.append(
             (
@@ -437,7 +445,7 @@ class Sink:
 
 
 @pytest.fixture
-def sink():  # type: ignore[no-untyped-def]
+def sink() -> Iterator[tuple[Sink, int]]:
     handler = Sink()
     controller = Controller(handler, hostname="127.0.0.1", port=free_tcp_port())
     controller.start()
@@ -447,7 +455,7 @@ def sink():  # type: ignore[no-untyped-def]
         controller.stop()
 
 
-def test_send_hands_the_dsn_to_the_smart_host_with_a_null_sender(sink) -> None:  # type: ignore[no-untyped-def]
+def test_send_hands_the_dsn_to_the_smart_host_with_a_null_sender(sink: tuple[Sink, int]) -> None:
     handler, port = sink
     message = build([rejected()], env=envelope(ret="FULL"), mail=original(utf8=True))
     assert message is not None
@@ -460,9 +468,9 @@ def test_send_hands_the_dsn_to_the_smart_host_with_a_null_sender(sink) -> None: 
     parsed = BytesParser(policy=email.policy.default).parsebytes(content)
     assert parsed.get_content_type() == "multipart/report"
     assert parsed["Subject"] == f"Olevererbart / Undeliverable: {SUBJECT}"
-    _, status, returned = parsed.get_payload()
+    _, status, returned = parsed.iter_parts()
     assert status.get_content_type() == "message/delivery-status"
-    assert status.get_payload()[1]["Action"] == "failed"
+    assert header_blocks(status)[1]["Action"] == "failed"
     assert returned.get_content_type() == "text/rfc822-headers"
 
 
@@ -536,7 +544,7 @@ def test_a_smart_host_that_never_answers_costs_one_timeout() -> None:
     assert not hung.value.permanent and time.monotonic() - started < 5
 
 
-def test_lines_that_begin_with_a_dot_arrive_as_written(sink) -> None:  # type: ignore[no-untyped-def]
+def test_lines_that_begin_with_a_dot_arrive_as_written(sink: tuple[Sink, int]) -> None:
     handler, port = sink
     message = EmailMessage(policy=email.policy.SMTP)
     message["From"], message["To"], message["Subject"] = "postmaster@a.se", SENDER, "Punkter"

@@ -117,8 +117,8 @@ def mailbox(server: Dovecot, user: str, folder: str) -> list[EmailMessage]:
             mails = []
             for number in found[0].split():
                 _, data = imap.fetch(number, "(BODY.PEEK[])")
-                raw = data[0][1]  # type: ignore[index]
-                parsed = BytesParser(policy=email.policy.default).parsebytes(raw)
+                assert isinstance(data[0], tuple)
+                parsed = BytesParser(policy=email.policy.default).parsebytes(data[0][1])
                 assert isinstance(parsed, EmailMessage)
                 mails.append(parsed)
             return mails

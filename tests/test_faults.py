@@ -36,7 +36,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser, BytesParser
 from pathlib import Path
 from typing import Any
@@ -108,12 +108,18 @@ def reports(host: SmartHost) -> list[Report]:
         assert mail_from in ("", "<>"), "a DSN goes out with a null sender"
         message = BytesParser(policy=email.policy.default).parsebytes(data)
         assert message.get_content_type() == "multipart/report", message.get_content_type()
-        _, status, returned = message.get_payload()  # type: ignore[misc]
+        _, status, returned = message.iter_parts()
         if returned.get_content_type() == "message/rfc822":
             original = returned.get_payload(0)
+            assert isinstance(original, Message)
         else:
-            original = BytesHeaderParser().parsebytes(returned.get_payload(decode=True))
-        for block in status.get_payload()[1:]:
+            headers = returned.get_payload(decode=True)
+            assert isinstance(headers, bytes)
+            original = BytesHeaderParser().parsebytes(headers)
+        blocks = status.get_payload()
+        assert isinstance(blocks, list)
+        for block in blocks[1:]:
+            assert isinstance(block, Message)
             found.append(
                 Report(
                     to=recipients[0],
@@ -223,7 +229,8 @@ def offer(local: LocalRun, label: str, message: EmailMessage) -> tuple[int, str]
         code, text = next(iter(e.recipients.values()))
         return code, text.decode()
     except smtplib.SMTPResponseException as e:
-        return e.smtp_code, e.smtp_error.decode()
+        error = e.smtp_error
+        return e.smtp_code, error.decode() if isinstance(error, bytes) else error
     return 250, ""
 
 
@@ -473,7 +480,7 @@ def test_a_full_spool_answers_4xx_keeps_nothing_and_recovers(faulty: Faulty) -> 
     try:
         code, text = offer(local, "a", full)
         assert 400 <= code < 500, f"{code} {text}"
-        assert local.bridges["a"].process.poll() is None
+        assert local.bridges["a"].running()
         assert not list((spool / "incoming").iterdir())
     finally:
         filler.unlink()

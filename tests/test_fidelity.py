@@ -99,12 +99,13 @@ def send_raw(bridge: Bridge, raw: bytes, sender: str, recipient: str) -> tuple[i
     deadline = time.monotonic() + 30
     while True:
         try:
-            with smtplib.SMTP("127.0.0.1", bridge.port, timeout=30) as smtp:
+            with smtplib.SMTP("127.0.0.1", bridge.smtp_port, timeout=30) as smtp:
                 smtp.sendmail(sender, [recipient], raw)
             return None
         except smtplib.SMTPRecipientsRefused as e:
             code, text = next(iter(e.recipients.values()))
         except (smtplib.SMTPDataError, smtplib.SMTPSenderRefused) as e:
+            assert isinstance(e.smtp_error, bytes)
             code, text = e.smtp_code, e.smtp_error
         except (smtplib.SMTPServerDisconnected, OSError) as e:
             code, text = 421, str(e).encode()
@@ -125,7 +126,7 @@ def fetch(server: Dovecot, user: str, folder: str, what: str) -> list[bytes]:
             _, found = imap.search(None, "ALL")
             if not found[0]:
                 return []
-            _, data = imap.fetch(b",".join(found[0].split()), f"({what})")
+            _, data = imap.fetch(",".join(found[0].decode().split()), f"({what})")
             return [item[1] for item in data if isinstance(item, tuple)]
     except (imaplib.IMAP4.error, OSError):
         return []

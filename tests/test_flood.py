@@ -131,6 +131,7 @@ def test_a_flood_of_idle_connections_does_not_stop_the_bridge(local: LocalRun) -
     assert max(latencies) < 10.0, latencies
     assert all(status == 200 and seconds < 5 for status, seconds in ready), ready
     assert set(local.kvittens("a").values()) == {"ACCEPTED"}
+    assert a.log is not None
     log = a.log.read_bytes()
     assert len(log) < MAX_LOG_BYTES
     lines = log.decode().splitlines()

@@ -38,7 +38,8 @@ def messages(server: Dovecot, folder: str, message_id: str) -> list[bytes]:
         assert status == "OK", folder
         _, found = imap.search(None, "HEADER", "Message-ID", f"<{message_id}>")
         numbers = found[0].split()
-        return [imap.fetch(n, "(BODY.PEEK[])")[1][0][1] for n in numbers]  # type: ignore[index]
+        fetched = [imap.fetch(n, "(BODY.PEEK[])")[1][0] for n in numbers]
+        return [item[1] for item in fetched if isinstance(item, tuple)]
 
 
 def test_appends_once_over_imaps_into_inbox(dovecot_server: Dovecot) -> None:

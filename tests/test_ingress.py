@@ -305,7 +305,7 @@ def test_forbidden_attachment_types_and_pdf(ingress) -> None:
     with client(running.port) as smtp:
         with pytest.raises(smtplib.SMTPDataError) as error:
             smtp.send_message(exe, FROM, [TO_B])
-        assert error.value.smtp_code == 554 and error.value.smtp_error.startswith(b"5.6.0")
+        assert (error.value.smtp_code, error.value.smtp_error[:5]) == (554, b"5.6.0")
         assert smtp.send_message(pdf, FROM, [TO_B]) == {}  # PDF is always allowed
     assert len(spool.deliveries()) == 1
 
@@ -329,7 +329,7 @@ def test_malware_is_refused_at_data(make_ingress, clamd_server) -> None:
     with client(running.port) as smtp:
         with pytest.raises(smtplib.SMTPDataError) as error:
             smtp.send_message(infected, FROM, [TO_B])
-        assert error.value.smtp_code == 554 and error.value.smtp_error.startswith(b"5.7.1")
+        assert (error.value.smtp_code, error.value.smtp_error[:5]) == (554, b"5.7.1")
         assert smtp.send_message(mail(), FROM, [TO_B]) == {}
     assert len(spool.deliveries()) == 1
 
@@ -386,7 +386,7 @@ def test_limits_on_lines_and_headers(ingress) -> None:
     with client(running.port) as smtp:
         with pytest.raises(smtplib.SMTPDataError) as error:
             smtp.sendmail(FROM, [TO_B], many)
-        assert error.value.smtp_code == 552 and error.value.smtp_error.startswith(b"5.3.4")
+        assert (error.value.smtp_code, error.value.smtp_error[:5]) == (552, b"5.3.4")
     assert spool.deliveries() == []
 
 
@@ -396,7 +396,7 @@ def test_too_large_once_mapped_is_refused_at_data(ingress) -> None:
     big = mail("För stor", ("&" * 500 + "\n") * 14_000)  # 7 MB of mail, 35 MB of XML
     with client(running.port) as smtp, pytest.raises(smtplib.SMTPDataError) as error:
         smtp.send_message(big, FROM, [TO_B])
-    assert error.value.smtp_code == 552 and error.value.smtp_error.startswith(b"5.3.4")
+    assert (error.value.smtp_code, error.value.smtp_error[:5]) == (552, b"5.3.4")
     assert spool.deliveries() == []
 
 

@@ -12,6 +12,7 @@ from sdk_bridge.plugin import (
     OversizedRetrieval,
     PermanentFailure,
     Retrieved,
+    Submission,
     TemporaryFailure,
     UnreadableRetrieval,
 )
@@ -22,7 +23,23 @@ from sdk_bridge.spool.room import MIN_FREE_BYTES
 OURS = ["0203:a.se"]
 
 
-class FakeAccessPoint:
+class IntakeOnly:
+    """The AccessPoint methods Intake never calls, for the fakes below."""
+
+    async def submit(self, submission: Submission) -> str:
+        raise NotImplementedError
+
+    async def status(self, message_id: str) -> str:
+        raise NotImplementedError
+
+    async def errors(self, message_id: str) -> list[dict[str, str]]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        pass
+
+
+class FakeAccessPoint(IntakeOnly):
     """Three pending ids: one fine, one unusable, one that fails for now."""
 
     keeps_until_acknowledged = False
@@ -50,7 +67,7 @@ def test_everything_retrieved_is_kept(tmp_path: Path) -> None:
     assert asyncio.run(Intake(FakeAccessPoint(), spool, OURS).fetch()) == 0  # kept once
 
 
-class OnceAccessPoint:
+class OnceAccessPoint(IntakeOnly):
     """Gives "m1" out once, as Domibus does: listed once, and the first retrieve dies with
     the bridge; afterwards the message is downloaded and no longer retrievable."""
 
@@ -123,7 +140,7 @@ def sandbox_envelope(alice, bob) -> bytes:
     return seal_message(make_message(), signer=keypair(alice), recipient_cert=bob.cert)
 
 
-class KeepingAccessPoint:
+class KeepingAccessPoint(IntakeOnly):
     """Domibus 5's current interface: a message stays pending until acknowledged. "mine" is
     ours, "theirs" another organisation's, listed all the same (an admin plugin user)."""
 
@@ -246,7 +263,7 @@ def test_nothing_is_taken_while_the_spools_disk_is_full(
     point = KeepingAccessPoint()
     point.pending_ids = ["mine"]
     point.keeps_until_acknowledged = keeps
-    intake = Intake(point, spool, ["0203:a.se"])  # type: ignore[arg-type]
+    intake = Intake(point, spool, ["0203:a.se"])
     free = {"bytes": MIN_FREE_BYTES - 1}
     monkeypatch.setattr(spool, "disk", lambda: (free["bytes"], 100 * MIN_FREE_BYTES))
     health = Health(spool, {}, timedelta(days=1), timedelta(hours=1))

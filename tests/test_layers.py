@@ -34,7 +34,7 @@ def is_module(name: str) -> bool:
 def imports(path: Path) -> set[str]:
     """The bridge modules `path` imports (at run time or for the type checker)."""
     package = list(path.relative_to(ROOT).parts[:-1])
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             base = package[: len(package) - node.level + 1] if node.level else []

@@ -4,6 +4,7 @@ import asyncio
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -130,9 +131,9 @@ def test_a_big_mailbox_is_listed_again_only_when_it_changed(
     listed: list[str] = []
     real_scandir = os.scandir
 
-    def counting(path: object) -> object:
+    def counting(path: str | os.PathLike[str]) -> Iterator[os.DirEntry[str]]:
         listed.append(Path(str(path)).name)
-        return real_scandir(path)  # type: ignore[arg-type]
+        return real_scandir(path)
 
     monkeypatch.setattr(os, "scandir", counting)
     for number in range(10):

@@ -78,7 +78,7 @@ def mapped(mail: Message, **changes: object) -> msg.BusinessMessage:
 
 
 def parsed(data: bytes) -> EmailMessage:
-    return email.message_from_bytes(data, policy=email.policy.default)  # type: ignore[return-value]
+    return email.message_from_bytes(data, policy=email.policy.default)
 
 
 def markdown_of(result: msg.BusinessMessage) -> str:
@@ -201,7 +201,7 @@ def test_undeclared_8bit_utf8_and_unknown_charset_fall_back() -> None:
 
 def test_mime_classes_and_compat32_are_read_like_policy_default() -> None:
     mail = MIMEText(SWEDISH_BODY, "plain", "iso-8859-1")
-    mail["Subject"] = Header(SWEDISH_SUBJECT, "utf-8")
+    mail["Subject"] = Header(SWEDISH_SUBJECT, "utf-8")  # type: ignore[assignment]
     result = mapped(mail)
     assert (result.label, text_of(result)) == (SWEDISH_SUBJECT, SWEDISH_BODY)
 
@@ -209,8 +209,8 @@ def test_mime_classes_and_compat32_are_read_like_policy_default() -> None:
 def test_utf8_quoted_printable_through_mime_text() -> None:
     charset = Charset("utf-8")
     charset.body_encoding = QP
-    mail = MIMEText(SWEDISH_BODY, "plain", charset)
-    mail["Subject"] = Header(SWEDISH_SUBJECT, charset)
+    mail = MIMEText(SWEDISH_BODY, "plain", charset)  # type: ignore[arg-type]
+    mail["Subject"] = Header(SWEDISH_SUBJECT, charset)  # type: ignore[assignment]
     assert b"=C3=A5" in mail.as_bytes()
     result = mapped(mail)
     assert (result.label, text_of(result)) == (SWEDISH_SUBJECT, SWEDISH_BODY)
@@ -406,8 +406,9 @@ def test_several_attachments_with_unicode_rfc2231_names() -> None:
     parts: list[Message] = []
     for name, content, type_ in zip(names, contents, types, strict=True):
         main, sub = type_.partition(";")[0].split("/")
-        part = MIMEText(content.decode(), sub, "utf-8") if main == "text" else None
-        if part is None:
+        if main == "text":
+            part: Message = MIMEText(content.decode(), sub, "utf-8")
+        else:
             part = MIMEApplication(content, sub)
         part.add_header("Content-Disposition", "attachment", filename=("utf-8", "", name))
         parts.append(part)

@@ -115,7 +115,9 @@ def test_digg_examples_parse() -> None:
     assert example.functional_address == "sdk.testbed.0203:testa.testbed.inera.se"
     baseline = msg.parse(spec_file(*FELHANTERING, "min.xml").read_bytes())
     assert baseline.confidential is True
-    assert baseline.recipient.attention.persons[0].id.extension == "19121212-1212"
+    attention = baseline.recipient.attention
+    assert attention is not None and attention.persons[0].id is not None
+    assert attention.persons[0].id.extension == "19121212-1212"
 
 
 @pytest.mark.parametrize(

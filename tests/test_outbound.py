@@ -92,6 +92,7 @@ def test_access_point_down_then_back(sandbox: Sandbox, tmp_path: Path) -> None:
         run_worker(sandbox, spool, tmp_path / "cache-a")
         (waiting,) = spool.deliveries()
         assert waiting.state is State.QUEUED and waiting.attempts == 1
+        assert waiting.last_error is not None
         assert "503" in waiting.last_error or "unavailable" in waiting.last_error.lower()
     finally:
         sandbox.access_points["a"].clear_fault_switches()
@@ -230,7 +231,8 @@ def test_send_failure_is_sent_again_as_a_new_sdk_message(sandbox: Sandbox, tmp_p
         asyncio.run(check())
         (resent,) = spool.deliveries()
         assert resent.state is State.QUEUED and resent.sdk_message_id != first.sdk_message_id
-        assert spool.by_sdk_message_id(first.sdk_message_id).id == first.id
+        found = spool.by_sdk_message_id(first.sdk_message_id)
+        assert found is not None and found.id == first.id
         run_worker(sandbox, spool, tmp_path / "cache")
         asyncio.run(check())
     finally:

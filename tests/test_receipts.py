@@ -66,7 +66,9 @@ class Harness:
         asyncio.run(run())
 
     def state(self, sdk_message_id: str) -> State:
-        return self.spool.by_sdk_message_id(sdk_message_id).state
+        delivery = self.spool.by_sdk_message_id(sdk_message_id)
+        assert delivery is not None
+        return delivery.state
 
 
 @pytest.fixture
@@ -110,6 +112,7 @@ def test_rejected_never_overrides_accepted(harness: Harness) -> None:
 def test_accepted_after_a_failure_report(harness: Harness) -> None:
     sent = harness.sent()
     delivery = harness.spool.by_sdk_message_id(sent)
+    assert delivery is not None
     harness.spool.transition(
         delivery.id, set(State), state=State.FAILED, notes={"failure_reported": True}
     )

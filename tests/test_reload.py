@@ -87,7 +87,9 @@ def test_sighup_takes_a_new_tls_certificate(sandbox: Sandbox, tmp_path: Path) ->
     def served_serial() -> int:
         with smtplib.SMTP("127.0.0.1", bridge.smtp_port, timeout=30) as smtp:
             smtp.starttls(context=trust)
+            assert isinstance(smtp.sock, ssl.SSLSocket)
             der = smtp.sock.getpeercert(binary_form=True)
+        assert der is not None
         return x509.load_der_x509_certificate(der).serial_number
 
     log = tmp_path / "bridge.log"

@@ -51,14 +51,15 @@ def anna_sends(spool: SQLiteSpool, recipient: RecipientRecord, subject: str) -> 
 def test_a_report_waits_for_the_smart_host(tmp_path: Path) -> None:
     spool = SQLiteSpool(tmp_path)
     anna_sends(spool, TO_B, "Rapport")
-    (delivery,) = spool.deliveries()
+    (queued,) = spool.deliveries()
     port = free_tcp_port()  # nothing listens yet
     reporter = reporter_for(spool, port)
     delivery = spool.transition(
-        delivery.id,
-        {delivery.state},
+        queued.id,
+        {queued.state},
         notes={"report": OwedReport(Event.FAILED, "5.1.1", "no such address")},
     )
+    assert delivery is not None
     asyncio.run(reporter.report(delivery))
     assert spool.delivery(delivery.id).notes.report is None  # sent, or held: not owed
     ((_, recipient, _),) = spool.held_reports()
@@ -89,13 +90,13 @@ def test_a_report_owed_while_another_is_sent_is_not_lost(tmp_path: Path) -> None
     def owed(delivery: Delivery) -> None:
         woken.append(delivery.id)
 
-    async def send(message: EmailMessage, about: Delivery) -> None:
+    async def send(message: EmailMessage, delivery: Delivery) -> None:
         sent.append(str(message["Subject"]))
         if len(sent) == 1:  # meanwhile the worker gives up on it
             await settle(
                 spool,
                 owed,
-                about,
+                delivery,
                 {State.QUEUED},
                 Event.FAILED,
                 "5.4.7",
@@ -108,7 +109,8 @@ def test_a_report_owed_while_another_is_sent_is_not_lost(tmp_path: Path) -> None
     assert sent == [] and woken == [delivery.id]  # settling waits for no smart host
     assert asyncio.run(reporter.round()) is True
     assert len(sent) == 1 and woken == [delivery.id] * 2
-    assert spool.delivery(delivery.id).notes.report.event == Event.FAILED
+    report = spool.delivery(delivery.id).notes.report
+    assert report is not None and report.event == Event.FAILED
     asyncio.run(reporter.round())
     assert len(sent) == 2 and sent[0] != sent[1]
     assert spool.delivery(delivery.id).notes.report is None
@@ -151,15 +153,16 @@ def test_reports_go_only_to_senders_inside_the_organisation(tmp_path: Path) -> N
         [TO_B],
         new_mail("Rapport").as_bytes(policy=email.policy.SMTP),
     )
-    (delivery,) = spool.deliveries()
+    (queued,) = spool.deliveries()
     sink = Sink()
     try:
         reporter = reporter_for(spool, sink.port)
         delivery = spool.transition(
-            delivery.id,
-            {delivery.state},
+            queued.id,
+            {queued.state},
             notes={"report": OwedReport(Event.FAILED, "5.1.1", "no")},
         )
+        assert delivery is not None
         asyncio.run(reporter.report(delivery))
     finally:
         sink.stop()

@@ -58,6 +58,7 @@ def stored_bytes(local: LocalRun) -> dict[str, bytes]:
     databases, by "label: where"."""
     found = {}
     for label, bridge in local.bridges.items():
+        assert bridge.log is not None
         for file in [bridge.log, *bridge.spool.parent.rglob("*")]:
             if file.is_file():
                 found[f"{label}: {file}"] = file.read_bytes()

@@ -333,7 +333,8 @@ def test_certificate_without_pointers(
 def test_https_sources_with_verification(
     sandbox: Sandbox, client: httpx.Client, tmp_path: Path
 ) -> None:
-    pki = dataclasses.replace(sandbox.pki, **revocation_urls(sandbox.https_url))
+    urls = revocation_urls(sandbox.https_url)
+    pki = dataclasses.replace(sandbox.pki, crl_url=urls["crl_url"], ocsp_url=urls["ocsp_url"])
     leaf = pki.issue("over-https.example.se", key_size=1024)
     checker(tmp_path / "ocsp", client).check(leaf.cert, issuer(sandbox))
     sandbox.app.fail("ocsp", "error")

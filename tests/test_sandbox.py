@@ -59,6 +59,7 @@ def test_configurations_load(sandbox: Sandbox) -> None:
     for label in ("a", "b"):
         loaded = config.load(sandbox.config_path(label))
         assert loaded.organisation_id == f"0203:{label}.sandbox.test"
+        assert loaded.access_point is not None
         assert loaded.access_point.url.endswith(f"/ap/{label}/services/wsplugin")
         assert loaded.decryption[0].cert == sandbox.organisations[label].encryption[-1].cert
     assert (sandbox.directory / "ready").read_text().strip() == sandbox.https.url
@@ -175,6 +176,7 @@ def test_message_from_a_to_b_through_the_access_points(
     """Sealed for B with the certificate from CertPub, submitted to A's access point,
     pending at B, retrieved byte-identical, opened by B with its own key."""
     a, b = config.load(sandbox.config_path("a")), config.load(sandbox.config_path("b"))
+    assert registry_a.addresses is not None and b.registry is not None
     recipient = registry_a.addresses.resolve(B_REGISTRATOR)
     message = make_message(
         sender=msg.Party(ORG_A, msg.Attention("a.registrator")),
@@ -185,6 +187,7 @@ def test_message_from_a_to_b_through_the_access_points(
 
     def client(loaded: config.Config) -> Client:
         ap = loaded.access_point
+        assert ap is not None
         verify = ssl.create_default_context(cafile=str(ap.tls_trust))
         base = ap.url.rsplit("/services/", 1)[0]  # the client adds its interface's path
         return Client(base, verify, ap.username, ap.password, ns=WSPLUGIN_NS)
@@ -208,6 +211,7 @@ def test_message_from_a_to_b_through_the_access_points(
         )
     opened = open_envelope(payload, receiver)
     assert opened.verdict == ACCEPTED
+    assert opened.message is not None
     assert opened.message.message_id == message.message_id
 
 
@@ -229,6 +233,7 @@ def test_sandbox_command_and_lookup_command(tmp_path: Path) -> None:
     for _ in range(2):
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=environment)
         try:
+            assert process.stdout is not None
             line = process.stdout.readline()
             assert line.startswith("sandbox ready at https://127.0.0.1:"), line
             ports.append(line.split()[3])

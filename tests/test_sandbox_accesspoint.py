@@ -212,6 +212,7 @@ def test_retention_keeps_a_downloaded_message_until_it_runs_out(
     assert b.retrieve(message_id)[1] == sealed
     with pytest.raises(SoapFault) as fault:  # given out once, as Domibus does
         b.retrieve(message_id)
+    assert fault.value.text is not None
     assert "already downloaded" in fault.value.text
     assert b.status(message_id) == Status.DOWNLOADED
     assert b.pending() == []

@@ -33,6 +33,7 @@ def test_smp_is_found_through_the_sml(sandbox: Sandbox) -> None:
 
 def test_registry_configured_for_the_sml(sandbox: Sandbox, tmp_path: Path) -> None:
     loaded = config.load(sandbox.config_path("a"))
+    assert loaded.registry is not None and sandbox.sml is not None
     assert loaded.registry.smp_url is None and loaded.registry.sml_zone == sandbox.sml.zone
     with config.open_registry(loaded) as registry:
         (found,) = registry.lookup("0203:b.sandbox.test")
@@ -41,6 +42,7 @@ def test_registry_configured_for_the_sml(sandbox: Sandbox, tmp_path: Path) -> No
 
 
 def test_dns_server_down_is_a_temporary_failure(sandbox: Sandbox) -> None:
+    assert sandbox.sml is not None
     locator = Locator(sml_zone=sandbox.sml.zone, nameservers=("127.0.0.1",), port=1, timeout=1)
     with pytest.raises(RegistryUnavailable, match="SML lookup"):
         locator.smp_url("0203:b.sandbox.test")

@@ -19,13 +19,13 @@ from sdk_bridge.lab.testpki import PASSPHRASE, Identity, TestPKI
 from sdk_bridge.sdk import kvittens as kv
 from sdk_bridge.sdk import message as msg
 from sdk_bridge.sdk import sealing, xhe, xmldsig, xmlenc
-from sdk_bridge.sdk.keys import load_keypair
+from sdk_bridge.sdk.keys import KeyPair, load_keypair
 from sdk_bridge.sdk.names import MAX_MESSAGE_BYTES, XENC_NS
 from sdk_bridge.sdk.sealing import Receiver, open_envelope, seal_message
 from sdk_bridge.sdk.verdict import ACCEPTED, Outcome, Verdict
 
 
-def seal(alice: Identity, bob: Identity, **changes: object) -> bytes:
+def seal(alice: Identity, bob: Identity | KeyPair, **changes: object) -> bytes:
     return seal_message(
         msg.to_xml(make_message(**changes)), signer=keypair(alice), recipient_cert=bob.cert
     )
@@ -65,6 +65,7 @@ def test_sealed_message_opens_accepted(
         receiver_b,
     )
     assert opened.verdict == ACCEPTED
+    assert opened.message is not None and opened.header is not None
     assert opened.message == dataclasses.replace(original, created=opened.message.created)
     assert opened.header.id == original.message_id
     assert opened.header.handling_service_id == ADDRESS_B
@@ -78,6 +79,7 @@ def test_model_and_bytes_seal_alike(alice: Identity, bob: Identity, receiver_b: 
         seal_message(message, signer=keypair(alice), recipient_cert=bob.cert), receiver_b
     )
     assert opened.verdict == ACCEPTED
+    assert opened.message is not None
     assert opened.message.message_id == message.message_id
 
 
@@ -93,6 +95,7 @@ def test_rollover_several_published_signing_certs(
     alice: Identity, mallory: Identity, receiver_b: Receiver
 ) -> None:
     """CertPub may publish more than one signing certificate during a rollover."""
+    assert receiver_b.sender_signing_certs is not None
     receiver = dataclasses.replace(
         receiver_b, sender_signing_certs=[mallory.cert, receiver_b.sender_signing_certs[0]]
     )
@@ -325,7 +328,7 @@ def test_unknown_functional_address_is_not_found(
     alice: Identity, bob: Identity, receiver_b: Receiver
 ) -> None:
     message = make_message(recipient=msg.Party(ORG_B, msg.Attention("ekonomi.b")))
-    sealed = seal_message(message, signer=alice and keypair(alice), recipient_cert=bob.cert)
+    sealed = seal_message(message, signer=keypair(alice), recipient_cert=bob.cert)
     opened = open_envelope(sealed, receiver_b)
     expect(opened, "REJECTED BV not-found")
     assert opened.verdict.path.endswith("/subOrganization/organizationId/extension")
@@ -542,6 +545,7 @@ def test_kvittens_round_trip(alice: Identity, bob: Identity, pki: TestPKI) -> No
         assert opened.verdict == ACCEPTED
         assert opened.is_kvittens
         assert opened.kvittens == kvittens
+        assert opened.header is not None
         assert opened.header.handling_service_id == ADDRESS_B
         assert not opened.header.encrypted
 
@@ -681,6 +685,7 @@ def test_comments_in_values_are_ignored(
     payload = xmlenc.encrypt(etree.tostring(element), bob.cert)
     opened = open_envelope(craft(alice, payload, message=message), receiver_b)
     assert opened.verdict == ACCEPTED
+    assert opened.message is not None
     assert opened.message.label == message.label
 
 

@@ -168,7 +168,8 @@ def test_accept_stores_body_and_one_delivery_per_recipient(spool: Spool) -> None
     assert all(d.state is State.QUEUED and d.attempts == 0 for d in deliveries)
     assert all(d.message_id == message_id and d.notes == Notes() for d in deliveries)
     assert len({d.sdk_message_id for d in deliveries}) == 2  # one SDK message per recipient
-    assert spool.by_mail_message_id("abc@kommun.se").id == deliveries[-1].id
+    found = spool.by_mail_message_id("abc@kommun.se")
+    assert found is not None and found.id == deliveries[-1].id
     assert spool.by_sdk_message_id(deliveries[0].sdk_message_id) == deliveries[0]
     assert spool.by_sdk_message_id("no such id") is None
     assert spool.delivery(deliveries[1].id) == deliveries[1]
@@ -196,7 +197,8 @@ def test_claims_are_leased_and_updates_written(spool: Spool) -> None:
     spool.update(first.id, state=State.SUBMITTED)  # the lease
 
     assert [d.id for d in spool.deliveries(State.SUBMITTED)] == [first.id]
-    for other in ({"sdk_message_id": "x"}, {"notes": {}}):  # notes go with a transition
+    others: list[dict[str, object]] = [{"sdk_message_id": "x"}, {"notes": {}}]
+    for other in others:  # notes go with a transition
         with pytest.raises(ValueError, match="cannot update"):
             spool.update(first.id, **other)
 
@@ -240,7 +242,7 @@ def test_transitions_only_from_the_given_states(spool: Spool) -> None:
     assert merged is not None and merged.notes == Notes(kvittens="ACCEPTED", resends=2)
     assert merged.state is State.SUBMITTED  # notes alone keep the state
     with pytest.raises(TypeError):  # no note but those Notes knows
-        spool.transition(delivery.id, set(State), notes={"typo": True})  # type: ignore[typeddict-unknown-key]
+        spool.transition(delivery.id, set(State), notes={"typo": True})  # type: ignore[arg-type]
     assert spool.delivery(delivery.id).notes == merged.notes
     resent = spool.transition(
         delivery.id, {State.SUBMITTED}, new_sdk_message_id=True, state=State.QUEUED
@@ -873,7 +875,7 @@ def test_the_registry_cache_is_shared_by_the_instances(open_instance: OpenSpool)
 
 
 def test_a_sqlite_spool_leaves_the_registry_its_own_cache(tmp_path: Path) -> None:
-    spool = SQLiteSpool(tmp_path)
+    spool: Spool = SQLiteSpool(tmp_path)
     assert spool.registry_cache() is None
     spool.close()
 

@@ -53,6 +53,15 @@ def held_by(dsn: str, instance: str) -> dict[str, datetime]:
     return dict(rows)
 
 
+def count(
+    db: psycopg.Connection, query: str | sql.Composed, params: tuple[object, ...] | None = None
+) -> int:
+    """The number a `SELECT count(*)` answers."""
+    row = db.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
 def claims(dsn: str, instance: str) -> dict[str, int]:
     """Per table (and owner column, where a table has several): the rows `instance` holds
     a lease on, whatever kind of work they are."""
@@ -62,12 +71,13 @@ def claims(dsn: str, instance: str) -> dict[str, int]:
             " WHERE column_name LIKE '%%lease_owner' ORDER BY 1, 2"
         ).fetchall()
         return {
-            f"{table}.{column}": db.execute(
+            f"{table}.{column}": count(
+                db,
                 sql.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(
                     sql.Identifier(table), sql.Identifier(column)
                 ),
                 (instance,),
-            ).fetchone()[0]
+            )
             for table, column in columns
         }
 
@@ -82,7 +92,7 @@ def undone(dsn: str) -> dict[str, int]:
         "retrievals begun": "SELECT count(*) FROM retrieving",
     }
     with psycopg.connect(dsn) as db:
-        return {kind: db.execute(query).fetchone()[0] for kind, query in queries.items()}
+        return {kind: count(db, query) for kind, query in queries.items()}
 
 
 def finished_at(dsn: str, sdk_ids: list[str]) -> dict[str, tuple[str, str | None, datetime]]:
@@ -101,7 +111,7 @@ def test_two_instances_one_killed_lose_and_double_nothing(
     tmp_path: Path, postgres_server: postgres.PostgreSQL
 ) -> None:
     spools = backends.SpoolBackend("postgres", postgres_server).spools()
-    spools["a"] = {**spools["a"], "lease_seconds": LEASE_SECONDS}
+    spools["a"] = {**spools["a"], "lease_seconds": str(LEASE_SECONDS)}
     dsn = spools["a"]["dsn"]
     local = LocalRun(tmp_path, key_size=2048, retention_minutes=60, spools=spools)
     local.start()
@@ -196,7 +206,7 @@ def test_two_receiving_instances_take_each_message_once(
     and delivered by one of them, never both (no second kvittens, no message recorded lost
     because the other had fetched it); one killed midway for good, the other finishes."""
     spools = backends.SpoolBackend("postgres", postgres_server).spools()
-    spools["b"] = {**spools["b"], "lease_seconds": LEASE_SECONDS}
+    spools["b"] = {**spools["b"], "lease_seconds": str(LEASE_SECONDS)}
     local = LocalRun(tmp_path, key_size=2048, retention_minutes=60, spools=spools)
     local.start()
     try:
@@ -217,10 +227,11 @@ def test_two_receiving_instances_take_each_message_once(
         assert Counter(local.kvittens("a").values()) == {"ACCEPTED": RECEIVED}
         kvittens = local.sandbox.access_points["b"].submitted(KVITTENS_ACTION)
         assert len(kvittens) == RECEIVED  # one answer per message, from one instance
-        judged = {
-            name: local.bridges[name].log.read_text().count("inbound message accepted")
-            for name in ("b", "b2")
-        }
+        judged = {}
+        for name in ("b", "b2"):
+            log = local.bridges[name].log
+            assert log is not None
+            judged[name] = log.read_text().count("inbound message accepted")
         assert judged["b"] > 0 and judged["b2"] > 0, judged  # both took part
         assert recovered <= 8  # at most one round of retrievals in flight at the kill
         print(f"accepted by b, b2: {judged}; recovered from the retention: {recovered}")

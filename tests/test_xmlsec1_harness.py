@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from lxml import etree
 from support.xmlsec1 import (
@@ -60,7 +61,8 @@ def test_pki_chain_and_key_files(pki: TestPKI, alice: Identity) -> None:
     ]
 
     key, cert, chain = pkcs12.load_key_and_certificates(alice.p12.read_bytes(), PASSPHRASE)
-    assert key is not None and key.private_numbers() == alice.key.private_numbers()
+    assert isinstance(key, rsa.RSAPrivateKey)
+    assert key.private_numbers() == alice.key.private_numbers()
     assert cert == alice.cert
     assert chain == [pki.issuing_ca.cert, pki.root.cert]
 

@@ -1,5 +1,7 @@
 """Both organisations' bridges running, B's delivering over IMAPS to a real Dovecot."""
 
+from pathlib import Path
+
 import yaml
 
 from sdk_bridge.lab.launch import BridgeProcess
@@ -11,6 +13,8 @@ from support.dovecot import Dovecot
 
 class Bridge(BridgeProcess):
     """One organisation's `sdk-bridge run`, delivering its registrator's mail over IMAPS."""
+
+    log: Path
 
     def __init__(self, sandbox: Sandbox, label: str, server: Dovecot, user: str, folder: str):
         self.label = label

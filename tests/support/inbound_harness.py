@@ -122,6 +122,7 @@ class Harness:
             opened = open_envelope(payload, receiver)
             assert opened.verdict.line() == "ACCEPTED", opened.verdict.line()
             assert opened.header is not None
+            assert opened.kvittens is not None
             self.handling_service_ids.append(opened.header.handling_service_id)
             found.append(opened.kvittens)
         return found

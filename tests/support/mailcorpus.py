@@ -40,7 +40,7 @@ from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesParser
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 FUNCTIONAL_A = "registrator@a.sandbox.test"  # A's functional address: the envelope sender
 B_ALIAS = "registrator@b.sandbox.test.sdk.a.sandbox.test"  # B's registrator, as A writes it
@@ -135,11 +135,12 @@ def expectation(raw: bytes) -> tuple[list[str], list[Attachment]]:
 
     def walk(part: Message, raw_part: RawPart | None) -> None:
         ctype = part.get_content_type()
-        children = part.get_payload()
+        payload = part.get_payload()
         if part.get_content_maintype() == "multipart":
-            if not isinstance(children, list):  # malformed: its text is what is readable
+            if not isinstance(payload, list):  # malformed: its text is what is readable
                 texts.append(_decoded_text(part))
                 return
+            children = cast("list[Message]", payload)
             raws = raw_part.children if raw_part is not None else []
             aligned = len(raws) == len(children)
 
@@ -175,8 +176,9 @@ def expectation(raw: bytes) -> tuple[list[str], list[Attachment]]:
             if ctype == "text/plain":
                 texts.append(_cid_references(_decoded_text(part), images))
             return
+        content = part.get_payload(decode=True)
         attachments.append(
-            Attachment(ctype, part.get_payload(decode=True) or b"", part.get_filename(),
+            Attachment(ctype, content if isinstance(content, bytes) else b"", part.get_filename(),
                        _params(part))
         )  # fmt: skip
         if ctype == "text/plain" and part.get_content_disposition() != "attachment":

@@ -21,6 +21,7 @@ TO_B = RecipientRecord("registrator@b.sandbox.test.sdk.a.sandbox.test", ORG_B, "
 
 def access_point(sandbox: Sandbox, label: str):
     loaded = config.load(sandbox.config_path(label))
+    assert loaded.access_point is not None
     return load(ACCESS_POINTS, "domibus-ws", loaded.access_point.plugin_settings())
 
 

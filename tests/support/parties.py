@@ -3,6 +3,7 @@
 import dataclasses
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from sdk_bridge.lab.testpki import Identity
 from sdk_bridge.sdk import message as msg
@@ -54,6 +55,6 @@ def make_message(**changes: object) -> msg.BusinessMessage:
     return msg.BusinessMessage(**fields)  # type: ignore[arg-type]
 
 
-def message_header(message: msg.BusinessMessage, **changes: object) -> xhe.Header:
+def message_header(message: msg.BusinessMessage, **changes: Any) -> xhe.Header:
     """The envelope header our sealing would write for `message`, with `changes`."""
     return dataclasses.replace(xhe.message_header(message), **changes)

@@ -81,11 +81,13 @@ class PostgreSQL:
 
     def start(self) -> PostgreSQL:
         bin_directory = require_postgres()
-        as_server = {}
+        user: int | None = None
+        group: int | None = None
+        extra_groups: list[int] | None = None
         if os.geteuid() == 0:
             account = pwd.getpwnam(SERVER_USER)
             os.chown(self.directory, account.pw_uid, account.pw_gid)
-            as_server = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+            user, group, extra_groups = account.pw_uid, account.pw_gid, []
         subprocess.run(
             [
                 str(bin_directory / "initdb"),
@@ -100,7 +102,9 @@ class PostgreSQL:
             check=True,
             capture_output=True,
             timeout=COMMAND_TIMEOUT,
-            **as_server,  # type: ignore[arg-type]
+            user=user,
+            group=group,
+            extra_groups=extra_groups,
         )
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
@@ -122,7 +126,9 @@ class PostgreSQL:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                **as_server,  # type: ignore[arg-type]
+                user=user,
+                group=group,
+                extra_groups=extra_groups,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and self.process.poll() is None:

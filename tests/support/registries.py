@@ -27,5 +27,6 @@ def registry_for(
 ) -> Registry:
     """An organisation's registry client, from the configuration the sandbox wrote."""
     loaded = config.load(sandbox.config_path(label))
+    assert loaded.registry is not None
     registry = dataclasses.replace(loaded.registry, cache_dir=cache)
     return config.open_registry(dataclasses.replace(loaded, registry=registry), shared)

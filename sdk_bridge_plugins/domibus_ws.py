@@ -55,7 +55,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-import httpx
 from lxml import etree
 
 from sdk_bridge.plugin import (
@@ -83,6 +82,7 @@ from sdk_bridge.plugin.kit import (
 from sdk_bridge.plugin.settings import file_path, only
 
 from .domibus_xop import Unpacked, XopError, resolve, unpack
+from .http11 import AnswerTooLarge, Client, HTTPError, HTTPTimeout, Response
 
 SOAP12_NS: Final = "http://www.w3.org/2003/05/soap-envelope"
 EBMS_NS: Final = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/"
@@ -301,7 +301,7 @@ class _Settings:
 class DomibusWS:
     """sdk_bridge.plugin.AccessPoint over Domibus's WS plugin; one instance per access point.
 
-    Safe to share between tasks: httpx.AsyncClient pools connections and every call is
+    Safe to share between tasks: the HTTP client pools connections and every call is
     independent.
     """
 
@@ -310,11 +310,10 @@ class DomibusWS:
         s = self.settings
         self.ns = INTERFACES[s.interface]
         self.keeps_until_acknowledged = s.interface == "wsplugin"
-        self._http = httpx.AsyncClient(
-            verify=s.tls_context(),
+        self._http = Client(
+            tls=s.tls_context(),
             auth=None if s.username is None or s.password is None else (s.username, s.password),
-            timeout=httpx.Timeout(s.timeout),
-            follow_redirects=False,  # a redirect would resend the message elsewhere
+            timeout=s.timeout,
         )
 
     async def close(self) -> None:
@@ -471,13 +470,16 @@ class DomibusWS:
         """Which interface the URL serves, from its WSDL (`?wsdl`): "wsplugin", "backend",
         or None when it cannot be told (no WSDL there, or another service's)."""
         try:
-            response = await self._http.get(self.settings.url, params={"wsdl": ""})
-        except (httpx.HTTPError, OSError) as e:
-            raise TemporaryFailure(f"cannot fetch the WSDL at {self.settings.url}?wsdl: {e}") from e
-        if response.status_code != 200:
+            async with self._http.request("GET", f"{self.settings.url}?wsdl") as response:
+                if response.status != 200:
+                    return None
+                wsdl = await response.read(MAX_WSDL_BYTES)
+        except AnswerTooLarge:
             return None
+        except HTTPError as e:
+            raise TemporaryFailure(f"cannot fetch the WSDL at {self.settings.url}?wsdl: {e}") from e
         try:
-            root = parse(response.content[:MAX_WSDL_BYTES], max_bytes=MAX_WSDL_BYTES)
+            root = parse(wsdl, max_bytes=MAX_WSDL_BYTES)
         except UnsafeXML:
             return None
         namespace = root.get("targetNamespace")
@@ -621,28 +623,23 @@ class DomibusWS:
         `_parse_answer`."""
         url = self.settings.url
         headers = {"Content-Type": SOAP_CONTENT_TYPE}
-        if size is not None:
-            headers["Content-Length"] = str(size)
         try:
-            async with self._http.stream("POST", url, content=body, headers=headers) as response:
+            async with self._http.request(
+                "POST", url, body=body, size=size, headers=headers
+            ) as response:
                 data = await _read_limited(response)
         except _TooLarge as e:
             if apart_at is not None:  # retrieving: the caller answers the message
                 raise
             raise TemporaryFailure(f"{what}: {e}") from None
-        except httpx.TimeoutException as e:
+        except HTTPTimeout as e:
             raise TemporaryFailure(
                 f"{what}: the access point at {url} did not answer within"
                 f" {self.settings.timeout:g} s"
             ) from e
-        except (httpx.HTTPError, OSError) as e:
-            # OSError: under TLS 1.3 a server's refusal of our client certificate arrives as
-            # a bare ssl.SSLError on the first read, which httpcore does not wrap.
-            cause = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            raise TemporaryFailure(
-                f"{what}: cannot reach the access point at {url} ({cause})"
-            ) from e
-        status = response.status_code
+        except HTTPError as e:
+            raise TemporaryFailure(f"{what}: cannot reach the access point at {url} ({e})") from e
+        status = response.status
         content_type = response.headers.get("content-type", "")
         media_type = content_type.split(";")[0].strip().lower()
         envelope = apart = unpacked = None
@@ -656,7 +653,7 @@ class DomibusWS:
                 envelope, apart = _parse_answer(soap, apart_at)
         except (UnsafeXML, XopError) as e:
             if status in (401, 403, 407):
-                raise _Fault(status, response.reason_phrase or "refused") from None
+                raise _Fault(status, response.reason or "refused") from None
             raise _Fault(status, f"unreadable answer from the access point: {e}") from None
         if envelope is not None and envelope.tag != f"{{{SOAP12_NS}}}Envelope":
             raise _Fault(status, "the access point's answer is not a SOAP 1.2 envelope")
@@ -667,7 +664,7 @@ class DomibusWS:
             raise _soap_fault(status, fault)
         if status != 200 or envelope is None:
             snippet = bytes(data[:200]).decode("utf-8", "replace").strip()
-            raise _Fault(status, response.reason_phrase or "error", message=snippet or None)
+            raise _Fault(status, response.reason or "error", message=snippet or None)
         return _Answer(data, envelope, apart, unpacked)
 
 
@@ -699,7 +696,7 @@ class _TooLarge(Exception):
         self.head, self.size, self.content_type = head, size, content_type
 
 
-async def _read_limited(response: httpx.Response) -> bytearray:
+async def _read_limited(response: Response) -> bytearray:
     """The body, refused past MAX_RESPONSE_BYTES before it is all in memory (_TooLarge,
     with its beginning).
 
@@ -710,7 +707,7 @@ async def _read_limited(response: httpx.Response) -> bytearray:
     size = int(declared) if declared.isdigit() else None
     content_type = response.headers.get("content-type", "")
     data = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.chunks():
         if len(data) + len(chunk) > MAX_RESPONSE_BYTES or (
             size is not None and size > MAX_RESPONSE_BYTES and len(data) >= HEAD_BYTES
         ):

@@ -3,7 +3,7 @@
 The connector is loaded as the bridge loads it, through the `sdk_bridge.access_points`
 entry point, and driven with `asyncio.run` (no pytest-asyncio). One sandbox federation
 with two organisations serves the whole module; a few answers no access point gives on
-request (a proxy's 502, a corrupt payload) come from an httpx mock transport.
+request (a proxy's 502, a corrupt payload) come from handlers behind a local HTTP server.
 
 Fault mapping under test (sdk_bridge_plugins/domibus_ws.py explains why):
 duplicate MessageId → DuplicateSubmission; no SMP metadata or a header the P-Mode refuses →
@@ -415,7 +415,7 @@ def test_bad_settings_are_refused_when_loading(
         load(ACCESS_POINTS, "domibus-ws", config)
 
 
-# --- answers the sandbox does not give: through a mock transport ------------------------------
+# --- answers the sandbox does not give: from handlers behind a local HTTPS server -----------
 
 
 def soap_response(body: str, status: int = 200) -> httpx.Response:
@@ -439,17 +439,39 @@ def mocked(
     """`use` the connector with `handler` answering (as the deprecated interface, unless
     told: the answers below are written in its namespace)."""
 
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        request = httpx.Request(
+            environ["REQUEST_METHOD"],
+            f"http://{environ['HTTP_HOST']}{environ['PATH_INFO']}",
+            headers={"Content-Type": environ.get("CONTENT_TYPE", "")},
+            content=environ["wsgi.input"].read(length),
+        )
+        response = handler(request)
+        body = response.read()
+        start_response(
+            f"{response.status_code} {response.reason_phrase}",
+            [("Content-Type", response.headers.get("content-type", "text/plain"))],
+        )
+        return [body]
+
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(sandbox.tls.cert_pem, sandbox.tls.key_pem)  # what the connector trusts
+    server = Server(app, tls=tls).start()
+
     async def main() -> T:
-        ap = load(ACCESS_POINTS, "domibus-ws", settings(sandbox, "a", interface=interface))
+        config = settings(sandbox, "a", interface=interface, url=f"{server.url}/ap")
+        ap = load(ACCESS_POINTS, "domibus-ws", config)
         assert isinstance(ap, domibus_ws.DomibusWS)
-        await ap._http.aclose()
-        ap._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
         try:
             return await use(ap)
         finally:
             await ap.close()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    finally:
+        server.stop()
 
 
 def fault(code: str | None, message: str, value: str = "Receiver", status: int = 500) -> Any:

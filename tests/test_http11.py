@@ -5,7 +5,7 @@ or as a hostile one might."""
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -26,10 +26,7 @@ def echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[by
 @contextlib.asynccontextmanager
 async def scripted(answer: Answer) -> AsyncIterator[str]:
     """A server on loopback that reads each request's head and lets `answer` reply."""
-    connections: list[int] = []
-
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
         try:
             await answer(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -59,13 +56,32 @@ async def request_of(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+@pytest.fixture
+def echoing() -> Iterator[Server]:
+    """The sandbox's web server answering with what it was sent."""
+    server = Server(echo).start()
+    yield server
+    server.stop()
+
+
+def replying(answer: bytes) -> Answer:
+    """A server's part that reads one request, sends `answer` and closes."""
+
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await request_of(reader)
+        writer.write(answer)
+        await writer.drain()
+
+    return reply
+
+
 async def fetch(client: Client, url: str, body: bytes = b"hej") -> tuple[int, bytes]:
     async with client.request("POST", url, body=body) as response:
         return response.status, await response.read(1 << 20)
 
 
-def test_requests_go_on_one_kept_alive_connection() -> None:
-    server = Server(echo).start()
+def test_requests_go_on_one_kept_alive_connection(echoing: Server) -> None:
+    server = echoing
 
     async def main() -> None:
         client = Client(timeout=5)
@@ -81,14 +97,11 @@ def test_requests_go_on_one_kept_alive_connection() -> None:
         finally:
             await client.aclose()
 
-    try:
-        asyncio.run(main())
-    finally:
-        server.stop()
+    asyncio.run(main())
 
 
-def test_a_streamed_body_is_sent_with_its_length() -> None:
-    server = Server(echo).start()
+def test_a_streamed_body_is_sent_with_its_length(echoing: Server) -> None:
+    server = echoing
 
     async def parts() -> AsyncIterator[bytes]:
         for part in (b"ab", b"cd", b"e"):
@@ -102,10 +115,7 @@ def test_a_streamed_body_is_sent_with_its_length() -> None:
         finally:
             await client.aclose()
 
-    try:
-        assert asyncio.run(main()) == (200, b"PUT  5 abcde")
-    finally:
-        server.stop()
+    assert asyncio.run(main()) == (200, b"PUT  5 abcde")
     with pytest.raises(ValueError, match="needs its size"):
         asyncio.run(Client().request("POST", server.url, body=parts()).__aenter__())
 
@@ -121,17 +131,12 @@ def test_chunked_answers_and_answers_to_the_end_of_the_connection() -> None:
             )
             await writer.drain()
 
-    async def to_the_end(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await request_of(reader)
-        writer.write(b"HTTP/1.0 200 OK\r\n\r\nall of it")
-        await writer.drain()
-
     async def main() -> None:
         client = Client(timeout=5)
         async with scripted(chunked) as url:
             assert await fetch(client, url) == (200, b"hello, world")
             assert await fetch(client, url) == (200, b"hello, world")
-        async with scripted(to_the_end) as url:
+        async with scripted(replying(b"HTTP/1.0 200 OK\r\n\r\nall of it")) as url:
             assert await fetch(client, url) == (200, b"all of it")
         assert all(
             not origin.idle or origin.idle[0].used == 2 for origin in client._origins.values()
@@ -145,15 +150,10 @@ def test_a_connection_the_server_closed_while_idle_is_not_used_again() -> None:
     """A server that answers and closes (or closes idle connections) costs a new connection,
     not a failed request."""
 
-    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await request_of(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        # and closes without saying so: the client sees the end while the connection idles
-
     async def main() -> None:
         client = Client(timeout=5)
-        async with scripted(once) as url:
+        # each connection is closed after its answer, unannounced, while it idles
+        async with scripted(replying(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")) as url:
             for _ in range(3):
                 assert await fetch(client, url) == (200, b"ok")
                 await asyncio.sleep(0.05)  # lets the close arrive (bounded: 3 rounds)
@@ -162,8 +162,10 @@ def test_a_connection_the_server_closed_while_idle_is_not_used_again() -> None:
     asyncio.run(main())
 
 
-def test_a_connection_idle_too_long_is_not_used_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = Server(echo).start()
+def test_a_connection_idle_too_long_is_not_used_again(
+    echoing: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = echoing
     monkeypatch.setattr(http11, "IDLE_SECONDS", 0.0)
 
     async def main() -> None:
@@ -175,10 +177,7 @@ def test_a_connection_idle_too_long_is_not_used_again(monkeypatch: pytest.Monkey
         assert first is not second and first.writer.is_closing()
         await client.aclose()
 
-    try:
-        asyncio.run(main())
-    finally:
-        server.stop()
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize(
@@ -200,14 +199,9 @@ def test_a_connection_idle_too_long_is_not_used_again(monkeypatch: pytest.Monkey
     ],
 )
 def test_a_malformed_answer_is_an_http_error(answer: bytes, problem: str) -> None:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await request_of(reader)
-        writer.write(answer)
-        await writer.drain()
-
     async def main() -> None:
         client = Client(timeout=5)
-        async with scripted(reply) as url:
+        async with scripted(replying(answer)) as url:
             with pytest.raises(HTTPError, match=problem):
                 await fetch(client, url)
         assert not any(origin.idle for origin in client._origins.values())
@@ -215,8 +209,8 @@ def test_a_malformed_answer_is_an_http_error(answer: bytes, problem: str) -> Non
     asyncio.run(main())
 
 
-def test_an_answer_larger_than_the_caller_takes() -> None:
-    server = Server(echo).start()
+def test_an_answer_larger_than_the_caller_takes(echoing: Server) -> None:
+    server = echoing
 
     async def main() -> None:
         client = Client(timeout=5)
@@ -226,10 +220,7 @@ def test_an_answer_larger_than_the_caller_takes() -> None:
         assert not next(iter(client._origins.values())).idle  # not read to its end
         await client.aclose()
 
-    try:
-        asyncio.run(main())
-    finally:
-        server.stop()
+    asyncio.run(main())
 
 
 def test_a_silent_server_times_out() -> None:

@@ -26,6 +26,7 @@ def echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[by
 @contextlib.asynccontextmanager
 async def scripted(answer: Answer) -> AsyncIterator[str]:
     """A server on loopback that reads each request's head and lets `answer` reply."""
+
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await answer(reader, writer)

@@ -208,9 +208,9 @@ class Client:
             if connection.fresh():
                 return connection
             connection.close()
+        if origin.scheme == "https" and self.tls is None:
+            self.tls = ssl.create_default_context()  # the system's trust, made once
         tls = self.tls if origin.scheme == "https" else None
-        if origin.scheme == "https" and tls is None:
-            tls = ssl.create_default_context()
         try:
             async with asyncio.timeout(self.timeout):
                 reader, writer = await asyncio.open_connection(
@@ -219,7 +219,7 @@ class Client:
         except TimeoutError:
             raise HTTPTimeout(f"connecting to {origin.authority} took too long") from None
         except OSError as e:  # refused, unreachable, TLS (ssl.SSLError is an OSError)
-            raise HTTPError(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from e
+            raise HTTPError(_cause(e)) from e
         return _Connection(reader, writer)
 
     async def _exchange(
@@ -232,8 +232,10 @@ class Client:
         writer = connection.writer
         try:
             if isinstance(body, bytes | bytearray):
-                writer.write(head + body if len(body) < _READ else head)
-                if len(body) >= _READ:
+                if len(body) < _READ:
+                    writer.write(head + body)  # one segment for a small request
+                else:
+                    writer.write(head)  # a large body is not copied to be joined
                     writer.write(body)
                 async with asyncio.timeout(self.timeout):
                     await writer.drain()
@@ -250,7 +252,7 @@ class Client:
         except TimeoutError:
             raise HTTPTimeout("the server did not answer in time") from None
         except (OSError, asyncio.IncompleteReadError) as e:
-            said = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            said = _cause(e)
             if connection.used:
                 said += " (on a kept-alive connection)"
             raise HTTPError(said) from e
@@ -333,7 +335,7 @@ class _Body:
         except TimeoutError:
             raise HTTPTimeout("the server stopped sending its answer") from None
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
-            raise HTTPError(f"reading the answer: {type(e).__name__}: {e}") from e
+            raise HTTPError(f"reading the answer: {_cause(e)}") from e
 
     async def _chunked(self) -> AsyncIterator[bytes]:
         reader = self._reader
@@ -359,3 +361,8 @@ class _Body:
     async def _read(self, operation: Awaitable[bytes]) -> bytes:
         async with asyncio.timeout(self._timeout):
             return await operation
+
+
+def _cause(error: BaseException) -> str:
+    """An exception as one line for an HTTPError: its type, and its text where it has one."""
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

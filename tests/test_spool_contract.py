@@ -197,6 +197,11 @@ def test_claims_are_leased_and_updates_written(spool: Spool) -> None:
     spool.update(first.id, state=State.SUBMITTED)  # the lease
 
     assert [d.id for d in spool.deliveries(State.SUBMITTED)] == [first.id]
+    now = datetime.now(UTC)
+    assert [d.id for d in spool.deliveries(State.SUBMITTED, due=now)] == [first.id]
+    spool.update(first.id, next_attempt_at=now + timedelta(minutes=1))
+    assert spool.deliveries(State.SUBMITTED, due=now) == []  # its look is not due yet
+    assert len(spool.deliveries(due=now)) == 1  # the other, still queued
     others: list[dict[str, object]] = [{"sdk_message_id": "x"}, {"notes": {}}]
     for other in others:  # notes go with a transition
         with pytest.raises(ValueError, match="cannot update"):

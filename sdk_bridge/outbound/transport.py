@@ -51,8 +51,8 @@ async def follow(
     now = datetime.now(UTC)
     waiting = [
         delivery
-        for delivery in await asyncio.to_thread(spool.deliveries, State.SUBMITTED)
-        if delivery.notes.transport != ACKNOWLEDGED and delivery.next_attempt_at <= now
+        for delivery in await asyncio.to_thread(spool.deliveries, State.SUBMITTED, due=now)
+        if delivery.notes.transport != ACKNOWLEDGED
     ]
     await each(
         waiting,
@@ -82,6 +82,8 @@ async def _follow_one(
                 {State.SUBMITTED},
                 when=still,
                 notes={"transport": ACKNOWLEDGED},
+                # nothing more to ask: looked at again only when the sweep would fail it
+                next_attempt_at=delivery.created_at + lifetime,
             )
             return
         if status != SEND_FAILURE:

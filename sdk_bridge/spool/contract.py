@@ -78,7 +78,11 @@ class OutboundQueue(Protocol):
     def by_mail_message_id(self, mail_message_id: str) -> Delivery | None:
         """The delivery a reply refers to (the newest, for a mail with several recipients)."""
 
-    def deliveries(self, state: State | None = None) -> list[Delivery]: ...
+    def deliveries(
+        self, state: State | None = None, *, due: datetime | None = None
+    ) -> list[Delivery]:
+        """In `state` (all: None), and with `due` only those whose next attempt or look
+        is due by then, found through the (state, next_attempt_at) index."""
 
     def transition(
         self,

@@ -1,8 +1,14 @@
-"""The embedded spool: message bodies as files, the queue in SQLite (WAL, synchronous=FULL).
+"""The embedded spool: message bodies as files, the queue in SQLite (WAL).
 
 A body is written and fsynced (file and directory) before its rows are committed, and the
 commit is durable before `accept` returns: a power cut after SMTP's 250 loses nothing. A
 crash between the two leaves an orphan file that no row names; it is never delivered.
+
+Every commit that makes a promise (a message taken, a state reached, a report owed or
+sent) is fsynced (synchronous=FULL). Bookkeeping that a stage redoes by itself (leases,
+attempts, the time of the next try or look) is written without an fsync
+(synchronous=NORMAL): it survives a crash of the process, and a power cut loses at most
+the last such commits, never one before a durable commit, as the WAL is kept in order.
 """
 
 import errno
@@ -13,7 +19,8 @@ import shutil
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -229,6 +236,7 @@ class SQLiteSpool(Spool):
         self._wal_holds_deleted = True  # until a purge empties it (a killed predecessor's)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        self._durable = True
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -241,6 +249,21 @@ class SQLiteSpool(Spool):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextmanager
+    def _writing(self, durable: bool) -> Iterator[None]:
+        """One write transaction under the lock: fsynced at commit when `durable`, else
+        only kept in order in the WAL (see the module docstring)."""
+        with self._lock:
+            self._synchronous(durable)
+            with self._db:
+                yield
+
+    def _synchronous(self, durable: bool) -> None:
+        """Set before a write transaction begins (the caller holds the lock)."""
+        if durable != self._durable:
+            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
 
     def _add_missing_columns(self) -> None:
         """A spool made by an earlier version gets the columns added since (empty)."""
@@ -324,7 +347,7 @@ class SQLiteSpool(Spool):
             size = len(body)
             write_atomic(target, body)
         now = _now().isoformat()
-        with self._lock, self._db:
+        with self._writing(durable=True):
             self._db.execute(
                 "INSERT INTO messages (id, received_at, mail_from, envelope, size, body_sha256)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -396,7 +419,7 @@ class SQLiteSpool(Spool):
 
     def _keep_received(self, item: Received, state: str) -> None:
         write_atomic(self._received_file(item.id), item.payload)
-        with self._lock, self._db:
+        with self._writing(durable=True):
             self._db.execute("DELETE FROM retrieving WHERE id = ?", (item.id,))
             self._db.execute(
                 "INSERT OR REPLACE INTO received (id, action, original_sender, final_recipient,"
@@ -417,7 +440,7 @@ class SQLiteSpool(Spool):
         not yet stored, those of a killed predecessor first. With a retention at the
         access point, such a message can still be retrieved after a crash."""
         now = _now().isoformat()
-        with self._lock, self._db:
+        with self._writing(durable=True):
             known = {
                 row[0]
                 for row in self._db.execute(
@@ -436,7 +459,7 @@ class SQLiteSpool(Spool):
     def lost_retrieving(self, message_id: str, note: str) -> None:
         """The access point no longer gives out a message noted before a crash: it stays on
         record as `lost`, for an administrator to recover (`import_received`)."""
-        with self._lock, self._db:
+        with self._writing(durable=True):
             self._db.execute("DELETE FROM retrieving WHERE id = ?", (message_id,))
             self._db.execute(
                 "INSERT OR IGNORE INTO received (id, action, original_sender, final_recipient,"
@@ -447,7 +470,7 @@ class SQLiteSpool(Spool):
     def forget_retrieving(self, message_id: str) -> None:
         """A noted MessageId that is not ours to retrieve after all (another organisation's
         message, left at the access point)."""
-        with self._lock, self._db:
+        with self._writing(durable=True):
             self._db.execute("DELETE FROM retrieving WHERE id = ?", (message_id,))
 
     def received_states(self, message_ids: list[str]) -> dict[str, str]:
@@ -512,7 +535,7 @@ class SQLiteSpool(Spool):
     def release_received(self, received_id: str) -> bool:
         """A quarantined envelope judged again (say, after a missing decryption key was
         configured). False: there is no such quarantined envelope."""
-        with self._lock, self._db:
+        with self._writing(durable=True):
             return (
                 self._db.execute(
                     "UPDATE received SET state = 'new', note = NULL, attempts = 0,"
@@ -525,7 +548,7 @@ class SQLiteSpool(Spool):
     def delete_received(self, received_id: str) -> bool:
         """An envelope an administrator has dealt with: its payload is removed, its record
         kept as `deleted`. Only held ones (quarantined, unreadable, lost) can be deleted."""
-        with self._lock, self._db:
+        with self._writing(durable=True):
             changed = self._db.execute(
                 "UPDATE received SET state = 'deleted' WHERE id = ?"
                 " AND state IN ('quarantined', 'unreadable', 'lost')",
@@ -537,14 +560,14 @@ class SQLiteSpool(Spool):
 
     def postpone_received(self, received_id: str, until: datetime) -> None:
         """A message that cannot be judged now (registry or scanner unavailable)."""
-        with self._lock, self._db:
+        with self._writing(durable=False):
             self._db.execute(
                 "UPDATE received SET attempts = attempts + 1, next_attempt_at = ? WHERE id = ?",
                 (until.isoformat(), received_id),
             )
 
     def mark_received(self, received_id: str, state: str, note: str | None = None) -> None:
-        with self._lock, self._db:
+        with self._writing(durable=True):
             self._db.execute(
                 "UPDATE received SET state = ?, note = ? WHERE id = ?", (state, note, received_id)
             )
@@ -572,7 +595,7 @@ class SQLiteSpool(Spool):
 
     def _conclude(self, received_id: str, conclusion: Conclusion) -> None:
         now = _now().isoformat()
-        with self._lock, self._db:
+        with self._writing(durable=True):
             if conclusion.kvittens is not None:
                 k = conclusion.kvittens[0]
                 self._db.execute(
@@ -710,7 +733,7 @@ class SQLiteSpool(Spool):
         values = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in changes.items()}
         values["updated_at"] = _now().isoformat()
         assignments = ", ".join(f"{k} = ?" for k in values)
-        with self._lock, self._db:
+        with self._writing(durable="state" in changes):
             self._db.execute(
                 f"UPDATE {table} SET {assignments} WHERE {key} = ?", (*values.values(), value)
             )
@@ -718,7 +741,7 @@ class SQLiteSpool(Spool):
     # --- delivery reports waiting for the smart host -------------------------------------
 
     def hold_report(self, recipient: str, data: bytes) -> None:
-        with self._lock, self._db:
+        with self._writing(durable=True):
             self._db.execute(
                 "INSERT INTO reports (recipient, data, created_at) VALUES (?, ?, ?)",
                 (recipient, data, _now().isoformat()),
@@ -732,7 +755,7 @@ class SQLiteSpool(Spool):
         return [(row["id"], row["recipient"], row["data"]) for row in rows]
 
     def drop_report(self, report_id: int) -> None:
-        with self._lock, self._db:
+        with self._writing(durable=True):
             self._db.execute("DELETE FROM reports WHERE id = ?", (report_id,))
             self._wal_holds_deleted = True  # until the next purge empties the WAL
 
@@ -773,7 +796,7 @@ class SQLiteSpool(Spool):
             f"state IN ({_marks(TAKEN_KVITTENS)}) AND updated_at <= ?",
             (*TAKEN_KVITTENS, content),
         )
-        with self._lock, self._db:
+        with self._writing(durable=True):
             purged.reports = self._db.execute(
                 "DELETE FROM reports WHERE created_at <= ?", (_before(now, retention.reports),)
             ).rowcount
@@ -914,7 +937,7 @@ class SQLiteSpool(Spool):
         """Queued deliveries whose time has come, leased so no other worker takes them;
         a lease that runs out (its worker died) makes the delivery due again."""
         now = _now().isoformat()
-        with self._lock, self._db:
+        with self._writing(durable=False):  # a lease
             rows = self._db.execute(
                 "SELECT * FROM deliveries WHERE state = ? AND next_attempt_at <= ?"
                 " AND (lease_until IS NULL OR lease_until <= ?) ORDER BY next_attempt_at LIMIT ?",
@@ -929,7 +952,7 @@ class SQLiteSpool(Spool):
 
     def release_leases(self) -> int:
         """At start-up of the only worker: leases held by a killed predecessor end now."""
-        with self._lock, self._db:
+        with self._writing(durable=False):
             return self._db.execute(
                 "UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL"
             ).rowcount
@@ -937,30 +960,33 @@ class SQLiteSpool(Spool):
     def _transition(
         self, delivery_id: int, decide: Decide, new_sdk_message_id: bool, report: bool | None
     ) -> Delivery | None:
-        with self._lock, self._db:
+        with self._lock:
             row = self._db.execute(
                 "SELECT * FROM deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
             changes = None if row is None else decide(row)
             if row is None or changes is None:
                 return None
-            if new_sdk_message_id:
-                self._db.execute(
-                    "INSERT INTO superseded VALUES (?, ?)", (row["sdk_message_id"], delivery_id)
-                )
-                self._db.execute(
-                    "UPDATE deliveries SET sdk_message_id = ? WHERE id = ?",
-                    (str(uuid.uuid4()), delivery_id),
-                )
-            self._write(delivery_id, changes, tables.TRANSITION_CHANGES)
-            row = self._db.execute(
-                "SELECT * FROM deliveries WHERE id = ?", (delivery_id,)
-            ).fetchone()
+            self._synchronous(durable="state" in changes or report is not None)
+            with self._db:  # the transaction begins with the first write
+                if new_sdk_message_id:
+                    self._db.execute(
+                        "INSERT INTO superseded VALUES (?, ?)",
+                        (row["sdk_message_id"], delivery_id),
+                    )
+                    self._db.execute(
+                        "UPDATE deliveries SET sdk_message_id = ? WHERE id = ?",
+                        (str(uuid.uuid4()), delivery_id),
+                    )
+                self._write(delivery_id, changes, tables.TRANSITION_CHANGES)
+                row = self._db.execute(
+                    "SELECT * FROM deliveries WHERE id = ?", (delivery_id,)
+                ).fetchone()
         return tables.delivery_from(row)
 
     def update(self, delivery_id: int, **changes: Any) -> None:
         """Write back what happened to a delivery (state, attempts, last_error, …)."""
-        with self._lock, self._db:
+        with self._writing(durable="state" in changes):
             self._write(delivery_id, changes, tables.DELIVERY_UPDATABLE)
 
     def _write(self, delivery_id: int, changes: dict[str, Any], allowed: frozenset[str]) -> None:
@@ -1011,11 +1037,15 @@ class SQLiteSpool(Spool):
             mail_message_id,
         )
 
-    def deliveries(self, state: State | None = None) -> list[Delivery]:
+    def deliveries(
+        self, state: State | None = None, *, due: datetime | None = None
+    ) -> list[Delivery]:
+        when = None if due is None else due.isoformat()
+        conditions, arguments = tables.delivery_filter(state, when)
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM deliveries" + (" WHERE state = ?" if state else "") + " ORDER BY id",
-                (state,) if state else (),
+                "SELECT * FROM deliveries" + conditions.replace("%s", "?") + " ORDER BY id",
+                arguments,
             ).fetchall()
         return [tables.delivery_from(row) for row in rows]
 

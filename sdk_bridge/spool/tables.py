@@ -42,6 +42,20 @@ def check_updatable(allowed: frozenset[str], changes: dict[str, Any]) -> None:
         raise ValueError(f"cannot update {sorted(changes.keys() - allowed)}")
 
 
+def delivery_filter(state: State | None, due: object) -> tuple[str, tuple[object, ...]]:
+    """The WHERE clause of `deliveries(state, due=…)` with %s marks, and its arguments;
+    `due` as the back end stores times."""
+    conditions: list[str] = []
+    arguments: list[object] = []
+    if state is not None:
+        conditions.append("state = %s")
+        arguments.append(state.value)
+    if due is not None:
+        conditions.append("next_attempt_at <= %s")
+        arguments.append(due)
+    return (" WHERE " + " AND ".join(conditions) if conditions else ""), tuple(arguments)
+
+
 def delivery_from(row: Row) -> Delivery:
     details = _json(row["details"])
     details["notify"] = tuple(details.get("notify", ()))

@@ -874,13 +874,13 @@ class PostgresSpool(Spool):
     def by_mail_message_id(self, mail_message_id: str) -> Delivery | None:
         return self._maybe("mail_message_id = %s ORDER BY id DESC LIMIT 1", mail_message_id)
 
-    def deliveries(self, state: State | None = None) -> list[Delivery]:
+    def deliveries(
+        self, state: State | None = None, *, due: datetime | None = None
+    ) -> list[Delivery]:
+        conditions, arguments = tables.delivery_filter(state, due)
         with self._connection() as db:
             rows = db.execute(
-                f"SELECT {DELIVERY_COLUMNS} FROM deliveries"
-                + (" WHERE state = %s" if state else "")
-                + " ORDER BY id",
-                (state.value,) if state else (),
+                f"SELECT {DELIVERY_COLUMNS} FROM deliveries{conditions} ORDER BY id", arguments
             ).fetchall()
         return [tables.delivery_from(row) for row in rows]
 

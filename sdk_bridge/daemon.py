@@ -31,6 +31,7 @@ from .config import load as load_config
 from .inbound.delivery import MailboxDelivery
 from .inbound.processing import Inbound, InboundSettings
 from .ingress.smtp import IngressHandler, IngressSettings, SenderRule, networks, serve, tls_context
+from .mapping.premapped import Premapped
 from .mapping.to_mail import SECRECY_PREFIX
 from .ops import admin, checks, metrics
 from .ops.admin import Health
@@ -371,7 +372,10 @@ async def run(config: Config, file: Path) -> None:
     )
     scanner = plugin.load(plugin.SCANNERS, *smtp.scanner) if smtp.scanner else None
     tls = tls_context(str(smtp.tls_cert), str(smtp.tls_key)) if smtp.tls_cert else None
-    ingress = IngressHandler(_ingress_settings(running), registry, spool, scanner)
+    premapped = Premapped()  # what ingress mapped, so the worker need not map it again
+    ingress = IngressHandler(
+        _ingress_settings(running), registry, spool, scanner, premapped=premapped
+    )
     if ingress.settings.max_connections < smtp.max_connections:
         log.warning(
             "smtp.max_connections lowered to what the file descriptor limit allows",
@@ -426,6 +430,7 @@ async def run(config: Config, file: Path) -> None:
         config.signing,
         crypto,
         notify=owed,
+        premapped=premapped,
     )
     intake = Intake(access_point, spool, [config.organisation_id])
     stages = _stages(

@@ -34,6 +34,7 @@ from sdk_bridge.ingress.smtp import (
 )
 from sdk_bridge.lab.sandbox.federation import Sandbox
 from sdk_bridge.lab.sandbox.web import Faults
+from sdk_bridge.mapping.premapped import Premapped
 from sdk_bridge.plugin import Scanner, load
 from sdk_bridge.registry.client import Registry
 from sdk_bridge.runtime import counters
@@ -46,6 +47,7 @@ class Running:
     """An ingress server on its own event loop in a thread, as the daemon runs it."""
 
     def __init__(self, handler: IngressHandler, tls: ssl.SSLContext) -> None:
+        self.handler = handler
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -100,7 +102,11 @@ def make_ingress(
         spool = SQLiteSpool(tmp_path / "spool")
         registry = registry_for(sandbox, "a", tmp_path / "registry")
         handler = IngressHandler(
-            dataclasses.replace(SETTINGS, **settings), registry, spool, scanner
+            dataclasses.replace(SETTINGS, **settings),
+            registry,
+            spool,
+            scanner,
+            premapped=Premapped(),
         )
         running = Running(handler, tls[0])
         started.append((running, registry))
@@ -133,6 +139,18 @@ def mail(subject: str = "Hej B", body: str = "Hälsningar från A", **headers: s
 
 def client(port: int, source: str = "127.0.0.1") -> smtplib.SMTP:
     return smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=30)
+
+
+def test_accepted_mail_is_kept_mapped_for_each_delivery(ingress) -> None:
+    running, spool = ingress
+    with client(running.port) as smtp:
+        smtp.send_message(mail(), FROM, [TO_B])
+    (delivery,) = spool.deliveries()
+    premapped = running.handler.premapped
+    assert premapped is not None
+    kept = premapped.take(delivery.message_id)
+    assert kept is not None and kept.label == "Hej B"
+    assert premapped.take(delivery.message_id) is None  # its one delivery took it
 
 
 def test_ehlo_advertises_what_exchange_looks_for(ingress) -> None:

@@ -26,7 +26,8 @@ from typing import Any, BinaryIO
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from ..mapping.to_sdk import parse_mail, to_business_message
+from ..mapping.premapped import Premapped
+from ..mapping.to_sdk import MappedMail, business_message, map_mail, parse_mail
 from ..plugin import Scanner, TemporaryFailure
 from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
@@ -365,12 +366,14 @@ class IngressHandler:
         spool: IngressQueue,
         scanner: Scanner | None = None,
         accepted: Callable[[], None] | None = None,
+        premapped: Premapped | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.spool = spool
         self.scanner = scanner
         self.accepted = accepted  # told after each 250 (wakes the outbound worker)
+        self.premapped = premapped  # what was mapped here, for the outbound worker
         self.in_flight = 0
         self.limits = limits.ConnectionLimits()
         # Not named auth_…: aiosmtpd offers a handler's auth_* attributes as mechanisms.
@@ -551,7 +554,7 @@ class IngressHandler:
         assert path is not None  # DATA ended well: BridgeSMTP set it
         content = await asyncio.to_thread(path.read_bytes)
         try:
-            mail = await asyncio.to_thread(self._check_content, content)
+            mail, mapped = await asyncio.to_thread(self._check_content, content)
             await self._scan(content)
             rule = self._sender(envelope, session)
             spool_envelope = SpoolEnvelope(
@@ -574,6 +577,8 @@ class IngressHandler:
         except Exception as e:
             log.exception("message could not be stored")
             return storage_reply(e)
+        if self.premapped is not None:
+            self.premapped.keep(spool_id, mapped, len(envelope.recipients))
         log.info(
             "message accepted",
             spool_id=spool_id,
@@ -585,9 +590,9 @@ class IngressHandler:
             self.accepted()
         return f"250 2.0.0 OK queued as {spool_id}"
 
-    def _check_content(self, content: bytes) -> Any:
-        """Parse and map the mail as the worker will: what cannot become an SDK message is
-        refused now. Returns the parsed mail."""
+    def _check_content(self, content: bytes) -> tuple[Any, MappedMail]:
+        """Parse and map the mail as the worker would: what cannot become an SDK message
+        is refused now. Returns the parsed mail and its mapping."""
         end = content.find(b"\r\n\r\n")  # split() would copy the body too
         header_block = content if end < 0 else content[:end]
         if len(header_block) > MAX_HEADER_BYTES or header_block.count(b"\r\n") > MAX_HEADER_LINES:
@@ -599,16 +604,15 @@ class IngressHandler:
         placeholder = msg.Party(self.settings.organisation_id, msg.Attention("placeholder"))
         message_id = str(uuid.uuid4())
         try:
-            business = to_business_message(
-                mail,
+            mapped = map_mail(mail, secrecy_tags=self.settings.secrecy_tags, raw=content)
+            business = business_message(
+                mapped,
                 message_id=message_id,
                 conversation_id=message_id,
                 ref_to_message_id=None,
                 sender=placeholder,
                 recipient=placeholder,
-                secrecy_tags=self.settings.secrecy_tags,
                 now=datetime.now(UTC),
-                raw=content,
             )
         except ValueError as e:
             raise _Refused(
@@ -629,7 +633,7 @@ class IngressHandler:
             raise _Refused(
                 f"554 5.6.0 The message cannot be carried by SDK: {e.problem.text}"
             ) from None
-        return mail
+        return mail, mapped
 
     async def _scan(self, content: bytes) -> None:
         if self.scanner is None:

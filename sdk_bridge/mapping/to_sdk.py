@@ -178,6 +178,24 @@ class MappingError(ValueError):
 # Public API
 
 
+@dataclass(frozen=True)
+class MappedMail:
+    """What a mail says, mapped once (at ingress): its SDK message but for the ids, the
+    parties and the time, which `business_message` adds for each recipient."""
+
+    label: str | None
+    confidential: bool
+    document: Document
+    writer: tuple[str, str] | None  # the one From address, as (name, address)
+    references: tuple[Reference, ...]  # its X-SDK-Reference headers
+    thread_ids: tuple[str, ...]  # the Message-IDs it answers (`thread_ids`)
+
+    @property
+    def size(self) -> int:
+        """Bytes of its files."""
+        return sum(len(file.content) for file in self.document.files)
+
+
 def to_business_message(
     mail: Message,
     *,
@@ -193,14 +211,35 @@ def to_business_message(
     shared_mailboxes: Collection[str] = (),
     raw: bytes | None = None,
 ) -> BusinessMessage:
-    """Map one mail to the SDK message for one recipient (see the module docstring).
+    """Map one mail to the SDK message for one recipient (see the module docstring):
+    `map_mail` and `business_message` in one."""
+    mapped = map_mail(mail, secrecy_tags=secrecy_tags, reference_root=reference_root, raw=raw)
+    return business_message(
+        mapped,
+        message_id=message_id,
+        conversation_id=conversation_id,
+        ref_to_message_id=ref_to_message_id,
+        sender=sender,
+        recipient=recipient,
+        generating_system=generating_system,
+        now=now,
+        shared_mailboxes=shared_mailboxes,
+    )
+
+
+def map_mail(
+    mail: Message,
+    *,
+    secrecy_tags: Sequence[str] = ("[sekretess]",),
+    reference_root: str = DEFAULT_REFERENCE_ROOT,
+    raw: bytes | None = None,
+) -> MappedMail:
+    """What of an SDK message a mail gives, the same for each of its recipients.
 
     `mail` is best parsed with email.policy.default; any other Message (compat32, MIME*
     classes) is re-read with it so that headers and names are decoded the same way.
-    `shared_mailboxes` are our functional addresses' own mailboxes (casefolded): mail
-    written from one of them names no person. `raw` is the mail's bytes as received,
-    from which signed parts are cut byte for byte (`sdk_bridge.mapping.signed`). The result
-    has not been validated: `sdk_bridge.sdk.message.to_xml` does that.
+    `raw` is the mail's bytes as received, from which signed parts are cut byte for byte
+    (`sdk_bridge.mapping.signed`).
     """
     mail = _as_email_message(mail)
     subject = one_line(str(mail.get("Subject", "")))
@@ -234,17 +273,43 @@ def to_business_message(
         texts=(text,) if text else (),
         files=files,
     )
+    return MappedMail(
+        label=label,
+        confidential=tagged or is_sensitive(mail),
+        document=document,
+        writer=writer(mail),
+        references=references(mail, reference_root),
+        thread_ids=tuple(thread_ids(mail)),
+    )
+
+
+def business_message(
+    mapped: MappedMail,
+    *,
+    message_id: str,
+    conversation_id: str,
+    ref_to_message_id: str | None,
+    sender: Party,
+    recipient: Party,
+    generating_system: Identifier | None = None,
+    now: datetime | None = None,
+    shared_mailboxes: Collection[str] = (),
+) -> BusinessMessage:
+    """The SDK message of a mapped mail for one recipient. `shared_mailboxes` are our
+    functional addresses' own mailboxes (casefolded): mail written from one of them
+    names no person. The result has not been validated: `sdk_bridge.sdk.message.to_xml`
+    does that."""
     return BusinessMessage(
         message_id=message_id,
         conversation_id=conversation_id,
         ref_to_message_id=ref_to_message_id,
         created=_creation_time(now),
-        label=label,
-        confidential=tagged or is_sensitive(mail),
+        label=mapped.label,
+        confidential=mapped.confidential,
         generating_system=generating_system,
-        recipient=_with_references(recipient, references(mail, reference_root)),
-        sender=_with_writer(sender, writer(mail), shared_mailboxes),
-        documents=(document,),
+        recipient=_with_references(recipient, mapped.references),
+        sender=_with_writer(sender, mapped.writer, shared_mailboxes),
+        documents=(mapped.document,),
     )
 
 

@@ -10,11 +10,11 @@ import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
 
 import structlog
 
-from ..mapping.to_sdk import parse_mail, thread_ids, to_business_message
+from ..mapping.premapped import Premapped
+from ..mapping.to_sdk import MappedMail, business_message, map_mail, parse_mail
 from ..plugin import (
     AccessPoint,
     DuplicateSubmission,
@@ -62,8 +62,10 @@ class Worker:
         signer: KeyPair,
         crypto: Executor | None = None,
         notify: Notify | None = None,
+        premapped: Premapped | None = None,
     ) -> None:
         self.settings = settings
+        self.premapped = premapped  # what ingress mapped already
         self.spool = spool
         self.registry = registry
         self.access_point = access_point
@@ -139,12 +141,14 @@ class Worker:
     def _map(self, delivery: Delivery) -> msg.BusinessMessage:
         """The SDK message for one delivery (run in a thread)."""
         envelope = self.spool.envelope(delivery.message_id)
-        body = self.spool.body(delivery.message_id)
-        mail = parse_mail(body)
-        ref_to, conversation, returned, ours = self._thread(mail, delivery)
+        mapped = self.premapped.take(delivery.message_id) if self.premapped else None
+        if mapped is None:
+            body = self.spool.body(delivery.message_id)
+            mapped = map_mail(parse_mail(body), secrecy_tags=self.settings.secrecy_tags, raw=body)
+        ref_to, conversation, returned, ours = self._thread(mapped, delivery)
         recipient = delivery.recipient
-        return to_business_message(
-            mail,
+        return business_message(
+            mapped,
             message_id=delivery.sdk_message_id,
             conversation_id=conversation,
             ref_to_message_id=ref_to,
@@ -156,13 +160,11 @@ class Worker:
                 recipient.organisation_id,
                 msg.Attention(recipient.functional_address, references=returned),
             ),
-            secrecy_tags=self.settings.secrecy_tags,
             shared_mailboxes=self.settings.shared_mailboxes,
-            raw=body,
         )
 
     def _thread(
-        self, mail: EmailMessage, delivery: Delivery
+        self, mapped: MappedMail, delivery: Delivery
     ) -> tuple[str | None, str, tuple[msg.Reference, ...], tuple[msg.Reference, ...]]:
         """refToMessageId, conversationId, and the references a reply carries: the
         recipient's and ours.
@@ -172,7 +174,7 @@ class Worker:
         gives ours as they were given to us (B1.3.3). Mail clients drop our X-SDK headers,
         so the answered Message-ID is looked up instead.
         """
-        for mail_id in thread_ids(mail):
+        for mail_id in mapped.thread_ids:
             received = self.spool.inbound_by_mail_message_id(mail_id)
             if received is not None and received.sender == delivery.recipient.organisation_id:
                 return (

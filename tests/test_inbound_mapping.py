@@ -356,3 +356,25 @@ def test_received_file_names_are_safe_to_save() -> None:
     assert safe_file_name("..", 4) == "bilaga-4"
     long = safe_file_name("Å" * 300 + ".pdf", 1)
     assert long.endswith("Å.pdf") and len(long.encode()) <= MAX_FILE_NAME_BYTES
+
+
+def test_text_parts_are_7bit_quoted_printable_or_base64_and_read_back() -> None:
+    """The text parts are written directly: the shortest safe encoding of each, and every
+    header line within 78 characters but the message ids, which are never folded."""
+    cases = {
+        "Hello there.\n\nShort ASCII lines.": "7bit",
+        "Hälsningar från kommunen, " * 8 + "\nrad två": "quoted-printable",
+        "日本語のテキスト" * 40: "base64",
+    }
+    for text, encoding in cases.items():
+        document = msg.Document("SDK-Meddelande", texts=(markdown.escape(text),))
+        data = to_email(make_message(documents=(document,), label="Åtgärd " * 30), **ADDRESSES)
+        mail = email.message_from_bytes(data, policy=email.policy.default)
+        assert isinstance(mail, EmailMessage)
+        plain = mail.get_body(("plain",))
+        assert plain is not None and plain["Content-Transfer-Encoding"] == encoding
+        assert plain.get_content().rstrip().endswith(text.splitlines()[-1].rstrip())
+        assert mail["Subject"] == "[sekretess] " + ("Åtgärd " * 30).strip()
+        head = data[: data.index(b"\r\n\r\n")].decode("ascii")
+        for line in head.split("\r\n"):
+            assert len(line) <= 78 or line.startswith(("Message-ID:", "In-Reply-To:"))

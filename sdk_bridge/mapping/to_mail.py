@@ -40,6 +40,10 @@ Decisions:
   themselves). A meeting invite (text/calendar with a method) is also the last part of the
   multipart/alternative, which is what makes Outlook show it as one. The mail is 7-bit
   (quoted-printable or base64 parts) with headers folded at 78 characters.
+
+The mail is written directly, not built as an EmailMessage and generated: that cost more
+than everything else of opening a message. The email package still encodes what is not
+plain ASCII in the header (RFC 2047) and each file part's fields (RFC 2231 names).
 """
 
 import binascii
@@ -112,11 +116,14 @@ class _MailPolicy(email.policy.EmailPolicy):
         return super().fold(name, value)
 
 
-_UNFOLDED = email.policy.SMTP.clone(cte_type="7bit", max_line_length=998)
-_POLICY = _MailPolicy(linesep="\r\n", cte_type="7bit", max_line_length=78)
-# The parts are encoded in lines of 76 characters, as RFC 2045 asks of quoted-printable and
-# base64; the mail is then written with _POLICY, which only folds the headers.
-_PARTS_POLICY = _POLICY.clone(max_line_length=76)
+_LONGEST_LINE = 998  # RFC 5322's limit, for message ids
+_HEADER_LINE = 78  # where header fields are folded
+_PART_LINE = 76  # RFC 2045's lines of quoted-printable and base64
+_UNFOLDED = email.policy.SMTP.clone(cte_type="7bit", max_line_length=_LONGEST_LINE)
+_POLICY = _MailPolicy(linesep="\r\n", cte_type="7bit", max_line_length=_HEADER_LINE)
+# A file's part is encoded in lines of _PART_LINE; the mail is then written with _POLICY,
+# which only folds the headers.
+_PARTS_POLICY = _POLICY.clone(max_line_length=_PART_LINE)
 _BASE64_LINE = 57  # bytes a 76-character base64 line holds
 _BASE64_CHUNK = _BASE64_LINE * 1024
 
@@ -145,21 +152,21 @@ def to_email(
     shown_as = f"{sender_name} (SDK)"
     if len(writers) == 1 and writers[0].label:  # after the organisation: it cannot pose as one
         shown_as = f"{shown_as}, {_name_of(writers[0].label)}"
-    mail = EmailMessage(policy=_PARTS_POLICY)
-    mail["From"] = Address(one_line(shown_as), addr_spec=sender)
-    mail["To"] = Address(addr_spec=recipient)
-    mail["Subject"] = one_line((secrecy_prefix if message.confidential else "") + subject)
-    mail["Date"] = format_datetime(message.created)
-    mail["Message-ID"] = f"<{message.message_id}@{sdk_domain}>"
+    headers = _Headers()
+    headers.add("From", str(Address(one_line(shown_as), addr_spec=sender)))
+    headers.add("To", str(Address(addr_spec=recipient)))
+    headers.add("Subject", one_line((secrecy_prefix if message.confidential else "") + subject))
+    headers.add("Date", format_datetime(message.created))
+    headers.add("Message-ID", f"<{message.message_id}@{sdk_domain}>")
     if message.ref_to_message_id is not None:
         parent = replying_to or f"{message.ref_to_message_id}@{sdk_domain}"
-        mail["In-Reply-To"] = f"<{parent}>"
-        mail["References"] = f"<{parent}>"
+        headers.add("In-Reply-To", f"<{parent}>")
+        headers.add("References", f"<{parent}>")
     if message.confidential:
-        mail["Sensitivity"] = "Company-Confidential"
-    mail[CONFIDENTIALITY_HEADER] = "true" if message.confidential else "false"
-    mail[SDK_MESSAGE_ID_HEADER] = message.message_id
-    mail[SDK_CONVERSATION_HEADER] = message.conversation_id
+        headers.add("Sensitivity", "Company-Confidential")
+    headers.add(CONFIDENTIALITY_HEADER, "true" if message.confidential else "false")
+    headers.add(SDK_MESSAGE_ID_HEADER, message.message_id)
+    headers.add(SDK_CONVERSATION_HEADER, message.conversation_id)
     attention = message.recipient.attention
     sender_attention = message.sender.attention
     sender_references = sender_attention.references if sender_attention else ()
@@ -170,31 +177,103 @@ def to_email(
         + [f"Avsändarens referens: {_reference(reference)}" for reference in sender_references]
     )
     for reference in sender_references:
-        mail[SENDER_REFERENCE_HEADER] = one_line(_identifier(reference.id))
+        headers.add(SENDER_REFERENCE_HEADER, one_line(_identifier(reference.id)))
     if attention is not None:
         for reference in attention.references:
-            mail[REFERENCE_HEADER] = one_line(_identifier(reference.id))
+            headers.add(REFERENCE_HEADER, one_line(_identifier(reference.id)))
         for person in attention.persons:
             if person.id is not None:
-                mail[PERSON_HEADER] = one_line(_identifier(person.id))
+                headers.add(PERSON_HEADER, one_line(_identifier(person.id)))
+    headers.add("MIME-Version", "1.0")
     body = "\n".join(lines) + ("\n\n" if lines and text else "") + text
-    mail.set_content(body or " ")
-    mail.add_alternative(_html(lines, raw), subtype="html")
+    alternatives = [_text_part("plain", body or " "), _text_part("html", _html(lines, raw))]
     files = [file for document in message.documents for file in document.files]
     placeholders: list[tuple[bytes, bytes, bool]] = []  # (placeholder, content, as base64)
     invite = next((file for file in files if _is_invite(file)), None)
     if invite is not None:  # what makes Outlook show an invitation: an alternative part
-        mail.add_alternative(b"", maintype="text", subtype="calendar")
-        _fill(_last_part(mail), invite, placeholders)
-    for number, file in enumerate(files, start=1):
-        maintype, subtype = _attachment_type(file)
-        mail.add_attachment(
-            b"", maintype=maintype, subtype=subtype, filename=safe_file_name(file.file_name, number)
+        alternatives.append(_file_part(invite, "text", "calendar", None, placeholders))
+    entity = _multipart("alternative", alternatives)
+    if files:
+        attachments = []
+        for number, file in enumerate(files, start=1):
+            maintype, subtype = _attachment_type(file)
+            name = safe_file_name(file.file_name, number)
+            attachments.append(_file_part(file, maintype, subtype, name, placeholders))
+        entity = _multipart("mixed", [entity, *attachments])
+    template = headers.block() + entity
+    return _spliced(template, placeholders)
+
+
+class _Headers:
+    """A mail's header block, written as it is where a field is short printable ASCII
+    (most are), else folded and encoded by the email package (RFC 2047 names and
+    subjects; message ids never folded)."""
+
+    def __init__(self) -> None:
+        self._lines: list[bytes] = []
+
+    def add(self, name: str, value: str) -> None:
+        unfolded = name.lower() in _ID_HEADERS
+        line = f"{name}: {value}"
+        limit = _LONGEST_LINE if unfolded else _HEADER_LINE
+        if len(line) <= limit and _PLAIN_FIELD.fullmatch(value):
+            self._lines.append(line.encode("ascii") + b"\r\n")
+        else:
+            policy = _UNFOLDED if unfolded else _POLICY
+            self._lines.append(policy.fold_binary(name, policy.header_store_parse(name, value)[1]))
+
+    def block(self) -> bytes:
+        return b"".join(self._lines)
+
+
+_PLAIN_FIELD = re.compile(r"[!-~]+(?: [!-~]+)*")  # printable ASCII, single spaces inside
+
+
+def _text_part(subtype: str, text: str) -> bytes:
+    """A text part in UTF-8: 7bit when it is ASCII in short lines, else quoted-printable,
+    or base64 where that is shorter (scripts other than Latin)."""
+    data = b"\r\n".join(text.encode("utf-8").splitlines()) + b"\r\n"
+    head = f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: '
+    if data.isascii() and max(map(len, data.split(b"\r\n"))) <= _PART_LINE:
+        return head.encode() + b"7bit\r\n\r\n" + data
+    encoded = binascii.b2a_qp(data, istext=True)
+    if len(encoded) <= len(data) * 4 // 3 + len(data) // _BASE64_LINE * 2:
+        return head.encode() + b"quoted-printable\r\n\r\n" + encoded
+    return head.encode() + b"base64\r\n\r\n" + b"".join(_base64_lines(data)) + b"\r\n"
+
+
+def _file_part(
+    file: ContentFile,
+    maintype: str,
+    subtype: str,
+    file_name: str | None,
+    placeholders: list[tuple[bytes, bytes, bool]],
+) -> bytes:
+    """A file's part with a placeholder for its content (`_fill`), its header fields
+    made by the email package: RFC 2231 file names and parameters."""
+    part = EmailMessage(policy=_PARTS_POLICY)
+    if file_name is None:
+        part.set_content(b"", maintype=maintype, subtype=subtype)
+    else:
+        part.set_content(
+            b"", maintype=maintype, subtype=subtype, disposition="attachment", filename=file_name
         )
-        _fill(_last_part(mail), file, placeholders)
-    template = io.BytesIO()
-    _Generator(template, mangle_from_=False, policy=_POLICY).flatten(mail)
-    return _spliced(template.getvalue(), placeholders)
+    del part["MIME-Version"]
+    _fill(part, file, placeholders)
+    written = io.BytesIO()
+    _Generator(written, mangle_from_=False, policy=_POLICY).flatten(part)
+    return written.getvalue()
+
+
+def _multipart(subtype: str, parts: Sequence[bytes]) -> bytes:
+    """A multipart entity of `parts` (each a whole entity: header fields and body). The
+    boundary is random: "=_" cannot occur in quoted-printable or base64, and a 7bit part
+    would have to hold these 128 random bits."""
+    boundary = f"=_{uuid.uuid4().hex}".encode()
+    delimiter = b"--" + boundary + b"\r\n"
+    body = b"".join(delimiter + part + b"\r\n" for part in parts)
+    head = f'Content-Type: multipart/{subtype};\r\n boundary="{boundary.decode()}"\r\n\r\n'
+    return head.encode() + body + b"--" + boundary + b"--\r\n"
 
 
 class _Generator(BytesGenerator):
@@ -223,13 +302,6 @@ def safe_file_name(name: str, number: int) -> str:
         room = MAX_FILE_NAME_BYTES - len(extension.encode())
         name = stem.encode()[:room].decode("utf-8", "ignore").rstrip() + extension
     return name or f"bilaga-{number}"
-
-
-def _last_part(mail: EmailMessage) -> EmailMessage:
-    """The part just added to `mail`."""
-    *_, last = mail.iter_parts()
-    assert isinstance(last, EmailMessage)
-    return last
 
 
 def _fill(

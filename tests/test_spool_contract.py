@@ -202,6 +202,8 @@ def test_claims_are_leased_and_updates_written(spool: Spool) -> None:
     spool.update(first.id, next_attempt_at=now + timedelta(minutes=1))
     assert spool.deliveries(State.SUBMITTED, due=now) == []  # its look is not due yet
     assert len(spool.deliveries(due=now)) == 1  # the other, still queued
+    assert len(spool.deliveries(created_before=now)) == 2
+    assert spool.deliveries(created_before=now - timedelta(minutes=1)) == []
     others: list[dict[str, object]] = [{"sdk_message_id": "x"}, {"notes": {}}]
     for other in others:  # notes go with a transition
         with pytest.raises(ValueError, match="cannot update"):

@@ -140,8 +140,11 @@ class Receipts:
         """Deliveries that take long: one delay report each; submitted ones without a
         kvittens fail at the end of their lifetime (queued ones are failed by the worker)."""
         now = datetime.now(UTC)
+        old = now - min(delay_warning, lifetime)  # younger ones have nothing to sweep
         for state in (State.QUEUED, State.SUBMITTED):
-            for delivery in await asyncio.to_thread(self.spool.deliveries, state):
+            for delivery in await asyncio.to_thread(
+                self.spool.deliveries, state, created_before=old
+            ):
                 age = now - delivery.created_at
                 if state is State.SUBMITTED and age > lifetime:
                     reason = "no kvittens from the receiving organisation in time"

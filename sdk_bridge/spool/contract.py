@@ -79,10 +79,15 @@ class OutboundQueue(Protocol):
         """The delivery a reply refers to (the newest, for a mail with several recipients)."""
 
     def deliveries(
-        self, state: State | None = None, *, due: datetime | None = None
+        self,
+        state: State | None = None,
+        *,
+        due: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[Delivery]:
-        """In `state` (all: None), and with `due` only those whose next attempt or look
-        is due by then, found through the (state, next_attempt_at) index."""
+        """In `state` (all: None); with `due` only those whose next attempt or look is due
+        by then, with `created_before` only those accepted before then: the stages that
+        ask every round read only what they act on."""
 
     def transition(
         self,

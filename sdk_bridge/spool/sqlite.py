@@ -1038,10 +1038,15 @@ class SQLiteSpool(Spool):
         )
 
     def deliveries(
-        self, state: State | None = None, *, due: datetime | None = None
+        self,
+        state: State | None = None,
+        *,
+        due: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[Delivery]:
-        when = None if due is None else due.isoformat()
-        conditions, arguments = tables.delivery_filter(state, when)
+        due_text = None if due is None else due.isoformat()
+        before = None if created_before is None else created_before.isoformat()
+        conditions, arguments = tables.delivery_filter(state, due_text, before)
         with self._lock:
             rows = self._db.execute(
                 "SELECT * FROM deliveries" + conditions.replace("%s", "?") + " ORDER BY id",

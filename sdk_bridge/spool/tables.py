@@ -42,17 +42,21 @@ def check_updatable(allowed: frozenset[str], changes: dict[str, Any]) -> None:
         raise ValueError(f"cannot update {sorted(changes.keys() - allowed)}")
 
 
-def delivery_filter(state: State | None, due: object) -> tuple[str, tuple[object, ...]]:
-    """The WHERE clause of `deliveries(state, due=…)` with %s marks, and its arguments;
-    `due` as the back end stores times."""
+def delivery_filter(
+    state: State | None, due: object, created_before: object
+) -> tuple[str, tuple[object, ...]]:
+    """The WHERE clause of `deliveries(state, due=…, created_before=…)` with %s marks, and
+    its arguments; times as the back end stores them."""
     conditions: list[str] = []
     arguments: list[object] = []
-    if state is not None:
-        conditions.append("state = %s")
-        arguments.append(state.value)
-    if due is not None:
-        conditions.append("next_attempt_at <= %s")
-        arguments.append(due)
+    for condition, value in (
+        ("state = %s", None if state is None else state.value),
+        ("next_attempt_at <= %s", due),
+        ("created_at <= %s", created_before),
+    ):
+        if value is not None:
+            conditions.append(condition)
+            arguments.append(value)
     return (" WHERE " + " AND ".join(conditions) if conditions else ""), tuple(arguments)
 
 

@@ -875,9 +875,13 @@ class PostgresSpool(Spool):
         return self._maybe("mail_message_id = %s ORDER BY id DESC LIMIT 1", mail_message_id)
 
     def deliveries(
-        self, state: State | None = None, *, due: datetime | None = None
+        self,
+        state: State | None = None,
+        *,
+        due: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[Delivery]:
-        conditions, arguments = tables.delivery_filter(state, due)
+        conditions, arguments = tables.delivery_filter(state, due, created_before)
         with self._connection() as db:
             rows = db.execute(
                 f"SELECT {DELIVERY_COLUMNS} FROM deliveries{conditions} ORDER BY id", arguments

@@ -378,3 +378,17 @@ def test_text_parts_are_7bit_quoted_printable_or_base64_and_read_back() -> None:
         head = data[: data.index(b"\r\n\r\n")].decode("ascii")
         for line in head.split("\r\n"):
             assert len(line) <= 78 or line.startswith(("Message-ID:", "In-Reply-To:"))
+
+
+def test_header_text_is_encoded_word_by_word_and_reads_back_exactly() -> None:
+    """Subject and display names with other than ASCII: RFC 2047 words in lines of at
+    most 78, read back character for character, spaces kept; "[sekretess]" stays plain."""
+    label = "Ärende  om  åtgärd " * 8 + "日本語"
+    name = "Göinge kommun – Socialtjänsten"  # one encoded word; longer: the email package
+    data = to_email(make_message(label=label), **{**ADDRESSES, "sender_name": name})
+    mail = email.message_from_bytes(data, policy=email.policy.default)
+    assert mail["Subject"] == "[sekretess] " + " ".join(label.split())
+    assert mail["From"].addresses[0].display_name == name + " (SDK)"
+    head = data[: data.index(b"\r\n\r\n")].decode("ascii")
+    assert "Subject: [sekretess] =?utf-8?b?" in head and "From: =?utf-8?b?" in head
+    assert all(len(line) <= 78 for line in head.split("\r\n") if "Message-ID" not in line)

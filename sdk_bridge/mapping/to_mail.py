@@ -153,7 +153,7 @@ def to_email(
     if len(writers) == 1 and writers[0].label:  # after the organisation: it cannot pose as one
         shown_as = f"{shown_as}, {_name_of(writers[0].label)}"
     headers = _Headers()
-    headers.add("From", str(Address(one_line(shown_as), addr_spec=sender)))
+    headers.add_address("From", one_line(shown_as), sender)
     headers.add("To", str(Address(addr_spec=recipient)))
     headers.add("Subject", one_line((secrecy_prefix if message.confidential else "") + subject))
     headers.add("Date", format_datetime(message.created))
@@ -205,9 +205,10 @@ def to_email(
 
 
 class _Headers:
-    """A mail's header block, written as it is where a field is short printable ASCII
-    (most are), else folded and encoded by the email package (RFC 2047 names and
-    subjects; message ids never folded)."""
+    """A mail's header block. A field that is short printable ASCII (most are) is written
+    as it is; text with other characters as RFC 2047 encoded words (a display name, or
+    an unstructured field from its first such word on); anything else folded by the
+    email package. Message ids are never folded."""
 
     def __init__(self) -> None:
         self._lines: list[bytes] = []
@@ -218,15 +219,76 @@ class _Headers:
         limit = _LONGEST_LINE if unfolded else _HEADER_LINE
         if len(line) <= limit and _PLAIN_FIELD.fullmatch(value):
             self._lines.append(line.encode("ascii") + b"\r\n")
+        elif not value.isascii() and name.lower() not in _STRUCTURED:
+            plain, space, rest = _plain_start(value)
+            words = _encoded_words(rest, _HEADER_LINE - len(name) - 2 - len(plain) - len(space))
+            self._write(f"{name}: {plain}{space}" + "\r\n ".join(words))
         else:
             policy = _UNFOLDED if unfolded else _POLICY
             self._lines.append(policy.fold_binary(name, policy.header_store_parse(name, value)[1]))
+
+    def add_address(self, name: str, display_name: str, address: str) -> None:
+        """A display name that fits one encoded word is one; a longer one is left to the
+        email package, whose reader (as some others) does not join encoded words in a
+        name as RFC 2047 says it should."""
+        words = _encoded_words(display_name, _HEADER_LINE - len(name) - 2)
+        if display_name.isascii() or not address.isascii() or len(words) > 1:
+            self.add(name, str(Address(display_name, addr_spec=address)))
+        else:
+            self._write(f"{name}: {words[0]}\r\n <{address}>")
+
+    def _write(self, field: str) -> None:
+        self._lines.append(field.encode("ascii") + b"\r\n")
 
     def block(self) -> bytes:
         return b"".join(self._lines)
 
 
 _PLAIN_FIELD = re.compile(r"[!-~]+(?: [!-~]+)*")  # printable ASCII, single spaces inside
+_STRUCTURED = frozenset({"from", "to", "date"} | _ID_HEADERS)
+_ENCODED_WORD = "=?utf-8?b?{}?="
+_ENCODED_WORD_ROOM = len(_ENCODED_WORD) - 2  # what it adds to its base64
+
+
+def _plain_start(value: str) -> tuple[str, str, str]:
+    """An unstructured field's words before its first one that is not printable ASCII
+    (kept readable: "[sekretess] Ansökan" stays "[sekretess] =?utf-8?b?…?="), the space
+    after them, and the rest, which is encoded. Only a short start is kept so."""
+    cut = next(i for i, c in enumerate(value) if not " " <= c <= "~")
+    space = value.rfind(" ", 0, cut)
+    plain = value[:space]
+    if space <= 0 or not _PLAIN_FIELD.fullmatch(plain) or len(plain) > _HEADER_LINE // 2:
+        return "", "", value
+    return plain, " ", value[space + 1 :]
+
+
+def _encoded_words(text: str, first_room: int) -> list[str]:
+    """`text` as UTF-8 base64 encoded words (RFC 2047), each on its own line: the first
+    within `first_room` characters, the others after a folding space. Words end only
+    between characters, never inside one's UTF-8 bytes; the whitespace between encoded
+    words is not part of the text, so nothing is added or lost."""
+    words: list[str] = []
+    chunk: list[str] = []
+    room, size = first_room, 0
+    for character in text:
+        length = len(character.encode("utf-8"))
+        if chunk and _b64_length(size + length) + _ENCODED_WORD_ROOM > max(room, 24):
+            words.append(_encoded_word("".join(chunk)))
+            room, chunk, size = _HEADER_LINE - 1, [], 0
+        chunk.append(character)
+        size += length
+    if chunk or not words:
+        words.append(_encoded_word("".join(chunk)))
+    return words
+
+
+def _b64_length(size: int) -> int:
+    return (size + 2) // 3 * 4
+
+
+def _encoded_word(text: str) -> str:
+    encoded = binascii.b2a_base64(text.encode("utf-8"), newline=False)
+    return _ENCODED_WORD.format(encoded.decode("ascii"))
 
 
 def _text_part(subtype: str, text: str) -> bytes:

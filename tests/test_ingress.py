@@ -7,6 +7,7 @@ import dataclasses
 import email.policy
 import errno
 import os
+import random
 import re
 import smtplib
 import socket
@@ -19,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.smtp import SMTP
 from support.clamd import EICAR
 from support.registries import registry_for
 from support.sandboxed import ORG_A, ORG_B, TO_B
 
 from sdk_bridge.ingress.smtp import (
     JUNK_ALLOWANCE,
+    BridgeSMTP,
     IngressHandler,
     IngressSettings,
     SenderRule,
@@ -742,3 +745,25 @@ def test_a_mime_structure_the_parser_chokes_on_is_refused_for_good(ingress) -> N
                 FROM, [TO_B], b"Subject: x\r\nContent-Type: text/plain; charset*\r\n\r\nx\r\n"
             )
         assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (554, b"5.6.0")
+
+
+def test_the_path_shortcut_reads_mail_from_and_rcpt_to_as_aiosmtpd_does() -> None:
+    """BridgeSMTP reads a plain `<local@domain>` itself (aiosmtpd's parser is slow); for
+    every path, plain or not, the address and the rest are what aiosmtpd's parser says."""
+
+    def parsed(cls: type[SMTP], arg: str) -> object:
+        server = cls.__new__(cls)
+        server.local_part_limit = 8
+        try:
+            return cls._getaddr(server, arg)
+        except Exception as e:  # aiosmtpd's parser on some garbage
+            return type(e)
+
+    chosen = random.Random(18)
+    atext = "abcXYZ019!#$%&'*+/=?^_`{|}~-.å\"()"
+    rests = ["", " ", "  SIZE=1", " SIZE=1 BODY=8BITMIME", "\tX", " (c)", "x", " X ", " (c) X"]
+    for _ in range(3000):
+        local = "".join(chosen.choice(atext) for _ in range(chosen.randint(0, 10)))
+        domain = "".join(chosen.choice("ab-.9[]") for _ in range(chosen.randint(0, 8)))
+        arg = f"<{local}@{domain}>{chosen.choice(rests)}"
+        assert parsed(BridgeSMTP, arg) == parsed(SMTP, arg), arg

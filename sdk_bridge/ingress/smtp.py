@@ -518,10 +518,15 @@ class IngressHandler:
     async def _recipient(self, address: str, dsn: dict[str, str]) -> RecipientRecord:
         addresses = self.registry.addresses
         assert addresses is not None  # the daemon requires organisation.sdk_domain
+
+        def resolve() -> Any:  # in one thread hop: both are cached, each may ask a registry
+            found = addresses.resolve(address)
+            self.registry.certpub.encryption_certificates(found.organisation.id)
+            return found
+
         try:
-            recipient = await asyncio.to_thread(addresses.resolve, address)
+            recipient = await asyncio.to_thread(resolve)
             organisation_id = recipient.organisation.id
-            await asyncio.to_thread(self.registry.certpub.encryption_certificates, organisation_id)
         except NotFound as e:
             raise _Refused(f"550 5.1.1 {_one_line(e)}") from None
         except RegistryUnavailable as e:
@@ -565,9 +570,8 @@ class IngressHandler:
     async def _data(self, session: BridgeSession, envelope: BridgeEnvelope) -> str:
         path = envelope.data_file
         assert path is not None  # DATA ended well: BridgeSMTP set it
-        content = await asyncio.to_thread(path.read_bytes)
         try:
-            mail, mapped = await asyncio.to_thread(self._check_content, content)
+            content, mail, mapped = await asyncio.to_thread(self._read_and_check, path)
             await self._scan(content)
             rule = self._sender(envelope, session)
             spool_envelope = SpoolEnvelope(
@@ -602,6 +606,10 @@ class IngressHandler:
         if self.accepted is not None:
             self.accepted()
         return f"250 2.0.0 OK queued as {spool_id}"
+
+    def _read_and_check(self, path: Path) -> tuple[bytes, Any, MappedMail]:
+        content = path.read_bytes()
+        return content, *self._check_content(content)
 
     def _check_content(self, content: bytes) -> tuple[Any, MappedMail]:
         """Parse and map the mail as the worker would: what cannot become an SDK message

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from cryptography import x509
 
 from ..mapping.premapped import Premapped
 from ..mapping.to_sdk import MappedMail, business_message, map_mail, parse_mail
@@ -111,14 +112,9 @@ class Worker:
             await self._submitted(delivery)
 
     async def _attempt(self, delivery: Delivery) -> str:
-        business = await asyncio.to_thread(self._map, delivery)  # parsing is CPU work
+        business, certificates = await asyncio.to_thread(self._prepare, delivery)
         conversation = business.conversation_id
         recipient = delivery.recipient
-        certificates = await asyncio.to_thread(
-            self.registry.certpub.encryption_certificates,
-            recipient.organisation_id,
-            refresh=delivery.attempts > 0,  # a retry looks again: the certificate may have rolled
-        )
         loop = asyncio.get_running_loop()
         size = sum(len(f.content) for d in business.documents for f in d.files)
         sealed = await loop.run_in_executor(
@@ -137,6 +133,18 @@ class Worker:
                 conversation_id=conversation,
             )
         )
+
+    def _prepare(
+        self, delivery: Delivery
+    ) -> tuple[msg.BusinessMessage, tuple[x509.Certificate, ...]]:
+        """The SDK message and the recipient's encryption certificates, in one thread hop
+        (mapping may parse, the certificates may be asked of a registry)."""
+        business = self._map(delivery)
+        certificates = self.registry.certpub.encryption_certificates(
+            delivery.recipient.organisation_id,
+            refresh=delivery.attempts > 0,  # a retry looks again: the certificate may have rolled
+        )
+        return business, certificates
 
     def _map(self, delivery: Delivery) -> msg.BusinessMessage:
         """The SDK message for one delivery (run in a thread)."""

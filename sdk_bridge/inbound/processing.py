@@ -244,23 +244,30 @@ class Inbound:
                     Detail.SECURITY,
                     "the AS4 originalSender and finalRecipient differ from the XHE parties",
                 )
-            sender = await asyncio.to_thread(self._sender_address, message)
-            if await asyncio.to_thread(self.spool.known_inbound, message.message_id):
-                raise Rejected(
-                    Reason.BV, Detail.DUPLICATE, "messageId has been received before", _MESSAGE_ID
-                )
-            refers_to = message.ref_to_message_id
-            if refers_to is not None and await asyncio.to_thread(self._refers_to_failed, refers_to):
-                raise Rejected(  # B1.3.3 §5.3 row 11
-                    Reason.BV,
-                    Detail.NOT_SUPPORTED,
-                    "refToMessageId refers to a message marked as rejected",
-                    f"{_HEADER}/refToMessageId",
-                )
+            sender = await asyncio.to_thread(self._checked_sender, message)
             await self._check_files(item, message)
         except Rejected as e:
             return Verdict.of(e), None
         return ACCEPTED, sender
+
+    def _checked_sender(self, message: msg.BusinessMessage) -> tuple[str, str]:
+        """The checks that ask the address book and the spool, in one thread hop: the
+        sender's address (`_sender_address`), not a duplicate, not an answer to a message
+        that failed."""
+        sender = self._sender_address(message)
+        if self.spool.known_inbound(message.message_id):
+            raise Rejected(
+                Reason.BV, Detail.DUPLICATE, "messageId has been received before", _MESSAGE_ID
+            )
+        refers_to = message.ref_to_message_id
+        if refers_to is not None and self._refers_to_failed(refers_to):
+            raise Rejected(  # B1.3.3 §5.3 row 11
+                Reason.BV,
+                Detail.NOT_SUPPORTED,
+                "refToMessageId refers to a message marked as rejected",
+                f"{_HEADER}/refToMessageId",
+            )
+        return sender
 
     def _refers_to_failed(self, ref: str) -> bool:
         """A message we rejected, or one of ours that failed (REJECTED, or given up)."""

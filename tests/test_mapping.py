@@ -10,6 +10,7 @@ import email
 import email.policy
 import os
 import quopri
+import random
 import shutil
 import subprocess
 import uuid
@@ -990,3 +991,19 @@ def test_hostile_nesting_is_refused_not_followed() -> None:
         )
     with pytest.raises(MappingError, match="nested more than"):
         mapped(parsed(deep), raw=deep)
+
+
+def test_escaped_text_renders_directly_exactly_as_the_renderer_would() -> None:
+    """Issue 18: text that `escape` wrote (mail from another bridge) is rendered without
+    markdown-it, to the very same HTML; anything else still goes through it."""
+    chosen = random.Random(18)
+    pieces = [
+        *("a", "Hej", " ", "  ", "    ", "\t", "\n", "\n\n", "\n \n", "*", "_", "#", "-"),
+        *("+", "=", "1.", "2)", "&", "&amp;", "&#32;", "&#9;", "<", ">", '"', "'", "\\"),
+        *("`", "[", "]", "|", "~", "å", "\u00a0", "\u2028", "\x0b", "x" * 12, "  \n"),
+        *("***", "> q", "    code", "1. a\n2. b", "# h\n", "a\n===\n", "<b>x</b>", "**b**"),
+    ]
+    for number in range(4000):
+        text = "".join(chosen.choice(pieces) for _ in range(chosen.randint(0, 30)))
+        written = markdown.escape(text) if number % 3 else text  # raw Markdown too
+        assert markdown.render(written) == markdown._RENDERER.render(written), repr(written)

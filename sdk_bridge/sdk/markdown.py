@@ -96,7 +96,34 @@ def render(markdown: str) -> str:
             "<p>" + "<br />\n".join(html.escape(line) for line in p.split("\n")) + "</p>\n"
             for p in paragraphs
         )
+    if _OTHER_SPACE.search(markdown) is None and escape(plain(markdown)) == markdown:
+        return _escaped_render(markdown)
     return _RENDERER.render(markdown)
+
+
+def _escaped_render(markdown: str) -> str:
+    """What the renderer makes of text that `escape` wrote, made directly (a fifth of the
+    time, or less): paragraphs of lines with hard breaks between them, the indentation of
+    up to three spaces dropped as CommonMark drops it, character references and escapes
+    read, the rest as it is, HTML-escaped as markdown-it escapes."""
+    paragraphs = []
+    for paragraph in _PARAGRAPHS.split(markdown.strip("\n")):
+        lines = (
+            _html_text(plain(line.lstrip(" "))) for line in paragraph.split(_HARD_BREAK + "\n")
+        )
+        paragraphs.append("<p>" + "<br />\n".join(lines) + "</p>\n")
+    return "".join(paragraphs) if markdown.strip("\n") else ""
+
+
+_PARAGRAPHS: Final = re.compile(r"\n{2,}")
+# Whitespace the renderer trims or reads in ways of its own (tabs, CR, Unicode spaces):
+# text with any goes to the renderer.
+_OTHER_SPACE: Final = re.compile(r"[^\S \n]")
+_HTML_TEXT: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})
+
+
+def _html_text(text: str) -> str:
+    return text.translate(_HTML_TEXT)
 
 
 _RENDERER: Final = MarkdownIt("commonmark", {"html": False}).disable(

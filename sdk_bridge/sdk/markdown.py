@@ -40,7 +40,9 @@ _ORDERED: Final = re.compile(r"^([ \t]*\d{1,9})([.)])", re.MULTILINE)
 # Indentation a renderer would read as a code block: written as character references.
 _INDENT: Final = re.compile(r"^[ \t]*(?:\t| {4})[ \t]*", re.MULTILINE)
 _TRAILING_SPACE: Final = re.compile(r"[ \t\r\f\v]+$", re.MULTILINE)
-_BETWEEN_LINES: Final = re.compile(r"(?<=[^\n])\n(?=[^\n])")  # a break inside a paragraph
+# A break inside a paragraph (the newline first: a pattern that starts with a lookbehind is
+# tried at every character).
+_BETWEEN_LINES: Final = re.compile(r"\n(?<=[^\n]\n)(?=[^\n])")
 _INDENT_REFERENCES: Final = re.compile(r"^(?:&#32;|&#9;)+", re.MULTILINE)
 MAX_RENDERED_CHARS: Final = 512 * 1024  # longer text is rendered as plain paragraphs
 _HARD_BREAK: Final = "  "
@@ -106,24 +108,20 @@ def _escaped_render(markdown: str) -> str:
     time, or less): paragraphs of lines with hard breaks between them, the indentation of
     up to three spaces dropped as CommonMark drops it, character references and escapes
     read, the rest as it is, HTML-escaped as markdown-it escapes."""
-    paragraphs = []
-    for paragraph in _PARAGRAPHS.split(markdown.strip("\n")):
-        lines = (
-            _html_text(plain(line.lstrip(" "))) for line in paragraph.split(_HARD_BREAK + "\n")
-        )
-        paragraphs.append("<p>" + "<br />\n".join(lines) + "</p>\n")
-    return "".join(paragraphs) if markdown.strip("\n") else ""
+    text = plain(_LEADING_SPACES.sub("", markdown.strip("\n")))
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace('"', "&quot;")  # as markdown-it escapes (not ')
+    if not text:
+        return ""
+    paragraphs = _PARAGRAPHS.split(text)
+    return "".join("<p>" + p.replace("\n", "<br />\n") + "</p>\n" for p in paragraphs)
 
 
+_LEADING_SPACES: Final = re.compile(r"^ +", re.MULTILINE)
 _PARAGRAPHS: Final = re.compile(r"\n{2,}")
 # Whitespace the renderer trims or reads in ways of its own (tabs, CR, Unicode spaces):
 # text with any goes to the renderer.
 _OTHER_SPACE: Final = re.compile(r"[^\S \n]")
-_HTML_TEXT: Final = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})
-
-
-def _html_text(text: str) -> str:
-    return text.translate(_HTML_TEXT)
 
 
 _RENDERER: Final = MarkdownIt("commonmark", {"html": False}).disable(

@@ -56,6 +56,17 @@ def test_large_mail_is_not_kept_and_old_entries_make_room() -> None:
     assert premapped.take("second") is mapped
 
 
+def test_a_mapping_is_not_held_longer_than_its_age() -> None:
+    premapped, mapped = Premapped(max_age=0.0), mapped_of(mail_bytes())
+    premapped.keep("m1", mapped, uses=1)  # its delivery was claimed before it was kept
+    premapped.expire()
+    assert premapped.take("m1") is None
+    kept = Premapped(max_age=60.0)
+    kept.keep("m1", mapped, uses=1)
+    kept.expire()
+    assert kept.take("m1") is mapped
+
+
 def test_the_worker_maps_the_same_from_memory_as_from_the_spool(tmp_path: Path) -> None:
     spool = SQLiteSpool(tmp_path / "spool")
     data = mail_bytes()

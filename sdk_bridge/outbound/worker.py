@@ -76,6 +76,8 @@ class Worker:
 
     async def round(self) -> bool:
         """Deliver what is due, a batch at a time; whether any was (more may be waiting)."""
+        if self.premapped is not None:
+            self.premapped.expire()
         due = await asyncio.to_thread(self.spool.claim_due, self.settings.batch)
         results = await asyncio.gather(*(self.deliver(d) for d in due), return_exceptions=True)
         for delivery, result in zip(due, results, strict=True):

@@ -767,3 +767,65 @@ def test_the_path_shortcut_reads_mail_from_and_rcpt_to_as_aiosmtpd_does() -> Non
         domain = "".join(chosen.choice("ab-.9[]") for _ in range(chosen.randint(0, 8)))
         arg = f"<{local}@{domain}>{chosen.choice(rests)}"
         assert parsed(BridgeSMTP, arg) == parsed(SMTP, arg), arg
+
+
+def _data_dialogue(smtp: smtplib.SMTP) -> None:
+    smtp.ehlo()
+    smtp.mail(FROM)
+    smtp.rcpt(TO_B)
+    smtp.putcmd("DATA")
+    assert smtp.getreply()[0] == 354
+
+
+def test_data_arriving_in_any_pieces_is_stored_exactly(ingress) -> None:
+    """DATA is read in blocks: lines that start with dots, a line as long as allowed, a
+    message over several blocks, and the final dot split over pieces of a few bytes each;
+    what is stored is the message, unstuffed, byte for byte."""
+    running, spool = ingress
+    body = b"".join(
+        [b".leading dot\r\n", b"..two dots\r\n", b".x\r\n", b"A" * 1001 + b"\r\n"]
+        + [b"rad %d med text\r\n" % n for n in range(8000)]  # more than one 64 KiB block
+        + [b". \r\n", b"..\r\n", b"last\r\n"]
+    )
+    message = b"Subject: pieces\r\nMessage-ID: <p@kommun-a.se>\r\n\r\n" + body
+    stuffed = message.replace(b"\r\n.", b"\r\n..")
+    chosen = random.Random(18)
+    with client(running.port) as smtp:
+        _data_dialogue(smtp)
+        wire, at = stuffed + b".\r\n", 0
+        while at < len(wire):  # small pieces near the end: the final dot split up
+            step = chosen.randint(1, 7) if len(wire) - at < 64 else chosen.randint(1, 20_000)
+            smtp.send(wire[at : at + step])
+            at += step
+        code, text = smtp.getreply()
+        assert code == 250, text
+    (delivery,) = spool.deliveries()
+    assert spool.body(delivery.message_id) == message
+
+
+def test_commands_pipelined_after_the_final_dot_are_answered(ingress) -> None:
+    """A client may send its next command with the final dot (RFC 2920): what DATA read
+    beyond the dot goes back to the command reader, in order."""
+    running, spool = ingress
+    with client(running.port) as smtp:
+        _data_dialogue(smtp)
+        message = mail().as_bytes(policy=email.policy.SMTP)
+        smtp.send(message + b".\r\nMAIL FROM:<" + FROM.encode() + b">\r\nRSET\r\nNOOP\r\n")
+        replies = [smtp.getreply()[0] for _ in range(4)]
+        assert replies == [250, 250, 250, 250]
+    assert len(spool.deliveries()) == 1
+
+
+def test_a_line_one_byte_over_the_limit_is_too_long_however_it_arrives(ingress) -> None:
+    running, spool = ingress
+    for pieces in ([b"A" * 1002 + b"\r\n"], [b"A" * 1002, b"\r\n"], [b"A" * 3000, b"B\r\n"]):
+        with client(running.port) as smtp:
+            _data_dialogue(smtp)
+            smtp.send(b"Subject: long\r\n\r\n")
+            for piece in pieces:
+                smtp.send(piece)
+                time.sleep(0.05)  # read apart, as they would come over a network
+            smtp.send(b".\r\n")
+            code, text = smtp.getreply()
+            assert (code, text[:5]) == (500, b"5.5.6"), pieces
+    assert spool.deliveries() == []

@@ -292,44 +292,52 @@ class BridgeSMTP(SMTP):
     async def _receive(self, file: BinaryIO) -> str | None:
         """Read DATA into `file` (dot-unstuffed) up to the final dot, whatever goes wrong,
         so that no line of the message is ever read as a command; the refusal, or None when
-        it is whole and flushed."""
+        it is whole and flushed.
+
+        Read in blocks, not a line at a time (that cost more than the rest of the
+        dialogue): the lines a block completes are checked and written together. What the
+        client sent after the final dot (pipelined commands) goes back to the reader."""
         size, limit, problem = 0, self.data_size_limit, None
-        inside_long_line = False  # what follows an over-long line's start is still that line
+        pending = b""  # the start of a line not yet complete
+        line_start = True  # `pending` starts a line (not the rest of an over-long one)
         while self.transport is not None:
             since = self.loop.time() - self._deadline + self._timeout_duration
             if since > min(1.0, self._timeout_duration / 10):
-                self._reset_timeout()  # progress; not for every line, as it costs a timer
-            try:
-                line = await self._reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError as e:
-                await self._reader.read(e.consumed)  # drain; answer at the end
-                problem = problem or "500 5.5.6 Line too long (RFC 5321 4.5.3.1.6)"
-                inside_long_line = True
-                continue
-            if inside_long_line:  # its end: never an end of data, whatever it looks like
-                inside_long_line = False
-                continue
-            if line == b".\r\n":
+                self._reset_timeout()  # progress; not for every block, as it costs a timer
+            block = await self._reader.read(DATA_BLOCK)
+            if not block:
+                raise asyncio.IncompleteReadError(pending, None)
+            pending += block
+            # As if after the CRLF that ended the line before (none before the first line,
+            # none inside an over-long line): an index in `view` past it is one in `pending`.
+            view = (b"\r\n" if line_start else b"--") + pending
+            end = view.find(b"\r\n.\r\n")  # the final dot, at `pending[end]`
+            complete = end if end >= 0 else max(view.rfind(b"\r\n"), 0)  # whole lines
+            lines, pending = pending[:complete], pending[complete:]
+            if not line_start and lines:  # the rest of an over-long line: never written
+                lines = lines[lines.find(b"\r\n") + 2 :]
+                line_start = True
+            if lines:
+                size += len(lines)
+                problem = problem or _data_problem(lines, size, limit, self.line_length_limit)
+                if problem is None:
+                    try:
+                        file.write(_unstuffed(lines))
+                    except OSError as e:
+                        log.error("cannot store an incoming message", error=str(e))
+                        problem = storage_reply(e)
+            if end >= 0:
+                # asyncio's reader cannot be read ahead of; aiosmtpd uses its buffer too.
+                self._reader._buffer[:0] = pending[3:]  # type: ignore[attr-defined]
                 if problem is None:
                     try:
                         file.flush()
                     except OSError as e:
                         problem = storage_reply(e)
                 return problem
-            size += len(line)
-            if problem:
-                continue
-            if limit and size > limit:
-                problem = "552 5.3.4 Message too large"
-            elif line.count(b"\r") != 1 or line.count(b"\n") != 1:  # besides its CRLF
-                # SMTP smuggling: a bare CR or LF could hide a second message.
-                problem = "554 5.6.0 Bare CR or LF in message data (RFC 5322 2.3) refused"
-            else:
-                try:
-                    file.write(line[1:] if line.startswith(b".") else line)
-                except OSError as e:
-                    log.error("cannot store an incoming message", error=str(e))
-                    problem = storage_reply(e)
+            if len(pending) > self.line_length_limit + 1:  # no CRLF in sight: too long
+                problem = problem or "500 5.5.6 Line too long (RFC 5321 4.5.3.1.6)"
+                pending, line_start = pending[-1:], False  # it may be the CR of its CRLF
         return "421 4.4.2 Connection lost"
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
@@ -668,6 +676,40 @@ class IngressHandler:
         if found:
             log.warning("malware refused", signature=found)
             raise _Refused(f"554 5.7.1 Message refused: malware found ({found})")
+
+
+DATA_BLOCK = 64 * 1024  # bytes read from a client at a time during DATA
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def _data_problem(lines: bytes, size: int, limit: int | None, line_limit: int) -> str | None:
+    """What is wrong with these whole lines of DATA (`size`: all lines so far), the one
+    that comes first in them, as reading a line at a time would find it; None: nothing."""
+    found: list[tuple[int, str]] = []
+    if limit and size > limit:
+        found.append((len(lines) - (size - limit), "552 5.3.4 Message too large"))
+    pairs = lines.count(b"\r\n")
+    if lines.count(b"\r") != pairs or lines.count(b"\n") != pairs:
+        bare = _BARE.search(lines)  # SMTP smuggling: a bare CR or LF could hide a second message
+        assert bare is not None
+        found.append(
+            (bare.start(), "554 5.6.0 Bare CR or LF in message data (RFC 5322 2.3) refused")
+        )
+    split = lines.split(b"\r\n")
+    if max(map(len, split)) > line_limit:
+        at = 0
+        for line in split:
+            if len(line) > line_limit:
+                found.append((at, "500 5.5.6 Line too long (RFC 5321 4.5.3.1.6)"))
+                break
+            at += len(line) + 2
+    return min(found)[1] if found else None
+
+
+def _unstuffed(lines: bytes) -> bytes:
+    """Whole lines of DATA without the dot a client adds to a line that starts with one."""
+    lines = lines.replace(b"\r\n.", b"\r\n")
+    return lines[1:] if lines.startswith(b".") else lines
 
 
 def storage_reply(error: Exception) -> str:

@@ -161,6 +161,8 @@ CREATE INDEX IF NOT EXISTS messages_received ON messages(received_at);
 CREATE INDEX IF NOT EXISTS received_at ON received(received_at);
 CREATE INDEX IF NOT EXISTS inbox_updated ON inbox(updated_at);
 CREATE INDEX IF NOT EXISTS kvittens_updated ON kvittens_out(updated_at);
+CREATE INDEX IF NOT EXISTS messages_resent ON messages(body_sha256, mail_from, received_at);
+CREATE INDEX IF NOT EXISTS received_state ON received(state, received_at);
 """
 
 

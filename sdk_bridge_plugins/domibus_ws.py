@@ -334,7 +334,11 @@ class DomibusWS:
                 f"submission is {size} bytes, more than an SDK access point takes"
                 f" ({MAX_REQUEST_BYTES})"
             )
-        body = _submit_body(head, submission.payload, tail)
+        body: bytes | AsyncIterator[bytes]
+        if len(submission.payload) <= _BASE64_CHUNK:  # most mail: one write, one segment
+            body = head + binascii.b2a_base64(submission.payload, newline=False) + tail
+        else:
+            body = _submit_body(head, submission.payload, tail)
         try:
             answer = (await self._call(body, "submitMessage", size)).root
         except _Fault as fault:

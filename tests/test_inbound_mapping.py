@@ -2,9 +2,11 @@
 
 import email
 import email.policy
+import re
 from email.message import EmailMessage
 
 import lxml.html
+import pytest
 from support.parties import make_message
 
 from sdk_bridge.mapping.to_mail import MAX_FILE_NAME_BYTES, safe_file_name, to_email
@@ -392,3 +394,24 @@ def test_header_text_is_encoded_word_by_word_and_reads_back_exactly() -> None:
     head = data[: data.index(b"\r\n\r\n")].decode("ascii")
     assert "Subject: [sekretess] =?utf-8?b?" in head and "From: =?utf-8?b?" in head
     assert all(len(line) <= 78 for line in head.split("\r\n") if "Message-ID" not in line)
+
+
+def test_mail_lines_and_encoded_words_keep_their_limits() -> None:
+    """Review of issue 18's writer: encoded words of at most 75 characters, quoted-printable
+    lines of at most 76 also where a line ends in a space, text that looks like an encoded
+    word stays that text, and an alias that is no plain address is not written as one."""
+    lines = ("x" * 74 + " \n") * 3 + "y" * 74 + "é"
+    document = msg.Document("SDK-Meddelande", texts=(lines,))
+    subject = "=?utf-8?b?W3Nla3JldGVzc10=?= " + "Ä" * 200
+    data = to_email(make_message(documents=(document,), label=subject), **ADDRESSES)
+    head, body = data.split(b"\r\n\r\n", 1)
+    words = re.findall(rb"=\?utf-8\?b\?[^?]*\?=", head)
+    assert words and max(map(len, words)) <= 75
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
+    mail = email.message_from_bytes(data, policy=email.policy.default)
+    assert mail["Subject"] == "[sekretess] " + subject
+    plain = mail.get_body(("plain",))
+    assert plain is not None and plain.get_content().replace("\r\n", "\n").rstrip().endswith(lines)
+    bad_alias = {**ADDRESSES, "sender_name": "Malmö", "sender": "x@y>\r\nBcc: spy@evil.example"}
+    with pytest.raises(ValueError):  # as the email package refuses it, never written
+        to_email(make_message(), **bad_alias)

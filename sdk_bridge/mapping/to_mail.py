@@ -217,22 +217,26 @@ class _Headers:
         unfolded = name.lower() in _ID_HEADERS
         line = f"{name}: {value}"
         limit = _LONGEST_LINE if unfolded else _HEADER_LINE
-        if len(line) <= limit and _PLAIN_FIELD.fullmatch(value):
+        unstructured = name.lower() not in _STRUCTURED
+        # Text that looks like an encoded word is encoded itself: a reader would decode it.
+        as_words = unstructured and (not value.isascii() or "=?" in value)
+        if len(line) <= limit and _PLAIN_FIELD.fullmatch(value) and not as_words:
             self._lines.append(line.encode("ascii") + b"\r\n")
-        elif not value.isascii() and name.lower() not in _STRUCTURED:
-            plain, space, rest = _plain_start(value)
-            words = _encoded_words(rest, _HEADER_LINE - len(name) - 2 - len(plain) - len(space))
+        elif as_words:
+            room = _HEADER_LINE - len(name) - 2
+            plain, space, rest = _plain_start(value, room - _SHORTEST_WORD)
+            words = _encoded_words(rest, room - len(plain) - len(space))
             self._write(f"{name}: {plain}{space}" + "\r\n ".join(words))
         else:
             policy = _UNFOLDED if unfolded else _POLICY
             self._lines.append(policy.fold_binary(name, policy.header_store_parse(name, value)[1]))
 
     def add_address(self, name: str, display_name: str, address: str) -> None:
-        """A display name that fits one encoded word is one; a longer one is left to the
-        email package, whose reader (as some others) does not join encoded words in a
-        name as RFC 2047 says it should."""
+        """A display name that fits one encoded word is one, before a plain address; a
+        longer name, or another address, is left to the email package (whose reader, as
+        some others, does not join encoded words in a name as RFC 2047 says it should)."""
         words = _encoded_words(display_name, _HEADER_LINE - len(name) - 2)
-        if display_name.isascii() or not address.isascii() or len(words) > 1:
+        if display_name.isascii() or not _PLAIN_ADDRESS.fullmatch(address) or len(words) > 1:
             self.add(name, str(Address(display_name, addr_spec=address)))
         else:
             self._write(f"{name}: {words[0]}\r\n <{address}>")
@@ -245,19 +249,24 @@ class _Headers:
 
 
 _PLAIN_FIELD = re.compile(r"[!-~]+(?: [!-~]+)*")  # printable ASCII, single spaces inside
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 _STRUCTURED = frozenset({"from", "to", "date"} | _ID_HEADERS)
 _ENCODED_WORD = "=?utf-8?b?{}?="
 _ENCODED_WORD_ROOM = len(_ENCODED_WORD) - 2  # what it adds to its base64
+_LONGEST_WORD = 75  # RFC 2047's limit for an encoded word
+_SHORTEST_WORD = 24  # the room the first encoded word gets at least
 
 
-def _plain_start(value: str) -> tuple[str, str, str]:
+def _plain_start(value: str, room: int) -> tuple[str, str, str]:
     """An unstructured field's words before its first one that is not printable ASCII
     (kept readable: "[sekretess] Ansökan" stays "[sekretess] =?utf-8?b?…?="), the space
-    after them, and the rest, which is encoded. Only a short start is kept so."""
-    cut = next(i for i, c in enumerate(value) if not " " <= c <= "~")
+    after them, and the rest, which is encoded. Only a start that fits `room` is kept so,
+    and none that looks like an encoded word."""
+    cut = next((i for i, c in enumerate(value) if not " " <= c <= "~"), len(value))
     space = value.rfind(" ", 0, cut)
     plain = value[:space]
-    if space <= 0 or not _PLAIN_FIELD.fullmatch(plain) or len(plain) > _HEADER_LINE // 2:
+    if space <= 0 or not _PLAIN_FIELD.fullmatch(plain) or len(plain) + 1 > room or "=?" in plain:
         return "", "", value
     return plain, " ", value[space + 1 :]
 
@@ -269,12 +278,12 @@ def _encoded_words(text: str, first_room: int) -> list[str]:
     words is not part of the text, so nothing is added or lost."""
     words: list[str] = []
     chunk: list[str] = []
-    room, size = first_room, 0
+    room, size = min(max(first_room, _SHORTEST_WORD), _LONGEST_WORD), 0
     for character in text:
         length = len(character.encode("utf-8"))
-        if chunk and _b64_length(size + length) + _ENCODED_WORD_ROOM > max(room, 24):
+        if chunk and _b64_length(size + length) + _ENCODED_WORD_ROOM > room:
             words.append(_encoded_word("".join(chunk)))
-            room, chunk, size = _HEADER_LINE - 1, [], 0
+            room, chunk, size = min(_HEADER_LINE - 1, _LONGEST_WORD), [], 0
         chunk.append(character)
         size += length
     if chunk or not words:
@@ -298,10 +307,28 @@ def _text_part(subtype: str, text: str) -> bytes:
     head = f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: '
     if data.isascii() and max(map(len, data.split(b"\r\n"))) <= _PART_LINE:
         return head.encode() + b"7bit\r\n\r\n" + data
-    encoded = binascii.b2a_qp(data, istext=True)
+    encoded = _within_lines(binascii.b2a_qp(data, istext=True))
     if len(encoded) <= len(data) * 4 // 3 + len(data) // _BASE64_LINE * 2:
         return head.encode() + b"quoted-printable\r\n\r\n" + encoded
     return head.encode() + b"base64\r\n\r\n" + b"".join(_base64_lines(data)) + b"\r\n"
+
+
+def _within_lines(encoded: bytes) -> bytes:
+    """Quoted-printable in lines of at most 76: binascii goes one over where it encodes a
+    line's trailing space (`x…x=20`); such a line gets a soft break before its last
+    character or escape."""
+    lines = encoded.split(b"\r\n")
+    if max(map(len, lines)) <= _PART_LINE:
+        return encoded
+    fitted = []
+    for line in lines:
+        while len(line) > _PART_LINE:
+            cut = _PART_LINE - 1
+            cut -= 1 if line[cut - 1 : cut] == b"=" else 2 if line[cut - 2 : cut - 1] == b"=" else 0
+            fitted.append(line[:cut] + b"=")
+            line = line[cut:]
+        fitted.append(line)
+    return b"\r\n".join(fitted)
 
 
 def _file_part(

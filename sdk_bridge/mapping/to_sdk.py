@@ -336,6 +336,9 @@ class _ReadOnce(EmailPolicy):
         super().__init__(**kw)
         object.__setattr__(self, "_parsed", {})  # a policy is immutable to others
 
+    def __repr__(self) -> str:  # not the mail's header fields, should it ever be logged
+        return f"{type(self).__name__}()"
+
     def header_fetch_parse(self, name: str, value: str) -> Any:
         parsed: dict[tuple[str, str], Any] = self._parsed  # type: ignore[attr-defined]
         key = (name, value)

@@ -121,7 +121,7 @@ _LEADING_SPACES: Final = re.compile(r"^ +", re.MULTILINE)
 _PARAGRAPHS: Final = re.compile(r"\n{2,}")
 # Whitespace the renderer trims or reads in ways of its own (tabs, CR, Unicode spaces):
 # text with any goes to the renderer.
-_OTHER_SPACE: Final = re.compile(r"[^\S \n]")
+_OTHER_SPACE: Final = re.compile(r"[^\S \n]|\x00")  # NUL too: it becomes U+FFFD there
 
 
 _RENDERER: Final = MarkdownIt("commonmark", {"html": False}).disable(

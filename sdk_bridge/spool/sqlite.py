@@ -834,6 +834,7 @@ class SQLiteSpool(Spool):
         column, file, directory = self._content(table)
         removed = 0
         with self._lock:
+            self._synchronous(durable=True)
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._db.execute(

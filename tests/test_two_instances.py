@@ -196,6 +196,20 @@ def test_two_instances_one_killed_lose_and_double_nothing(
 
 
 RECEIVED = 300  # mails for the two receiving instances
+TAKING_PART_SECONDS = 60  # for the second receiving instance to accept its first message
+
+
+def accepted_by(local: LocalRun, name: str) -> int:
+    log = local.bridges[name].log
+    assert log is not None
+    return log.read_text().count("inbound message accepted")
+
+
+def until_accepted_by(local: LocalRun, name: str) -> None:
+    deadline = time.monotonic() + TAKING_PART_SECONDS
+    while not accepted_by(local, name):
+        assert time.monotonic() < deadline, f"{name} took no message in {TAKING_PART_SECONDS} s"
+        time.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -214,6 +228,8 @@ def test_two_receiving_instances_take_each_message_once(
         for number in range(RECEIVED):
             local.send("a", FROM, TO_B, mail(number))
             if number == RECEIVED // 2:
+                # A accepts faster than it delivers: b2 dies once it has work in hand.
+                until_accepted_by(local, "b2")
                 local.kill("b2", restart=False)
         deadline = time.monotonic() + SETTLE_SECONDS
         recovered = 0
@@ -227,11 +243,7 @@ def test_two_receiving_instances_take_each_message_once(
         assert Counter(local.kvittens("a").values()) == {"ACCEPTED": RECEIVED}
         kvittens = local.sandbox.access_points["b"].submitted(KVITTENS_ACTION)
         assert len(kvittens) == RECEIVED  # one answer per message, from one instance
-        judged = {}
-        for name in ("b", "b2"):
-            log = local.bridges[name].log
-            assert log is not None
-            judged[name] = log.read_text().count("inbound message accepted")
+        judged = {name: accepted_by(local, name) for name in ("b", "b2")}
         assert judged["b"] > 0 and judged["b2"] > 0, judged  # both took part
         assert recovered <= 8  # at most one round of retrievals in flight at the kill
         print(f"accepted by b, b2: {judged}; recovered from the retention: {recovered}")

@@ -304,11 +304,7 @@ def test_registry_unreachable_is_temporary(ingress, sandbox: Sandbox) -> None:
 def test_smtp_smuggling_is_refused(ingress, data: bytes) -> None:
     running, spool = ingress
     with client(running.port) as smtp:
-        smtp.ehlo()
-        smtp.mail(FROM)
-        smtp.rcpt(TO_B)
-        smtp.putcmd("DATA")
-        assert smtp.getreply()[0] == 354
+        start_data(smtp)
         smtp.send(data + b".\r\n")
         code, text = smtp.getreply()
     assert (code, text[:5]) == (554, b"5.6.0"), text
@@ -449,11 +445,7 @@ def test_the_tail_of_an_over_long_line_does_not_end_data(ingress) -> None:
     follows must not run as commands."""
     running, spool = ingress
     with client(running.port) as smtp:
-        smtp.ehlo()
-        smtp.mail(FROM)
-        smtp.rcpt(TO_B)
-        smtp.putcmd("DATA")
-        assert smtp.getreply()[0] == 354
+        start_data(smtp)
         # The server drains all but the last byte read of an over-long line; sent in two
         # pieces, what it reads next is exactly ".\r\n" followed by a command.
         smtp.send(b"Subject: x\r\n\r\n" + b"A" * 1100 + b".")
@@ -769,14 +761,6 @@ def test_the_path_shortcut_reads_mail_from_and_rcpt_to_as_aiosmtpd_does() -> Non
         assert parsed(BridgeSMTP, arg) == parsed(SMTP, arg), arg
 
 
-def _data_dialogue(smtp: smtplib.SMTP) -> None:
-    smtp.ehlo()
-    smtp.mail(FROM)
-    smtp.rcpt(TO_B)
-    smtp.putcmd("DATA")
-    assert smtp.getreply()[0] == 354
-
-
 def test_data_arriving_in_any_pieces_is_stored_exactly(ingress) -> None:
     """DATA is read in blocks: lines that start with dots, a line as long as allowed, a
     message over several blocks, and the final dot split over pieces of a few bytes each;
@@ -791,7 +775,7 @@ def test_data_arriving_in_any_pieces_is_stored_exactly(ingress) -> None:
     stuffed = message.replace(b"\r\n.", b"\r\n..")
     chosen = random.Random(18)
     with client(running.port) as smtp:
-        _data_dialogue(smtp)
+        start_data(smtp)
         wire, at = stuffed + b".\r\n", 0
         while at < len(wire):  # small pieces near the end: the final dot split up
             step = chosen.randint(1, 7) if len(wire) - at < 64 else chosen.randint(1, 20_000)
@@ -808,7 +792,7 @@ def test_commands_pipelined_after_the_final_dot_are_answered(ingress) -> None:
     beyond the dot goes back to the command reader, in order."""
     running, spool = ingress
     with client(running.port) as smtp:
-        _data_dialogue(smtp)
+        start_data(smtp)
         message = mail().as_bytes(policy=email.policy.SMTP)
         smtp.send(message + b".\r\nMAIL FROM:<" + FROM.encode() + b">\r\nRSET\r\nNOOP\r\n")
         replies = [smtp.getreply()[0] for _ in range(4)]
@@ -820,7 +804,7 @@ def test_a_line_one_byte_over_the_limit_is_too_long_however_it_arrives(ingress) 
     running, spool = ingress
     for pieces in ([b"A" * 1002 + b"\r\n"], [b"A" * 1002, b"\r\n"], [b"A" * 3000, b"B\r\n"]):
         with client(running.port) as smtp:
-            _data_dialogue(smtp)
+            start_data(smtp)
             smtp.send(b"Subject: long\r\n\r\n")
             for piece in pieces:
                 smtp.send(piece)

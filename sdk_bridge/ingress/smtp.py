@@ -29,6 +29,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from ..mapping.premapped import Premapped
 from ..mapping.to_sdk import MappedMail, business_message, map_mail, parse_mail
 from ..plugin import Scanner, TemporaryFailure
+from ..registry.addresses import DOT_ATOM, PLAIN_DOMAIN
 from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
 from ..runtime import counters
@@ -76,11 +77,8 @@ class IngressSettings:
     max_connections_per_client: int = 50  # at once, one address or IPv6 /64
 
 
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 # A path of ASCII dot-atoms only; anything else goes to the full parser.
-_SIMPLE_PATH = re.compile(
-    rf"<(({_ATOM}(?:\.{_ATOM})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*([^\s(](?:.*\S)?|)"
-)
+_SIMPLE_PATH = re.compile(rf"<(({DOT_ATOM})@{PLAIN_DOMAIN})>[ \t]*([^\s(](?:.*\S)?|)")
 _REPLY = re.compile(r"(\d{3})([ -])(.*)", re.DOTALL)
 _ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(\s|$)")
 _DEFAULT_CODES = {  # RFC 3463 codes for aiosmtpd's replies that carry none

@@ -68,6 +68,7 @@ from sdk_bridge.mapping.to_sdk import (
     kept_parameters,
     one_line,
 )
+from sdk_bridge.registry.addresses import DOT_ATOM, PLAIN_DOMAIN
 from sdk_bridge.sdk import markdown
 from sdk_bridge.sdk.message import (
     Attention,
@@ -249,8 +250,7 @@ class _Headers:
 
 
 _PLAIN_FIELD = re.compile(r"[!-~]+(?: [!-~]+)*")  # printable ASCII, single spaces inside
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+_PLAIN_ADDRESS = re.compile(rf"{DOT_ATOM}@{PLAIN_DOMAIN}")
 _STRUCTURED = frozenset({"from", "to", "date"} | _ID_HEADERS)
 _ENCODED_WORD = "=?utf-8?b?{}?="
 _ENCODED_WORD_ROOM = len(_ENCODED_WORD) - 2  # what it adds to its base64

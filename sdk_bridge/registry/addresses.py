@@ -18,7 +18,11 @@ from .addressbook import AddressBook, FunctionalAddress, Organisation
 from .errors import AmbiguousAlias, UnknownFunctionalAddress, UnknownOrganisation
 
 ENCODED_PREFIX = "fa-"
-_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+# The plainest forms of RFC 5321's local part and domain, as regular expressions (no
+# groups): what needs no quoting and no parser.
+DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+PLAIN_DOMAIN = r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_ATOM = re.compile(DOT_ATOM)
 _NORDIC = str.maketrans(
     {
         "å": "a",

@@ -38,7 +38,7 @@ class Premapped:
 
     def keep(self, message_id: str, mapped: MappedMail, uses: int) -> None:
         """Keep the mapping of spooled message `message_id` for `uses` deliveries."""
-        size = mapped.size + sum(len(text.encode()) for text in mapped.document.texts)
+        size = mapped.size
         if size > self.max_entry_bytes or uses < 1:
             return
         with self._lock:

@@ -42,8 +42,9 @@ Decisions:
   (quoted-printable or base64 parts) with headers folded at 78 characters.
 
 The mail is written directly, not built as an EmailMessage and generated: that cost more
-than everything else of opening a message. The email package still encodes what is not
-plain ASCII in the header (RFC 2047) and each file part's fields (RFC 2231 names).
+than everything else of opening a message. The email package still writes each file
+part's fields (RFC 2231 names), display names longer than one encoded word, and header
+fields of plain ASCII too long for one line.
 """
 
 import binascii

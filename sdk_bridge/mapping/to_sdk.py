@@ -192,8 +192,9 @@ class MappedMail:
 
     @property
     def size(self) -> int:
-        """Bytes of its files."""
-        return sum(len(file.content) for file in self.document.files)
+        """Bytes of its files and its text (as UTF-8)."""
+        files = sum(len(file.content) for file in self.document.files)
+        return files + sum(len(text.encode()) for text in self.document.texts)
 
 
 def to_business_message(

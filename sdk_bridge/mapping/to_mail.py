@@ -495,9 +495,11 @@ def _seven_bit(content: bytes) -> bool:
 
 def _subject(label: str, text: str) -> tuple[str, str]:
     """The label, or the full subject when outbound cut it and put it atop the text."""
+    if not label.endswith(ELLIPSIS):
+        return label, text
     first, rest = _first_section(text)
     first = markdown.plain(first)
-    if label.endswith(ELLIPSIS) and first.startswith(SUBJECT_PREFIX):
+    if first.startswith(SUBJECT_PREFIX):
         full = first.removeprefix(SUBJECT_PREFIX)
         if full.startswith(label.removesuffix(ELLIPSIS).rstrip()):
             return full, rest
@@ -516,9 +518,11 @@ def _first_section(text: str) -> tuple[str, str]:
 def _context(text: str) -> tuple[list[str], str]:
     """The lines outbound writes atop the text ("Kopia: …", `CONTEXT_HEADERS`), to join
     the header lines, and the rest of the text."""
+    titles = tuple(f"{title}: " for _, title in CONTEXT_HEADERS)
+    if not text.startswith(titles):  # as escaped: the titles hold nothing Markdown escapes
+        return [], text
     first, rest = _first_section(text)
     lines = markdown.plain(first).split("\n")
-    titles = tuple(f"{title}: " for _, title in CONTEXT_HEADERS)
     if first and all(line.startswith(titles) for line in lines):
         return lines, rest
     return [], text

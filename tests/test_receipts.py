@@ -2,6 +2,7 @@
 keys; A retrieves them from its access point, verifies them and settles the deliveries."""
 
 import asyncio
+import dataclasses
 import uuid
 from dataclasses import astuple
 from datetime import timedelta
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from support.kvittens import REJECTED, send_kvittens
-from support.outbound import access_point, new_mail, queue, run_worker
+from support.outbound import TO_B, access_point, new_mail, queue, run_worker
 from support.registries import registry_for
 from support.sandboxed import ORG_A, ORG_B
 
@@ -25,6 +26,9 @@ from sdk_bridge.spool import Received, SQLiteSpool, State
 pytestmark = pytest.mark.slow  # running bridges or servers: `make test-fast` leaves it out
 
 
+EVERY_REPORT = ("SUCCESS", "FAILURE", "DELAY")
+
+
 class Harness:
     def __init__(self, sandbox: Sandbox, tmp_path: Path) -> None:
         self.sandbox = sandbox
@@ -32,9 +36,10 @@ class Harness:
         self.spool = SQLiteSpool(tmp_path / "spool")
         self.events: list[tuple[str, Event, str, str]] = []
 
-    def sent(self, subject: str = "Ärende") -> str:
-        """One message from A to B, submitted; its SDK messageId."""
-        queue(self.spool, new_mail(subject, "Text."))
+    def sent(self, subject: str = "Ärende", notify: tuple[str, ...] = EVERY_REPORT) -> str:
+        """One message from A to B, submitted; its SDK messageId. Its NOTIFY asks for
+        every report, so that `events` shows each outcome."""
+        queue(self.spool, new_mail(subject, "Text."), dataclasses.replace(TO_B, notify=notify))
         run_worker(self.sandbox, self.spool, self.tmp_path / "cache-a")
         delivery = self.spool.deliveries()[-1]
         assert delivery.state is State.SUBMITTED
@@ -85,6 +90,17 @@ def test_accepted_delivers(harness: Harness) -> None:
         (sent, Event.DELIVERED, "2.0.0", "ACCEPTED by the receiving organisation")
     ]
     assert harness.spool.received("new") == [] and len(harness.spool.received("done")) == 1
+
+
+def test_a_success_nobody_asked_to_hear_of_owes_no_report(harness: Harness) -> None:
+    """Without NOTIFY=SUCCESS (most mail), a delivery settles without a report owed: the
+    report stage has nothing to build, send or clear."""
+    sent = harness.sent(notify=())
+    send_kvittens(harness.sandbox, ACCEPTED, sent)
+    harness.settle()
+    delivery = harness.spool.by_sdk_message_id(sent)
+    assert delivery is not None and delivery.state is State.DELIVERED
+    assert delivery.notes.report is None and harness.spool.owing_reports() == []
 
 
 def test_rejected_fails_with_the_reason(harness: Harness) -> None:

@@ -5,7 +5,8 @@ report the sender is owed in the same spool transaction, and only from the state
 come from, so two outcomes racing (a duplicate ACCEPTED, a REJECTED after expiry) never
 report twice. The report stage sends it afterwards and clears the note (`Notify` wakes
 it); a bridge killed in between sends it after the restart. Settling never waits for the
-smart host.
+smart host. A report the recipient's NOTIFY does not ask for (most: a success without
+NOTIFY=SUCCESS) is not owed at all, which spares the report stage a round and a commit.
 """
 
 import asyncio
@@ -14,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..spool import Delivery, NoteChanges, OwedReport, Spool, State
+from . import dsn
 
 
 class Event(StrEnum):
@@ -25,6 +27,14 @@ class Event(StrEnum):
     REJECTED = "rejected"  # failed, by the receiving organisation's kvittens
     DELAYED = "delayed"
 
+
+ACTIONS = {
+    Event.DELIVERED: dsn.Action.DELIVERED,
+    Event.DELIVERED_AFTER_ALL: dsn.Action.DELIVERED,
+    Event.FAILED: dsn.Action.FAILED,
+    Event.REJECTED: dsn.Action.FAILED,
+    Event.DELAYED: dsn.Action.DELAYED,
+}
 
 # Told of a delivery whose notes now owe its sender a report (wakes the report stage).
 Notify = Callable[[Delivery], None]
@@ -42,7 +52,12 @@ async def settle(
 ) -> Delivery | None:
     """Move `delivery` and owe its sender a report; None if it had already moved on."""
     notes = NoteChanges(**changes.pop("notes", {}))
-    notes["report"] = OwedReport(str(event), status, text)
+    after_failure = event is Event.DELIVERED_AFTER_ALL
+    wanted = dsn.should_notify(
+        delivery.recipient.notify, ACTIONS[event], after_failure=after_failure
+    )
+    # Unwanted, it still replaces a report owed before (a delay, say): this one is newer.
+    notes["report"] = OwedReport(str(event), status, text) if wanted else None
     if event in (Event.FAILED, Event.REJECTED):
         notes["failure_reported"] = True
     if event is Event.DELAYED:  # once, whichever instance sweeps first
@@ -51,6 +66,6 @@ async def settle(
     updated = await asyncio.to_thread(
         spool.transition, delivery.id, from_states, notes=notes, **changes
     )
-    if updated is not None and notify is not None:
+    if updated is not None and notify is not None and wanted:
         notify(updated)
     return updated

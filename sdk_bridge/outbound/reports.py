@@ -10,17 +10,9 @@ import structlog
 
 from ..spool import ContentRemoved, Delivery, OwedReport, Spool, State
 from . import dsn, smarthost
-from .outcomes import Event
+from .outcomes import ACTIONS, Event
 
 log = structlog.get_logger(__name__)
-
-_ACTIONS = {
-    Event.DELIVERED: dsn.Action.DELIVERED,
-    Event.DELIVERED_AFTER_ALL: dsn.Action.DELIVERED,
-    Event.FAILED: dsn.Action.FAILED,
-    Event.REJECTED: dsn.Action.FAILED,
-    Event.DELAYED: dsn.Action.DELAYED,
-}
 
 
 class DsnReporter:
@@ -76,7 +68,7 @@ class DsnReporter:
     def _build(self, delivery: Delivery, owed: OwedReport) -> EmailMessage | None:
         event = Event(owed.event)
         envelope = self.spool.envelope(delivery.message_id)
-        action = _ACTIONS[event]
+        action = ACTIONS[event]
         extra: dict[str, object] = {}
         if action is dsn.Action.DELAYED:
             extra["will_retry_until"] = delivery.created_at + self.lifetime

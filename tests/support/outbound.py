@@ -65,13 +65,13 @@ def received_by_b(sandbox: Sandbox, cache: Path) -> list:
     return [o.message for o in opened]
 
 
-def queue(spool: SQLiteSpool, mail: EmailMessage) -> None:
+def queue(spool: SQLiteSpool, mail: EmailMessage, recipient: RecipientRecord = TO_B) -> None:
     envelope = Envelope(
         mail_from="anna@kommun-a.se",
         sender_address="a.registrator",
         mail_message_id=(mail["Message-ID"] or "").strip("<>") or None,
     )
-    spool.accept(envelope, [TO_B], mail.as_bytes(policy=email.policy.SMTP))
+    spool.accept(envelope, [recipient], mail.as_bytes(policy=email.policy.SMTP))
 
 
 def new_mail(subject: str, text: str | None = "Hej!", **headers: str) -> EmailMessage:

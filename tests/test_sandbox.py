@@ -122,6 +122,15 @@ def test_registry_outages(registry_a: Registry, sandbox: Sandbox) -> None:
         registry_a.certpub.encryption_certificates(ORG_B, refresh=True)
 
 
+def test_cached_signing_certificates_never_ask_smp(registry_a: Registry, sandbox: Sandbox) -> None:
+    """The event loop's shortcut: what the cache holds, or None; SMP is not asked either way."""
+    assert registry_a.certpub.cached_signing_certificates(ORG_B) is None
+    certificates = registry_a.certpub.signing_certificates(ORG_B)
+    sandbox.smp.faults.fail_with = 503
+    assert registry_a.certpub.cached_signing_certificates(ORG_B) == certificates
+    assert registry_a.certpub.cached_signing_certificates(ORG_A) is None
+
+
 def test_unregistered_organisation(registry_a: Registry) -> None:
     with pytest.raises(NotRegistered):
         registry_a.certpub.encryption_certificates("0203:nowhere.sandbox.test")

@@ -59,15 +59,25 @@ class CertPub:
     ) -> tuple[x509.Certificate, ...]:
         return self._usable(participant, KVITTENS_DOCUMENT_ID, refresh)
 
+    def cached_signing_certificates(self, participant: str) -> tuple[x509.Certificate, ...] | None:
+        """The signing certificates the cache holds for `participant`, or None where it holds
+        none unexpired: never asks SMP, so a caller on the event loop needs no thread while
+        they are known."""
+        return self._cached((participant.lower(), KVITTENS_DOCUMENT_ID), datetime.now(UTC))
+
+    def _cached(self, key: tuple[str, str], now: datetime) -> tuple[x509.Certificate, ...] | None:
+        with self._lock:
+            cached = self._cache.get(key)
+        return cached.certificates if cached and now < cached.expires else None
+
     def _usable(
         self, participant: str, document_id: str, refresh: bool
     ) -> tuple[x509.Certificate, ...]:
         key = (participant.lower(), document_id)
         now = datetime.now(UTC)
-        with self._lock:
-            cached = self._cache.get(key)
-        if cached and not refresh and now < cached.expires:
-            return cached.certificates
+        cached = None if refresh else self._cached(key, now)
+        if cached is not None:
+            return cached
         metadata = self._smp.service_metadata(participant, document_id)
         signing = document_id == KVITTENS_DOCUMENT_ID
         published = metadata.signing_certificates if signing else metadata.encryption_certificates

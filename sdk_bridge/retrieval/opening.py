@@ -13,6 +13,7 @@ import dataclasses
 from concurrent.futures import Executor
 
 import structlog
+from cryptography import x509
 
 from ..registry.client import Registry
 from ..registry.errors import NoValidCertificate, RegistryError, RegistryUnavailable
@@ -38,9 +39,7 @@ async def open_received(
     opened: Opened | None = None
     for refresh in (False, True):
         try:
-            published: tuple = await asyncio.to_thread(
-                registry.certpub.signing_certificates, item.original_sender, refresh=refresh
-            )
+            published = await _signing_certificates(registry, item.original_sender, refresh)
         except RegistryUnavailable:
             raise
         except NoValidCertificate as e:  # registered, so it can be answered: SIG/security
@@ -56,6 +55,17 @@ async def open_received(
             break
     assert opened is not None
     return opened
+
+
+async def _signing_certificates(
+    registry: Registry, sender: str, refresh: bool
+) -> tuple[x509.Certificate, ...]:
+    """The sender's published signing certificates: from the cache while it holds them, or
+    else through a thread, as looking them up may ask SMP."""
+    cached = None if refresh else registry.certpub.cached_signing_certificates(sender)
+    if cached is not None:
+        return cached
+    return await asyncio.to_thread(registry.certpub.signing_certificates, sender, refresh=refresh)
 
 
 def _open(data: bytes, receiver: Receiver) -> Opened:

@@ -577,35 +577,26 @@ class IngressHandler:
         path = envelope.data_file
         assert path is not None  # DATA ended well: BridgeSMTP set it
         try:
-            content, mail, mapped = await asyncio.to_thread(self._read_and_check, path)
-            await self._scan(content)
             rule = self._sender(envelope, session)
-            spool_envelope = SpoolEnvelope(
-                mail_from=envelope.mail_from or "",
-                client=f"{session.peer[0]}:{session.peer[1]}" if session.peer else "",
-                helo=session.host_name or "",
-                auth_user=session.auth_data if session.authenticated else None,
-                envid=envelope.dsn_mail.get("ENVID"),
-                ret=envelope.dsn_mail.get("RET"),
-                mail_message_id=(mail["Message-ID"] or "").strip().strip("<>") or None,
-                sender_address=rule.functional_address,
-            )
+            if self.scanner is None:  # read, check and store in one thread hop
+                spool_id, stored, mapped = await asyncio.to_thread(
+                    self._check_and_store, path, session, envelope, rule
+                )
+            else:
+                content, mail, mapped = await asyncio.to_thread(self._read_and_check, path)
+                await self._scan(content)
+                del content
+                stored = self._spool_envelope(session, envelope, rule, mail)
+                spool_id = await asyncio.to_thread(self._store, path, stored, envelope.recipients)
         except _Refused as refused:
             log.info("message refused", reply=refused.reply)
             return refused.reply
-        try:
-            spool_id = await asyncio.to_thread(
-                self.spool.accept, spool_envelope, envelope.recipients, path
-            )
-        except Exception as e:
-            log.exception("message could not be stored")
-            return storage_reply(e)
         if self.premapped is not None:
             self.premapped.keep(spool_id, mapped, len(envelope.recipients))
         log.info(
             "message accepted",
             spool_id=spool_id,
-            message_id=spool_envelope.mail_message_id,
+            message_id=stored.mail_message_id,
             recipients=len(envelope.recipients),
         )
         counters.SMTP_ACCEPTED.inc()
@@ -613,9 +604,39 @@ class IngressHandler:
             self.accepted()
         return f"250 2.0.0 OK queued as {spool_id}"
 
+    def _check_and_store(
+        self, path: Path, session: BridgeSession, envelope: BridgeEnvelope, rule: SenderRule
+    ) -> tuple[str, SpoolEnvelope, MappedMail]:
+        _, mail, mapped = self._read_and_check(path)
+        stored = self._spool_envelope(session, envelope, rule, mail)
+        return self._store(path, stored, envelope.recipients), stored, mapped
+
     def _read_and_check(self, path: Path) -> tuple[bytes, Any, MappedMail]:
         content = path.read_bytes()
         return content, *self._check_content(content)
+
+    @staticmethod
+    def _spool_envelope(
+        session: BridgeSession, envelope: BridgeEnvelope, rule: SenderRule, mail: Any
+    ) -> SpoolEnvelope:
+        return SpoolEnvelope(
+            mail_from=envelope.mail_from or "",
+            client=f"{session.peer[0]}:{session.peer[1]}" if session.peer else "",
+            helo=session.host_name or "",
+            auth_user=session.auth_data if session.authenticated else None,
+            envid=envelope.dsn_mail.get("ENVID"),
+            ret=envelope.dsn_mail.get("RET"),
+            mail_message_id=(mail["Message-ID"] or "").strip().strip("<>") or None,
+            sender_address=rule.functional_address,
+        )
+
+    def _store(self, path: Path, stored: SpoolEnvelope, recipients: list[RecipientRecord]) -> str:
+        """The spool id, or a refusal with the reply a storage failure calls for."""
+        try:
+            return self.spool.accept(stored, recipients, path)
+        except Exception as e:
+            log.exception("message could not be stored")
+            raise _Refused(storage_reply(e)) from None
 
     def _check_content(self, content: bytes) -> tuple[Any, MappedMail]:
         """Parse and map the mail as the worker would: what cannot become an SDK message

@@ -4,6 +4,7 @@ Revocation (CRL/OCSP) belongs to the registry client, which knows the network; h
 check what the certificates themselves say.
 """
 
+import functools
 from datetime import datetime
 
 from cryptography import x509
@@ -92,11 +93,17 @@ def issuer_among(
     cert: x509.Certificate, candidates: list[x509.Certificate]
 ) -> x509.Certificate | None:
     for candidate in candidates:
-        if candidate.subject != cert.issuer:
-            continue
-        try:
-            cert.verify_directly_issued_by(candidate)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return candidate
+        if candidate.subject == cert.issuer and _issued_by(cert, candidate):
+            return candidate
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer`'s key signed `cert`: an RSA verification, the same for the same two
+    certificates (equal by their DER), which every envelope's signer is checked against."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

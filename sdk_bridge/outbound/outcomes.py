@@ -51,6 +51,24 @@ async def settle(
     **changes: Any,
 ) -> Delivery | None:
     """Move `delivery` and owe its sender a report; None if it had already moved on."""
+    updated = await asyncio.to_thread(
+        settled, spool, delivery, from_states, event, status, text, **changes
+    )
+    tell(notify, updated)
+    return updated
+
+
+def settled(
+    spool: Spool,
+    delivery: Delivery,
+    from_states: Collection[State],
+    event: Event,
+    status: str,
+    text: str,
+    **changes: Any,
+) -> Delivery | None:
+    """`settle` in the calling thread, which `tell` must follow on the event loop: for a
+    stage that does more spool work in the same thread hop."""
     notes = NoteChanges(**changes.pop("notes", {}))
     after_failure = event is Event.DELIVERED_AFTER_ALL
     wanted = dsn.should_notify(
@@ -63,9 +81,10 @@ async def settle(
     if event is Event.DELAYED:  # once, whichever instance sweeps first
         notes["delay_reported"] = True
         changes["when"] = lambda now: not now.notes.delay_reported
-    updated = await asyncio.to_thread(
-        spool.transition, delivery.id, from_states, notes=notes, **changes
-    )
-    if updated is not None and notify is not None and wanted:
-        notify(updated)
-    return updated
+    return spool.transition(delivery.id, from_states, notes=notes, **changes)
+
+
+def tell(notify: Notify | None, delivery: Delivery | None) -> None:
+    """Wake the report stage for a delivery (as settled) that now owes a report."""
+    if delivery is not None and notify is not None and delivery.notes.report is not None:
+        notify(delivery)

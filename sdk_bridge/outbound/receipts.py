@@ -23,7 +23,7 @@ from ..runtime.concurrently import each
 from ..sdk.sealing import Opened, Receiver
 from ..sdk.verdict import Outcome
 from ..spool import Delivery, Received, Spool, State
-from .outcomes import Event, Notify, settle
+from .outcomes import Event, Notify, settle, settled, tell
 
 log = structlog.get_logger(__name__)
 
@@ -65,18 +65,24 @@ class Receipts:
             await self._settle(item, opened[item.id])
 
     async def _settle(self, item: Received, opened: Opened) -> None:
-        delivery, problem = await asyncio.to_thread(self._match, item, opened)
+        tell(self.notify, await asyncio.to_thread(self._settle_now, item, opened))
+
+    def _settle_now(self, item: Received, opened: Opened) -> Delivery | None:
+        """Match, settle, and mark the kvittens dealt with: spool work in one thread hop.
+        The delivery settled, if any."""
+        delivery, problem = self._match(item, opened)
         if delivery is None:
             log.warning("kvittens ignored", id=item.id, sender=item.original_sender, why=problem)
-            await asyncio.to_thread(self.spool.mark_received, item.id, "ignored", problem)
-            return
+            self.spool.mark_received(item.id, "ignored", problem)
+            return None
         assert opened.kvittens is not None
         if opened.kvittens.accepted:
-            await self._accepted(delivery)
+            updated = self._accepted(delivery)
         else:
             line = opened.kvittens.lines[0]
-            await self._rejected(delivery, f"{line.reason} {line.detail or '-'}", line.text)
-        await asyncio.to_thread(self.spool.mark_received, item.id, "done", None)
+            updated = self._rejected(delivery, f"{line.reason} {line.detail or '-'}", line.text)
+        self.spool.mark_received(item.id, "done", None)
+        return updated
 
     async def _open(self, item: Received) -> Opened:
         receiver = Receiver(trust_anchors=self.trust_anchors, our_parties={self.organisation_id})
@@ -99,12 +105,11 @@ class Receipts:
             return None, "its HandlingServiceID is not the functional address the message went to"
         return delivery, ""
 
-    async def _accepted(self, delivery: Delivery) -> None:
+    def _accepted(self, delivery: Delivery) -> Delivery | None:
         after_failure = delivery.notes.failure_reported
         event = Event.DELIVERED_AFTER_ALL if after_failure else Event.DELIVERED
-        settled = await settle(
+        updated = settled(
             self.spool,
-            self.notify,
             delivery,
             {State.QUEUED, State.SUBMITTED, State.FAILED},  # not twice: DELIVERED is final
             event,
@@ -113,15 +118,15 @@ class Receipts:
             state=State.DELIVERED,
             notes={"kvittens": "ACCEPTED"},
         )
-        if settled:
+        if updated:
             log.info("delivered", **delivery.ids(), outcome=str(event))
             counters.OUTBOUND.labels("delivered").inc()
+        return updated
 
-    async def _rejected(self, delivery: Delivery, code: str, text: str) -> None:
+    def _rejected(self, delivery: Delivery, code: str, text: str) -> Delivery | None:
         reason = f"{code}: {text}"
-        settled = await settle(
+        updated = settled(
             self.spool,
-            self.notify,
             delivery,
             {State.QUEUED, State.SUBMITTED},  # never over an ACCEPTED, nor a second failure
             Event.REJECTED,
@@ -131,10 +136,11 @@ class Receipts:
             last_error=reason,
             notes={"kvittens": "REJECTED"},
         )
-        if settled:
+        if updated:
             log.warning("rejected by the receiver", **delivery.ids(), reason=reason)
             counters.OUTBOUND.labels("rejected").inc()
             counters.OUTBOUND_REJECTED.labels(code).inc()
+        return updated
 
     async def sweep(self, delay_warning: timedelta, lifetime: timedelta) -> None:
         """Deliveries that take long: one delay report each; submitted ones without a

@@ -44,7 +44,7 @@ from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
 from ..retrieval.intake import OVERSIZE_ACTION
 from ..retrieval.opening import open_received
-from ..runtime import counters
+from ..runtime import counters, memory
 from ..runtime.backoff import pause
 from ..runtime.concurrently import each
 from ..sdk import kvittens as kv
@@ -182,18 +182,18 @@ class Inbound:
         """Judge one message and record the outcome; raise one of WAIT_ON when that cannot
         be done now."""
         opened = await open_received(item, self.registry, self.receiver, self.crypto)
-        verdict, sender = opened.verdict, None
+        verdict, addressing = opened.verdict, None
         if verdict.outcome is Outcome.ACCEPTED:
             if opened.message is None:
                 raise _Unjudgeable("a kvittens sent as a business message")
-            verdict, sender = await self._judge(item, opened.message, opened)
+            verdict, addressing = await self._judge(item, opened.message, opened)
         if verdict.outcome is Outcome.NO_KVITTENS:
             await self._quarantine(item, opened, verdict)
         elif verdict.outcome is Outcome.REJECTED:
             await self._reject(item, opened, verdict)
         else:
-            assert opened.message is not None and sender is not None
-            await self._accept(item, opened.message, sender, opened)
+            assert opened.message is not None and addressing is not None
+            await self._accept(item, opened.message, addressing, opened)
 
     async def _too_long(self, item: Received) -> None:
         """A message too large to take (the intake kept the beginning of its envelope):
@@ -234,9 +234,9 @@ class Inbound:
 
     async def _judge(
         self, item: Received, message: msg.BusinessMessage, opened: Opened
-    ) -> tuple[Verdict, tuple[str, str] | None]:
+    ) -> tuple[Verdict, "_Addressing | None"]:
         """Our checks beyond the core's, for a message the core found valid; with
-        ACCEPTED, the sender's reply-able alias and display name."""
+        ACCEPTED, how its mail is addressed."""
         try:
             if (item.original_sender, item.final_recipient) != (opened.from_party, opened.to_party):
                 raise Rejected(
@@ -244,35 +244,35 @@ class Inbound:
                     Detail.SECURITY,
                     "the AS4 originalSender and finalRecipient differ from the XHE parties",
                 )
-            sender = await asyncio.to_thread(self._checked_sender, message)
+            addressing = await asyncio.to_thread(self._checked_sender, message)
             await self._check_files(item, message)
         except Rejected as e:
             return Verdict.of(e), None
-        return ACCEPTED, sender
+        return ACCEPTED, addressing
 
-    def _checked_sender(self, message: msg.BusinessMessage) -> tuple[str, str]:
+    def _checked_sender(self, message: msg.BusinessMessage) -> "_Addressing":
         """The checks that ask the address book and the spool, in one thread hop: the
         sender's address (`_sender_address`), not a duplicate, not an answer to a message
-        that failed."""
-        sender = self._sender_address(message)
+        that failed; and the mail of ours that it answers."""
+        sender, sender_name = self._sender_address(message)
         if self.spool.known_inbound(message.message_id):
             raise Rejected(
                 Reason.BV, Detail.DUPLICATE, "messageId has been received before", _MESSAGE_ID
             )
         refers_to = message.ref_to_message_id
-        if refers_to is not None and self._refers_to_failed(refers_to):
+        if refers_to is None:
+            return _Addressing(sender, sender_name, None)
+        ours = self.spool.by_sdk_message_id(refers_to)
+        failed = ours is not None and ours.state is State.FAILED  # REJECTED, or given up
+        if failed or self.spool.rejected_inbound(refers_to):
             raise Rejected(  # B1.3.3 §5.3 row 11
                 Reason.BV,
                 Detail.NOT_SUPPORTED,
                 "refToMessageId refers to a message marked as rejected",
                 f"{_HEADER}/refToMessageId",
             )
-        return sender
-
-    def _refers_to_failed(self, ref: str) -> bool:
-        """A message we rejected, or one of ours that failed (REJECTED, or given up)."""
-        ours = self.spool.by_sdk_message_id(ref)
-        return self.spool.rejected_inbound(ref) or (ours is not None and ours.state is State.FAILED)
+        replying_to = ours.mail_message_id if ours is not None else None  # our user's mail
+        return _Addressing(sender, sender_name, replying_to)
 
     def _sender_address(self, message: msg.BusinessMessage) -> tuple[str, str]:
         """The sender's reply-able alias and display name; Rejected when the address book
@@ -383,13 +383,28 @@ class Inbound:
         self,
         item: Received,
         message: msg.BusinessMessage,
-        sender: tuple[str, str],
+        addressing: "_Addressing",
         opened: Opened,
     ) -> None:
         address = message.functional_address
         assert address is not None  # the core checked it is one of ours
-        mail = await asyncio.to_thread(self._mail, message, address, sender)
-        owed = await self._kvittens(item, opened, ACCEPTED)
+        answer, owed, handling = self._answer(item, opened, ACCEPTED)
+        writing = _Writing(
+            recipient=self.settings.mailbox_addresses[address],
+            sdk_domain=self.settings.sdk_domain,
+            secrecy_prefix=self.settings.secrecy_prefix,
+        )
+        loop = asyncio.get_running_loop()
+        mail, sealed = await loop.run_in_executor(  # one task: the mail is written there too
+            memory.executor_for(len(item.payload), self.crypto),
+            _mail_and_kvittens,
+            message,
+            addressing,
+            writing,
+            answer,
+            self.settings.signer,
+            handling,
+        )
         inbound = InboundMail(
             sdk_message_id=message.message_id,
             received_id=item.id,
@@ -405,7 +420,7 @@ class Inbound:
                 self.spool.conclude_received,
                 item.id,
                 "accepted",
-                kvittens=owed,
+                kvittens=(owed, sealed),
                 mail=(inbound, mail),
                 sdk_message_id=message.message_id,
             )
@@ -421,25 +436,21 @@ class Inbound:
         counters.INBOUND.labels("accepted", "-").inc()
         log.info("inbound message accepted", **inbound.ids(), to=address, sender=inbound.sender)
 
-    def _mail(self, message: msg.BusinessMessage, address: str, sender: tuple[str, str]) -> bytes:
-        replying_to = None
-        if message.ref_to_message_id is not None:
-            ours = self.spool.by_sdk_message_id(message.ref_to_message_id)
-            if ours is not None and ours.mail_message_id:
-                replying_to = ours.mail_message_id  # the mail our user sent
-        return to_email(
-            message,
-            sender=sender[0],
-            sender_name=sender[1],
-            recipient=self.settings.mailbox_addresses[address],
-            sdk_domain=self.settings.sdk_domain,
-            replying_to=replying_to,
-            secrecy_prefix=self.settings.secrecy_prefix,
-        )
-
     async def _kvittens(
         self, item: Received, opened: Opened, verdict: Verdict
     ) -> tuple[OwedKvittens, bytes]:
+        answer, owed, handling = self._answer(item, opened, verdict)
+        loop = asyncio.get_running_loop()
+        sealed = await loop.run_in_executor(
+            self.crypto, _seal_kvittens, answer, self.settings.signer, handling
+        )
+        return owed, sealed
+
+    def _answer(
+        self, item: Received, opened: Opened, verdict: Verdict
+    ) -> tuple[kv.Kvittens, OwedKvittens, str | None]:
+        """The kvittens `verdict` calls for, the spool's record of it, and the
+        HandlingServiceID to seal it with."""
         assert opened.envelope_id is not None
         answer = kv.Kvittens.answering(
             verdict,
@@ -448,10 +459,6 @@ class Inbound:
             receiver=item.original_sender,
         )
         handling = opened.header.handling_service_id if opened.header else None
-        loop = asyncio.get_running_loop()
-        sealed = await loop.run_in_executor(
-            self.crypto, _seal_kvittens, answer, self.settings.signer, handling
-        )
         conversation = item.conversation_id or (
             opened.message.conversation_id if opened.message else answer.id
         )
@@ -462,7 +469,7 @@ class Inbound:
             conversation_id=conversation,
             accepted=answer.accepted,
         )
-        return owed, sealed
+        return answer, owed, handling
 
     # --- kvittens to the access point ---------------------------------------------------
 
@@ -606,3 +613,44 @@ def _references(attention: msg.Attention | None) -> tuple[tuple[str, str, str | 
 
 def _seal_kvittens(answer: kv.Kvittens, signer: KeyPair, handling: str | None) -> bytes:
     return seal_kvittens(answer, signer=signer, handling_service_id=handling)
+
+
+@dataclass(frozen=True)
+class _Addressing:
+    """How an accepted message's mail is addressed, as judging found: the sender's
+    reply-able alias and display name, and the Message-ID of the mail of ours it answers."""
+
+    sender: str
+    sender_name: str
+    replying_to: str | None
+
+
+@dataclass(frozen=True)
+class _Writing:
+    """What the mail is written with besides the message and its addressing."""
+
+    recipient: str  # the functional address's mailbox
+    sdk_domain: str
+    secrecy_prefix: str
+
+
+def _mail_and_kvittens(
+    message: msg.BusinessMessage,
+    addressing: _Addressing,
+    writing: _Writing,
+    answer: kv.Kvittens,
+    signer: KeyPair,
+    handling: str | None,
+) -> tuple[bytes, bytes]:
+    """An accepted message's mail and its sealed kvittens: one task for a crypto worker,
+    which keeps the mail's Markdown and MIME work out of the event loop's process too."""
+    mail = to_email(
+        message,
+        sender=addressing.sender,
+        sender_name=addressing.sender_name,
+        recipient=writing.recipient,
+        sdk_domain=writing.sdk_domain,
+        replying_to=addressing.replying_to,
+        secrecy_prefix=writing.secrecy_prefix,
+    )
+    return mail, _seal_kvittens(answer, signer, handling)

@@ -123,8 +123,6 @@ class Worker:
             memory.executor_for(size, self.crypto), _seal, business, self.signer, certificates[-1]
         )
         del business  # its attachments, while the envelope goes to the access point
-        if conversation != delivery.conversation_id:
-            await self._update(delivery, conversation_id=conversation)
         return await self.access_point.submit(
             Submission(
                 message_id=delivery.sdk_message_id,
@@ -140,8 +138,11 @@ class Worker:
         self, delivery: Delivery
     ) -> tuple[msg.BusinessMessage, tuple[x509.Certificate, ...]]:
         """The SDK message and the recipient's encryption certificates, in one thread hop
-        (mapping may parse, the certificates may be asked of a registry)."""
+        (mapping may parse, the certificates may be asked of a registry); the conversation
+        mapping found is kept with the delivery, for replies."""
         business = self._map(delivery)
+        if business.conversation_id != delivery.conversation_id:
+            self.spool.update(delivery.id, conversation_id=business.conversation_id)
         certificates = self.registry.certpub.encryption_certificates(
             delivery.recipient.organisation_id,
             refresh=delivery.attempts > 0,  # a retry looks again: the certificate may have rolled
@@ -242,9 +243,6 @@ class Worker:
             attempts=delivery.attempts + 1,
             last_error=reason,
         )
-
-    async def _update(self, delivery: Delivery, **changes: object) -> None:
-        await asyncio.to_thread(self.spool.update, delivery.id, **changes)
 
 
 def _references(stored: tuple[tuple[str, str, str | None], ...]) -> tuple[msg.Reference, ...]:

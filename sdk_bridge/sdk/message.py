@@ -220,29 +220,36 @@ def _check_rules(root: etree._Element) -> None:
         # Text by text rather than joined: an attachment's ancestors would each copy it.
         if not any(text.strip() for text in element.itertext()):
             raise _invariant(path_of(element), "element is included but empty")
-
-    def each(xpath: str) -> list[etree._Element]:
-        return root.xpath(xpath, namespaces={"m": MSG_NS})
-
-    for element in each("//m:creationDateTime"):
+    for element in _CREATION_TIMES(root):
         if not _TIMESTAMP.fullmatch(element.text or ""):
             raise _invariant(path_of(element), "timestamp must match YYYY-MM-DD'T'hh:mm:ss.s'Z'")
-    for name in ("messageId", "conversationId", "refToMessageId"):
-        for element in each(f"//m:{name}"):
-            if not UUID.fullmatch(element.text or ""):
-                raise _invariant(path_of(element), "value is not a valid UUID")
-    for element in each("//m:messageHeader/m:label"):
+    for element in _IDS(root):
+        if not UUID.fullmatch(element.text or ""):
+            raise _invariant(path_of(element), "value is not a valid UUID")
+    for element in _LABELS(root):
         if len(element.text or "") > MAX_LABEL_CHARS:
             raise _invariant(path_of(element), f"string length exceeds {MAX_LABEL_CHARS}")
-    for element in each("//m:recipientID/m:root | //m:senderID/m:root"):
+    for element in _PARTY_ROOTS(root):
         if element.text != PARTY_SCHEME:
             raise _invariant(path_of(element), f"value must be '{PARTY_SCHEME}'")
-    for element in each("//m:recipientID/m:extension | //m:senderID/m:extension"):
+    for element in _PARTY_EXTENSIONS(root):
         if not ORGANISATION_ID.fullmatch(element.text or ""):
             raise _invariant(path_of(element), "value must be an organisation id '0203:<domain>'")
-    for element in each("//m:subOrganization/m:organizationId/m:root"):
+    for element in _FUNCTIONAL_ADDRESS_ROOTS(root):
         if element.text != FUNCTIONAL_ADDRESS_ROOT:
             raise _invariant(path_of(element), f"value must be '{FUNCTIONAL_ADDRESS_ROOT}'")
+
+
+def _xpath(expression: str) -> etree.XPath:
+    return etree.XPath(expression, namespaces={"m": MSG_NS})  # compiled once, not per message
+
+
+_CREATION_TIMES = _xpath("//m:creationDateTime")
+_IDS = _xpath("//m:messageId | //m:conversationId | //m:refToMessageId")
+_LABELS = _xpath("//m:messageHeader/m:label")
+_PARTY_ROOTS = _xpath("//m:recipientID/m:root | //m:senderID/m:root")
+_PARTY_EXTENSIONS = _xpath("//m:recipientID/m:extension | //m:senderID/m:extension")
+_FUNCTIONAL_ADDRESS_ROOTS = _xpath("//m:subOrganization/m:organizationId/m:root")
 
 
 def _check(root: etree._Element) -> None:

@@ -12,8 +12,19 @@ import pytest
 from support.spools import AT_ONCE, ENVELOPE, RECIPIENTS
 
 from sdk_bridge.runtime.stages import Stage
-from sdk_bridge.spool import SpoolFull, SQLiteSpool, State
+from sdk_bridge.sdk.names import MESSAGE_ACTION
+from sdk_bridge.spool import (
+    ContentRemoved,
+    InboundMail,
+    InboxState,
+    OwedKvittens,
+    Received,
+    SpoolFull,
+    SQLiteSpool,
+    State,
+)
 from sdk_bridge.spool.retention import PURGE_INTERVAL, Retention, purge
+from sdk_bridge.spool.sqlite import INLINE_BYTES
 
 
 def test_the_queue_is_in_wal_mode(tmp_path: Path) -> None:
@@ -131,3 +142,51 @@ def test_a_full_disk_is_spool_full(
     with pytest.raises(SpoolFull):
         spool.accept(ENVELOPE, RECIPIENTS, b"x")
     spool.close()
+
+
+def test_small_contents_stay_in_their_rows_and_large_ones_are_files(tmp_path: Path) -> None:
+    """What the bridge keeps on the way in and answers with is kept in its row up to
+    INLINE_BYTES (no file to create and fsync), and as a file when larger; either way it
+    reads back the same, and once purged nothing of it is left in the spool's files."""
+    small = Received("e-small", MESSAGE_ACTION, "0203:b.se", "0203:a.se", "c", b"<litet/>")
+    secret = b"hemligt" * (INLINE_BYTES // 7 + 1)
+    large = Received("e-large", MESSAGE_ACTION, "0203:b.se", "0203:a.se", "c", secret)
+    spool = SQLiteSpool(tmp_path)
+    try:
+        assert spool.store_received(small) and spool.store_received(large)
+        assert len(list((tmp_path / "received").iterdir())) == 1  # the large one's
+        assert {r.id: r.payload for r in spool.received()} == {
+            "e-small": small.payload,
+            "e-large": secret,
+        }
+        assert [r.id for r in spool.claim_received(max_bytes=len(secret))] == ["e-small"]
+        for item, mail in ((small, b"From: b\r\n\r\nHej"), (large, b"From: b\r\n\r\n" + secret)):
+            owed = OwedKvittens(f"kv-{item.id}", item.id, "0203:b.se", "c", accepted=True)
+            inbound = InboundMail(
+                f"sdk-{item.id}", item.id, "a.registrator", "0203:b.se", "c", f"{item.id}@a.se"
+            )
+            assert spool.conclude_received(
+                item.id, "accepted", kvittens=(owed, b"<kvittens/>"), mail=(inbound, mail)
+            )
+        assert len(list((tmp_path / "inbox").iterdir())) == 1  # the large mail
+        assert list((tmp_path / "kvittens").iterdir()) == []
+        assert spool.inbound_mail("sdk-e-small") == b"From: b\r\n\r\nHej"
+        assert spool.inbound_mail("sdk-e-large").endswith(secret)
+        assert [k.id for k, data in spool.owed_kvittens() if data == b"<kvittens/>"] == [
+            "kv-e-small",
+            "kv-e-large",
+        ]
+        for sdk_id in ("sdk-e-small", "sdk-e-large"):
+            spool.update_inbound(sdk_id, state=InboxState.DELIVERED)
+        for kvittens_id in ("kv-e-small", "kv-e-large"):
+            spool.update_kvittens(kvittens_id, state="delivered")
+        purged = spool.purge(AT_ONCE)
+        assert (purged.received_envelopes, purged.inbound_mails, purged.kvittens) == (2, 2, 2)
+        for sdk_id in ("sdk-e-small", "sdk-e-large"):
+            with pytest.raises(ContentRemoved):
+                spool.inbound_mail(sdk_id)
+        assert spool.received_payload("e-small") == b""
+    finally:
+        spool.close()
+    for file in tmp_path.rglob("*"):
+        assert not file.is_file() or b"hemligt" not in file.read_bytes(), file

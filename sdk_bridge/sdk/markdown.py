@@ -54,9 +54,9 @@ _ESCAPED: Final = re.compile(r"\\([!-/:-@\[-`{-~])")  # CommonMark: any ASCII pu
 
 def escape(text: str) -> str:
     """Plain text as Markdown that renders as it was written (see the module docstring).
-    Trailing whitespace of each line is dropped. Each rule runs over the whole text at
-    once: a 30 MB mail has hundreds of thousands of lines."""
-    # Line by line rather than by a regex for `$`: that is tried at every space.
+    Trailing whitespace of each line is dropped. A rule that holds anywhere in a line runs
+    over the whole text at once, one for a line's start or end line by line (a regex for `^`
+    or `$` is tried at every character): a 30 MB mail has hundreds of thousands of lines."""
     escaped = escape_inline("\n".join([line.rstrip(_TRAILING_SPACE) for line in text.split("\n")]))
     return _BETWEEN_LINES.sub(_HARD_BREAK + "\n", escaped)
 
@@ -124,7 +124,8 @@ def render(markdown: str) -> str:
 
 def _escaped_render(text: str) -> str:
     """What the renderer makes of the Markdown that `escape` wrote for `text`, made
-    directly (a third of the time for text of many lines, the check in `render` included):
+    directly (a quarter of markdown-it's time for text of many lines, half for one long
+    paragraph, the check in `render` included):
     paragraphs of lines with hard breaks between them, an indentation of up to three spaces
     dropped as CommonMark drops it (one of a tab or four spaces `escape` wrote as
     character references, which stay), the rest HTML-escaped as markdown-it escapes."""

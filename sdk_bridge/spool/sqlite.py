@@ -222,6 +222,12 @@ def _inline(content: bytes) -> bytes | None:
     return content if len(content) <= INLINE_BYTES else None
 
 
+def _kept(inline: bytes | None, file: Path) -> bytes:
+    """A content as kept: in its row (`inline`), or else in `file` (FileNotFoundError
+    when that is gone too)."""
+    return bytes(inline) if inline is not None else file.read_bytes()
+
+
 def _marks(values: tuple[str, ...]) -> str:
     return ",".join("?" * len(values))
 
@@ -550,10 +556,8 @@ class SQLiteSpool(Spool):
         return b"" if row is None else self._received_payload(row)
 
     def _received_payload(self, row: sqlite3.Row) -> bytes:
-        if row["payload"] is not None:
-            return bytes(row["payload"])
         try:
-            return self._received_file(row["id"]).read_bytes()
+            return _kept(row["payload"], self._received_file(row["id"]))
         except FileNotFoundError:  # damaged spool: judged as the broken envelope it now is
             return b""
 
@@ -665,9 +669,7 @@ class SQLiteSpool(Spool):
         return [
             (
                 tables.owed_kvittens_from(row),
-                bytes(row["payload"])
-                if row["payload"] is not None
-                else self._kvittens_file(row["id"]).read_bytes(),
+                _kept(row["payload"], self._kvittens_file(row["id"])),
             )
             for row in rows
         ]
@@ -758,10 +760,8 @@ class SQLiteSpool(Spool):
             ).fetchone()
         if row is None:
             raise KeyError(sdk_message_id)
-        if row["mail"] is not None:
-            return bytes(row["mail"])
         try:
-            return self._inbox_file(row["received_id"]).read_bytes()
+            return _kept(row["mail"], self._inbox_file(row["received_id"]))
         except FileNotFoundError:
             self._content_removed("inbox", "sdk_message_id", sdk_message_id)
             raise KeyError(sdk_message_id) from None
@@ -871,10 +871,11 @@ class SQLiteSpool(Spool):
         arguments: tuple[str, ...],
         state: str | None = None,
     ) -> int:
-        """Remove the files of the rows of `table` whose content is still there and that
-        `condition` finds, and mark the rows (giving them `state`), in one write
+        """Remove the content (its file, or the column that keeps it) of the rows of
+        `table` whose content is still there and that `condition` finds, and mark the rows
+        (giving them `state`), in one write
         transaction: nothing changes them meanwhile (a release from quarantine, a retry, a
-        recovered envelope). The number of files removed."""
+        recovered envelope). The number of contents removed, from files or rows."""
         column, file, directory = self._content(table)
         inline = _INLINE_COLUMNS.get(table)
         kept_inline = f"{inline} IS NOT NULL" if inline else "0"

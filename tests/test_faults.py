@@ -48,6 +48,7 @@ from support import backends
 from support.sandboxed import FROM_A, FROM_B
 from support.waiting import eventually
 
+from sdk_bridge.ingress.arriving import PER_MESSAGE
 from sdk_bridge.lab.local import LocalRun
 from sdk_bridge.lab.sandbox.federation import HOST
 from sdk_bridge.lab.sandbox.ports import free_tcp_port
@@ -470,11 +471,13 @@ def forget_the_address_book(local: LocalRun, label: str) -> None:
 def test_a_full_spool_answers_4xx_keeps_nothing_and_recovers(faulty: Faulty) -> None:
     """A's spool file system full: DATA is answered with a 4xx, so the sending server keeps
     the mail; nothing half-written stays or is queued, the bridge lives on, and once there
-    is room the same mail is accepted and delivered once."""
+    is room the same mail is accepted and delivered once. The mail is too large to be held
+    in memory while it arrives, so it meets the full disk on PostgreSQL too (a small one
+    would go straight into the database, which has room)."""
     faulty.require_tmpfs()
     local, host = faulty.local, faulty.host
     spool = local.bridges["a"].spool
-    full = mail("Spool full", FROM_A, TO_B)
+    full = mail("Spool full", FROM_A, TO_B, "Ett långt brev.\n" * (PER_MESSAGE // 10))
     filler = spool / "filler"
     fill(filler)
     try:
@@ -519,7 +522,8 @@ def test_a_spool_filling_up_during_data_keeps_the_smtp_dialogue_in_step(faulty: 
             assert command(f"MAIL FROM:<{FROM_A}>".encode()).startswith(b"250")
             assert command(f"RCPT TO:<{TO_B}>".encode()).startswith(b"250")
             assert command(b"DATA").startswith(b"354")
-            lines = b"".join(b"line %05d of a long mail\r\n" % n for n in range(3000))
+            lines = b"".join(b"line %05d of a long mail\r\n" % n for n in range(12_000))
+            assert len(lines) > PER_MESSAGE  # not held in memory: it meets the disk mid-DATA
             connection.sendall(b"Subject: Spool full mid-DATA\r\n\r\n" + lines + b".\r\n")
             assert reply().startswith(b"452 4.3.1 Insufficient system storage")
             try:

@@ -25,6 +25,7 @@ from support.clamd import EICAR
 from support.registries import registry_for
 from support.sandboxed import ORG_A, ORG_B, TO_B
 
+from sdk_bridge.ingress import arriving
 from sdk_bridge.ingress.smtp import (
     JUNK_ALLOWANCE,
     BridgeSMTP,
@@ -537,7 +538,8 @@ def test_a_message_nested_too_deeply_is_refused_not_crashed(ingress) -> None:
 
 
 @pytest.mark.hostile("SMTP abuse: slow or vanishing clients")
-def test_a_client_that_hangs_up_mid_data_leaves_nothing(ingress) -> None:
+@pytest.mark.parametrize("size", [100_000, 2 * arriving.PER_MESSAGE])  # in memory, in a file
+def test_a_client_that_hangs_up_mid_data_leaves_nothing(ingress, size: int) -> None:
     running, spool = ingress
     smtp = client(running.port)
     smtp.ehlo()
@@ -545,12 +547,16 @@ def test_a_client_that_hangs_up_mid_data_leaves_nothing(ingress) -> None:
     smtp.rcpt(TO_B)
     smtp.putcmd("DATA")
     assert smtp.getreply()[0] == 354
-    smtp.send(b"Subject: halv\r\n\r\n" + b"x" * 100_000 + b"\r\n")
+    smtp.send(b"Subject: halv\r\n\r\n" + b"x\r\n" * (size // 3))
     smtp.close()  # gone before the end of data
+
+    def left() -> bool:
+        return bool(list((spool.directory / "incoming").iterdir()) or running.handler.memory.in_use)
+
     deadline = time.monotonic() + 10
-    while list((spool.directory / "incoming").iterdir()) and time.monotonic() < deadline:
+    while left() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert list((spool.directory / "incoming").iterdir()) == []
+    assert not left()
     assert spool.deliveries() == []
     with client(running.port) as fresh:  # and the server carries on
         assert fresh.send_message(mail(), FROM, [TO_B]) == {}
@@ -761,14 +767,16 @@ def test_the_path_shortcut_reads_mail_from_and_rcpt_to_as_aiosmtpd_does() -> Non
         assert parsed(BridgeSMTP, arg) == parsed(SMTP, arg), arg
 
 
-def test_data_arriving_in_any_pieces_is_stored_exactly(ingress) -> None:
+@pytest.mark.parametrize("lines", [8000, 20_000])  # held in memory; a file past PER_MESSAGE
+def test_data_arriving_in_any_pieces_is_stored_exactly(ingress, lines: int) -> None:
     """DATA is read in blocks: lines that start with dots, a line as long as allowed, a
     message over several blocks, and the final dot split over pieces of a few bytes each;
-    what is stored is the message, unstuffed, byte for byte."""
+    what is stored is the message, unstuffed, byte for byte, whether it was held in memory
+    or went on into a file as it grew."""
     running, spool = ingress
     body = b"".join(
         [b".leading dot\r\n", b"..two dots\r\n", b".x\r\n", b"A" * 1001 + b"\r\n"]
-        + [b"rad %d med text\r\n" % n for n in range(8000)]  # more than one 64 KiB block
+        + [b"rad %d med text\r\n" % n for n in range(lines)]  # more than one 64 KiB block
         + [b". \r\n", b"..\r\n", b"last\r\n"]
     )
     message = b"Subject: pieces\r\nMessage-ID: <p@kommun-a.se>\r\n\r\n" + body
@@ -785,6 +793,30 @@ def test_data_arriving_in_any_pieces_is_stored_exactly(ingress) -> None:
         assert code == 250, text
     (delivery,) = spool.deliveries()
     assert spool.body(delivery.message_id) == message
+    assert (len(message) > arriving.PER_MESSAGE) == (lines == 20_000)
+    assert running.handler.memory.in_use == 0
+    assert list((spool.directory / "incoming").iterdir()) == []
+
+
+def test_data_goes_to_a_file_when_the_sessions_hold_their_share_of_memory(tmp_path: Path) -> None:
+    """Past the budget of all sessions together, a message goes on into a file, whole, and
+    what it held in memory is given back; so is a message's memory when it is done."""
+    budget = arriving.MemoryBudget(per_message=100, total=150)
+    files = iter([tmp_path / "1.part", tmp_path / "2.part"])
+    first, second = (arriving.Arriving(budget, lambda: next(files)) for _ in range(2))
+    first.write(b"a" * 40)
+    first.write(b"a" * 40)
+    second.write(b"b" * 50)
+    assert budget.in_use == 130
+    second.write(b"b" * 30)  # 160 together: on into a file
+    assert budget.in_use == 80 and second.content == tmp_path / "1.part"
+    first.finish()
+    second.finish()
+    assert first.content == b"a" * 80
+    assert (tmp_path / "1.part").read_bytes() == b"b" * 80
+    first.discard()
+    second.discard()
+    assert budget.in_use == 0 and list(tmp_path.iterdir()) == []
 
 
 def test_commands_pipelined_after_the_final_dot_are_answered(ingress) -> None:

@@ -72,12 +72,19 @@ def test_the_daemon_purges_from_the_start_until_stopped(tmp_path: Path) -> None:
     for delivery in spool.deliveries():
         spool.update(delivery.id, state=State.DELIVERED)
 
+    def kept(message_id: str) -> bool:
+        try:
+            spool.body(message_id)
+        except ContentRemoved:
+            return False
+        return True
+
     async def run() -> None:
         stop = asyncio.Event()
         stage = Stage("purge", lambda: purge(spool, Retention()), PURGE_INTERVAL)
         purging = asyncio.create_task(stage.run(stop))
         async with asyncio.timeout(10):
-            while (tmp_path / "messages" / f"{message_id}.eml").exists():
+            while await asyncio.to_thread(kept, message_id):
                 await asyncio.sleep(0.05)
             stop.set()
             await purging
@@ -86,6 +93,36 @@ def test_the_daemon_purges_from_the_start_until_stopped(tmp_path: Path) -> None:
         asyncio.run(run())
     finally:
         spool.close()
+
+
+def test_mail_taken_over_smtp_is_kept_in_its_row_when_small(tmp_path: Path) -> None:
+    """Mail up to INLINE_BYTES, handed over in memory, is kept in its row: no file to
+    create and fsync before the 250. Larger mail, and mail that arrived in a file, is a
+    file. Every kind reads back the same, and once purged nothing of it is left."""
+    secret = b"hemligt" * (INLINE_BYTES // 7 + 1)
+    arrived = tmp_path / "arrived.part"
+    arrived.write_bytes(b"Subject: hemligt i fil\r\n\r\nx")
+    spool = SQLiteSpool(tmp_path / "spool")
+    try:
+        small = spool.accept(ENVELOPE, RECIPIENTS, b"Subject: hemligt\r\n\r\nx")
+        assert list((tmp_path / "spool" / "messages").iterdir()) == []
+        large = spool.accept(ENVELOPE, RECIPIENTS, secret)
+        from_file = spool.accept(ENVELOPE, RECIPIENTS, arrived)
+        assert not arrived.exists()
+        assert {p.stem for p in (tmp_path / "spool" / "messages").iterdir()} == {large, from_file}
+        assert spool.body(small) == b"Subject: hemligt\r\n\r\nx"
+        assert spool.body(large) == secret
+        assert spool.body(from_file) == b"Subject: hemligt i fil\r\n\r\nx"
+        for delivery in spool.deliveries():
+            spool.update(delivery.id, state=State.DELIVERED)
+        assert spool.purge(AT_ONCE).outbound_mails == 3
+        for message_id in (small, large, from_file):
+            with pytest.raises(ContentRemoved):
+                spool.body(message_id)
+    finally:
+        spool.close()
+    for file in tmp_path.rglob("*"):
+        assert not file.is_file() or b"hemligt" not in file.read_bytes(), file
 
 
 def test_a_spool_from_before_retention_gets_its_columns(tmp_path: Path) -> None:

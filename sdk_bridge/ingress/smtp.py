@@ -9,7 +9,6 @@ after the message is durably in the spool.
 """
 
 import asyncio
-import contextlib
 import errno
 import fnmatch
 import hmac
@@ -21,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import structlog
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -38,6 +37,7 @@ from ..spool import Envelope as SpoolEnvelope
 from ..spool import RecipientRecord, SpoolFull
 from ..spool.contract import IngressQueue
 from . import dsnparams, limits
+from .arriving import Arriving, MemoryBudget
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +123,7 @@ class BridgeEnvelope(Envelope):
 
     def __init__(self) -> None:
         super().__init__()
-        self.data_file: Path | None = None  # the message, once DATA has ended well
+        self.mail: bytes | Path | None = None  # the message, once DATA has ended well
         self.dsn_mail: dict[str, str] = {}  # RFC 3461 parameters of its MAIL
         self.recipients: list[RecipientRecord] = []  # resolved, one per SDK recipient
 
@@ -132,10 +132,10 @@ class BridgeSMTP(SMTP):
     """aiosmtpd's SMTP, with these changes: connections are counted per client and in all
     (`limits`; over a limit the client gets 421 4.7.0 and nothing else); NOOP, RSET, VRFY,
     EXPN and HELP keep a session alive only `JUNK_ALLOWANCE` times between messages; RFC
-    3461 parameters are taken off MAIL and RCPT before aiosmtpd parses them; DATA streams
-    to a file in the spool instead of collecting the message in memory, refusing SMTP
-    smuggling as it reads, timed by progress (silence for the idle timeout ends it, a slow
-    but steady sender is not cut)."""
+    3461 parameters are taken off MAIL and RCPT before aiosmtpd parses them; DATA is held
+    in memory within a budget and goes to a file in the spool past it (`arriving`), not
+    collected in aiosmtpd's lists of lines, refusing SMTP smuggling as it reads, timed by
+    progress (silence for the idle timeout ends it, a slow but steady sender is not cut)."""
 
     _client: str | None = None  # the key this connection is counted under, once admitted
     _refusal: str | None = None  # the 421 a connection over a limit gets
@@ -262,33 +262,26 @@ class BridgeSMTP(SMTP):
         if arg:
             await self.push("501 5.5.4 Syntax: DATA")
             return
-        path = self.event_handler.spool.incoming()
-        try:
-            file = path.open("wb")
-        except OSError as e:
-            log.error("cannot store an incoming message", error=str(e))
-            await self.push(storage_reply(e))
-            return
+        handler = self.event_handler
+        arriving = Arriving(handler.memory, handler.spool.incoming)
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            try:
-                problem = await self._receive(file)
-            finally:
-                with contextlib.suppress(OSError):  # a failed flush was answered already
-                    file.close()
+            problem = await self._receive(arriving)
             if problem is None and isinstance(self.envelope, BridgeEnvelope):
-                self.envelope.data_file = path
+                self.envelope.mail = arriving.content
                 status = await self._call_handler_hook("DATA")
             else:
                 status = problem
         finally:
-            path.unlink(missing_ok=True)  # accepted messages were moved into the spool
+            if isinstance(self.envelope, BridgeEnvelope):
+                self.envelope.mail = None
+            arriving.discard()
         self._set_post_data_state()
         self._junk = 0
         await self.push(status)
 
-    async def _receive(self, file: BinaryIO) -> str | None:
-        """Read DATA into `file` (dot-unstuffed) up to the final dot, whatever goes wrong,
+    async def _receive(self, arriving: Arriving) -> str | None:
+        """Read DATA into `arriving` (dot-unstuffed) up to the final dot, whatever goes wrong,
         so that no line of the message is ever read as a command; the refusal, or None when
         it is whole and flushed.
 
@@ -320,7 +313,7 @@ class BridgeSMTP(SMTP):
                 problem = problem or _data_problem(lines, size, limit, self.line_length_limit)
                 if problem is None:
                     try:
-                        file.write(_unstuffed(lines))
+                        arriving.write(_unstuffed(lines))
                     except OSError as e:
                         log.error("cannot store an incoming message", error=str(e))
                         problem = storage_reply(e)
@@ -329,7 +322,7 @@ class BridgeSMTP(SMTP):
                 self._reader._buffer[:0] = pending[3:]  # type: ignore[attr-defined]
                 if problem is None:
                     try:
-                        file.flush()
+                        arriving.finish()
                     except OSError as e:
                         problem = storage_reply(e)
                 return problem
@@ -394,6 +387,7 @@ class IngressHandler:
         self.accepted = accepted  # told after each 250 (wakes the outbound worker)
         self.premapped = premapped  # what was mapped here, for the outbound worker
         self.in_flight = 0
+        self.memory = MemoryBudget()  # DATA of all sessions held in memory (`arriving`)
         self.limits = limits.ConnectionLimits()
         # Not named auth_…: aiosmtpd offers a handler's auth_* attributes as mechanisms.
         self.guessing = limits.AuthThrottle(settings.auth_window)
@@ -574,20 +568,20 @@ class IngressHandler:
         return not self.in_flight
 
     async def _data(self, session: BridgeSession, envelope: BridgeEnvelope) -> str:
-        path = envelope.data_file
-        assert path is not None  # DATA ended well: BridgeSMTP set it
+        data = envelope.mail
+        assert data is not None  # DATA ended well: BridgeSMTP set it
         try:
             rule = self._sender(envelope, session)
             if self.scanner is None:  # read, check and store in one thread hop
                 spool_id, stored, mapped = await asyncio.to_thread(
-                    self._check_and_store, path, session, envelope, rule
+                    self._check_and_store, data, session, envelope, rule
                 )
             else:
-                content, mail, mapped = await asyncio.to_thread(self._read_and_check, path)
+                content, mail, mapped = await asyncio.to_thread(self._read_and_check, data)
                 await self._scan(content)
                 del content
                 stored = self._spool_envelope(session, envelope, rule, mail)
-                spool_id = await asyncio.to_thread(self._store, path, stored, envelope.recipients)
+                spool_id = await asyncio.to_thread(self._store, data, stored, envelope.recipients)
         except _Refused as refused:
             log.info("message refused", reply=refused.reply)
             return refused.reply
@@ -605,14 +599,14 @@ class IngressHandler:
         return f"250 2.0.0 OK queued as {spool_id}"
 
     def _check_and_store(
-        self, path: Path, session: BridgeSession, envelope: BridgeEnvelope, rule: SenderRule
+        self, data: bytes | Path, session: BridgeSession, envelope: BridgeEnvelope, rule: SenderRule
     ) -> tuple[str, SpoolEnvelope, MappedMail]:
-        _, mail, mapped = self._read_and_check(path)
+        _, mail, mapped = self._read_and_check(data)
         stored = self._spool_envelope(session, envelope, rule, mail)
-        return self._store(path, stored, envelope.recipients), stored, mapped
+        return self._store(data, stored, envelope.recipients), stored, mapped
 
-    def _read_and_check(self, path: Path) -> tuple[bytes, Any, MappedMail]:
-        content = path.read_bytes()
+    def _read_and_check(self, data: bytes | Path) -> tuple[bytes, Any, MappedMail]:
+        content = data if isinstance(data, bytes) else data.read_bytes()
         return content, *self._check_content(content)
 
     @staticmethod
@@ -630,10 +624,12 @@ class IngressHandler:
             sender_address=rule.functional_address,
         )
 
-    def _store(self, path: Path, stored: SpoolEnvelope, recipients: list[RecipientRecord]) -> str:
+    def _store(
+        self, data: bytes | Path, stored: SpoolEnvelope, recipients: list[RecipientRecord]
+    ) -> str:
         """The spool id, or a refusal with the reply a storage failure calls for."""
         try:
-            return self.spool.accept(stored, recipients, path)
+            return self.spool.accept(stored, recipients, data)
         except Exception as e:
             log.exception("message could not be stored")
             raise _Refused(storage_reply(e)) from None

@@ -57,7 +57,7 @@ class Housekeeping(Protocol):
 class IngressQueue(Protocol):
     """SMTP ingress: a mail is stored here before its 250."""
 
-    def incoming(self) -> Path: ...  # where DATA is written while it arrives
+    def incoming(self) -> Path: ...  # where DATA too large to hold in memory is written
     def accept(
         self, envelope: Envelope, recipients: list[RecipientRecord], body: bytes | Path
     ) -> str: ...

@@ -1,10 +1,11 @@
-"""The embedded spool: message bodies as files, the queue in SQLite (WAL).
+"""The embedded spool: the queue in SQLite (WAL), large contents as files beside it.
 
-A body is written and fsynced (file and directory) before its rows are committed, and the
-commit is durable before `accept` returns: a power cut after SMTP's 250 loses nothing. A
-crash between the two leaves an orphan file that no row names; it is never delivered.
+A message is stored durably before `accept` returns: a power cut after SMTP's 250 loses
+nothing. A large body is written and fsynced (file and directory) before its rows are
+committed; a crash between the two leaves an orphan file that no row names, never
+delivered.
 
-What the bridge keeps on the way in and answers with (a retrieved envelope, the mail for the
+What the bridge keeps (a mail taken over SMTP, a retrieved envelope, the mail for the
 mailbox, a sealed kvittens) stays in its row when it is at most INLINE_BYTES, and is a file
 of its own only when larger: a file costs a create, two fsyncs and a rename, and creating
 one costs half a millisecond of CPU on some filesystems (ext4 without a journal). What is
@@ -174,7 +175,7 @@ CREATE INDEX IF NOT EXISTS received_state ON received(state, received_at);
 
 # Columns added after a table was first released, for `_add_missing_columns`.
 ADDED_COLUMNS = {
-    "messages": {"body_sha256": "TEXT", "content_removed_at": "TEXT"},
+    "messages": {"body_sha256": "TEXT", "content_removed_at": "TEXT", "body": "BLOB"},
     "received": {
         "sdk_message_id": "TEXT",
         "attempts": "INTEGER NOT NULL DEFAULT 0",
@@ -214,7 +215,12 @@ def _sha256(body: bytes | Path) -> str:
 
 
 # The column that holds a table's content when it is kept in its row (see INLINE_BYTES).
-_INLINE_COLUMNS = {"received": "payload", "inbox": "mail", "kvittens_out": "payload"}
+_INLINE_COLUMNS = {
+    "messages": "body",
+    "received": "payload",
+    "inbox": "mail",
+    "kvittens_out": "payload",
+}
 
 
 def _inline(content: bytes) -> bytes | None:
@@ -368,18 +374,29 @@ class SQLiteSpool(Spool):
             return earlier
         message_id = uuid.uuid4().hex
         target = self._body_file(message_id)
+        inline = None
         if isinstance(body, Path):
             size = body.stat().st_size
             move_durably(body, target)
         else:
             size = len(body)
-            write_atomic(target, body)
+            inline = _inline(body)
+            if inline is None:
+                write_atomic(target, body)
         now = _now().isoformat()
         with self._writing(durable=True):
             self._db.execute(
-                "INSERT INTO messages (id, received_at, mail_from, envelope, size, body_sha256)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (message_id, now, envelope.mail_from, json.dumps(vars(envelope)), size, digest),
+                "INSERT INTO messages (id, received_at, mail_from, envelope, size, body_sha256,"
+                " body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    message_id,
+                    now,
+                    envelope.mail_from,
+                    json.dumps(vars(envelope)),
+                    size,
+                    digest,
+                    inline,
+                ),
             )
             for recipient in recipients:
                 details = {**vars(recipient), "notify": list(recipient.notify)}
@@ -1056,8 +1073,11 @@ class SQLiteSpool(Spool):
 
     def body(self, message_id: str) -> bytes:
         """KeyError: no such message; ContentRemoved: retention removed it."""
+        with self._lock:
+            row = self._db.execute("SELECT body FROM messages WHERE id = ?", (message_id,))
+            found = row.fetchone()
         try:
-            return self._body_file(message_id).read_bytes()
+            return _kept(None if found is None else found["body"], self._body_file(message_id))
         except FileNotFoundError:
             self._content_removed("messages", "id", message_id)
             raise KeyError(message_id) from None

@@ -1,8 +1,8 @@
 """The spool in PostgreSQL, shared by several bridges of one organisation.
 
 Everything lives in the database, message bodies included (bytea), so no instance depends
-on another's disk; only mail still arriving over SMTP is a local file (`incoming()`), read
-into the database by `accept`. A commit is durable before `accept` returns (WAL flushed:
+on another's disk; only large mail still arriving over SMTP is a local file (`incoming()`),
+read into the database by `accept`. A commit is durable before `accept` returns (WAL flushed:
 the session never runs with synchronous_commit off), so SMTP's 250 follows it as with SQLite.
 
 Several instances share the work safely. Every kind of work a stage takes is claimed

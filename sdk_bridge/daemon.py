@@ -222,7 +222,7 @@ def _outbound_settings(running: DaemonConfig) -> OutboundSettings:
     return OutboundSettings(
         config.organisation_id,
         lifetime=config.outbound.lifetime,
-        first_look=timedelta(seconds=10 * config.outbound.poll_seconds),
+        first_look=config.outbound.status_after,
         secrecy_tags=running.smtp.secrecy_tags,
         shared_mailboxes=frozenset(
             fa.mailbox_address(running.sdk_domain).casefold() for fa in config.functional_addresses

@@ -130,6 +130,7 @@ def test_example_config_documents_every_key_the_loader_knows() -> None:
         "smart_host:",
         "postmaster:",
         "poll_seconds:",
+        "status_after_seconds:",
     ):
         assert key in text
     # Its key files do not exist here: the error must point at the first of them.
@@ -305,6 +306,7 @@ outbound:
   lifetime_hours: 48
   smart_host: 127.0.0.1:25
   postmaster: postmaster@a.se
+  status_after_seconds: 120
 """
     )
     path.write_text(text)
@@ -325,10 +327,12 @@ outbound:
     assert loaded.outbound.lifetime.total_seconds() == 48 * 3600
     assert loaded.outbound.smart_host == ("127.0.0.1", 25)
     assert loaded.outbound.delay_warning.total_seconds() == 4 * 3600
+    assert loaded.outbound.status_after.total_seconds() == 120
     for old, new, key in [
         ('"127.0.0.1:2525"', '"localhost"', "smtp.listen[0]"),
         ('"10.0.0.0/8"', '"ten"', "smtp.allowed_networks[0]"),
         ("  lifetime_hours: 48", "  lifetime_hours: soon", "outbound.lifetime_hours"),
+        ("status_after_seconds: 120", "status_after_seconds: -1", "outbound.status_after_seconds"),
         ("  scanner: {plugin: clamav,", "  scanner: {", "smtp.scanner"),
         ("folder: Inkommande}", "folder: In.kommande}", "functional_addresses[0].deliver_to"),
         ("{plugin: maildir,", "{plugin: mbox,", "functional_addresses[0].deliver_to"),

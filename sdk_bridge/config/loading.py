@@ -227,6 +227,7 @@ def _outbound(node: Node) -> OutboundConfig:
         "smart_host_cafile",
         "postmaster",
         "poll_seconds",
+        "status_after_seconds",
         "report_domains",
     )
 
@@ -242,6 +243,7 @@ def _outbound(node: Node) -> OutboundConfig:
         else None,
         postmaster=fields["postmaster"].string() if "postmaster" in fields else None,
         poll_seconds=number("poll_seconds", 10),
+        status_after=timedelta(seconds=number("status_after_seconds", 60)),
         report_domains=tuple(d.lower().strip(".") for d in strings(fields["report_domains"]))
         if "report_domains" in fields
         else (),

@@ -69,6 +69,8 @@ class OutboundConfig:
     # Domains DSNs may go to (and their subdomains); empty: those of the senders patterns.
     report_domains: tuple[str, ...] = ()
     poll_seconds: float = 10.0  # how often the access point is asked for kvittens
+    # A submitted message without a kvittens is first asked about (getStatus) after this.
+    status_after: timedelta = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,11 @@ system calls); this one spends about 0.4 ms, most of it TLS (issue 18). It does 
 connector needs and refuses the rest: no redirects (a redirect would resend the message
 elsewhere), no proxies, no cookies, no content coding (it asks for `identity`).
 
+A timer (`asyncio.timeout`: a timer handle, scheduled and cancelled) is set only around
+what can wait: a read is not timed when what it reads has arrived already, a write not when
+the transport took it all, a free connection not when one is free. An answer of a few KB
+then costs one timer, for its head, not five.
+
 A connection is used again only when its answer was read to the end and neither side asked
 to close it, and only while it has been idle for less than IDLE_SECONDS: a server that
 closes idle connections (Tomcat after 20 s, Apache httpd after 5) would otherwise meet our
@@ -151,8 +156,11 @@ class Client:
         origin, target = self._origin(url)
         head = self._head(method, origin, target, size, headers or {})
         try:
-            async with asyncio.timeout(self.timeout):
-                await origin.limit.acquire()
+            if origin.limit.locked():
+                async with asyncio.timeout(self.timeout):
+                    await origin.limit.acquire()
+            else:
+                await origin.limit.acquire()  # free: it does not wait
         except TimeoutError:
             raise HTTPTimeout(f"no free connection to {origin.authority}") from None
         connection: _Connection | None = None
@@ -237,8 +245,9 @@ class Client:
                 else:
                     writer.write(head)  # a large body is not copied to be joined
                     writer.write(body)
-                async with asyncio.timeout(self.timeout):
-                    await writer.drain()
+                if writer.transport.get_write_buffer_size():  # else sent: nothing to wait for
+                    async with asyncio.timeout(self.timeout):
+                        await writer.drain()
             else:
                 writer.write(head)
                 async for chunk in body:
@@ -260,9 +269,13 @@ class Client:
         return Response(status, reason, headers, body_reader)
 
     async def _read_head(self, connection: _Connection) -> tuple[int, str, dict[str, str], str]:
+        reader = connection.reader
         try:
-            async with asyncio.timeout(self.timeout):
-                raw = await connection.reader.readuntil(b"\r\n\r\n")
+            if b"\r\n\r\n" in _buffered(reader):  # a second head, after a 100 Continue
+                raw = await reader.readuntil(b"\r\n\r\n")
+            else:
+                async with asyncio.timeout(self.timeout):
+                    raw = await reader.readuntil(b"\r\n\r\n")
         except asyncio.LimitOverrunError:
             raise HTTPError(f"the answer's head is longer than {MAX_HEAD_BYTES} bytes") from None
         lines = raw.decode("latin-1").split("\r\n")
@@ -322,11 +335,11 @@ class _Body:
                 async for piece in self._chunked():
                     yield piece
             elif self.left is None:
-                while data := await self._read(self._reader.read(_READ)):
+                while data := await self._read_some(_READ):
                     yield data
             else:
                 while self.left:
-                    data = await self._read(self._reader.read(min(self.left, _READ)))
+                    data = await self._read_some(min(self.left, _READ))
                     if not data:
                         raise HTTPError("the server closed the connection mid-answer")
                     self.left -= len(data)
@@ -350,7 +363,7 @@ class _Body:
                     pass  # trailers, ignored
                 return
             while size:
-                data = await self._read(reader.read(min(size, _READ)))
+                data = await self._read_some(min(size, _READ))
                 if not data:
                     raise HTTPError("the server closed the connection mid-answer")
                 size -= len(data)
@@ -358,9 +371,21 @@ class _Body:
             if await self._read(reader.readexactly(2)) != b"\r\n":
                 raise HTTPError("a chunk does not end with CRLF")
 
+    async def _read_some(self, most: int) -> bytes:
+        """Up to `most` bytes: at once, untimed, when some have arrived already."""
+        if _buffered(self._reader) or self._reader.at_eof():
+            return await self._reader.read(most)
+        return await self._read(self._reader.read(most))
+
     async def _read(self, operation: Awaitable[bytes]) -> bytes:
         async with asyncio.timeout(self._timeout):
             return await operation
+
+
+def _buffered(reader: asyncio.StreamReader) -> bytearray:
+    """What `reader` holds already. StreamReader has no public way to ask; asyncio's own
+    readers (readuntil, readexactly) look at the same buffer."""
+    return reader._buffer  # type: ignore[attr-defined]
 
 
 def _cause(error: BaseException) -> str:

@@ -238,6 +238,29 @@ def test_a_silent_server_times_out() -> None:
     asyncio.run(main())
 
 
+def test_a_server_that_stops_mid_answer_times_out() -> None:
+    """What has arrived is read without a timer; the wait for the rest has one."""
+
+    async def stalling(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await request_of(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf ")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async def main() -> None:
+        client = Client(timeout=0.2)
+        async with (
+            scripted(stalling) as url,
+            client.request("POST", url, body=b"hej") as response,
+        ):
+            chunks = response.chunks()
+            assert await anext(chunks) == b"half "
+            with pytest.raises(HTTPTimeout):
+                await anext(chunks)
+
+    asyncio.run(main())
+
+
 def test_refused_and_misused() -> None:
     async def main() -> None:
         client = Client(timeout=5)

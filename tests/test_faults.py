@@ -14,8 +14,9 @@ A disk filling up in the middle of DATA keeps the SMTP dialogue in step (452 4.3
 final dot), and a receiving spool too full for the envelope it just retrieved holds it in
 memory until there is room.
 
-The module runs on SQLite, then again on PostgreSQL. There the mail still arriving over
-SMTP is written to the spool directory as before, so A's full file system is tested alike;
+The module runs on SQLite, then again on PostgreSQL. There a mail too large to hold in
+memory while it arrives is written to the spool directory, so A's full file system is
+tested alike with such mail;
 but what B retrieves goes into the database, whose disk is not the bridge's, so the
 receiving-spool case is SQLite's alone. So is the refusing access point: its 37 s are the
 lifetimes it waits out, not the spool, and the spool's part in it (retries, the notes of

@@ -96,27 +96,34 @@ def test_the_daemon_purges_from_the_start_until_stopped(tmp_path: Path) -> None:
 
 
 def test_mail_taken_over_smtp_is_kept_in_its_row_when_small(tmp_path: Path) -> None:
-    """Mail up to INLINE_BYTES, handed over in memory, is kept in its row: no file to
-    create and fsync before the 250. Larger mail, and mail that arrived in a file, is a
-    file. Every kind reads back the same, and once purged nothing of it is left."""
+    """Mail up to INLINE_BYTES is kept in its row, whether it was handed over in memory or
+    in a file (the sessions' memory was full): no file to create and fsync before the 250.
+    Larger mail is a file. Every kind reads back the same, and once purged nothing of it
+    is left."""
     secret = b"hemligt" * (INLINE_BYTES // 7 + 1)
-    arrived = tmp_path / "arrived.part"
-    arrived.write_bytes(b"Subject: hemligt i fil\r\n\r\nx")
+    arrived_small, arrived_large = tmp_path / "small.part", tmp_path / "large.part"
+    arrived_small.write_bytes(b"Subject: hemligt i fil\r\n\r\nx")
+    arrived_large.write_bytes(b"Subject: stor fil\r\n\r\n" + secret)
     spool = SQLiteSpool(tmp_path / "spool")
     try:
         small = spool.accept(ENVELOPE, RECIPIENTS, b"Subject: hemligt\r\n\r\nx")
+        small_file = spool.accept(ENVELOPE, RECIPIENTS, arrived_small)
         assert list((tmp_path / "spool" / "messages").iterdir()) == []
         large = spool.accept(ENVELOPE, RECIPIENTS, secret)
-        from_file = spool.accept(ENVELOPE, RECIPIENTS, arrived)
-        assert not arrived.exists()
-        assert {p.stem for p in (tmp_path / "spool" / "messages").iterdir()} == {large, from_file}
+        large_file = spool.accept(ENVELOPE, RECIPIENTS, arrived_large)
+        assert not arrived_small.exists() and not arrived_large.exists()
+        assert {p.stem for p in (tmp_path / "spool" / "messages").iterdir()} == {
+            large,
+            large_file,
+        }
         assert spool.body(small) == b"Subject: hemligt\r\n\r\nx"
+        assert spool.body(small_file) == b"Subject: hemligt i fil\r\n\r\nx"
         assert spool.body(large) == secret
-        assert spool.body(from_file) == b"Subject: hemligt i fil\r\n\r\nx"
+        assert spool.body(large_file) == b"Subject: stor fil\r\n\r\n" + secret
         for delivery in spool.deliveries():
             spool.update(delivery.id, state=State.DELIVERED)
-        assert spool.purge(AT_ONCE).outbound_mails == 3
-        for message_id in (small, large, from_file):
+        assert spool.purge(AT_ONCE).outbound_mails == 4
+        for message_id in (small, small_file, large, large_file):
             with pytest.raises(ContentRemoved):
                 spool.body(message_id)
     finally:

@@ -45,6 +45,7 @@ class Arriving:
         self._budget = budget
         self._incoming = incoming
         self._memory = bytearray()
+        self._whole = b""  # the memory as bytes, once DATA has ended
         self._held = 0  # bytes of the budget this message holds
         self._file: BinaryIO | None = None
         self._path: Path | None = None
@@ -64,8 +65,11 @@ class Arriving:
         self._file.write(data)
 
     def finish(self) -> None:
-        """After the final dot: a file is flushed and closed (OSError when it fails)."""
-        if self._file is not None:
+        """After the final dot: a file is flushed and closed (OSError when it fails); what
+        is in memory becomes bytes, the one copy held from then on (the budget counts it)."""
+        if self._file is None:
+            self._whole, self._memory = bytes(self._memory), bytearray()
+        else:
             file, self._file = self._file, None
             try:
                 file.flush()
@@ -74,7 +78,7 @@ class Arriving:
 
     @property
     def content(self) -> bytes | Path:
-        return self._path if self._path is not None else bytes(self._memory)
+        return self._path if self._path is not None else self._whole
 
     def discard(self) -> None:
         if self._file is not None:
@@ -88,4 +92,4 @@ class Arriving:
     def _release_memory(self) -> None:
         self._budget.give_back(self._held)
         self._held = 0
-        self._memory = bytearray()
+        self._memory, self._whole = bytearray(), b""

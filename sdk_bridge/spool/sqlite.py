@@ -375,9 +375,12 @@ class SQLiteSpool(Spool):
         message_id = uuid.uuid4().hex
         target = self._body_file(message_id)
         inline = None
-        if isinstance(body, Path):
+        if isinstance(body, Path):  # written to a file as it arrived (see ingress.arriving)
             size = body.stat().st_size
-            move_durably(body, target)
+            if size <= INLINE_BYTES:  # small after all: while the sessions' memory was full
+                inline = body.read_bytes()
+            else:
+                move_durably(body, target)
         else:
             size = len(body)
             inline = _inline(body)
@@ -416,6 +419,8 @@ class SQLiteSpool(Spool):
                         now,
                     ),
                 )
+        if isinstance(body, Path) and inline is not None:
+            body.unlink()  # its row has it now (a crash before this: discard_partial)
         return message_id
 
     def _resent(

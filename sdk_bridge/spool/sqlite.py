@@ -214,15 +214,6 @@ def _sha256(body: bytes | Path) -> str:
     return digest.hexdigest()
 
 
-# The column that holds a table's content when it is kept in its row (see INLINE_BYTES).
-_INLINE_COLUMNS = {
-    "messages": "body",
-    "received": "payload",
-    "inbox": "mail",
-    "kvittens_out": "payload",
-}
-
-
 def _inline(content: bytes) -> bytes | None:
     """`content` as its row keeps it, or None where it is too large and is a file."""
     return content if len(content) <= INLINE_BYTES else None
@@ -875,14 +866,15 @@ class SQLiteSpool(Spool):
             self._truncate_wal()
         return purged
 
-    def _content(self, table: str) -> tuple[str, Callable[[str], Path], Path]:
-        """The column that names a row's file in `table`, where that file lies, and the
-        directory of them all."""
+    def _content(self, table: str) -> tuple[str, str, Callable[[str], Path], Path]:
+        """The column that keeps a row's content in `table` when it is at most INLINE_BYTES,
+        the column that names its file when larger, where that file lies, and the directory
+        of them all."""
         return {
-            "messages": ("id", self._body_file, self._bodies),
-            "received": ("id", self._received_file, self._received),
-            "inbox": ("received_id", self._inbox_file, self._inbox),
-            "kvittens_out": ("id", self._kvittens_file, self._kvittens),
+            "messages": ("body", "id", self._body_file, self._bodies),
+            "received": ("payload", "id", self._received_file, self._received),
+            "inbox": ("mail", "received_id", self._inbox_file, self._inbox),
+            "kvittens_out": ("payload", "id", self._kvittens_file, self._kvittens),
         }[table]
 
     def _remove_content(
@@ -895,19 +887,17 @@ class SQLiteSpool(Spool):
     ) -> int:
         """Remove the content (its file, or the column that keeps it) of the rows of
         `table` whose content is still there and that `condition` finds, and mark the rows
-        (giving them `state`), in one write
-        transaction: nothing changes them meanwhile (a release from quarantine, a retry, a
-        recovered envelope). The number of contents removed, from files or rows."""
-        column, file, directory = self._content(table)
-        inline = _INLINE_COLUMNS.get(table)
-        kept_inline = f"{inline} IS NOT NULL" if inline else "0"
+        (giving them `state`), in one write transaction: nothing changes them meanwhile (a
+        release from quarantine, a retry, a recovered envelope). The number of contents
+        removed, from files or rows."""
+        inline, column, file, directory = self._content(table)
         removed = 0
         with self._lock:
             self._synchronous(durable=True)
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 rows = self._db.execute(
-                    f"SELECT {key}, {column}, {kept_inline} FROM {table}"
+                    f"SELECT {key}, {column}, {inline} IS NOT NULL FROM {table}"
                     f" WHERE content_removed_at IS NULL AND {condition}",
                     arguments,
                 ).fetchall()
@@ -919,7 +909,7 @@ class SQLiteSpool(Spool):
                         removed += bool(row[2])
                 if rows:
                     sync_directory(directory)
-                    marks = "content_removed_at = ?" + (f", {inline} = NULL" if inline else "")
+                    marks = f"content_removed_at = ?, {inline} = NULL"
                     marks += ", state = ?" if state else ""
                     values = (_now().isoformat(), state) if state else (_now().isoformat(),)
                     self._db.executemany(
@@ -973,7 +963,7 @@ class SQLiteSpool(Spool):
         kept: dict[Path, set[str]] = {}
         with self._lock:
             for table in ("messages", "received", "inbox", "kvittens_out"):
-                column, file, directory = self._content(table)
+                _, column, file, directory = self._content(table)
                 rows = self._db.execute(
                     f"SELECT {column} FROM {table} WHERE content_removed_at IS NULL"
                 ).fetchall()

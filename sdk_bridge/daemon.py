@@ -10,13 +10,11 @@ own terms: everything a stage has done is written to the spool before the next o
 import asyncio
 import contextlib
 import fcntl
-import multiprocessing
 import os
 import resource
 import signal
 import socket
 import ssl
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from pathlib import Path
@@ -383,15 +381,8 @@ async def run(config: Config, file: Path) -> None:
         )
     servers = await serve(ingress, smtp.listen, smtp.listen_tls, tls)
     # RSA private-key work in other processes: the event loop never waits for it.
-    crypto_workers = os.cpu_count() or 2
-    crypto = ProcessPoolExecutor(
-        max_workers=crypto_workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=workers.start,
-        initargs=(os.getpid(),),
-    )
-    for _ in range(crypto_workers):  # started now, while nothing waits for them
-        crypto.submit(workers.ready)
+    crypto = workers.CryptoWorkers(os.cpu_count() or 2)
+    await crypto.start()
     reporter = DsnReporter(
         spool,
         config.outbound.smart_host,
@@ -513,7 +504,7 @@ async def run(config: Config, file: Path) -> None:
             )
         if watchdog is not None:
             await watchdog
-        crypto.shutdown(cancel_futures=True)
+        await crypto.close()
         await access_point.close()
         await delivery.close()
         registry.close()

@@ -284,14 +284,15 @@ def children(pid: int) -> set[int]:
 
 
 def test_a_killed_bridge_leaves_no_crypto_worker(sandbox: Sandbox) -> None:
-    """Its workers wait on a queue whose writing end they hold themselves: they notice the
-    bridge is gone and end, instead of waiting for ever (killed here as they start)."""
+    """Each worker reads its tasks from a socket whose other end only the bridge holds: the
+    read returns nothing once the bridge is gone, and the worker ends instead of waiting
+    for ever."""
     running = Bridge(sandbox)
     running.start()
     assert running.process is not None
     pid = running.process.pid
     with smtplib.SMTP("127.0.0.1", running.smtp_port, timeout=30) as smtp:
-        smtp.send_message(mail("Startar arbetarna"), FROM, [TO_B])  # sealing spawns them
+        smtp.send_message(mail("Startar arbetarna"), FROM, [TO_B])
     eventually(lambda: len(children(pid)) >= 2)
     workers = children(pid)
     running.stop(signal.SIGKILL)

@@ -21,7 +21,7 @@ in the next round; nothing is answered before it is decided.
 
 import asyncio
 from collections.abc import Collection
-from concurrent.futures import BrokenExecutor, Executor
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -44,7 +44,7 @@ from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
 from ..retrieval.intake import OVERSIZE_ACTION
 from ..retrieval.opening import open_received
-from ..runtime import counters, memory
+from ..runtime import counters, workers
 from ..runtime.backoff import pause
 from ..runtime.concurrently import each
 from ..sdk import kvittens as kv
@@ -121,7 +121,7 @@ class Inbound:
         registry: Registry,
         access_point: AccessPoint,
         scanner: Scanner | None = None,
-        crypto: Executor | None = None,
+        crypto: workers.CryptoWorkers | None = None,
     ) -> None:
         self.spool = spool
         self.registry = registry
@@ -394,9 +394,8 @@ class Inbound:
             sdk_domain=self.settings.sdk_domain,
             secrecy_prefix=self.settings.secrecy_prefix,
         )
-        loop = asyncio.get_running_loop()
-        mail, sealed = await loop.run_in_executor(  # one task: the mail is written there too
-            memory.executor_for(len(item.payload), self.crypto),
+        mail, sealed = await workers.run(  # one task: the mail is written there too
+            self.crypto,
             _mail_and_kvittens,
             message,
             addressing,
@@ -404,6 +403,7 @@ class Inbound:
             answer,
             self.settings.signer,
             handling,
+            size=len(item.payload),
         )
         inbound = InboundMail(
             sdk_message_id=message.message_id,
@@ -440,8 +440,7 @@ class Inbound:
         self, item: Received, opened: Opened, verdict: Verdict
     ) -> tuple[OwedKvittens, bytes]:
         answer, owed, handling = self._answer(item, opened, verdict)
-        loop = asyncio.get_running_loop()
-        sealed = await loop.run_in_executor(
+        sealed = await workers.run(
             self.crypto, _seal_kvittens, answer, self.settings.signer, handling
         )
         return owed, sealed

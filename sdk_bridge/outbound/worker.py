@@ -2,12 +2,11 @@
 
 Each delivery's SDK messageId is fixed when the mail is accepted and doubles as the XHE ID
 and the ebMS MessageId, so a resubmission after a crash is refused by the access point as
-a duplicate instead of sent twice, and counts as submitted. RSA work runs in an executor,
-off the event loop.
+a duplicate instead of sent twice, and counts as submitted. RSA work runs in a crypto
+worker, off the event loop.
 """
 
 import asyncio
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +24,7 @@ from ..plugin import (
 )
 from ..registry.client import Registry
 from ..registry.errors import NotFound, RegistryUnavailable
-from ..runtime import counters, memory
+from ..runtime import counters, workers
 from ..runtime.backoff import pause
 from ..sdk import message as msg
 from ..sdk.keys import KeyPair
@@ -61,7 +60,7 @@ class Worker:
         registry: Registry,
         access_point: AccessPoint,
         signer: KeyPair,
-        crypto: Executor | None = None,
+        crypto: workers.CryptoWorkers | None = None,
         notify: Notify | None = None,
         premapped: Premapped | None = None,
     ) -> None:
@@ -99,7 +98,7 @@ class Worker:
             await self._fail(delivery, _text(e), "5.4.4")
         except msg.InvalidMessage as e:
             await self._fail(delivery, _text(e), "5.6.0")
-        except (TemporaryFailure, RegistryUnavailable, OSError) as e:
+        except (TemporaryFailure, RegistryUnavailable, OSError, workers.BrokenWorker) as e:
             if isinstance(e, TemporaryFailure):
                 counters.ACCESS_POINT_ERRORS.labels("submit").inc()
             await self._retry(delivery, _text(e))
@@ -117,10 +116,9 @@ class Worker:
         business, certificates = await asyncio.to_thread(self._prepare, delivery)
         conversation = business.conversation_id
         recipient = delivery.recipient
-        loop = asyncio.get_running_loop()
         size = sum(len(f.content) for d in business.documents for f in d.files)
-        sealed = await loop.run_in_executor(
-            memory.executor_for(size, self.crypto), _seal, business, self.signer, certificates[-1]
+        sealed = await workers.run(
+            self.crypto, _seal, business, self.signer, certificates[-1], size=size
         )
         del business  # its attachments, while the envelope goes to the access point
         return await self.access_point.submit(

@@ -10,14 +10,13 @@ gets no kvittens: its envelope goes to quarantine.
 
 import asyncio
 import dataclasses
-from concurrent.futures import Executor
 
 import structlog
 from cryptography import x509
 
 from ..registry.client import Registry
 from ..registry.errors import NoValidCertificate, RegistryError, RegistryUnavailable
-from ..runtime import memory
+from ..runtime import workers
 from ..sdk.sealing import Opened, Receiver, open_envelope
 from ..sdk.verdict import Quarantined, Verdict
 from ..spool import Received
@@ -28,14 +27,16 @@ NOT_PUBLISHED = "not one the sender publishes in CertPub"  # the verdict text to
 
 
 async def open_received(
-    item: Received, registry: Registry, receiver: Receiver, executor: Executor | None = None
+    item: Received,
+    registry: Registry,
+    receiver: Receiver,
+    crypto: workers.CryptoWorkers | None = None,
 ) -> Opened:
     """Verify (and, with decryption keys in `receiver`, decrypt and validate) `item`.
 
     Raise RegistryUnavailable when the sender's certificates cannot be looked up now: the
     envelope then waits, unanswered, for the next round.
     """
-    loop = asyncio.get_running_loop()
     opened: Opened | None = None
     for refresh in (False, True):
         try:
@@ -49,8 +50,7 @@ async def open_received(
             text = f"the sender is not registered in SMP/CertPub ({e})"
             return Opened(Verdict.of(Quarantined(text)))
         checking = dataclasses.replace(receiver, sender_signing_certs=list(published))
-        where = memory.executor_for(len(item.payload), executor)
-        opened = await loop.run_in_executor(where, _open, item.payload, checking)
+        opened = await workers.run(crypto, _open, item.payload, checking, size=len(item.payload))
         if NOT_PUBLISHED not in opened.verdict.text:
             break
     assert opened is not None

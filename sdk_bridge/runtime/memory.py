@@ -1,5 +1,5 @@
-"""Keeping a large message's memory small: where it is sealed or opened, and giving
-its buffers back to the system once it is handled.
+"""Keeping a large message's memory small: giving its buffers back to the system once it
+is handled (where it is sealed or opened is `workers.run`).
 
 glibc's malloc serves a buffer from its heap unless it is above the mmap threshold, and it
 raises that threshold (up to 32 MB) each time a large block is freed. Freed heap memory
@@ -10,7 +10,6 @@ own, which free() gives back at once.
 
 import ctypes
 import ctypes.util
-from concurrent.futures import Executor
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 THRESHOLD_BYTES = 1 << 20
@@ -24,15 +23,3 @@ def return_large_buffers() -> None:
     except (OSError, AttributeError):
         return
     mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES)
-
-
-LARGE_MESSAGE_BYTES = 2_000_000
-
-
-def executor_for(size: int, pool: Executor | None) -> Executor | None:
-    """Where to seal or open a message of `size` bytes: the crypto pool, or (None) a
-    thread of this process for a large one. An ordinary message's cost is its RSA work,
-    which the pool spreads over the cores; a large one's is AES, base64 and c14n over its
-    bytes, and in the pool it would also be pickled there and back: copies of its size in
-    two processes at once."""
-    return None if size > LARGE_MESSAGE_BYTES else pool

@@ -34,12 +34,15 @@ class KeyPair:
             raise KeyError_("the private key does not belong to the certificate")
 
     def __reduce__(self) -> tuple[object, tuple[bytes, x509.Certificate]]:
-        der_key = self.key.private_bytes(
+        return _keypair_from_der, (self._der_key, self.cert)
+
+    @functools.cached_property
+    def _der_key(self) -> bytes:  # once: every task for a crypto worker pickles the key
+        return self.key.private_bytes(
             serialization.Encoding.DER,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        return _keypair_from_der, (der_key, self.cert)
 
 
 @functools.lru_cache(maxsize=16)
@@ -51,14 +54,22 @@ def _keypair_from_der(der_key: bytes, cert: x509.Certificate) -> KeyPair:
     return KeyPair(key, cert)
 
 
+# Both ways cached: the same few certificates (ours, our trust anchors, our correspondents')
+# go with task after task to the crypto workers.
+@functools.lru_cache(maxsize=1024)
 def _certificate_from_der(der: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
+
+
+@functools.lru_cache(maxsize=1024)
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def _reduce_certificate(
     cert: x509.Certificate,
 ) -> tuple[Callable[[bytes], x509.Certificate], tuple[bytes]]:
-    return _certificate_from_der, (cert.public_bytes(serialization.Encoding.DER),)
+    return _certificate_from_der, (_der(cert),)
 
 
 copyreg.pickle(x509.Certificate, _reduce_certificate)

@@ -381,7 +381,8 @@ async def run(config: Config, file: Path) -> None:
         )
     servers = await serve(ingress, smtp.listen, smtp.listen_tls, tls)
     # RSA private-key work in other processes: the event loop never waits for it.
-    crypto = workers.CryptoWorkers(os.cpu_count() or 2)
+    carried = (Worker, Inbound, config.signing, *config.decryption, *config.trust_anchors)
+    crypto = workers.CryptoWorkers(os.cpu_count() or 2, *carried)  # the tasks' modules, keys
     await crypto.start()
     reporter = DsnReporter(
         spool,

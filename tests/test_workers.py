@@ -1,7 +1,7 @@
-"""The crypto workers on their own: answers and errors come back, a worker that dies fails
-only the task it held and is replaced, a cancelled caller does not leave an answer behind
-for the next, and closing ends every worker. (That a worker ends with a bridge killed
-outright is in test_daemon.)"""
+"""The crypto workers on their own: each has read what the tasks carry before its first
+task, answers and errors come back, a worker that dies fails only the task it held and is
+replaced, a cancelled caller does not leave an answer behind for the next, and closing
+ends every worker. (That a worker ends with a bridge killed outright is in test_daemon.)"""
 
 import asyncio
 import operator
@@ -12,15 +12,42 @@ from pathlib import Path
 
 import pytest
 
+from sdk_bridge.lab.testpki import TestPKI
 from sdk_bridge.runtime.workers import BrokenWorker, CryptoWorkers
+from sdk_bridge.sdk import keys
 
 
-def with_workers(count: int, test: Callable[[CryptoWorkers], Awaitable[None]]) -> None:
+def with_workers(
+    count: int, test: Callable[[CryptoWorkers], Awaitable[None]], *carried: object
+) -> None:
     async def go() -> None:
-        workers = CryptoWorkers(count)
+        workers = CryptoWorkers(count, *carried)
         await workers.start()
         try:
             await asyncio.wait_for(test(workers), 60)
+        finally:
+            await workers.close()
+
+    asyncio.run(go())
+
+
+def test_each_worker_has_loaded_the_keys_before_its_first_task(pki: TestPKI) -> None:
+    identity = pki.issue("a.example.se")
+    pair = keys.KeyPair(identity.key, identity.cert)
+
+    async def test(workers: CryptoWorkers) -> None:
+        loaded = await asyncio.gather(*(workers.run(_keys_loaded) for _ in range(4)))
+        assert loaded == [1, 1, 1, 1]  # both workers, before anything carried a key
+
+    with_workers(2, test, pair)
+
+
+def test_what_a_worker_cannot_read_is_said_at_start() -> None:
+    async def go() -> None:
+        workers = CryptoWorkers(1, _Unreadable())
+        try:
+            with pytest.raises(ValueError, match="cannot be read here"):
+                await workers.start()
         finally:
             await workers.close()
 
@@ -80,6 +107,19 @@ def test_closing_ends_every_worker() -> None:
 
     with_workers(2, test)
     assert pids and all(_state(pid) is None for pid in pids)
+
+
+def _keys_loaded() -> int:
+    return keys._keypair_from_der.cache_info().currsize
+
+
+def _refuse() -> None:
+    raise ValueError("cannot be read here")
+
+
+class _Unreadable:
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return _refuse, ()
 
 
 def _sleep_then_neg(seconds: float, value: int) -> int:

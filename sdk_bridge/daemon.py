@@ -133,17 +133,23 @@ def _stages(
     answer = Stage("answer", inbound.answer, poll)
     deliver = Stage("deliver", delivery.round, SPOOL_LOOK)
 
+    # A stage wakes the next only when it left it work: each still looks on its own every
+    # `poll` seconds (retries fall due), and rounds that find nothing cost every bridge
+    # a share of a core at the bench's short poll.
     async def retrieve_round() -> bool:
-        if await intake.fetch() is not None and health is not None:
+        new = await intake.fetch()
+        if new is not None and health is not None:
             health.reached_access_point()
-        judge.wake()
-        settle.wake()
+        if new:
+            judge.wake()
+            settle.wake()
         return intake.backlog  # more pending than one round takes: again at once
 
     async def judge_round() -> bool:
         more = await inbound.judge_pending()
-        answer.wake()
-        deliver.wake()
+        if more:  # some were judged
+            answer.wake()
+            deliver.wake()
         return more
 
     judge = Stage("judge", judge_round, poll)

@@ -2,7 +2,7 @@
 
 SITHS function certificates usually arrive as .p12; private keys may be encrypted with a
 passphrase. Certificates and `KeyPair`s pickle (as DER), so the RSA work that uses them can
-be handed to a process pool.
+be handed to the crypto worker processes.
 """
 
 import copyreg

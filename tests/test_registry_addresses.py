@@ -153,6 +153,28 @@ def test_aliases_are_unique_and_stable(addresses: AddressMap) -> None:
     assert aliases(reordered) == known
 
 
+def test_aliases_are_worked_out_once_per_book(
+    addresses: AddressMap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slugging every name of an organisation is not redone for every recipient, but a
+    refreshed book (new Organisation objects) gets its aliases anew."""
+    worked_out: list[str] = []
+
+    def counted(organisation: Organisation) -> dict[str, FunctionalAddress]:
+        worked_out.append(organisation.id)
+        return aliases(organisation)
+
+    monkeypatch.setattr("sdk_bridge.registry.addresses.aliases", counted)
+    for _ in range(3):
+        assert addresses.resolve("bygglov@habo.se.sdk.kommun.se").address.identifier == (
+            "habo-bygg-1"
+        )
+    assert worked_out == [HABO]
+    assert addresses.book.refresh()
+    addresses.resolve("bygglov@habo.se.sdk.kommun.se")
+    assert worked_out == [HABO, HABO]
+
+
 @pytest.mark.parametrize(
     ("email", "identifier"),
     [

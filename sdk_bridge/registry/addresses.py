@@ -91,6 +91,7 @@ class AddressMap:
     def __init__(self, sdk_domain: str, book: AddressBook) -> None:
         self.sdk_domain = sdk_domain.strip(".").lower()
         self.book = book
+        self._aliases: dict[str, tuple[Organisation, dict[str, FunctionalAddress]]] = {}
 
     def organisation_id(self, domain: str) -> str:
         domain = domain.strip(".").lower()
@@ -108,7 +109,7 @@ class AddressMap:
         for address in organisation.addresses:
             if local == address.identifier or local.lower() == encoded(address.identifier):
                 return Recipient(organisation, address)
-        known = aliases(organisation)
+        known = self._aliases_of(organisation)
         if local.lower() in known:
             return Recipient(organisation, known[local.lower()])
         same_name = _by_slug(organisation).get(local.lower(), [])
@@ -125,8 +126,18 @@ class AddressMap:
     def email(self, address: FunctionalAddress) -> str:
         """The preferred e-mail address: the alias."""
         organisation = self.book.organisation(address.organisation_id)
-        alias = next(a for a, fa in aliases(organisation).items() if fa == address)
+        alias = next(a for a, fa in self._aliases_of(organisation).items() if fa == address)
         return f"{alias}@{self.domain(address.organisation_id)}"
+
+    def _aliases_of(self, organisation: Organisation) -> dict[str, FunctionalAddress]:
+        """`aliases(organisation)`, worked out once for the organisation as the book holds
+        it (a refreshed book holds new Organisation objects): it slugs every name of the
+        organisation, 2 ms for 500 functional addresses, and a mail's every recipient asks."""
+        cached = self._aliases.get(organisation.id)
+        if cached is None or cached[0] is not organisation:
+            cached = (organisation, aliases(organisation))
+            self._aliases[organisation.id] = cached
+        return cached[1]
 
     def domain(self, organisation_id: str) -> str:
         return f"{organisation_id.removeprefix('0203:').lower()}.{self.sdk_domain}"

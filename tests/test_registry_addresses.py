@@ -156,8 +156,8 @@ def test_aliases_are_unique_and_stable(addresses: AddressMap) -> None:
 def test_aliases_are_worked_out_once_per_book(
     addresses: AddressMap, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Slugging every name of an organisation is not redone for every recipient, but a
-    refreshed book (new Organisation objects) gets its aliases anew."""
+    """Slugging every name of an organisation (and hashing every identifier) is not redone
+    for every recipient, but a refreshed book (new Organisation objects) gets it anew."""
     worked_out: list[str] = []
 
     def counted(organisation: Organisation) -> dict[str, FunctionalAddress]:

@@ -85,13 +85,24 @@ class Recipient:
     address: FunctionalAddress
 
 
+@dataclass(frozen=True)
+class _Names:
+    """An organisation's functional addresses by each local part that names them: the
+    identifier as it is, its encoded form and the alias in lower case."""
+
+    organisation: Organisation
+    by_identifier: dict[str, FunctionalAddress]
+    by_encoded: dict[str, FunctionalAddress]
+    by_alias: dict[str, FunctionalAddress]
+
+
 class AddressMap:
     """Rewrites between e-mail addresses under `sdk_domain` and SDK functional addresses."""
 
     def __init__(self, sdk_domain: str, book: AddressBook) -> None:
         self.sdk_domain = sdk_domain.strip(".").lower()
         self.book = book
-        self._aliases: dict[str, tuple[Organisation, dict[str, FunctionalAddress]]] = {}
+        self._names: dict[str, _Names] = {}  # by organisation id
 
     def organisation_id(self, domain: str) -> str:
         domain = domain.strip(".").lower()
@@ -106,12 +117,14 @@ class AddressMap:
         if not at or not local:
             raise UnknownFunctionalAddress(f"{email!r} is not an e-mail address")
         organisation = self.book.organisation(self.organisation_id(domain))
-        for address in organisation.addresses:
-            if local == address.identifier or local.lower() == encoded(address.identifier):
-                return Recipient(organisation, address)
-        known = self._aliases_of(organisation)
-        if local.lower() in known:
-            return Recipient(organisation, known[local.lower()])
+        names = self._names_of(organisation)
+        found = (
+            names.by_identifier.get(local)
+            or names.by_encoded.get(local.lower())
+            or names.by_alias.get(local.lower())
+        )
+        if found is not None:
+            return Recipient(organisation, found)
         same_name = _by_slug(organisation).get(local.lower(), [])
         if len(same_name) > 1:
             choices = ", ".join(sorted(self.email(a) for a in same_name))
@@ -126,18 +139,25 @@ class AddressMap:
     def email(self, address: FunctionalAddress) -> str:
         """The preferred e-mail address: the alias."""
         organisation = self.book.organisation(address.organisation_id)
-        alias = next(a for a, fa in self._aliases_of(organisation).items() if fa == address)
+        names = self._names_of(organisation)
+        alias = next(a for a, fa in names.by_alias.items() if fa == address)
         return f"{alias}@{self.domain(address.organisation_id)}"
 
-    def _aliases_of(self, organisation: Organisation) -> dict[str, FunctionalAddress]:
-        """`aliases(organisation)`, worked out once for the organisation as the book holds
-        it (a refreshed book holds new Organisation objects): it slugs every name of the
-        organisation, 2 ms for 500 functional addresses, and a mail's every recipient asks."""
-        cached = self._aliases.get(organisation.id)
-        if cached is None or cached[0] is not organisation:
-            cached = (organisation, aliases(organisation))
-            self._aliases[organisation.id] = cached
-        return cached[1]
+    def _names_of(self, organisation: Organisation) -> "_Names":
+        """The organisation's names, worked out once for it as the book holds it (a
+        refreshed book holds new Organisation objects). Working them out slugs every name
+        and hashes every identifier: 2 ms for 500 functional addresses, too much for each
+        recipient of each mail."""
+        names = self._names.get(organisation.id)
+        if names is None or names.organisation is not organisation:
+            names = _Names(
+                organisation,
+                by_identifier={a.identifier: a for a in organisation.addresses},
+                by_encoded={encoded(a.identifier): a for a in organisation.addresses},
+                by_alias=aliases(organisation),
+            )
+            self._names[organisation.id] = names
+        return names
 
     def domain(self, organisation_id: str) -> str:
         return f"{organisation_id.removeprefix('0203:').lower()}.{self.sdk_domain}"

@@ -292,6 +292,29 @@ def test_registry_unreachable_is_temporary(ingress, sandbox: Sandbox) -> None:
     assert (code, text[:5]) == (451, b"4.4.3")
 
 
+def test_a_recipient_known_from_the_caches_is_answered_on_the_event_loop(
+    ingress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the address book is fetched and the recipient's certificates are cached, RCPT
+    needs no thread (where a registry may be asked); before that it takes one."""
+    running, _ = ingress
+    certpub = running.handler.registry.certpub
+    asked: list[str] = []
+    looked_up = certpub.encryption_certificates
+
+    def counted(participant: str, **kw: Any) -> Any:
+        asked.append(participant)
+        return looked_up(participant, **kw)
+
+    monkeypatch.setattr(certpub, "encryption_certificates", counted)
+    for _ in range(3):
+        with client(running.port) as smtp:
+            smtp.ehlo()
+            smtp.mail(FROM)
+            assert smtp.rcpt(TO_B)[0] == 250
+    assert asked == [ORG_B]  # the first time only
+
+
 @pytest.mark.parametrize(
     "data",
     [

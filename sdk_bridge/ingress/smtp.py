@@ -524,8 +524,15 @@ class IngressHandler:
             self.registry.certpub.encryption_certificates(found.organisation.id)
             return found
 
+        def known() -> Any:  # on the event loop, where nothing need be asked of a registry
+            if addresses.book.refreshed_at is None:  # not fetched yet: the first use fetches
+                return None
+            found = addresses.resolve(address)
+            cached = self.registry.certpub.cached_encryption_certificates(found.organisation.id)
+            return found if cached else None
+
         try:
-            recipient = await asyncio.to_thread(resolve)
+            recipient = known() or await asyncio.to_thread(resolve)
             organisation_id = recipient.organisation.id
         except NotFound as e:
             raise _Refused(f"550 5.1.1 {_one_line(e)}") from None

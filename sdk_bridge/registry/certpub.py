@@ -65,6 +65,12 @@ class CertPub:
         they are known."""
         return self._cached((participant.lower(), KVITTENS_DOCUMENT_ID), datetime.now(UTC))
 
+    def cached_encryption_certificates(
+        self, participant: str
+    ) -> tuple[x509.Certificate, ...] | None:
+        """As `cached_signing_certificates`, for the certificates to encrypt to."""
+        return self._cached((participant.lower(), MESSAGE_DOCUMENT_ID), datetime.now(UTC))
+
     def _cached(self, key: tuple[str, str], now: datetime) -> tuple[x509.Certificate, ...] | None:
         with self._lock:
             cached = self._cache.get(key)

@@ -140,7 +140,7 @@ def _stages(
         new = await intake.fetch()
         if new is not None and health is not None:
             health.reached_access_point()
-        if new:
+        if new != 0:  # stored some, or failed midway (it may have stored some first)
             judge.wake()
             settle.wake()
         return intake.backlog  # more pending than one round takes: again at once
@@ -385,11 +385,12 @@ async def run(config: Config, file: Path) -> None:
             "smtp.max_connections lowered to what the file descriptor limit allows",
             max_connections=ingress.settings.max_connections,
         )
-    servers = await serve(ingress, smtp.listen, smtp.listen_tls, tls)
-    # RSA private-key work in other processes: the event loop never waits for it.
+    # RSA private-key work in other processes: the event loop never waits for it. Started
+    # before SMTP listens; should one fail, they end with this process.
     carried = (Worker, Inbound, config.signing, *config.decryption, *config.trust_anchors)
     crypto = workers.CryptoWorkers(os.cpu_count() or 2, *carried)  # the tasks' modules, keys
     await crypto.start()
+    servers = await serve(ingress, smtp.listen, smtp.listen_tls, tls)
     reporter = DsnReporter(
         spool,
         config.outbound.smart_host,

@@ -4,18 +4,20 @@ Each failure must end as the verdict Digg prescribes — a kvittens REJECTED wit
 reason, or NO-KVITTENS (quarantine) — and never as an unhandled exception.
 """
 
+import asyncio
 import dataclasses
 import pickle
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from lxml import etree
 from support.parties import ADDRESS_B, ORG_A, ORG_B, keypair, make_message, message_header
 
 from sdk_bridge.lab.testpki import PASSPHRASE, Identity, TestPKI
+from sdk_bridge.runtime.workers import CryptoWorkers
 from sdk_bridge.sdk import kvittens as kv
 from sdk_bridge.sdk import message as msg
 from sdk_bridge.sdk import sealing, xhe, xmldsig, xmlenc
@@ -114,18 +116,33 @@ def test_keys_from_pkcs12_and_encrypted_pem(
     )
 
 
-def test_crypto_runs_in_a_process_pool(
+def test_crypto_runs_in_the_crypto_workers(
     alice: Identity, bob: Identity, receiver_b: Receiver
 ) -> None:
-    """Keys and receivers pickle, so RSA work can leave the event loop's process."""
+    """Keys and receivers pickle, so RSA work can leave the event loop's process; a
+    message that breaks SDK's rules comes back as the InvalidMessage it is, as the
+    outbound worker bounces it by its type (5.6.0)."""
     xml = msg.to_xml(make_message())
-    with ProcessPoolExecutor(max_workers=1) as pool:
-        sealed = pool.submit(
-            seal_message, xml, signer=keypair(alice), recipient_cert=bob.cert
-        ).result(60)
-        opened = pool.submit(open_envelope, sealed, receiver_b).result(60)
-    assert opened.verdict == ACCEPTED
+    invalid = xml.replace(b"<sdk:confidentiality>true", b"<sdk:confidentiality>ja")
+
+    async def go() -> None:
+        workers = CryptoWorkers(1)
+        try:
+            sealed = await workers.run(_seal, xml, keypair(alice), bob.cert)
+            opened = await workers.run(open_envelope, sealed, receiver_b)
+            assert opened.verdict == ACCEPTED
+            with pytest.raises(msg.InvalidMessage) as error:
+                await workers.run(_seal, invalid, keypair(alice), bob.cert)
+            assert error.value.problem.detail == "structure"
+        finally:
+            await workers.close()
+
+    asyncio.run(go())
     assert pickle.loads(pickle.dumps(keypair(bob))).cert == bob.cert
+
+
+def _seal(xml: bytes, signer: KeyPair, recipient: x509.Certificate) -> bytes:
+    return seal_message(xml, signer=signer, recipient_cert=recipient)
 
 
 # --- signature and sender identity ------------------------------------------------------

@@ -99,6 +99,35 @@ def test_a_cancelled_caller_leaves_no_answer_for_the_next() -> None:
     with_workers(1, test)
 
 
+def test_what_cannot_be_sent_or_read_back_leaves_the_worker_as_it_was() -> None:
+    async def test(workers: CryptoWorkers) -> None:
+        pid = await workers.run(os.getpid)
+        with pytest.raises(TypeError):  # a generator does not pickle: nothing was sent
+            await workers.run(operator.neg, (n for n in range(0)))
+        with pytest.raises(RuntimeError, match="cannot be read here"):
+            await workers.run(_unreadable_answer)
+        with pytest.raises(RuntimeError, match="_OddError in a crypto worker"):
+            await workers.run(_odd_error)
+        os.kill(pid, signal.SIGTERM)  # systemd's stop reaches every process: ignored
+        assert await workers.run(os.getpid) == pid
+
+    with_workers(1, test)
+
+
+def test_after_closing_a_task_fails_as_a_broken_worker() -> None:
+    async def go() -> None:
+        workers = CryptoWorkers(1)
+        starting = asyncio.create_task(workers.start())
+        await asyncio.sleep(0)
+        await workers.close()  # while the worker starts
+        with pytest.raises(BrokenWorker):
+            await starting
+        with pytest.raises(BrokenWorker):
+            await workers.run(os.getpid)
+
+    asyncio.run(asyncio.wait_for(go(), 60))
+
+
 def test_closing_ends_every_worker() -> None:
     pids: set[int] = set()
 
@@ -118,6 +147,24 @@ def _refuse() -> None:
 
 
 class _Unreadable:
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return _refuse, ()
+
+
+class _OddError(Exception):
+    def __init__(self, code: int, text: str) -> None:  # its args are not these: no round trip
+        super().__init__(f"{code} {text}")
+
+
+def _odd_error() -> None:
+    raise _OddError(1, "odd")
+
+
+def _unreadable_answer() -> object:
+    return _Refusing()
+
+
+class _Refusing:
     def __reduce__(self) -> tuple[object, tuple[()]]:
         return _refuse, ()
 

@@ -693,7 +693,8 @@ def _crypto_limit(key_size: int) -> float:
 def _usage(pid: int) -> dict[str, Any]:
     """Peak RSS and CPU seconds of a bridge and its child processes (the crypto workers);
     RSS now and peak RSS of the bridge's own process, for what one message costs it (the
-    workers start when first needed, so their RSS is not the message's)."""
+    workers' RSS is mostly the modules and keys they load as they start, not the
+    message's)."""
     tick = os.sysconf("SC_CLK_TCK")
     peak_kb, cpu_ticks, processes, own_kb = 0, 0, 0, {"VmRSS:": 0, "VmHWM:": 0}
     for candidate in Path("/proc").iterdir():

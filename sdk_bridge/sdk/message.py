@@ -117,6 +117,9 @@ class InvalidMessage(ValueError):
         super().__init__(f"{problem.path}: {problem.text}")
         self.problem = problem
 
+    def __reduce__(self) -> tuple[object, ...]:  # from a crypto worker, whole
+        return type(self), (self.problem,), self.__dict__
+
 
 # ---------------------------------------------------------------------------------------
 # Structure: infrastructure_messaging_MessageWithAttachments_3.0.xsd

@@ -44,6 +44,9 @@ class StructureError(ValueError):
         self.path = path
         self.text = text
 
+    def __reduce__(self) -> tuple[object, ...]:  # from a crypto worker, whole
+        return type(self), (self.path, self.text), self.__dict__
+
 
 def check(element: etree._Element, decl: El, path: str = "") -> None:
     """Raise StructureError at the first place `element` deviates from `decl`."""

@@ -48,6 +48,9 @@ class Rejected(Exception):
         self.text = text
         self.path = path  # XPath of the offending element, or "NA" (kvittens LineID)
 
+    def __reduce__(self) -> tuple[object, ...]:  # from a crypto worker, whole
+        return type(self), (self.reason, self.detail, self.text, self.path), self.__dict__
+
 
 class Quarantined(Exception):
     """No kvittens may be sent (C3.2.4 §2.1.2); keep the message and alert."""

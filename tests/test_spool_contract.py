@@ -525,6 +525,19 @@ def test_received_states_and_forgotten_retrievals(spool: Spool) -> None:
     assert spool.held_received() == []  # not recorded lost
 
 
+def test_a_note_left_for_a_stored_envelope_is_cleared(open_instance: OpenSpool) -> None:
+    """Two instances on one database: one notes a MessageId just as the other stores it,
+    and its note waits for the store's transaction and comes after that delete. The next
+    note clears it; it is no retrieval begun for ever."""
+    spool = open_instance()
+    spool.store_received(received("e-1"))
+    with spool._connection() as db:  # type: ignore[attr-defined]  # the race's outcome
+        db.execute("INSERT INTO retrieving (id, noted_at) VALUES ('e-1', now())")
+    assert spool.note_retrieving([]) == []
+    with spool._connection() as db:  # type: ignore[attr-defined]
+        assert db.execute("SELECT count(*) FROM retrieving").fetchone()["count"] == 0
+
+
 def test_inbox_due_until_delivered(spool: Spool) -> None:
     for number in (1, 2):
         spool.store_received(received(f"e-{number}"))

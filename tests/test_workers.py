@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk_bridge.lab.testpki import TestPKI
+from sdk_bridge.lab.testpki import Identity
 from sdk_bridge.runtime.workers import BrokenWorker, CryptoWorkers
 from sdk_bridge.sdk import keys
 
@@ -31,9 +31,8 @@ def with_workers(
     asyncio.run(go())
 
 
-def test_each_worker_has_loaded_the_keys_before_its_first_task(pki: TestPKI) -> None:
-    identity = pki.issue("a.example.se")
-    pair = keys.KeyPair(identity.key, identity.cert)
+def test_each_worker_has_loaded_the_keys_before_its_first_task(alice: Identity) -> None:
+    pair = keys.KeyPair(alice.key, alice.cert)
 
     async def test(workers: CryptoWorkers) -> None:
         loaded = await asyncio.gather(*(workers.run(_keys_loaded) for _ in range(4)))

@@ -299,6 +299,13 @@ class PostgresSpool(Spool):
                 " ON CONFLICT (id) DO NOTHING",
                 (message_ids,),
             )
+            # A note for an envelope stored meanwhile is done with. One is left where another
+            # instance noted it just as this one stored it: the insert above waits for the
+            # store's transaction, whose delete it then comes after.
+            db.execute(
+                "DELETE FROM retrieving WHERE EXISTS (SELECT 1 FROM received r"
+                " WHERE r.id = retrieving.id AND r.state <> 'lost')"
+            )
             # A lost one the access point lists again is taken after all.
             stored = (
                 "NOT EXISTS (SELECT 1 FROM received r WHERE r.id = retrieving.id"
